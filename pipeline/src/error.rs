@@ -1,0 +1,81 @@
+//! The pipeline crate's one error type.
+//!
+//! Every variant that concerns a file names it, so a bad volume in a 100k-scan
+//! manifest can be reported and skipped with a message a user can act on.
+
+use std::path::PathBuf;
+
+/// Errors raised by volume I/O, manifests and transforms.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused a read or write.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid volume of the format it claims to be.
+    #[error("{}: {reason}", path.display())]
+    Format {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A header was found but the file holding its voxels was not.
+    #[error("{}: data file missing (looked for {})", header.display(), tried.join(", "))]
+    DataFileMissing {
+        /// The header file.
+        header: PathBuf,
+        /// The data file names that were tried.
+        tried: Vec<String>,
+    },
+    /// A valid file whose content dino3d does not handle (complex, RGB, ...).
+    #[error("{}: unsupported: {what}", path.display())]
+    Unsupported {
+        /// The offending file.
+        path: PathBuf,
+        /// What is not supported.
+        what: String,
+    },
+    /// A manifest or datalist could not be read or written.
+    #[error("manifest {}: {reason}", path.display())]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A format error on `path`.
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A manifest error on `path`.
+    pub fn manifest(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Manifest {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
