@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::ptr::NonNull;
 
-use flate2::read::MultiGzDecoder;
+use flate2::read::{GzDecoder, MultiGzDecoder};
 use libdeflate_sys as sys;
 
 /// Largest expansion ratio DEFLATE can reach (258-byte matches coded in about
@@ -61,7 +61,8 @@ impl Drop for Decompressor {
 pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
     let dec = Decompressor::new();
     let (mut in_pos, mut out_pos) = (0usize, 0usize);
-    while out_pos < out.len() {
+    let want_total = out.len();
+    while out_pos < want_total {
         if in_pos >= src.len() || !is_gzip(&src[in_pos..]) {
             return Err(truncated(out_pos, out.len()));
         }
@@ -91,14 +92,18 @@ pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
                 }
             }
             sys::libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE => {
-                // The member holds more than we need (trailing bytes after the
-                // voxels): stream just the part we need.
-                return MultiGzDecoder::new(rest_in)
-                    .read_exact(rest_out)
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::UnexpectedEof => truncated(out_pos, out.len()),
-                        _ => format!("corrupt gzip stream: {e}"),
-                    });
+                // The member inflates to more than we need (trailing bytes after the
+                // voxels, or corruption): stream the part we need, then finish the
+                // member so its CRC is still verified.
+                let mut dec = GzDecoder::new(rest_in);
+                let eof = |e: std::io::Error| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => truncated(out_pos, want_total),
+                    _ => format!("corrupt gzip data ({e})"),
+                };
+                dec.read_exact(rest_out).map_err(eof)?;
+                std::io::copy(&mut dec, &mut std::io::sink())
+                    .map_err(|e| format!("corrupt gzip data ({e})"))?;
+                return Ok(());
             }
             _ => {
                 // BAD_DATA: either corrupt, or a member cut short. Tell which.

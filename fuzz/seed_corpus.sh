@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Recreates fuzz/corpus/nifti_read/ (gitignored) from the test data in data/nifti/:
+# every file as is, plus gzip-compressed and truncated variants of a few .nii files.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+data="$here/../data/nifti"
+out="$here/corpus/nifti_read"
+mkdir -p "$out"
+
+# All the reference files (flattened: <source>_<name>).
+for f in "$data"/*/*; do
+    [ -f "$f" ] || continue
+    src="$(basename "$(dirname "$f")")"
+    cp "$f" "$out/${src}_$(basename "$f")"
+done
+
+# gzip-compressed and truncated variants of a couple of small .nii files.
+for f in nibabel/resampled_anat_moved.nii nibabel/row_major.dconn.nii nibabel/functional.nii nifti-js/minimal.nii; do
+    name="$(basename "$f" .nii)"
+    gzip -9 -n -c "$data/$f" > "$out/gz_${name}.nii.gz"
+    for len in 348 352 400 1000; do
+        head -c "$len" "$data/$f" > "$out/trunc${len}_${name}.nii"
+    done
+    # Truncated gzip stream (valid header, voxels cut short).
+    gzip -9 -n -c "$data/$f" | head -c 200 > "$out/gztrunc_${name}.nii.gz"
+done
+# Truncated headers of the NIfTI-2 and Analyze header files.
+head -c 540 "$data/nibabel/nifti2.hdr" > "$out/trunc540_nifti2.hdr"
+head -c 300 "$data/nibabel/nifti2.hdr" > "$out/trunc300_nifti2.hdr"
+head -c 200 "$data/nibabel/analyze.hdr" > "$out/trunc200_analyze.hdr"
+# A multi-member gzip (as bgzip / pigz --independent write).
+f="$data/nibabel/resampled_anat_moved.nii"
+{ head -c 1000 "$f" | gzip -n -c; tail -c +1001 "$f" | gzip -n -c; } > "$out/gzmulti_resampled_anat_moved.nii.gz"
+
+echo "$(ls "$out" | wc -l) files in $out"

@@ -1,0 +1,222 @@
+//! Finding volumes on disk and reading their headers in parallel.
+//!
+//! Only headers are read (a few hundred inflated bytes per file), so a scan of
+//! 100k scans is bounded by the file system, not by decoding. Unreadable files
+//! never abort the scan: they come back as [`Reject`]s.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+
+use super::record::ScanRecord;
+use crate::error::{Error, Result};
+use crate::nifti::{self, affine};
+
+/// A file the scanner could not use, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reject {
+    /// The file.
+    pub file: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// How manifest paths are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathStyle {
+    /// Relative to the manifest's folder (portable with the data).
+    #[default]
+    RelativeToManifest,
+    /// Absolute.
+    Absolute,
+}
+
+/// Options for [`scan`].
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Drop volumes whose smallest spatial axis is `<=` this (3DINO's
+    /// `data_min_axis_size`).
+    pub min_axis: Option<u64>,
+    /// How paths are written.
+    pub path_style: PathStyle,
+    /// The manifest being written (for relative paths).
+    pub manifest_path: Option<PathBuf>,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct ScanResult {
+    /// Readable volumes kept, in path order.
+    pub records: Vec<ScanRecord>,
+    /// Unreadable files, in path order.
+    pub rejects: Vec<Reject>,
+    /// Readable volumes dropped by `min_axis`.
+    pub too_small: usize,
+}
+
+/// Whether a file name looks like a NIfTI/Analyze header or single file.
+pub fn is_volume_name(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    [".nii", ".nii.gz", ".hdr", ".hdr.gz"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// Expands folders (recursively), glob patterns and plain files into a sorted,
+/// de-duplicated list of volume files.
+///
+/// # Errors
+/// When an input names nothing that exists, or a glob pattern is malformed.
+pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let path = Path::new(input);
+        if path.is_dir() {
+            for entry in walkdir::WalkDir::new(path).follow_links(true) {
+                let entry = entry.map_err(|e| {
+                    let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf());
+                    Error::io(p, e.into())
+                })?;
+                if entry.file_type().is_file() && is_volume_name(entry.path()) {
+                    files.push(entry.into_path());
+                }
+            }
+        } else if path.is_file() {
+            files.push(path.to_path_buf());
+        } else if input.contains(['*', '?', '[']) {
+            let paths = glob::glob(input)
+                .map_err(|e| Error::manifest(input, format!("bad glob pattern: {e}")))?;
+            for p in paths.flatten() {
+                if p.is_file() {
+                    files.push(p);
+                } else if p.is_dir() {
+                    files.extend(discover(&[p.to_string_lossy().into_owned()])?);
+                }
+            }
+        } else {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file, folder or glob"),
+            ));
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Reads the header of every file in parallel (rayon), calling `progress` with
+/// the number of files done so far.
+pub fn scan(files: &[PathBuf], opts: &ScanOptions, progress: &(dyn Fn(usize) + Sync)) -> ScanResult {
+    let done = AtomicUsize::new(0);
+    let base = opts
+        .manifest_path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(absolute);
+    let outcomes: Vec<std::result::Result<ScanRecord, Reject>> = files
+        .par_iter()
+        .map(|path| {
+            let out = scan_one(path, opts.path_style, base.as_deref()).map_err(|e| Reject {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            });
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+            out
+        })
+        .collect();
+    let mut result = ScanResult::default();
+    for outcome in outcomes {
+        match outcome {
+            Ok(r) if opts.min_axis.is_some_and(|m| r.min_spatial_axis() <= m) => {
+                result.too_small += 1;
+            }
+            Ok(r) => result.records.push(r),
+            Err(rej) => result.rejects.push(rej),
+        }
+    }
+    result
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn scan_one(path: &Path, style: PathStyle, base: Option<&Path>) -> Result<ScanRecord> {
+    let info = nifti::read_header(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&info.file_bytes.to_le_bytes());
+    hasher.update(&mtime.to_le_bytes());
+    hasher.update(&info.header.to_bytes());
+    let abs = absolute(path);
+    let image = match (style, base) {
+        (PathStyle::RelativeToManifest, Some(base)) => relative_to(&abs, base),
+        _ => abs,
+    };
+    let mut flat = [0.0; 16];
+    for (i, row) in info.affine.iter().enumerate() {
+        flat[i * 4..i * 4 + 4].copy_from_slice(row);
+    }
+    Ok(ScanRecord {
+        image: image.to_string_lossy().into_owned(),
+        channels: info.shape[0] as u64,
+        shape: info.disk_shape,
+        spacing: info.spacing,
+        dtype: info.dtype,
+        file_bytes: info.file_bytes,
+        axcodes: affine::axcodes(&info.affine).iter().collect(),
+        affine: flat,
+        format: info.header.version,
+        compressed: info.data_compressed,
+        fingerprint: format!("{:016x}", hasher.digest()),
+    })
+}
+
+/// `path` relative to `base` (both absolute), with `..` where needed.
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let p: Vec<_> = path.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return path.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_where_needed() {
+        let r = relative_to(Path::new("/a/b/c/x.nii"), Path::new("/a/b/d"));
+        assert_eq!(r, PathBuf::from("../c/x.nii"));
+        let r = relative_to(Path::new("/a/b/x.nii"), Path::new("/a/b"));
+        assert_eq!(r, PathBuf::from("x.nii"));
+    }
+
+    #[test]
+    fn volume_names_are_recognised_case_insensitively() {
+        assert!(is_volume_name(Path::new("a/B.NII.GZ")));
+        assert!(is_volume_name(Path::new("a/b.hdr")));
+        assert!(!is_volume_name(Path::new("a/b.img")));
+        assert!(!is_volume_name(Path::new("a/b.json")));
+    }
+}
