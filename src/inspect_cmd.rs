@@ -33,16 +33,29 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
                     println!("{v}");
                 } else {
                     println!("{}", file.display());
-                    println!("  format    {:?}, {}", info.header.version, if info.data_compressed { "gzip" } else { "raw" });
+                    println!(
+                        "  format    {:?}, {}",
+                        info.header.version,
+                        if info.data_compressed { "gzip" } else { "raw" }
+                    );
                     println!("  dtype     {}", info.dtype);
-                    println!("  shape     {:?} -> (C, X, Y, Z) {:?}", info.disk_shape, info.shape);
+                    println!(
+                        "  shape     {:?} -> (C, X, Y, Z) {:?}",
+                        info.disk_shape, info.shape
+                    );
                     println!("  spacing   {:?}", info.spacing);
-                    println!("  axcodes   {codes} (qform_code {}, sform_code {})", info.header.qform_code, info.header.sform_code);
+                    println!(
+                        "  axcodes   {codes} (qform_code {}, sform_code {})",
+                        info.header.qform_code, info.header.sform_code
+                    );
                     if let Some((s, i)) = info.scaling {
                         println!("  scaling   value = stored * {s} + {i}");
                     }
                     for row in &info.affine {
-                        println!("  affine    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]", row[0], row[1], row[2], row[3]);
+                        println!(
+                            "  affine    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]",
+                            row[0], row[1], row[2], row[3]
+                        );
                     }
                 }
             }
@@ -52,5 +65,9 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -96,17 +96,27 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let files = manifest::discover(&args.inputs)?;
     if files.is_empty() {
-        bail!("no NIfTI files (.nii, .nii.gz, .hdr) found in {:?}", args.inputs);
+        bail!(
+            "no NIfTI files (.nii, .nii.gz, .hdr) found in {:?}",
+            args.inputs
+        );
     }
     let opts = ScanOptions {
         min_axis: args.min_axis,
-        path_style: if args.absolute { PathStyle::Absolute } else { PathStyle::RelativeToManifest },
+        path_style: if args.absolute {
+            PathStyle::Absolute
+        } else {
+            PathStyle::RelativeToManifest
+        },
         manifest_path: Some(args.output.clone()),
     };
     let bar = progress::bar(files.len() as u64, "headers");
     let scan = || manifest::scan(&files, &opts, &|_| bar.inc(1));
     let result = match args.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n).build()?.install(scan),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()?
+            .install(scan),
         None => scan(),
     };
     bar.finish_and_clear();
@@ -124,7 +134,10 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         eprintln!("  rejected {}: {}", r.file, r.reason);
     }
     if args.strict && !result.rejects.is_empty() {
-        bail!("{} unreadable files (--strict): nothing written", result.rejects.len());
+        bail!(
+            "{} unreadable files (--strict): nothing written",
+            result.rejects.len()
+        );
     }
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -135,9 +148,20 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         let entries: Vec<ManifestEntry> = result.records.iter().map(ScanRecord::to_entry).collect();
         manifest::write_manifest_json(&args.output, &entries)?;
     }
-    let rejects_path = args.rejects.clone().unwrap_or_else(|| suffixed(&args.output, ".rejects.json"));
-    write_atomic(&rejects_path, serde_json::to_string_pretty(&result.rejects)?.as_bytes())?;
-    eprintln!("wrote {} ({} volumes); rejects report {}", args.output.display(), result.records.len(), rejects_path.display());
+    let rejects_path = args
+        .rejects
+        .clone()
+        .unwrap_or_else(|| suffixed(&args.output, ".rejects.json"));
+    write_atomic(
+        &rejects_path,
+        serde_json::to_string_pretty(&result.rejects)?.as_bytes(),
+    )?;
+    eprintln!(
+        "wrote {} ({} volumes); rejects report {}",
+        args.output.display(),
+        result.records.len(),
+        rejects_path.display()
+    );
     let rows: Vec<SummaryRow> = result
         .records
         .iter()
@@ -151,7 +175,11 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     if !rows.is_empty() {
         println!("{}", summarize(&rows)?);
     }
-    println!("rejected: {}; dropped by --min-axis: {}", result.rejects.len(), result.too_small);
+    println!(
+        "rejected: {}; dropped by --min-axis: {}",
+        result.rejects.len(),
+        result.too_small
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,10 +194,17 @@ fn stats(file: &Path) -> anyhow::Result<ExitCode> {
     let rows: Vec<SummaryRow> = entries
         .iter()
         .map(|e| SummaryRow {
-            dtype: e.extra.get("dtype").and_then(|v| v.as_str()).map(str::to_string),
+            dtype: e
+                .extra
+                .get("dtype")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             shape: e.shape.clone(),
             spacing: e.spacing.clone(),
-            file_bytes: e.extra.get("file_bytes").and_then(serde_json::Value::as_u64),
+            file_bytes: e
+                .extra
+                .get("file_bytes")
+                .and_then(serde_json::Value::as_u64),
         })
         .collect();
     if rows.is_empty() {
@@ -179,23 +214,44 @@ fn stats(file: &Path) -> anyhow::Result<ExitCode> {
     }
     let missing = entries.iter().filter(|e| !e.resolve(file).exists()).count();
     if missing > 0 {
-        println!("warning: {missing} listed images do not exist (paths resolved against the manifest's folder)");
+        println!(
+            "warning: {missing} listed images do not exist (paths resolved against the manifest's folder)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn split(args: &SplitArgs) -> anyhow::Result<ExitCode> {
-    let ratios: [f64; 3] = args.ratios.clone().try_into().map_err(|_| anyhow::anyhow!("--ratios takes three numbers"))?;
-    let out_dir = args.output.parent().map(std::path::absolute).transpose()?.unwrap_or_default();
+    let ratios: [f64; 3] = args
+        .ratios
+        .clone()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--ratios takes three numbers"))?;
+    let out_dir = args
+        .output
+        .parent()
+        .map(std::path::absolute)
+        .transpose()?
+        .unwrap_or_default();
     let shown = |p: &Path| -> String {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        if args.absolute { abs } else { relative_to(&abs, &out_dir) }.to_string_lossy().into_owned()
+        if args.absolute {
+            abs
+        } else {
+            relative_to(&abs, &out_dir)
+        }
+        .to_string_lossy()
+        .into_owned()
     };
     let items: Vec<DatalistItem> = match (&args.images, &args.labels, &args.csv) {
         (Some(images), Some(labels), None) => {
             let imgs = manifest::discover(&[images.to_string_lossy().into_owned()])?;
             let labs = manifest::discover(&[labels.to_string_lossy().into_owned()])?;
-            let (pairs, lonely_imgs, lonely_labs) = manifest::pair_by_name(&imgs, &labs)?;
+            let manifest::Pairing {
+                pairs,
+                unpaired_images: lonely_imgs,
+                unpaired_labels: lonely_labs,
+            } = manifest::pair_by_name(&imgs, &labs)?;
             if !(lonely_imgs.is_empty() && lonely_labs.is_empty()) {
                 for p in &lonely_imgs {
                     eprintln!("  no label for image {}", p.display());
@@ -204,12 +260,19 @@ fn split(args: &SplitArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("  no image for label {}", p.display());
                 }
                 if !args.allow_unpaired {
-                    bail!("{} images and {} labels are unpaired (--allow-unpaired leaves them out)", lonely_imgs.len(), lonely_labs.len());
+                    bail!(
+                        "{} images and {} labels are unpaired (--allow-unpaired leaves them out)",
+                        lonely_imgs.len(),
+                        lonely_labs.len()
+                    );
                 }
             }
             pairs
                 .iter()
-                .map(|(i, l)| DatalistItem { image: shown(i), label: shown(l).into() })
+                .map(|(i, l)| DatalistItem {
+                    image: shown(i),
+                    label: shown(l).into(),
+                })
                 .collect()
         }
         (None, None, Some(csv)) => {
@@ -234,7 +297,10 @@ fn split(args: &SplitArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    write_atomic(&args.output, serde_json::to_string_pretty(&list)?.as_bytes())?;
+    write_atomic(
+        &args.output,
+        serde_json::to_string_pretty(&list)?.as_bytes(),
+    )?;
     println!(
         "wrote {}: {} training, {} validation, {} test",
         args.output.display(),

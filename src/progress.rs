@@ -10,5 +10,7 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     )
     .expect("valid template")
     .progress_chars("=> ");
-    ProgressBar::new(len).with_style(style).with_message(what.to_string())
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_message(what.to_string())
 }

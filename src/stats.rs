@@ -24,20 +24,39 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "volumes: {}", self.volumes)?;
         if let Some(b) = self.total_bytes {
-            writeln!(f, "bytes on disk: {} ({:.1} MiB)", b, b as f64 / (1024.0 * 1024.0))?;
+            writeln!(
+                f,
+                "bytes on disk: {} ({:.1} MiB)",
+                b,
+                b as f64 / (1024.0 * 1024.0)
+            )?;
         }
-        writeln!(f, "shape and spacing distributions:\n{}", self.distributions)?;
+        writeln!(
+            f,
+            "shape and spacing distributions:\n{}",
+            self.distributions
+        )?;
         write!(f, "voxel types:\n{}", self.dtypes)
     }
 }
 
-fn axis_values<T: Copy>(rows: &[SummaryRow], get: impl Fn(&SummaryRow) -> Option<&Vec<T>>, axis: usize) -> Vec<Option<T>> {
-    rows.iter().map(|r| get(r).and_then(|v| v.get(axis).copied())).collect()
+fn axis_values<T: Copy>(
+    rows: &[SummaryRow],
+    get: impl Fn(&SummaryRow) -> Option<&Vec<T>>,
+    axis: usize,
+) -> Vec<Option<T>> {
+    rows.iter()
+        .map(|r| get(r).and_then(|v| v.get(axis).copied()))
+        .collect()
 }
 
 /// Summarises `rows` with polars.
 pub(crate) fn summarize(rows: &[SummaryRow]) -> PolarsResult<Summary> {
-    let f64s = |v: Vec<Option<u64>>| v.into_iter().map(|x| x.map(|x| x as f64)).collect::<Vec<_>>();
+    let f64s = |v: Vec<Option<u64>>| {
+        v.into_iter()
+            .map(|x| x.map(|x| x as f64))
+            .collect::<Vec<_>>()
+    };
     let df = df!(
         "shape x" => f64s(axis_values(rows, |r| r.shape.as_ref(), 0)),
         "shape y" => f64s(axis_values(rows, |r| r.shape.as_ref(), 1)),
@@ -49,12 +68,23 @@ pub(crate) fn summarize(rows: &[SummaryRow]) -> PolarsResult<Summary> {
         "dtype" => rows.iter().map(|r| r.dtype.clone().unwrap_or_else(|| "unknown".into())).collect::<Vec<_>>(),
         "file_bytes" => rows.iter().map(|r| r.file_bytes).collect::<Vec<_>>(),
     )?;
-    let axes = ["shape x", "shape y", "shape z", "shape t", "spacing x", "spacing y", "spacing z"];
+    let axes = [
+        "shape x",
+        "shape y",
+        "shape z",
+        "shape t",
+        "spacing x",
+        "spacing y",
+        "spacing z",
+    ];
     let q = |name: &str, p: f64| col(name).quantile(lit(p), QuantileMethod::Linear);
     let mut exprs = Vec::new();
     for a in axes {
         exprs.extend([
-            col(a).count().cast(DataType::Float64).alias(format!("{a}|known")),
+            col(a)
+                .count()
+                .cast(DataType::Float64)
+                .alias(format!("{a}|known")),
             col(a).min().alias(format!("{a}|min")),
             q(a, 0.25).alias(format!("{a}|p25")),
             q(a, 0.5).alias(format!("{a}|median")),
@@ -68,7 +98,11 @@ pub(crate) fn summarize(rows: &[SummaryRow]) -> PolarsResult<Summary> {
     let mut names = Vec::new();
     for a in axes {
         // Skip the time axis when no volume has one.
-        let known = wide.column(&format!("{a}|known"))?.f64()?.get(0).unwrap_or(0.0);
+        let known = wide
+            .column(&format!("{a}|known"))?
+            .f64()?
+            .get(0)
+            .unwrap_or(0.0);
         if a == "shape t" && known == 0.0 {
             continue;
         }
@@ -86,11 +120,22 @@ pub(crate) fn summarize(rows: &[SummaryRow]) -> PolarsResult<Summary> {
         .clone()
         .lazy()
         .group_by([col("dtype")])
-        .agg([len().alias("volumes"), col("file_bytes").sum().alias("bytes")])
-        .sort(["volumes"], SortMultipleOptions::default().with_order_descending(true))
+        .agg([
+            len().alias("volumes"),
+            col("file_bytes").sum().alias("bytes"),
+        ])
+        .sort(
+            ["volumes"],
+            SortMultipleOptions::default().with_order_descending(true),
+        )
         .collect()?;
     let total_bytes = rows.iter().map(|r| r.file_bytes).sum::<Option<u64>>();
-    Ok(Summary { volumes: rows.len(), distributions, dtypes, total_bytes })
+    Ok(Summary {
+        volumes: rows.len(),
+        distributions,
+        dtypes,
+        total_bytes,
+    })
 }
 
 #[cfg(test)]

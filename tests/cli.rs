@@ -43,17 +43,33 @@ fn help_and_version_work_on_every_subcommand() {
 fn manifest_build_writes_the_3dino_list_and_reports_rejects() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.json");
-    let text = run_ok(dino_run().args(["manifest", "build"]).arg(data().join("nifti")).arg("-o").arg(&out));
+    let text = run_ok(
+        dino_run()
+            .args(["manifest", "build"])
+            .arg(data().join("nifti"))
+            .arg("-o")
+            .arg(&out),
+    );
     assert!(text.contains("volumes:"), "{text}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     // 20 files: the 3 header-only pairs and the CIFTI file are rejected, 16 kept.
     assert_eq!(list.len(), 16, "{list:#?}");
-    let rejects: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json.rejects.json")).unwrap()).unwrap();
+    let rejects: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("m.json.rejects.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(rejects.len(), 4, "{rejects:#?}");
-    assert!(rejects.iter().any(|r| r["reason"].as_str().unwrap().contains("data file missing")));
+    assert!(
+        rejects
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("data file missing"))
+    );
     // Entries are exactly 3DINO's keys, with paths relative to the manifest.
-    let func = list.iter().find(|e| e["image"].as_str().unwrap().ends_with("functional.nii")).unwrap();
+    let func = list
+        .iter()
+        .find(|e| e["image"].as_str().unwrap().ends_with("functional.nii"))
+        .unwrap();
     assert_eq!(func.as_object().unwrap().len(), 3);
     assert_eq!(func["shape"], serde_json::json!([17, 21, 3, 20]));
     assert_eq!(func["spacing"], serde_json::json!([4.0, 4.0, 8.0]));
@@ -75,10 +91,24 @@ fn manifest_build_writes_the_3dino_list_and_reports_rejects() {
 
     // --min-axis drops small volumes, as 3DINO's data_min_axis_size.
     let small = dir.path().join("small.json");
-    run_ok(dino_run().args(["manifest", "build", "--min-axis", "24", "--absolute"]).arg(data().join("nifti")).arg("-o").arg(&small));
-    let list: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&small).unwrap()).unwrap();
-    assert!(list.iter().all(|e| e["shape"].as_array().unwrap()[..3].iter().all(|d| d.as_u64().unwrap() > 24)));
-    assert!(list.iter().all(|e| Path::new(e["image"].as_str().unwrap()).is_absolute()));
+    run_ok(
+        dino_run()
+            .args(["manifest", "build", "--min-axis", "24", "--absolute"])
+            .arg(data().join("nifti"))
+            .arg("-o")
+            .arg(&small),
+    );
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&small).unwrap()).unwrap();
+    assert!(list.iter().all(|e| {
+        e["shape"].as_array().unwrap()[..3]
+            .iter()
+            .all(|d| d.as_u64().unwrap() > 24)
+    }));
+    assert!(
+        list.iter()
+            .all(|e| Path::new(e["image"].as_str().unwrap()).is_absolute())
+    );
     assert!(list.len() < 16 && !list.is_empty());
 }
 
@@ -86,7 +116,13 @@ fn manifest_build_writes_the_3dino_list_and_reports_rejects() {
 fn parquet_manifest_and_stats() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v.parquet");
-    run_ok(dino_run().args(["manifest", "build"]).arg(data().join("volumes")).arg("-o").arg(&out));
+    run_ok(
+        dino_run()
+            .args(["manifest", "build"])
+            .arg(data().join("volumes"))
+            .arg("-o")
+            .arg(&out),
+    );
     let text = run_ok(dino_run().args(["manifest", "stats"]).arg(&out));
     assert!(text.contains("volumes: 6"), "{text}");
     assert!(text.contains("uint8") && text.contains("shape x"), "{text}");
@@ -99,7 +135,10 @@ fn parquet_manifest_and_stats() {
     )
     .unwrap();
     let text = run_ok(dino_run().args(["manifest", "stats"]).arg(&hand));
-    assert!(text.contains("volumes: 2") && text.contains("2 listed images do not exist"), "{text}");
+    assert!(
+        text.contains("volumes: 2") && text.contains("2 listed images do not exist"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -114,8 +153,15 @@ fn split_pairs_images_with_labels_deterministically() {
         std::fs::copy(&src, labs.join(format!("label{i:04}.nii.gz"))).unwrap();
     }
     let run = |out: &Path, seed: &str| {
-        run_ok(dino_run().args(["manifest", "split", "--images"]).arg(&imgs).arg("--labels").arg(&labs)
-            .args(["--ratios", "0.6,0.2,0.2", "--seed", seed, "-o"]).arg(out));
+        run_ok(
+            dino_run()
+                .args(["manifest", "split", "--images"])
+                .arg(&imgs)
+                .arg("--labels")
+                .arg(&labs)
+                .args(["--ratios", "0.6,0.2,0.2", "--seed", seed, "-o"])
+                .arg(out),
+        );
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
     };
     let a = run(&dir.path().join("a.json"), "1");
@@ -126,7 +172,10 @@ fn split_pairs_images_with_labels_deterministically() {
     let first = &a["training"][0];
     let img = first["image"].as_str().unwrap();
     let lab = first["label"].as_str().unwrap();
-    assert_eq!(img.replace("imagesTr/img", ""), lab.replace("labelsTr/label", ""));
+    assert_eq!(
+        img.replace("imagesTr/img", ""),
+        lab.replace("labelsTr/label", "")
+    );
 
     // CSV with integer labels: the classification variant.
     let csv = dir.path().join("classes.csv");
@@ -136,16 +185,31 @@ fn split_pairs_images_with_labels_deterministically() {
     }
     std::fs::write(&csv, text).unwrap();
     let out = dir.path().join("cls.json");
-    run_ok(dino_run().args(["manifest", "split", "--csv"]).arg(&csv).arg("-o").arg(&out));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    run_ok(
+        dino_run()
+            .args(["manifest", "split", "--csv"])
+            .arg(&csv)
+            .arg("-o")
+            .arg(&out),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["training"][0]["label"].is_i64());
 }
 
 #[test]
 fn inspect_prints_geometry_and_fails_on_bad_files() {
-    let text = run_ok(dino_run().arg("inspect").arg(data().join("nifti/nibabel/anatomical.nii")));
+    let text = run_ok(
+        dino_run()
+            .arg("inspect")
+            .arg(data().join("nifti/nibabel/anatomical.nii")),
+    );
     assert!(text.contains("int16") && text.contains("axcodes"), "{text}");
-    let out = dino_run().arg("inspect").arg(data().join("nifti/nibabel/analyze.hdr")).output().unwrap();
+    let out = dino_run()
+        .arg("inspect")
+        .arg(data().join("nifti/nibabel/analyze.hdr"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("data file missing"));
 }

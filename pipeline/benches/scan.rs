@@ -11,8 +11,9 @@ use dino3d_pipeline::manifest::{self, ScanOptions};
 fn files() -> &'static Vec<PathBuf> {
     static FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = std::env::var("DINO3D_SCAN_DATA").unwrap_or_else(|_| "/tmp/dino3d-scan-10k".into());
-        match manifest::discover(&[dir.clone()]) {
+        let dir =
+            std::env::var("DINO3D_SCAN_DATA").unwrap_or_else(|_| "/tmp/dino3d-scan-10k".into());
+        match manifest::discover(std::slice::from_ref(&dir)) {
             Ok(f) if !f.is_empty() => f,
             _ => {
                 eprintln!("no volumes in {dir}: run benches/scan_vs_nibabel.sh to generate them");
@@ -30,7 +31,10 @@ fn main() {
 #[divan::bench(args = [1, 2], sample_count = 3, sample_size = 1)]
 fn scan_headers(bencher: divan::Bencher, threads: usize) {
     let files = files();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     bencher
         .counter(divan::counter::ItemsCount::new(files.len()))
         .bench(|| {

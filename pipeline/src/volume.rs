@@ -125,6 +125,7 @@ impl VoxelData {
     }
 
     /// Voxel `i` as f64 (unscaled).
+    #[allow(clippy::unnecessary_cast)] // generic over every variant, f64 included
     pub fn get_f64(&self, i: usize) -> f64 {
         with_data!(self, v => v[i] as f64)
     }
@@ -185,6 +186,7 @@ impl Volume {
 
     /// All voxels as scaled f32, in memory order (what MONAI's float32 `LoadImage`
     /// gives, up to its C-order copy). Scaling is computed in f64 and rounded once.
+    #[allow(clippy::unnecessary_cast)] // generic over every variant, f32/f64 included
     pub fn to_f32(&self) -> Vec<f32> {
         match (&self.data, self.scaling) {
             (VoxelData::F32(v), None) => v.clone(),

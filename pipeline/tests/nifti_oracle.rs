@@ -95,7 +95,10 @@ fn every_oracle_file_matches_nibabel() {
             let e = nifti::read_volume(&path).unwrap_err();
             assert!(matches!(e, Error::DataFileMissing { .. }), "{rel}: {e}");
             let msg = e.to_string();
-            assert!(msg.contains("data file missing") && msg.contains(rel.as_str()), "{msg}");
+            assert!(
+                msg.contains("data file missing") && msg.contains(rel.as_str()),
+                "{msg}"
+            );
             assert!(err.as_str().unwrap().contains("No such file"));
             assert!(nifti::read_header(&path).is_err());
             // The header itself still parses and gives nibabel's affine and shape.
@@ -124,7 +127,10 @@ fn every_oracle_file_matches_nibabel() {
         );
         let zooms: Vec<f64> = serde_json::from_value(want["zooms"].clone()).unwrap();
         for (i, z) in zooms.iter().enumerate() {
-            assert!((info.header.pixdim[i + 1] - z).abs() < 1e-6, "{rel}: zoom {i}");
+            assert!(
+                (info.header.pixdim[i + 1] - z).abs() < 1e-6,
+                "{rel}: zoom {i}"
+            );
         }
         for (i, z) in zooms.iter().take(3).enumerate() {
             assert!((info.spacing[i] - z).abs() < 1e-6, "{rel}: spacing {i}");
@@ -132,13 +138,26 @@ fn every_oracle_file_matches_nibabel() {
         // Affine: nibabel's choice, including the both-codes-0 fallback.
         assert_close(&info.affine, &matrix(&want["affine"]), 1e-5, rel);
         if !want["qform"].is_null() {
-            assert_close(&affine::qform_affine(&info.header), &matrix(&want["qform"]), 1e-5, rel);
+            assert_close(
+                &affine::qform_affine(&info.header),
+                &matrix(&want["qform"]),
+                1e-5,
+                rel,
+            );
         }
         if !want["sform"].is_null() {
-            assert_close(&affine::sform_affine(&info.header), &matrix(&want["sform"]), 1e-6, rel);
+            assert_close(
+                &affine::sform_affine(&info.header),
+                &matrix(&want["sform"]),
+                1e-6,
+                rel,
+            );
         }
         let codes: Vec<String> = serde_json::from_value(want["axcodes"].clone()).unwrap();
-        let ours: Vec<String> = affine::axcodes(&info.affine).iter().map(|c| c.to_string()).collect();
+        let ours: Vec<String> = affine::axcodes(&info.affine)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(ours, codes, "{rel}: axcodes");
 
         // Voxels: sha256 of the raw values, little-endian, file order.
@@ -149,7 +168,11 @@ fn every_oracle_file_matches_nibabel() {
         assert_eq!(vol.shape[0] as u64, channels, "{rel}: channels");
         let digest = Sha256::digest(vol.data.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, want["raw_sha256"].as_str().unwrap(), "{rel}: raw_sha256");
+        assert_eq!(
+            hex,
+            want["raw_sha256"].as_str().unwrap(),
+            "{rel}: raw_sha256"
+        );
         // Samples: raw and scaled values at the given (x, y, z[, t]).
         for (idx, pair) in want["samples"].as_object().unwrap() {
             let ix: Vec<usize> = idx.split(',').map(|s| s.parse().unwrap()).collect();
@@ -163,22 +186,41 @@ fn every_oracle_file_matches_nibabel() {
             }
             let (wr, ws) = (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
             assert_eq!(raw, wr, "{rel}: raw sample {idx}");
-            assert!((scaled - ws).abs() <= 1e-9 * (1.0 + ws.abs()), "{rel}: scaled {idx}: {scaled} vs {ws}");
+            assert!(
+                (scaled - ws).abs() <= 1e-9 * (1.0 + ws.abs()),
+                "{rel}: scaled {idx}: {scaled} vs {ws}"
+            );
         }
         // Summary statistics over all voxels.
         let n = vol.data.len();
         // nibabel's statistics skip NaN voxels.
-        let raw_sum: f64 = (0..n).map(|i| vol.data.get_f64(i)).filter(|v| !v.is_nan()).sum();
+        let raw_sum: f64 = (0..n)
+            .map(|i| vol.data.get_f64(i))
+            .filter(|v| !v.is_nan())
+            .sum();
         let want_sum = want["raw_sum"].as_f64().unwrap();
-        assert!((raw_sum - want_sum).abs() <= 1e-6 * (1.0 + want_sum.abs()), "{rel}: raw_sum");
+        assert!(
+            (raw_sum - want_sum).abs() <= 1e-6 * (1.0 + want_sum.abs()),
+            "{rel}: raw_sum"
+        );
         let scaled: Vec<f32> = vol.to_f32();
-        let finite: Vec<f64> = scaled.iter().map(|&v| v as f64).filter(|v| !v.is_nan()).collect();
+        let finite: Vec<f64> = scaled
+            .iter()
+            .map(|&v| v as f64)
+            .filter(|v| !v.is_nan())
+            .collect();
         let mean = finite.iter().sum::<f64>() / finite.len() as f64;
         let want_mean = want["scaled_mean"].as_f64().unwrap();
-        assert!((mean - want_mean).abs() <= 1e-5 * (1.0 + want_mean.abs()), "{rel}: mean {mean} vs {want_mean}");
+        assert!(
+            (mean - want_mean).abs() <= 1e-5 * (1.0 + want_mean.abs()),
+            "{rel}: mean {mean} vs {want_mean}"
+        );
         checked_data += 1;
     }
-    assert!(checked_data >= 20, "only {checked_data} files had their voxels checked");
+    assert!(
+        checked_data >= 20,
+        "only {checked_data} files had their voxels checked"
+    );
 }
 
 /// nifti_tool's qto_xyz / sto_xyz (6 decimals), and its "method 1" when both
@@ -215,7 +257,9 @@ fn nifticlib_oracle_agrees_where_conventions_match() {
             let m1 = affine::best_affine(&h, FallbackAffine::Method1);
             if scode == 0 {
                 assert_close(&m1, &q, 1e-6, rel);
-                let opts = ReadOptions { fallback_affine: FallbackAffine::Method1 };
+                let opts = ReadOptions {
+                    fallback_affine: FallbackAffine::Method1,
+                };
                 if let Ok(info) = nifti::read_header_with(&path, &opts) {
                     assert_close(&info.affine, &q, 1e-6, rel);
                 }

@@ -31,10 +31,14 @@ fn volume(dtype: DType, shape: [usize; 4]) -> Volume {
         *b = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
     }
     if let VoxelData::F32(v) = &mut data {
-        v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32 * 0.25 - 3.0);
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = i as f32 * 0.25 - 3.0);
     }
     if let VoxelData::F64(v) = &mut data {
-        v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f64 * -1.5e-3 + 7.0);
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x = i as f64 * -1.5e-3 + 7.0);
     }
     Volume {
         data,
@@ -60,7 +64,11 @@ fn every_dtype_round_trips_through_nii_and_nii_gz() {
     for dtype in DType::ALL {
         for name in ["v.nii", "v.nii.gz"] {
             let mut vol = volume(dtype, [2, 5, 6, 7]);
-            vol.scaling = if dtype.is_float() { None } else { Some((0.5, -10.0)) };
+            vol.scaling = if dtype.is_float() {
+                None
+            } else {
+                Some((0.5, -10.0))
+            };
             let path = dir.path().join(format!("{dtype}-{name}"));
             write_volume(&path, &vol, &WriteOptions::default()).unwrap();
             let back = nifti::read_volume(&path).unwrap();
@@ -87,8 +95,8 @@ fn an_independent_reader_agrees_with_our_files() {
     assert_eq!(&h.dim[..4], &[3, 9, 8, 7]);
     assert_eq!(h.datatype, 4);
     for (row, srow) in [h.srow_x, h.srow_y, h.srow_z].iter().enumerate() {
-        for c in 0..4 {
-            assert!((f64::from(srow[c]) - vol.affine[row][c]).abs() < 1e-5);
+        for (got, want) in srow.iter().zip(&vol.affine[row]) {
+            assert!((f64::from(*got) - want).abs() < 1e-5);
         }
     }
     use ::nifti::NiftiObject;
@@ -98,7 +106,11 @@ fn an_independent_reader_agrees_with_our_files() {
 #[test]
 fn real_files_survive_a_write_read_cycle() {
     let dir = tempfile::tempdir().unwrap();
-    for rel in ["nifti/nibabel/anatomical.nii", "nifti/nibabel/functional.nii", "nifti/dipy/small_64D.nii"] {
+    for rel in [
+        "nifti/nibabel/anatomical.nii",
+        "nifti/nibabel/functional.nii",
+        "nifti/dipy/small_64D.nii",
+    ] {
         let vol = nifti::read_volume(data_dir().join(rel)).unwrap();
         let out = dir.path().join("copy.nii.gz");
         write_volume(&out, &vol, &WriteOptions { gzip_level: 1 }).unwrap();
@@ -106,7 +118,11 @@ fn real_files_survive_a_write_read_cycle() {
         assert_eq!(back.data, vol.data, "{rel}");
         assert_eq!(back.scaling, vol.scaling, "{rel}");
         assert_affine_close(&back.affine, &vol.affine);
-        let want_code = if vol.meta.sform_code > 0 { vol.meta.sform_code } else { 2 };
+        let want_code = if vol.meta.sform_code > 0 {
+            vol.meta.sform_code
+        } else {
+            2
+        };
         assert_eq!(back.meta.sform_code, want_code, "{rel}");
     }
 }
@@ -134,7 +150,9 @@ fn header_data_pairs_are_read_from_either_name() {
     let vol = volume(DType::F32, [1, 4, 5, 6]);
     for gz in [false, true] {
         let hdr = dir.path().join(format!("pair{gz}.hdr"));
-        let img = dir.path().join(format!("pair{gz}.img{}", if gz { ".gz" } else { "" }));
+        let img = dir
+            .path()
+            .join(format!("pair{gz}.img{}", if gz { ".gz" } else { "" }));
         write_pair(&hdr, &img, &vol, gz);
         for p in [&hdr, &img] {
             let back = nifti::read_volume(p).unwrap();
@@ -208,10 +226,16 @@ fn multi_member_gzip_reads_like_single_member() {
 }
 
 fn expect_format_error(path: &Path, needle: &str) {
-    for result in [nifti::read_volume(path).map(|_| ()), nifti::read_header(path).map(|_| ())] {
+    for result in [
+        nifti::read_volume(path).map(|_| ()),
+        nifti::read_header(path).map(|_| ()),
+    ] {
         if let Err(e) = result {
             let msg = e.to_string();
-            assert!(msg.contains(&path.display().to_string()), "error must name the file: {msg}");
+            assert!(
+                msg.contains(&path.display().to_string()),
+                "error must name the file: {msg}"
+            );
             assert!(msg.contains(needle), "expected {needle:?} in {msg:?}");
             return;
         }
@@ -228,7 +252,10 @@ fn bad_input_gives_clear_errors_naming_the_file() {
     let p = d.join("truncated.nii.gz");
     std::fs::write(&p, &good[..good.len() / 2]).unwrap();
     let e = nifti::read_volume(&p).unwrap_err().to_string();
-    assert!(e.contains("truncated") && e.contains("truncated.nii.gz"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("truncated.nii.gz"),
+        "{e}"
+    );
 
     let mut corrupt = good.clone();
     let mid = corrupt.len() / 2;
@@ -287,7 +314,11 @@ fn bad_input_gives_clear_errors_naming_the_file() {
             std::fs::write(&p, bytes).unwrap();
         }
         let e = nifti::read_volume(&p).unwrap_err().to_string();
-        assert!(e.contains(name) && (e.contains("overflow") || e.contains("can hold") || e.contains("truncated")), "{e}");
+        assert!(
+            e.contains(name)
+                && (e.contains("overflow") || e.contains("can hold") || e.contains("truncated")),
+            "{e}"
+        );
     }
     // 10^6 x 10^6 x 1: fits 64 bits, but no file backs it.
     h.dim = [3, 1_000_000, 1_000_000, 1, 1, 1, 1, 1];
@@ -305,7 +336,12 @@ fn bad_input_gives_clear_errors_naming_the_file() {
 fn complex_and_rgb_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let vol = volume(DType::U8, [1, 4, 4, 4]);
-    for (code, word) in [(32i16, "complex"), (128, "RGB"), (2304, "RGB"), (1792, "complex")] {
+    for (code, word) in [
+        (32i16, "complex"),
+        (128, "RGB"),
+        (2304, "RGB"),
+        (1792, "complex"),
+    ] {
         let mut h = header_for(&vol);
         h.datatype = code;
         let mut bytes = h.to_bytes();
@@ -314,7 +350,10 @@ fn complex_and_rgb_are_refused_by_name() {
         std::fs::write(&p, bytes).unwrap();
         let e = nifti::read_volume(&p).unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
-        assert!(e.to_string().contains(word) && e.to_string().contains(&format!("t{code}.nii")), "{e}");
+        assert!(
+            e.to_string().contains(word) && e.to_string().contains(&format!("t{code}.nii")),
+            "{e}"
+        );
     }
 }
 

@@ -9,4 +9,4 @@ pub mod split;
 
 pub use record::{ManifestEntry, ScanRecord, is_parquet, read_manifest, write_manifest_json};
 pub use scan::{PathStyle, Reject, ScanOptions, ScanResult, discover, scan};
-pub use split::{Datalist, DatalistItem, pair_by_name, read_csv, split};
+pub use split::{Datalist, DatalistItem, Pairing, pair_by_name, read_csv, split};

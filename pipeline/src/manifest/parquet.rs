@@ -35,13 +35,19 @@ pub fn to_record_batch(records: &[ScanRecord]) -> std::result::Result<RecordBatc
         Arc::new(UInt64Array::from(records.iter().map(f).collect::<Vec<_>>()))
     };
     let shape = ListArray::from_iter_primitive::<UInt64Type, _, _>(
-        records.iter().map(|r| Some(r.shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
+        records
+            .iter()
+            .map(|r| Some(r.shape.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
     );
     let spacing = ListArray::from_iter_primitive::<Float64Type, _, _>(
-        records.iter().map(|r| Some(r.spacing.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
+        records
+            .iter()
+            .map(|r| Some(r.spacing.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
     );
     let affine = FixedSizeListArray::from_iter_primitive::<Float64Type, _, _>(
-        records.iter().map(|r| Some(r.affine.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
+        records
+            .iter()
+            .map(|r| Some(r.affine.iter().map(|&d| Some(d)).collect::<Vec<_>>())),
         16,
     );
     let compressed = BooleanArray::from(records.iter().map(|r| r.compressed).collect::<Vec<_>>());
@@ -102,22 +108,36 @@ pub fn read_entries(path: &Path) -> Result<Vec<ManifestEntry>> {
             .column_by_name("image")
             .and_then(|c| c.as_string_opt::<i32>())
             .ok_or_else(|| Error::manifest(path, "no `image` string column"))?;
-        let shape = batch.column_by_name("shape").and_then(|c| c.as_list_opt::<i32>());
-        let spacing = batch.column_by_name("spacing").and_then(|c| c.as_list_opt::<i32>());
+        let shape = batch
+            .column_by_name("shape")
+            .and_then(|c| c.as_list_opt::<i32>());
+        let spacing = batch
+            .column_by_name("spacing")
+            .and_then(|c| c.as_list_opt::<i32>());
         for row in 0..batch.num_rows() {
             let list_u64 = |l: Option<&ListArray>| -> Option<Vec<u64>> {
                 let l = l?;
                 if l.is_null(row) {
                     return None;
                 }
-                Some(l.value(row).as_primitive_opt::<UInt64Type>()?.values().to_vec())
+                Some(
+                    l.value(row)
+                        .as_primitive_opt::<UInt64Type>()?
+                        .values()
+                        .to_vec(),
+                )
             };
             let list_f64 = |l: Option<&ListArray>| -> Option<Vec<f64>> {
                 let l = l?;
                 if l.is_null(row) {
                     return None;
                 }
-                Some(l.value(row).as_primitive_opt::<Float64Type>()?.values().to_vec())
+                Some(
+                    l.value(row)
+                        .as_primitive_opt::<Float64Type>()?
+                        .values()
+                        .to_vec(),
+                )
             };
             let mut extra = serde_json::Map::new();
             for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {

@@ -30,7 +30,9 @@ pub struct ManifestEntry {
 impl ManifestEntry {
     /// The smallest of the first three axes, if the shape is known.
     pub fn min_spatial_axis(&self) -> Option<u64> {
-        self.shape.as_ref().and_then(|s| s.iter().take(3).min().copied())
+        self.shape
+            .as_ref()
+            .and_then(|s| s.iter().take(3).min().copied())
     }
 
     /// The image path resolved against the manifest's folder (falling back to the
@@ -117,8 +119,8 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestEntry>> {
 /// # Errors
 /// I/O failures.
 pub fn write_manifest_json(path: &Path, entries: &[ManifestEntry]) -> Result<()> {
-    let text = serde_json::to_string_pretty(entries)
-        .map_err(|e| Error::manifest(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(entries).map_err(|e| Error::manifest(path, e.to_string()))?;
     crate::nifti::write_atomic(path, text.as_bytes())
 }
 

@@ -78,7 +78,10 @@ pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
         if path.is_dir() {
             for entry in walkdir::WalkDir::new(path).follow_links(true) {
                 let entry = entry.map_err(|e| {
-                    let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| path.to_path_buf());
+                    let p = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| path.to_path_buf());
                     Error::io(p, e.into())
                 })?;
                 if entry.file_type().is_file() && is_volume_name(entry.path()) {
@@ -111,7 +114,11 @@ pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
 
 /// Reads the header of every file in parallel (rayon), calling `progress` with
 /// the number of files done so far.
-pub fn scan(files: &[PathBuf], opts: &ScanOptions, progress: &(dyn Fn(usize) + Sync)) -> ScanResult {
+pub fn scan(
+    files: &[PathBuf],
+    opts: &ScanOptions,
+    progress: &(dyn Fn(usize) + Sync),
+) -> ScanResult {
     let done = AtomicUsize::new(0);
     let base = opts
         .manifest_path

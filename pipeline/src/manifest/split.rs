@@ -35,7 +35,10 @@ pub struct Datalist {
 
 /// The name stem without NIfTI extensions (`a/b.nii.gz` -> `b`).
 pub fn volume_stem(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
     for ext in [".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img"] {
         if lower.ends_with(ext) {
@@ -54,7 +57,16 @@ fn loose_key(stem: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect();
     const ROLE: [&str; 10] = [
-        "img", "image", "images", "label", "labels", "seg", "segmentation", "mask", "gt", "lbl",
+        "img",
+        "image",
+        "images",
+        "label",
+        "labels",
+        "seg",
+        "segmentation",
+        "mask",
+        "gt",
+        "lbl",
     ];
     parts.retain(|p| !ROLE.contains(p));
     let joined = parts.join("_");
@@ -67,19 +79,30 @@ fn loose_key(stem: &str) -> String {
     trimmed.to_string()
 }
 
+/// The outcome of [`pair_by_name`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pairing {
+    /// (image, label) pairs, in image order.
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// Images without a label.
+    pub unpaired_images: Vec<PathBuf>,
+    /// Labels without an image.
+    pub unpaired_labels: Vec<PathBuf>,
+}
+
 /// Pairs images with labels by name: exact stems first, then the loose key.
 ///
 /// # Errors
 /// When a name is ambiguous; unpaired files are returned, not errors.
-pub fn pair_by_name(
-    images: &[PathBuf],
-    labels: &[PathBuf],
-) -> Result<(Vec<(PathBuf, PathBuf)>, Vec<PathBuf>, Vec<PathBuf>)> {
+pub fn pair_by_name(images: &[PathBuf], labels: &[PathBuf]) -> Result<Pairing> {
     let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut by_loose: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for l in labels {
         by_stem.insert(volume_stem(l), l.clone());
-        by_loose.entry(loose_key(&volume_stem(l))).or_default().push(l.clone());
+        by_loose
+            .entry(loose_key(&volume_stem(l)))
+            .or_default()
+            .push(l.clone());
     }
     let mut used = std::collections::BTreeSet::new();
     let mut pairs = Vec::new();
@@ -102,13 +125,24 @@ pub fn pair_by_name(
         match found {
             Some(l) if used.insert(l.clone()) => pairs.push((img.clone(), l)),
             Some(l) => {
-                return Err(Error::manifest(img, format!("label {} matches two images", l.display())));
+                return Err(Error::manifest(
+                    img,
+                    format!("label {} matches two images", l.display()),
+                ));
             }
             None => lonely_images.push(img.clone()),
         }
     }
-    let lonely_labels = labels.iter().filter(|l| !used.contains(*l)).cloned().collect();
-    Ok((pairs, lonely_images, lonely_labels))
+    let unpaired_labels = labels
+        .iter()
+        .filter(|l| !used.contains(*l))
+        .cloned()
+        .collect();
+    Ok(Pairing {
+        pairs,
+        unpaired_images: lonely_images,
+        unpaired_labels,
+    })
 }
 
 /// Splits `items` into training/validation/test with `ratios` (normalised to sum
@@ -149,8 +183,12 @@ pub fn split(mut items: Vec<DatalistItem>, ratios: [f64; 3], seed: u64) -> Resul
 /// # Errors
 /// When the CSV cannot be read or lacks the `image` and `label` columns.
 pub fn read_csv(path: &Path) -> Result<Vec<DatalistItem>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| Error::manifest(path, e.to_string()))?;
-    let headers = reader.headers().map_err(|e| Error::manifest(path, e.to_string()))?.clone();
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| Error::manifest(path, e.to_string()))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::manifest(path, e.to_string()))?
+        .clone();
     let col = |name: &str| {
         headers
             .iter()
@@ -190,10 +228,19 @@ mod tests {
         let a = split(items(100), [0.7, 0.2, 0.1], 7).unwrap();
         let b = split(items(100).into_iter().rev().collect(), [0.7, 0.2, 0.1], 7).unwrap();
         assert_eq!(a, b, "input order must not matter");
-        assert_eq!((a.training.len(), a.validation.len(), a.test.len()), (70, 20, 10));
+        assert_eq!(
+            (a.training.len(), a.validation.len(), a.test.len()),
+            (70, 20, 10)
+        );
         let c = split(items(100), [0.7, 0.2, 0.1], 8).unwrap();
         assert_ne!(a.training, c.training, "the seed must matter");
-        let mut all: Vec<_> = a.training.iter().chain(&a.validation).chain(&a.test).map(|i| &i.image).collect();
+        let mut all: Vec<_> = a
+            .training
+            .iter()
+            .chain(&a.validation)
+            .chain(&a.test)
+            .map(|i| &i.image)
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 100);
@@ -202,11 +249,29 @@ mod tests {
 
     #[test]
     fn names_pair_exactly_or_by_role_words() {
-        let imgs: Vec<PathBuf> = ["i/img0001.nii.gz", "i/img0002.nii.gz", "i/case_7.nii", "i/lonely.nii"]
-            .iter().map(PathBuf::from).collect();
-        let labs: Vec<PathBuf> = ["l/label0001.nii.gz", "l/label0002.nii.gz", "l/case_7.nii", "l/extra.nii"]
-            .iter().map(PathBuf::from).collect();
-        let (pairs, li, ll) = pair_by_name(&imgs, &labs).unwrap();
+        let imgs: Vec<PathBuf> = [
+            "i/img0001.nii.gz",
+            "i/img0002.nii.gz",
+            "i/case_7.nii",
+            "i/lonely.nii",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let labs: Vec<PathBuf> = [
+            "l/label0001.nii.gz",
+            "l/label0002.nii.gz",
+            "l/case_7.nii",
+            "l/extra.nii",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let Pairing {
+            pairs,
+            unpaired_images: li,
+            unpaired_labels: ll,
+        } = pair_by_name(&imgs, &labs).unwrap();
         assert_eq!(pairs.len(), 3);
         assert_eq!(pairs[0].1, PathBuf::from("l/label0001.nii.gz"));
         assert_eq!(pairs[2].1, PathBuf::from("l/case_7.nii"));

@@ -68,11 +68,10 @@ pub fn qform_affine(h: &NiftiHeader) -> Affine {
         3.0 * f64::from(f32::EPSILON)
     };
     let w2 = 1.0 - (x * x + y * y + z * z);
-    let w = if w2.abs() < threshold || !(w2 > 0.0) { 0.0 } else { w2.sqrt() };
+    // Below the threshold, and for NaN, w is 0 (a half turn).
+    let w = if w2 >= threshold { w2.sqrt() } else { 0.0 };
     let nq = w * w + x * x + y * y + z * z;
-    let r = if !(nq >= f64::EPSILON) || !nq.is_finite() {
-        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    } else {
+    let r = if nq.is_finite() && nq >= f64::EPSILON {
         let s = 2.0 / nq;
         let (xs, ys, zs) = (x * s, y * s, z * s);
         let (wx, wy, wz) = (w * xs, w * ys, w * zs);
@@ -83,10 +82,16 @@ pub fn qform_affine(h: &NiftiHeader) -> Affine {
             [xy + wz, 1.0 - (xx + zz), yz - wx],
             [xz - wy, yz + wx, 1.0 - (xx + yy)],
         ]
+    } else {
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     };
     let zoom = |v: f64| if v > 0.0 { v } else { 1.0 };
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-    let z = [zoom(h.pixdim[1]), zoom(h.pixdim[2]), zoom(h.pixdim[3]) * qfac];
+    let z = [
+        zoom(h.pixdim[1]),
+        zoom(h.pixdim[2]),
+        zoom(h.pixdim[3]) * qfac,
+    ];
     let mut m = IDENTITY;
     for i in 0..3 {
         for j in 0..3 {
@@ -125,8 +130,8 @@ fn base_affine(h: &NiftiHeader) -> Affine {
 /// NIfTI-1 method 1: `diag(pixdim[1..4])`.
 fn method1_affine(h: &NiftiHeader) -> Affine {
     let mut m = IDENTITY;
-    for axis in 0..3 {
-        m[axis][axis] = h.pixdim[axis + 1];
+    for (axis, row) in m.iter_mut().enumerate().take(3) {
+        row[axis] = h.pixdim[axis + 1];
     }
     m
 }
@@ -182,7 +187,8 @@ fn rotation_zoom(m: &Affine) -> [[f64; 3]; 3] {
 }
 
 fn det3(m: &[[f64; 3]; 3]) -> f64 {
-    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
 }
 

@@ -201,6 +201,10 @@ mod tests {
             *b ^= 0x5a;
         }
         assert!(inflate_into(&bad, &mut out).is_err());
-        assert!(inflate_into(b"not gzip", &mut out).unwrap_err().contains("truncated"));
+        assert!(
+            inflate_into(b"not gzip", &mut out)
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 }

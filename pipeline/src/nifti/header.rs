@@ -95,7 +95,11 @@ impl Default for NiftiHeader {
             sform_code: 0,
             quatern: [0.0; 3],
             qoffset: [0.0; 3],
-            srow: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]],
+            srow: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ],
             xyzt_units: 0,
             intent_code: 0,
             cal_min: 0.0,
@@ -154,7 +158,10 @@ impl NiftiHeader {
     /// too short or `sizeof_hdr` is neither 348 nor 540 in either byte order.
     pub fn parse(buf: &[u8]) -> Result<NiftiHeader, String> {
         if buf.len() < 4 {
-            return Err(format!("file too short for a NIfTI header ({} bytes)", buf.len()));
+            return Err(format!(
+                "file too short for a NIfTI header ({} bytes)",
+                buf.len()
+            ));
         }
         let le = i32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
         let be = i32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
@@ -313,7 +320,10 @@ impl NiftiHeader {
             .enumerate()
             .map(|(i, &d)| {
                 if d <= 0 {
-                    Err(format!("dim[{}] = {d}: every size must be at least 1", i + 1))
+                    Err(format!(
+                        "dim[{}] = {d}: every size must be at least 1",
+                        i + 1
+                    ))
                 } else {
                     Ok(d as u64)
                 }
@@ -342,7 +352,7 @@ impl NiftiHeader {
     /// When `vox_offset` is negative, not finite or absurdly large.
     pub fn data_offset(&self) -> Result<u64, String> {
         let v = self.vox_offset;
-        if !v.is_finite() || v < 0.0 || v > 1e15 {
+        if !v.is_finite() || !(0.0..=1e15).contains(&v) {
             return Err(format!("vox_offset {v} is not a valid byte offset"));
         }
         let v = v as u64;
@@ -409,7 +419,10 @@ impl NiftiHeader {
             put(256 + 4 * i, &(self.quatern[i] as f32).to_le_bytes());
             put(268 + 4 * i, &(self.qoffset[i] as f32).to_le_bytes());
             for c in 0..4 {
-                put(280 + 16 * i + 4 * c, &(self.srow[i][c] as f32).to_le_bytes());
+                put(
+                    280 + 16 * i + 4 * c,
+                    &(self.srow[i][c] as f32).to_le_bytes(),
+                );
             }
         }
         put(344, if self.single_file { b"n+1\0" } else { b"ni1\0" });
@@ -472,7 +485,11 @@ mod tests {
             sform_code: 2,
             quatern: [0.0, 1.0, 0.0],
             qoffset: [1.0, 2.0, 3.0],
-            srow: [[0.5, 0.0, 0.0, 1.0], [0.0, 0.75, 0.0, 2.0], [0.0, 0.0, 2.5, 3.0]],
+            srow: [
+                [0.5, 0.0, 0.0, 1.0],
+                [0.0, 0.75, 0.0, 2.0],
+                [0.0, 0.0, 2.5, 3.0],
+            ],
             descrip: "hello".into(),
             ..NiftiHeader::default()
         }
@@ -483,7 +500,11 @@ mod tests {
         for version in [NiftiVersion::Nifti1, NiftiVersion::Nifti2] {
             let h = NiftiHeader {
                 version,
-                vox_offset: if version == NiftiVersion::Nifti2 { 544.0 } else { 352.0 },
+                vox_offset: if version == NiftiVersion::Nifti2 {
+                    544.0
+                } else {
+                    352.0
+                },
                 ..sample()
             };
             let back = NiftiHeader::parse(&h.to_bytes()).unwrap();
@@ -507,10 +528,22 @@ mod tests {
 
     #[test]
     fn wrong_magic_and_short_buffers_are_errors_not_panics() {
-        assert!(NiftiHeader::parse(b"abc").unwrap_err().contains("too short"));
-        assert!(NiftiHeader::parse(&[0u8; 400]).unwrap_err().contains("sizeof_hdr"));
+        assert!(
+            NiftiHeader::parse(b"abc")
+                .unwrap_err()
+                .contains("too short")
+        );
+        assert!(
+            NiftiHeader::parse(&[0u8; 400])
+                .unwrap_err()
+                .contains("sizeof_hdr")
+        );
         let b = sample().to_bytes();
-        assert!(NiftiHeader::parse(&b[..200]).unwrap_err().contains("truncated"));
+        assert!(
+            NiftiHeader::parse(&b[..200])
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 
     #[test]

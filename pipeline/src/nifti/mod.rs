@@ -17,5 +17,7 @@ mod write;
 pub use affine::{Affine, FallbackAffine};
 pub use dtype::DType;
 pub use header::{Endian, NiftiHeader, NiftiVersion};
-pub use read::{ReadOptions, VolumeInfo, read_header, read_header_with, read_volume, read_volume_with};
+pub use read::{
+    ReadOptions, VolumeInfo, read_header, read_header_with, read_volume, read_volume_with,
+};
 pub use write::{WriteOptions, header_for, write_atomic, write_volume};

@@ -226,17 +226,29 @@ fn lower_name(path: &Path) -> String {
 
 /// Replaces a file name's suffix of length `strip` by `with`, keeping case style.
 fn swap_suffix(path: &Path, strip: usize, with: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let stem = &name[..name.len() - strip];
-    let upper = name[name.len() - strip..].chars().any(|c| c.is_ascii_uppercase());
-    let with = if upper { with.to_ascii_uppercase() } else { with.to_string() };
+    let upper = name[name.len() - strip..]
+        .chars()
+        .any(|c| c.is_ascii_uppercase());
+    let with = if upper {
+        with.to_ascii_uppercase()
+    } else {
+        with.to_string()
+    };
     path.with_file_name(format!("{stem}{with}"))
 }
 
 /// The header file of a pair when the data file (`.img[.gz]`) was given.
 fn header_path_for(path: &Path) -> PathBuf {
     let name = lower_name(path);
-    for (img, hdrs) in [(".img.gz", [".hdr.gz", ".hdr"]), (".img", [".hdr", ".hdr.gz"])] {
+    for (img, hdrs) in [
+        (".img.gz", [".hdr.gz", ".hdr"]),
+        (".img", [".hdr", ".hdr.gz"]),
+    ] {
         if name.ends_with(img) {
             for hdr in hdrs {
                 let cand = swap_suffix(path, img.len(), hdr);
@@ -253,12 +265,21 @@ fn header_path_for(path: &Path) -> PathBuf {
 fn data_candidates(header: &Path) -> Vec<PathBuf> {
     let name = lower_name(header);
     if name.ends_with(".hdr.gz") {
-        vec![swap_suffix(header, 7, ".img.gz"), swap_suffix(header, 7, ".img")]
+        vec![
+            swap_suffix(header, 7, ".img.gz"),
+            swap_suffix(header, 7, ".img"),
+        ]
     } else if name.ends_with(".hdr") {
-        vec![swap_suffix(header, 4, ".img"), swap_suffix(header, 4, ".img.gz")]
+        vec![
+            swap_suffix(header, 4, ".img"),
+            swap_suffix(header, 4, ".img.gz"),
+        ]
     } else {
         let n = name.rfind('.').map_or(0, |i| name.len() - i);
-        vec![swap_suffix(header, n, ".img"), swap_suffix(header, n, ".img.gz")]
+        vec![
+            swap_suffix(header, n, ".img"),
+            swap_suffix(header, n, ".img.gz"),
+        ]
     }
 }
 
@@ -284,7 +305,10 @@ fn describe(
                 header.intent_code, disk_shape
             )
         } else {
-            format!("{}-D data (dims {disk_shape:?}): only up to 4-D volumes are read", disk_shape.len())
+            format!(
+                "{}-D data (dims {disk_shape:?}): only up to 4-D volumes are read",
+                disk_shape.len()
+            )
         };
         return Err(Error::Unsupported {
             path: header_path.to_path_buf(),
@@ -321,7 +345,9 @@ fn describe(
     };
     let needed = data_offset + data_bytes;
     if data_compressed {
-        let max = data_len.saturating_mul(gzip::MAX_DEFLATE_RATIO).saturating_add(1024);
+        let max = data_len
+            .saturating_mul(gzip::MAX_DEFLATE_RATIO)
+            .saturating_add(1024);
         if needed > max {
             return Err(Error::format(
                 &data_path,
