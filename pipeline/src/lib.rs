@@ -14,6 +14,8 @@ pub mod error;
 pub mod manifest;
 pub mod nifti;
 pub mod volume;
+pub mod voxels;
 
 pub use error::{Error, Result};
 pub use volume::{Volume, VolumeMeta, VoxelData};
+pub use voxels::Voxels;

@@ -8,25 +8,27 @@
 //! `(c, i, j, k)` sits at `((c * Z + k) * Y + j) * X + i`. 4-D files become
 //! channels (time is the slowest NIfTI axis, so channels are contiguous blocks).
 
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
 use crate::nifti::affine::Affine;
 use crate::nifti::dtype::DType;
+use crate::voxels::Voxels;
 
 /// Voxels in their stored type.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum VoxelData {
-    U8(Vec<u8>),
-    I8(Vec<i8>),
-    U16(Vec<u16>),
-    I16(Vec<i16>),
-    U32(Vec<u32>),
-    I32(Vec<i32>),
-    U64(Vec<u64>),
-    I64(Vec<i64>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+    U8(Voxels<u8>),
+    I8(Voxels<i8>),
+    U16(Voxels<u16>),
+    I16(Voxels<i16>),
+    U32(Voxels<u32>),
+    I32(Voxels<i32>),
+    U64(Voxels<u64>),
+    I64(Voxels<i64>),
+    F32(Voxels<f32>),
+    F64(Voxels<f64>),
 }
 
 /// Applies `$body` with `$v` bound to the inner `Vec` of any variant.
@@ -51,16 +53,44 @@ impl VoxelData {
     /// `n` zeroed voxels of type `dtype` (zeroed memory is committed lazily).
     pub fn zeroed(dtype: DType, n: usize) -> VoxelData {
         match dtype {
-            DType::U8 => VoxelData::U8(vec![0; n]),
-            DType::I8 => VoxelData::I8(vec![0; n]),
-            DType::U16 => VoxelData::U16(vec![0; n]),
-            DType::I16 => VoxelData::I16(vec![0; n]),
-            DType::U32 => VoxelData::U32(vec![0; n]),
-            DType::I32 => VoxelData::I32(vec![0; n]),
-            DType::U64 => VoxelData::U64(vec![0; n]),
-            DType::I64 => VoxelData::I64(vec![0; n]),
-            DType::F32 => VoxelData::F32(vec![0.0; n]),
-            DType::F64 => VoxelData::F64(vec![0.0; n]),
+            DType::U8 => VoxelData::U8(vec![0; n].into()),
+            DType::I8 => VoxelData::I8(vec![0; n].into()),
+            DType::U16 => VoxelData::U16(vec![0; n].into()),
+            DType::I16 => VoxelData::I16(vec![0; n].into()),
+            DType::U32 => VoxelData::U32(vec![0; n].into()),
+            DType::I32 => VoxelData::I32(vec![0; n].into()),
+            DType::U64 => VoxelData::U64(vec![0; n].into()),
+            DType::I64 => VoxelData::I64(vec![0; n].into()),
+            DType::F32 => VoxelData::F32(vec![0.0; n].into()),
+            DType::F64 => VoxelData::F64(vec![0.0; n].into()),
+        }
+    }
+
+    /// `n` voxels of type `dtype` whose bytes are written by `fill`, without
+    /// zeroing the memory first (for buffers that are about to be overwritten).
+    ///
+    /// # Safety
+    /// When `fill` returns `Ok`, it must have written every byte of the slice it
+    /// was given.
+    pub(crate) unsafe fn from_fill<E>(
+        dtype: DType,
+        n: usize,
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
+    ) -> Result<VoxelData, E> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            Ok(match dtype {
+                DType::U8 => VoxelData::U8(filled_vec(n, fill)?.into()),
+                DType::I8 => VoxelData::I8(filled_vec(n, fill)?.into()),
+                DType::U16 => VoxelData::U16(filled_vec(n, fill)?.into()),
+                DType::I16 => VoxelData::I16(filled_vec(n, fill)?.into()),
+                DType::U32 => VoxelData::U32(filled_vec(n, fill)?.into()),
+                DType::I32 => VoxelData::I32(filled_vec(n, fill)?.into()),
+                DType::U64 => VoxelData::U64(filled_vec(n, fill)?.into()),
+                DType::I64 => VoxelData::I64(filled_vec(n, fill)?.into()),
+                DType::F32 => VoxelData::F32(filled_vec(n, fill)?.into()),
+                DType::F64 => VoxelData::F64(filled_vec(n, fill)?.into()),
+            })
         }
     }
 
@@ -92,17 +122,22 @@ impl VoxelData {
 
     /// The voxels as native-endian bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        with_data!(self, v => bytemuck::cast_slice(v.as_slice()))
+        with_data!(self, v => bytemuck::cast_slice(&v[..]))
     }
 
     /// The voxels as mutable native-endian bytes.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        with_data!(self, v => bytemuck::cast_slice_mut(v.as_mut_slice()))
+        with_data!(self, v => bytemuck::cast_slice_mut(&mut v[..]))
     }
 
     /// Drops voxels past `n`.
     pub(crate) fn truncate(&mut self, n: usize) {
         with_data!(self, v => v.truncate(n))
+    }
+
+    /// Drops the first `k` voxels without moving the others.
+    pub(crate) fn skip_front(&mut self, k: usize) {
+        with_data!(self, v => v.advance(k))
     }
 
     /// Reverses the byte order of every voxel in place.
@@ -115,10 +150,10 @@ impl VoxelData {
             VoxelData::I32(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
             VoxelData::U64(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
             VoxelData::I64(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
-            VoxelData::F32(v) => bytemuck::cast_slice_mut::<f32, u32>(v)
+            VoxelData::F32(v) => bytemuck::cast_slice_mut::<f32, u32>(&mut v[..])
                 .iter_mut()
                 .for_each(|x| *x = x.swap_bytes()),
-            VoxelData::F64(v) => bytemuck::cast_slice_mut::<f64, u64>(v)
+            VoxelData::F64(v) => bytemuck::cast_slice_mut::<f64, u64>(&mut v[..])
                 .iter_mut()
                 .for_each(|x| *x = x.swap_bytes()),
         }
@@ -129,6 +164,31 @@ impl VoxelData {
     pub fn get_f64(&self, i: usize) -> f64 {
         with_data!(self, v => v[i] as f64)
     }
+}
+
+/// A `Vec` of `n` plain-old-data values whose bytes `fill` writes.
+///
+/// # Safety
+/// When `fill` returns `Ok`, it must have written every byte of its slice.
+unsafe fn filled_vec<T: bytemuck::Pod, E>(
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
+) -> Result<Vec<T>, E> {
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    let spare = v.spare_capacity_mut();
+    // SAFETY: the spare capacity holds at least `n` values of `T`, i.e.
+    // `n * size_of::<T>()` bytes, viewed as (uninitialised) bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            spare.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+            n * size_of::<T>(),
+        )
+    };
+    fill(bytes)?;
+    // SAFETY: `fill` succeeded, so all `n` values' bytes are written (the caller's
+    // contract), and any bit pattern is a valid `T` (`Pod`).
+    unsafe { v.set_len(n) };
+    Ok(v)
 }
 
 /// Provenance and header facts kept for writing back and for reports.
@@ -189,7 +249,7 @@ impl Volume {
     #[allow(clippy::unnecessary_cast)] // generic over every variant, f32/f64 included
     pub fn to_f32(&self) -> Vec<f32> {
         match (&self.data, self.scaling) {
-            (VoxelData::F32(v), None) => v.clone(),
+            (VoxelData::F32(v), None) => v.to_vec(),
             (data, None) => with_data!(data, v => v.iter().map(|&x| x as f32).collect()),
             (data, Some((slope, inter))) => {
                 with_data!(data, v => v.iter().map(|&x| (x as f64 * slope + inter) as f32).collect())
@@ -222,8 +282,28 @@ mod tests {
     }
 
     #[test]
+    fn from_fill_writes_exactly_what_fill_wrote() {
+        // SAFETY: the closure writes every byte.
+        let d = unsafe {
+            VoxelData::from_fill::<()>(DType::I16, 3, |b| {
+                assert_eq!(b.len(), 6);
+                for (i, x) in b.iter_mut().enumerate() {
+                    x.write(i as u8);
+                }
+                Ok(())
+            })
+        }
+        .unwrap();
+        assert_eq!(d.as_bytes(), &[0, 1, 2, 3, 4, 5]);
+        // A failing fill gives its error and no volume.
+        // SAFETY: on Err nothing is assumed initialised.
+        let e = unsafe { VoxelData::from_fill(DType::F64, 10, |_| Err("no")) };
+        assert_eq!(e, Err("no"));
+    }
+
+    #[test]
     fn swap_bytes_twice_is_identity() {
-        let mut d = VoxelData::F64(vec![1.5, -2.25, f64::MAX]);
+        let mut d = VoxelData::F64(vec![1.5, -2.25, f64::MAX].into());
         let orig = d.clone();
         d.swap_bytes();
         assert_ne!(d, orig);

@@ -407,3 +407,27 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn voxel_offsets_not_aligned_to_the_type_read_correctly() {
+    // vox_offset 355 is not a multiple of 8: the reader must move the voxels.
+    let dir = tempfile::tempdir().unwrap();
+    let vol = volume(DType::F64, [1, 5, 4, 3]);
+    let mut h = header_for(&vol);
+    h.vox_offset = 355.0;
+    let mut bytes = h.to_bytes();
+    bytes.extend([0u8; 3]);
+    bytes.extend_from_slice(vol.data.as_bytes());
+    for gz in [false, true] {
+        let p = dir.path().join(if gz { "odd.nii.gz" } else { "odd.nii" });
+        if gz {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&bytes).unwrap();
+            std::fs::write(&p, e.finish().unwrap()).unwrap();
+        } else {
+            std::fs::write(&p, &bytes).unwrap();
+        }
+        assert_eq!(nifti::read_volume(&p).unwrap().data, vol.data, "gz {gz}");
+    }
+}

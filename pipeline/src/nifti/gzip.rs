@@ -6,6 +6,7 @@
 //! exact buffer once and we inflate straight into it: no growing buffers.
 
 use std::io::Read;
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use flate2::read::{GzDecoder, MultiGzDecoder};
@@ -58,7 +59,21 @@ impl Drop for Decompressor {
 ///
 /// # Errors
 /// A message when the stream is corrupt or ends before `out` is full.
+#[cfg(test)]
 pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `inflate_into_uninit`
+    // only ever writes initialised bytes, so `out` stays initialised.
+    let out = unsafe { &mut *(out as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    inflate_into_uninit(src, out)
+}
+
+/// [`inflate_into`] into uninitialised memory, so the caller need not zero a
+/// buffer that is about to be overwritten. On `Ok`, every byte of `out` has been
+/// written.
+///
+/// # Errors
+/// A message when the stream is corrupt or ends before `out` is full.
+pub(crate) fn inflate_into_uninit(src: &[u8], out: &mut [MaybeUninit<u8>]) -> Result<(), String> {
     let dec = Decompressor::new();
     let (mut in_pos, mut out_pos) = (0usize, 0usize);
     let want_total = out.len();
@@ -70,8 +85,9 @@ pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
         let rest_in = &src[in_pos..];
         let rest_out = &mut out[out_pos..];
         // SAFETY: the input and output pointers and lengths come from live slices
-        // that outlive the call, and libdeflate writes at most `rest_out.len()`
-        // bytes; the two return pointers point at live locals.
+        // that outlive the call; libdeflate only writes (never reads) the output,
+        // at most `rest_out.len()` bytes, and reports how many in `used_out`; the
+        // two return pointers point at live locals.
         let rc = unsafe {
             sys::libdeflate_gzip_decompress_ex(
                 dec.0.as_ptr(),
@@ -95,6 +111,10 @@ pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
                 // The member inflates to more than we need (trailing bytes after the
                 // voxels, or corruption): stream the part we need, then finish the
                 // member so its CRC is still verified.
+                rest_out.fill(MaybeUninit::new(0));
+                // SAFETY: every byte of `rest_out` was just initialised, and
+                // `MaybeUninit<u8>` has the layout of `u8`.
+                let rest_out = unsafe { &mut *(rest_out as *mut [MaybeUninit<u8>] as *mut [u8]) };
                 let mut dec = GzDecoder::new(rest_in);
                 let eof = |e: std::io::Error| match e.kind() {
                     std::io::ErrorKind::UnexpectedEof => truncated(out_pos, want_total),
