@@ -149,7 +149,7 @@ pub fn read_volume_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
             })
         }
         .map_err(|e| Error::format(&info.data_path, e))?;
-        if offset % size == 0 {
+        if offset.is_multiple_of(size) {
             // Leave the voxels where they landed, behind the header bytes.
             data.skip_front(offset / size);
         } else {
