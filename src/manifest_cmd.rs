@@ -227,12 +227,7 @@ fn split(args: &SplitArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .try_into()
         .map_err(|_| anyhow::anyhow!("--ratios takes three numbers"))?;
-    let out_dir = args
-        .output
-        .parent()
-        .map(std::path::absolute)
-        .transpose()?
-        .unwrap_or_default();
+    let out_dir = manifest::scan::manifest_dir(&args.output);
     let shown = |p: &Path| -> String {
         let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         if args.absolute {

@@ -113,6 +113,24 @@ fn manifest_build_writes_the_3dino_list_and_reports_rejects() {
 }
 
 #[test]
+fn a_manifest_in_the_working_directory_gets_relative_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data().join("nifti/nibabel/anatomical.nii"),
+        dir.path().join("a.nii"),
+    )
+    .unwrap();
+    run_ok(
+        dino_run()
+            .current_dir(dir.path())
+            .args(["manifest", "build", ".", "-o", "m.json"]),
+    );
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(list[0]["image"], "a.nii");
+}
+
+#[test]
 fn parquet_manifest_and_stats() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v.parquet");

@@ -244,6 +244,20 @@ impl Volume {
         }
     }
 
+    /// Channel `c` as scaled f32, in memory order.
+    #[allow(clippy::unnecessary_cast)] // generic over every variant, f32/f64 included
+    pub fn to_f32_channel(&self, c: usize) -> Vec<f32> {
+        let n = self.spatial_len();
+        let range = c * n..(c + 1) * n;
+        match self.scaling {
+            None => with_data!(&self.data, v => v[range].iter().map(|&x| x as f32).collect()),
+            Some((slope, inter)) => with_data!(&self.data, v => v[range]
+                .iter()
+                .map(|&x| (x as f64 * slope + inter) as f32)
+                .collect()),
+        }
+    }
+
     /// All voxels as scaled f32, in memory order (what MONAI's float32 `LoadImage`
     /// gives, up to its C-order copy). Scaling is computed in f64 and rounded once.
     #[allow(clippy::unnecessary_cast)] // generic over every variant, f32/f64 included

@@ -120,11 +120,7 @@ pub fn scan(
     progress: &(dyn Fn(usize) + Sync),
 ) -> ScanResult {
     let done = AtomicUsize::new(0);
-    let base = opts
-        .manifest_path
-        .as_deref()
-        .and_then(Path::parent)
-        .map(absolute);
+    let base = opts.manifest_path.as_deref().map(manifest_dir);
     let outcomes: Vec<std::result::Result<ScanRecord, Reject>> = files
         .par_iter()
         .map(|path| {
@@ -147,6 +143,14 @@ pub fn scan(
         }
     }
     result
+}
+
+/// The absolute folder of a manifest path (`m.json` -> the working directory).
+pub fn manifest_dir(manifest: &Path) -> PathBuf {
+    match manifest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => absolute(p),
+        _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -1,0 +1,140 @@
+//! `CropForeground` with MONAI's semantics for `select_fn = x > threshold`:
+//! the tight box of voxels selected in any channel, grown by `margin`, then
+//! (with `allow_smaller`) clipped to the image. 3DINO uses threshold -1 after
+//! its [-1, 1] scaling, margin 0, `allow_smaller = True`.
+
+use super::image::Image;
+
+/// Parameters of [`crop_foreground`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropForeground {
+    /// Voxels strictly above this are foreground.
+    pub threshold: f32,
+    /// Voxels added on each side of the box.
+    pub margin: usize,
+}
+
+/// The foreground box `[start, end)` per spatial axis, or None if nothing is
+/// selected.
+pub fn foreground_box(img: &Image, threshold: f32) -> Option<([usize; 3], [usize; 3])> {
+    let [c, x, y, z] = img.shape;
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    for ch in 0..c {
+        for k in 0..z {
+            for j in 0..y {
+                let row = &img.data[img.index(ch, 0, j, k)..][..x];
+                let (Some(first), Some(last)) = (
+                    row.iter().position(|&v| v > threshold),
+                    row.iter().rposition(|&v| v > threshold),
+                ) else {
+                    continue;
+                };
+                lo = [lo[0].min(first), lo[1].min(j), lo[2].min(k)];
+                hi = [hi[0].max(last + 1), hi[1].max(j + 1), hi[2].max(k + 1)];
+            }
+        }
+    }
+    (lo[0] != usize::MAX).then_some((lo, hi))
+}
+
+/// Copies the box `[start, end)` out of `img`, moving the affine's origin to it.
+pub fn crop(img: &Image, start: [usize; 3], end: [usize; 3]) -> Image {
+    let c = img.shape[0];
+    let dims = [end[0] - start[0], end[1] - start[1], end[2] - start[2]];
+    let mut data = Vec::with_capacity(c * dims[0] * dims[1] * dims[2]);
+    for ch in 0..c {
+        for k in start[2]..end[2] {
+            for j in start[1]..end[1] {
+                let at = img.index(ch, start[0], j, k);
+                data.extend_from_slice(&img.data[at..at + dims[0]]);
+            }
+        }
+    }
+    let mut affine = img.affine;
+    for row in affine.iter_mut().take(3) {
+        row[3] += (0..3).map(|a| row[a] * start[a] as f64).sum::<f64>();
+    }
+    Image {
+        data,
+        shape: [c, dims[0], dims[1], dims[2]],
+        spacing: img.spacing,
+        affine,
+    }
+}
+
+/// Crops `img` to its foreground.
+///
+/// # Errors
+/// When no voxel is above the threshold (MONAI would return an empty volume).
+pub fn crop_foreground(img: &Image, p: &CropForeground) -> Result<Image, String> {
+    let (lo, hi) = foreground_box(img, p.threshold)
+        .ok_or_else(|| format!("no voxel above {} (empty foreground)", p.threshold))?;
+    let dims = [img.shape[1], img.shape[2], img.shape[3]];
+    let start = lo.map(|v| v.saturating_sub(p.margin));
+    let end = [0, 1, 2].map(|a| (hi[a] + p.margin).min(dims[a]));
+    Ok(crop(img, start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::affine::IDENTITY;
+
+    #[test]
+    fn crops_to_the_box_of_any_channel_and_moves_the_origin() {
+        let (x, y, z) = (6, 5, 4);
+        let mut img = Image {
+            data: vec![-1.0; 2 * x * y * z],
+            shape: [2, x, y, z],
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+        };
+        img.affine[0][0] = 2.0;
+        let a = img.index(0, 1, 2, 1);
+        img.data[a] = 0.5;
+        let b = img.index(1, 4, 3, 2);
+        img.data[b] = 0.1;
+        assert_eq!(foreground_box(&img, -1.0), Some(([1, 2, 1], [5, 4, 3])));
+        let out = crop_foreground(
+            &img,
+            &CropForeground {
+                threshold: -1.0,
+                margin: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(out.shape, [2, 4, 2, 2]);
+        assert_eq!(out.at(0, 0, 0, 0), 0.5);
+        assert_eq!(out.at(1, 3, 1, 1), 0.1);
+        assert_eq!(
+            [out.affine[0][3], out.affine[1][3], out.affine[2][3]],
+            [2.0, 2.0, 1.0]
+        );
+        // A margin grows the box but never past the image.
+        let m = crop_foreground(
+            &img,
+            &CropForeground {
+                threshold: -1.0,
+                margin: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(m.shape, [2, 6, 5, 4]);
+        let empty = Image {
+            data: vec![-1.0; 8],
+            shape: [1, 2, 2, 2],
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+        };
+        assert!(
+            crop_foreground(
+                &empty,
+                &CropForeground {
+                    threshold: -1.0,
+                    margin: 0
+                }
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! `Image`: the float32 working form of a volume inside the transform chain.
+//!
+//! Same layout as [`Volume`]: logical `(C, X, Y, Z)`, memory x-fastest, so
+//! converting never transposes. Scaling (`scl_slope`/`scl_inter`) is applied on
+//! conversion, as MONAI's `LoadImage` does.
+
+use crate::nifti::affine::Affine;
+use crate::volume::Volume;
+
+/// A channel-first float32 volume with its geometry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Voxels, memory order x fastest, then y, z, channel.
+    pub data: Vec<f32>,
+    /// `(C, X, Y, Z)`.
+    pub shape: [usize; 4],
+    /// Voxel sizes of the three spatial axes.
+    pub spacing: [f64; 3],
+    /// Voxel-to-world affine.
+    pub affine: Affine,
+}
+
+impl Image {
+    /// The scaled float32 voxels of `vol`.
+    pub fn from_volume(vol: &Volume) -> Image {
+        Image {
+            data: vol.to_f32(),
+            shape: vol.shape,
+            spacing: vol.spacing,
+            affine: vol.affine,
+        }
+    }
+
+    /// Voxels per channel.
+    pub fn spatial_len(&self) -> usize {
+        self.shape[1] * self.shape[2] * self.shape[3]
+    }
+
+    /// Flat index of `(c, i, j, k)`.
+    pub fn index(&self, c: usize, i: usize, j: usize, k: usize) -> usize {
+        let [_, x, y, z] = self.shape;
+        ((c * z + k) * y + j) * x + i
+    }
+
+    /// The value at `(c, i, j, k)`.
+    pub fn at(&self, c: usize, i: usize, j: usize, k: usize) -> f32 {
+        self.data[self.index(c, i, j, k)]
+    }
+}

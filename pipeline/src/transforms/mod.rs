@@ -1,0 +1,26 @@
+//! Transforms with MONAI's semantics (../shared/spec/pipeline-reference.md §2)
+//! and 3DINO's own (3dino-reference.md §3), one per file.
+//!
+//! So far: the deterministic part of 3DINO's pretraining chain, which the cache
+//! will persist: load (as [`Image`]), [`rand_time_frame`], [`nan_to_mean`],
+//! [`scale_intensity_range_percentiles`], [`permute_in_plane_first`] and
+//! [`crop_foreground`], chained by [`threedino_prefix`]. The recipe compiler,
+//! random augmentations and multi-crop views come next (issue 3).
+
+pub mod crop_foreground;
+pub mod image;
+pub mod nan_to_mean;
+pub mod percentiles;
+pub mod permute_in_plane_first;
+pub mod rand_time_frame;
+pub mod scale_intensity_range;
+mod threedino_prefix;
+
+pub use crop_foreground::{CropForeground, crop_foreground};
+pub use image::Image;
+pub use nan_to_mean::nan_to_mean;
+pub use percentiles::{ScaleIntensityRangePercentiles, scale_intensity_range_percentiles};
+pub use permute_in_plane_first::permute_in_plane_first;
+pub use rand_time_frame::rand_time_frame;
+pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
+pub use threedino_prefix::threedino_prefix;

@@ -1,0 +1,57 @@
+//! `NanToMean`: replace NaN voxels by the mean of the others (3DINO's transform 3).
+//!
+//! The mean is accumulated in f64 over all non-NaN voxels of all channels. A
+//! volume that is entirely NaN becomes all zeros (3DINO would produce NaN again,
+//! which poisons training; zero is the neutral value after scaling).
+
+use super::image::Image;
+
+/// Replaces NaN voxels in place; returns how many were replaced.
+pub fn nan_to_mean(img: &mut Image) -> usize {
+    let (sum, count) = img
+        .data
+        .iter()
+        .filter(|v| !v.is_nan())
+        .fold((0.0f64, 0usize), |(s, n), &v| (s + f64::from(v), n + 1));
+    let nans = img.data.len() - count;
+    if nans == 0 {
+        return 0;
+    }
+    let mean = if count > 0 {
+        (sum / count as f64) as f32
+    } else {
+        0.0
+    };
+    for v in img.data.iter_mut().filter(|v| v.is_nan()) {
+        *v = mean;
+    }
+    nans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::affine::IDENTITY;
+
+    fn image(data: Vec<f32>) -> Image {
+        let n = data.len();
+        Image {
+            data,
+            shape: [1, n, 1, 1],
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+        }
+    }
+
+    #[test]
+    fn nans_become_the_mean_of_the_rest() {
+        let mut img = image(vec![1.0, f32::NAN, 2.0, 6.0, f32::NAN]);
+        assert_eq!(nan_to_mean(&mut img), 2);
+        assert_eq!(img.data, vec![1.0, 3.0, 2.0, 6.0, 3.0]);
+        let mut clean = image(vec![1.0, 2.0]);
+        assert_eq!(nan_to_mean(&mut clean), 0);
+        let mut all = image(vec![f32::NAN; 3]);
+        nan_to_mean(&mut all);
+        assert_eq!(all.data, vec![0.0; 3]);
+    }
+}

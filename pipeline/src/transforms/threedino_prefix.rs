@@ -1,0 +1,106 @@
+//! 3DINO's deterministic preprocessing prefix (its transforms 1-5, the part MONAI's
+//! `CacheNTransDataset` caches), fused for speed: the time frame is chosen before
+//! converting to float, and 8/16-bit volumes get their percentiles from a
+//! histogram of the stored integers.
+
+use super::crop_foreground::{CropForeground, crop_foreground};
+use super::image::Image;
+use super::nan_to_mean::nan_to_mean;
+use super::percentiles::{ScaleIntensityRangePercentiles, percentiles_f32, percentiles_of_volume};
+use super::permute_in_plane_first::permute_in_plane_first;
+use super::rand_time_frame::pick_channel;
+use super::scale_intensity_range::scale_intensity_range;
+use crate::volume::Volume;
+
+/// Runs load-to-crop on `vol`: random time frame (chosen by `key`), NaN to mean,
+/// percentile scaling 0.05/99.95 to [-1, 1] with clipping, in-plane axes first
+/// (from spacing), crop to voxels > -1.
+///
+/// # Errors
+/// When the spacing cannot tell the slice axis or nothing is foreground.
+pub fn threedino_prefix(vol: &Volume, key: u64) -> Result<Image, String> {
+    let channel = pick_channel(vol.shape[0], key);
+    let n = vol.spatial_len();
+    let all = vol.to_f32_channel(channel);
+    let mut img = Image {
+        data: all,
+        shape: [1, vol.shape[1], vol.shape[2], vol.shape[3]],
+        spacing: vol.spacing,
+        affine: vol.affine,
+    };
+    let p = ScaleIntensityRangePercentiles::THREEDINO;
+    let q = if vol.data.dtype().is_float() {
+        nan_to_mean(&mut img);
+        percentiles_f32(&img.data, &[p.lower, p.upper])
+    } else if vol.shape[0] == 1 {
+        percentiles_of_volume(vol, &[p.lower, p.upper])
+    } else {
+        percentiles_f32(&img.data, &[p.lower, p.upper])
+    };
+    debug_assert_eq!(img.data.len(), n);
+    scale_intensity_range(&mut img, &p.range(q[0], q[1]));
+    let img = permute_in_plane_first(img, false)?;
+    crop_foreground(
+        &img,
+        &CropForeground {
+            threshold: -1.0,
+            margin: 0,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::affine::IDENTITY;
+    use crate::volume::{VolumeMeta, VoxelData};
+
+    #[test]
+    fn prefix_matches_the_step_by_step_chain() {
+        // 2 channels, slice axis first (spacing 3, 1, 1), background at -1000.
+        let (x, y, z) = (6, 8, 7);
+        let mut raw = vec![-1000i16; 2 * x * y * z];
+        for (i, v) in raw.iter_mut().enumerate() {
+            let (ii, jj, kk) = (i % x, (i / x) % y, (i / (x * y)) % z);
+            if (1..5).contains(&ii) && (2..6).contains(&jj) && (1..6).contains(&kk) {
+                *v = (i % 97) as i16 * 10;
+            }
+        }
+        let vol = Volume {
+            data: VoxelData::I16(raw.into()),
+            shape: [2, x, y, z],
+            spacing: [3.0, 1.0, 1.0],
+            affine: IDENTITY,
+            scaling: None,
+            meta: VolumeMeta::default(),
+        };
+        let out = threedino_prefix(&vol, 7).unwrap();
+        // Step by step with the individual transforms.
+        let img = super::super::rand_time_frame::keep_channel(
+            &Image::from_volume(&vol),
+            pick_channel(2, 7),
+        );
+        let mut img = img;
+        super::super::percentiles::scale_intensity_range_percentiles(
+            &mut img,
+            &ScaleIntensityRangePercentiles::THREEDINO,
+        );
+        let img = permute_in_plane_first(img, false).unwrap();
+        let want = crop_foreground(
+            &img,
+            &CropForeground {
+                threshold: -1.0,
+                margin: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(out.shape, want.shape);
+        for (a, b) in out.data.iter().zip(&want.data) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        // Slice axis (x, spacing 3) moved last; foreground box is 4 x 4 x 5 before the move.
+        assert_eq!(out.shape, [1, 4, 5, 4]);
+        assert_eq!(out.spacing, [1.0, 1.0, 3.0]);
+        assert!(out.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+}
