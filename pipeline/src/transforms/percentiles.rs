@@ -137,11 +137,9 @@ impl ScaleIntensityRangePercentiles {
     /// The `ScaleIntensityRange` these percentiles `(a_min, a_max)` give.
     pub fn range(&self, a_min: f64, a_max: f64) -> ScaleIntensityRange {
         let (mut b_min, mut b_max) = (self.b_min, self.b_max);
-        if self.relative {
-            if let (Some(b0), Some(b1)) = (self.b_min, self.b_max) {
-                b_min = Some(b0 + (b1 - b0) * self.lower / 100.0);
-                b_max = Some(b0 + (b1 - b0) * self.upper / 100.0);
-            }
+        if let (true, Some(b0), Some(b1)) = (self.relative, self.b_min, self.b_max) {
+            b_min = Some(b0 + (b1 - b0) * self.lower / 100.0);
+            b_max = Some(b0 + (b1 - b0) * self.upper / 100.0);
         }
         ScaleIntensityRange {
             a_min,
@@ -205,6 +203,18 @@ mod tests {
             assert!((hist - want).abs() < 1e-9, "q {q}: {hist} vs {want}");
             assert!((sel - want).abs() < 1e-6, "q {q}: {sel} vs {want}");
         }
+    }
+
+    #[test]
+    fn relative_moves_the_output_range_like_monai() {
+        let p = ScaleIntensityRangePercentiles {
+            lower: 10.0,
+            upper: 90.0,
+            relative: true,
+            ..ScaleIntensityRangePercentiles::THREEDINO
+        };
+        let r = p.range(0.0, 1.0);
+        assert_eq!((r.b_min, r.b_max), (Some(-0.8), Some(0.8)));
     }
 
     #[test]
