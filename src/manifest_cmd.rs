@@ -94,8 +94,8 @@ pub(crate) fn run(cmd: ManifestCmd) -> anyhow::Result<ExitCode> {
 
 fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let files = manifest::discover(&args.inputs)?;
-    if files.is_empty() {
+    let (files, unlistable) = manifest::scan::discover_reporting(&args.inputs)?;
+    if files.is_empty() && unlistable.is_empty() {
         bail!(
             "no NIfTI files (.nii, .nii.gz, .hdr) found in {:?}",
             args.inputs
@@ -120,6 +120,9 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         None => scan(),
     };
     bar.finish_and_clear();
+    let mut result = result;
+    // Entries that could not even be listed are rejects too, reported first.
+    result.rejects.splice(0..0, unlistable);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "scanned {} files in {:.2} s ({:.0} files/s): {} kept, {} rejected, {} dropped by --min-axis",

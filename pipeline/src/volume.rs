@@ -72,11 +72,16 @@ impl VoxelData {
     /// # Safety
     /// When `fill` returns `Ok`, it must have written every byte of the slice it
     /// was given.
-    pub(crate) unsafe fn from_fill<E>(
+    ///
+    /// # Errors
+    /// `fill`'s error, or a message when the memory cannot be allocated (a
+    /// header may ask for more than the machine has: that is the file's problem,
+    /// not a reason to abort the process).
+    pub(crate) unsafe fn from_fill(
         dtype: DType,
         n: usize,
-        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
-    ) -> Result<VoxelData, E> {
+        fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), String>,
+    ) -> Result<VoxelData, String> {
         // SAFETY: forwarded from this function's contract.
         unsafe {
             Ok(match dtype {
@@ -170,11 +175,17 @@ impl VoxelData {
 ///
 /// # Safety
 /// When `fill` returns `Ok`, it must have written every byte of its slice.
-unsafe fn filled_vec<T: bytemuck::Pod, E>(
+unsafe fn filled_vec<T: bytemuck::Pod>(
     n: usize,
-    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), E>,
-) -> Result<Vec<T>, E> {
-    let mut v: Vec<T> = Vec::with_capacity(n);
+    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> Result<(), String>,
+) -> Result<Vec<T>, String> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        format!(
+            "cannot allocate {} bytes for the voxels",
+            n.saturating_mul(size_of::<T>())
+        )
+    })?;
     let spare = v.spare_capacity_mut();
     // SAFETY: the spare capacity holds at least `n` values of `T`, i.e.
     // `n * size_of::<T>()` bytes, viewed as (uninitialised) bytes.
@@ -299,7 +310,7 @@ mod tests {
     fn from_fill_writes_exactly_what_fill_wrote() {
         // SAFETY: the closure writes every byte.
         let d = unsafe {
-            VoxelData::from_fill::<()>(DType::I16, 3, |b| {
+            VoxelData::from_fill(DType::I16, 3, |b| {
                 assert_eq!(b.len(), 6);
                 for (i, x) in b.iter_mut().enumerate() {
                     x.write(i as u8);
@@ -311,8 +322,12 @@ mod tests {
         assert_eq!(d.as_bytes(), &[0, 1, 2, 3, 4, 5]);
         // A failing fill gives its error and no volume.
         // SAFETY: on Err nothing is assumed initialised.
-        let e = unsafe { VoxelData::from_fill(DType::F64, 10, |_| Err("no")) };
-        assert_eq!(e, Err("no"));
+        let e = unsafe { VoxelData::from_fill(DType::F64, 10, |_| Err("no".to_string())) };
+        assert_eq!(e, Err("no".to_string()));
+        // An impossible allocation is an error, not an abort.
+        // SAFETY: the closure is never reached.
+        let e = unsafe { VoxelData::from_fill(DType::F64, usize::MAX / 16, |_| Ok(())) };
+        assert!(e.unwrap_err().contains("cannot allocate"));
     }
 
     #[test]

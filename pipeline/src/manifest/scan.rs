@@ -67,37 +67,42 @@ pub fn is_volume_name(path: &Path) -> bool {
 }
 
 /// Expands folders (recursively), glob patterns and plain files into a sorted,
-/// de-duplicated list of volume files.
+/// de-duplicated list of volume files. Folders and glob matches keep only
+/// NIfTI/Analyze names (`.nii`, `.nii.gz`, `.hdr`, `.hdr.gz`); a file named
+/// explicitly is always taken.
 ///
 /// # Errors
 /// When an input names nothing that exists, or a glob pattern is malformed.
 pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    Ok(discover_reporting(inputs)?.0)
+}
+
+/// [`discover`], also returning the entries that could not be listed
+/// (unreadable folders, broken links, symlink loops) instead of failing on them.
+///
+/// # Errors
+/// When an input names nothing that exists, or a glob pattern is malformed.
+pub fn discover_reporting(inputs: &[String]) -> Result<(Vec<PathBuf>, Vec<Reject>)> {
     let mut files = Vec::new();
+    let mut problems = Vec::new();
     for input in inputs {
         let path = Path::new(input);
         if path.is_dir() {
-            for entry in walkdir::WalkDir::new(path).follow_links(true) {
-                let entry = entry.map_err(|e| {
-                    let p = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| path.to_path_buf());
-                    Error::io(p, e.into())
-                })?;
-                if entry.file_type().is_file() && is_volume_name(entry.path()) {
-                    files.push(entry.into_path());
-                }
-            }
+            walk(path, &mut files, &mut problems);
         } else if path.is_file() {
             files.push(path.to_path_buf());
         } else if input.contains(['*', '?', '[']) {
             let paths = glob::glob(input)
                 .map_err(|e| Error::manifest(input, format!("bad glob pattern: {e}")))?;
-            for p in paths.flatten() {
-                if p.is_file() {
-                    files.push(p);
-                } else if p.is_dir() {
-                    files.extend(discover(&[p.to_string_lossy().into_owned()])?);
+            for p in paths {
+                match p {
+                    Ok(p) if p.is_file() && is_volume_name(&p) => files.push(p),
+                    Ok(p) if p.is_dir() => walk(&p, &mut files, &mut problems),
+                    Ok(_) => {}
+                    Err(e) => problems.push(Reject {
+                        file: e.path().display().to_string(),
+                        reason: e.error().to_string(),
+                    }),
                 }
             }
         } else {
@@ -109,7 +114,22 @@ pub fn discover(inputs: &[String]) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     files.dedup();
-    Ok(files)
+    Ok((files, problems))
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Reject>) {
+    for entry in walkdir::WalkDir::new(dir).follow_links(true) {
+        match entry {
+            Ok(e) if e.file_type().is_file() && is_volume_name(e.path()) => {
+                files.push(e.into_path());
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(Reject {
+                file: e.path().unwrap_or(dir).display().to_string(),
+                reason: format!("cannot list: {e}"),
+            }),
+        }
+    }
 }
 
 /// Reads the header of every file in parallel (rayon), calling `progress` with
@@ -149,12 +169,25 @@ pub fn scan(
 pub fn manifest_dir(manifest: &Path) -> PathBuf {
     match manifest.parent() {
         Some(p) if !p.as_os_str().is_empty() => absolute(p),
-        _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        _ => absolute(Path::new(".")),
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+/// `p` made absolute with `.` and `..` resolved lexically (no symlinks followed),
+/// so relative paths between two of them are right.
+pub fn absolute(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn scan_one(path: &Path, style: PathStyle, base: Option<&Path>) -> Result<ScanRecord> {
@@ -214,6 +247,12 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_dot_is_resolved_before_relating_paths() {
+        let base = absolute(Path::new("/a/b/../c/./d"));
+        assert_eq!(base, PathBuf::from("/a/c/d"));
+    }
 
     #[test]
     fn relative_paths_climb_where_needed() {

@@ -98,7 +98,16 @@ pub fn pair_by_name(images: &[PathBuf], labels: &[PathBuf]) -> Result<Pairing> {
     let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut by_loose: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for l in labels {
-        by_stem.insert(volume_stem(l), l.clone());
+        if let Some(other) = by_stem.insert(volume_stem(l), l.clone()) {
+            return Err(Error::manifest(
+                l,
+                format!(
+                    "two labels share the name {:?}: {}",
+                    volume_stem(l),
+                    other.display()
+                ),
+            ));
+        }
         by_loose
             .entry(loose_key(&volume_stem(l)))
             .or_default()
@@ -164,17 +173,36 @@ pub fn split(mut items: Vec<DatalistItem>, ratios: [f64; 3], seed: u64) -> Resul
             it.image.clone(),
         )
     });
-    let n = items.len();
-    let n_train = ((ratios[0] / total) * n as f64).round() as usize;
-    let n_val = (((ratios[1] / total) * n as f64).round() as usize).min(n - n_train.min(n));
-    let n_train = n_train.min(n);
+    let [n_train, n_val, _] = largest_remainder(items.len(), ratios.map(|r| r / total));
     let mut rest = items.split_off(n_train);
-    let test = rest.split_off(n_val.min(rest.len()));
+    let test = rest.split_off(n_val);
     Ok(Datalist {
         training: items,
         validation: rest,
         test,
     })
+}
+
+/// Splits `n` into three counts proportional to `shares` (summing to 1) that add
+/// up to `n`: floors first, then the leftovers to the largest remainders (ties to
+/// the earlier part), so no part with a share is starved by rounding.
+fn largest_remainder(n: usize, shares: [f64; 3]) -> [usize; 3] {
+    let exact = shares.map(|s| s * n as f64);
+    let mut counts = exact.map(|e| (e.floor() as usize).min(n));
+    let mut order = [0, 1, 2];
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut left = n.saturating_sub(counts.iter().sum::<usize>());
+    for &i in &order {
+        if left > 0 && shares[i] > 0.0 {
+            counts[i] += 1;
+            left -= 1;
+        }
+    }
+    counts[0] += left;
+    counts
 }
 
 /// Reads `image,label` rows from a CSV with a header line. Integer labels give a
@@ -245,6 +273,16 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 100);
         assert!(split(items(3), [0.0, 0.0, 0.0], 0).is_err());
+        // Rounding never starves a part that has a share, and counts add up.
+        let d = split(items(10), [0.45, 0.45, 0.1], 0).unwrap();
+        assert_eq!(
+            (d.training.len(), d.validation.len(), d.test.len()),
+            (5, 4, 1)
+        );
+        let d = split(items(1), [0.7, 0.15, 0.15], 0).unwrap();
+        assert_eq!(d.training.len() + d.validation.len() + d.test.len(), 1);
+        assert_eq!(largest_remainder(7, [1.0, 0.0, 0.0]), [7, 0, 0]);
+        assert_eq!(largest_remainder(0, [0.5, 0.25, 0.25]), [0, 0, 0]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Voxel-to-world affines from NIfTI headers, and back.
 //!
 //! Precedence (the NIfTI-1 standard's methods 3, 2, 1, in nibabel's order, which is
-//! what MONAI's `LoadImage` reports as `affine`): the sform when `sform_code > 0`,
-//! else the qform when `qform_code > 0`, else a fallback chosen by
+//! what MONAI's `LoadImage` reports as `affine`): the sform when `sform_code != 0`,
+//! else the qform when `qform_code != 0`, else a fallback chosen by
 //! [`FallbackAffine`]. dino3d's default fallback is nibabel's (x flipped, image
 //! centred), so that a volume read here carries exactly the affine a MONAI user's
 //! `LoadImage` would give; the NIfTI C library's "method 1" (`diag(pixdim)`) is
@@ -34,10 +34,10 @@ pub enum FallbackAffine {
 /// The affine nibabel's `get_best_affine` returns (with `fallback` for codes 0).
 pub fn best_affine(h: &NiftiHeader, fallback: FallbackAffine) -> Affine {
     if h.version != NiftiVersion::Analyze {
-        if h.sform_code > 0 {
+        if h.sform_code != 0 {
             return sform_affine(h);
         }
-        if h.qform_code > 0 {
+        if h.qform_code != 0 {
             return qform_affine(h);
         }
     }
@@ -146,7 +146,9 @@ pub fn column_norms(m: &Affine) -> [f64; 3] {
 }
 
 /// Axis codes (nibabel's `aff2axcodes`, RAS+ labels): for each voxel axis, the
-/// world direction it points to most, e.g. `['R', 'A', 'S']`.
+/// world direction it points to most, e.g. `['R', 'A', 'S']`. Assignment is
+/// greedy by decreasing |cosine| of the orthonormal part, as in nibabel ≥ 5.4
+/// (older nibabel took axes in order and can differ on oblique affines).
 pub fn axcodes(m: &Affine) -> [char; 3] {
     let polar = orthonormal_part(&rotation_zoom(m));
     let mut codes = ['?'; 3];

@@ -76,6 +76,10 @@ pub struct NiftiHeader {
     pub descrip: String,
     /// SPM's origin (1-based voxel) in Analyze's `originator` field; zeros otherwise.
     pub analyze_origin: [i16; 3],
+    /// Recorded maximum stored value (NIfTI-1/Analyze; SPM2 derives scaling from it).
+    pub glmax: i32,
+    /// Recorded minimum stored value.
+    pub glmin: i32,
 }
 
 impl Default for NiftiHeader {
@@ -106,6 +110,8 @@ impl Default for NiftiHeader {
             cal_max: 0.0,
             descrip: String::new(),
             analyze_origin: [0; 3],
+            glmax: 0,
+            glmin: 0,
         }
     }
 }
@@ -222,10 +228,10 @@ impl NiftiHeader {
             bitpix: f.i16(72),
             pixdim,
             vox_offset: f.f32_as_f64(108),
-            // Analyze keeps SPM's scale in this slot ("funused1"); plain Analyze
-            // readers (nibabel's AnalyzeImage) do not apply it, nor do we.
-            scl_slope: if is_nifti { f.f32_as_f64(112) } else { 0.0 },
-            scl_inter: if is_nifti { f.f32_as_f64(116) } else { 0.0 },
+            // In Analyze these are SPM's funused1/funused2, which nibabel (loading
+            // .hdr as Spm2AnalyzeImage) applies as slope and intercept too.
+            scl_slope: f.f32_as_f64(112),
+            scl_inter: f.f32_as_f64(116),
             qform_code: if is_nifti { i32::from(f.i16(252)) } else { 0 },
             sform_code: if is_nifti { i32::from(f.i16(254)) } else { 0 },
             quatern: [f.f32_as_f64(256), f.f32_as_f64(260), f.f32_as_f64(264)],
@@ -241,7 +247,23 @@ impl NiftiHeader {
             } else {
                 [f.i16(253), f.i16(255), f.i16(257)]
             },
-        })
+            glmax: f.i32(140),
+            glmin: f.i32(144),
+        }
+        .with_fixed_pixdim())
+    }
+
+    /// nibabel's header fixes on load: spatial pixdims of 0 become 1, negative
+    /// ones their absolute value, and a qfac (`pixdim[0]`) other than ±1 becomes 1.
+    fn with_fixed_pixdim(mut self) -> NiftiHeader {
+        for p in &mut self.pixdim[1..4] {
+            *p = if *p == 0.0 { 1.0 } else { p.abs() };
+        }
+        if self.version != NiftiVersion::Analyze && self.pixdim[0] != 1.0 && self.pixdim[0] != -1.0
+        {
+            self.pixdim[0] = 1.0;
+        }
+        self
     }
 
     fn parse_v2(f: &Fields<'_>) -> Result<NiftiHeader, String> {
@@ -287,7 +309,10 @@ impl NiftiHeader {
             cal_min: f.f64(200),
             descrip: f.text(240, 80),
             analyze_origin: [0; 3],
-        })
+            glmax: 0,
+            glmin: 0,
+        }
+        .with_fixed_pixdim())
     }
 
     /// Bytes of the header proper (348 or 540).
@@ -366,9 +391,22 @@ impl NiftiHeader {
 
     /// The scaling to apply to stored values, if any (nibabel's rule: a slope of
     /// 0 or a non-finite slope means "no scaling"; a non-finite intercept is 0).
+    /// Analyze headers follow SPM2 as nibabel does: without a usable slope, the
+    /// scaling comes from `glmin/glmax` mapped onto `cal_min/cal_max` when both
+    /// ranges are non-zero.
     pub fn scaling(&self) -> Option<(f64, f64)> {
         let slope = self.scl_slope;
         if slope == 0.0 || !slope.is_finite() {
+            let unscaled = f64::from(self.glmax) - f64::from(self.glmin);
+            let scaled = self.cal_max - self.cal_min;
+            if self.version == NiftiVersion::Analyze
+                && unscaled != 0.0
+                && scaled != 0.0
+                && scaled.is_finite()
+            {
+                let s = scaled / unscaled;
+                return Some((s, self.cal_min - s * f64::from(self.glmin)));
+            }
             return None;
         }
         let inter = if self.scl_inter.is_finite() {
@@ -410,6 +448,8 @@ impl NiftiHeader {
         put(116, &(self.scl_inter as f32).to_le_bytes());
         put(123, &[self.xyzt_units as u8]);
         put(124, &(self.cal_max as f32).to_le_bytes());
+        put(140, &self.glmax.to_le_bytes());
+        put(144, &self.glmin.to_le_bytes());
         put(128, &(self.cal_min as f32).to_le_bytes());
         let d = self.descrip.as_bytes();
         put(148, &d[..d.len().min(79)]);
@@ -557,6 +597,35 @@ mod tests {
         assert!(h.rank().is_err());
         h.dim = [7, i64::MAX, i64::MAX, 2, 2, 2, 2, 2];
         assert!(h.voxel_count().unwrap_err().contains("overflow"));
+    }
+
+    #[test]
+    fn bad_pixdims_are_fixed_as_nibabel_fixes_them() {
+        let h = NiftiHeader {
+            pixdim: [0.0, -0.75, 0.0, 2.5, 1.0, 1.0, 1.0, 1.0],
+            ..sample()
+        };
+        let back = NiftiHeader::parse(&h.to_bytes()).unwrap();
+        assert_eq!(&back.pixdim[..4], &[1.0, 0.75, 1.0, 2.5]);
+    }
+
+    #[test]
+    fn analyze_scaling_follows_spm2() {
+        let mut h = NiftiHeader {
+            version: NiftiVersion::Analyze,
+            scl_slope: 0.5,
+            scl_inter: f64::NAN,
+            ..sample()
+        };
+        assert_eq!(h.scaling(), Some((0.5, 0.0)));
+        h.scl_slope = 0.0;
+        h.cal_min = 0.2;
+        h.cal_max = 0.8;
+        assert_eq!(h.scaling(), None, "needs both gl and cal ranges");
+        h.glmin = 10;
+        h.glmax = 110;
+        let (s, i) = h.scaling().unwrap();
+        assert!((s - 0.006).abs() < 1e-12 && (i - (0.2 - 0.06)).abs() < 1e-12);
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn read_volume_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
                 let (head, pad) = buf.split_at_mut(total);
                 gzip::inflate_into_uninit(&compressed, head)?;
                 pad.fill(std::mem::MaybeUninit::new(0));
-                Ok::<(), String>(())
+                Ok(())
             })
         }
         .map_err(|e| Error::format(&info.data_path, e))?;

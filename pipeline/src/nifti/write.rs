@@ -35,7 +35,8 @@ pub fn header_for(vol: &Volume) -> NiftiHeader {
         NiftiVersion::Nifti1
     };
     let rank = if c > 1 { 4 } else { 3 };
-    let (quatern, qoffset, _zooms, qfac) = affine_to_quatern(&vol.affine);
+    // pixdim comes from the affine (as nibabel writes it), so qform and sform agree.
+    let (quatern, qoffset, zooms, qfac) = affine_to_quatern(&vol.affine);
     let sform_code = if vol.meta.sform_code > 0 {
         vol.meta.sform_code
     } else {
@@ -55,16 +56,7 @@ pub fn header_for(vol: &Volume) -> NiftiHeader {
         dim: [rank, x as i64, y as i64, z as i64, c as i64, 1, 1, 1],
         datatype: dtype.nifti_code(),
         bitpix: (dtype.size() * 8) as i16,
-        pixdim: [
-            qfac,
-            vol.spacing[0],
-            vol.spacing[1],
-            vol.spacing[2],
-            1.0,
-            1.0,
-            1.0,
-            1.0,
-        ],
+        pixdim: [qfac, zooms[0], zooms[1], zooms[2], 1.0, 1.0, 1.0, 1.0],
         vox_offset: header_size,
         scl_slope,
         scl_inter,

@@ -48,7 +48,15 @@ pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
     };
     for v in img.data.iter_mut() {
         let y = f64::from(*v) * scale + offset;
-        *v = y.max(lo).min(hi) as f32;
+        // Written out so that NaN stays NaN, as in MONAI.
+        let y = if y < lo {
+            lo
+        } else if y > hi {
+            hi
+        } else {
+            y
+        };
+        *v = y as f32;
     }
 }
 
