@@ -1,0 +1,135 @@
+//! `SpatialPad` and `CenterSpatialCrop` with MONAI's semantics.
+//!
+//! * `SpatialPad(spatial_size, method)`: per axis `pad = max(target - size, 0)`,
+//!   split `(pad / 2, pad - pad / 2)` (symmetric) or `(0, pad)` (end); `-1` (any value <= 0) keeps
+//!   the axis (as does any value <= 0, MONAI's `fall_back_tuple`); constant 0 outside; never crops.
+//! * `CenterSpatialCrop(roi_size)`: centre `size / 2`, start `centre - roi / 2`,
+//!   clipped to the image (so a roi larger than the image keeps the axis); `-1`
+//!   keeps the axis.
+//!
+//! Both move the affine's origin so world coordinates of voxels are unchanged.
+
+use super::crop_foreground::crop;
+use super::image::Image;
+
+/// Where `SpatialPad` puts the padding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PadMethod {
+    /// Half before, half (rounded up) after.
+    #[default]
+    Symmetric,
+    /// All after.
+    End,
+}
+
+/// Pads `img` with `value` to at least `spatial_size` (`-1` keeps an axis).
+pub fn spatial_pad(img: &Image, spatial_size: [i64; 3], method: PadMethod, value: f32) -> Image {
+    let [c, x, y, z] = img.shape;
+    let size = [x, y, z];
+    let pad = [0, 1, 2].map(|a| {
+        let target = if spatial_size[a] < 0 {
+            size[a]
+        } else {
+            spatial_size[a] as usize
+        };
+        target.saturating_sub(size[a])
+    });
+    if pad == [0, 0, 0] {
+        return img.clone();
+    }
+    let before = pad.map(|p| match method {
+        PadMethod::Symmetric => p / 2,
+        PadMethod::End => 0,
+    });
+    let out = [x + pad[0], y + pad[1], z + pad[2]];
+    let mut data = vec![value; c * out[0] * out[1] * out[2]];
+    for ch in 0..c {
+        for k in 0..z {
+            for j in 0..y {
+                let src = img.index(ch, 0, j, k);
+                let dst =
+                    ((ch * out[2] + k + before[2]) * out[1] + j + before[1]) * out[0] + before[0];
+                data[dst..dst + x].copy_from_slice(&img.data[src..src + x]);
+            }
+        }
+    }
+    let mut affine = img.affine;
+    for row in affine.iter_mut().take(3) {
+        row[3] -= (0..3).map(|a| row[a] * before[a] as f64).sum::<f64>();
+    }
+    Image {
+        data,
+        shape: [c, out[0], out[1], out[2]],
+        spacing: img.spacing,
+        affine,
+    }
+}
+
+/// The centred box `[start, end)` MONAI's `CenterSpatialCrop` takes.
+pub fn center_box(size: [usize; 3], roi_size: [i64; 3]) -> ([usize; 3], [usize; 3]) {
+    let mut start = [0; 3];
+    let mut end = size;
+    for a in 0..3 {
+        if roi_size[a] <= 0 {
+            continue;
+        }
+        let roi = roi_size[a] as usize;
+        let s = (size[a] / 2).saturating_sub(roi / 2);
+        start[a] = s;
+        end[a] = (s + roi).min(size[a]);
+    }
+    (start, end)
+}
+
+/// Crops the centre `roi_size` of `img`.
+pub fn center_spatial_crop(img: &Image, roi_size: [i64; 3]) -> Image {
+    let (start, end) = center_box([img.shape[1], img.shape[2], img.shape[3]], roi_size);
+    crop(img, start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nifti::affine::IDENTITY;
+
+    fn ramp(shape: [usize; 4]) -> Image {
+        let n: usize = shape.iter().product();
+        Image {
+            data: (0..n).map(|v| v as f32).collect(),
+            shape,
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+        }
+    }
+
+    #[test]
+    fn pad_splits_like_monai_and_keeps_world_positions() {
+        let img = ramp([1, 2, 3, 1]);
+        let out = spatial_pad(&img, [5, -1, 2], PadMethod::Symmetric, 0.0);
+        // x: pad 3 -> (1, 2); y kept; z: pad 1 -> (0, 1).
+        assert_eq!(out.shape, [1, 5, 3, 2]);
+        assert_eq!(out.at(0, 1, 0, 0), img.at(0, 0, 0, 0));
+        assert_eq!(out.at(0, 2, 2, 0), img.at(0, 1, 2, 0));
+        assert_eq!(out.at(0, 0, 0, 0), 0.0);
+        assert_eq!(out.at(0, 1, 0, 1), 0.0);
+        assert_eq!(out.affine[0][3], -1.0);
+        let end = spatial_pad(&img, [4, 3, 1], PadMethod::End, -7.0);
+        assert_eq!(end.shape, [1, 4, 3, 1]);
+        assert_eq!(end.at(0, 0, 1, 0), img.at(0, 0, 1, 0));
+        assert_eq!(end.at(0, 3, 0, 0), -7.0);
+        // Never crops.
+        assert_eq!(spatial_pad(&img, [1, 1, 1], PadMethod::Symmetric, 0.0), img);
+    }
+
+    #[test]
+    fn center_crop_uses_monais_centre() {
+        // size 10, roi 5: centre 5, start 3 (not (10 - 5) / 2 = 2).
+        assert_eq!(center_box([10, 9, 4], [5, 3, 8]), ([3, 3, 0], [8, 6, 4]));
+        assert_eq!(center_box([10, 9, 4], [-1, 9, 1]), ([0, 0, 2], [10, 9, 3]));
+        let img = ramp([2, 10, 9, 4]);
+        let out = center_spatial_crop(&img, [5, 3, -1]);
+        assert_eq!(out.shape, [2, 5, 3, 4]);
+        assert_eq!(out.at(1, 0, 0, 0), img.at(1, 3, 3, 0));
+        assert_eq!(out.affine[0][3], 3.0);
+    }
+}
