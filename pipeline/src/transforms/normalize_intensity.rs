@@ -37,7 +37,7 @@ fn normalize_slice(v: &mut [f32], p: &NormalizeIntensity) {
         / n as f64;
     let sub = p.subtrahend.unwrap_or(mean);
     let div = match p.divisor.unwrap_or(var.sqrt()) {
-        d if d == 0.0 => 1.0,
+        0.0 => 1.0,
         d => d,
     };
     for x in v.iter_mut().filter(|x| selected(**x)) {

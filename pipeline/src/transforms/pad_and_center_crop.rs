@@ -1,11 +1,11 @@
 //! `SpatialPad` and `CenterSpatialCrop` with MONAI's semantics.
 //!
 //! * `SpatialPad(spatial_size, method)`: per axis `pad = max(target - size, 0)`,
-//!   split `(pad / 2, pad - pad / 2)` (symmetric) or `(0, pad)` (end); `-1` (any value <= 0) keeps
-//!   the axis (as does any value <= 0, MONAI's `fall_back_tuple`); constant 0 outside; never crops.
+//!   split `(pad / 2, pad - pad / 2)` (symmetric) or `(0, pad)` (end); `-1` (any value <= 0,
+//!   MONAI's `fall_back_tuple`) keeps the axis; constant 0 outside; never crops.
 //! * `CenterSpatialCrop(roi_size)`: centre `size / 2`, start `centre - roi / 2`,
-//!   clipped to the image (so a roi larger than the image keeps the axis); `-1`
-//!   keeps the axis.
+//!   clipped to the image (so a roi larger than the image keeps the axis); a
+//!   value <= 0 keeps the axis.
 //!
 //! Both move the affine's origin so world coordinates of voxels are unchanged.
 
@@ -27,7 +27,7 @@ pub fn spatial_pad(img: &Image, spatial_size: [i64; 3], method: PadMethod, value
     let [c, x, y, z] = img.shape;
     let size = [x, y, z];
     let pad = [0, 1, 2].map(|a| {
-        let target = if spatial_size[a] < 0 {
+        let target = if spatial_size[a] <= 0 {
             size[a]
         } else {
             spatial_size[a] as usize
