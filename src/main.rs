@@ -6,6 +6,7 @@
 mod inspect_cmd;
 mod manifest_cmd;
 mod progress;
+mod recipe_cmd;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Command {
     Manifest(manifest_cmd::ManifestCmd),
     /// Print what a volume's header says (shape, type, spacing, affine).
     Inspect(inspect_cmd::InspectArgs),
+    /// Validate YAML recipes and show their compiled plan.
+    #[command(subcommand)]
+    Recipe(recipe_cmd::RecipeCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Manifest(cmd) => manifest_cmd::run(cmd),
         Command::Inspect(args) => inspect_cmd::run(&args),
+        Command::Recipe(cmd) => recipe_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -33,6 +33,8 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["manifest", "stats", "--help"],
         vec!["manifest", "split", "--help"],
         vec!["inspect", "--help"],
+        vec!["recipe", "--help"],
+        vec!["recipe", "check", "--help"],
     ] {
         let text = run_ok(dino_run().args(&sub));
         assert!(text.contains("Usage"), "{sub:?}: {text}");
@@ -230,4 +232,38 @@ fn inspect_prints_geometry_and_fails_on_bad_files() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("data file missing"));
+}
+
+#[test]
+fn recipe_check_prints_the_plan_or_line_numbered_errors() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = run_ok(
+        dino_run()
+            .args(["recipe", "check"])
+            .arg(root.join("recipes/prepare.yaml")),
+    );
+    assert!(
+        text.contains("cached prefix (6 steps, hash") && text.contains("CropForeground"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "task: prepare\npipeline:\n  - name: LoadImage\n  - name: CropForegrund\n",
+    )
+    .unwrap();
+    let out = dino_run()
+        .args(["recipe", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "bad.yaml:4:11: unknown transform `CropForegrund` (did you mean `CropForeground`?)"
+        ),
+        "{err}"
+    );
 }

@@ -13,6 +13,7 @@
 pub mod error;
 pub mod manifest;
 pub mod nifti;
+pub mod recipe;
 pub mod transforms;
 pub mod volume;
 pub mod voxels;

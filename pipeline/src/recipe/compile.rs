@@ -1,0 +1,431 @@
+//! Recipe validation and the compiled plan: every problem reported with
+//! `FILE:LINE:COLUMN` before any data is read, defaults filled in, the cached
+//! prefix split from the random tail, and a canonical prefix hash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use super::document::RecipeDoc;
+use super::error::{RecipeError, RecipeErrors, hint};
+use super::registry::{self, Default, ParamKind, TransformSpec};
+use super::value::ParamValue;
+
+/// Version of the plan encoding folded into the prefix hash.
+const PLAN_FORMAT: &str = "dino3d-plan-v1";
+
+/// A validated transform with every parameter resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The transform's spec.
+    pub spec: &'static TransformSpec,
+    /// Parameters by name, defaults filled; absent optional parameters omitted.
+    pub params: BTreeMap<&'static str, ParamValue>,
+    /// Line of the step in the recipe.
+    pub line: u32,
+}
+
+/// A compiled recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The job.
+    pub task: String,
+    /// The seed.
+    pub seed: u64,
+    /// Manifest path, if given.
+    pub manifest: Option<String>,
+    /// Every step in order.
+    pub steps: Vec<Step>,
+    /// How many leading steps the cache persists.
+    pub prefix_len: usize,
+    /// Canonical hash of the prefix (hex xxh3-128).
+    pub prefix_hash: String,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "task {}, seed {}", self.task, self.seed)?;
+        if let Some(m) = &self.manifest {
+            writeln!(f, "manifest {m}")?;
+        }
+        writeln!(
+            f,
+            "cached prefix ({} steps, hash {}):",
+            self.prefix_len, self.prefix_hash
+        )?;
+        for (i, s) in self.steps.iter().enumerate() {
+            if i == self.prefix_len {
+                writeln!(f, "random tail (per sample):")?;
+            }
+            let params: Vec<String> = self.params_text(s);
+            let random = if s.spec.is_random { " [random]" } else { "" };
+            writeln!(
+                f,
+                "  {:>2}. {}{} {}",
+                i + 1,
+                s.spec.name,
+                random,
+                params.join(" ")
+            )?;
+        }
+        if self.prefix_len == self.steps.len() {
+            writeln!(f, "random tail (per sample): none")?;
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    fn params_text(&self, s: &Step) -> Vec<String> {
+        s.params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", canonical(v)))
+            .collect()
+    }
+}
+
+/// A canonical text form of a value: numbers as shortest round-trip f64, so
+/// `1`, `1.0` and `1.00` hash the same.
+fn canonical(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Bool(b) => b.to_string(),
+        ParamValue::Int(i) => format!("{:?}", *i as f64),
+        ParamValue::Float(x) => format!("{x:?}"),
+        ParamValue::Str(s) => format!("{s:?}"),
+        ParamValue::List(l) => format!(
+            "[{}]",
+            l.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+    }
+}
+
+/// Parses and validates a recipe's text.
+///
+/// # Errors
+/// Every problem found, each with file, line and column.
+pub fn compile_str(text: &str, file: &Path) -> Result<Plan, RecipeErrors> {
+    let doc: RecipeDoc =
+        serde_saphyr::from_str(text).map_err(|e| RecipeErrors(vec![parse_error(&e, file)]))?;
+    compile_doc(&doc, file)
+}
+
+/// Reads, parses and validates a recipe file.
+///
+/// # Errors
+/// Every problem found, each with file, line and column.
+pub fn compile_file(file: &Path) -> Result<Plan, RecipeErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        RecipeErrors(vec![RecipeError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: e.to_string(),
+        }])
+    })?;
+    compile_str(&text, file)
+}
+
+fn parse_error(e: &serde_saphyr::Error, file: &Path) -> RecipeError {
+    let (line, column) = e
+        .location()
+        .map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    // serde-saphyr says "error: line L column C: msg"; keep only msg.
+    let message = first.split_once(": ").map_or(first, |(_, rest)| rest);
+    let message = message
+        .split_once(": ")
+        .filter(|(pre, _)| pre.starts_with("line "))
+        .map_or(message, |(_, m)| m);
+    let mut message = message.to_string();
+    // "unknown field `x`, expected one of a, b": add the nearest name.
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((name, tail)) = rest.split_once('`')
+    {
+        let candidates: Vec<&str> = tail
+            .trim_start_matches(", expected one of ")
+            .trim_start_matches(", expected ")
+            .split(", ")
+            .map(|c| c.trim_matches('`'))
+            .collect();
+        let h = hint(name, candidates);
+        message.push_str(&h);
+    }
+    RecipeError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
+    let mut errors = Vec::new();
+    let keys: Vec<String> = doc
+        .data
+        .as_ref()
+        .and_then(|d| d.keys.as_ref())
+        .map_or_else(|| vec!["image".to_string()], |k| k.value.clone());
+    let mut steps = Vec::new();
+    for entry in &doc.pipeline {
+        if let Some(step) = compile_step(entry, &keys, file, &mut errors) {
+            steps.push(step);
+        }
+    }
+    if doc.pipeline.is_empty() {
+        errors.push(RecipeError::at(
+            file,
+            &doc.task.referenced,
+            "`pipeline` is empty",
+        ));
+    } else if steps.first().is_some_and(|s| s.spec.name != "LoadImage") {
+        let loc = &doc.pipeline[0].referenced;
+        errors.push(RecipeError::at(
+            file,
+            loc,
+            "the pipeline must start with LoadImage",
+        ));
+    }
+    let leading_deterministic = steps.iter().take_while(|s| !s.spec.is_random).count();
+    let prefix_len = match doc.cache.as_ref().and_then(|c| c.prefix.as_ref()) {
+        None => leading_deterministic,
+        Some(Spanned {
+            value: ParamValue::Str(s),
+            ..
+        }) if s == "auto" => leading_deterministic,
+        Some(Spanned {
+            value: ParamValue::Int(n),
+            referenced,
+            ..
+        }) => {
+            if *n < 0 || *n as usize > steps.len() {
+                errors.push(RecipeError::at(
+                    file,
+                    referenced,
+                    format!("cache prefix {n} is outside 0..={}", steps.len()),
+                ));
+            }
+            (*n).clamp(0, steps.len() as i64) as usize
+        }
+        Some(other) => {
+            errors.push(RecipeError::at(
+                file,
+                &other.referenced,
+                format!(
+                    "cache prefix must be `auto` or a count, not {}",
+                    other.value.kind()
+                ),
+            ));
+            leading_deterministic
+        }
+    };
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(RecipeErrors(errors));
+    }
+    let seed = doc.seed.as_ref().map_or(0, |s| s.value);
+    let prefix_hash = prefix_hash(&steps[..prefix_len], seed);
+    Ok(Plan {
+        task: doc.task.value.clone(),
+        seed,
+        manifest: doc.data.as_ref().map(|d| d.manifest.value.clone()),
+        steps,
+        prefix_len,
+        prefix_hash,
+    })
+}
+
+/// The canonical hash of a prefix: step names and every parameter (defaults
+/// filled, sorted, numbers normalised), the plan format version, and the seed
+/// when a random step is cached (its draw is then frozen per volume).
+fn prefix_hash(prefix: &[Step], seed: u64) -> String {
+    let mut text = String::from(PLAN_FORMAT);
+    for s in prefix {
+        text.push('\n');
+        text.push_str(s.spec.name);
+        for (k, v) in &s.params {
+            text.push_str(&format!(" {k}={}", canonical(v)));
+        }
+    }
+    if prefix.iter().any(|s| s.spec.is_random) {
+        text.push_str(&format!("\nseed={seed}"));
+    }
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+fn compile_step(
+    entry: &Spanned<super::value::SpannedMap>,
+    keys: &[String],
+    file: &Path,
+    errors: &mut Vec<RecipeError>,
+) -> Option<Step> {
+    let fields = &entry.value.0;
+    let Some((_, name)) = fields.iter().find(|(k, _)| k.value == "name") else {
+        errors.push(RecipeError::at(
+            file,
+            &entry.referenced,
+            "transform without a `name`",
+        ));
+        return None;
+    };
+    let ParamValue::Str(name_text) = &name.value else {
+        errors.push(RecipeError::at(
+            file,
+            &name.referenced,
+            "`name` must be a transform name",
+        ));
+        return None;
+    };
+    let Some(spec) = registry::find(name_text) else {
+        let names = registry::TRANSFORMS.iter().map(|t| t.name);
+        errors.push(RecipeError::at(
+            file,
+            &name.referenced,
+            format!("unknown transform `{name_text}`{}", hint(name_text, names)),
+        ));
+        return None;
+    };
+    let mut params = BTreeMap::new();
+    let before = errors.len();
+    for (key, value) in fields.iter().filter(|(k, _)| k.value != "name") {
+        let Some(ps) = spec.params.iter().find(|p| p.name == key.value) else {
+            errors.push(RecipeError::at(
+                file,
+                &key.referenced,
+                format!(
+                    "{} has no parameter `{}`{}",
+                    spec.name,
+                    key.value,
+                    hint(&key.value, spec.params.iter().map(|p| p.name))
+                ),
+            ));
+            continue;
+        };
+        match check_value(&ps.kind, &value.value, keys) {
+            Ok(v) => {
+                params.insert(ps.name, v);
+            }
+            Err(why) => errors.push(RecipeError::at(
+                file,
+                &value.referenced,
+                format!("{}.{}: {why}", spec.name, ps.name),
+            )),
+        }
+    }
+    for ps in spec.params {
+        if params.contains_key(ps.name) {
+            continue;
+        }
+        let default = match ps.default {
+            Default::Required => {
+                if !fields.iter().any(|(k, _)| k.value == ps.name) {
+                    errors.push(RecipeError::at(
+                        file,
+                        &name.referenced,
+                        format!("{} needs parameter `{}`", spec.name, ps.name),
+                    ));
+                }
+                continue;
+            }
+            Default::Absent => continue,
+            Default::Num(x) => ParamValue::Float(x),
+            Default::Bool(b) => ParamValue::Bool(b),
+            Default::Str(s) => ParamValue::Str(s.to_string()),
+            Default::ImageKey => ParamValue::List(vec![ParamValue::Str("image".into())]),
+        };
+        params.insert(ps.name, default);
+    }
+    if spec.name == "ScaleIntensityRangePercentiles"
+        && let (Some(lo), Some(hi)) = (
+            params.get("lower").and_then(ParamValue::as_f64),
+            params.get("upper").and_then(ParamValue::as_f64),
+        )
+        && lo > hi
+    {
+        errors.push(RecipeError::at(
+            file,
+            &name.referenced,
+            format!("lower ({lo}) is above upper ({hi})"),
+        ));
+    }
+    (errors.len() == before).then(|| Step {
+        spec,
+        params,
+        line: entry.referenced.line() as u32,
+    })
+}
+
+/// Checks one value against its kind, returning it in canonical form.
+fn check_value(kind: &ParamKind, v: &ParamValue, keys: &[String]) -> Result<ParamValue, String> {
+    match (kind, v) {
+        (ParamKind::Float { min, max }, v) => match v.as_f64() {
+            Some(x) if x.is_finite() && (*min..=*max).contains(&x) => Ok(ParamValue::Float(x)),
+            Some(x) => Err(format!("{x} is outside [{min}, {max}]")),
+            None => Err(format!("expected a number, found {}", v.kind())),
+        },
+        (ParamKind::Int { min, max }, ParamValue::Int(i)) => {
+            if (*min..=*max).contains(i) {
+                Ok(ParamValue::Float(*i as f64))
+            } else {
+                Err(format!("{i} is outside [{min}, {max}]"))
+            }
+        }
+        (ParamKind::Int { .. }, v) => Err(format!("expected an integer, found {}", v.kind())),
+        (ParamKind::Bool, ParamValue::Bool(b)) => Ok(ParamValue::Bool(*b)),
+        (ParamKind::Bool, v) => Err(format!("expected true or false, found {}", v.kind())),
+        (ParamKind::Choice(options), v) => {
+            let text = match v {
+                ParamValue::Str(s) => s.clone(),
+                ParamValue::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "expected one of {options:?}, found {}",
+                        other.kind()
+                    ));
+                }
+            };
+            if options.contains(&text.as_str()) {
+                Ok(ParamValue::Str(text))
+            } else {
+                Err(format!(
+                    "`{text}` is not one of {options:?}{}",
+                    hint(&text, options.iter().copied())
+                ))
+            }
+        }
+        (ParamKind::Int3, ParamValue::List(items)) if items.len() == 3 => items
+            .iter()
+            .map(|i| match i {
+                ParamValue::Int(i) => Ok(ParamValue::Float(*i as f64)),
+                other => Err(format!("expected 3 integers, found {}", other.kind())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(ParamValue::List),
+        (ParamKind::Int3, v) => Err(format!("expected a list of 3 integers, found {}", v.kind())),
+        (ParamKind::Keys, v) => {
+            let list = match v {
+                ParamValue::Str(s) => vec![s.clone()],
+                ParamValue::List(items) => items
+                    .iter()
+                    .map(|i| match i {
+                        ParamValue::Str(s) => Ok(s.clone()),
+                        other => Err(format!("keys must be names, found {}", other.kind())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                other => return Err(format!("expected key names, found {}", other.kind())),
+            };
+            for k in &list {
+                if !keys.contains(k) {
+                    return Err(format!(
+                        "key `{k}` is not provided by the data (keys: {keys:?}){}",
+                        hint(k, keys.iter().map(String::as_str))
+                    ));
+                }
+            }
+            Ok(ParamValue::List(
+                list.into_iter().map(ParamValue::Str).collect(),
+            ))
+        }
+    }
+}
