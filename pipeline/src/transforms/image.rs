@@ -42,6 +42,19 @@ impl Image {
         ((c * z + k) * y + j) * x + i
     }
 
+    /// `c` channels of voxels laid along x (y = z = 1), identity geometry: the
+    /// small hand-computed cases of the transform tests.
+    #[cfg(test)]
+    pub(crate) fn row(data: Vec<f32>, c: usize) -> Image {
+        let n = data.len() / c;
+        Image {
+            data,
+            shape: [c, n, 1, 1],
+            spacing: [1.0; 3],
+            affine: crate::nifti::affine::IDENTITY,
+        }
+    }
+
     /// The value at `(c, i, j, k)`.
     pub fn at(&self, c: usize, i: usize, j: usize, k: usize) -> f32 {
         self.data[self.index(c, i, j, k)]

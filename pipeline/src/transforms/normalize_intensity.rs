@@ -60,16 +60,9 @@ pub fn normalize_intensity(img: &mut Image, p: &NormalizeIntensity) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nifti::affine::IDENTITY;
 
     fn image(data: Vec<f32>, c: usize) -> Image {
-        let n = data.len() / c;
-        Image {
-            data,
-            shape: [c, n, 1, 1],
-            spacing: [1.0; 3],
-            affine: IDENTITY,
-        }
+        Image::row(data, c)
     }
 
     #[test]

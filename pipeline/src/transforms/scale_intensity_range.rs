@@ -63,16 +63,9 @@ pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nifti::affine::IDENTITY;
 
     fn image(data: Vec<f32>) -> Image {
-        let n = data.len();
-        Image {
-            data,
-            shape: [1, n, 1, 1],
-            spacing: [1.0; 3],
-            affine: IDENTITY,
-        }
+        Image::row(data, 1)
     }
 
     #[test]
