@@ -403,6 +403,13 @@ fn check_value(kind: &ParamKind, v: &ParamValue, keys: &[String]) -> Result<Para
             .collect::<Result<Vec<_>, _>>()
             .map(ParamValue::List),
         (ParamKind::Int3, v) => Err(format!("expected a list of 3 integers, found {}", v.kind())),
+        (ParamKind::AxCodes, ParamValue::Str(s)) => {
+            crate::transforms::parse_axcodes(s).map(|c| ParamValue::Str(c.iter().collect()))
+        }
+        (ParamKind::AxCodes, v) => Err(format!(
+            "expected axis codes such as RAS, found {}",
+            v.kind()
+        )),
         (ParamKind::Keys, v) => {
             let list = match v {
                 ParamValue::Str(s) => vec![s.clone()],

@@ -27,6 +27,8 @@ pub enum ParamKind {
     Int3,
     /// A list of data keys (`image`, `label`, ...).
     Keys,
+    /// Three axis codes such as `RAS`.
+    AxCodes,
 }
 
 /// A parameter's default.
@@ -152,6 +154,12 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("channel_wise", ParamKind::Bool, Default::Bool(false)),
         ],
         summary: "(x - mean) / std (population std)",
+    },
+    TransformSpec {
+        name: "Orientation",
+        is_random: false,
+        params: &[KEYS, p("axcodes", ParamKind::AxCodes, Default::Required)],
+        summary: "reorder and flip axes to the given codes (no interpolation)",
     },
     TransformSpec {
         name: "PermuteInPlaneFirst",

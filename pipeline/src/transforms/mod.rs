@@ -5,13 +5,15 @@
 //! will persist: load (as [`Image`]), [`rand_time_frame`], [`nan_to_mean`],
 //! [`scale_intensity_range_percentiles`], [`permute_in_plane_first`] and
 //! [`crop_foreground`], chained by [`threedino_prefix`]; and the MONAI basics
-//! [`normalize_intensity`], [`spatial_pad`] and [`center_spatial_crop`]. The recipe compiler,
+//! [`normalize_intensity`], [`orientation`], [`spatial_pad`] and
+//! [`center_spatial_crop`]. The recipe compiler,
 //! random augmentations and multi-crop views come next (issue 3).
 
 pub mod crop_foreground;
 pub mod image;
 pub mod nan_to_mean;
 pub mod normalize_intensity;
+pub mod orientation;
 pub mod pad_and_center_crop;
 pub mod percentiles;
 pub mod permute_in_plane_first;
@@ -23,6 +25,7 @@ pub use crop_foreground::{CropForeground, crop_foreground};
 pub use image::Image;
 pub use nan_to_mean::nan_to_mean;
 pub use normalize_intensity::{NormalizeIntensity, normalize_intensity};
+pub use orientation::{flip_spatial, orientation, parse_axcodes};
 pub use pad_and_center_crop::{PadMethod, center_spatial_crop, spatial_pad};
 pub use percentiles::{ScaleIntensityRangePercentiles, scale_intensity_range_percentiles};
 pub use permute_in_plane_first::permute_in_plane_first;
