@@ -178,6 +178,35 @@ fn keys_ranges_and_top_level_fields_are_checked() {
 }
 
 #[test]
+fn random_flips_and_rotations_are_validated() {
+    let ok = GOOD.replace(
+        "  - name: SpatialPad\n",
+        "  - name: RandFlip\n    prob: 0.5\n    spatial_axis: 2\n  - name: RandRotate90\n    spatial_axes: [1, 2]\n  - name: SpatialPad\n",
+    );
+    let plan = compile_str(&ok, Path::new("r.yaml")).unwrap();
+    assert_eq!(plan.steps.len(), 9);
+    assert_eq!(plan.prefix_len, 5, "random steps stay in the tail");
+    let e = errors(&GOOD.replace(
+        "  - name: SpatialPad\n",
+        "  - name: RandRotate90\n    spatial_axes: [1]\n  - name: SpatialPad\n",
+    ))
+    .to_string();
+    assert!(
+        e.contains("r.yaml:22:11: RandRotate90.spatial_axes must name exactly two axes"),
+        "{e}"
+    );
+    let e = errors(&GOOD.replace(
+        "  - name: SpatialPad\n",
+        "  - name: RandFlip\n    spatial_axis: [0, 3]\n  - name: SpatialPad\n",
+    ))
+    .to_string();
+    assert!(
+        e.contains("r.yaml:23:19: RandFlip.spatial_axis: expected spatial axes 0, 1 or 2"),
+        "{e}"
+    );
+}
+
+#[test]
 fn the_shipped_recipes_compile() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
     let mut n = 0;

@@ -333,8 +333,21 @@ fn compile_step(
             Default::Bool(b) => ParamValue::Bool(b),
             Default::Str(s) => ParamValue::Str(s.to_string()),
             Default::ImageKey => ParamValue::List(vec![ParamValue::Str("image".into())]),
+            Default::FirstPlane => {
+                ParamValue::List(vec![ParamValue::Float(0.0), ParamValue::Float(1.0)])
+            }
         };
         params.insert(ps.name, default);
+    }
+    if spec.name == "RandRotate90"
+        && let Some(ParamValue::List(axes)) = params.get("spatial_axes")
+        && axes.len() != 2
+    {
+        errors.push(RecipeError::at(
+            file,
+            &name.referenced,
+            "RandRotate90.spatial_axes must name exactly two axes (a plane)",
+        ));
     }
     if spec.name == "ScaleIntensityRangePercentiles"
         && let (Some(lo), Some(hi)) = (
@@ -410,6 +423,27 @@ fn check_value(kind: &ParamKind, v: &ParamValue, keys: &[String]) -> Result<Para
             "expected axis codes such as RAS, found {}",
             v.kind()
         )),
+        (ParamKind::Axes, v) => {
+            let items = match v {
+                ParamValue::List(items) => items.clone(),
+                single => vec![single.clone()],
+            };
+            let mut axes = Vec::new();
+            for item in &items {
+                match item {
+                    ParamValue::Int(a @ 0..=2) if !axes.contains(a) => axes.push(*a),
+                    ParamValue::Int(a @ 0..=2) => return Err(format!("axis {a} is listed twice")),
+                    other => {
+                        return Err(format!("expected spatial axes 0, 1 or 2, found {other:?}"));
+                    }
+                }
+            }
+            Ok(ParamValue::List(
+                axes.into_iter()
+                    .map(|a| ParamValue::Float(a as f64))
+                    .collect(),
+            ))
+        }
         (ParamKind::Keys, v) => {
             let list = match v {
                 ParamValue::Str(s) => vec![s.clone()],

@@ -29,6 +29,8 @@ pub enum ParamKind {
     Keys,
     /// Three axis codes such as `RAS`.
     AxCodes,
+    /// Distinct spatial axes (0, 1, 2), as a list or a single number.
+    Axes,
 }
 
 /// A parameter's default.
@@ -46,6 +48,8 @@ pub enum Default {
     Str(&'static str),
     /// The data keys `[image]`.
     ImageKey,
+    /// The spatial axes `[0, 1]`.
+    FirstPlane,
 }
 
 /// One parameter.
@@ -195,6 +199,39 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             ),
         ],
         summary: "crop to the box of voxels > threshold (any channel), plus margin",
+    },
+    TransformSpec {
+        name: "RandFlip",
+        is_random: true,
+        params: &[
+            KEYS,
+            p(
+                "prob",
+                ParamKind::Float { min: 0.0, max: 1.0 },
+                Default::Num(0.1),
+            ),
+            p("spatial_axis", ParamKind::Axes, Default::Absent),
+        ],
+        summary: "with probability prob, flip the given axes (all when absent)",
+    },
+    TransformSpec {
+        name: "RandRotate90",
+        is_random: true,
+        params: &[
+            KEYS,
+            p(
+                "prob",
+                ParamKind::Float { min: 0.0, max: 1.0 },
+                Default::Num(0.1),
+            ),
+            p(
+                "max_k",
+                ParamKind::Int { min: 1, max: 64 },
+                Default::Num(3.0),
+            ),
+            p("spatial_axes", ParamKind::Axes, Default::FirstPlane),
+        ],
+        summary: "with probability prob, rotate a plane by k quarter turns, k in 1..=max_k",
     },
     TransformSpec {
         name: "SpatialPad",

@@ -6,7 +6,8 @@
 //! [`scale_intensity_range_percentiles`], [`permute_in_plane_first`] and
 //! [`crop_foreground`], chained by [`threedino_prefix`]; and the MONAI basics
 //! [`normalize_intensity`], [`orientation`], [`spatial_pad`] and
-//! [`center_spatial_crop`]. The recipe compiler,
+//! [`center_spatial_crop`]; and the first random ones, [`rand_flip`] and
+//! [`rand_rotate90`], drawing from [`DrawKey`] streams. The recipe compiler,
 //! random augmentations and multi-crop views come next (issue 3).
 
 pub mod crop_foreground;
@@ -17,7 +18,9 @@ pub mod orientation;
 pub mod pad_and_center_crop;
 pub mod percentiles;
 pub mod permute_in_plane_first;
+pub mod rand_flip_rotate;
 pub mod rand_time_frame;
+pub mod rng;
 pub mod scale_intensity_range;
 mod threedino_prefix;
 
@@ -29,6 +32,8 @@ pub use orientation::{flip_spatial, orientation, parse_axcodes};
 pub use pad_and_center_crop::{PadMethod, center_spatial_crop, spatial_pad};
 pub use percentiles::{ScaleIntensityRangePercentiles, scale_intensity_range_percentiles};
 pub use permute_in_plane_first::permute_in_plane_first;
+pub use rand_flip_rotate::{rand_flip, rand_rotate90, rot90};
 pub use rand_time_frame::rand_time_frame;
+pub use rng::DrawKey;
 pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 pub use threedino_prefix::threedino_prefix;
