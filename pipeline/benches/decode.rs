@@ -186,14 +186,12 @@ fn main() {
     divan::main();
 }
 
-/// Full read of a `.nii.gz`: read file, inflate, header, voxels as int16.
-#[divan::bench(sample_count = 60, sample_size = 1)]
-fn read_volume_nii_gz(bencher: Bencher) {
-    let d = data();
-    let mut next = cycle(&d.gz);
+/// Full reads of `files` in turn, counted as volumes and decoded voxel bytes.
+fn bench_full_reads(bencher: Bencher, files: &[PathBuf], voxel_bytes: u64) {
+    let mut next = cycle(files);
     bencher
         .counter(ItemsCount::new(1usize))
-        .counter(BytesCount::new(d.voxel_bytes))
+        .counter(BytesCount::new(voxel_bytes))
         .bench_local(|| {
             let v = read_volume(black_box(next())).expect("read_volume");
             black_box(&v);
@@ -201,19 +199,18 @@ fn read_volume_nii_gz(bencher: Bencher) {
         });
 }
 
+/// Full read of a `.nii.gz`: read file, inflate, header, voxels as int16.
+#[divan::bench(sample_count = 60, sample_size = 1)]
+fn read_volume_nii_gz(bencher: Bencher) {
+    let d = data();
+    bench_full_reads(bencher, &d.gz, d.voxel_bytes);
+}
+
 /// Full read of an uncompressed `.nii`.
 #[divan::bench(sample_count = 120, sample_size = 1)]
 fn read_volume_nii(bencher: Bencher) {
     let d = data();
-    let mut next = cycle(&d.nii);
-    bencher
-        .counter(ItemsCount::new(1usize))
-        .counter(BytesCount::new(d.voxel_bytes))
-        .bench_local(|| {
-            let v = read_volume(black_box(next())).expect("read_volume");
-            black_box(&v);
-            drop(v);
-        });
+    bench_full_reads(bencher, &d.nii, d.voxel_bytes);
 }
 
 /// Header only of a `.nii.gz` (inflates a few hundred bytes).

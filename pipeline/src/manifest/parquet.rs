@@ -91,6 +91,16 @@ pub fn write_records(path: &Path, records: &[ScanRecord]) -> Result<()> {
     crate::nifti::write_atomic(path, &bytes)
 }
 
+/// Row `row` of a list column of `T` values; None when the column is missing,
+/// null there, or of another type.
+fn list_values<T: arrow_array::types::ArrowPrimitiveType>(
+    list: Option<&ListArray>,
+    row: usize,
+) -> Option<Vec<T::Native>> {
+    let list = list.filter(|l| !l.is_null(row))?;
+    Some(list.value(row).as_primitive_opt::<T>()?.values().to_vec())
+}
+
 /// Reads the 3DINO columns (`image`, `shape`, `spacing`) of a Parquet manifest;
 /// other columns are kept in `extra` when they are strings or integers.
 ///
@@ -115,30 +125,6 @@ pub fn read_entries(path: &Path) -> Result<Vec<ManifestEntry>> {
             .column_by_name("spacing")
             .and_then(|c| c.as_list_opt::<i32>());
         for row in 0..batch.num_rows() {
-            let list_u64 = |l: Option<&ListArray>| -> Option<Vec<u64>> {
-                let l = l?;
-                if l.is_null(row) {
-                    return None;
-                }
-                Some(
-                    l.value(row)
-                        .as_primitive_opt::<UInt64Type>()?
-                        .values()
-                        .to_vec(),
-                )
-            };
-            let list_f64 = |l: Option<&ListArray>| -> Option<Vec<f64>> {
-                let l = l?;
-                if l.is_null(row) {
-                    return None;
-                }
-                Some(
-                    l.value(row)
-                        .as_primitive_opt::<Float64Type>()?
-                        .values()
-                        .to_vec(),
-                )
-            };
             let mut extra = serde_json::Map::new();
             for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
                 let name = field.name().as_str();
@@ -155,8 +141,8 @@ pub fn read_entries(path: &Path) -> Result<Vec<ManifestEntry>> {
             }
             out.push(ManifestEntry {
                 image: image.value(row).to_string(),
-                shape: list_u64(shape),
-                spacing: list_f64(spacing),
+                shape: list_values::<UInt64Type>(shape, row),
+                spacing: list_values::<Float64Type>(spacing, row),
                 extra,
             });
         }

@@ -192,10 +192,9 @@ pub fn absolute(p: &Path) -> PathBuf {
 
 fn scan_one(path: &Path, style: PathStyle, base: Option<&Path>) -> Result<ScanRecord> {
     let info = nifti::read_header(path)?;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let mtime = meta
-        .modified()
-        .ok()
+    // The header read already stat'ed the file: no second stat per file.
+    let mtime = info
+        .modified
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();

@@ -54,6 +54,8 @@ pub struct VolumeInfo {
     pub data_compressed: bool,
     /// Bytes on disk of header and data files together.
     pub file_bytes: u64,
+    /// Modification time of the header file (for quick fingerprints).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 impl VolumeInfo {
@@ -81,7 +83,8 @@ pub fn read_header_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
     let path = path.as_ref();
     let header_path = header_path_for(path);
     let mut file = open(&header_path)?;
-    let file_len = file_len(&file, &header_path)?;
+    let meta = file.metadata().map_err(|e| Error::io(&header_path, e))?;
+    let file_len = meta.len();
     let is_gz = sniff_gzip(&mut file, &header_path)?;
     let prefix = if is_gz {
         gzip::inflate_prefix(std::io::BufReader::new(file), NIFTI2_HEADER_SIZE + 4)
@@ -89,7 +92,9 @@ pub fn read_header_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
     } else {
         read_prefix(&mut file, &header_path)?
     };
-    describe(path, &header_path, &prefix, (file_len, is_gz), opts)
+    let mut info = describe(path, &header_path, &prefix, (file_len, is_gz), opts)?;
+    info.modified = meta.modified().ok();
+    Ok(info)
 }
 
 /// Reads a whole volume: header, voxels in their stored type, geometry.
@@ -397,6 +402,7 @@ fn describe(
         data_bytes,
         data_compressed,
         file_bytes,
+        modified: None,
         header,
     })
 }

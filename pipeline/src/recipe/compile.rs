@@ -2,14 +2,13 @@
 //! `FILE:LINE:COLUMN` before any data is read, defaults filled in, the cached
 //! prefix split from the random tail, and a canonical prefix hash.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_saphyr::Spanned;
 
 use super::document::RecipeDoc;
 use super::error::{RecipeError, RecipeErrors, hint};
-use super::registry::{self, Default, ParamKind, TransformSpec};
+use super::registry::{self, Default, ParamKind, Params, TransformSpec};
 use super::value::ParamValue;
 
 /// Version of the plan encoding folded into the prefix hash.
@@ -21,7 +20,7 @@ pub struct Step {
     /// The transform's spec.
     pub spec: &'static TransformSpec,
     /// Parameters by name, defaults filled; absent optional parameters omitted.
-    pub params: BTreeMap<&'static str, ParamValue>,
+    pub params: Params,
     /// Line of the step in the recipe.
     pub line: u32,
 }
@@ -286,7 +285,7 @@ fn compile_step(
         ));
         return None;
     };
-    let mut params = BTreeMap::new();
+    let mut params = Params::new();
     let before = errors.len();
     for (key, value) in fields.iter().filter(|(k, _)| k.value != "name") {
         let Some(ps) = spec.params.iter().find(|p| p.name == key.value) else {
@@ -339,27 +338,14 @@ fn compile_step(
         };
         params.insert(ps.name, default);
     }
-    if spec.name == "RandRotate90"
-        && let Some(ParamValue::List(axes)) = params.get("spatial_axes")
-        && axes.len() != 2
+    if errors.len() == before
+        && let Some(check) = spec.check
+        && let Err(why) = check(&params)
     {
         errors.push(RecipeError::at(
             file,
             &name.referenced,
-            "RandRotate90.spatial_axes must name exactly two axes (a plane)",
-        ));
-    }
-    if spec.name == "ScaleIntensityRangePercentiles"
-        && let (Some(lo), Some(hi)) = (
-            params.get("lower").and_then(ParamValue::as_f64),
-            params.get("upper").and_then(ParamValue::as_f64),
-        )
-        && lo > hi
-    {
-        errors.push(RecipeError::at(
-            file,
-            &name.referenced,
-            format!("lower ({lo}) is above upper ({hi})"),
+            format!("{}.{why}", spec.name),
         ));
     }
     (errors.len() == before).then(|| Step {

@@ -2,6 +2,10 @@
 //! (MONAI's names), their types, ranges and defaults, and whether it is random.
 //! Only transforms that exist in `crate::transforms` are listed.
 
+use std::collections::BTreeMap;
+
+use super::value::ParamValue;
+
 /// The type (and range) a parameter accepts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ParamKind {
@@ -64,7 +68,7 @@ pub struct ParamSpec {
 }
 
 /// One transform.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub struct TransformSpec {
     /// MONAI's (or 3DINO's) name.
     pub name: &'static str,
@@ -74,6 +78,41 @@ pub struct TransformSpec {
     pub params: &'static [ParamSpec],
     /// One line on what it does.
     pub summary: &'static str,
+    /// A check across parameters (e.g. `lower <= upper`), run on the resolved
+    /// parameters; its message is prefixed with the transform's name.
+    pub check: Option<ParamsCheck>,
+}
+
+/// Transforms are identified by name (names are unique in [`TRANSFORMS`]).
+impl PartialEq for TransformSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// A check across a step's resolved parameters.
+pub type ParamsCheck = fn(&Params) -> Result<(), String>;
+
+/// Resolved parameters of one step, by name.
+pub type Params = BTreeMap<&'static str, ParamValue>;
+
+fn lower_not_above_upper(p: &Params) -> Result<(), String> {
+    match (
+        p.get("lower").and_then(ParamValue::as_f64),
+        p.get("upper").and_then(ParamValue::as_f64),
+    ) {
+        (Some(lo), Some(hi)) if lo > hi => Err(format!("lower ({lo}) is above upper ({hi})")),
+        _ => Ok(()),
+    }
+}
+
+fn two_axes(p: &Params) -> Result<(), String> {
+    match p.get("spatial_axes") {
+        Some(ParamValue::List(axes)) if axes.len() != 2 => {
+            Err("spatial_axes must name exactly two axes (a plane)".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 const fn p(name: &'static str, kind: ParamKind, default: Default) -> ParamSpec {
@@ -89,6 +128,12 @@ const ANY: ParamKind = ParamKind::Float {
     min: f64::MIN,
     max: f64::MAX,
 };
+/// MONAI's `prob` of a random transform (default 0.1).
+const PROB: ParamSpec = p(
+    "prob",
+    ParamKind::Float { min: 0.0, max: 1.0 },
+    Default::Num(0.1),
+);
 const PERCENT: ParamKind = ParamKind::Float {
     min: 0.0,
     max: 100.0,
@@ -101,24 +146,28 @@ pub const TRANSFORMS: &[TransformSpec] = &[
         is_random: false,
         params: &[KEYS],
         summary: "read the volume (NIfTI-1/2, Analyze) channel-first, in its stored type",
+        check: None,
     },
     TransformSpec {
         name: "EnsureChannelFirst",
         is_random: false,
         params: &[KEYS],
         summary: "accepted for MONAI recipes: dino3d loads channel-first already",
+        check: None,
     },
     TransformSpec {
         name: "RandTimeFrame",
         is_random: true,
         params: &[KEYS],
         summary: "keep one uniformly chosen channel (time frame) of 4-D volumes",
+        check: None,
     },
     TransformSpec {
         name: "NanToMean",
         is_random: false,
         params: &[KEYS],
         summary: "replace NaN voxels by the mean of the others",
+        check: None,
     },
     TransformSpec {
         name: "ScaleIntensityRange",
@@ -132,6 +181,7 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("clip", ParamKind::Bool, Default::Bool(false)),
         ],
         summary: "map [a_min, a_max] linearly onto [b_min, b_max]",
+        check: None,
     },
     TransformSpec {
         name: "ScaleIntensityRangePercentiles",
@@ -146,6 +196,7 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("relative", ParamKind::Bool, Default::Bool(false)),
         ],
         summary: "ScaleIntensityRange from exact linear percentiles of all voxels",
+        check: Some(lower_not_above_upper),
     },
     TransformSpec {
         name: "NormalizeIntensity",
@@ -158,12 +209,14 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("channel_wise", ParamKind::Bool, Default::Bool(false)),
         ],
         summary: "(x - mean) / std (population std)",
+        check: None,
     },
     TransformSpec {
         name: "Orientation",
         is_random: false,
         params: &[KEYS, p("axcodes", ParamKind::AxCodes, Default::Required)],
         summary: "reorder and flip axes to the given codes (no interpolation)",
+        check: None,
     },
     TransformSpec {
         name: "PermuteInPlaneFirst",
@@ -177,6 +230,7 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             ),
         ],
         summary: "3DINO's axis permutation: in-plane axes first, slice axis last",
+        check: None,
     },
     TransformSpec {
         name: "CropForeground",
@@ -199,31 +253,25 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             ),
         ],
         summary: "crop to the box of voxels > threshold (any channel), plus margin",
+        check: None,
     },
     TransformSpec {
         name: "RandFlip",
         is_random: true,
         params: &[
             KEYS,
-            p(
-                "prob",
-                ParamKind::Float { min: 0.0, max: 1.0 },
-                Default::Num(0.1),
-            ),
+            PROB,
             p("spatial_axis", ParamKind::Axes, Default::Absent),
         ],
         summary: "with probability prob, flip the given axes (all when absent)",
+        check: None,
     },
     TransformSpec {
         name: "RandRotate90",
         is_random: true,
         params: &[
             KEYS,
-            p(
-                "prob",
-                ParamKind::Float { min: 0.0, max: 1.0 },
-                Default::Num(0.1),
-            ),
+            PROB,
             p(
                 "max_k",
                 ParamKind::Int { min: 1, max: 64 },
@@ -232,6 +280,7 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("spatial_axes", ParamKind::Axes, Default::FirstPlane),
         ],
         summary: "with probability prob, rotate a plane by k quarter turns, k in 1..=max_k",
+        check: Some(two_axes),
     },
     TransformSpec {
         name: "SpatialPad",
@@ -247,12 +296,14 @@ pub const TRANSFORMS: &[TransformSpec] = &[
             p("value", ANY, Default::Num(0.0)),
         ],
         summary: "pad with a constant to at least spatial_size (never crops)",
+        check: None,
     },
     TransformSpec {
         name: "CenterSpatialCrop",
         is_random: false,
         params: &[KEYS, p("roi_size", ParamKind::Int3, Default::Required)],
         summary: "crop the centre roi_size (MONAI's centre rule)",
+        check: None,
     },
 ];
 

@@ -55,6 +55,19 @@ impl Image {
         }
     }
 
+    /// Voxels numbered 0, 1, 2, ... in memory order, spacing (1, 2, 3), identity
+    /// affine: makes every move of a voxel visible in the transform tests.
+    #[cfg(test)]
+    pub(crate) fn ramp(shape: [usize; 4]) -> Image {
+        let n: usize = shape.iter().product();
+        Image {
+            data: (0..n).map(|v| v as f32).collect(),
+            shape,
+            spacing: [1.0, 2.0, 3.0],
+            affine: crate::nifti::affine::IDENTITY,
+        }
+    }
+
     /// The value at `(c, i, j, k)`.
     pub fn at(&self, c: usize, i: usize, j: usize, k: usize) -> f32 {
         self.data[self.index(c, i, j, k)]

@@ -93,8 +93,11 @@ pub fn orientation(img: &Image, target: [char; 3]) -> Image {
         order[t] = src;
         flip[t] = cur[src].1 != positive;
     }
-    let permuted = permute_spatial(img, order);
-    flip_spatial(&permuted, flip)
+    if order == [0, 1, 2] {
+        // Only flips (or nothing): one pass, not a copy followed by another.
+        return flip_spatial(img, flip);
+    }
+    flip_spatial(&permute_spatial(img, order), flip)
 }
 
 #[cfg(test)]

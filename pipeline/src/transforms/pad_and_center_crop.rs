@@ -90,21 +90,10 @@ pub fn center_spatial_crop(img: &Image, roi_size: [i64; 3]) -> Image {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nifti::affine::IDENTITY;
-
-    fn ramp(shape: [usize; 4]) -> Image {
-        let n: usize = shape.iter().product();
-        Image {
-            data: (0..n).map(|v| v as f32).collect(),
-            shape,
-            spacing: [1.0; 3],
-            affine: IDENTITY,
-        }
-    }
 
     #[test]
     fn pad_splits_like_monai_and_keeps_world_positions() {
-        let img = ramp([1, 2, 3, 1]);
+        let img = Image::ramp([1, 2, 3, 1]);
         let out = spatial_pad(&img, [5, -1, 2], PadMethod::Symmetric, 0.0);
         // x: pad 3 -> (1, 2); y kept; z: pad 1 -> (0, 1).
         assert_eq!(out.shape, [1, 5, 3, 2]);
@@ -126,7 +115,7 @@ mod tests {
         // size 10, roi 5: centre 5, start 3 (not (10 - 5) / 2 = 2).
         assert_eq!(center_box([10, 9, 4], [5, 3, 8]), ([3, 3, 0], [8, 6, 4]));
         assert_eq!(center_box([10, 9, 4], [-1, 9, 1]), ([0, 0, 2], [10, 9, 3]));
-        let img = ramp([2, 10, 9, 4]);
+        let img = Image::ramp([2, 10, 9, 4]);
         let out = center_spatial_crop(&img, [5, 3, -1]);
         assert_eq!(out.shape, [2, 5, 3, 4]);
         assert_eq!(out.at(1, 0, 0, 0), img.at(1, 3, 3, 0));

@@ -69,23 +69,12 @@ pub fn rand_rotate90(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nifti::affine::IDENTITY;
     use crate::transforms::rng::DrawKey;
-
-    fn ramp(shape: [usize; 4]) -> Image {
-        let n: usize = shape.iter().product();
-        Image {
-            data: (0..n).map(|v| v as f32).collect(),
-            shape,
-            spacing: [1.0, 2.0, 3.0],
-            affine: IDENTITY,
-        }
-    }
 
     #[test]
     fn rot90_matches_torch_on_a_hand_computed_plane() {
         // x (axis 0) has 2 voxels, y (axis 1) 3: values v[i, j] = i + 2 j.
-        let img = ramp([1, 2, 3, 1]);
+        let img = Image::ramp([1, 2, 3, 1]);
         let r = rot90(&img, 1, (0, 1));
         // torch.rot90(v, 1, (0, 1))[i, j] = v[j, n1 - 1 - i]: shape (3, 2).
         assert_eq!(r.shape, [1, 3, 2, 1]);
@@ -105,7 +94,7 @@ mod tests {
 
     #[test]
     fn four_quarter_turns_and_two_flips_are_identities() {
-        let img = ramp([2, 3, 4, 5]);
+        let img = Image::ramp([2, 3, 4, 5]);
         for axes in [(0, 1), (0, 2), (1, 2), (2, 0)] {
             let mut r = img.clone();
             for _ in 0..4 {
@@ -121,7 +110,7 @@ mod tests {
 
     #[test]
     fn probabilities_and_k_follow_their_distributions() {
-        let img = ramp([1, 2, 2, 2]);
+        let img = Image::ramp([1, 2, 2, 2]);
         let (mut flips, mut ks) = (0, [0usize; 4]);
         for sample in 0..3000 {
             let key = DrawKey {
