@@ -7,19 +7,31 @@ mod inspect_cmd;
 mod manifest_cmd;
 mod progress;
 mod recipe_cmd;
+mod run_cmd;
 mod stats;
 
 use clap::{Parser, Subcommand};
 
 /// dino3d: self-supervised learning (3DINO) on 3D medical images.
 #[derive(Debug, Parser)]
-#[command(name = "dino-run", version, about, long_about = None)]
+#[command(
+    name = "dino-run",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_value_name = "RECIPE | COMMAND"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Run the job a recipe's `task:` names (e.g. recipes/prepare.yaml).
+    recipe: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    overrides: run_cmd::Overrides,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,15 +44,25 @@ enum Command {
     /// Validate YAML recipes and show their compiled plan.
     #[command(subcommand)]
     Recipe(recipe_cmd::RecipeCmd),
+    /// Run a recipe's data pipeline (batches, throughput, saved crops).
+    #[command(subcommand)]
+    Pipeline(run_cmd::PipelineCmd),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result = match cli.command {
-        Command::Manifest(cmd) => manifest_cmd::run(cmd),
-        Command::Inspect(args) => inspect_cmd::run(&args),
-        Command::Recipe(cmd) => recipe_cmd::run(cmd),
+    let result = match (cli.command, cli.recipe) {
+        (Some(Command::Manifest(cmd)), _) => manifest_cmd::run(cmd),
+        (Some(Command::Inspect(args)), _) => inspect_cmd::run(&args),
+        (Some(Command::Recipe(cmd)), _) => recipe_cmd::run(cmd),
+        (Some(Command::Pipeline(cmd)), _) => run_cmd::run_pipeline(cmd),
+        (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
+        (None, None) => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(std::process::ExitCode::from(2))
+        }
     };
     match result {
         Ok(code) => code,

@@ -10,26 +10,31 @@ use dino3d_pipeline::recipe;
 #[derive(Debug, Subcommand)]
 pub(crate) enum RecipeCmd {
     /// Validate a recipe (before any data is read) and print the compiled plan:
-    /// cached prefix, random tail, prefix hash. Exits non-zero on any error.
+    /// cached prefix, random tail, views, batching, prefix hash. Exits non-zero
+    /// on any error.
     Check {
         /// The recipe (YAML).
         file: PathBuf,
+        #[command(flatten)]
+        overrides: crate::run_cmd::Overrides,
     },
 }
 
 pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        RecipeCmd::Check { file } => match recipe::compile_file(&file) {
-            Ok(plan) => {
-                println!("{}: ok", file.display());
-                print!("{plan}");
-                Ok(ExitCode::SUCCESS)
+        RecipeCmd::Check { file, overrides } => {
+            match recipe::compile_file_with(&file, &overrides.sets) {
+                Ok(plan) => {
+                    println!("{}: ok", file.display());
+                    print!("{plan}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+                    Ok(ExitCode::from(2))
+                }
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("{}: {} error(s)", file.display(), errors.0.len());
-                Ok(ExitCode::from(2))
-            }
-        },
+        }
     }
 }

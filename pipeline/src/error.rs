@@ -41,6 +41,16 @@ pub enum Error {
         /// What is not supported.
         what: String,
     },
+    /// A transform failed on a sample.
+    #[error("{}: {step}: {reason}", path.display())]
+    Transform {
+        /// The sample's (image) file.
+        path: PathBuf,
+        /// The transform's name.
+        step: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A manifest or datalist could not be read or written.
     #[error("manifest {}: {reason}", path.display())]
     Manifest {

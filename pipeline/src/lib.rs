@@ -11,6 +11,7 @@
 #![cfg_attr(target_endian = "big", doc = "")]
 
 pub mod error;
+pub mod exec;
 pub mod manifest;
 pub mod nifti;
 pub mod recipe;

@@ -219,3 +219,150 @@ fn the_shipped_recipes_compile() {
     }
     assert!(n >= 1, "no recipes in {}", dir.display());
 }
+
+const VIEWS: &str = "\
+task: pretrain
+data:
+  manifest: m.json
+pipeline:
+  - name: LoadImage
+  - name: NanToMean
+views:
+  - name: global
+    role: global
+    count: 2
+    pipeline:
+      - name: RandomResizedCrop3d
+        size: 96
+        in_slice_scale: [0.48, 1.0]
+        cross_slice_scale: [0.5, 1.0]
+      - name: OneOf
+        transforms:
+          - name: RandAdjustContrast
+            gamma: [0.5, 2.0]
+            prob: 0.8
+          - name: RandomApply
+            prob: 0.5
+            transforms:
+              - name: RandGaussianNoise
+                std: 0.002
+  - name: local
+    role: local
+    count: 8
+    pipeline:
+      - name: RandomResizedCrop3d
+        size: 48
+        in_slice_scale: [0.16, 0.48]
+        cross_slice_scale: [0.2, 0.5]
+batch:
+  size: 4
+";
+
+#[test]
+fn views_and_nested_steps_compile_with_unique_draw_ids() {
+    let plan = compile_str(VIEWS, Path::new("v.yaml")).unwrap();
+    assert_eq!(plan.views.len(), 2);
+    assert_eq!((plan.views[0].count, plan.views[1].count), (2, 8));
+    let one_of = &plan.views[0].steps[1];
+    assert_eq!(one_of.children.len(), 2);
+    assert_eq!(
+        one_of.children[1].children[0].spec.name,
+        "RandGaussianNoise"
+    );
+    let mut ids = Vec::new();
+    fn collect(s: &dino3d_pipeline::recipe::Step, ids: &mut Vec<u32>) {
+        ids.push(s.id);
+        s.children.iter().for_each(|c| collect(c, ids));
+    }
+    plan.steps
+        .iter()
+        .chain(plan.views.iter().flat_map(|v| &v.steps))
+        .for_each(|s| collect(s, &mut ids));
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "draw ids are unique");
+    assert_eq!(plan.batch.size, 4);
+    assert_eq!(plan.batch.mask_ratio, (0.2, 0.75));
+    // Views are not part of the cached prefix.
+    let other = compile_str(&VIEWS.replace("size: 96", "size: 112"), Path::new("v.yaml")).unwrap();
+    assert_eq!(plan.prefix_hash, other.prefix_hash);
+}
+
+#[test]
+fn view_and_nesting_errors_point_at_their_lines() {
+    let e = errors(&VIEWS.replace("role: local", "role: locla")).to_string();
+    assert!(e.contains("r.yaml:27:11: view role must be `global` or `local`, not `locla` (did you mean `local`?)"), "{e}");
+    let e = errors(&VIEWS.replace("std: 0.002", "sdt: 0.002")).to_string();
+    assert!(
+        e.contains("r.yaml:25:17: RandGaussianNoise has no parameter `sdt` (did you mean `std`?)"),
+        "{e}"
+    );
+    let e = errors(&VIEWS.replace("gamma: [0.5, 2.0]", "gamma: [2.0, 0.5]")).to_string();
+    assert!(
+        e.contains("r.yaml:19:20: RandAdjustContrast.gamma: [2, 0.5] must satisfy"),
+        "{e}"
+    );
+    let e = errors(&VIEWS.replace(
+        "      - name: OneOf\n        transforms:\n",
+        "      - name: RandFlip\n        transforms:\n",
+    ))
+    .to_string();
+    assert!(
+        e.contains("r.yaml:17:9: RandFlip does not take nested `transforms`"),
+        "{e}"
+    );
+    let e = errors(&VIEWS.replace(
+        "      - name: RandomResizedCrop3d\n        size: 48\n",
+        "      - name: LoadImage\n      - name: RandomResizedCrop3d\n        size: 48\n",
+    ))
+    .to_string();
+    assert!(e.contains("LoadImage belongs in `pipeline`"), "{e}");
+    let e = errors(&VIEWS.replace("role: global", "role: local")).to_string();
+    assert!(e.contains("views need at least one `global` view"), "{e}");
+}
+
+#[test]
+fn set_overrides_change_values_and_keep_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v.yaml");
+    std::fs::write(&file, VIEWS).unwrap();
+    let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let plan = dino3d_pipeline::recipe::compile_file_with(
+        &file,
+        &sets(&[
+            "batch.size=8",
+            "views.1.count=4",
+            "batch.threads=1",
+            "seed=9",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            plan.batch.size,
+            plan.views[1].count,
+            plan.batch.threads,
+            plan.seed
+        ),
+        (8, 4, 1, 9)
+    );
+    // An error after an inserted line still names the line as written.
+    let e = dino3d_pipeline::recipe::compile_file_with(
+        &file,
+        &sets(&["seed=9", "views.1.pipeline.0.size=0"]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("v.yaml:31:15: RandomResizedCrop3d.size: 0 is outside"),
+        "{e}"
+    );
+    let e = dino3d_pipeline::recipe::compile_file_with(&file, &sets(&["batch.workers=2"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown field `workers`") && e.contains("(from --set batch.workers=2)"),
+        "{e}"
+    );
+}

@@ -39,17 +39,33 @@ impl ManifestEntry {
     /// working directory when it exists only there, as 3DINO's own loader reads
     /// relative paths).
     pub fn resolve(&self, manifest: &Path) -> PathBuf {
-        let p = PathBuf::from(&self.image);
-        if p.is_absolute() {
-            return p;
+        resolve_path(&self.image, manifest)
+    }
+
+    /// The path under `key` (`image` or another key such as `label`), resolved
+    /// as [`ManifestEntry::resolve`] does; None when the entry lacks the key.
+    pub fn resolve_key(&self, key: &str, manifest: &Path) -> Option<PathBuf> {
+        if key == "image" {
+            return Some(self.resolve(manifest));
         }
-        let base = manifest.parent().unwrap_or(Path::new(""));
-        let beside = base.join(&p);
-        if beside.exists() || !p.exists() {
-            beside
-        } else {
-            p
+        match self.extra.get(key) {
+            Some(serde_json::Value::String(p)) => Some(resolve_path(p, manifest)),
+            _ => None,
         }
+    }
+}
+
+fn resolve_path(path: &str, manifest: &Path) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        return p;
+    }
+    let base = manifest.parent().unwrap_or(Path::new(""));
+    let beside = base.join(&p);
+    if beside.exists() || !p.exists() {
+        beside
+    } else {
+        p
     }
 }
 

@@ -23,6 +23,63 @@ pub struct Step {
     pub params: Params,
     /// Line of the step in the recipe.
     pub line: u32,
+    /// Nested steps (`OneOf`, `RandomApply`).
+    pub children: Vec<Step>,
+    /// Unique number of the step within the recipe (pre-order): the
+    /// `transform` field of its random draws.
+    pub id: u32,
+}
+
+/// Which collated tensor a view's crops join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewRole {
+    /// The teacher and student both see it (3DINO: 2 per sample, 96³).
+    Global,
+    /// Only the student sees it (3DINO: 8 per sample, 48³).
+    Local,
+}
+
+/// A compiled `views:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewPlan {
+    /// Its name.
+    pub name: String,
+    /// Global or local.
+    pub role: ViewRole,
+    /// Crops of this family per sample.
+    pub count: usize,
+    /// Its transforms, starting with the crop.
+    pub steps: Vec<Step>,
+}
+
+/// Batching and iBOT masking settings, defaults filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    /// Samples per batch.
+    pub size: usize,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+    /// Fraction of global crops that get masks.
+    pub mask_sample_probability: f64,
+    /// Masked-token fraction range.
+    pub mask_ratio: (f64, f64),
+    /// Patch edge of the model (token grid = crop / patch).
+    pub patch_size: usize,
+}
+
+impl std::default::Default for BatchPlan {
+    fn default() -> Self {
+        BatchPlan {
+            size: 1,
+            threads: 0,
+            prefetch: 2,
+            mask_sample_probability: 0.5,
+            mask_ratio: (0.2, 0.75),
+            patch_size: 16,
+        }
+    }
 }
 
 /// A compiled recipe.
@@ -40,6 +97,16 @@ pub struct Plan {
     pub prefix_len: usize,
     /// Canonical hash of the prefix (hex xxh3-128).
     pub prefix_hash: String,
+    /// Multi-crop views (empty: one sample per item, the pipeline's output).
+    pub views: Vec<ViewPlan>,
+    /// Batching.
+    pub batch: BatchPlan,
+    /// Keys whose data are label maps.
+    pub label_keys: Vec<String>,
+    /// Keys each manifest entry provides.
+    pub keys: Vec<String>,
+    /// Items whose smallest spatial axis is at most this are dropped.
+    pub min_axis: Option<u64>,
 }
 
 impl std::fmt::Display for Plan {
@@ -57,31 +124,63 @@ impl std::fmt::Display for Plan {
             if i == self.prefix_len {
                 writeln!(f, "random tail (per sample):")?;
             }
-            let params: Vec<String> = self.params_text(s);
-            let random = if s.spec.is_random { " [random]" } else { "" };
-            writeln!(
-                f,
-                "  {:>2}. {}{} {}",
-                i + 1,
-                s.spec.name,
-                random,
-                params.join(" ")
-            )?;
+            write_step(f, s, &format!("{:>2}.", i + 1), 2)?;
         }
         if self.prefix_len == self.steps.len() {
             writeln!(f, "random tail (per sample): none")?;
         }
-        Ok(())
+        for v in &self.views {
+            let role = match v.role {
+                ViewRole::Global => "global",
+                ViewRole::Local => "local",
+            };
+            writeln!(f, "view {} ({role}, x{}):", v.name, v.count)?;
+            for (i, s) in v.steps.iter().enumerate() {
+                write_step(f, s, &format!("{:>2}.", i + 1), 2)?;
+            }
+        }
+        let b = &self.batch;
+        writeln!(
+            f,
+            "batch {} (threads {}, prefetch {}), iBOT masks on {} of global crops, ratio {:?}, patch {}",
+            b.size,
+            if b.threads == 0 {
+                "all".to_string()
+            } else {
+                b.threads.to_string()
+            },
+            b.prefetch,
+            b.mask_sample_probability,
+            b.mask_ratio,
+            b.patch_size
+        )
     }
 }
 
-impl Plan {
-    fn params_text(&self, s: &Step) -> Vec<String> {
-        s.params
-            .iter()
-            .map(|(k, v)| format!("{k}={}", canonical(v)))
-            .collect()
+fn write_step(
+    f: &mut std::fmt::Formatter<'_>,
+    s: &Step,
+    label: &str,
+    indent: usize,
+) -> std::fmt::Result {
+    let params: Vec<String> = s
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", canonical(v)))
+        .collect();
+    let random = if s.spec.is_random { " [random]" } else { "" };
+    writeln!(
+        f,
+        "{:indent$}{label} {}{} {}",
+        "",
+        s.spec.name,
+        random,
+        params.join(" ")
+    )?;
+    for c in &s.children {
+        write_step(f, c, "-", indent + 5)?;
     }
+    Ok(())
 }
 
 /// A canonical text form of a value: numbers as shortest round-trip f64, so
@@ -123,6 +222,46 @@ pub fn compile_file(file: &Path) -> Result<Plan, RecipeErrors> {
         }])
     })?;
     compile_str(&text, file)
+}
+
+/// Reads a recipe, applies `--set` overrides (see [`super::overrides`]) and
+/// validates it; error positions refer to the file as written (or name the
+/// override that caused them).
+///
+/// # Errors
+/// Every problem found.
+pub fn compile_file_with(file: &Path, sets: &[String]) -> Result<Plan, RecipeErrors> {
+    if sets.is_empty() {
+        return compile_file(file);
+    }
+    let at_top = |message: String| {
+        RecipeErrors(vec![RecipeError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| at_top(e.to_string()))?;
+    let (edited, inserted) = super::overrides::apply(&text, sets).map_err(at_top)?;
+    compile_str(&edited, file).map_err(|RecipeErrors(errors)| {
+        RecipeErrors(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    match inserted.original(e.line) {
+                        Ok(line) => e.line = line,
+                        Err(set) => {
+                            e.message = format!("{} (from --set {set})", e.message);
+                            e.line = 0;
+                            e.column = 0;
+                        }
+                    }
+                    e
+                })
+                .collect(),
+        )
+    })
 }
 
 fn parse_error(e: &serde_saphyr::Error, file: &Path) -> RecipeError {
@@ -167,11 +306,27 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         .and_then(|d| d.keys.as_ref())
         .map_or_else(|| vec!["image".to_string()], |k| k.value.clone());
     let mut steps = Vec::new();
+    let mut next_id = 0u32;
     for entry in &doc.pipeline {
-        if let Some(step) = compile_step(entry, &keys, file, &mut errors) {
+        if let Some(step) = compile_step(entry, &keys, file, &mut errors, &mut next_id) {
             steps.push(step);
         }
     }
+    let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
+    let batch = compile_batch(doc, file, &mut errors);
+    let label_keys = match doc.data.as_ref().and_then(|d| d.label_keys.as_ref()) {
+        Some(l) => {
+            for k in l.value.iter().filter(|k| !keys.contains(k)) {
+                errors.push(RecipeError::at(
+                    file,
+                    &l.referenced,
+                    format!("label key `{k}` is not one of the data keys {keys:?}"),
+                ));
+            }
+            l.value.clone()
+        }
+        None => keys.iter().filter(|k| *k == "label").cloned().collect(),
+    };
     if doc.pipeline.is_empty() {
         errors.push(RecipeError::at(
             file,
@@ -232,20 +387,163 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         steps,
         prefix_len,
         prefix_hash,
+        views,
+        batch,
+        label_keys,
+        keys,
+        min_axis: doc
+            .data
+            .as_ref()
+            .and_then(|d| d.min_axis.as_ref())
+            .map(|m| m.value),
     })
+}
+
+fn compile_views(
+    doc: &RecipeDoc,
+    keys: &[String],
+    file: &Path,
+    errors: &mut Vec<RecipeError>,
+    next_id: &mut u32,
+) -> Vec<ViewPlan> {
+    let mut views = Vec::new();
+    for v in &doc.views {
+        let role = match v.value.role.value.as_str() {
+            "global" => ViewRole::Global,
+            "local" => ViewRole::Local,
+            other => {
+                errors.push(RecipeError::at(
+                    file,
+                    &v.value.role.referenced,
+                    format!(
+                        "view role must be `global` or `local`, not `{other}`{}",
+                        hint(other, ["global", "local"])
+                    ),
+                ));
+                continue;
+            }
+        };
+        let count = v.value.count.as_ref().map_or(1, |c| c.value);
+        if count == 0 || count > 1024 {
+            let at = &v
+                .value
+                .count
+                .as_ref()
+                .expect("count given when 0")
+                .referenced;
+            errors.push(RecipeError::at(
+                file,
+                at,
+                format!("view count {count} is outside 1..=1024"),
+            ));
+        }
+        if v.value.pipeline.is_empty() {
+            errors.push(RecipeError::at(
+                file,
+                &v.value.name.referenced,
+                format!("view `{}` has an empty pipeline", v.value.name.value),
+            ));
+        }
+        let mut steps = Vec::new();
+        for entry in &v.value.pipeline {
+            if let Some(step) = compile_step(entry, keys, file, errors, next_id) {
+                if step.spec.name == "LoadImage" {
+                    errors.push(RecipeError::at(
+                        file,
+                        &entry.referenced,
+                        "views start from the prepared sample: LoadImage belongs in `pipeline`",
+                    ));
+                }
+                steps.push(step);
+            }
+        }
+        views.push(ViewPlan {
+            name: v.value.name.value.clone(),
+            role,
+            count: count as usize,
+            steps,
+        });
+    }
+    if !views.is_empty() && !views.iter().any(|v| v.role == ViewRole::Global) {
+        errors.push(RecipeError::at(
+            file,
+            &doc.views[0].referenced,
+            "views need at least one `global` view",
+        ));
+    }
+    views
+}
+
+fn compile_batch(doc: &RecipeDoc, file: &Path, errors: &mut Vec<RecipeError>) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    let Some(b) = &doc.batch else {
+        return plan;
+    };
+    let mut positive = |v: &Spanned<u64>, what: &str| {
+        if v.value == 0 {
+            errors.push(RecipeError::at(
+                file,
+                &v.referenced,
+                format!("batch {what} must be at least 1"),
+            ));
+        }
+        v.value as usize
+    };
+    plan.size = positive(&b.size, "size");
+    if let Some(p) = &b.prefetch {
+        plan.prefetch = positive(p, "prefetch");
+    }
+    if let Some(ps) = &b.patch_size {
+        plan.patch_size = positive(ps, "patch_size");
+    }
+    if let Some(t) = &b.threads {
+        plan.threads = t.value as usize;
+    }
+    if let Some(p) = &b.mask_sample_probability {
+        if !(0.0..=1.0).contains(&p.value) {
+            errors.push(RecipeError::at(
+                file,
+                &p.referenced,
+                "mask_sample_probability must be in [0, 1]",
+            ));
+        }
+        plan.mask_sample_probability = p.value;
+    }
+    if let Some(r) = &b.mask_ratio {
+        match r.value[..] {
+            [lo, hi] if (0.0..=hi).contains(&lo) && hi <= 1.0 => plan.mask_ratio = (lo, hi),
+            _ => errors.push(RecipeError::at(
+                file,
+                &r.referenced,
+                "mask_ratio must be [lo, hi] with 0 <= lo <= hi <= 1",
+            )),
+        }
+    }
+    plan
 }
 
 /// The canonical hash of a prefix: step names and every parameter (defaults
 /// filled, sorted, numbers normalised), the plan format version, and the seed
 /// when a random step is cached (its draw is then frozen per volume).
 fn prefix_hash(prefix: &[Step], seed: u64) -> String {
-    let mut text = String::from(PLAN_FORMAT);
-    for s in prefix {
-        text.push('\n');
+    fn encode(text: &mut String, s: &Step) {
         text.push_str(s.spec.name);
         for (k, v) in &s.params {
             text.push_str(&format!(" {k}={}", canonical(v)));
         }
+        if !s.children.is_empty() {
+            text.push_str(" (");
+            for c in &s.children {
+                encode(text, c);
+                text.push(';');
+            }
+            text.push(')');
+        }
+    }
+    let mut text = String::from(PLAN_FORMAT);
+    for s in prefix {
+        text.push('\n');
+        encode(&mut text, s);
     }
     if prefix.iter().any(|s| s.spec.is_random) {
         text.push_str(&format!("\nseed={seed}"));
@@ -258,8 +556,11 @@ fn compile_step(
     keys: &[String],
     file: &Path,
     errors: &mut Vec<RecipeError>,
+    next_id: &mut u32,
 ) -> Option<Step> {
-    let fields = &entry.value.0;
+    let id = *next_id;
+    *next_id += 1;
+    let fields = &entry.value.fields;
     let Some((_, name)) = fields.iter().find(|(k, _)| k.value == "name") else {
         errors.push(RecipeError::at(
             file,
@@ -335,8 +636,50 @@ fn compile_step(
             Default::FirstPlane => {
                 ParamValue::List(vec![ParamValue::Float(0.0), ParamValue::Float(1.0)])
             }
+            Default::Pair(lo, hi) => {
+                ParamValue::List(vec![ParamValue::Float(lo), ParamValue::Float(hi)])
+            }
         };
         params.insert(ps.name, default);
+    }
+    let mut children = Vec::new();
+    match (&entry.value.children, spec.nests) {
+        (Some((_, steps)), true) if !steps.is_empty() => {
+            for child in steps {
+                if let Some(c) = compile_step(child, keys, file, errors, next_id) {
+                    children.push(c);
+                }
+            }
+        }
+        (children, true) => {
+            let at = children
+                .as_ref()
+                .map_or(&name.referenced, |(k, _)| &k.referenced);
+            errors.push(RecipeError::at(
+                file,
+                at,
+                format!("{} needs a non-empty list `transforms`", spec.name),
+            ));
+        }
+        (Some((key, _)), false) => errors.push(RecipeError::at(
+            file,
+            &key.referenced,
+            format!("{} does not take nested `transforms`", spec.name),
+        )),
+        (None, false) => {}
+    }
+    if let Some(ParamValue::List(w)) = params.get("weights")
+        && w.len() != children.len()
+    {
+        errors.push(RecipeError::at(
+            file,
+            &name.referenced,
+            format!(
+                "OneOf has {} weights for {} transforms",
+                w.len(),
+                children.len()
+            ),
+        ));
     }
     if errors.len() == before
         && let Some(check) = spec.check
@@ -352,6 +695,8 @@ fn compile_step(
         spec,
         params,
         line: entry.referenced.line() as u32,
+        children,
+        id,
     })
 }
 
@@ -430,6 +775,57 @@ fn check_value(kind: &ParamKind, v: &ParamValue, keys: &[String]) -> Result<Para
                     .collect(),
             ))
         }
+        (ParamKind::Range { min, max }, ParamValue::List(items)) if items.len() == 2 => {
+            let (Some(lo), Some(hi)) = (items[0].as_f64(), items[1].as_f64()) else {
+                return Err("expected a range [lo, hi] of two numbers".into());
+            };
+            if !(lo.is_finite() && hi.is_finite() && *min <= lo && lo <= hi && hi <= *max) {
+                return Err(format!(
+                    "[{lo}, {hi}] must satisfy {min} <= lo <= hi <= {max}"
+                ));
+            }
+            Ok(ParamValue::List(vec![
+                ParamValue::Float(lo),
+                ParamValue::Float(hi),
+            ]))
+        }
+        (ParamKind::Range { .. }, v) => {
+            Err(format!("expected a range [lo, hi], found {}", v.kind()))
+        }
+        (ParamKind::Float3, ParamValue::List(items)) if items.len() == 3 => items
+            .iter()
+            .map(|i| match i.as_f64() {
+                Some(x) if x.is_finite() => Ok(ParamValue::Float(x)),
+                _ => Err(format!("expected 3 numbers, found {}", i.kind())),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(ParamValue::List),
+        (ParamKind::Float3, v) => Err(format!("expected a list of 3 numbers, found {}", v.kind())),
+        (ParamKind::Weights, ParamValue::List(items)) if !items.is_empty() => {
+            let w = items
+                .iter()
+                .map(|i| match i.as_f64() {
+                    Some(x) if x.is_finite() && x >= 0.0 => Ok(ParamValue::Float(x)),
+                    _ => Err("weights must be non-negative numbers".to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if w.iter().all(|x| x.as_f64() == Some(0.0)) {
+                return Err("weights cannot all be 0".into());
+            }
+            Ok(ParamValue::List(w))
+        }
+        (ParamKind::Weights, v) => Err(format!("expected a list of weights, found {}", v.kind())),
+        (ParamKind::Key, ParamValue::Str(k)) => {
+            if keys.contains(k) {
+                Ok(ParamValue::Str(k.clone()))
+            } else {
+                Err(format!(
+                    "key `{k}` is not provided by the data (keys: {keys:?}){}",
+                    hint(k, keys.iter().map(String::as_str))
+                ))
+            }
+        }
+        (ParamKind::Key, v) => Err(format!("expected a key name, found {}", v.kind())),
         (ParamKind::Keys, v) => {
             let list = match v {
                 ParamValue::Str(s) => vec![s.clone()],

@@ -38,9 +38,27 @@ pub struct RecipeDoc {
     pub cache: Option<CacheDoc>,
     /// The ordered transforms, each `{name: ..., <param>: ...}`.
     pub pipeline: Vec<Spanned<SpannedMap>>,
+    /// Multi-crop views cut from each prepared sample.
+    #[serde(default)]
+    pub views: Vec<Spanned<ViewDoc>>,
     /// Batching.
     #[serde(default)]
     pub batch: Option<BatchDoc>,
+}
+
+/// One entry of `views:`: a family of crops with its own random tail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewDoc {
+    /// A name for messages and outputs.
+    pub name: Spanned<String>,
+    /// `global` or `local`: which collated tensor the crops join.
+    pub role: Spanned<String>,
+    /// How many crops of this family per sample (default 1).
+    #[serde(default)]
+    pub count: Option<Spanned<u64>>,
+    /// The transforms, starting with the crop.
+    pub pipeline: Vec<Spanned<SpannedMap>>,
 }
 
 /// `data:`.
@@ -55,6 +73,10 @@ pub struct DataDoc {
     /// Drop volumes whose smallest spatial axis is <= this.
     #[serde(default)]
     pub min_axis: Option<Spanned<u64>>,
+    /// Keys holding label maps: resampled with nearest interpolation
+    /// (default: the key `label` if listed).
+    #[serde(default)]
+    pub label_keys: Option<Spanned<Vec<String>>>,
 }
 
 /// `cache:`.
@@ -80,4 +102,13 @@ pub struct BatchDoc {
     /// Batches prepared ahead.
     #[serde(default)]
     pub prefetch: Option<Spanned<u64>>,
+    /// Fraction of each batch's global crops given iBOT masks (default 0.5).
+    #[serde(default)]
+    pub mask_sample_probability: Option<Spanned<f64>>,
+    /// Range of the masked fraction of tokens (default 3DINO's [0.2, 0.75]).
+    #[serde(default)]
+    pub mask_ratio: Option<Spanned<Vec<f64>>>,
+    /// Patch size of the model, which sets the mask's token grid (default 16).
+    #[serde(default)]
+    pub patch_size: Option<Spanned<u64>>,
 }

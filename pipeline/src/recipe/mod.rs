@@ -2,15 +2,18 @@
 //! transform registry (every error as `FILE:LINE:COLUMN` with the nearest valid
 //! name), and the compiled plan with its cached prefix and canonical hash.
 //!
-//! So far this covers `task`, `seed`, `data`, `cache`, `pipeline` and `batch`;
-//! multi-crop `views`, `--set` overrides and execution come with the rest of
-//! the transform-graph issue.
+//! Covers `task`, `seed`, `data`, `cache`, `pipeline` (with nested `OneOf` /
+//! `RandomApply` steps), multi-crop `views` and `batch`, and `--set`
+//! overrides ([`overrides`]). Execution is in `crate::exec`.
 
 pub mod compile;
 pub mod document;
 pub mod error;
+pub mod overrides;
 pub mod registry;
 pub mod value;
 
-pub use compile::{Plan, Step, compile_file, compile_str};
+pub use compile::{
+    BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
+};
 pub use error::{RecipeError, RecipeErrors, nearest};

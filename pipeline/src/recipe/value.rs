@@ -43,10 +43,19 @@ impl ParamValue {
     }
 }
 
-/// A YAML mapping kept in source order with the position of every key and value
-/// (serde-saphyr's `Spanned` keys cannot go in a `BTreeMap`).
+/// A transform step as written: its parameters in source order with the
+/// position of every key and value (serde-saphyr's `Spanned` keys cannot go in
+/// a `BTreeMap`), and the nested steps of `transforms:` (`OneOf`, `RandomApply`).
 #[derive(Debug, Clone, Default)]
-pub struct SpannedMap(pub Vec<(Spanned<String>, Spanned<ParamValue>)>);
+pub struct SpannedMap {
+    /// `name` and the parameters.
+    pub fields: Vec<(Spanned<String>, Spanned<ParamValue>)>,
+    /// The `transforms:` key and its steps, if present.
+    pub children: Option<(Spanned<String>, Vec<Spanned<SpannedMap>>)>,
+}
+
+/// The key under which a step nests other steps.
+pub const CHILDREN_KEY: &str = "transforms";
 
 impl<'de> Deserialize<'de> for SpannedMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -60,11 +69,16 @@ impl<'de> Deserialize<'de> for SpannedMap {
                 self,
                 mut m: A,
             ) -> Result<SpannedMap, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = m.next_entry()? {
-                    entries.push(entry);
+                let mut map = SpannedMap::default();
+                while let Some(key) = m.next_key::<Spanned<String>>()? {
+                    if key.value == CHILDREN_KEY {
+                        let steps: Vec<Spanned<SpannedMap>> = m.next_value()?;
+                        map.children = Some((key, steps));
+                    } else {
+                        map.fields.push((key, m.next_value()?));
+                    }
                 }
-                Ok(SpannedMap(entries))
+                Ok(map)
             }
         }
         d.deserialize_map(Visitor)

@@ -10,7 +10,10 @@
 //! [`rand_rotate90`], drawing from [`DrawKey`] streams. The recipe compiler,
 //! random augmentations and multi-crop views come next (issue 3).
 
+pub mod axis_map;
 pub mod crop_foreground;
+pub mod gaussian_filter;
+pub mod gibbs_noise;
 pub mod image;
 pub mod nan_to_mean;
 pub mod normalize_intensity;
@@ -18,13 +21,24 @@ pub mod orientation;
 pub mod pad_and_center_crop;
 pub mod percentiles;
 pub mod permute_in_plane_first;
+pub mod rand_crop_by_pos_neg_label;
 pub mod rand_flip_rotate;
+pub mod rand_intensity;
+pub mod rand_spatial_crop;
 pub mod rand_time_frame;
+pub mod random_resized_crop;
+pub mod resize;
 pub mod rng;
 pub mod scale_intensity_range;
+pub mod spacing;
 mod threedino_prefix;
 
+pub use axis_map::AxisMap;
 pub use crop_foreground::{CropForeground, crop_foreground};
+pub use gaussian_filter::{
+    RandGaussianSharpen, RandGaussianSmooth, erf_kernel, gaussian_sharpen, gaussian_smooth,
+};
+pub use gibbs_noise::{RandGibbsNoise, gibbs_noise};
 pub use image::Image;
 pub use nan_to_mean::nan_to_mean;
 pub use normalize_intensity::{NormalizeIntensity, normalize_intensity};
@@ -32,8 +46,17 @@ pub use orientation::{flip_spatial, orientation, parse_axcodes};
 pub use pad_and_center_crop::{PadMethod, center_spatial_crop, spatial_pad};
 pub use percentiles::{ScaleIntensityRangePercentiles, scale_intensity_range_percentiles};
 pub use permute_in_plane_first::permute_in_plane_first;
+pub use rand_crop_by_pos_neg_label::{RandCropByPosNegLabel, rand_crop_by_pos_neg_label};
 pub use rand_flip_rotate::{rand_flip, rand_rotate90, rot90};
+pub use rand_intensity::{
+    RandAdjustContrast, RandGaussianNoise, RandHistogramShift, RandScaleIntensity,
+    RandShiftIntensity, adjust_contrast, histogram_shift,
+};
+pub use rand_spatial_crop::{CropBox, RandSpatialCrop, rand_spatial_crop};
 pub use rand_time_frame::rand_time_frame;
+pub use random_resized_crop::RandomResizedCrop3d;
+pub use resize::{AxisTaps, ResizeMode, resize, resize_box};
 pub use rng::DrawKey;
 pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
+pub use spacing::{Interp, Spacing, SpacingPadding, spacing};
 pub use threedino_prefix::threedino_prefix;

@@ -1,0 +1,171 @@
+//! Collation into contiguous batch buffers in PyTorch/MONAI layout
+//! `(N, C, X, Y, Z)`, C-contiguous (z fastest): what a 3DINO model (and its
+//! checkpoints' token order) expects. Multi-crop batches are crop-major as
+//! 3DINO's collate stacks them: all samples' crop 0, then all samples' crop 1.
+
+use crate::transforms::Image;
+
+use super::masks::Masks;
+use super::runner::MultiCrop;
+use super::sample::Sample;
+
+/// A dense 5-D float tensor `(N, C, X, Y, Z)`, z fastest.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tensor5 {
+    /// Values.
+    pub data: Vec<f32>,
+    /// `(N, C, X, Y, Z)`.
+    pub shape: [usize; 5],
+}
+
+impl Tensor5 {
+    /// The value at `(n, c, x, y, z)`.
+    pub fn at(&self, n: usize, c: usize, x: usize, y: usize, z: usize) -> f32 {
+        let [_, cs, xs, ys, zs] = self.shape;
+        self.data[(((n * cs + c) * xs + x) * ys + y) * zs + z]
+    }
+}
+
+/// One multi-crop batch.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Batch {
+    /// Global crops, crop-major: `(n_global · B, C, S, S, S)`.
+    pub global: Tensor5,
+    /// Local crops, crop-major: `(n_local · B, C, s, s, s)`.
+    pub local: Tensor5,
+    /// iBOT masks over the global crops' tokens.
+    pub masks: Masks,
+    /// Manifest index of each sample.
+    pub items: Vec<usize>,
+    /// Epoch each sample was drawn in.
+    pub epochs: Vec<u64>,
+}
+
+/// Appends `img` transposed from x-fastest to z-fastest.
+fn push_z_fastest(out: &mut Vec<f32>, img: &Image) {
+    let [c, x, y, z] = img.shape;
+    let start = out.len();
+    out.resize(start + img.data.len(), 0.0);
+    let dst = &mut out[start..];
+    for ch in 0..c {
+        let base = ch * x * y * z;
+        // Source rows run along x; write each to stride y·z.
+        for k in 0..z {
+            for j in 0..y {
+                let row = &img.data[base + (k * y + j) * x..][..x];
+                for (i, &v) in row.iter().enumerate() {
+                    dst[base + (i * y + j) * z + k] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Stacks `crops` (all of one shape) into a tensor.
+///
+/// # Errors
+/// When shapes differ.
+pub fn stack(crops: &[&Image]) -> Result<Tensor5, String> {
+    let Some(first) = crops.first() else {
+        return Ok(Tensor5::default());
+    };
+    let shape = first.shape;
+    let mut data = Vec::with_capacity(crops.len() * first.data.len());
+    for (n, img) in crops.iter().enumerate() {
+        if img.shape != shape {
+            return Err(format!(
+                "crop {n} has shape {:?}, crop 0 {:?}: crops of one kind must match",
+                img.shape, shape
+            ));
+        }
+        push_z_fastest(&mut data, img);
+    }
+    Ok(Tensor5 {
+        data,
+        shape: [crops.len(), shape[0], shape[1], shape[2], shape[3]],
+    })
+}
+
+/// Collates multi-crop samples crop-major.
+///
+/// # Errors
+/// When samples have different numbers or shapes of crops.
+pub fn collate_crops(samples: &[MultiCrop], masks: Masks) -> Result<Batch, String> {
+    let crop_major = |pick: fn(&MultiCrop) -> &Vec<Image>| -> Result<Vec<&Image>, String> {
+        let n = samples.first().map_or(0, |s| pick(s).len());
+        if samples.iter().any(|s| pick(s).len() != n) {
+            return Err("samples have different numbers of crops".into());
+        }
+        Ok((0..n)
+            .flat_map(|j| samples.iter().map(move |s| &pick(s)[j]))
+            .collect())
+    };
+    Ok(Batch {
+        global: stack(&crop_major(|s| &s.global)?)?,
+        local: stack(&crop_major(|s| &s.local)?)?,
+        masks,
+        items: Vec::new(),
+        epochs: Vec::new(),
+    })
+}
+
+/// Collates plain samples per key: one tensor per key, in sample order.
+///
+/// # Errors
+/// When a key is missing or shapes differ.
+pub fn collate_samples(
+    samples: &[Sample],
+    keys: &[String],
+) -> Result<Vec<(String, Tensor5)>, String> {
+    keys.iter()
+        .map(|k| {
+            let imgs = samples
+                .iter()
+                .map(|s| s.get(k).ok_or_else(|| format!("a sample lacks `{k}`")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((k.clone(), stack(&imgs)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_are_z_fastest_and_crop_major() {
+        let a = Image::ramp([2, 2, 3, 4]);
+        let mut b = a.clone();
+        b.data.iter_mut().for_each(|v| *v += 1000.0);
+        let t = stack(&[&a, &b]).unwrap();
+        assert_eq!(t.shape, [2, 2, 2, 3, 4]);
+        for (n, img) in [&a, &b].iter().enumerate() {
+            for c in 0..2 {
+                for x in 0..2 {
+                    for y in 0..3 {
+                        for z in 0..4 {
+                            assert_eq!(t.at(n, c, x, y, z), img.at(c, x, y, z));
+                        }
+                    }
+                }
+            }
+        }
+        // z fastest: consecutive values step along z.
+        assert_eq!(t.data[1], a.at(0, 0, 0, 1));
+        let s = |k: f32| MultiCrop {
+            global: vec![
+                Image::row(vec![k, k], 1),
+                Image::row(vec![k + 10.0, k + 10.0], 1),
+            ],
+            local: vec![Image::row(vec![k + 20.0], 1)],
+        };
+        let batch = collate_crops(&[s(1.0), s(2.0), s(3.0)], Masks::default()).unwrap();
+        assert_eq!(batch.global.shape, [6, 1, 2, 1, 1]);
+        let firsts: Vec<f32> = batch.global.data.chunks(2).map(|c| c[0]).collect();
+        assert_eq!(firsts, vec![1.0, 2.0, 3.0, 11.0, 12.0, 13.0]);
+        assert_eq!(batch.local.data, vec![21.0, 22.0, 23.0]);
+        let mut bad = s(4.0);
+        bad.global[1] = Image::row(vec![0.0; 3], 1);
+        assert!(collate_crops(&[s(1.0), bad], Masks::default()).is_err());
+    }
+}

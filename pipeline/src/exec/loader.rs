@@ -1,0 +1,364 @@
+//! The batch loader: a producer thread walks the sharded infinite sampler,
+//! prepares and augments samples on a rayon pool (samples and their crops in
+//! parallel), collates them and hands batches over a bounded channel, so at
+//! most `prefetch` finished batches wait in memory (back-pressure).
+//!
+//! Every random draw is keyed by (seed, epoch, item, crop, step) and the mask
+//! draw by the batch number, so batches are bit-identical for any thread count.
+//! An item that fails to load or transform is skipped, counted and reported
+//! with its path (in [`Batch::skipped`]); the run goes on.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::manifest::ManifestEntry;
+use crate::transforms::DrawKey;
+
+use super::collate::{Batch, collate_crops, collate_samples};
+use super::masks::ibot_masks;
+use super::runner::{Output, Pipeline};
+use super::sample::{Prepared, Sample};
+use super::sampler::InfiniteSampler;
+
+/// Where prepared (prefix) samples come from: read and prepare each time,
+/// an in-memory cache, or (issue 4) the on-disk cache.
+pub trait PreparedSource: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The item's file, for messages.
+    fn path(&self, index: usize) -> PathBuf;
+    /// The prepared sample of item `index`.
+    ///
+    /// # Errors
+    /// When the item cannot be read or prepared.
+    fn prepared(&self, index: usize) -> Result<Prepared>;
+}
+
+/// Reads and prepares the item on every request.
+pub struct DirectSource {
+    pipeline: Arc<Pipeline>,
+    entries: Vec<ManifestEntry>,
+    manifest: PathBuf,
+}
+
+impl DirectSource {
+    /// A source over `entries` of the manifest at `manifest`.
+    pub fn new(pipeline: Arc<Pipeline>, entries: Vec<ManifestEntry>, manifest: &Path) -> Self {
+        DirectSource {
+            pipeline,
+            entries,
+            manifest: manifest.to_path_buf(),
+        }
+    }
+}
+
+impl PreparedSource for DirectSource {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+    fn path(&self, index: usize) -> PathBuf {
+        self.entries[index].resolve(&self.manifest)
+    }
+    fn prepared(&self, index: usize) -> Result<Prepared> {
+        self.pipeline
+            .prepare(&self.entries[index], &self.manifest)
+            .map(Arc::new)
+    }
+}
+
+/// Prepares each item once and keeps it in memory (MONAI's `CacheDataset`
+/// without the per-fetch deep copy); failures are remembered too.
+pub struct MemorySource {
+    inner: DirectSource,
+    slots: Vec<OnceLock<std::result::Result<Prepared, String>>>,
+}
+
+impl MemorySource {
+    /// Wraps `inner`.
+    pub fn new(inner: DirectSource) -> Self {
+        let slots = (0..inner.len()).map(|_| OnceLock::new()).collect();
+        MemorySource { inner, slots }
+    }
+}
+
+impl PreparedSource for MemorySource {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn path(&self, index: usize) -> PathBuf {
+        self.inner.path(index)
+    }
+    fn prepared(&self, index: usize) -> Result<Prepared> {
+        self.slots[index]
+            .get_or_init(|| self.inner.prepared(index).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| Error::Transform {
+                path: self.inner.path(index),
+                step: "prepare (remembered)".into(),
+                reason,
+            })
+    }
+}
+
+/// Loader settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Finished batches held ahead.
+    pub prefetch: usize,
+    /// Seed of the sampler and masks.
+    pub seed: u64,
+    /// This process's rank and the world size.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Start position `(epoch, position in epoch)` and batch number.
+    pub start: (u64, usize, u64),
+    /// Fraction of global crops masked.
+    pub mask_sample_probability: f64,
+    /// Masked-token fraction range.
+    pub mask_ratio: (f64, f64),
+    /// Model patch size (token grid).
+    pub patch_size: usize,
+}
+
+impl LoaderConfig {
+    /// Settings from a compiled plan.
+    pub fn from_plan(plan: &crate::recipe::Plan) -> Self {
+        LoaderConfig {
+            batch_size: plan.batch.size,
+            threads: plan.batch.threads,
+            prefetch: plan.batch.prefetch,
+            seed: plan.seed,
+            rank: 0,
+            world: 1,
+            start: (0, 0, 0),
+            mask_sample_probability: plan.batch.mask_sample_probability,
+            mask_ratio: plan.batch.mask_ratio,
+            patch_size: plan.batch.patch_size,
+        }
+    }
+}
+
+/// A finished batch with what happened while making it.
+#[derive(Debug)]
+pub struct LoadedBatch {
+    /// Multi-crop batch (empty tensors without views).
+    pub batch: Batch,
+    /// Per-key tensors for pipelines without views.
+    pub tensors: Vec<(String, super::collate::Tensor5)>,
+    /// Items skipped while making it: their errors (path first).
+    pub skipped: Vec<String>,
+    /// Its number.
+    pub index: u64,
+    /// Where the sampler stands after it: `(epoch, position)` (for resuming).
+    pub next_position: (u64, usize),
+}
+
+/// The running loader; iterate it for batches. Dropping it stops the worker.
+pub struct Loader {
+    rx: Option<Receiver<std::result::Result<LoadedBatch, String>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    /// Starts the worker thread.
+    ///
+    /// # Errors
+    /// When the thread pool cannot be built.
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        source: Arc<dyn PreparedSource>,
+        config: LoaderConfig,
+    ) -> std::result::Result<Loader, String> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .thread_name(|i| format!("dino3d-loader-{i}"))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = sync_channel(config.prefetch.max(1) - 1);
+        let worker = std::thread::Builder::new()
+            .name("dino3d-batcher".into())
+            .spawn(move || produce(&pipeline, source.as_ref(), &config, &pool, &tx))
+            .map_err(|e| e.to_string())?;
+        Ok(Loader {
+            rx: Some(rx),
+            worker: Some(worker),
+        })
+    }
+}
+
+impl Iterator for Loader {
+    type Item = std::result::Result<LoadedBatch, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channel makes the worker's next send fail, so it stops.
+        self.rx.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+enum Made {
+    Crops(super::runner::MultiCrop),
+    Samples(Vec<Sample>),
+}
+
+fn produce(
+    pipeline: &Pipeline,
+    source: &dyn PreparedSource,
+    config: &LoaderConfig,
+    pool: &rayon::ThreadPool,
+    tx: &SyncSender<std::result::Result<LoadedBatch, String>>,
+) {
+    let (epoch, at, mut index) = config.start;
+    let mut sampler = InfiniteSampler::new(
+        source.len(),
+        config.seed,
+        config.rank,
+        config.world,
+        epoch,
+        at,
+    );
+    let b = config.batch_size.max(1);
+    loop {
+        let mut made: Vec<(u64, usize, Made)> = Vec::with_capacity(b);
+        let mut skipped = Vec::new();
+        let mut failures_in_a_row = 0usize;
+        while made.len() < b {
+            let picks: Vec<(u64, usize)> = sampler.by_ref().take(b - made.len()).collect();
+            if picks.is_empty() {
+                let _ = tx.send(Err("the manifest has no items for this rank".into()));
+                return;
+            }
+            let results: Vec<Result<Output>> = pool.install(|| {
+                picks
+                    .par_iter()
+                    .map(|&(e, i)| {
+                        let prepared = source.prepared(i)?;
+                        pipeline.finish(&prepared, e, i as u64, &source.path(i))
+                    })
+                    .collect()
+            });
+            for ((e, i), r) in picks.into_iter().zip(results) {
+                match r {
+                    Ok(Output::Crops(c)) => {
+                        made.push((e, i, Made::Crops(c)));
+                        failures_in_a_row = 0;
+                    }
+                    Ok(Output::Samples(s)) => {
+                        made.push((e, i, Made::Samples(s)));
+                        failures_in_a_row = 0;
+                    }
+                    Err(err) => {
+                        skipped.push(err.to_string());
+                        failures_in_a_row += 1;
+                    }
+                }
+            }
+            if failures_in_a_row >= source.len().max(1) {
+                let _ = tx.send(Err(format!(
+                    "every item failed; last error: {}",
+                    skipped.last().map_or("", String::as_str)
+                )));
+                return;
+            }
+        }
+        let batch = assemble(made, config, index, pipeline);
+        let sent = tx.send(batch.map(|(batch, tensors)| LoadedBatch {
+            batch,
+            tensors,
+            skipped,
+            index,
+            next_position: sampler.position(),
+        }));
+        if sent.is_err() {
+            return;
+        }
+        index += 1;
+    }
+}
+
+type Assembled = (Batch, Vec<(String, super::collate::Tensor5)>);
+
+fn assemble(
+    made: Vec<(u64, usize, Made)>,
+    config: &LoaderConfig,
+    index: u64,
+    pipeline: &Pipeline,
+) -> std::result::Result<Assembled, String> {
+    let items = made.iter().map(|(_, i, _)| *i).collect();
+    let epochs = made.iter().map(|(e, _, _)| *e).collect();
+    if !pipeline.has_views() {
+        let samples: Vec<Sample> = made
+            .into_iter()
+            .flat_map(|(_, _, m)| match m {
+                Made::Samples(s) => s,
+                Made::Crops(_) => Vec::new(),
+            })
+            .collect();
+        let keys: Vec<String> = samples
+            .first()
+            .map(|s| s.images.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        let tensors = collate_samples(&samples, &keys)?;
+        let batch = Batch {
+            items,
+            epochs,
+            ..Batch::default()
+        };
+        return Ok((batch, tensors));
+    }
+    let crops: Vec<super::runner::MultiCrop> = made
+        .into_iter()
+        .filter_map(|(_, _, m)| match m {
+            Made::Crops(c) => Some(c),
+            Made::Samples(_) => None,
+        })
+        .collect();
+    let global_shape = crops
+        .first()
+        .and_then(|c| c.global.first())
+        .map_or([0; 4], |g| g.shape);
+    let p = config.patch_size.max(1);
+    let tokens = (global_shape[1] / p) * (global_shape[2] / p) * (global_shape[3] / p);
+    let n_global = crops.len() * crops.first().map_or(0, |c| c.global.len());
+    let mut rng = DrawKey {
+        seed: config.seed,
+        epoch: index,
+        sample: u64::MAX - 1,
+        view: u32::MAX,
+        transform: u32::MAX,
+    }
+    .rng();
+    let masks = ibot_masks(
+        n_global,
+        tokens,
+        config.mask_sample_probability,
+        config.mask_ratio,
+        &mut rng,
+    );
+    let mut batch = collate_crops(&crops, masks)?;
+    batch.items = items;
+    batch.epochs = epochs;
+    Ok((batch, Vec::new()))
+}

@@ -1,0 +1,329 @@
+//! `Pipeline`: a compiled recipe ready to run. [`Pipeline::prepare`] reads an
+//! item and runs the deterministic prefix (what the cache persists);
+//! [`Pipeline::finish`] runs the random tail and cuts the multi-crop views.
+//!
+//! Randomness: the prefix draws from `(seed, xxh3(image path as written))`, so
+//! a cached random prefix step (3DINO's time frame) is frozen per scan
+//! whatever the manifest order; the tail and views draw from
+//! `(seed, epoch, item index, crop index, step id)`. Nothing depends on the
+//! thread that runs it.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::manifest::ManifestEntry;
+use crate::nifti::read_volume;
+use crate::recipe::{Plan, ViewRole};
+use crate::transforms::crop_foreground::crop;
+use crate::transforms::pad_and_center_crop::center_box;
+use crate::transforms::{
+    CropForeground, DrawKey, Image, ScaleIntensityRangePercentiles, threedino_prefix,
+};
+
+use super::op::{CompiledStep, Context, Op, run_steps};
+use super::sample::Sample;
+
+/// A compiled `views:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledView {
+    /// Its name.
+    pub name: String,
+    /// Global or local.
+    pub role: ViewRole,
+    /// Crops per sample.
+    pub count: usize,
+    /// Its steps.
+    pub steps: Vec<CompiledStep>,
+}
+
+/// The crops of one sample, in view order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MultiCrop {
+    /// Global crops.
+    pub global: Vec<Image>,
+    /// Local crops.
+    pub local: Vec<Image>,
+}
+
+/// What the random part produces for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The tail's samples (no views).
+    Samples(Vec<Sample>),
+    /// The multi-crop views.
+    Crops(MultiCrop),
+}
+
+/// A recipe compiled for execution.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    keys: Vec<String>,
+    prefix: Vec<CompiledStep>,
+    tail: Vec<CompiledStep>,
+    views: Vec<CompiledView>,
+    ctx: Context,
+    seed: u64,
+    fused_threedino: Option<u32>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline of a validated plan.
+    pub fn new(plan: &Plan) -> Pipeline {
+        let compiled: Vec<CompiledStep> = plan.steps.iter().map(CompiledStep::new).collect();
+        let split = plan.prefix_len.max(1).min(compiled.len());
+        let prefix: Vec<CompiledStep> = compiled[..split]
+            .iter()
+            .filter(|s| s.op != Op::Load)
+            .cloned()
+            .collect();
+        let fused_threedino = threedino_pattern(&prefix, &plan.keys);
+        Pipeline {
+            keys: plan.keys.clone(),
+            prefix,
+            tail: compiled[split..].to_vec(),
+            views: plan
+                .views
+                .iter()
+                .map(|v| CompiledView {
+                    name: v.name.clone(),
+                    role: v.role,
+                    count: v.count,
+                    steps: v.steps.iter().map(CompiledStep::new).collect(),
+                })
+                .collect(),
+            ctx: Context {
+                label_keys: plan.label_keys.clone(),
+            },
+            seed: plan.seed,
+            fused_threedino,
+        }
+    }
+
+    /// Whether the prefix runs as the fused 3DINO chain.
+    pub fn is_fused(&self) -> bool {
+        self.fused_threedino.is_some()
+    }
+
+    /// Whether the recipe cuts multi-crop views.
+    pub fn has_views(&self) -> bool {
+        !self.views.is_empty()
+    }
+
+    /// Global and local crops per sample.
+    pub fn crops_per_sample(&self) -> (usize, usize) {
+        let count = |role| {
+            self.views
+                .iter()
+                .filter(|v| v.role == role)
+                .map(|v| v.count)
+                .sum()
+        };
+        (count(ViewRole::Global), count(ViewRole::Local))
+    }
+
+    /// The draw key of the prefix of `entry`.
+    fn prefix_key(&self, entry: &ManifestEntry) -> DrawKey {
+        DrawKey {
+            seed: self.seed,
+            sample: xxhash_rust::xxh3::xxh3_64(entry.image.as_bytes()),
+            ..DrawKey::default()
+        }
+    }
+
+    /// Reads `entry` (every key) and runs the deterministic prefix.
+    ///
+    /// # Errors
+    /// Unreadable files and failing steps, naming the file.
+    pub fn prepare(&self, entry: &ManifestEntry, manifest: &Path) -> Result<Sample> {
+        let key = self.prefix_key(entry);
+        let image_path = entry.resolve(manifest);
+        if let Some(id) = self.fused_threedino {
+            let vol = read_volume(&image_path)?;
+            let frame = rand::Rng::random(&mut key.for_transform(id).rng());
+            let img = threedino_prefix(&vol, frame).map_err(|reason| Error::Transform {
+                path: image_path.clone(),
+                step: "3DINO prefix".into(),
+                reason,
+            })?;
+            return Ok(Sample::single(img));
+        }
+        let mut sample = Sample::default();
+        for k in &self.keys {
+            let path = entry
+                .resolve_key(k, manifest)
+                .ok_or_else(|| Error::Transform {
+                    path: image_path.clone(),
+                    step: "LoadImage".into(),
+                    reason: format!("the manifest entry has no `{k}`"),
+                })?;
+            let vol = read_volume(&path)?;
+            sample.images.push((k.clone(), Image::from_volume(&vol)));
+        }
+        self.run(&self.prefix, sample, key, &image_path)
+            .and_then(|mut v| {
+                v.pop().ok_or_else(|| Error::Transform {
+                    path: image_path.clone(),
+                    step: "prefix".into(),
+                    reason: "produced no sample".into(),
+                })
+            })
+    }
+
+    fn run(
+        &self,
+        steps: &[CompiledStep],
+        sample: Sample,
+        key: DrawKey,
+        path: &Path,
+    ) -> Result<Vec<Sample>> {
+        run_steps(steps, sample, key, &self.ctx).map_err(|(step, reason)| Error::Transform {
+            path: path.to_path_buf(),
+            step,
+            reason,
+        })
+    }
+
+    /// Runs the random tail and the views on a prepared sample: item `index`
+    /// of the manifest in `epoch`. `path` names the item in errors.
+    ///
+    /// # Errors
+    /// A failing step, naming the file.
+    pub fn finish(&self, prepared: &Sample, epoch: u64, index: u64, path: &Path) -> Result<Output> {
+        let key = DrawKey {
+            seed: self.seed,
+            epoch,
+            sample: index,
+            ..DrawKey::default()
+        };
+        if self.views.is_empty() {
+            return self
+                .run(&self.tail, prepared.clone(), key, path)
+                .map(Output::Samples);
+        }
+        let owned;
+        let base = if self.tail.is_empty() {
+            prepared
+        } else {
+            let mut out = self.run(&self.tail, prepared.clone(), key, path)?;
+            if out.len() != 1 {
+                return Err(Error::Transform {
+                    path: path.to_path_buf(),
+                    step: "views".into(),
+                    reason: format!(
+                        "the pipeline gave {} samples; views need exactly 1",
+                        out.len()
+                    ),
+                });
+            }
+            owned = out.pop().expect("one sample");
+            &owned
+        };
+        // Every crop of every view, in order; cut in parallel (each has its own
+        // draw key, so the result does not depend on scheduling).
+        let jobs: Vec<(&CompiledView, u32)> = self
+            .views
+            .iter()
+            .flat_map(|v| std::iter::repeat_n(v, v.count))
+            .zip(1u32..)
+            .collect();
+        let images: Vec<Result<Image>> = jobs
+            .par_iter()
+            .map(|&(view, crop_index)| {
+                self.cut_view(
+                    view,
+                    base,
+                    DrawKey {
+                        view: crop_index,
+                        ..key
+                    },
+                    path,
+                )
+            })
+            .collect();
+        let mut crops = MultiCrop::default();
+        for ((view, _), image) in jobs.iter().zip(images) {
+            match view.role {
+                ViewRole::Global => crops.global.push(image?),
+                ViewRole::Local => crops.local.push(image?),
+            }
+        }
+        Ok(Output::Crops(crops))
+    }
+}
+
+impl Pipeline {
+    fn cut_view(
+        &self,
+        view: &CompiledView,
+        base: &Sample,
+        vkey: DrawKey,
+        path: &Path,
+    ) -> Result<Image> {
+        let (first, rest) = match crop_from(&view.steps[0], base, vkey) {
+            Some(cropped) => (cropped, &view.steps[1..]),
+            None => (base.clone(), &view.steps[..]),
+        };
+        let mut out = self.run(rest, first, vkey, path)?;
+        match (out.len(), out.pop()) {
+            (1, Some(mut s)) => Ok(s.images.swap_remove(0).1),
+            (n, _) => Err(Error::Transform {
+                path: path.to_path_buf(),
+                step: format!("view {}", view.name),
+                reason: format!("gave {n} samples; a view must give 1"),
+            }),
+        }
+    }
+}
+
+/// A crop step applied straight from the shared prepared sample, so views
+/// never copy the whole volume.
+fn crop_from(step: &CompiledStep, base: &Sample, key: DrawKey) -> Option<Sample> {
+    let mut out = Sample::default();
+    for (k, img) in &base.images {
+        let dims = [img.shape[1], img.shape[2], img.shape[3]];
+        let cropped = if step.keys.contains(k) {
+            let mut rng = key.for_transform(step.id).rng();
+            match &step.op {
+                Op::RandomResizedCrop3d(p) => p.apply(img, &mut rng),
+                Op::RandSpatialCrop(p) => {
+                    let (s, e) = p.draw_box(dims, &mut rng);
+                    crop(img, s, e)
+                }
+                Op::CenterSpatialCrop(roi) => {
+                    let (s, e) = center_box(dims, *roi);
+                    crop(img, s, e)
+                }
+                _ => return None,
+            }
+        } else {
+            img.clone()
+        };
+        out.images.push((k.clone(), cropped));
+    }
+    Some(out)
+}
+
+/// The id of the `RandTimeFrame` step if the prefix is exactly 3DINO's chain
+/// on the single key `image` (then [`threedino_prefix`] runs it fused).
+fn threedino_pattern(prefix: &[CompiledStep], keys: &[String]) -> Option<u32> {
+    if keys != ["image"] || prefix.len() != 5 {
+        return None;
+    }
+    let expected = [
+        Op::RandTimeFrame,
+        Op::NanToMean,
+        Op::ScaleIntensityRangePercentiles(ScaleIntensityRangePercentiles::THREEDINO),
+        Op::PermuteInPlaneFirst { use_shape: false },
+        Op::CropForeground(CropForeground {
+            threshold: -1.0,
+            margin: 0,
+        }),
+    ];
+    let matches = prefix
+        .iter()
+        .zip(&expected)
+        .all(|(s, e)| s.op == *e && s.keys == keys);
+    matches.then_some(prefix[0].id)
+}

@@ -1,0 +1,178 @@
+//! Signed axis permutations: any chain of flips, quarter turns and axis
+//! reorders composed into one map and applied as one gather, so a view's
+//! `RandFlip` x3 + `RandRotate90` x3 copy the voxels once instead of six times.
+
+use super::image::Image;
+
+/// Output spatial axis `a` reads input axis `perm[a]`, reversed if `flip[a]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AxisMap {
+    /// Input axis of each output axis.
+    pub perm: [usize; 3],
+    /// Whether each output axis runs backwards through its input axis.
+    pub flip: [bool; 3],
+}
+
+impl AxisMap {
+    /// The identity.
+    pub const IDENTITY: AxisMap = AxisMap {
+        perm: [0, 1, 2],
+        flip: [false; 3],
+    };
+
+    /// Reverses the marked axes.
+    pub fn flip(flip: [bool; 3]) -> AxisMap {
+        AxisMap {
+            perm: [0, 1, 2],
+            flip,
+        }
+    }
+
+    /// `torch.rot90(k, (a, b))` on the spatial axes.
+    pub fn rot90(k: u32, (a, b): (usize, usize)) -> AxisMap {
+        let mut swap = [0, 1, 2];
+        swap.swap(a, b);
+        let mut flip_b = [false; 3];
+        flip_b[b] = true;
+        let reorder = AxisMap {
+            perm: swap,
+            flip: [false; 3],
+        };
+        match k % 4 {
+            0 => AxisMap::IDENTITY,
+            1 => AxisMap::flip(flip_b).then(reorder),
+            2 => {
+                let mut both = flip_b;
+                both[a] = true;
+                AxisMap::flip(both)
+            }
+            _ => reorder.then(AxisMap::flip(flip_b)),
+        }
+    }
+
+    /// `self` followed by `next`.
+    pub fn then(self, next: AxisMap) -> AxisMap {
+        AxisMap {
+            perm: next.perm.map(|p| self.perm[p]),
+            flip: [0, 1, 2].map(|a| self.flip[next.perm[a]] ^ next.flip[a]),
+        }
+    }
+
+    /// Whether the map moves nothing.
+    pub fn is_identity(&self) -> bool {
+        *self == AxisMap::IDENTITY
+    }
+
+    /// The output shape for spatial input shape `dims`.
+    pub fn out_dims(&self, dims: [usize; 3]) -> [usize; 3] {
+        self.perm.map(|p| dims[p])
+    }
+
+    /// Applies the map in one pass; the affine follows so world positions are kept.
+    pub fn apply(&self, img: &Image) -> Image {
+        if self.is_identity() {
+            return img.clone();
+        }
+        let [c, x, y, z] = img.shape;
+        let dims = [x, y, z];
+        let strides = [1isize, x as isize, (x * y) as isize];
+        let out = self.out_dims(dims);
+        // Start offset and signed stride of each output axis in the input.
+        let mut origin = 0isize;
+        let step = [0, 1, 2].map(|a| {
+            let s = strides[self.perm[a]];
+            if self.flip[a] {
+                origin += s * (dims[self.perm[a]] as isize - 1);
+                -s
+            } else {
+                s
+            }
+        });
+        let mut data = Vec::with_capacity(img.data.len());
+        for ch in 0..c {
+            let base = (ch * x * y * z) as isize + origin;
+            for k in 0..out[2] as isize {
+                for j in 0..out[1] as isize {
+                    let row = base + k * step[2] + j * step[1];
+                    data.extend(
+                        (0..out[0] as isize).map(|i| img.data[(row + i * step[0]) as usize]),
+                    );
+                }
+            }
+        }
+        // Input voxel index = M · output index + t.
+        let mut affine = img.affine;
+        for (r, row) in affine.iter_mut().enumerate().take(3) {
+            let cols = [img.affine[r][0], img.affine[r][1], img.affine[r][2]];
+            for a in 0..3 {
+                let p = self.perm[a];
+                if self.flip[a] {
+                    row[3] += cols[p] * (dims[p] as f64 - 1.0);
+                    row[a] = -cols[p];
+                } else {
+                    row[a] = cols[p];
+                }
+            }
+        }
+        Image {
+            data,
+            shape: [c, out[0], out[1], out[2]],
+            spacing: self.perm.map(|p| img.spacing[p]),
+            affine,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transforms::orientation::flip_spatial;
+    use crate::transforms::permute_in_plane_first::permute_spatial;
+    use crate::transforms::rand_flip_rotate::rot90;
+
+    #[test]
+    fn maps_equal_the_step_by_step_transforms_and_compose() {
+        let mut img = Image::ramp([2, 3, 4, 5]);
+        img.affine[0][1] = 0.5;
+        img.affine[2][3] = 7.0;
+        for flip in [[true, false, false], [false, true, true], [true; 3]] {
+            assert_eq!(AxisMap::flip(flip).apply(&img), flip_spatial(&img, flip));
+        }
+        for axes in [(0, 1), (1, 2), (0, 2), (2, 1)] {
+            for k in 0..4 {
+                assert_eq!(
+                    AxisMap::rot90(k, axes).apply(&img),
+                    rot90(&img, k, axes),
+                    "{k} {axes:?}"
+                );
+            }
+        }
+        // A chain: flip x, rot90 (0,1), flip z, rot90 x3 in (1,2), permute.
+        let chain = [
+            AxisMap::flip([true, false, false]),
+            AxisMap::rot90(1, (0, 1)),
+            AxisMap::flip([false, false, true]),
+            AxisMap::rot90(3, (1, 2)),
+            AxisMap {
+                perm: [2, 0, 1],
+                flip: [false; 3],
+            },
+        ];
+        let mut step_by_step = img.clone();
+        let mut composed = AxisMap::IDENTITY;
+        for m in chain {
+            step_by_step = m.apply(&step_by_step);
+            composed = composed.then(m);
+        }
+        assert_eq!(composed.apply(&img), step_by_step);
+        let permuted = permute_spatial(&img, [2, 0, 1]);
+        assert_eq!(
+            AxisMap {
+                perm: [2, 0, 1],
+                flip: [false; 3]
+            }
+            .apply(&img),
+            permuted
+        );
+    }
+}

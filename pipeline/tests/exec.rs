@@ -1,0 +1,272 @@
+//! Running recipes: multi-crop views, determinism across thread counts, the
+//! fused paths against their step-by-step equivalents, and bad items skipped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dino3d_pipeline::exec::op::{CompiledStep, Context, run_steps};
+use dino3d_pipeline::exec::{
+    DirectSource, Loader, LoaderConfig, MemorySource, Output, Pipeline, PreparedSource, Sample,
+};
+use dino3d_pipeline::manifest::ManifestEntry;
+use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
+use dino3d_pipeline::recipe::{Plan, compile_str};
+use dino3d_pipeline::transforms::{DrawKey, Image};
+use dino3d_pipeline::{Volume, VolumeMeta, VoxelData, Voxels};
+
+/// A small version of recipes/pretrain.yaml: the same chain with 24³ global
+/// and 12³ local crops (fast in debug builds).
+fn small_recipe(manifest: &Path, extra_prefix_step: bool) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../recipes/pretrain.yaml"
+    ))
+    .unwrap();
+    let mut text = text
+        .replace("size: 96", "size: 24")
+        .replace("size: 48", "size: 12")
+        .replace("patch_size: 16", "patch_size: 8")
+        .replace("../out/volumes.json", &manifest.display().to_string());
+    if extra_prefix_step {
+        // EnsureChannelFirst is a no-op that defeats the fused 3DINO prefix.
+        text = text
+            .replace(
+                "  - name: NanToMean\n",
+                "  - name: NanToMean\n  - name: EnsureChannelFirst\n",
+            )
+            .replace("prefix: 6", "prefix: 7");
+    }
+    text
+}
+
+fn plan(text: &str) -> Plan {
+    compile_str(text, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An int16 CT-like volume: -1000 background, a noisy box of tissue,
+/// anisotropic spacing with the slice axis first (so the permutation acts).
+fn ct_like(seed: u64, dims: [usize; 3]) -> Volume {
+    let [x, y, z] = dims;
+    let mut v = Vec::with_capacity(x * y * z);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for k in 0..z {
+        for j in 0..y {
+            for i in 0..x {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let inside =
+                    (3..x - 3).contains(&i) && (4..y - 2).contains(&j) && (2..z - 5).contains(&k);
+                // Constant air (so the foreground box is exact), noisy tissue.
+                v.push(if inside {
+                    40 + (i * 7 + j * 3 + k) as i16 + (state % 41) as i16 - 20
+                } else {
+                    -1000
+                });
+            }
+        }
+    }
+    let mut affine = IDENTITY;
+    for (a, s) in [2.5, 0.8, 0.8].into_iter().enumerate() {
+        affine[a][a] = s;
+    }
+    Volume {
+        data: VoxelData::I16(Voxels::from(v)),
+        shape: [1, x, y, z],
+        spacing: [2.5, 0.8, 0.8],
+        affine,
+        scaling: None,
+        meta: VolumeMeta::default(),
+    }
+}
+
+/// Writes `n` volumes and a manifest (plus, if asked, a corrupt file).
+fn dataset(dir: &Path, n: usize, corrupt: bool) -> (PathBuf, Vec<ManifestEntry>) {
+    let mut entries = Vec::new();
+    for s in 0..n {
+        let name = format!("vol{s}.nii.gz");
+        write_volume(
+            dir.join(&name),
+            &ct_like(s as u64, [20 + s, 30, 28]),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        entries.push(ManifestEntry {
+            image: name,
+            shape: Some(vec![20 + s as u64, 30, 28]),
+            spacing: Some(vec![2.5, 0.8, 0.8]),
+            extra: Default::default(),
+        });
+    }
+    if corrupt {
+        let good = std::fs::read(dir.join("vol0.nii.gz")).unwrap();
+        std::fs::write(dir.join("broken.nii.gz"), &good[..good.len() / 2]).unwrap();
+        entries.push(ManifestEntry {
+            image: "broken.nii.gz".into(),
+            shape: Some(vec![20, 30, 28]),
+            spacing: Some(vec![2.5, 0.8, 0.8]),
+            extra: Default::default(),
+        });
+    }
+    let manifest = dir.join("volumes.json");
+    dino3d_pipeline::manifest::write_manifest_json(&manifest, &entries).unwrap();
+    (manifest, entries)
+}
+
+fn batches(
+    text: &str,
+    manifest: &Path,
+    entries: &[ManifestEntry],
+    threads: usize,
+    n: usize,
+) -> Vec<dino3d_pipeline::exec::LoadedBatch> {
+    let plan = plan(text);
+    let pipeline = Arc::new(Pipeline::new(&plan));
+    let source: Arc<dyn PreparedSource> = Arc::new(MemorySource::new(DirectSource::new(
+        pipeline.clone(),
+        entries.to_vec(),
+        manifest,
+    )));
+    let config = LoaderConfig {
+        threads,
+        ..LoaderConfig::from_plan(&plan)
+    };
+    Loader::start(pipeline, source, config)
+        .unwrap()
+        .take(n)
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+#[test]
+fn batches_are_identical_for_any_thread_count_and_skip_bad_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 3, true);
+    let text = small_recipe(&manifest, false).replace("size: 2 ", "size: 3 ");
+    let one = batches(&text, &manifest, &entries, 1, 4);
+    let three = batches(&text, &manifest, &entries, 3, 4);
+    for (a, b) in one.iter().zip(&three) {
+        assert_eq!(a.batch, b.batch, "batch {}", a.index);
+        assert_eq!(a.skipped, b.skipped);
+    }
+    let b = &one[0].batch;
+    // 3 samples x (2 global 24³ + 8 local 12³), crop-major, z fastest.
+    assert_eq!(b.global.shape, [6, 1, 24, 24, 24]);
+    assert_eq!(b.local.shape, [24, 1, 12, 12, 12]);
+    assert_eq!(b.items.len(), 3);
+    // Masks: 6 global crops x 27 tokens (24 / 8 = 3 per axis), 3 masked.
+    assert_eq!((b.masks.images, b.masks.tokens), (6, 27));
+    let masked_rows = b
+        .masks
+        .mask
+        .chunks(27)
+        .filter(|r| r.iter().any(|&m| m))
+        .count();
+    assert_eq!(masked_rows, 3);
+    // The broken file is skipped, named, and never in a batch.
+    let skipped: Vec<&String> = one.iter().flat_map(|b| &b.skipped).collect();
+    assert!(!skipped.is_empty());
+    assert!(
+        skipped.iter().all(|s| s.contains("broken.nii.gz")),
+        "{skipped:?}"
+    );
+    assert!(one.iter().all(|b| !b.batch.items.contains(&3)));
+    assert!(
+        b.global
+            .data
+            .iter()
+            .chain(&b.local.data)
+            .all(|v| v.is_finite())
+    );
+    // Different batches, different crops.
+    assert_ne!(one[0].batch.global, one[1].batch.global);
+}
+
+#[test]
+fn the_fused_prefix_equals_the_step_by_step_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 2, false);
+    let fused = Pipeline::new(&plan(&small_recipe(&manifest, false)));
+    let generic = Pipeline::new(&plan(&small_recipe(&manifest, true)));
+    assert!(fused.is_fused() && !generic.is_fused());
+    for e in &entries {
+        let a = fused.prepare(e, &manifest).unwrap();
+        let b = generic.prepare(e, &manifest).unwrap();
+        assert_eq!(a, b);
+        // Permuted (x, the 2.5 mm axis, goes last) and cropped to the tissue
+        // box: x in 3..x-3, y in 4..y-2, z in 2..z-5.
+        let img = a.get("image").unwrap();
+        let x = e.shape.as_ref().unwrap()[0] as usize;
+        assert_eq!(img.shape, [1, 30 - 6, 28 - 7, x - 6]);
+        assert!(img.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+}
+
+#[test]
+fn composed_flips_and_turns_equal_the_steps_one_by_one() {
+    let text = small_recipe(Path::new("m.json"), false);
+    let p = plan(&text);
+    let local = &p.views[2];
+    // Steps 1..=6 of a view: three flips and three quarter turns.
+    let steps: Vec<CompiledStep> = local.steps[1..7].iter().map(CompiledStep::new).collect();
+    let ctx = Context::default();
+    let mut img = Image {
+        data: (0..5 * 6 * 7).map(|v| v as f32).collect(),
+        shape: [1, 5, 6, 7],
+        spacing: [1.0, 2.0, 3.0],
+        affine: IDENTITY,
+    };
+    img.affine[0][3] = 4.0;
+    let mut moved = 0;
+    for sample in 0..64 {
+        let key = DrawKey {
+            sample,
+            ..DrawKey::default()
+        };
+        let fused = run_steps(&steps, Sample::single(img.clone()), key, &ctx).unwrap();
+        let mut one_by_one = Sample::single(img.clone());
+        for s in &steps {
+            one_by_one = run_steps(std::slice::from_ref(s), one_by_one, key, &ctx)
+                .unwrap()
+                .pop()
+                .unwrap();
+        }
+        assert_eq!(fused[0], one_by_one, "sample {sample}");
+        moved += usize::from(fused[0].get("image").unwrap() != &img);
+    }
+    // With six moves at p = 0.3, almost every sample moves.
+    assert!(moved > 50, "{moved}");
+}
+
+#[test]
+fn views_follow_their_recipe_and_differ() {
+    let text = small_recipe(Path::new("m.json"), false);
+    let pipeline = Pipeline::new(&plan(&text));
+    assert_eq!(pipeline.crops_per_sample(), (2, 8));
+    let vol = Image {
+        data: (0..40 * 36 * 30)
+            .map(|v| ((v % 97) as f32 / 48.0) - 1.0)
+            .collect(),
+        shape: [1, 40, 36, 30],
+        spacing: [1.0; 3],
+        affine: IDENTITY,
+    };
+    let prepared = Sample::single(vol);
+    let Output::Crops(c) = pipeline.finish(&prepared, 0, 5, Path::new("x")).unwrap() else {
+        panic!("views expected");
+    };
+    assert_eq!(c.global.len(), 2);
+    assert_eq!(c.local.len(), 8);
+    assert!(c.global.iter().all(|g| g.shape == [1, 24, 24, 24]));
+    assert!(c.local.iter().all(|l| l.shape == [1, 12, 12, 12]));
+    assert_ne!(c.global[0], c.global[1]);
+    // Same (epoch, item) again: the same crops; another epoch: different ones.
+    let Output::Crops(again) = pipeline.finish(&prepared, 0, 5, Path::new("x")).unwrap() else {
+        panic!()
+    };
+    assert_eq!(again, c);
+    let Output::Crops(other) = pipeline.finish(&prepared, 1, 5, Path::new("x")).unwrap() else {
+        panic!()
+    };
+    assert_ne!(other.global[0], c.global[0]);
+}
