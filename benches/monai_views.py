@@ -5,11 +5,17 @@ an in-RAM prepared 256x256x128 volume, plus the three costly augmentations
 alone on a 96^3 crop. Mirrors ../shared/bench/monai/bench_pipeline.py so the
 two sides run in the same session on the same machine.
 
+Also times the deterministic prefix (LoadImage, EnsureChannelFirst,
+ScaleIntensityRangePercentiles 0.05/99.95 to [-1, 1] clipped, CropForeground
+x > -1) over every vol_*.nii.gz beside VOLUME.
+
 usage: python monai_views.py VOLUME.nii.gz
 """
 
+import glob
 import json
 import math
+import os
 import sys
 import time
 
@@ -50,6 +56,12 @@ def rrc(img, size, in_s, cross_s, ar=(0.9, 1 / 0.9)):
 
 
 def main():
+    files = sorted(glob.glob(os.path.join(os.path.dirname(sys.argv[1]), "vol_*.nii.gz")))
+    prepared(files[0])
+    t0 = time.perf_counter()
+    for f in files:
+        prepared(f)
+    prefix_rate = round(len(files) / (time.perf_counter() - t0), 2)
     vol = prepared(sys.argv[1])
     geo = mt.Compose([
         mt.RandFlip(prob=0.3, spatial_axis=[0]), mt.RandFlip(prob=0.3, spatial_axis=[1]),
@@ -69,7 +81,8 @@ def main():
                g2(inten(geo(rrc(v, 96, (0.48, 1.0), (0.5, 1.0)))))]
         return out + [loc(inten(geo(rrc(v, 48, (0.16, 0.48), (0.2, 0.5))))) for _ in range(8)]
 
-    res = {"monai": monai.__version__, "torch": torch.__version__, "prepared_shape": list(vol.shape)}
+    res = {"monai": monai.__version__, "torch": torch.__version__, "prepared_shape": list(vol.shape),
+           "prefix_vol_per_s_one_core": prefix_rate, "prefix_volumes": len(files)}
     sample(vol)
     n = 20
     t0 = time.perf_counter()
