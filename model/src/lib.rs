@@ -1,18 +1,27 @@
 //! dino3d's learning half: 3D ViT, DINO/iBOT heads and 3DINO's losses in candle.
 //!
-//! Planned (issue 5). This crate is a placeholder until then; it only fixes the
-//! error type the rest will use.
+//! Everything is device-generic (`&candle_core::Device`) and runs in f32 by
+//! default; the dtype comes from the `VarBuilder`. Parameter names follow the
+//! PyTorch state dicts of DINOv2/3DINO (`blocks.{i}.attn.qkv.weight`,
+//! `last_layer.weight_g`, ...) so checkpoints can be mapped by name.
+//!
+//! candle caveat: `candle_nn::LayerNorm` and `ops::softmax_last_dim` cut the
+//! autograd graph, so this crate only uses `ops::layer_norm_slow` and
+//! `ops::softmax`/`log_softmax` (composed, differentiable).
 
-/// Errors raised by the model crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelError {
-    /// A checkpoint could not be read or written.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The checkpoint file.
-        path: std::path::PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-}
+mod attention;
+mod block;
+mod drop_path;
+mod error;
+mod head;
+mod linear;
+pub mod loss;
+mod mlp;
+mod norm;
+mod patch_embed;
+pub mod pos_embed;
+mod vit3d;
+
+pub use error::{ModelError, Result};
+pub use head::{DinoHead, DinoHeadConfig};
+pub use vit3d::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};

@@ -168,11 +168,11 @@ fn keys_ranges_and_top_level_fields_are_checked() {
     assert!(e.contains("must start with LoadImage"), "{e}");
     let e = errors(&GOOD.replace(
         "    threshold: -1\n",
-        "    threshold: -1\n    allow_smaller: false\n",
+        "    threshold: -1\n    allow_smaller: sometimes\n",
     ))
     .to_string();
     assert!(
-        e.contains("CropForeground.allow_smaller: `false` is not one of [\"true\"]"),
+        e.contains("CropForeground.allow_smaller: expected true or false"),
         "{e}"
     );
 }

@@ -52,8 +52,10 @@ pub enum Op {
         /// Decide from the shape instead of the spacing.
         use_shape: bool,
     },
-    /// Foreground crop.
+    /// Foreground crop (`allow_smaller`, or a margin of 0: clipped to the image).
     CropForeground(CropForeground),
+    /// Foreground crop whose box may leave the image (zero-padded).
+    CropForegroundPadded(CropForeground),
     /// Constant padding.
     SpatialPad {
         /// Target size (-1 keeps an axis).
@@ -251,10 +253,17 @@ impl CompiledStep {
             "PermuteInPlaneFirst" => Op::PermuteInPlaneFirst {
                 use_shape: text(step, "from") == "shape",
             },
-            "CropForeground" => Op::CropForeground(CropForeground {
-                threshold: num(step, "threshold") as f32,
-                margin: num(step, "margin") as usize,
-            }),
+            "CropForeground" => {
+                let p = CropForeground {
+                    threshold: num(step, "threshold") as f32,
+                    margin: num(step, "margin") as usize,
+                };
+                if flag(step, "allow_smaller") || p.margin == 0 {
+                    Op::CropForeground(p)
+                } else {
+                    Op::CropForegroundPadded(p)
+                }
+            }
             "SpatialPad" => Op::SpatialPad {
                 size: int3(step, "spatial_size").unwrap_or([-1; 3]),
                 method: if text(step, "method") == "end" {
@@ -564,6 +573,10 @@ fn apply_one(op: &Op, img: &mut Image, rng: &mut impl Rng, is_label: bool) -> Re
             *img = permute_in_plane_first(taken, *use_shape)?;
         }
         Op::CropForeground(p) => replace(img, crop_foreground(img, p)?),
+        Op::CropForegroundPadded(p) => replace(
+            img,
+            crate::transforms::crop_foreground::crop_foreground_padded(img, p)?,
+        ),
         Op::SpatialPad {
             size,
             method,

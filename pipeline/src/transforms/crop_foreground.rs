@@ -75,9 +75,79 @@ pub fn crop_foreground(img: &Image, p: &CropForeground) -> Result<Image, String>
     Ok(crop(img, start, end))
 }
 
+/// MONAI's default `allow_smaller = False`: the box grown by `margin` may
+/// leave the image, and the part outside is padded with 0 (not the minimum).
+///
+/// # Errors
+/// When no voxel is above the threshold.
+pub fn crop_foreground_padded(img: &Image, p: &CropForeground) -> Result<Image, String> {
+    let (lo, hi) = foreground_box(img, p.threshold)
+        .ok_or_else(|| format!("no voxel above {} (empty foreground)", p.threshold))?;
+    let dims = [img.shape[1], img.shape[2], img.shape[3]];
+    let before = lo.map(|v| p.margin.saturating_sub(v));
+    let after = [0, 1, 2].map(|a| (hi[a] + p.margin).saturating_sub(dims[a]));
+    let inner = crop_foreground(img, p)?;
+    Ok(pad(&inner, before, after))
+}
+
+/// Pads `before` / `after` zero voxels on each spatial axis, keeping world
+/// positions.
+pub fn pad(img: &Image, before: [usize; 3], after: [usize; 3]) -> Image {
+    if before == [0; 3] && after == [0; 3] {
+        return img.clone();
+    }
+    let [c, x, y, z] = img.shape;
+    let out = [0, 1, 2].map(|a| img.shape[a + 1] + before[a] + after[a]);
+    let mut data = vec![0f32; c * out[0] * out[1] * out[2]];
+    for ch in 0..c {
+        for k in 0..z {
+            for j in 0..y {
+                let src = &img.data[img.index(ch, 0, j, k)..][..x];
+                let at =
+                    ((ch * out[2] + k + before[2]) * out[1] + j + before[1]) * out[0] + before[0];
+                data[at..at + x].copy_from_slice(src);
+            }
+        }
+    }
+    let mut affine = img.affine;
+    for row in affine.iter_mut().take(3) {
+        row[3] -= (0..3).map(|a| row[a] * before[a] as f64).sum::<f64>();
+    }
+    Image {
+        data,
+        shape: [c, out[0], out[1], out[2]],
+        spacing: img.spacing,
+        affine,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_smaller_false_pads_outside_with_zero() {
+        // Foreground touches x = 0 and y = 2 (the last row); margin 1 leaves the image.
+        let mut img = Image::ramp([1, 4, 3, 1]);
+        img.data.iter_mut().for_each(|v| *v = -1.0);
+        let at = img.index(0, 0, 2, 0);
+        img.data[at] = 5.0;
+        let p = CropForeground {
+            threshold: 0.0,
+            margin: 1,
+        };
+        let small = crop_foreground(&img, &p).unwrap();
+        assert_eq!(small.shape, [1, 2, 2, 1]);
+        let padded = crop_foreground_padded(&img, &p).unwrap();
+        // x: [-1, 2) -> 3 wide, y: [1, 4) -> 3, z: [-1, 2) -> 3.
+        assert_eq!(padded.shape, [1, 3, 3, 3]);
+        assert_eq!(padded.at(0, 1, 1, 1), 5.0);
+        assert_eq!(padded.at(0, 0, 1, 1), 0.0, "outside is 0, not the minimum");
+        assert_eq!(padded.at(0, 1, 0, 1), -1.0, "inside keeps its value");
+        assert_eq!(padded.affine[0][3], -1.0);
+        assert_eq!(padded.affine[1][3], 1.0);
+        assert_eq!(padded.affine[2][3], -1.0);
+    }
     use crate::nifti::affine::IDENTITY;
 
     #[test]

@@ -1,0 +1,53 @@
+//! Fully connected layer with PyTorch's weight layout `(out, in)`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// `y = x Wᵀ + b` on the last axis; any number of leading axes.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// DINOv2 initialises every Linear with trunc-normal(std 0.02, cut at ±2
+/// absolute). The cut is at 100σ, so a plain normal is the same distribution.
+pub(crate) const LINEAR_INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+impl Linear {
+    /// Creates (or loads) `weight (out, in)` and, if `bias`, `bias (out)` under `vb`.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", LINEAR_INIT)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Flatten leading axes into one 2-D matmul: faster than broadcast_matmul.
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("Linear input has at least one axis");
+        let rows = x.elem_count() / in_dim;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}

@@ -1,0 +1,493 @@
+//! The 3-D vision transformer backbone (3DINO's `DinoVisionTransformer3d`).
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::block::{Block, BlockDims, BranchScales};
+use crate::drop_path::{SplitMix64, drop_path_scale};
+use crate::norm::LayerNorm;
+use crate::patch_embed::PatchEmbed3d;
+use crate::{ModelError, Result, pos_embed};
+
+/// Backbone hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViT3dConfig {
+    /// Token width E.
+    pub embed_dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads; must divide `embed_dim`.
+    pub num_heads: usize,
+    /// Cubic patch side (kernel = stride of the patch embedding).
+    pub patch_size: usize,
+    /// Input channels C.
+    pub in_chans: usize,
+    /// Side of the learned position grid (`img_size / patch_size`; 96/16 = 6).
+    pub pos_grid: usize,
+    /// MLP hidden width = `embed_dim · mlp_ratio`.
+    pub mlp_ratio: f64,
+    /// Bias on the qkv projection.
+    pub qkv_bias: bool,
+    /// Initial LayerScale gamma.
+    pub layerscale_init: f64,
+    /// LayerNorm epsilon (all norms).
+    pub ln_eps: f64,
+    /// Drop-path rate, the same for every block; used only when a forward
+    /// pass is given a drop-path seed.
+    pub drop_path_rate: f64,
+}
+
+impl ViT3dConfig {
+    fn preset(embed_dim: usize, depth: usize, num_heads: usize) -> Self {
+        Self {
+            embed_dim,
+            depth,
+            num_heads,
+            patch_size: 16,
+            in_chans: 1,
+            pos_grid: 6,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            layerscale_init: 1e-5,
+            ln_eps: 1e-6,
+            drop_path_rate: 0.0,
+        }
+    }
+
+    /// 192 dims, 4 blocks, 3 heads: tests and CPU demos.
+    pub fn tiny() -> Self {
+        Self::preset(192, 4, 3)
+    }
+
+    /// ViT-S: 384 dims, 12 blocks, 6 heads.
+    pub fn small() -> Self {
+        Self::preset(384, 12, 6)
+    }
+
+    /// ViT-B: 768 dims, 12 blocks, 12 heads.
+    pub fn base() -> Self {
+        Self::preset(768, 12, 12)
+    }
+
+    /// ViT-L: 1024 dims, 24 blocks, 16 heads (the released 3DINO model).
+    pub fn large() -> Self {
+        Self::preset(1024, 24, 16)
+    }
+
+    /// Looks a preset up by name (`tiny`, `small`, `base`, `large`).
+    pub fn from_preset(name: &str) -> Result<Self> {
+        match name {
+            "tiny" => Ok(Self::tiny()),
+            "small" => Ok(Self::small()),
+            "base" => Ok(Self::base()),
+            "large" => Ok(Self::large()),
+            _ => Err(ModelError::Config(format!("unknown ViT preset {name:?}"))),
+        }
+    }
+
+    /// Sets the position grid from the training crop size (e.g. 112 → 7³).
+    pub fn with_img_size(mut self, img_size: usize) -> Self {
+        self.pos_grid = img_size / self.patch_size;
+        self
+    }
+
+    /// MLP hidden width.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.embed_dim as f64 * self.mlp_ratio) as usize
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return bad(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.patch_size == 0 || self.in_chans == 0 || self.pos_grid == 0 {
+            return bad("patch_size, in_chans and pos_grid must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return bad(format!("drop_path_rate {} not in [0, 1)", self.drop_path_rate));
+        }
+        Ok(())
+    }
+}
+
+/// Which attention maps a forward pass keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionCapture {
+    /// None (the default; saves memory).
+    #[default]
+    None,
+    /// The [CLS] query row of every block: `(B, heads, 1 + N)`, entry 0 is
+    /// [CLS]→[CLS].
+    ClsRow,
+    /// Every block's full matrix `(B, heads, 1 + N, 1 + N)`.
+    Full,
+}
+
+/// Optional parts of a forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions<'a> {
+    /// iBOT masks `(B, N)` (any dtype, nonzero = masked): masked patch
+    /// embeddings are replaced by the mask token before the position
+    /// embedding is added.
+    pub masks: Option<&'a Tensor>,
+    /// 0-based block indices whose outputs to return (pre final norm).
+    pub intermediate_layers: &'a [usize],
+    /// Attention maps to keep.
+    pub attention: AttentionCapture,
+    /// Seed for per-sample drop path at `drop_path_rate`; `None` = no drop
+    /// path (teacher, evaluation).
+    pub drop_path_seed: Option<u64>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct ViT3dOutput {
+    /// Final-norm [CLS] token `(B, E)`.
+    pub cls_norm: Tensor,
+    /// Final-norm patch tokens `(B, N, E)`.
+    pub patch_norm: Tensor,
+    /// All tokens before the final norm `(B, 1 + N, E)`.
+    pub prenorm: Tensor,
+    /// Raw outputs `(B, 1 + N, E)` of the requested blocks, in request order.
+    pub intermediates: Vec<Tensor>,
+    /// Attention maps per block (see [`AttentionCapture`]); empty if none.
+    pub attentions: Vec<Tensor>,
+    /// Token grid `(X/p, Y/p, Z/p)`; N is its product, last axis fastest.
+    pub grid: [usize; 3],
+}
+
+/// 3DINO's pre-norm ViT for `(N, C, X, Y, Z)` volumes.
+#[derive(Debug, Clone)]
+pub struct ViT3d {
+    cfg: ViT3dConfig,
+    patch_embed: PatchEmbed3d,
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    mask_token: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+}
+
+impl ViT3d {
+    /// Builds (or loads, depending on the `VarBuilder`) the backbone.
+    /// Names: `cls_token (1,1,E)`, `pos_embed (1,1+g³,E)`, `mask_token (1,E)`,
+    /// `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`.
+    pub fn new(cfg: ViT3dConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let e = cfg.embed_dim;
+        let n_pos = cfg.pos_grid.pow(3);
+        let patch_embed = PatchEmbed3d::new(vb.pp("patch_embed"), cfg.in_chans, e, cfg.patch_size)?;
+        let cls_token = vb.get_with_hints(
+            (1, 1, e),
+            "cls_token",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1e-6,
+            },
+        )?;
+        let pos_embed = vb.get_with_hints(
+            (1, 1 + n_pos, e),
+            "pos_embed",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?;
+        let mask_token = vb.get_with_hints((1, e), "mask_token", Init::Const(0.0))?;
+        let dims = BlockDims {
+            dim: e,
+            num_heads: cfg.num_heads,
+            mlp_hidden: cfg.mlp_hidden(),
+            qkv_bias: cfg.qkv_bias,
+            layerscale_init: cfg.layerscale_init,
+            ln_eps: cfg.ln_eps,
+        };
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::new(vb.pp(format!("blocks.{i}")), dims))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let norm = LayerNorm::new(vb.pp("norm"), e, cfg.ln_eps)?;
+        Ok(Self {
+            cfg,
+            patch_embed,
+            cls_token,
+            pos_embed,
+            mask_token,
+            blocks,
+            norm,
+        })
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &ViT3dConfig {
+        &self.cfg
+    }
+
+    /// Token grid for an input of shape `(N, C, X, Y, Z)`.
+    pub fn grid(&self, x: &Tensor) -> Result<[usize; 3]> {
+        self.patch_embed.grid(x)
+    }
+
+    /// Patch embedding, mask-token substitution, [CLS] prepend and position
+    /// embedding: the `(B, 1 + N, E)` input of block 0.
+    pub fn prepare_tokens(&self, x: &Tensor, masks: Option<&Tensor>) -> Result<Tensor> {
+        let grid = self.patch_embed.grid(x)?;
+        let tokens = self.patch_embed.forward(x)?;
+        let (b, n, e) = tokens.dims3()?;
+        let tokens = match masks {
+            Some(m) => {
+                if m.dims() != [b, n] {
+                    return Err(ModelError::Input(format!(
+                        "masks must be (B, N) = ({b}, {n}), got {:?}",
+                        m.dims()
+                    )));
+                }
+                // Any nonzero counts as masked; blend keeps gradients to both.
+                let m = m.ne(0f64)?.to_dtype(tokens.dtype())?.unsqueeze(2)?;
+                let keep = m.affine(-1.0, 1.0)?;
+                let mask_tok = self.mask_token.reshape((1, 1, e))?;
+                (tokens.broadcast_mul(&keep)? + m.broadcast_mul(&mask_tok)?)?
+            }
+            None => tokens,
+        };
+        let cls = self.cls_token.broadcast_as((b, 1, e))?;
+        let x = Tensor::cat(&[&cls, &tokens], 1)?;
+        let pos = pos_embed::interpolate(&self.pos_embed, grid)?;
+        Ok(x.broadcast_add(&pos)?)
+    }
+
+    /// Full forward pass with options (masks, drop path, captures).
+    pub fn forward_with(&self, x: &Tensor, opts: &ForwardOptions) -> Result<ViT3dOutput> {
+        let grid = self.patch_embed.grid(x)?;
+        if let Some(&i) = opts.intermediate_layers.iter().find(|&&i| i >= self.blocks.len()) {
+            return Err(ModelError::Input(format!(
+                "intermediate layer {i} out of range (depth {})",
+                self.blocks.len()
+            )));
+        }
+        let mut h = self.prepare_tokens(x, opts.masks)?;
+        let b = h.dim(0)?;
+        let mut rng = opts.drop_path_seed.map(SplitMix64::new);
+        let rate = self.cfg.drop_path_rate;
+        let mut layer_out: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
+        let mut attentions = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let drop: BranchScales = match rng.as_mut() {
+                Some(r) if rate > 0.0 => Some((
+                    drop_path_scale(b, rate, r, h.dtype(), h.device())?,
+                    drop_path_scale(b, rate, r, h.dtype(), h.device())?,
+                )),
+                _ => None,
+            };
+            let (out, attn) = block.forward(&h, &drop)?;
+            h = out;
+            match opts.attention {
+                AttentionCapture::None => {}
+                AttentionCapture::ClsRow => attentions.push(attn.narrow(2, 0, 1)?.squeeze(2)?),
+                AttentionCapture::Full => attentions.push(attn),
+            }
+            if opts.intermediate_layers.contains(&i) {
+                layer_out[i] = Some(h.clone());
+            }
+        }
+        let intermediates = opts
+            .intermediate_layers
+            .iter()
+            .map(|&i| layer_out[i].clone().expect("captured above"))
+            .collect();
+        let normed = self.norm.forward(&h)?;
+        let n = normed.dim(1)? - 1;
+        Ok(ViT3dOutput {
+            cls_norm: normed.narrow(1, 0, 1)?.squeeze(1)?,
+            patch_norm: normed.narrow(1, 1, n)?,
+            prenorm: h,
+            intermediates,
+            attentions,
+            grid,
+        })
+    }
+
+    /// Plain forward pass (no masks, no drop path, no captures).
+    pub fn forward(&self, x: &Tensor) -> Result<ViT3dOutput> {
+        self.forward_with(x, &ForwardOptions::default())
+    }
+
+    /// Applies the final LayerNorm (e.g. to an intermediate layer).
+    pub fn apply_norm(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.norm.forward(tokens)?)
+    }
+
+    /// DINOv2's `get_intermediate_layers`: for each 0-based block index,
+    /// `(patch tokens (B, N, E), [CLS] (B, E))`, final-normed if `norm`.
+    pub fn intermediate_layers(
+        &self,
+        x: &Tensor,
+        indices: &[usize],
+        norm: bool,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        let out = self.forward_with(
+            x,
+            &ForwardOptions {
+                intermediate_layers: indices,
+                ..Default::default()
+            },
+        )?;
+        out.intermediates
+            .iter()
+            .map(|t| {
+                let t = if norm { self.apply_norm(t)? } else { t.clone() };
+                let n = t.dim(1)? - 1;
+                Ok((t.narrow(1, 1, n)?, t.narrow(1, 0, 1)?.squeeze(1)?))
+            })
+            .collect()
+    }
+
+    /// Number of blocks.
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// Builds a fresh backbone in its own `VarMap` on `device` (f32).
+pub fn new_with_varmap(
+    cfg: ViT3dConfig,
+    device: &Device,
+) -> Result<(ViT3d, candle_nn::VarMap)> {
+    let vm = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
+    Ok((ViT3d::new(cfg, vb)?, vm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(device: &Device) -> (ViT3d, candle_nn::VarMap) {
+        let cfg = ViT3dConfig {
+            embed_dim: 24,
+            depth: 2,
+            num_heads: 2,
+            pos_grid: 2,
+            ..ViT3dConfig::tiny()
+        };
+        new_with_varmap(cfg, device).unwrap()
+    }
+
+    #[test]
+    fn shapes_and_captures() {
+        let dev = Device::Cpu;
+        let (vit, _vm) = tiny(&dev);
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 48), &dev).unwrap();
+        let out = vit
+            .forward_with(
+                &x,
+                &ForwardOptions {
+                    intermediate_layers: &[1, 0],
+                    attention: AttentionCapture::ClsRow,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(out.grid, [2, 2, 3]);
+        assert_eq!(out.cls_norm.dims(), &[2, 24]);
+        assert_eq!(out.patch_norm.dims(), &[2, 12, 24]);
+        assert_eq!(out.prenorm.dims(), &[2, 13, 24]);
+        assert_eq!(out.intermediates.len(), 2);
+        assert_eq!(out.attentions.len(), 2);
+        assert_eq!(out.attentions[0].dims(), &[2, 2, 13]);
+        // Attention rows are distributions.
+        let s: Vec<f32> = out.attentions[1].sum(2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
+        // The last intermediate is the pre-norm output.
+        let d = (&out.intermediates[0] - &out.prenorm).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let layers = vit.intermediate_layers(&x, &[1], true).unwrap();
+        let d = (&layers[0].1 - &out.cls_norm).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        assert!(vit.forward_with(&x, &ForwardOptions { intermediate_layers: &[2], ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_inputs_and_configs() {
+        let dev = Device::Cpu;
+        let (vit, _vm) = tiny(&dev);
+        let x = Tensor::zeros((1, 1, 32, 32, 40), DType::F32, &dev).unwrap();
+        assert!(vit.forward(&x).is_err());
+        let x = Tensor::zeros((1, 2, 32, 32, 32), DType::F32, &dev).unwrap();
+        assert!(vit.forward(&x).is_err());
+        let cfg = ViT3dConfig { num_heads: 5, ..ViT3dConfig::tiny() };
+        assert!(new_with_varmap(cfg, &dev).is_err());
+        assert!(ViT3dConfig::from_preset("huge").is_err());
+        assert_eq!(ViT3dConfig::from_preset("large").unwrap().embed_dim, 1024);
+    }
+
+    #[test]
+    fn mask_token_is_substituted_before_position_embedding() {
+        let dev = Device::Cpu;
+        let (vit, vm) = tiny(&dev);
+        // A recognisable mask token.
+        let e = 24;
+        let mt = Tensor::arange(0f32, e as f32, &dev).unwrap().reshape((1, e)).unwrap();
+        vm.data().lock().unwrap()["mask_token"].set(&mt).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &dev).unwrap();
+        let mask = Tensor::from_vec(
+            vec![1u8, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1],
+            (2, 8),
+            &dev,
+        )
+        .unwrap();
+        let plain = vit.prepare_tokens(&x, None).unwrap();
+        let masked = vit.prepare_tokens(&x, Some(&mask)).unwrap();
+        let pos = vit.pos_embed.squeeze(0).unwrap();
+        let m: Vec<u8> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        for bi in 0..2 {
+            for j in 0..8 {
+                let got = masked.get(bi).unwrap().get(1 + j).unwrap();
+                let want = if m[bi * 8 + j] != 0 {
+                    (mt.squeeze(0).unwrap() + pos.get(1 + j).unwrap()).unwrap()
+                } else {
+                    plain.get(bi).unwrap().get(1 + j).unwrap()
+                };
+                let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-6, "image {bi} token {j}");
+            }
+        }
+        // Image 1 is fully masked: its whole output no longer depends on x.
+        let y = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &dev).unwrap();
+        let opts = ForwardOptions { masks: Some(&mask), ..Default::default() };
+        let a = vit.forward_with(&x, &opts).unwrap().prenorm.get(1).unwrap();
+        let b = vit.forward_with(&y, &opts).unwrap().prenorm.get(1).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn drop_path_changes_training_forward_only_when_seeded() {
+        let dev = Device::Cpu;
+        let cfg = ViT3dConfig {
+            embed_dim: 24,
+            depth: 2,
+            num_heads: 2,
+            pos_grid: 2,
+            drop_path_rate: 0.5,
+            layerscale_init: 1.0,
+            ..ViT3dConfig::tiny()
+        };
+        let (vit, _vm) = new_with_varmap(cfg, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (8, 1, 32, 32, 32), &dev).unwrap();
+        let eval = vit.forward(&x).unwrap().prenorm;
+        let again = vit.forward(&x).unwrap().prenorm;
+        let d0 = (&eval - &again).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d0.to_scalar::<f32>().unwrap(), 0.0);
+        let opts = ForwardOptions { drop_path_seed: Some(3), ..Default::default() };
+        let train = vit.forward_with(&x, &opts).unwrap().prenorm;
+        let d = (&eval - &train).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() > 1e-3);
+        let train2 = vit.forward_with(&x, &opts).unwrap().prenorm;
+        let d2 = (&train - &train2).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d2.to_scalar::<f32>().unwrap(), 0.0, "same seed, same masks");
+    }
+}
