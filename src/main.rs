@@ -3,6 +3,8 @@
 //! Glue only: parsing, progress bars and reports live here; the work is done by
 //! the `pipeline`, `cache` and `model` crates.
 
+mod cache_cmd;
+mod embed_cmd;
 mod inspect_cmd;
 mod manifest_cmd;
 mod progress;
@@ -47,6 +49,11 @@ enum Command {
     /// Run a recipe's data pipeline (batches, throughput, saved crops).
     #[command(subcommand)]
     Pipeline(run_cmd::PipelineCmd),
+    /// Fill, summarise, check and prune the on-disk cache.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCmd),
+    /// Embed one volume with a backbone: normed [CLS] and patch tokens.
+    Embed(embed_cmd::EmbedArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +64,8 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Inspect(args)), _) => inspect_cmd::run(&args),
         (Some(Command::Recipe(cmd)), _) => recipe_cmd::run(cmd),
         (Some(Command::Pipeline(cmd)), _) => run_cmd::run_pipeline(cmd),
+        (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),
+        (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;

@@ -50,9 +50,16 @@ pub(crate) struct PipelineRunArgs {
     /// Worker threads (default: the recipe's, else all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Keep prepared (prefix) samples in memory across epochs.
+    /// Keep prepared (prefix) samples in memory across epochs (instead of the
+    /// recipe's on-disk cache).
     #[arg(long)]
     memory_cache: bool,
+    /// Ignore the recipe's on-disk cache: prepare every item on every use.
+    #[arg(long)]
+    no_cache: bool,
+    /// Serve samples uncached when the cache folder cannot be written.
+    #[arg(long)]
+    allow_uncached: bool,
     /// Write the first batch's crops here as NIfTI (z-fastest tensors turned
     /// back into volumes) with its masks as JSON.
     #[arg(long)]
@@ -143,8 +150,23 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.recipe, &args.overrides)?;
     let (manifest, entries) = plan_entries(&plan, &args.recipe)?;
     let pipeline = Arc::new(Pipeline::new(&plan));
+    let cached = if args.memory_cache || args.no_cache {
+        None
+    } else {
+        crate::cache_cmd::cache_source(&plan, &args.recipe, args.allow_uncached)?
+    };
+    let cache_note = if cached.is_some() {
+        "on-disk cache"
+    } else if args.memory_cache {
+        "memory cache"
+    } else {
+        "no cache"
+    };
+    let cached = cached.map(Arc::new);
     let direct = DirectSource::new(pipeline.clone(), entries, &manifest);
-    let source: Arc<dyn PreparedSource> = if args.memory_cache {
+    let source: Arc<dyn PreparedSource> = if let Some(c) = &cached {
+        c.clone()
+    } else if args.memory_cache {
         Arc::new(MemorySource::new(direct))
     } else {
         Arc::new(direct)
@@ -159,7 +181,7 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
         config.threads
     };
     eprintln!(
-        "{} items, batch {}, {} thread(s), prefix {}",
+        "{} items, batch {}, {} thread(s), prefix {} ({cache_note})",
         source.len(),
         config.batch_size,
         threads,
@@ -197,6 +219,18 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
         "{samples} samples in {secs:.2} s: {:.2} samples/s with {threads} thread(s); {skipped} item(s) skipped",
         samples as f64 / secs
     );
+    if let Some(c) = &cached {
+        use std::sync::atomic::Ordering::Relaxed;
+        for r in c.reports.lock().map(|r| r.clone()).unwrap_or_default() {
+            tracing::warn!("{r}");
+        }
+        println!(
+            "cache: {} hits, {} built, {} damaged and rebuilt",
+            c.stats.hits.load(Relaxed),
+            c.stats.misses.load(Relaxed),
+            c.stats.damaged.load(Relaxed)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

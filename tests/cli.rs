@@ -35,6 +35,9 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["inspect", "--help"],
         vec!["recipe", "--help"],
         vec!["recipe", "check", "--help"],
+        vec!["pipeline", "run", "--help"],
+        vec!["cache", "warm", "--help"],
+        vec!["cache", "verify", "--help"],
     ] {
         let text = run_ok(dino_run().args(&sub));
         assert!(text.contains("Usage"), "{sub:?}: {text}");
@@ -266,4 +269,126 @@ fn recipe_check_prints_the_plan_or_line_numbered_errors() {
         ),
         "{err}"
     );
+}
+
+/// A copy of recipes/pretrain.yaml reading the bundled volumes and caching in `cache`.
+fn pretrain_recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/pretrain.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "manifest: ../data/volumes",
+        &format!("manifest: {}", data().join("volumes").display()),
+    )
+    .replace(
+        "dir: ../out/cache",
+        &format!("dir: {}", dir.join("cache").display()),
+    );
+    let path = dir.join("pretrain.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = pretrain_recipe(dir.path());
+    let out = run_ok(
+        dino_run()
+            .args(["pipeline", "run"])
+            .arg(&recipe)
+            .args(["--batches", "3", "--set", "views.2.count=2", "--save-batch"])
+            .arg(dir.path().join("b0")),
+    );
+    assert!(
+        out.contains("6 samples in") && out.contains("0 item(s) skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cache: 0 hits, ") || out.contains("hits"),
+        "{out}"
+    );
+    // 2 samples x (2 global + 2 local) crops, and the masks.
+    let saved = std::fs::read_dir(dir.path().join("b0")).unwrap().count();
+    assert_eq!(saved, 2 * 4 + 1);
+    let masks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("b0/masks.json")).unwrap())
+            .unwrap();
+    assert_eq!(masks["tokens"], 216);
+    let stats = run_ok(
+        dino_run()
+            .args(["cache", "stats"])
+            .arg(dir.path().join("cache")),
+    );
+    assert!(stats.contains("uint8 + window"), "{stats}");
+}
+
+#[test]
+fn a_killed_warm_leaves_nothing_invalid_and_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = pretrain_recipe(dir.path());
+    let cache = dir.path().join("cache");
+    let mut child = dino_run()
+        .args(["cache", "warm"])
+        .arg(&recipe)
+        .args(["--threads", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Whatever the kill interrupted, nothing readable is damaged.
+    run_ok(dino_run().args(["cache", "verify"]).arg(&cache));
+    let warm = run_ok(
+        dino_run()
+            .args(["cache", "warm"])
+            .arg(&recipe)
+            .args(["--shard", "0/2"]),
+    );
+    assert!(
+        warm.contains("3 items (shard 0/2)") && warm.contains("0 failed"),
+        "{warm}"
+    );
+    let warm = run_ok(dino_run().args(["cache", "warm"]).arg(&recipe));
+    assert!(
+        warm.contains("6 items") && warm.contains("0 failed"),
+        "{warm}"
+    );
+    let again = run_ok(dino_run().args(["cache", "warm"]).arg(&recipe));
+    assert!(again.contains("6 hits, 0 built"), "{again}");
+    let verify = run_ok(dino_run().args(["cache", "verify"]).arg(&cache));
+    assert!(verify.contains("6 entries checked, 0 damaged"), "{verify}");
+    // Damage one entry: verify fails and names it; gc keeps the 6 live entries.
+    let entry = walk(&cache)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "d3c"))
+        .unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let out = dino_run()
+        .args(["cache", "verify"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&entry.display().to_string()), "{text}");
+    let gc = run_ok(dino_run().args(["cache", "gc"]).arg(&recipe));
+    assert!(gc.contains("6 entries reachable"), "{gc}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -76,7 +76,9 @@ impl Block {
             None => a,
         };
         let x = (x + a)?;
-        let m = self.ls2.forward(&self.mlp.forward(&self.norm2.forward(&x)?)?)?;
+        let m = self
+            .ls2
+            .forward(&self.mlp.forward(&self.norm2.forward(&x)?)?)?;
         let m = match drop {
             Some((_, s2)) => m.broadcast_mul(s2)?,
             None => m,

@@ -18,6 +18,11 @@ pub enum ModelError {
     /// An input tensor has the wrong shape or type for the operation.
     #[error("bad input: {0}")]
     Input(String),
+    /// A pickle (inside a `.pth`) uses something the restricted unpickler
+    /// refuses: a global other than torch's tensor rebuilders, or an
+    /// unsupported opcode; or it is malformed.
+    #[error("unsafe or unsupported pickle: {0}")]
+    Pickle(String),
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

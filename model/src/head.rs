@@ -71,7 +71,9 @@ impl WeightNormLinear {
 
     fn weight(&self) -> candle_core::Result<Tensor> {
         let norm = self.weight_v.sqr()?.sum_keepdim(1)?.sqrt()?;
-        self.weight_v.broadcast_div(&norm)?.broadcast_mul(&self.weight_g)
+        self.weight_v
+            .broadcast_div(&norm)?
+            .broadcast_mul(&self.weight_g)
     }
 }
 
@@ -88,7 +90,9 @@ impl DinoHead {
     /// Builds (or loads) the head under `vb`.
     pub fn new(cfg: DinoHeadConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.n_layers == 0 {
-            return Err(ModelError::Config("DINO head needs at least one layer".into()));
+            return Err(ModelError::Config(
+                "DINO head needs at least one layer".into(),
+            ));
         }
         let mut widths = vec![cfg.in_dim];
         widths.extend(std::iter::repeat_n(cfg.hidden_dim, cfg.n_layers - 1));
@@ -130,7 +134,9 @@ impl DinoHead {
         let w = self.last_layer.weight()?;
         let dims = z.dims().to_vec();
         let rows = z.elem_count() / self.cfg.bottleneck_dim;
-        let y = z.reshape((rows, self.cfg.bottleneck_dim))?.matmul(&w.t()?)?;
+        let y = z
+            .reshape((rows, self.cfg.bottleneck_dim))?
+            .matmul(&w.t()?)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.cfg.n_prototypes;
         Ok(y.reshape(out)?)
@@ -159,7 +165,13 @@ mod tests {
         let y = head.forward(&x).unwrap();
         assert_eq!(y.dims(), &[5, 10]);
         // Unit bottleneck and unit-norm prototype rows (g = 1): |logit| ≤ 1.
-        let m = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = y
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(m <= 1.0 + 1e-5);
         let mut names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
         names.sort();

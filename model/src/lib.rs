@@ -11,6 +11,7 @@
 
 mod attention;
 mod block;
+pub mod checkpoint;
 mod drop_path;
 mod error;
 mod head;
@@ -18,10 +19,14 @@ mod linear;
 pub mod loss;
 mod mlp;
 mod norm;
+pub mod optim;
 mod patch_embed;
 pub mod pos_embed;
+pub mod schedule;
 mod vit3d;
 
+/// The candle version this crate is built on, for callers that build inputs.
+pub use candle_core;
 pub use error::{ModelError, Result};
 pub use head::{DinoHead, DinoHeadConfig};
 pub use vit3d::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};

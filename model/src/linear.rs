@@ -1,6 +1,6 @@
 //! Fully connected layer with PyTorch's weight layout `(out, in)`.
 
-use candle_core::{Module, Tensor};
+use candle_core::{D, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// `y = x Wᵀ + b` on the last axis; any number of leading axes.
@@ -38,16 +38,16 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // Flatten leading axes into one 2-D matmul: faster than broadcast_matmul.
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("Linear input has at least one axis");
+        let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim;
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        let mut out_dims = x.dims().to_vec();
+        out_dims.pop();
+        out_dims.push(self.weight.dim(0)?);
         y.reshape(out_dims)
     }
 }

@@ -104,7 +104,7 @@ pub fn runtime_scales(n_pos: usize, target: [usize; 3]) -> [f64; 3] {
     target.map(|t| (t as f64 + 0.1) / s)
 }
 
-/// Applies the trilinear matrix to a `(1, 1 + N_in, E)` embedding ([CLS]
+/// Applies the trilinear matrix to a `(1, 1 + N_in, E)` embedding (\[CLS\]
 /// first), giving `(1, 1 + N_out, E)`. Fails if the scales do not produce
 /// `target`.
 fn resample(pos: &Tensor, scales: [f64; 3], target: [usize; 3]) -> Result<Tensor> {
@@ -176,7 +176,13 @@ mod tests {
         // (6+0.1)/6: floor(6.1) = 6 → PyTorch copies the axis.
         let taps = axis_taps(6, 6.1 / 6.0);
         for (i, t) in taps.iter().enumerate() {
-            assert_eq!(*t, AxisTap { lo: (i, 1.0), hi: (i, 0.0) });
+            assert_eq!(
+                *t,
+                AxisTap {
+                    lo: (i, 1.0),
+                    hi: (i, 0.0)
+                }
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! The 3-D vision transformer backbone (3DINO's `DinoVisionTransformer3d`).
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::block::{Block, BlockDims, BranchScales};
@@ -98,7 +98,7 @@ impl ViT3dConfig {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads
@@ -108,7 +108,10 @@ impl ViT3dConfig {
             return bad("patch_size, in_chans and pos_grid must be positive".into());
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad(format!("drop_path_rate {} not in [0, 1)", self.drop_path_rate));
+            return bad(format!(
+                "drop_path_rate {} not in [0, 1)",
+                self.drop_path_rate
+            ));
         }
         Ok(())
     }
@@ -120,8 +123,8 @@ pub enum AttentionCapture {
     /// None (the default; saves memory).
     #[default]
     None,
-    /// The [CLS] query row of every block: `(B, heads, 1 + N)`, entry 0 is
-    /// [CLS]→[CLS].
+    /// The \[CLS\] query row of every block: `(B, heads, 1 + N)`, entry 0 is
+    /// \[CLS\]→\[CLS\].
     ClsRow,
     /// Every block's full matrix `(B, heads, 1 + N, 1 + N)`.
     Full,
@@ -146,7 +149,7 @@ pub struct ForwardOptions<'a> {
 /// What a forward pass returns.
 #[derive(Debug, Clone)]
 pub struct ViT3dOutput {
-    /// Final-norm [CLS] token `(B, E)`.
+    /// Final-norm \[CLS\] token `(B, E)`.
     pub cls_norm: Tensor,
     /// Final-norm patch tokens `(B, N, E)`.
     pub patch_norm: Tensor,
@@ -231,7 +234,7 @@ impl ViT3d {
         self.patch_embed.grid(x)
     }
 
-    /// Patch embedding, mask-token substitution, [CLS] prepend and position
+    /// Patch embedding, mask-token substitution, \[CLS\] prepend and position
     /// embedding: the `(B, 1 + N, E)` input of block 0.
     pub fn prepare_tokens(&self, x: &Tensor, masks: Option<&Tensor>) -> Result<Tensor> {
         let grid = self.patch_embed.grid(x)?;
@@ -262,7 +265,11 @@ impl ViT3d {
     /// Full forward pass with options (masks, drop path, captures).
     pub fn forward_with(&self, x: &Tensor, opts: &ForwardOptions) -> Result<ViT3dOutput> {
         let grid = self.patch_embed.grid(x)?;
-        if let Some(&i) = opts.intermediate_layers.iter().find(|&&i| i >= self.blocks.len()) {
+        if let Some(&i) = opts
+            .intermediate_layers
+            .iter()
+            .find(|&&i| i >= self.blocks.len())
+        {
             return Err(ModelError::Input(format!(
                 "intermediate layer {i} out of range (depth {})",
                 self.blocks.len()
@@ -321,7 +328,7 @@ impl ViT3d {
     }
 
     /// DINOv2's `get_intermediate_layers`: for each 0-based block index,
-    /// `(patch tokens (B, N, E), [CLS] (B, E))`, final-normed if `norm`.
+    /// `(patch tokens (B, N, E), \[CLS\] (B, E))`, final-normed if `norm`.
     pub fn intermediate_layers(
         &self,
         x: &Tensor,
@@ -349,16 +356,13 @@ impl ViT3d {
     pub fn depth(&self) -> usize {
         self.blocks.len()
     }
-}
 
-/// Builds a fresh backbone in its own `VarMap` on `device` (f32).
-pub fn new_with_varmap(
-    cfg: ViT3dConfig,
-    device: &Device,
-) -> Result<(ViT3d, candle_nn::VarMap)> {
-    let vm = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
-    Ok((ViT3d::new(cfg, vb)?, vm))
+    /// Builds a freshly initialised f32 backbone in its own `VarMap` on `device`.
+    pub fn with_varmap(cfg: ViT3dConfig, device: &Device) -> Result<(Self, candle_nn::VarMap)> {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
+        Ok((Self::new(cfg, vb)?, vm))
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +377,7 @@ mod tests {
             pos_grid: 2,
             ..ViT3dConfig::tiny()
         };
-        new_with_varmap(cfg, device).unwrap()
+        ViT3d::with_varmap(cfg, device).unwrap()
     }
 
     #[test]
@@ -399,15 +403,40 @@ mod tests {
         assert_eq!(out.attentions.len(), 2);
         assert_eq!(out.attentions[0].dims(), &[2, 2, 13]);
         // Attention rows are distributions.
-        let s: Vec<f32> = out.attentions[1].sum(2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let s: Vec<f32> = out.attentions[1]
+            .sum(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
         // The last intermediate is the pre-norm output.
-        let d = (&out.intermediates[0] - &out.prenorm).unwrap().abs().unwrap().max_all().unwrap();
+        let d = (&out.intermediates[0] - &out.prenorm)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
         let layers = vit.intermediate_layers(&x, &[1], true).unwrap();
-        let d = (&layers[0].1 - &out.cls_norm).unwrap().abs().unwrap().max_all().unwrap();
+        let d = (&layers[0].1 - &out.cls_norm)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
-        assert!(vit.forward_with(&x, &ForwardOptions { intermediate_layers: &[2], ..Default::default() }).is_err());
+        assert!(
+            vit.forward_with(
+                &x,
+                &ForwardOptions {
+                    intermediate_layers: &[2],
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -418,8 +447,11 @@ mod tests {
         assert!(vit.forward(&x).is_err());
         let x = Tensor::zeros((1, 2, 32, 32, 32), DType::F32, &dev).unwrap();
         assert!(vit.forward(&x).is_err());
-        let cfg = ViT3dConfig { num_heads: 5, ..ViT3dConfig::tiny() };
-        assert!(new_with_varmap(cfg, &dev).is_err());
+        let cfg = ViT3dConfig {
+            num_heads: 5,
+            ..ViT3dConfig::tiny()
+        };
+        assert!(ViT3d::with_varmap(cfg, &dev).is_err());
         assert!(ViT3dConfig::from_preset("huge").is_err());
         assert_eq!(ViT3dConfig::from_preset("large").unwrap().embed_dim, 1024);
     }
@@ -430,7 +462,10 @@ mod tests {
         let (vit, vm) = tiny(&dev);
         // A recognisable mask token.
         let e = 24;
-        let mt = Tensor::arange(0f32, e as f32, &dev).unwrap().reshape((1, e)).unwrap();
+        let mt = Tensor::arange(0f32, e as f32, &dev)
+            .unwrap()
+            .reshape((1, e))
+            .unwrap();
         vm.data().lock().unwrap()["mask_token"].set(&mt).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &dev).unwrap();
         let mask = Tensor::from_vec(
@@ -457,7 +492,10 @@ mod tests {
         }
         // Image 1 is fully masked: its whole output no longer depends on x.
         let y = Tensor::randn(0f32, 1.0, (2, 1, 32, 32, 32), &dev).unwrap();
-        let opts = ForwardOptions { masks: Some(&mask), ..Default::default() };
+        let opts = ForwardOptions {
+            masks: Some(&mask),
+            ..Default::default()
+        };
         let a = vit.forward_with(&x, &opts).unwrap().prenorm.get(1).unwrap();
         let b = vit.forward_with(&y, &opts).unwrap().prenorm.get(1).unwrap();
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
@@ -476,18 +514,26 @@ mod tests {
             layerscale_init: 1.0,
             ..ViT3dConfig::tiny()
         };
-        let (vit, _vm) = new_with_varmap(cfg, &dev).unwrap();
+        let (vit, _vm) = ViT3d::with_varmap(cfg, &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (8, 1, 32, 32, 32), &dev).unwrap();
         let eval = vit.forward(&x).unwrap().prenorm;
         let again = vit.forward(&x).unwrap().prenorm;
         let d0 = (&eval - &again).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(d0.to_scalar::<f32>().unwrap(), 0.0);
-        let opts = ForwardOptions { drop_path_seed: Some(3), ..Default::default() };
+        let opts = ForwardOptions {
+            drop_path_seed: Some(3),
+            ..Default::default()
+        };
         let train = vit.forward_with(&x, &opts).unwrap().prenorm;
         let d = (&eval - &train).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() > 1e-3);
         let train2 = vit.forward_with(&x, &opts).unwrap().prenorm;
-        let d2 = (&train - &train2).unwrap().abs().unwrap().max_all().unwrap();
+        let d2 = (&train - &train2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert_eq!(d2.to_scalar::<f32>().unwrap(), 0.0, "same seed, same masks");
     }
 }

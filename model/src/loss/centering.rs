@@ -14,7 +14,9 @@ use crate::{ModelError, Result};
 pub fn sinkhorn_knopp(teacher_logits: &Tensor, temp: f64, iterations: usize) -> Result<Tensor> {
     let (n, k) = teacher_logits.dims2()?;
     if n == 0 || k == 0 {
-        return Err(ModelError::Input("Sinkhorn-Knopp on an empty tensor".into()));
+        return Err(ModelError::Input(
+            "Sinkhorn-Knopp on an empty tensor".into(),
+        ));
     }
     let dtype = teacher_logits.dtype();
     let q = (teacher_logits.detach().to_dtype(DType::F32)? / temp)?

@@ -1,4 +1,4 @@
-//! DINO [CLS] cross-entropy between student views and the other teacher views.
+//! DINO \[CLS\] cross-entropy between student views and the other teacher views.
 
 use candle_core::Tensor;
 
@@ -64,7 +64,9 @@ pub fn dino_loss(
     };
     let n_pairs = n_global * (n_global - 1) + n_local * n_global;
     if n_pairs == 0 {
-        return Err(ModelError::Input("DINO loss needs at least one view pair".into()));
+        return Err(ModelError::Input(
+            "DINO loss needs at least one view pair".into(),
+        ));
     }
     let t = teacher_probs.detach().reshape((n_global, b, k))?;
     // Σ_g T_g: a local view is paired with every teacher view.
@@ -75,7 +77,9 @@ pub fn dino_loss(
     let global = (row_cross_terms(student_global, &t_other, student_temp)?.sum_all()? * scale)?;
     let local = match student_local {
         Some(s) => {
-            let t_rep = t_sum.broadcast_as((n_local, b, k))?.reshape((n_local * b, k))?;
+            let t_rep = t_sum
+                .broadcast_as((n_local, b, k))?
+                .reshape((n_local * b, k))?;
             (row_cross_terms(s, &t_rep, student_temp)?.sum_all()? * scale)?
         }
         None => global.zeros_like()?,

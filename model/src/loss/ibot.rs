@@ -38,7 +38,7 @@ pub fn masked_indices_and_weights(
     n_tokens: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    if n_tokens == 0 || masks.len() % n_tokens != 0 {
+    if n_tokens == 0 || !masks.len().is_multiple_of(n_tokens) {
         return Err(ModelError::Input(format!(
             "{} mask entries are not a multiple of {n_tokens} tokens",
             masks.len()

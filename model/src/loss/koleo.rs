@@ -1,4 +1,4 @@
-//! KoLeo regulariser: pushes each [CLS] embedding away from its nearest
+//! KoLeo regulariser: pushes each \[CLS\] embedding away from its nearest
 //! neighbour in the batch (uniform spreading).
 
 use candle_core::{D, DType, Tensor};
@@ -10,12 +10,14 @@ use crate::{ModelError, Result};
 /// nearest neighbour = largest dot product excluding itself. The
 /// `+ ε` inside the norm is `PairwiseDistance`'s. The neighbour search is not
 /// differentiated; the distance is, through both endpoints. Unweighted: the
-/// caller applies [`super::KOLEO_WEIGHT`] and sums over global crops.
+/// caller applies [`super::KOLEO_WEIGHT`] and sums over global crops. With a
+/// single row the neighbour is the row itself, as in the reference: a
+/// constant loss with zero gradient.
 pub fn koleo_loss(x: &Tensor) -> Result<Tensor> {
     const EPS: f64 = 1e-8;
     let (n, _) = x.dims2()?;
-    if n < 2 {
-        return Err(ModelError::Input("KoLeo needs at least two rows".into()));
+    if n == 0 {
+        return Err(ModelError::Input("KoLeo on an empty batch".into()));
     }
     let xn = l2_normalize(x, EPS)?;
     let dots: Vec<Vec<f64>> = xn

@@ -35,3 +35,6 @@ pub(crate) fn row_cross_terms(
     let ls = candle_nn::ops::log_softmax(&(student_logits / temp)?, D::Minus1)?;
     (teacher_probs.detach() * ls)?.sum(D::Minus1)
 }
+
+#[cfg(test)]
+mod tests;

@@ -56,6 +56,37 @@ pub enum Output {
     Crops(MultiCrop),
 }
 
+/// A prepared array in the form the cache keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// Float voxels.
+    Float(Image),
+    /// Integer voxels (exact as floats) of type `dtype`, to which `window` is
+    /// applied on reading; bit-identical to the float path.
+    Int {
+        /// Raw voxels.
+        raw: Image,
+        /// Their stored type.
+        dtype: crate::nifti::DType,
+        /// The window.
+        window: crate::transforms::ScaleIntensityRange,
+    },
+}
+
+impl Stored {
+    /// The float image the prefix produces.
+    pub fn to_image(&self) -> Image {
+        match self {
+            Stored::Float(img) => img.clone(),
+            Stored::Int { raw, window, .. } => {
+                let mut img = raw.clone();
+                crate::transforms::scale_intensity_range(&mut img, window);
+                img
+            }
+        }
+    }
+}
+
 /// A recipe compiled for execution.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -169,6 +200,50 @@ impl Pipeline {
                     reason: "produced no sample".into(),
                 })
             })
+    }
+
+    /// [`Pipeline::prepare`] in the smallest faithful form for the cache: the
+    /// fused 3DINO prefix on 8/16-bit volumes keeps the integers and the
+    /// window; everything else is float.
+    ///
+    /// # Errors
+    /// As [`Pipeline::prepare`].
+    pub fn prepare_for_cache(
+        &self,
+        entry: &ManifestEntry,
+        manifest: &Path,
+    ) -> Result<Vec<(String, Stored)>> {
+        if let Some(id) = self.fused_threedino {
+            let image_path = entry.resolve(manifest);
+            let vol = read_volume(&image_path)?;
+            let frame = rand::Rng::random(&mut self.prefix_key(entry).for_transform(id).rng());
+            if let Some(int) = crate::transforms::threedino_prefix_int(&vol, frame) {
+                let int = int.map_err(|reason| Error::Transform {
+                    path: image_path.clone(),
+                    step: "3DINO prefix".into(),
+                    reason,
+                })?;
+                return Ok(vec![(
+                    "image".into(),
+                    Stored::Int {
+                        raw: int.raw,
+                        dtype: int.dtype,
+                        window: int.window,
+                    },
+                )]);
+            }
+        }
+        Ok(self
+            .prepare(entry, manifest)?
+            .images
+            .into_iter()
+            .map(|(k, img)| (k, Stored::Float(img)))
+            .collect())
+    }
+
+    /// The data keys each item provides.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
     }
 
     fn run(

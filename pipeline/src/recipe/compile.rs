@@ -107,6 +107,8 @@ pub struct Plan {
     pub keys: Vec<String>,
     /// Items whose smallest spatial axis is at most this are dropped.
     pub min_axis: Option<u64>,
+    /// The cache folder, as written (relative to the recipe's folder).
+    pub cache_dir: Option<String>,
 }
 
 impl std::fmt::Display for Plan {
@@ -396,6 +398,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
             .as_ref()
             .and_then(|d| d.min_axis.as_ref())
             .map(|m| m.value),
+        cache_dir: doc.cache.as_ref().map(|c| c.dir.value.clone()),
     })
 }
 

@@ -59,4 +59,4 @@ pub use resize::{AxisTaps, ResizeMode, resize, resize_box};
 pub use rng::DrawKey;
 pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 pub use spacing::{Interp, Spacing, SpacingPadding, spacing};
-pub use threedino_prefix::threedino_prefix;
+pub use threedino_prefix::{IntPrefix, threedino_prefix, threedino_prefix_int};

@@ -1,0 +1,156 @@
+//! The cache on the CT-like 256×256×128 int16 volumes of `DINO3D_BENCH_DATA`
+//! (default `/tmp/dino3d-bench-data`, made by `benches/decode_vs_nibabel.sh`),
+//! prepared by 3DINO's prefix and cached as int16 + window in a temporary folder:
+//!
+//! * `crop_96`: a random 96³ box read from a warm entry (decodes only the
+//!   chunks it touches, applies the window): crops/s per core;
+//! * `full_sample_from_cache`: decode an entry and cut a full 3DINO sample
+//!   (recipes/pretrain.yaml views), vs `full_sample_in_ram` from the same
+//!   prepared volume already in memory;
+//! * `warm_one`: build one entry from its `.nii.gz` (load, prefix, chunk,
+//!   compress, write).
+//!
+//! ```text
+//! taskset -c 0 cargo bench -p dino3d-cache --bench cache
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dino3d_cache::{CacheDir, CacheSource, Entry};
+use dino3d_pipeline::exec::{Pipeline, PreparedSource};
+use dino3d_pipeline::manifest::ManifestEntry;
+use dino3d_pipeline::recipe::compile_file;
+use divan::counter::ItemsCount;
+use rand::{Rng, SeedableRng};
+
+fn main() {
+    divan::main();
+}
+
+struct Setup {
+    source: CacheSource,
+    entries: Vec<Entry>,
+    pipeline: Arc<Pipeline>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let data = PathBuf::from(
+            std::env::var("DINO3D_BENCH_DATA").unwrap_or_else(|_| "/tmp/dino3d-bench-data".into()),
+        );
+        let mut files: Vec<String> = std::fs::read_dir(&data)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".nii.gz"))
+            .collect();
+        files.sort();
+        assert!(
+            !files.is_empty(),
+            "no volumes in {}: run benches/decode_vs_nibabel.sh",
+            data.display()
+        );
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/pretrain.yaml");
+        let plan = compile_file(&recipe).unwrap_or_else(|e| panic!("{e}"));
+        let pipeline = Arc::new(Pipeline::new(&plan));
+        let entries: Vec<ManifestEntry> = files
+            .iter()
+            .map(|f| ManifestEntry {
+                image: f.clone(),
+                shape: None,
+                spacing: None,
+                extra: Default::default(),
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::new(dir.path()).unwrap();
+        let source = CacheSource::new(
+            pipeline.clone(),
+            entries,
+            &data.join("m.json"),
+            cache.clone(),
+            &plan.prefix_hash,
+            false,
+        );
+        let (mut src_bytes, mut out_bytes) = (0u64, 0u64);
+        let mut opened = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            source.ensure(i).unwrap();
+            let path = cache.entry_path(&source.key(i).unwrap());
+            src_bytes += std::fs::metadata(data.join(file)).unwrap().len();
+            out_bytes += std::fs::metadata(&path).unwrap().len();
+            opened.push(Entry::open(&path).unwrap());
+        }
+        eprintln!(
+            "{} entries: cache {:.1} MiB for {:.1} MiB of .nii.gz ({:.2}x)",
+            files.len(),
+            out_bytes as f64 / 1048576.0,
+            src_bytes as f64 / 1048576.0,
+            out_bytes as f64 / src_bytes as f64
+        );
+        Setup {
+            source,
+            entries: opened,
+            pipeline,
+            _dir: dir,
+        }
+    })
+}
+
+/// Random 96³ crops from warm entries (target ≥ 600/s per core; MONAI
+/// PersistentDataset 25, nnU-Net-style Blosc2 int16 310).
+#[divan::bench(sample_count = 40, sample_size = 10)]
+fn crop_96(bencher: divan::Bencher) {
+    let s = setup();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    bencher.counter(ItemsCount::new(1usize)).bench_local(|| {
+        let e = &s.entries[rng.random_range(0..s.entries.len())];
+        let shape = e.header.arrays[0].shape;
+        let start = [1, 2, 3].map(|a| rng.random_range(0..=shape[a].saturating_sub(96)));
+        let extent = [1, 2, 3].map(|a| shape[a].min(96));
+        e.read_box(0, start, extent).unwrap()
+    });
+}
+
+fn finish(s: &Setup, prepared: &dino3d_pipeline::exec::Sample, i: u64) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        s.pipeline
+            .finish(prepared, 0, i, Path::new("bench"))
+            .unwrap();
+    });
+}
+
+/// Decode an entry and cut a full sample (target ≥ 90% of the in-RAM rate).
+#[divan::bench(sample_count = 20, sample_size = 1)]
+fn full_sample_from_cache(bencher: divan::Bencher) {
+    let s = setup();
+    let next = AtomicU64::new(0);
+    bencher.counter(ItemsCount::new(1usize)).bench(|| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let prepared = s.source.prepared(i as usize % s.entries.len()).unwrap();
+        finish(s, &prepared, i);
+    });
+}
+
+/// The same sample cut from a prepared volume already in memory.
+#[divan::bench(sample_count = 20, sample_size = 1)]
+fn full_sample_in_ram(bencher: divan::Bencher) {
+    let s = setup();
+    let prepared: Vec<_> = (0..s.entries.len().min(3))
+        .map(|i| s.source.prepared(i).unwrap())
+        .collect();
+    let next = AtomicU64::new(0);
+    bencher.counter(ItemsCount::new(1usize)).bench(|| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        finish(s, &prepared[i as usize % prepared.len()], i);
+    });
+}

@@ -1,0 +1,233 @@
+//! `CacheSource`: the loader's [`PreparedSource`] backed by a cache folder. A
+//! hit decodes the entry; a miss (or a damaged entry, removed and reported)
+//! prepares the item and writes it, so a cold cache warms lazily on first use.
+//! If the folder cannot be written (disk full, read-only) the sample is still
+//! served, uncached, when the user allowed it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dino3d_pipeline::exec::{Pipeline, Prepared, PreparedSource, Sample, Stored};
+use dino3d_pipeline::manifest::ManifestEntry;
+
+use crate::error::{CacheError, Result};
+use crate::store::{CacheDir, Lookup, entry_key};
+
+/// Counters of a cache's use.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Entries served from the cache.
+    pub hits: AtomicU64,
+    /// Entries built.
+    pub misses: AtomicU64,
+    /// Damaged entries removed (and rebuilt).
+    pub damaged: AtomicU64,
+    /// Items that could not be prepared.
+    pub failures: AtomicU64,
+    /// Source bytes of built entries.
+    pub bytes_in: AtomicU64,
+    /// Bytes of entries written.
+    pub bytes_out: AtomicU64,
+    /// Writes that failed (served uncached).
+    pub write_failures: AtomicU64,
+}
+
+/// A prepared-sample source reading through a cache folder.
+pub struct CacheSource {
+    pipeline: Arc<Pipeline>,
+    entries: Vec<ManifestEntry>,
+    manifest: PathBuf,
+    dir: CacheDir,
+    prefix_hash: String,
+    allow_uncached: bool,
+    /// What happened so far.
+    pub stats: CacheStats,
+    /// Messages about damaged entries and failed writes (for the log).
+    pub reports: std::sync::Mutex<Vec<String>>,
+}
+
+/// What [`CacheSource::ensure`] did for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmed {
+    /// The entry was there and intact.
+    Hit,
+    /// The entry was built.
+    Built,
+}
+
+impl CacheSource {
+    /// A source over `entries` (of the manifest at `manifest`) caching the
+    /// prefix whose canonical hash is `prefix_hash` in `dir`.
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        entries: Vec<ManifestEntry>,
+        manifest: &Path,
+        dir: CacheDir,
+        prefix_hash: &str,
+        allow_uncached: bool,
+    ) -> CacheSource {
+        CacheSource {
+            pipeline,
+            entries,
+            manifest: manifest.to_path_buf(),
+            dir,
+            prefix_hash: prefix_hash.to_string(),
+            allow_uncached,
+            stats: CacheStats::default(),
+            reports: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The source files of item `i` (every key).
+    fn sources(&self, i: usize) -> Vec<PathBuf> {
+        let e = &self.entries[i];
+        self.pipeline
+            .keys()
+            .iter()
+            .map(|k| {
+                e.resolve_key(k, &self.manifest)
+                    .unwrap_or_else(|| e.resolve(&self.manifest))
+            })
+            .collect()
+    }
+
+    /// The entry key of item `i`.
+    ///
+    /// # Errors
+    /// When a source file is missing.
+    pub fn key(&self, i: usize) -> Result<String> {
+        entry_key(&self.prefix_hash, &self.sources(i))
+    }
+
+    fn report(&self, msg: String) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.push(msg);
+        }
+    }
+
+    /// Makes sure item `i` is cached (for `cache warm`), without decoding a hit.
+    ///
+    /// # Errors
+    /// When the item cannot be prepared or written.
+    pub fn ensure(&self, i: usize) -> Result<Warmed> {
+        let key = self.key(i)?;
+        match self.dir.lookup(&key) {
+            Lookup::Hit(_) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Warmed::Hit);
+            }
+            Lookup::Removed(err) => {
+                self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                self.report(format!(
+                    "{err} (source {}); rebuilding",
+                    self.sources(i)[0].display()
+                ));
+            }
+            Lookup::Miss => {}
+        }
+        self.build(i, &key).map(|_| Warmed::Built)
+    }
+
+    fn build(&self, i: usize, key: &str) -> Result<Vec<(String, Stored)>> {
+        let stored = self
+            .pipeline
+            .prepare_for_cache(&self.entries[i], &self.manifest)
+            .inspect_err(|_| {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            })?;
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let source_bytes: u64 = self
+            .sources(i)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let source = self.sources(i)[0].display().to_string();
+        match self.dir.store(key, &source, &stored) {
+            Ok(written) => {
+                if written > 0 {
+                    self.stats
+                        .bytes_in
+                        .fetch_add(source_bytes, Ordering::Relaxed);
+                    self.stats.bytes_out.fetch_add(written, Ordering::Relaxed);
+                }
+                Ok(stored)
+            }
+            Err(e) if self.allow_uncached => {
+                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                self.report(format!("{e}; serving {source} uncached"));
+                Ok(stored)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(&self, i: usize) -> Result<Sample> {
+        let key = self.key(i)?;
+        match self.dir.lookup(&key) {
+            Lookup::Hit(entry) => {
+                let read: Result<Vec<(String, dino3d_pipeline::transforms::Image)>> = entry
+                    .header
+                    .arrays
+                    .iter()
+                    .enumerate()
+                    .map(|(a, meta)| Ok((meta.key.clone(), entry.read_all(a)?)))
+                    .collect();
+                match read {
+                    Ok(images) => {
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Sample { images });
+                    }
+                    Err(err) => {
+                        drop(entry);
+                        self.dir.discard(&key);
+                        self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                        self.report(format!(
+                            "{err} (source {}); rebuilt",
+                            self.sources(i)[0].display()
+                        ));
+                    }
+                }
+            }
+            Lookup::Removed(err) => {
+                self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+                self.report(format!(
+                    "{err} (source {}); rebuilt",
+                    self.sources(i)[0].display()
+                ));
+            }
+            Lookup::Miss => {}
+        }
+        let stored = self.build(i, &key)?;
+        Ok(Sample {
+            images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
+        })
+    }
+
+    /// Items in the source.
+    pub fn items(&self) -> &[ManifestEntry] {
+        &self.entries
+    }
+}
+
+impl PreparedSource for CacheSource {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn path(&self, index: usize) -> PathBuf {
+        self.entries[index].resolve(&self.manifest)
+    }
+
+    fn prepared(&self, index: usize) -> dino3d_pipeline::Result<Prepared> {
+        self.read(index).map(Arc::new).map_err(|e| match e {
+            CacheError::Source(inner) => inner,
+            other => dino3d_pipeline::Error::Transform {
+                path: self.path(index),
+                step: "cache".into(),
+                reason: other.to_string(),
+            },
+        })
+    }
+}

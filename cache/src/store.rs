@@ -1,0 +1,309 @@
+//! A cache folder: entries at `<dir>/<key[..2]>/<key>.d3c`, keyed by
+//! [`entry_key`]. Lookups never serve damage (a bad entry is removed and
+//! reported), and concurrent warmers coordinate with lock files so two
+//! processes never build the same entry at once; a lock left by a killed
+//! process is taken over.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use dino3d_pipeline::exec::Stored;
+use dino3d_pipeline::nifti::DType;
+use dino3d_pipeline::transforms::Image;
+
+use crate::error::{CacheError, Result};
+use crate::format::{ArrayToWrite, Entry, StoredType, write_entry};
+
+/// Version of the entry format, folded into every key: a format change misses.
+pub const FORMAT_VERSION: &str = "dino3d-cache-v1";
+/// Default chunk edge (32³ int16 = 64 KiB; see rust-stack.md §5).
+pub const DEFAULT_CHUNK: [usize; 3] = [32, 32, 32];
+/// A lock older than this is considered abandoned.
+const STALE_LOCK: Duration = Duration::from_secs(600);
+
+/// The key of an item's entry: the source files' fingerprints (size, mtime,
+/// and a hash of the first 64 KiB, which holds the header), the canonical
+/// prefix hash (every cached step and parameter) and the format version.
+///
+/// # Errors
+/// When a source file cannot be stat'ed or read.
+pub fn entry_key(prefix_hash: &str, sources: &[PathBuf]) -> Result<String> {
+    let mut text = format!("{FORMAT_VERSION}\n{prefix_hash}");
+    for path in sources {
+        let meta = std::fs::metadata(path).map_err(|e| CacheError::io(path, e))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let mut head = vec![0u8; 65536.min(meta.len() as usize)];
+        {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|e| CacheError::io(path, e))?;
+            f.read_exact(&mut head)
+                .map_err(|e| CacheError::io(path, e))?;
+        }
+        text.push_str(&format!(
+            "\n{} {} {:016x}",
+            meta.len(),
+            mtime,
+            xxhash_rust::xxh3::xxh3_64(&head)
+        ));
+    }
+    Ok(format!(
+        "{:032x}",
+        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+    ))
+}
+
+/// A cache folder.
+#[derive(Debug, Clone)]
+pub struct CacheDir {
+    root: PathBuf,
+    chunk: [usize; 3],
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// A valid entry.
+    Hit(Entry),
+    /// No entry.
+    Miss,
+    /// A damaged entry, now removed (the error says what was wrong).
+    Removed(CacheError),
+}
+
+impl CacheDir {
+    /// Opens (creating) the folder.
+    ///
+    /// # Errors
+    /// When it cannot be created.
+    pub fn new(root: impl Into<PathBuf>) -> Result<CacheDir> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, e))?;
+        Ok(CacheDir {
+            root,
+            chunk: DEFAULT_CHUNK,
+        })
+    }
+
+    /// The same folder with another chunk shape for new entries.
+    pub fn with_chunk(mut self, chunk: [usize; 3]) -> CacheDir {
+        self.chunk = chunk;
+        self
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the entry `key` lives.
+    pub fn entry_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join(&key[..2.min(key.len())])
+            .join(format!("{key}.d3c"))
+    }
+
+    /// Looks `key` up; a damaged entry is removed so it gets rebuilt.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let path = self.entry_path(key);
+        if !path.exists() {
+            return Lookup::Miss;
+        }
+        match Entry::open(&path) {
+            Ok(e) => Lookup::Hit(e),
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                Lookup::Removed(err)
+            }
+        }
+    }
+
+    /// Removes a damaged entry found while reading it.
+    pub fn discard(&self, key: &str) {
+        let _ = std::fs::remove_file(self.entry_path(key));
+    }
+
+    /// Writes the entry `key` for `stored` (built by the caller), holding the
+    /// key's lock; returns the bytes written. If another process holds the
+    /// lock, waits for its entry instead and returns 0.
+    ///
+    /// # Errors
+    /// I/O failures (disk full, read-only folder) with the path.
+    pub fn store(&self, key: &str, source: &str, stored: &[(String, Stored)]) -> Result<u64> {
+        let path = self.entry_path(key);
+        let Some(_lock) = self.lock(key)? else {
+            return Ok(0);
+        };
+        if path.exists() {
+            return Ok(0);
+        }
+        let images: Vec<(String, Image, StoredType, Option<crate::format::Window>)> = stored
+            .iter()
+            .map(|(k, s)| match s {
+                Stored::Float(img) => (k.clone(), img.clone(), smallest_exact_type(img), None),
+                Stored::Int { raw, dtype, window } => (
+                    k.clone(),
+                    raw.clone(),
+                    stored_type(*dtype),
+                    Some((*window).into()),
+                ),
+            })
+            .collect();
+        let arrays: Vec<ArrayToWrite<'_>> = images
+            .iter()
+            .map(|(k, img, t, w)| ArrayToWrite {
+                key: k,
+                image: img,
+                dtype: *t,
+                window: *w,
+            })
+            .collect();
+        write_entry(&path, &arrays, self.chunk, source, key)
+    }
+
+    /// Takes the key's lock, or waits while a live process holds it (then
+    /// returns None: the other process built the entry).
+    fn lock(&self, key: &str) -> Result<Option<LockGuard>> {
+        let path = self.entry_path(key).with_extension("lock");
+        let dir = path.parent().expect("entries live in a subfolder");
+        std::fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, e))?;
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(Some(LockGuard(path)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if lock_is_abandoned(&path) {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if self.entry_path(key).exists() {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    if !path.exists() {
+                        // The holder finished (or gave up): check for its entry.
+                        if self.entry_path(key).exists() {
+                            return Ok(None);
+                        }
+                    }
+                }
+                Err(e) => return Err(CacheError::io(&path, e)),
+            }
+        }
+    }
+
+    /// Every entry file in the folder.
+    pub fn entries(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let p = f.path();
+                if p.extension().is_some_and(|e| e == "d3c") {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Leftovers of interrupted writes (temporary files, abandoned locks).
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let p = f.path();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if (name.starts_with('.') && name.contains(".tmp."))
+                    || (name.ends_with(".lock") && lock_is_abandoned(&p))
+                {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Removes the lock file when dropped.
+struct LockGuard(PathBuf);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A lock is abandoned when its process is gone (same machine) or it is old
+/// (another machine on a shared file system that died).
+fn lock_is_abandoned(path: &Path) -> bool {
+    let old = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_LOCK);
+    let dead = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| {
+            cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    old || dead
+}
+
+fn stored_type(d: DType) -> StoredType {
+    match d {
+        DType::U8 => StoredType::U8,
+        DType::I8 => StoredType::I8,
+        DType::U16 => StoredType::U16,
+        DType::I16 => StoredType::I16,
+        _ => StoredType::F32,
+    }
+}
+
+/// The narrowest type holding every voxel exactly (label maps become u8).
+fn smallest_exact_type(img: &Image) -> StoredType {
+    let integral = img.data.iter().all(|v| v.fract() == 0.0);
+    if !integral {
+        return StoredType::F32;
+    }
+    let (lo, hi) = img
+        .data
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if lo >= 0.0 && hi <= 255.0 {
+        StoredType::U8
+    } else if lo >= -32768.0 && hi <= 32767.0 {
+        StoredType::I16
+    } else {
+        StoredType::F32
+    }
+}
