@@ -25,7 +25,7 @@ use dino3d_pipeline::transforms::{Image, ScaleIntensityRange, scale_intensity_ra
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
-use crate::shuffle::{shuffle, unshuffle};
+use crate::shuffle::shuffle;
 
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
@@ -131,6 +131,35 @@ impl From<Window> for ScaleIntensityRange {
             b_min: w.b_min,
             b_max: w.b_max,
             clip: w.clip,
+        }
+    }
+}
+
+/// Decodes byte-shuffled (plane-major) voxels straight to float32: the
+/// unshuffle and the conversion are one vectorisable pass.
+fn decode_shuffled(dtype: StoredType, bytes: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    match dtype {
+        StoredType::U8 | StoredType::I8 => dtype.decode(bytes, out),
+        StoredType::U16 => {
+            let (lo, hi) = bytes.split_at(n);
+            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                *o = f32::from(u16::from_le_bytes([l, h]));
+            }
+        }
+        StoredType::I16 => {
+            let (lo, hi) = bytes.split_at(n);
+            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+                *o = f32::from(i16::from_le_bytes([l, h]));
+            }
+        }
+        StoredType::F32 => {
+            let (p0, rest) = bytes.split_at(n);
+            let (p1, rest) = rest.split_at(n);
+            let (p2, p3) = rest.split_at(n);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]);
+            }
         }
     }
 }
@@ -391,27 +420,41 @@ impl Entry {
 
     /// Decodes chunk `i` of array `array` into float32 voxels.
     fn chunk(&self, array: usize, i: usize) -> Result<Vec<f32>> {
+        thread_local! {
+            // A reused zstd context and byte buffer per thread: no allocation
+            // or context setup per chunk.
+            static SCRATCH: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
         let meta = &self.header.arrays[array];
         let r = self.chunk_ref(array, i)?;
         let packed = &self.map[self.payload_at + r.offset..][..r.len];
         if xxhash_rust::xxh3::xxh3_64(packed) != r.hash {
-            return Err(CacheError::corrupt(
-                &self.path,
-                &format!("chunk {i} of `{}`: checksum mismatch", meta.key),
-            ));
+            return Err(CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: checksum mismatch", meta.key)));
         }
-        let shuffled = zstd::bulk::decompress(packed, r.raw_len)
-            .map_err(|e| CacheError::corrupt(&self.path, &format!("chunk {i}: {e}")))?;
-        if shuffled.len() != r.raw_len || !r.raw_len.is_multiple_of(meta.dtype.size()) {
-            return Err(CacheError::corrupt(
-                &self.path,
-                &format!("chunk {i}: wrong size"),
-            ));
+        let size = meta.dtype.size();
+        if !r.raw_len.is_multiple_of(size) {
+            return Err(CacheError::corrupt(&self.path, &format!("chunk {i}: wrong size")));
         }
-        let raw = unshuffle(&shuffled, meta.dtype.size());
-        let mut out = vec![0f32; r.raw_len / meta.dtype.size()];
-        meta.dtype.decode(&raw, &mut out);
-        Ok(out)
+        SCRATCH.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                let d = zstd::bulk::Decompressor::new().map_err(|e| CacheError::io(&self.path, e))?;
+                *cell = Some((d, Vec::new()));
+            }
+            let (dec, buf) = cell.as_mut().expect("initialised above");
+            buf.clear();
+            buf.reserve(r.raw_len);
+            let n = dec
+                .decompress_to_buffer(packed, buf)
+                .map_err(|e| CacheError::corrupt(&self.path, &format!("chunk {i}: {e}")))?;
+            if n != r.raw_len {
+                return Err(CacheError::corrupt(&self.path, &format!("chunk {i}: wrong size")));
+            }
+            let mut out = vec![0f32; r.raw_len / size];
+            decode_shuffled(meta.dtype, buf, &mut out);
+            Ok(out)
+        })
     }
 
     /// Index of the array stored under `key`.
