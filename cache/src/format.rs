@@ -430,16 +430,23 @@ impl Entry {
         let r = self.chunk_ref(array, i)?;
         let packed = &self.map[self.payload_at + r.offset..][..r.len];
         if xxhash_rust::xxh3::xxh3_64(packed) != r.hash {
-            return Err(CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: checksum mismatch", meta.key)));
+            return Err(CacheError::corrupt(
+                &self.path,
+                &format!("chunk {i} of `{}`: checksum mismatch", meta.key),
+            ));
         }
         let size = meta.dtype.size();
         if !r.raw_len.is_multiple_of(size) {
-            return Err(CacheError::corrupt(&self.path, &format!("chunk {i}: wrong size")));
+            return Err(CacheError::corrupt(
+                &self.path,
+                &format!("chunk {i}: wrong size"),
+            ));
         }
         SCRATCH.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.is_none() {
-                let d = zstd::bulk::Decompressor::new().map_err(|e| CacheError::io(&self.path, e))?;
+                let d =
+                    zstd::bulk::Decompressor::new().map_err(|e| CacheError::io(&self.path, e))?;
                 *cell = Some((d, Vec::new()));
             }
             let (dec, buf) = cell.as_mut().expect("initialised above");
@@ -449,7 +456,10 @@ impl Entry {
                 .decompress_to_buffer(packed, buf)
                 .map_err(|e| CacheError::corrupt(&self.path, &format!("chunk {i}: {e}")))?;
             if n != r.raw_len {
-                return Err(CacheError::corrupt(&self.path, &format!("chunk {i}: wrong size")));
+                return Err(CacheError::corrupt(
+                    &self.path,
+                    &format!("chunk {i}: wrong size"),
+                ));
             }
             let mut out = vec![0f32; r.raw_len / size];
             decode_shuffled(meta.dtype, buf, &mut out);
