@@ -201,55 +201,44 @@ impl CacheDir {
         }
     }
 
-    /// Every entry file in the folder.
-    pub fn entries(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for sub in std::fs::read_dir(&self.root)
+    /// Every file in the entry subfolders.
+    fn files(&self) -> Vec<PathBuf> {
+        let subfolders = std::fs::read_dir(&self.root)
             .into_iter()
             .flatten()
-            .flatten()
-        {
-            for f in std::fs::read_dir(sub.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let p = f.path();
-                if p.extension().is_some_and(|e| e == "d3c") {
-                    out.push(p);
-                }
-            }
-        }
+            .flatten();
+        let mut out: Vec<PathBuf> = subfolders
+            .flat_map(|sub| {
+                std::fs::read_dir(sub.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .collect();
         out.sort();
         out
     }
 
+    /// Every entry file in the folder.
+    pub fn entries(&self) -> Vec<PathBuf> {
+        let mut files = self.files();
+        files.retain(|p| p.extension().is_some_and(|e| e == "d3c"));
+        files
+    }
+
     /// Leftovers of interrupted writes (temporary files, abandoned locks).
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for sub in std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for f in std::fs::read_dir(sub.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let p = f.path();
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if (name.starts_with('.') && name.contains(".tmp."))
-                    || (name.ends_with(".lock") && lock_is_abandoned(&p))
-                {
-                    out.push(p);
-                }
-            }
-        }
-        out
+        let mut files = self.files();
+        files.retain(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name.starts_with('.') && name.contains(".tmp."))
+                || (name.ends_with(".lock") && lock_is_abandoned(p))
+        });
+        files
     }
 }
 

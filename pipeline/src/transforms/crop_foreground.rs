@@ -87,38 +87,9 @@ pub fn crop_foreground_padded(img: &Image, p: &CropForeground) -> Result<Image, 
     let before = lo.map(|v| p.margin.saturating_sub(v));
     let after = [0, 1, 2].map(|a| (hi[a] + p.margin).saturating_sub(dims[a]));
     let inner = crop_foreground(img, p)?;
-    Ok(pad(&inner, before, after))
-}
-
-/// Pads `before` / `after` zero voxels on each spatial axis, keeping world
-/// positions.
-pub fn pad(img: &Image, before: [usize; 3], after: [usize; 3]) -> Image {
-    if before == [0; 3] && after == [0; 3] {
-        return img.clone();
-    }
-    let [c, x, y, z] = img.shape;
-    let out = [0, 1, 2].map(|a| img.shape[a + 1] + before[a] + after[a]);
-    let mut data = vec![0f32; c * out[0] * out[1] * out[2]];
-    for ch in 0..c {
-        for k in 0..z {
-            for j in 0..y {
-                let src = &img.data[img.index(ch, 0, j, k)..][..x];
-                let at =
-                    ((ch * out[2] + k + before[2]) * out[1] + j + before[1]) * out[0] + before[0];
-                data[at..at + x].copy_from_slice(src);
-            }
-        }
-    }
-    let mut affine = img.affine;
-    for row in affine.iter_mut().take(3) {
-        row[3] -= (0..3).map(|a| row[a] * before[a] as f64).sum::<f64>();
-    }
-    Image {
-        data,
-        shape: [c, out[0], out[1], out[2]],
-        spacing: img.spacing,
-        affine,
-    }
+    Ok(super::pad_and_center_crop::pad_box(
+        &inner, before, after, 0.0,
+    ))
 }
 
 #[cfg(test)]

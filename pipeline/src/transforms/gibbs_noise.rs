@@ -365,17 +365,8 @@ mod tests {
     use super::*;
     use crate::transforms::rng::DrawKey;
 
-    /// Deterministic pseudo-random voxels in [−1, 1].
     fn noise(shape: [usize; 4], seed: u64) -> Image {
-        let mut img = Image::ramp(shape);
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        for v in &mut img.data {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            *v = (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-        }
-        img
+        Image::noise(shape, seed)
     }
 
     type C = (f64, f64);

@@ -68,6 +68,21 @@ impl Image {
         }
     }
 
+    /// Deterministic pseudo-random voxels in [−1, 1] (xorshift), identity
+    /// geometry: the filter tests' inputs.
+    #[cfg(test)]
+    pub(crate) fn noise(shape: [usize; 4], seed: u64) -> Image {
+        let mut img = Image::ramp(shape);
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for v in &mut img.data {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            *v = (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        }
+        img
+    }
+
     /// The value at `(c, i, j, k)`.
     pub fn at(&self, c: usize, i: usize, j: usize, k: usize) -> f32 {
         self.data[self.index(c, i, j, k)]

@@ -24,7 +24,7 @@ pub enum PadMethod {
 
 /// Pads `img` with `value` to at least `spatial_size` (`-1` keeps an axis).
 pub fn spatial_pad(img: &Image, spatial_size: [i64; 3], method: PadMethod, value: f32) -> Image {
-    let [c, x, y, z] = img.shape;
+    let [_, x, y, z] = img.shape;
     let size = [x, y, z];
     let pad = [0, 1, 2].map(|a| {
         let target = if spatial_size[a] <= 0 {
@@ -41,15 +41,26 @@ pub fn spatial_pad(img: &Image, spatial_size: [i64; 3], method: PadMethod, value
         PadMethod::Symmetric => p / 2,
         PadMethod::End => 0,
     });
-    let out = [x + pad[0], y + pad[1], z + pad[2]];
+    let after = [0, 1, 2].map(|a| pad[a] - before[a]);
+    pad_box(img, before, after, value)
+}
+
+/// Pads `before` / `after` voxels of `value` on each spatial axis, keeping
+/// world positions (the affine's origin moves back by `before`).
+pub fn pad_box(img: &Image, before: [usize; 3], after: [usize; 3], value: f32) -> Image {
+    if before == [0; 3] && after == [0; 3] {
+        return img.clone();
+    }
+    let [c, x, y, z] = img.shape;
+    let out = [0, 1, 2].map(|a| img.shape[a + 1] + before[a] + after[a]);
     let mut data = vec![value; c * out[0] * out[1] * out[2]];
     for ch in 0..c {
         for k in 0..z {
             for j in 0..y {
-                let src = img.index(ch, 0, j, k);
-                let dst =
+                let src = &img.data[img.index(ch, 0, j, k)..][..x];
+                let at =
                     ((ch * out[2] + k + before[2]) * out[1] + j + before[1]) * out[0] + before[0];
-                data[dst..dst + x].copy_from_slice(&img.data[src..src + x]);
+                data[at..at + x].copy_from_slice(src);
             }
         }
     }
