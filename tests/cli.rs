@@ -278,8 +278,13 @@ fn pretrain_recipe(dir: &Path) -> PathBuf {
     )
     .unwrap()
     .replace(
-        "manifest: ../data/volumes",
-        &format!("manifest: {}", data().join("volumes").display()),
+        "manifest: brain_images.json",
+        &format!(
+            "manifest: {}",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("recipes/brain_images.json")
+                .display()
+        ),
     )
     .replace(
         "dir: ../out/cache",
@@ -347,18 +352,18 @@ fn a_killed_warm_leaves_nothing_invalid_and_a_rerun_completes() {
             .args(["--shard", "0/2"]),
     );
     assert!(
-        warm.contains("3 items (shard 0/2)") && warm.contains("0 failed"),
+        warm.contains("2 items (shard 0/2)") && warm.contains("0 failed"),
         "{warm}"
     );
     let warm = run_ok(dino_run().args(["cache", "warm"]).arg(&recipe));
     assert!(
-        warm.contains("6 items") && warm.contains("0 failed"),
+        warm.contains("3 items") && warm.contains("0 failed"),
         "{warm}"
     );
     let again = run_ok(dino_run().args(["cache", "warm"]).arg(&recipe));
-    assert!(again.contains("6 hits, 0 built"), "{again}");
+    assert!(again.contains("3 hits, 0 built"), "{again}");
     let verify = run_ok(dino_run().args(["cache", "verify"]).arg(&cache));
-    assert!(verify.contains("6 entries checked, 0 damaged"), "{verify}");
+    assert!(verify.contains("3 entries checked, 0 damaged"), "{verify}");
     // Damage one entry: verify fails and names it; gc keeps the 6 live entries.
     let entry = walk(&cache)
         .into_iter()
@@ -377,7 +382,7 @@ fn a_killed_warm_leaves_nothing_invalid_and_a_rerun_completes() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains(&entry.display().to_string()), "{text}");
     let gc = run_ok(dino_run().args(["cache", "gc"]).arg(&recipe));
-    assert!(gc.contains("6 entries reachable"), "{gc}");
+    assert!(gc.contains("3 entries reachable"), "{gc}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
