@@ -139,25 +139,22 @@ impl CacheDir {
         if path.exists() {
             return Ok(0);
         }
-        let images: Vec<(String, Image, StoredType, Option<crate::format::Window>)> = stored
+        // Borrow the prepared arrays: no copy of a volume on the way to disk.
+        let arrays: Vec<ArrayToWrite<'_>> = stored
             .iter()
             .map(|(k, s)| match s {
-                Stored::Float(img) => (k.clone(), img.clone(), smallest_exact_type(img), None),
-                Stored::Int { raw, dtype, window } => (
-                    k.clone(),
-                    raw.clone(),
-                    stored_type(*dtype),
-                    Some((*window).into()),
-                ),
-            })
-            .collect();
-        let arrays: Vec<ArrayToWrite<'_>> = images
-            .iter()
-            .map(|(k, img, t, w)| ArrayToWrite {
-                key: k,
-                image: img,
-                dtype: *t,
-                window: *w,
+                Stored::Float(img) => ArrayToWrite {
+                    key: k,
+                    image: img,
+                    dtype: smallest_exact_type(img),
+                    window: None,
+                },
+                Stored::Int { raw, dtype, window } => ArrayToWrite {
+                    key: k,
+                    image: raw,
+                    dtype: stored_type(*dtype),
+                    window: Some((*window).into()),
+                },
             })
             .collect();
         write_entry(&path, &arrays, self.chunk, source, key)

@@ -414,10 +414,12 @@ impl CompiledStep {
     fn is_axis_move(&self) -> bool {
         matches!(self.op, Op::RandFlip { .. } | Op::RandRotate90 { .. })
     }
+}
 
-    /// The axis move drawn for this flip / rotation step.
+impl Op {
+    /// The axis move drawn for a flip / rotation op (identity for others).
     fn draw_axis_map(&self, rng: &mut impl Rng) -> AxisMap {
-        match &self.op {
+        match self {
             Op::RandFlip { prob, axes } => {
                 if rng.random::<f64>() >= *prob {
                     return AxisMap::IDENTITY;
@@ -463,7 +465,7 @@ pub fn run_steps(
             for s in &mut current {
                 let mut map = AxisMap::IDENTITY;
                 for st in &steps[i..i + run] {
-                    map = map.then(st.draw_axis_map(&mut key.for_transform(st.id).rng()));
+                    map = map.then(st.op.draw_axis_map(&mut key.for_transform(st.id).rng()));
                 }
                 if !map.is_identity() {
                     for k in &steps[i].keys {
@@ -607,13 +609,7 @@ fn apply_one(op: &Op, img: &mut Image, rng: &mut impl Rng, is_label: bool) -> Re
             replace(img, resize(img, target, mode));
         }
         Op::RandFlip { .. } | Op::RandRotate90 { .. } => {
-            let step = CompiledStep {
-                name: "",
-                op: op.clone(),
-                keys: Vec::new(),
-                id: 0,
-            };
-            let map = step.draw_axis_map(rng);
+            let map = op.draw_axis_map(rng);
             if !map.is_identity() {
                 replace(img, map.apply(img));
             }

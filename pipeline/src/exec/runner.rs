@@ -154,6 +154,11 @@ impl Pipeline {
         (count(ViewRole::Global), count(ViewRole::Local))
     }
 
+    /// The 64-bit draw of the fused prefix's time frame for `entry`.
+    fn frame_key(&self, entry: &ManifestEntry, id: u32) -> u64 {
+        rand::Rng::random(&mut self.prefix_key(entry).for_transform(id).rng())
+    }
+
     /// The draw key of the prefix of `entry`.
     fn prefix_key(&self, entry: &ManifestEntry) -> DrawKey {
         DrawKey {
@@ -172,12 +177,8 @@ impl Pipeline {
         let image_path = entry.resolve(manifest);
         if let Some(id) = self.fused_threedino {
             let vol = read_volume(&image_path)?;
-            let frame = rand::Rng::random(&mut key.for_transform(id).rng());
-            let img = threedino_prefix(&vol, frame).map_err(|reason| Error::Transform {
-                path: image_path.clone(),
-                step: "3DINO prefix".into(),
-                reason,
-            })?;
+            let img = threedino_prefix(&vol, self.frame_key(entry, id))
+                .map_err(|reason| fused_error(&image_path, reason))?;
             return Ok(Sample::single(img));
         }
         let mut sample = Sample::default();
@@ -216,22 +217,23 @@ impl Pipeline {
         if let Some(id) = self.fused_threedino {
             let image_path = entry.resolve(manifest);
             let vol = read_volume(&image_path)?;
-            let frame = rand::Rng::random(&mut self.prefix_key(entry).for_transform(id).rng());
-            if let Some(int) = crate::transforms::threedino_prefix_int(&vol, frame) {
-                let int = int.map_err(|reason| Error::Transform {
-                    path: image_path.clone(),
-                    step: "3DINO prefix".into(),
-                    reason,
-                })?;
-                return Ok(vec![(
-                    "image".into(),
+            let frame = self.frame_key(entry, id);
+            // One read of the volume either way: integers when they can be kept.
+            let stored = match crate::transforms::threedino_prefix_int(&vol, frame) {
+                Some(int) => {
+                    let int = int.map_err(|reason| fused_error(&image_path, reason))?;
                     Stored::Int {
                         raw: int.raw,
                         dtype: int.dtype,
                         window: int.window,
-                    },
-                )]);
-            }
+                    }
+                }
+                None => Stored::Float(
+                    threedino_prefix(&vol, frame)
+                        .map_err(|reason| fused_error(&image_path, reason))?,
+                ),
+            };
+            return Ok(vec![("image".into(), stored)]);
         }
         Ok(self
             .prepare(entry, manifest)?
@@ -349,6 +351,14 @@ impl Pipeline {
                 reason: format!("gave {n} samples; a view must give 1"),
             }),
         }
+    }
+}
+
+fn fused_error(path: &Path, reason: String) -> Error {
+    Error::Transform {
+        path: path.to_path_buf(),
+        step: "3DINO prefix".into(),
+        reason,
     }
 }
 

@@ -422,13 +422,7 @@ mod tests {
         out
     }
 
-    fn max_diff(a: &[f32], b: &[f64]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - y).abs())
-            .fold(0.0, f64::max)
-    }
+    use crate::transforms::max_abs_diff as max_diff;
 
     #[test]
     fn matches_a_naive_float64_dft() {

@@ -60,3 +60,13 @@ pub use rng::DrawKey;
 pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 pub use spacing::{Interp, Spacing, SpacingPadding, spacing};
 pub use threedino_prefix::{IntPrefix, threedino_prefix, threedino_prefix_int};
+
+/// Largest |a − b| between float32 results and a float64 reference (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - y).abs())
+        .fold(0.0, f64::max)
+}
