@@ -23,6 +23,7 @@ pub mod optim;
 mod patch_embed;
 pub mod pos_embed;
 pub mod schedule;
+pub mod ssl;
 mod vit3d;
 
 /// The candle version this crate is built on, for callers that build inputs.

@@ -52,6 +52,21 @@ impl SoftmaxCentering {
         &self.center
     }
 
+    /// Replaces the centre (resuming from a checkpoint); it must be `(1, K)`.
+    pub fn set_center(&mut self, center: Tensor) -> Result<()> {
+        if center.dims() != self.center.dims() {
+            return Err(ModelError::Input(format!(
+                "centre has shape {:?}, expected {:?}",
+                center.dims(),
+                self.center.dims()
+            )));
+        }
+        self.center = center
+            .to_dtype(DType::F32)?
+            .to_device(self.center.device())?;
+        Ok(())
+    }
+
     /// Teacher probabilities with the current centre (detached). Call
     /// before [`Self::update`] with the same batch: DINOv2 applies a batch's
     /// centre update only from the next batch on.

@@ -1,0 +1,353 @@
+//! Student, EMA teacher, optimiser and one training step.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::losses::{
+    CenteringState, LossSetup, LossValues, MaskGather, SslBatch, SslLosses, student_losses,
+    teacher_targets,
+};
+use crate::optim::{AdamW, AdamWConfig, GroupRules, clip_per_module, ema_update};
+use crate::schedule::ScheduleValues;
+use crate::{DinoHead, DinoHeadConfig, ModelError, Result, ViT3d, ViT3dConfig};
+
+/// How teacher outputs become targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Centering {
+    /// Sinkhorn-Knopp, 3 iterations (3DINO's `sinkhorn_knopp`).
+    SinkhornKnopp,
+    /// Softmax around an EMA centre (`centering`), with its momentum.
+    Softmax {
+        /// Centre EMA momentum (DINOv2: 0.9).
+        momentum: f64,
+    },
+}
+
+/// Everything that shapes the networks and the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SslConfig {
+    /// Backbone (its `drop_path_rate` applies to the student only).
+    pub backbone: ViT3dConfig,
+    /// DINO head on \[CLS\].
+    pub dino_head: DinoHeadConfig,
+    /// Separate iBOT head on patch tokens.
+    pub ibot_head: DinoHeadConfig,
+    /// Target centring.
+    pub centering: Centering,
+    /// `dino.loss_weight`.
+    pub dino_weight: f64,
+    /// `ibot.loss_weight`.
+    pub ibot_weight: f64,
+    /// `dino.koleo_loss_weight`.
+    pub koleo_weight: f64,
+    /// Per-module global-norm clip (`optim.clip_grad`); 0 disables.
+    pub clip_grad: f64,
+    /// Parameter groups.
+    pub rules: GroupRules,
+    /// AdamW constants.
+    pub adamw: AdamWConfig,
+}
+
+impl SslConfig {
+    /// 3DINO's settings around a backbone.
+    pub fn threedino(backbone: ViT3dConfig) -> Self {
+        let e = backbone.embed_dim;
+        let depth = backbone.depth;
+        Self {
+            backbone,
+            dino_head: DinoHeadConfig::new(e),
+            ibot_head: DinoHeadConfig::new(e),
+            centering: Centering::SinkhornKnopp,
+            dino_weight: 1.0,
+            ibot_weight: 1.0,
+            koleo_weight: crate::loss::KOLEO_WEIGHT,
+            clip_grad: crate::optim::THREEDINO_CLIP_GRAD,
+            rules: GroupRules::threedino(depth),
+            adamw: AdamWConfig::default(),
+        }
+    }
+}
+
+/// Backbone and both heads, under `backbone.`, `dino_head.`, `ibot_head.`.
+#[derive(Debug, Clone)]
+pub struct Networks {
+    /// The ViT.
+    pub backbone: ViT3d,
+    /// DINO head.
+    pub dino_head: DinoHead,
+    /// iBOT head.
+    pub ibot_head: DinoHead,
+}
+
+impl Networks {
+    /// Builds (or loads) the three modules under `vb`.
+    pub fn new(cfg: &SslConfig, vb: &VarBuilder) -> Result<Self> {
+        Ok(Self {
+            backbone: ViT3d::new(cfg.backbone.clone(), vb.pp("backbone"))?,
+            dino_head: DinoHead::new(cfg.dino_head.clone(), vb.pp("dino_head"))?,
+            ibot_head: DinoHead::new(cfg.ibot_head.clone(), vb.pp("ibot_head"))?,
+        })
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Loss terms before the update.
+    pub losses: LossValues,
+    /// Gradient norm of each clipped module before clipping, in
+    /// [`crate::optim::THREEDINO_CLIP_MODULES`] order.
+    pub grad_norms: Vec<f64>,
+    /// Masked tokens in the batch.
+    pub n_masked: usize,
+}
+
+/// Student, teacher, optimiser and centring state.
+pub struct SslModel {
+    cfg: SslConfig,
+    student_vars: VarMap,
+    teacher_vars: VarMap,
+    student: Networks,
+    teacher: Networks,
+    optimizer: AdamW,
+    centering: CenteringState,
+}
+
+impl std::fmt::Debug for SslModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SslModel").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl SslModel {
+    /// A freshly initialised student and a teacher that copies it.
+    pub fn new(cfg: SslConfig, device: &Device) -> Result<Self> {
+        let student_vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&student_vars, DType::F32, device);
+        let student = Networks::new(&cfg, &vb)?;
+        let teacher_vars = VarMap::new();
+        let tb = VarBuilder::from_varmap(&teacher_vars, DType::F32, device);
+        // The teacher has no drop path; it is never given a seed anyway.
+        let teacher = Networks::new(&cfg, &tb)?;
+        copy_vars(&student_vars, &teacher_vars)?;
+        let optimizer = AdamW::from_varmap(&student_vars, &cfg.rules, cfg.adamw)?;
+        let centering = CenteringState::new(
+            &cfg.centering,
+            cfg.dino_head.n_prototypes,
+            cfg.ibot_head.n_prototypes,
+            device,
+        )?;
+        Ok(Self {
+            cfg,
+            student_vars,
+            teacher_vars,
+            student,
+            teacher,
+            optimizer,
+            centering,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SslConfig {
+        &self.cfg
+    }
+
+    /// Student variables (`backbone.*`, `dino_head.*`, `ibot_head.*`).
+    pub fn student_vars(&self) -> &VarMap {
+        &self.student_vars
+    }
+
+    /// Teacher variables, same names.
+    pub fn teacher_vars(&self) -> &VarMap {
+        &self.teacher_vars
+    }
+
+    /// The teacher networks (evaluation, feature export).
+    pub fn teacher(&self) -> &Networks {
+        &self.teacher
+    }
+
+    /// The student networks.
+    pub fn student(&self) -> &Networks {
+        &self.student
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> u64 {
+        self.optimizer.step_count()
+    }
+
+    /// Loads student weights by name (e.g. a stage-1 teacher for the
+    /// high-resolution stage) and copies them to the teacher, as 3DINO's
+    /// `full_pretrained_weights` does; names missing from `weights` keep
+    /// their initial values. Returns the names that were loaded.
+    pub fn load_pretrained(&mut self, weights: &HashMap<String, Tensor>) -> Result<Vec<String>> {
+        let mut loaded = Vec::new();
+        {
+            let data = self.student_vars.data().lock().expect("VarMap lock");
+            for (name, var) in data.iter() {
+                if let Some(t) = weights.get(name) {
+                    if t.dims() != var.dims() {
+                        return Err(ModelError::Input(format!(
+                            "pretrained {name} has shape {:?}, model {:?}",
+                            t.dims(),
+                            var.dims()
+                        )));
+                    }
+                    var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+                    loaded.push(name.clone());
+                }
+            }
+        }
+        copy_vars(&self.student_vars, &self.teacher_vars)?;
+        loaded.sort();
+        Ok(loaded)
+    }
+
+    /// The loss of `batch` without updating anything except the softmax
+    /// centre (evaluation of the loss, gradient checks).
+    pub fn losses(
+        &mut self,
+        batch: &SslBatch,
+        teacher_temp: f64,
+        drop_path_seed: Option<u64>,
+    ) -> Result<SslLosses> {
+        let n_tokens = self.tokens_per_global(batch)?;
+        let gather = MaskGather::new(batch, n_tokens)?;
+        let targets = teacher_targets(
+            &self.teacher,
+            batch,
+            &gather,
+            teacher_temp,
+            &mut self.centering,
+        )?;
+        let setup = LossSetup {
+            dino_weight: self.cfg.dino_weight,
+            ibot_weight: self.cfg.ibot_weight,
+            koleo_weight: self.cfg.koleo_weight,
+        };
+        student_losses(
+            &self.student,
+            batch,
+            &gather,
+            &targets,
+            &setup,
+            drop_path_seed,
+        )
+    }
+
+    /// One iteration: losses, backward, per-module clipping, AdamW with the
+    /// scheduled values, EMA teacher update with the scheduled momentum.
+    pub fn step(
+        &mut self,
+        batch: &SslBatch,
+        values: ScheduleValues,
+        drop_path_seed: Option<u64>,
+    ) -> Result<StepReport> {
+        let losses = self.losses(batch, values.teacher_temp, drop_path_seed)?;
+        let n_masked = losses.n_masked;
+        let report_losses = losses.values()?;
+        if !report_losses.total.is_finite() {
+            return Err(ModelError::Input(format!(
+                "the loss is not finite ({report_losses:?}); stopping before the update"
+            )));
+        }
+        let mut grads = losses.total.backward()?;
+        drop(losses);
+        // Norms are reported even when clipping is off (an infinite bound).
+        let bound = if self.cfg.clip_grad > 0.0 {
+            self.cfg.clip_grad
+        } else {
+            f64::INFINITY
+        };
+        let grad_norms = clip_per_module(
+            &self.optimizer,
+            &mut grads,
+            &crate::optim::THREEDINO_CLIP_MODULES,
+            bound,
+        )?;
+        self.optimizer.step(&grads, values.into())?;
+        drop(grads);
+        ema_update(&self.teacher_vars, &self.student_vars, values.momentum)?;
+        Ok(StepReport {
+            losses: report_losses,
+            grad_norms,
+            n_masked,
+        })
+    }
+
+    fn tokens_per_global(&self, batch: &SslBatch) -> Result<usize> {
+        let grid = self.student.backbone.grid(batch.globals)?;
+        Ok(grid.iter().product())
+    }
+
+    /// The whole training state as named tensors: `student.*`, `teacher.*`,
+    /// `optim.*` and the softmax centres. Restored by [`Self::load_state`].
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (prefix, vm) in [
+            ("student.", &self.student_vars),
+            ("teacher.", &self.teacher_vars),
+        ] {
+            for (name, var) in vm.data().lock().expect("VarMap lock").iter() {
+                // A copy: `Var::set` writes in place, so a plain detach
+                // would change with the next step.
+                out.insert(format!("{prefix}{name}"), var.as_tensor().detach().copy()?);
+            }
+        }
+        for (name, t) in self.optimizer.state_tensors()? {
+            out.insert(format!("optim.{name}"), t);
+        }
+        for (name, t) in self.centering.tensors() {
+            out.insert(format!("center.{name}"), t);
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Self::state`]; every tensor must be present.
+    pub fn load_state(&mut self, mut state: HashMap<String, Tensor>) -> Result<()> {
+        let mut take = |key: &str| {
+            state
+                .remove(key)
+                .ok_or_else(|| ModelError::Input(format!("training state has no {key}")))
+        };
+        for (prefix, vm) in [
+            ("student.", &self.student_vars),
+            ("teacher.", &self.teacher_vars),
+        ] {
+            for (name, var) in vm.data().lock().expect("VarMap lock").iter() {
+                let t = take(&format!("{prefix}{name}"))?;
+                if t.dims() != var.dims() {
+                    return Err(ModelError::Input(format!(
+                        "{prefix}{name} has shape {:?}, model {:?}",
+                        t.dims(),
+                        var.dims()
+                    )));
+                }
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+            }
+        }
+        self.centering
+            .load(&mut |k: &str| take(&format!("center.{k}")))?;
+        let optim: HashMap<String, Tensor> = state
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix("optim.").map(|n| (n.to_string(), v)))
+            .collect();
+        self.optimizer.load_state_tensors(optim)
+    }
+}
+
+/// Copies every variable of `from` into the same-named variable of `to`.
+fn copy_vars(from: &VarMap, to: &VarMap) -> Result<()> {
+    let src = from.data().lock().expect("VarMap lock");
+    for (name, var) in to.data().lock().expect("VarMap lock").iter() {
+        let s = src
+            .get(name)
+            .ok_or_else(|| ModelError::Input(format!("no {name} to copy")))?;
+        var.set(&s.as_tensor().detach().copy()?)?;
+    }
+    Ok(())
+}

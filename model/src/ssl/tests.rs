@@ -1,0 +1,191 @@
+use candle_core::{DType, Device, Tensor};
+
+use super::*;
+use crate::schedule::ScheduleValues;
+use crate::{DinoHeadConfig, ViT3dConfig};
+
+fn cfg() -> SslConfig {
+    let backbone = ViT3dConfig {
+        embed_dim: 24,
+        depth: 2,
+        num_heads: 2,
+        pos_grid: 2,
+        drop_path_rate: 0.1,
+        ..ViT3dConfig::tiny()
+    };
+    let head = DinoHeadConfig {
+        in_dim: 24,
+        hidden_dim: 32,
+        bottleneck_dim: 16,
+        n_prototypes: 64,
+        n_layers: 3,
+    };
+    SslConfig {
+        dino_head: head.clone(),
+        ibot_head: head,
+        ..SslConfig::threedino(backbone)
+    }
+}
+
+/// A deterministic pseudo-random tensor (candle's CPU randn has no seed).
+fn noise(seed: u64, shape: &[usize]) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+struct Data {
+    globals: Tensor,
+    locals: Tensor,
+    masks: Vec<bool>,
+}
+
+fn data(seed: u64) -> Data {
+    // B = 2 samples: 4 global crops of 2³ tokens, 8 locals.
+    Data {
+        globals: noise(seed, &[4, 1, 32, 32, 32]),
+        locals: noise(seed + 1, &[8, 1, 16, 16, 16]),
+        masks: (0..32).map(|i| i < 8 && i % 3 != 0).collect(),
+    }
+}
+
+fn batch(d: &Data) -> SslBatch<'_> {
+    SslBatch {
+        globals: &d.globals,
+        locals: Some(&d.locals),
+        n_global_crops: 2,
+        masks: &d.masks,
+    }
+}
+
+fn values(momentum: f64, last_layer_lr: f64) -> ScheduleValues {
+    ScheduleValues {
+        lr: 1e-3,
+        last_layer_lr,
+        wd: 0.04,
+        momentum,
+        teacher_temp: 0.04,
+    }
+}
+
+fn get(vm: &candle_nn::VarMap, name: &str) -> Vec<f32> {
+    vm.data().lock().unwrap()[name]
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn step_updates_student_and_moves_teacher_by_ema() {
+    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let d = data(1);
+    let name = "backbone.blocks.0.attn.qkv.weight";
+    let t0 = get(m.teacher_vars(), name);
+    assert_eq!(t0, get(m.student_vars(), name), "teacher starts as a copy");
+    let proto = "dino_head.last_layer.weight_v";
+    let p0 = get(m.student_vars(), proto);
+    let r = m.step(&batch(&d), values(0.9, 0.0), Some(7)).unwrap();
+    assert!(r.losses.total.is_finite() && r.losses.dino_local > 0.0);
+    assert_eq!(r.n_masked, d.masks.iter().filter(|&&b| b).count());
+    assert_eq!(r.grad_norms.len(), 3);
+    assert!(r.grad_norms.iter().all(|&g| g > 0.0), "{:?}", r.grad_norms);
+    let s1 = get(m.student_vars(), name);
+    assert_ne!(s1, t0, "the student moved");
+    // Teacher = 0.9·old + 0.1·new student.
+    let t1 = get(m.teacher_vars(), name);
+    for ((t1, t0), s1) in t1.iter().zip(&t0).zip(&s1) {
+        assert!((t1 - (0.9 * t0 + 0.1 * s1)).abs() < 1e-6);
+    }
+    // last_layer_lr = 0 freezes the prototypes (weight decay included:
+    // PyTorch multiplies wd by the group's lr).
+    assert_eq!(get(m.student_vars(), proto), p0);
+    assert_eq!(m.steps(), 1);
+}
+
+#[test]
+fn totals_are_the_sum_of_the_terms() {
+    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let d = data(2);
+    let l = m.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
+    let sum = l.dino_local + l.dino_global + l.koleo + l.ibot;
+    assert!((l.total - sum).abs() < 1e-5, "{l:?}");
+    assert!(l.ibot > 0.0 && l.koleo.is_finite());
+}
+
+#[test]
+fn state_round_trip_continues_bit_for_bit() {
+    let d1 = data(3);
+    let d2 = data(4);
+    let mut a = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    a.step(&batch(&d1), values(0.99, 1e-3), Some(1)).unwrap();
+    let state = a.state().unwrap();
+    let next_a = a.step(&batch(&d2), values(0.99, 1e-3), Some(2)).unwrap();
+
+    let mut b = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    b.load_state(state).unwrap();
+    assert_eq!(b.steps(), 1);
+    let next_b = b.step(&batch(&d2), values(0.99, 1e-3), Some(2)).unwrap();
+    assert_eq!(next_a, next_b);
+    let name = "ibot_head.mlp.0.weight";
+    assert_eq!(get(a.teacher_vars(), name), get(b.teacher_vars(), name));
+}
+
+#[test]
+fn softmax_centering_state_is_saved_and_restored() {
+    let mut c = cfg();
+    c.centering = Centering::Softmax { momentum: 0.9 };
+    let d = data(5);
+    let mut a = SslModel::new(c.clone(), &Device::Cpu).unwrap();
+    a.step(&batch(&d), values(0.99, 1e-3), None).unwrap();
+    let state = a.state().unwrap();
+    assert!(state.contains_key("center.dino_center"));
+    let mut b = SslModel::new(c, &Device::Cpu).unwrap();
+    b.load_state(state).unwrap();
+    let la = a.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
+    let lb = b.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn repeated_steps_on_one_batch_lower_the_loss() {
+    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let d = data(6);
+    let v = ScheduleValues {
+        lr: 5e-3,
+        ..values(0.9, 5e-3)
+    };
+    let first = m.step(&batch(&d), v, None).unwrap().losses.total;
+    let mut last = first;
+    for _ in 0..15 {
+        last = m.step(&batch(&d), v, None).unwrap().losses.total;
+    }
+    assert!(last < first, "loss {first} -> {last}");
+}
+
+#[test]
+fn pretrained_weights_load_into_student_and_teacher() {
+    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let name = "backbone.norm.weight";
+    let w = Tensor::full(0.5f32, 24, &Device::Cpu).unwrap();
+    let loaded = m
+        .load_pretrained(&[(name.to_string(), w)].into_iter().collect())
+        .unwrap();
+    assert_eq!(loaded, vec![name.to_string()]);
+    assert_eq!(get(m.student_vars(), name), vec![0.5; 24]);
+    assert_eq!(get(m.teacher_vars(), name), vec![0.5; 24]);
+    let bad = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        m.load_pretrained(&[(name.to_string(), bad)].into_iter().collect())
+            .is_err()
+    );
+}
