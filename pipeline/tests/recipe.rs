@@ -366,3 +366,63 @@ fn set_overrides_change_values_and_keep_positions() {
         "{e}"
     );
 }
+
+#[test]
+fn training_sections_default_to_3dino_and_are_validated() {
+    let plan = compile_str(GOOD, Path::new("r.yaml")).unwrap();
+    assert!(plan.training.is_none(), "no training sections, no plan");
+
+    let text =
+        format!("{GOOD}model:\n  arch: tiny\n  head_n_prototypes: 1024\noptim:\n  epochs: 3\n");
+    let t = compile_str(&text, Path::new("r.yaml"))
+        .unwrap()
+        .training
+        .unwrap();
+    assert_eq!(
+        (t.arch.as_str(), t.head_n_prototypes, t.epochs),
+        ("tiny", 1024, 3)
+    );
+    // Everything else is 3DINO's stage 1 (spec §2.1).
+    assert_eq!(
+        (t.epoch_length, t.base_lr, t.warmup_epochs),
+        (1250, 0.002, 10)
+    );
+    assert_eq!((t.momentum_teacher, t.teacher_temp), (0.992, 0.07));
+    assert_eq!(
+        (t.clip_grad, t.layerwise_decay, t.patch_embed_lr_mult),
+        (3.0, 0.9, 0.2)
+    );
+    assert_eq!(t.total_iterations(), 3750);
+
+    // GOOD has 23 lines: the sections start on line 24.
+    let bad = format!(
+        "{GOOD}model:\n  arch: larg\n  patch_size: 8\noptim:\n  base_lr: -1\n  lerning_rate: 3\nteacher:\n  momentum_teacher: 1.5\n"
+    );
+    let e = errors(&bad).to_string();
+    // An unknown key stops parsing: it is reported on its own, with the
+    // valid names.
+    assert!(
+        e.contains("r.yaml:29:3: unknown field `lerning_rate`"),
+        "{e}"
+    );
+    assert!(e.contains("base_lr"), "{e}");
+
+    let bad = format!(
+        "{GOOD}model:\n  arch: larg\n  patch_size: 8\noptim:\n  base_lr: -1\nteacher:\n  momentum_teacher: 1.5\n"
+    );
+    let e = errors(&bad).to_string();
+    assert!(e.contains("r.yaml:25:9: model.arch `larg`"), "{e}");
+    assert!(e.contains("did you mean `large`"), "{e}");
+    assert!(
+        e.contains("r.yaml:26:15: model.patch_size 8 differs from batch.patch_size 16"),
+        "{e}"
+    );
+    assert!(
+        e.contains("r.yaml:28:12: optim.base_lr must be in [0, 10]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("r.yaml:30:21: teacher.momentum_teacher must be in [0, 1]"),
+        "{e}"
+    );
+}

@@ -109,6 +109,8 @@ pub struct Plan {
     pub min_axis: Option<u64>,
     /// The cache folder, as written (relative to the recipe's folder).
     pub cache_dir: Option<String>,
+    /// Model, optimiser and run settings (training recipes only).
+    pub training: Option<super::training::TrainingPlan>,
 }
 
 impl std::fmt::Display for Plan {
@@ -155,7 +157,55 @@ impl std::fmt::Display for Plan {
             b.mask_sample_probability,
             b.mask_ratio,
             b.patch_size
-        )
+        )?;
+        if let Some(t) = &self.training {
+            writeln!(
+                f,
+                "model ViT-{} (patch {}, drop path {}), heads {}x{}->{}->{} prototypes, {} centring",
+                t.arch,
+                t.patch_size,
+                t.drop_path_rate,
+                t.head_nlayers,
+                t.head_hidden_dim,
+                t.head_bottleneck_dim,
+                t.head_n_prototypes,
+                t.centering
+            )?;
+            writeln!(
+                f,
+                "optim: {} epochs x {} iterations, base lr {} (batch 1024, sqrt rule), warmup {} epochs, wd {}->{}, clip {}",
+                t.epochs,
+                t.epoch_length,
+                t.base_lr,
+                t.warmup_epochs,
+                t.weight_decay,
+                t.weight_decay_end,
+                t.clip_grad
+            )?;
+            writeln!(
+                f,
+                "teacher: momentum {}->{}, temperature {}->{} over {} epochs",
+                t.momentum_teacher,
+                t.final_momentum_teacher,
+                t.warmup_teacher_temp,
+                t.teacher_temp,
+                t.warmup_teacher_temp_epochs
+            )?;
+            write!(
+                f,
+                "train: output {}, teacher every {} it, checkpoint every {} it (keep {}), world size {}",
+                t.output_dir,
+                t.eval_period_iterations,
+                t.checkpoint_period,
+                t.keep_checkpoints,
+                t.world_size
+            )?;
+            if let Some(m) = t.max_iterations {
+                write!(f, ", stop after {m} it")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +366,23 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     }
     let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
+    let training = super::training::compile_training(doc, file, &mut errors);
+    if let (Some(t), Some(m)) = (&training, &doc.model)
+        && t.patch_size != batch.patch_size
+    {
+        let loc = m
+            .patch_size
+            .as_ref()
+            .map_or(&doc.task.referenced, |p| &p.referenced);
+        errors.push(RecipeError::at(
+            file,
+            loc,
+            format!(
+                "model.patch_size {} differs from batch.patch_size {} (the iBOT mask grid)",
+                t.patch_size, batch.patch_size
+            ),
+        ));
+    }
     let label_keys = match doc.data.as_ref().and_then(|d| d.label_keys.as_ref()) {
         Some(l) => {
             for k in l.value.iter().filter(|k| !keys.contains(k)) {
@@ -399,6 +466,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
             .and_then(|d| d.min_axis.as_ref())
             .map(|m| m.value),
         cache_dir: doc.cache.as_ref().map(|c| c.dir.value.clone()),
+        training,
     })
 }
 

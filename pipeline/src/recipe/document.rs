@@ -44,6 +44,18 @@ pub struct RecipeDoc {
     /// Batching.
     #[serde(default)]
     pub batch: Option<BatchDoc>,
+    /// The networks and losses (training tasks).
+    #[serde(default)]
+    pub model: Option<super::training::ModelDoc>,
+    /// Optimiser and schedules.
+    #[serde(default)]
+    pub optim: Option<super::training::OptimDoc>,
+    /// Teacher EMA and temperature.
+    #[serde(default)]
+    pub teacher: Option<super::training::TeacherDoc>,
+    /// Outputs, checkpoints and run length.
+    #[serde(default)]
+    pub train: Option<super::training::TrainDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.

@@ -3,7 +3,8 @@
 //! name), and the compiled plan with its cached prefix and canonical hash.
 //!
 //! Covers `task`, `seed`, `data`, `cache`, `pipeline` (with nested `OneOf` /
-//! `RandomApply` steps), multi-crop `views` and `batch`, and `--set`
+//! `RandomApply` steps), multi-crop `views`, `batch`, the training sections
+//! `model`, `optim`, `teacher`, `train` ([`training`]), and `--set`
 //! overrides ([`overrides`]). Execution is in `crate::exec`.
 
 pub mod compile;
@@ -11,9 +12,11 @@ pub mod document;
 pub mod error;
 pub mod overrides;
 pub mod registry;
+pub mod training;
 pub mod value;
 
 pub use compile::{
     BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
+pub use training::TrainingPlan;
