@@ -11,6 +11,7 @@ mod progress;
 mod recipe_cmd;
 mod run_cmd;
 mod stats;
+mod train;
 
 use clap::{Parser, Subcommand};
 

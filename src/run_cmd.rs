@@ -307,11 +307,7 @@ pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result
     let plan = load_plan(recipe, overrides)?;
     match plan.task.as_str() {
         "prepare" => prepare_all(&plan, recipe),
-        "pretrain" => bail!(
-            "{}: task `pretrain`: the training loop is not built yet (issue 6). Its data pipeline runs with\n  dino-run pipeline run {} --batches 8",
-            recipe.display(),
-            recipe.display()
-        ),
+        "pretrain" => crate::train::pretrain(&plan, recipe),
         other => bail!(
             "{}: unknown task `{other}` (available: prepare, pretrain)",
             recipe.display()

@@ -1,0 +1,268 @@
+//! `task: pretrain`: 3DINO's training loop (spec §2) over the recipe's
+//! multi-crop pipeline, resumable from its own checkpoints.
+
+mod checkpoints;
+mod metrics;
+pub(crate) mod plot;
+pub(crate) mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use dino3d_model::candle_core::{Device, Tensor};
+use dino3d_model::checkpoint::save_tensors;
+use dino3d_model::schedule::Schedules;
+use dino3d_model::ssl::{SslBatch, SslModel};
+use dino3d_pipeline::exec::{
+    DirectSource, Loader, LoaderConfig, MemorySource, Pipeline, PreparedSource, Tensor5,
+};
+use dino3d_pipeline::recipe::Plan;
+
+use crate::progress;
+use metrics::{MetricsLog, Record};
+
+/// The output folder of a training recipe (relative to the recipe's folder).
+pub(crate) fn output_dir(plan: &Plan, recipe: &Path) -> PathBuf {
+    let t = plan.training.clone().unwrap_or_default();
+    recipe.parent().unwrap_or(Path::new("")).join(t.output_dir)
+}
+
+/// Runs (or resumes) the pretraining a recipe describes.
+pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
+    let Some(t) = plan.training.clone() else {
+        bail!(
+            "{}: task `pretrain` needs the training sections (model, optim, teacher, train); see recipes/demo.yaml",
+            recipe.display()
+        );
+    };
+    let device = Device::Cpu;
+    let out = output_dir(plan, recipe);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cfg = setup::ssl_config(&t, plan)?;
+    let n_global = setup::global_crops_per_sample(plan);
+    let schedules = Schedules::new(&setup::schedule_config(&t, plan.batch.size));
+    let total = t.total_iterations();
+    let fingerprint = format!(
+        "{:?}|{:?}|{}",
+        cfg,
+        setup::schedule_config(&t, plan.batch.size),
+        plan.seed
+    );
+    let fingerprint = format!(
+        "{:016x}",
+        xxhash_rust::xxh3::xxh3_64(fingerprint.as_bytes())
+    );
+
+    let mut model = SslModel::new(cfg, &device)?;
+    checkpoints::remove_leftovers(&out);
+    let mut start = 0usize;
+    let mut data_start = (0u64, 0usize, 0u64);
+    match checkpoints::latest(&out, &device)? {
+        Some((meta, state)) => {
+            if meta.fingerprint != fingerprint {
+                bail!(
+                    "{} holds checkpoints of a different model or schedule (fingerprint {} vs {}); use another train.output_dir or remove {}",
+                    out.display(),
+                    meta.fingerprint,
+                    fingerprint,
+                    checkpoints::folder(&out).display()
+                );
+            }
+            model
+                .load_state(state)
+                .context("restoring the checkpoint")?;
+            start = meta.iteration;
+            data_start = (meta.data_epoch, meta.data_position, meta.next_batch);
+            eprintln!("resuming at iteration {start} from {}", out.display());
+        }
+        None => {
+            if let Some(w) = &t.pretrained_weights {
+                let path = recipe.parent().unwrap_or(Path::new("")).join(w);
+                let weights = load_pretrained(&path, &device, model.config().backbone.pos_grid)?;
+                let loaded = model.load_pretrained(&weights)?;
+                eprintln!("loaded {} tensors from {}", loaded.len(), path.display());
+            }
+        }
+    }
+    let end = t.max_iterations.map_or(total, |m| (start + m).min(total));
+    if start >= end {
+        println!(
+            "nothing to do: {start} of {total} iterations done ({})",
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let (source, note) = data_source(plan, recipe)?;
+    let pipeline = Arc::new(Pipeline::new(plan));
+    let mut config = LoaderConfig::from_plan(plan);
+    config.start = data_start;
+    let loader = Loader::start(pipeline, source.clone(), config).map_err(anyhow::Error::msg)?;
+    let (mut log, mut history) = MetricsLog::open(&out, start)?;
+    eprintln!(
+        "pretraining ViT-{} on {} items ({note}), batch {}, iterations {start}..{end} of {total}, output {}",
+        t.arch,
+        source.len(),
+        plan.batch.size,
+        out.display()
+    );
+    let bar = progress::bar((end - start) as u64, "it");
+    let mut loader = loader;
+    let (mut wait_sum, mut compute_sum) = (0.0f64, 0.0f64);
+    for it in start..end {
+        let t0 = Instant::now();
+        let loaded = loader
+            .next()
+            .context("the data loader stopped")?
+            .map_err(anyhow::Error::msg)?;
+        let data_wait_s = t0.elapsed().as_secs_f64();
+        for s in &loaded.skipped {
+            tracing::warn!("skipped: {s}");
+            bar.suspend(|| eprintln!("skipped: {s}"));
+        }
+        let t1 = Instant::now();
+        let globals = to_tensor(&loaded.batch.global, &device)?;
+        let locals = if loaded.batch.local.data.is_empty() {
+            None
+        } else {
+            Some(to_tensor(&loaded.batch.local, &device)?)
+        };
+        let batch = SslBatch {
+            globals: &globals,
+            locals: locals.as_ref(),
+            n_global_crops: n_global,
+            masks: &loaded.batch.masks.mask,
+        };
+        let values = schedules.at(it);
+        let report = model
+            .step(&batch, values, Some(drop_path_seed(plan.seed, it)))
+            .with_context(|| format!("iteration {it}"))?;
+        let compute_s = t1.elapsed().as_secs_f64();
+        wait_sum += data_wait_s;
+        compute_sum += compute_s;
+        let samples = loaded.batch.items.len();
+        let record = Record {
+            iteration: it,
+            loss: report.losses.total,
+            dino_local: report.losses.dino_local,
+            dino_global: report.losses.dino_global,
+            koleo: report.losses.koleo,
+            ibot: report.losses.ibot,
+            lr: values.lr,
+            last_layer_lr: values.last_layer_lr,
+            wd: values.wd,
+            momentum: values.momentum,
+            teacher_temp: values.teacher_temp,
+            grad_norm_backbone: report.grad_norms[0],
+            grad_norm_dino_head: report.grad_norms[1],
+            grad_norm_ibot_head: report.grad_norms[2],
+            n_masked: report.n_masked,
+            data_wait_s,
+            compute_s,
+            samples_per_s: samples as f64 / (data_wait_s + compute_s),
+            skipped: loaded.skipped.len(),
+        };
+        log.write(&record)?;
+        history.push(record);
+        let done = it + 1;
+        if done % t.eval_period_iterations == 0 || done == total {
+            save_teacher(&model, &out, it)?;
+        }
+        if done % t.checkpoint_period == 0 || done == end {
+            let meta = checkpoints::Meta {
+                iteration: done,
+                data_epoch: loaded.next_position.0,
+                data_position: loaded.next_position.1,
+                next_batch: loaded.index + 1,
+                fingerprint: fingerprint.clone(),
+            };
+            checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints)?;
+            if let Err(e) = plot::loss_curve(&history, &out.join("loss.png")) {
+                tracing::warn!("loss curve: {e:#}");
+            }
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "loss {:.3}, {:.2} samples/s, data wait {:.0}%",
+            report.losses.total,
+            samples as f64 / (data_wait_s + compute_s),
+            100.0 * wait_sum / (wait_sum + compute_sum)
+        ));
+    }
+    bar.finish_and_clear();
+    let last = history.last().map_or(f64::NAN, |r| r.loss);
+    let n = (end - start) as f64;
+    println!(
+        "iterations {start}..{end} of {total}: last loss {last:.4}; {:.2} s/it, data wait {:.1}% of step time; output {}",
+        (wait_sum + compute_sum) / n,
+        100.0 * wait_sum / (wait_sum + compute_sum),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 3DINO's teacher checkpoint: `eval/training_<it>/teacher_checkpoint.safetensors`
+/// with the teacher's `backbone.*`, `dino_head.*`, `ibot_head.*`.
+fn save_teacher(model: &SslModel, out: &Path, it: usize) -> anyhow::Result<PathBuf> {
+    let dir = out.join("eval").join(format!("training_{it}"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("teacher_checkpoint.safetensors");
+    let tensors = model
+        .teacher_vars()
+        .data()
+        .lock()
+        .expect("VarMap lock")
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+        .collect::<anyhow::Result<_>>()?;
+    save_tensors(&tensors, &path)?;
+    Ok(path)
+}
+
+/// Weights to start from: ours (safetensors) or a 3DINO `.pth`.
+fn load_pretrained(
+    path: &Path,
+    device: &Device,
+    pos_grid: usize,
+) -> anyhow::Result<std::collections::HashMap<String, Tensor>> {
+    let w = dino3d_model::checkpoint::read_weights(path, device)
+        .with_context(|| format!("reading pretrained weights {}", path.display()))?;
+    let mut map = w.to_prefixed();
+    // Stage 2 trains at a larger crop: resize the position grid on load
+    // (6³ → 7³ with the +0.1 rule, spec §2.7).
+    if let Some(pos) = map.get("backbone.pos_embed").cloned()
+        && pos.dim(1)? != 1 + pos_grid.pow(3)
+    {
+        let resized = dino3d_model::pos_embed::resize_checkpoint(&pos, pos_grid)?;
+        map.insert("backbone.pos_embed".into(), resized);
+    }
+    Ok(map)
+}
+
+/// The drop-path seed of an iteration: a function of the run's seed and the
+/// iteration, so a resumed run draws the same masks as an uninterrupted one.
+fn drop_path_seed(seed: u64, it: usize) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&[seed.to_le_bytes(), (it as u64).to_le_bytes()].concat())
+}
+
+fn to_tensor(t: &Tensor5, device: &Device) -> anyhow::Result<Tensor> {
+    Ok(Tensor::from_slice(&t.data, t.shape.to_vec(), device)?)
+}
+
+/// The recipe's on-disk cache if it names one (serving uncached items if the
+/// folder cannot be written), else prepared samples kept in memory.
+fn data_source(
+    plan: &Plan,
+    recipe: &Path,
+) -> anyhow::Result<(Arc<dyn PreparedSource>, &'static str)> {
+    if let Some(c) = crate::cache_cmd::cache_source(plan, recipe, true)? {
+        return Ok((Arc::new(c), "on-disk cache"));
+    }
+    let (manifest, entries) = crate::run_cmd::plan_entries(plan, recipe)?;
+    let pipeline = Arc::new(Pipeline::new(plan));
+    let direct = DirectSource::new(pipeline, entries, &manifest);
+    Ok((Arc::new(MemorySource::new(direct)), "prepared in memory"))
+}
