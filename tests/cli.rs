@@ -273,8 +273,16 @@ fn recipe_check_prints_the_plan_or_line_numbered_errors() {
 
 /// A copy of recipes/pretrain.yaml reading the bundled volumes and caching in `cache`.
 fn pretrain_recipe(dir: &Path) -> PathBuf {
+    recipe_copy(dir, "pretrain.yaml")
+}
+
+/// A copy of a shipped recipe reading the bundled volumes, caching in
+/// `dir/cache` and writing training outputs to `dir/out`.
+fn recipe_copy(dir: &Path, name: &str) -> PathBuf {
     let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/pretrain.yaml"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("recipes")
+            .join(name),
     )
     .unwrap()
     .replace(
@@ -290,7 +298,8 @@ fn pretrain_recipe(dir: &Path) -> PathBuf {
         "dir: ../out/cache",
         &format!("dir: {}", dir.join("cache").display()),
     );
-    let path = dir.join("pretrain.yaml");
+    let text = regex_free_replace_output_dir(&text, &dir.join("out"));
+    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -303,7 +312,15 @@ fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
         dino_run()
             .args(["pipeline", "run"])
             .arg(&recipe)
-            .args(["--batches", "3", "--set", "views.2.count=2", "--save-batch"])
+            .args([
+                "--batches",
+                "3",
+                "--set",
+                "views.2.count=2",
+                "--set",
+                "batch.size=2",
+            ])
+            .arg("--save-batch")
             .arg(dir.path().join("b0")),
     );
     assert!(
@@ -396,4 +413,149 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Points `train.output_dir` at `out`.
+fn regex_free_replace_output_dir(text: &str, out: &Path) -> String {
+    text.lines()
+        .map(|l| match l.trim_start().strip_prefix("output_dir:") {
+            Some(_) => format!("  output_dir: {}", out.display()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The demo recipe shrunk to seconds: small crops, 2 locals, batch 2, small
+/// heads, 8 iterations with a checkpoint every 2.
+const SMALL_DEMO: [&str; 13] = [
+    "views.0.pipeline.0.size=32",
+    "views.1.pipeline.0.size=32",
+    "views.2.pipeline.0.size=16",
+    "views.2.count=2",
+    "batch.size=2",
+    "model.head_n_prototypes=256",
+    "model.head_hidden_dim=64",
+    "model.head_bottleneck_dim=32",
+    "optim.epochs=2",
+    "optim.epoch_length=4",
+    "train.checkpoint_period=2",
+    "train.eval_period_iterations=4",
+    "batch.threads=2",
+];
+
+fn small_demo(recipe: &Path) -> Command {
+    let mut cmd = dino_run();
+    cmd.arg(recipe);
+    for s in SMALL_DEMO {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
+/// Every deterministic field of metrics.jsonl (timings dropped).
+fn losses(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["data_wait_s", "compute_s", "samples_per_s"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn pretraining_killed_with_sigkill_resumes_and_reproduces_every_loss() {
+    let a = tempfile::tempdir().unwrap();
+    let recipe_a = recipe_copy(a.path(), "demo.yaml");
+    let done = run_ok(&mut small_demo(&recipe_a));
+    assert!(done.contains("iterations 0..8 of 8"), "{done}");
+    let reference = losses(&a.path().join("out"));
+    assert_eq!(reference.len(), 8);
+    // The loss is finite and the teacher checkpoints are where 3DINO puts them.
+    assert!(
+        reference
+            .iter()
+            .all(|r| r["loss"].as_f64().unwrap().is_finite())
+    );
+    for it in [3, 7] {
+        let t = a.path().join(format!(
+            "out/eval/training_{it}/teacher_checkpoint.safetensors"
+        ));
+        assert!(t.exists(), "{}", t.display());
+    }
+    assert!(a.path().join("out/loss.png").exists());
+
+    // Same run, killed with SIGKILL once its second checkpoint exists.
+    let b = tempfile::tempdir().unwrap();
+    let recipe_b = recipe_copy(b.path(), "demo.yaml");
+    let ckpt = b.path().join("out/checkpoints/iter_000000004");
+    let mut child = small_demo(&recipe_b)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 600,
+            "no checkpoint after 10 minutes"
+        );
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished_before_kill = b.path().join("out/checkpoints/iter_000000008").exists();
+    assert!(
+        !finished_before_kill,
+        "the run ended before it could be killed"
+    );
+    let resumed = run_ok(&mut small_demo(&recipe_b));
+    assert!(resumed.contains("resuming at iteration"), "{resumed}");
+    assert_eq!(losses(&b.path().join("out")), reference);
+    // Nothing left to do: a rerun says so.
+    let again = run_ok(&mut small_demo(&recipe_b));
+    assert!(again.contains("nothing to do: 8 of 8"), "{again}");
+}
+
+#[test]
+fn pretraining_skips_a_corrupt_volume_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(dir.path(), "demo.yaml");
+    let bad = dir.path().join("corrupt.nii.gz");
+    std::fs::write(&bad, b"not a volume at all").unwrap();
+    let good = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/volumes/colin27_mricron/ch2bet.nii.gz");
+    let manifest = dir.path().join("m.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[{{\"image\": \"{}\"}}, {{\"image\": \"{}\"}}]",
+            good.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let out = run_ok(
+        small_demo(&recipe)
+            .args(["--set", &format!("data.manifest={}", manifest.display())])
+            .args(["--set", "train.max_iterations=2"]),
+    );
+    assert!(
+        out.contains("skipped") && out.contains("corrupt.nii.gz"),
+        "{out}"
+    );
+    assert!(out.contains("iterations 0..2 of 8"), "{out}");
+    let skipped: u64 = losses(&dir.path().join("out"))
+        .iter()
+        .map(|r| r["skipped"].as_u64().unwrap())
+        .sum();
+    assert!(skipped >= 1);
 }

@@ -15,6 +15,7 @@ pub mod checkpoint;
 mod drop_path;
 mod error;
 mod head;
+pub mod init;
 mod linear;
 pub mod loss;
 mod mlp;

@@ -56,7 +56,7 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         xxhash_rust::xxh3::xxh3_64(fingerprint.as_bytes())
     );
 
-    let mut model = SslModel::new(cfg, &device)?;
+    let mut model = SslModel::new(cfg, &device, plan.seed)?;
     checkpoints::remove_leftovers(&out);
     let mut start = 0usize;
     let mut data_start = (0u64, 0usize, 0u64);

@@ -122,10 +122,11 @@ impl std::fmt::Debug for SslModel {
 }
 
 impl SslModel {
-    /// A freshly initialised student and a teacher that copies it.
-    pub fn new(cfg: SslConfig, device: &Device) -> Result<Self> {
+    /// A student initialised from `seed` (the same weights on every run)
+    /// and a teacher that copies it.
+    pub fn new(cfg: SslConfig, device: &Device, seed: u64) -> Result<Self> {
         let student_vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&student_vars, DType::F32, device);
+        let vb = crate::init::seeded_var_builder(&student_vars, seed, DType::F32, device);
         let student = Networks::new(&cfg, &vb)?;
         let teacher_vars = VarMap::new();
         let tb = VarBuilder::from_varmap(&teacher_vars, DType::F32, device);

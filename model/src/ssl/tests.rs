@@ -87,7 +87,7 @@ fn get(vm: &candle_nn::VarMap, name: &str) -> Vec<f32> {
 
 #[test]
 fn step_updates_student_and_moves_teacher_by_ema() {
-    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut m = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     let d = data(1);
     let name = "backbone.blocks.0.attn.qkv.weight";
     let t0 = get(m.teacher_vars(), name);
@@ -114,7 +114,7 @@ fn step_updates_student_and_moves_teacher_by_ema() {
 
 #[test]
 fn totals_are_the_sum_of_the_terms() {
-    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut m = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     let d = data(2);
     let l = m.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
     let sum = l.dino_local + l.dino_global + l.koleo + l.ibot;
@@ -126,12 +126,12 @@ fn totals_are_the_sum_of_the_terms() {
 fn state_round_trip_continues_bit_for_bit() {
     let d1 = data(3);
     let d2 = data(4);
-    let mut a = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut a = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     a.step(&batch(&d1), values(0.99, 1e-3), Some(1)).unwrap();
     let state = a.state().unwrap();
     let next_a = a.step(&batch(&d2), values(0.99, 1e-3), Some(2)).unwrap();
 
-    let mut b = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut b = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     b.load_state(state).unwrap();
     assert_eq!(b.steps(), 1);
     let next_b = b.step(&batch(&d2), values(0.99, 1e-3), Some(2)).unwrap();
@@ -145,11 +145,11 @@ fn softmax_centering_state_is_saved_and_restored() {
     let mut c = cfg();
     c.centering = Centering::Softmax { momentum: 0.9 };
     let d = data(5);
-    let mut a = SslModel::new(c.clone(), &Device::Cpu).unwrap();
+    let mut a = SslModel::new(c.clone(), &Device::Cpu, 0).unwrap();
     a.step(&batch(&d), values(0.99, 1e-3), None).unwrap();
     let state = a.state().unwrap();
     assert!(state.contains_key("center.dino_center"));
-    let mut b = SslModel::new(c, &Device::Cpu).unwrap();
+    let mut b = SslModel::new(c, &Device::Cpu, 0).unwrap();
     b.load_state(state).unwrap();
     let la = a.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
     let lb = b.losses(&batch(&d), 0.04, None).unwrap().values().unwrap();
@@ -158,7 +158,7 @@ fn softmax_centering_state_is_saved_and_restored() {
 
 #[test]
 fn repeated_steps_on_one_batch_lower_the_loss() {
-    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut m = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     let d = data(6);
     let v = ScheduleValues {
         lr: 5e-3,
@@ -174,7 +174,7 @@ fn repeated_steps_on_one_batch_lower_the_loss() {
 
 #[test]
 fn pretrained_weights_load_into_student_and_teacher() {
-    let mut m = SslModel::new(cfg(), &Device::Cpu).unwrap();
+    let mut m = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
     let name = "backbone.norm.weight";
     let w = Tensor::full(0.5f32, 24, &Device::Cpu).unwrap();
     let loaded = m

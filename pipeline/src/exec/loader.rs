@@ -243,7 +243,10 @@ fn produce(
     loop {
         let mut made: Vec<(u64, usize, Made)> = Vec::with_capacity(b);
         let mut skipped = Vec::new();
-        let mut failures_in_a_row = 0usize;
+        // Distinct items that failed since the last success: when that is
+        // every item, nothing can succeed (counting picks instead would
+        // stop early when one bad item comes up twice across an epoch end).
+        let mut failed_since_success = std::collections::HashSet::new();
         while made.len() < b {
             let picks: Vec<(u64, usize)> = sampler.by_ref().take(b - made.len()).collect();
             if picks.is_empty() {
@@ -263,19 +266,19 @@ fn produce(
                 match r {
                     Ok(Output::Crops(c)) => {
                         made.push((e, i, Made::Crops(c)));
-                        failures_in_a_row = 0;
+                        failed_since_success.clear();
                     }
                     Ok(Output::Samples(s)) => {
                         made.push((e, i, Made::Samples(s)));
-                        failures_in_a_row = 0;
+                        failed_since_success.clear();
                     }
                     Err(err) => {
                         skipped.push(err.to_string());
-                        failures_in_a_row += 1;
+                        failed_since_success.insert(i);
                     }
                 }
             }
-            if failures_in_a_row >= source.len().max(1) {
+            if failed_since_success.len() >= source.len().max(1) {
                 let _ = tx.send(Err(format!(
                     "every item failed; last error: {}",
                     skipped.last().map_or("", String::as_str)
