@@ -7,6 +7,7 @@ mod cache_cmd;
 mod embed_cmd;
 mod inspect_cmd;
 mod manifest_cmd;
+mod probe;
 mod progress;
 mod recipe_cmd;
 mod run_cmd;
@@ -55,6 +56,9 @@ enum Command {
     Cache(cache_cmd::CacheCmd),
     /// Embed one volume with a backbone: normed [CLS] and patch tokens.
     Embed(embed_cmd::EmbedArgs),
+    /// Frozen features of a pretrained teacher vs its random initialisation:
+    /// kNN tissue and Brodmann-area classification on held-out regions.
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +71,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Pipeline(cmd)), _) => run_cmd::run_pipeline(cmd),
         (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
+        (Some(Command::Probe(args)), _) => probe::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;

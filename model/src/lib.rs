@@ -29,6 +29,8 @@ mod vit3d;
 
 /// The candle version this crate is built on, for callers that build inputs.
 pub use candle_core;
+/// The candle-nn version this crate is built on (`VarMap`, `VarBuilder`).
+pub use candle_nn;
 pub use error::{ModelError, Result};
 pub use head::{DinoHead, DinoHeadConfig};
 pub use vit3d::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};

@@ -10,6 +10,9 @@ use super::metrics::Record;
 
 static FONT: Once = Once::new();
 
+/// A curve: its name, how to read it off a record, its colour.
+type Series = (&'static str, fn(&Record) -> f64, RGBColor);
+
 /// Registers the bundled font as plotters' `sans-serif` (once per process).
 pub(crate) fn register_font() {
     FONT.call_once(|| {
@@ -26,7 +29,7 @@ pub(crate) fn loss_curve(records: &[Record], path: &Path) -> anyhow::Result<()> 
         return Ok(());
     }
     register_font();
-    let series: [(&str, fn(&Record) -> f64, RGBColor); 5] = [
+    let series: [Series; 5] = [
         ("total", |r| r.loss, BLACK),
         ("DINO local", |r| r.dino_local, RGBColor(31, 119, 180)),
         ("DINO global", |r| r.dino_global, RGBColor(255, 127, 14)),
