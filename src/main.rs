@@ -3,6 +3,7 @@
 //! Glue only: parsing, progress bars and reports live here; the work is done by
 //! the `pipeline`, `cache` and `model` crates.
 
+mod backbone;
 mod cache_cmd;
 mod embed_cmd;
 mod inspect_cmd;
@@ -11,6 +12,7 @@ mod progress;
 mod recipe_cmd;
 mod run_cmd;
 mod stats;
+mod visualize;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +56,8 @@ enum Command {
     Cache(cache_cmd::CacheCmd),
     /// Embed one volume with a backbone: normed [CLS] and patch tokens.
     Embed(embed_cmd::EmbedArgs),
+    /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
+    Visualize(visualize::VisualizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Pipeline(cmd)), _) => run_cmd::run_pipeline(cmd),
         (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
+        (Some(Command::Visualize(args)), _) => visualize::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;
