@@ -27,7 +27,8 @@ mod views;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use clap::ValueEnum;
 use dino3d_model::candle_core::Device;
 use dino3d_pipeline::VoxelData;
 
@@ -74,7 +75,8 @@ pub(crate) struct VisualizeArgs {
     /// Window overlap for `sliding_window`, in [0, 1) (3DINO: 0).
     #[arg(long, default_value_t = 0.0)]
     overlap: f64,
-    /// Block whose attention `mhsa` shows, 0-based (default: the last).
+    /// Block whose attention `mhsa` shows, 0-based (default: the last, as the
+    /// paper describes; 3 is the block 3DINO's code actually takes).
     #[arg(long)]
     block: Option<usize>,
     /// PCA components to fit and save (3DINO: 10).
@@ -89,6 +91,9 @@ pub(crate) struct VisualizeArgs {
 }
 
 pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
+    if args.components == 0 {
+        bail!("--components must be at least 1");
+    }
     let device = Device::Cpu;
     let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
     let cfg = vit.config();
@@ -129,11 +134,12 @@ pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
         VisType::Mhsa => written.extend(out.attention()?),
     }
     let [gx, gy, gz] = maps.tokens.grid;
+    let name = |v: Option<clap::builder::PossibleValue>| v.map(|v| v.get_name().to_owned());
     println!(
-        "{}: {:?} via {:?}, {gx}x{gy}x{gz} tokens -> {}",
+        "{}: {} from {}, {gx}x{gy}x{gz} tokens -> {}",
         args.image.display(),
-        args.vis_type,
-        args.input_type,
+        name(args.vis_type.to_possible_value()).unwrap_or_default(),
+        name(args.input_type.to_possible_value()).unwrap_or_default(),
         args.out.display()
     );
     for path in written {

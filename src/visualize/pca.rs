@@ -126,24 +126,30 @@ pub(crate) fn picture(pca: &Pca, threshold: f32) -> PcaPicture {
     let foreground: Vec<bool> = (0..pca.n)
         .map(|t| normalised[t * pca.k] > threshold)
         .collect();
-    let mut rgb = vec![[1.0f32; 3]; pca.n];
-    for (channel, c) in (1..pca.k.min(4)).enumerate() {
-        let fg = (0..pca.n)
-            .filter(|&t| foreground[t])
-            .map(|t| pca.scores[t * pca.k + c]);
-        let (lo, hi) = min_max(fg);
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        for t in (0..pca.n).filter(|&t| foreground[t]) {
-            let v = ((pca.scores[t * pca.k + c] - lo) / span) as f32;
-            rgb[t][channel] = if v < RGB_FLOOR { 0.0 } else { v };
-        }
-    }
-    // Fewer than 4 components: the missing channels of foreground tokens are 0.
-    for t in (0..pca.n).filter(|&t| foreground[t]) {
-        for channel in pca.k.saturating_sub(1).min(3)..3 {
-            rgb[t][channel] = 0.0;
-        }
-    }
+    // Components 1–3 (those that exist) over the foreground tokens.
+    let ranges: Vec<(usize, f64, f64)> = (1..pca.k.min(4))
+        .map(|c| {
+            let fg = (0..pca.n)
+                .filter(|&t| foreground[t])
+                .map(|t| pca.scores[t * pca.k + c]);
+            let (lo, hi) = min_max(fg);
+            (c, lo, if hi > lo { hi - lo } else { 1.0 })
+        })
+        .collect();
+    let rgb = (0..pca.n)
+        .map(|t| {
+            if !foreground[t] {
+                return [1.0; 3];
+            }
+            // A missing component leaves its channel at 0.
+            let mut px = [0.0f32; 3];
+            for (slot, &(c, lo, span)) in px.iter_mut().zip(&ranges) {
+                let v = ((pca.scores[t * pca.k + c] - lo) / span) as f32;
+                *slot = if v < RGB_FLOOR { 0.0 } else { v };
+            }
+            px
+        })
+        .collect();
     PcaPicture {
         normalised,
         foreground,
@@ -185,12 +191,8 @@ mod tests {
         assert_eq!(pca.k, 2);
         assert!((pca.variances[0] - 15.0).abs() < 1e-6);
         assert!(pca.variances[1].abs() < 1e-6);
-        for t in 0..3 {
-            assert!(
-                (pca.scores[t * 2] - want[t]).abs() < 1e-5,
-                "{:?}",
-                pca.scores
-            );
+        for (t, want) in want.iter().enumerate() {
+            assert!((pca.scores[t * 2] - want).abs() < 1e-5, "{:?}", pca.scores);
         }
     }
 
@@ -232,9 +234,9 @@ mod tests {
                 pca.variances
             );
             let sign_a = pca.scores[0].signum();
-            for t in 0..64 {
+            for (t, &in_a) in region_a.iter().enumerate() {
                 let same = pca.scores[t * 10].signum() == sign_a;
-                assert_eq!(same, region_a[t], "token {t}, e = {e}");
+                assert_eq!(same, in_a, "token {t}, e = {e}");
             }
             // Region b made brighter: after orienting, it is the foreground.
             let intensity: Vec<f32> = region_a
@@ -243,9 +245,9 @@ mod tests {
                 .collect();
             pca.orient(0, &intensity);
             let pic = picture(&pca, 0.5);
-            for t in 0..64 {
-                assert_eq!(pic.foreground[t], !region_a[t], "token {t}, e = {e}");
-                if region_a[t] {
+            for (t, &in_a) in region_a.iter().enumerate() {
+                assert_eq!(pic.foreground[t], !in_a, "token {t}, e = {e}");
+                if in_a {
                     assert_eq!(pic.rgb[t], [1.0; 3], "background is white");
                 }
             }
