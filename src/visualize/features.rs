@@ -61,6 +61,9 @@ pub(crate) struct TokenMaps {
 
 /// Windows per forward pass in `sliding_window` (3DINO's `sw_batch_size`).
 const WINDOW_BATCH: usize = 4;
+/// The largest attention matrix (all heads, f32) a `full_image` pass may make:
+/// the backbone materialises it, so huge volumes must go by windows.
+const ATTENTION_BYTES_MAX: u64 = 8 << 30;
 
 /// Runs `vit` over `image` (single channel, sizes multiples of the patch).
 ///
@@ -91,6 +94,15 @@ pub(crate) fn extract(
     match input {
         InputType::FullImage => {
             let grid = extent.map(|n| n / patch);
+            let tokens = 1 + grid.iter().product::<usize>() as u64;
+            let bytes = vit.config().num_heads as u64 * tokens * tokens * 4;
+            if bytes > ATTENTION_BYTES_MAX {
+                bail!(
+                    "full_image: {tokens} tokens need {:.1} GiB per attention matrix; \
+                     use --input-type sliding_window or resize",
+                    bytes as f64 / (1u64 << 30) as f64
+                );
+            }
             let maps = forward_batch(vit, &[image], wanted, device)?;
             Ok(assemble(
                 TokenGrid { grid, extent },
