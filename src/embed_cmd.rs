@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use dino3d_model::candle_core::{Device, Tensor};
-use dino3d_model::checkpoint::{load_backbone, read_weights, save_tensors};
-use dino3d_model::{ViT3d, ViT3dConfig, pos_embed};
+use dino3d_model::candle_core::Device;
+use dino3d_model::checkpoint::save_tensors;
 
 /// Arguments of `dino-run embed`.
 #[derive(Debug, clap::Args)]
@@ -39,31 +38,11 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let device = Device::Cpu;
-    let weights = read_weights(&args.weights, &device)
-        .with_context(|| format!("reading {}", args.weights.display()))?;
-    let mut cfg = ViT3dConfig::from_preset(&args.arch)?;
-    // The checkpoint decides the stored position grid and input channels;
-    // other grids are interpolated at run time.
-    if let Some(pos) = weights.backbone.get("pos_embed") {
-        cfg.pos_grid = pos_embed::grid_side(pos.dim(1)? - 1)?;
-    }
-    if let Some(w) = weights.backbone.get("patch_embed.proj.weight") {
-        cfg.in_chans = w.dim(1)?;
-    }
-    let (vit, varmap) = ViT3d::with_varmap(cfg, &device)?;
-    load_backbone(&varmap, &weights)?
-        .ensure_complete()
-        .with_context(|| {
-            format!(
-                "{} does not fit --arch {}",
-                args.weights.display(),
-                args.arch
-            )
-        })?;
+    let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
 
     let volume = dino3d_pipeline::nifti::read_volume(&args.image)
         .with_context(|| format!("reading {}", args.image.display()))?;
-    let x = model_input(&volume.to_f32(), volume.shape, &device)?;
+    let x = crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)?;
     let out = vit.forward(&x)?;
     let tensors = HashMap::from([
         ("cls".to_string(), out.cls_norm.squeeze(0)?),
@@ -82,36 +61,9 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Voxels in NIfTI memory order (`(C, X, Y, Z)` with x fastest, i.e. a
-/// C-order `(C, Z, Y, X)` array) to the model's `(1, C, X, Y, Z)` with z fastest.
-fn model_input(voxels: &[f32], shape: [usize; 4], device: &Device) -> anyhow::Result<Tensor> {
-    let [c, x, y, z] = shape;
-    let t = Tensor::from_slice(voxels, (c, z, y, x), device)?;
-    Ok(t.permute((0, 3, 2, 1))?.contiguous()?.unsqueeze(0)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn input_is_transposed_to_z_fastest() {
-        // (C, X, Y, Z) = (1, 2, 3, 4); memory value = flat NIfTI index.
-        let shape = [1, 2, 3, 4];
-        let v: Vec<f32> = (0..24).map(|i| i as f32).collect();
-        let t = model_input(&v, shape, &Device::Cpu).unwrap();
-        assert_eq!(t.dims(), &[1, 1, 2, 3, 4]);
-        let flat: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        for i in 0..2 {
-            for j in 0..3 {
-                for k in 0..4 {
-                    // NIfTI index: x fastest; model index: z fastest.
-                    let nifti = (k * 3 + j) * 2 + i;
-                    assert_eq!(flat[(i * 3 + j) * 4 + k], nifti as f32);
-                }
-            }
-        }
-    }
 
     #[test]
     fn raw_embed_writes_cls_and_patch_like_a_direct_forward() {
@@ -121,16 +73,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
         // A random tiny backbone saved under a `backbone.` prefix.
-        let (vit, varmap) = ViT3d::with_varmap(ViT3dConfig::tiny(), &dev).unwrap();
         let weights = dir.path().join("w.safetensors");
-        let prefixed: HashMap<String, Tensor> = varmap
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (format!("backbone.{k}"), v.as_tensor().clone()))
-            .collect();
-        save_tensors(&prefixed, &weights).unwrap();
+        let vit = crate::backbone::testutil::save_random_tiny(&weights);
         // A 16 × 16 × 32 ramp volume (2 tokens at patch 16).
         let shape = [1, 16, 16, 32];
         let voxels: Vec<f32> = (0..16 * 16 * 32).map(|i| (i % 97) as f32 / 97.0).collect();
@@ -157,7 +101,7 @@ mod tests {
         assert_eq!(got["cls"].dims(), &[192]);
         assert_eq!(got["patch"].dims(), &[2, 192]);
         let want = vit
-            .forward(&model_input(&voxels, shape, &dev).unwrap())
+            .forward(&crate::backbone::model_input(&voxels, shape, &dev).unwrap())
             .unwrap();
         let diff = (&got["patch"] - want.patch_norm.squeeze(0).unwrap())
             .unwrap()

@@ -3,6 +3,7 @@
 //! Glue only: parsing, progress bars and reports live here; the work is done by
 //! the `pipeline`, `cache` and `model` crates.
 
+mod backbone;
 mod cache_cmd;
 mod embed_cmd;
 mod inspect_cmd;
@@ -13,6 +14,7 @@ mod recipe_cmd;
 mod run_cmd;
 mod stats;
 mod train;
+mod visualize;
 
 use clap::{Parser, Subcommand};
 
@@ -59,6 +61,8 @@ enum Command {
     /// Frozen features of a pretrained teacher vs its random initialisation:
     /// kNN tissue and Brodmann-area classification on held-out regions.
     Probe(probe::ProbeArgs),
+    /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
+    Visualize(visualize::VisualizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +76,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
         (Some(Command::Probe(args)), _) => probe::run(&args),
+        (Some(Command::Visualize(args)), _) => visualize::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;

@@ -38,6 +38,7 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["pipeline", "run", "--help"],
         vec!["cache", "warm", "--help"],
         vec!["cache", "verify", "--help"],
+        vec!["visualize", "--help"],
     ] {
         let text = run_ok(dino_run().args(&sub));
         assert!(text.contains("Usage"), "{sub:?}: {text}");
@@ -400,6 +401,120 @@ fn a_killed_warm_leaves_nothing_invalid_and_a_rerun_completes() {
     assert!(text.contains(&entry.display().to_string()), "{text}");
     let gc = run_ok(dino_run().args(["cache", "gc"]).arg(&recipe));
     assert!(gc.contains("3 entries reachable"), "{gc}");
+}
+
+/// A randomly initialised `tiny` backbone saved as a dino3d teacher
+/// checkpoint (parameters under `backbone.`).
+fn random_tiny_checkpoint(path: &Path) {
+    use dino3d_model::candle_core::Device;
+    use dino3d_model::{ViT3d, ViT3dConfig};
+    let (_vit, varmap) = ViT3d::with_varmap(ViT3dConfig::tiny(), &Device::Cpu).unwrap();
+    let tensors = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (format!("backbone.{k}"), v.as_tensor().clone()))
+        .collect();
+    dino3d_model::checkpoint::save_tensors(&tensors, path).unwrap();
+}
+
+#[test]
+fn visualize_writes_maps_on_the_source_grid_and_pictures() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("tiny.safetensors");
+    random_tiny_checkpoint(&weights);
+    // A real T1 head (128 x 128 x 62, 2 x 2 x 3 mm, LSA).
+    let image = data().join("nifti/itk/KmeansTest_T1UCharRaw.nii.gz");
+    let source = dino3d_pipeline::nifti::read_volume(&image).unwrap();
+    let visualize = |out: &Path, extra: &[&str]| {
+        run_ok(
+            dino_run()
+                .args(["visualize", "--arch", "tiny", "--weights"])
+                .arg(&weights)
+                .arg("--image")
+                .arg(&image)
+                .arg("--out")
+                .arg(out)
+                .args(extra),
+        )
+    };
+    let pca = dir.path().join("pca");
+    let text = visualize(&pca, &["--vis-type", "pca"]);
+    assert!(text.contains("pca.png"), "{text}");
+    let mhsa = dir.path().join("mhsa");
+    visualize(
+        &mhsa,
+        &[
+            "--vis-type",
+            "mhsa",
+            "--input-type",
+            "sliding_window",
+            "--size",
+            "32",
+            "--block",
+            "1",
+        ],
+    );
+    for (folder, files) in [
+        (
+            &pca,
+            &[
+                "image.nii.gz",
+                "pca.nii.gz",
+                "pca_foreground.nii.gz",
+                "pca_rgb.nii.gz",
+                "pca.png",
+                "pca.gif",
+            ][..],
+        ),
+        (
+            &mhsa,
+            &[
+                "image.nii.gz",
+                "attention.nii.gz",
+                "attention_head00.png",
+                "attention_head02.png",
+                "attention.gif",
+            ][..],
+        ),
+    ] {
+        for f in files {
+            let p = folder.join(f);
+            assert!(
+                std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false),
+                "{}",
+                p.display()
+            );
+        }
+        let png = std::fs::read(folder.join(files[files.len() - 2])).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let gif = std::fs::read(folder.join(files[files.len() - 1])).unwrap();
+        assert_eq!(&gif[..6], b"GIF89a");
+    }
+    // Maps read back on the source's grid with its affine.
+    let [_, x, y, z] = source.shape;
+    for (path, channels) in [
+        (pca.join("pca.nii.gz"), 10),
+        (pca.join("pca_foreground.nii.gz"), 1),
+        (pca.join("image.nii.gz"), 1),
+        (mhsa.join("attention.nii.gz"), 3),
+    ] {
+        let map = dino3d_pipeline::nifti::read_volume(&path).unwrap();
+        assert_eq!(map.shape, [channels, x, y, z], "{}", path.display());
+        assert_eq!(map.affine, source.affine, "{}", path.display());
+    }
+    let pcs = dino3d_pipeline::nifti::read_volume(pca.join("pca.nii.gz"))
+        .unwrap()
+        .to_f32();
+    assert!(pcs.iter().all(|v| (0.0..=1.0).contains(v)));
+    let fg = dino3d_pipeline::nifti::read_volume(pca.join("pca_foreground.nii.gz"))
+        .unwrap()
+        .to_f32();
+    assert!(
+        fg.contains(&0.0) && fg.contains(&1.0),
+        "foreground and background"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use dino3d_model::candle_core::{DType, Device, Tensor};
-use dino3d_model::checkpoint::{load_backbone, read_weights};
 use dino3d_model::init::seeded_var_builder;
 use dino3d_model::{ViT3d, ViT3dConfig};
 use serde::Serialize;
@@ -75,7 +74,7 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         Some(w) => w.clone(),
         None => newest_weights(&out)?,
     };
-    let trained = trained_backbone(&cfg, &weights, &device)?;
+    let trained = crate::backbone::load(&weights, &t.arch, &device)?;
     let random = random_backbone(&cfg, plan.seed, &device)?;
     eprintln!(
         "probing {} against the random initialisation (seed {})",
@@ -168,19 +167,6 @@ fn newest_weights(out: &Path) -> anyhow::Result<PathBuf> {
             out.display()
         )
     })
-}
-
-fn trained_backbone(cfg: &ViT3dConfig, path: &Path, device: &Device) -> anyhow::Result<ViT3d> {
-    let w = read_weights(path, device).with_context(|| format!("reading {}", path.display()))?;
-    let vm = candle_nn_varmap();
-    let vit = ViT3d::new(
-        cfg.clone(),
-        dino3d_model::candle_nn::VarBuilder::from_varmap(&vm, DType::F32, device),
-    )?;
-    load_backbone(&vm, &w)?
-        .ensure_complete()
-        .with_context(|| format!("{} does not fit ViT-{:?}", path.display(), cfg.embed_dim))?;
-    Ok(vit)
 }
 
 fn candle_nn_varmap() -> dino3d_model::candle_nn::VarMap {

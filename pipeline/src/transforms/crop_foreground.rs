@@ -92,6 +92,72 @@ pub fn crop_foreground_padded(img: &Image, p: &CropForeground) -> Result<Image, 
     ))
 }
 
+/// MONAI's `k_divisible`: the box `[lo, hi)` grown on each axis to the next
+/// multiple of `k`, centred (the start moves back by half the growth, rounded
+/// down). The grown box may leave the image.
+pub fn divisible_box(lo: [usize; 3], hi: [usize; 3], k: usize) -> ([i64; 3], [i64; 3]) {
+    let k = k.max(1) as i64;
+    let mut start = [0i64; 3];
+    let mut end = [0i64; 3];
+    for a in 0..3 {
+        let size = (hi[a] - lo[a]) as i64;
+        let grown = (size + k - 1) / k * k;
+        start[a] = lo[a] as i64 - (grown - size) / 2;
+        end[a] = start[a] + grown;
+    }
+    (start, end)
+}
+
+/// Copies the box `[start, end)` out of `img`; the parts of the box outside
+/// the image are filled with `value`. The affine's origin moves to `start`.
+///
+/// # Panics
+/// If the box is empty on some axis.
+pub fn crop_pad(img: &Image, start: [i64; 3], end: [i64; 3], value: f32) -> Image {
+    let dims = [img.shape[1], img.shape[2], img.shape[3]].map(|d| d as i64);
+    assert!((0..3).all(|a| end[a] > start[a]), "empty box");
+    let inner_start = [0, 1, 2].map(|a| start[a].clamp(0, dims[a]) as usize);
+    let inner_end = [0, 1, 2].map(|a| end[a].clamp(0, dims[a]) as usize);
+    let before = start.map(|s| (-s).max(0) as usize);
+    let after = [0, 1, 2].map(|a| (end[a] - dims[a]).max(0) as usize);
+    if (0..3).any(|a| inner_end[a] <= inner_start[a]) {
+        // The box misses the image entirely: all padding.
+        let out = [0, 1, 2].map(|a| (end[a] - start[a]) as usize);
+        let mut affine = img.affine;
+        for row in affine.iter_mut().take(3) {
+            row[3] += (0..3).map(|a| row[a] * start[a] as f64).sum::<f64>();
+        }
+        return Image {
+            data: vec![value; img.shape[0] * out[0] * out[1] * out[2]],
+            shape: [img.shape[0], out[0], out[1], out[2]],
+            spacing: img.spacing,
+            affine,
+        };
+    }
+    let inner = crop(img, inner_start, inner_end);
+    super::pad_and_center_crop::pad_box(&inner, before, after, value)
+}
+
+/// `CropForeground(select_fn = x > threshold, k_divisible = k)` as 3DINO's
+/// visualisation uses it: the foreground box grown to multiples of `k`
+/// ([`divisible_box`]), with the parts outside the image filled with
+/// `pad_value` (MONAI pads with 0). Returns the crop and its start in `img`'s
+/// voxels (negative where the box starts before the image).
+///
+/// # Errors
+/// When no voxel is above the threshold.
+pub fn crop_foreground_divisible(
+    img: &Image,
+    threshold: f32,
+    k: usize,
+    pad_value: f32,
+) -> Result<(Image, [i64; 3]), String> {
+    let (lo, hi) = foreground_box(img, threshold)
+        .ok_or_else(|| format!("no voxel above {threshold} (empty foreground)"))?;
+    let (start, end) = divisible_box(lo, hi, k);
+    Ok((crop_pad(img, start, end, pad_value), start))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +185,36 @@ mod tests {
         assert_eq!(padded.affine[1][3], 1.0);
         assert_eq!(padded.affine[2][3], -1.0);
     }
+    #[test]
+    fn k_divisible_grows_the_box_centred_and_pads_outside_with_the_value() {
+        assert_eq!(
+            divisible_box([3, 0, 5], [8, 16, 6], 4),
+            ([2, 0, 4], [10, 16, 8])
+        );
+        // Foreground x in [0, 3), y in [1, 2), z in [0, 1) of a 5 x 2 x 1 image.
+        let mut img = Image::ramp([1, 5, 2, 1]);
+        img.data.iter_mut().for_each(|v| *v = -1.0);
+        for i in 0..3 {
+            let at = img.index(0, i, 1, 0);
+            img.data[at] = i as f32 + 1.0;
+        }
+        let (out, start) = crop_foreground_divisible(&img, -1.0, 4, 0.0).unwrap();
+        // x: [0, 3) -> [0, 4); y: [1, 2) -> [0, 4); z: [0, 1) -> [-1, 3).
+        assert_eq!(start, [0, 0, -1]);
+        assert_eq!(out.shape, [1, 4, 4, 4]);
+        assert_eq!(out.at(0, 0, 1, 1), 1.0);
+        assert_eq!(out.at(0, 2, 1, 1), 3.0);
+        assert_eq!(out.at(0, 3, 1, 1), -1.0, "inside the image: its value");
+        assert_eq!(out.at(0, 0, 0, 1), -1.0, "inside the image: its value");
+        assert_eq!(out.at(0, 0, 2, 1), 0.0, "past the image: the pad value");
+        assert_eq!(out.at(0, 0, 1, 0), 0.0, "before the image: the pad value");
+        // The origin moved to the box start (identity affine).
+        assert_eq!(
+            [out.affine[0][3], out.affine[1][3], out.affine[2][3]],
+            [0.0, 0.0, -1.0]
+        );
+    }
+
     use crate::nifti::affine::IDENTITY;
 
     #[test]

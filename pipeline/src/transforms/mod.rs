@@ -34,7 +34,7 @@ pub mod spacing;
 mod threedino_prefix;
 
 pub use axis_map::AxisMap;
-pub use crop_foreground::{CropForeground, crop_foreground};
+pub use crop_foreground::{CropForeground, crop_foreground, crop_foreground_divisible};
 pub use gaussian_filter::{
     RandGaussianSharpen, RandGaussianSmooth, erf_kernel, gaussian_sharpen, gaussian_smooth,
 };
