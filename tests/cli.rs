@@ -605,6 +605,29 @@ fn pretraining_killed_with_sigkill_resumes_and_reproduces_every_loss() {
     }
     assert!(a.path().join("out/loss.png").exists());
 
+    // High-resolution adaptation (spec §2.7): start a run with larger global
+    // crops from that teacher; the 2³ position grid is resized to 3³.
+    let teacher = a
+        .path()
+        .join("out/eval/training_7/teacher_checkpoint.safetensors");
+    let c = tempfile::tempdir().unwrap();
+    let recipe_c = recipe_copy(c.path(), "demo.yaml");
+    let hr = run_ok(
+        small_demo(&recipe_c)
+            .args(["--set", "views.0.pipeline.0.size=48"])
+            .args(["--set", "views.1.pipeline.0.size=48"])
+            .args([
+                "--set",
+                &format!("model.pretrained_weights={}", teacher.display()),
+            ])
+            .args(["--set", "train.max_iterations=1"]),
+    );
+    assert!(
+        hr.contains("into student and teacher (position grid 3³)"),
+        "{hr}"
+    );
+    assert!(hr.contains("iterations 0..1 of 8"), "{hr}");
+
     // Same run, killed with SIGKILL once its second checkpoint exists.
     let b = tempfile::tempdir().unwrap();
     let recipe_b = recipe_copy(b.path(), "demo.yaml");

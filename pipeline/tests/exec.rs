@@ -23,6 +23,7 @@ fn small_recipe(manifest: &Path, extra_prefix_step: bool) -> String {
     ))
     .unwrap();
     let mut text = text
+        .replace("size: 128", "size: 2")
         .replace("size: 96", "size: 24")
         .replace("size: 48", "size: 12")
         .replace("patch_size: 16", "patch_size: 8")

@@ -81,9 +81,14 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         None => {
             if let Some(w) = &t.pretrained_weights {
                 let path = recipe.parent().unwrap_or(Path::new("")).join(w);
-                let weights = load_pretrained(&path, &device, model.config().backbone.pos_grid)?;
+                let grid = model.config().backbone.pos_grid;
+                let weights = load_pretrained(&path, &device, grid)?;
                 let loaded = model.load_pretrained(&weights)?;
-                eprintln!("loaded {} tensors from {}", loaded.len(), path.display());
+                eprintln!(
+                    "loaded {} tensors from {} into student and teacher (position grid {grid}³)",
+                    loaded.len(),
+                    path.display()
+                );
             }
         }
     }

@@ -134,4 +134,19 @@ mod tests {
         assert!((s.peak_lr() - 1.414_213_56e-3).abs() < 1e-9);
         assert_eq!(s.total_iters(), 125_000);
     }
+
+    #[test]
+    fn the_highres_recipe_restarts_schedules_at_112() {
+        let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/highres.yaml");
+        let plan = dino3d_pipeline::recipe::compile_file(&recipe).unwrap();
+        let t = plan.training.clone().unwrap();
+        let cfg = ssl_config(&t, &plan).unwrap();
+        assert_eq!(cfg.backbone.pos_grid, 7);
+        let s = schedule_config(&t, plan.batch.size);
+        // Spec §2.2, stage 2: 12,500 iterations, peak lr 5e-4, warmup 1,250.
+        assert_eq!(s.total_iters(), 12_500);
+        assert!((s.peak_lr() - 5e-4).abs() < 1e-12);
+        assert_eq!(s.warmup_epochs * s.epoch_len, 1250);
+        assert!(t.pretrained_weights.is_some());
+    }
 }
