@@ -150,6 +150,8 @@ run() {
     export LD_LIBRARY_PATH="${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 
+    # The executables were linked against glibc 2.34+ (Debian 12).
+    step "glibc" bash -c 'ldd --version | head -1'
     step "nvidia-smi" nvidia-smi
     step "nvcc" bash -c 'command -v nvcc && nvcc --version || { echo "no nvcc on PATH (not needed: NVRTC is)"; true; }'
     step "libraries" bash -c 'ldconfig -p | grep -E "libcuda\.so|libnvrtc" || true; for d in ${LD_LIBRARY_PATH//:/ }; do ls -1 "$d"/libnvrtc.so* 2>/dev/null; done; true'
