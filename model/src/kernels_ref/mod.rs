@@ -1,4 +1,4 @@
-//! CPU references for the GPU kernels of [`crate::cuda`], compiled in every
+//! CPU references for the GPU kernels of the `cuda` module, compiled in every
 //! build (the GPU tests and the kernel benchmark compare against them).
 //!
 //! Each reference states the exact contract of its kernel on flat `f32`
