@@ -23,6 +23,19 @@ pub enum ModelError {
     /// unsupported opcode; or it is malformed.
     #[error("unsafe or unsupported pickle: {0}")]
     Pickle(String),
+    /// No usable CUDA device: the driver or NVRTC library cannot be loaded,
+    /// or no device has the requested ordinal. Callers fall back to the CPU
+    /// (and GPU tests skip) on this error.
+    #[error("no CUDA device: {0}")]
+    NoCudaDevice(String),
+    /// A CUDA driver call, NVRTC compilation or kernel launch failed.
+    #[error("cuda {op}: {reason}")]
+    Cuda {
+        /// What was being done (e.g. `compile sinkhorn_ce`, `launch ema_update`).
+        op: String,
+        /// The driver's or NVRTC's message.
+        reason: String,
+    },
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

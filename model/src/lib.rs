@@ -8,14 +8,22 @@
 //! candle caveat: `candle_nn::LayerNorm` and `ops::softmax_last_dim` cut the
 //! autograd graph, so this crate only uses `ops::layer_norm_slow` and
 //! `ops::softmax`/`log_softmax` (composed, differentiable).
+//!
+//! With the `cuda` feature, the `cuda` module adds fused GPU kernels (teacher EMA,
+//! Sinkhorn-Knopp + cross-entropy, KoLeo) built with cudarc and NVRTC, which
+//! need no CUDA toolkit to build; [`kernels_ref`] holds their CPU references
+//! in every build.
 
 mod attention;
 mod block;
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod drop_path;
 mod error;
 mod head;
 pub mod init;
+pub mod kernels_ref;
 mod linear;
 pub mod loss;
 mod mlp;

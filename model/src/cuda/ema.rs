@@ -1,0 +1,57 @@
+//! Fused teacher EMA on the GPU: one launch over a flat buffer holding
+//! every parameter.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::context::{GpuContext, KernelSource, STRIDE_BLOCK, cuda_err};
+use crate::kernels_ref::ema_factors;
+use crate::{ModelError, Result};
+
+const SOURCE: KernelSource = KernelSource {
+    name: "ema",
+    src: include_str!("ema.cu"),
+};
+
+/// `teacher ← m·teacher + (1 − m)·student` elementwise, queued on the
+/// context's stream; bit-identical to [`crate::kernels_ref::ema_update_flat`].
+///
+/// # Errors
+/// [`ModelError::Input`] when the buffers differ in length;
+/// [`ModelError::Cuda`] when compilation or the launch fails.
+pub fn ema_update(
+    gpu: &GpuContext,
+    teacher: &mut CudaSlice<f32>,
+    student: &CudaSlice<f32>,
+    momentum: f64,
+) -> Result<()> {
+    let len = teacher.len();
+    if student.len() != len {
+        return Err(ModelError::Input(format!(
+            "EMA: teacher buffer has {len} values, student {}",
+            student.len()
+        )));
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    let f = gpu.function(SOURCE, "ema_update_f32")?;
+    let (m, one_minus) = ema_factors(momentum);
+    let len_u64 = len as u64;
+    let cfg = LaunchConfig {
+        grid_dim: (gpu.stride_grid(len), 1, 1),
+        block_dim: (STRIDE_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(teacher)
+        .arg(student)
+        .arg(&m)
+        .arg(&one_minus)
+        .arg(&len_u64);
+    // SAFETY: the arguments match `ema_update_f32(float*, const float*,
+    // float, float, unsigned long long)` in type and order; both buffers
+    // hold `len` f32 and the kernel's grid-stride loop stops at `len`.
+    unsafe { launch.launch(cfg) }.map_err(cuda_err("launch ema_update_f32"))?;
+    Ok(())
+}

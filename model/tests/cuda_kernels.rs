@@ -1,0 +1,186 @@
+#![cfg(feature = "cuda")]
+//! GPU kernels against their CPU references (`dino3d_model::kernels_ref`)
+//! on seeded random inputs. Where no CUDA driver or device is present each
+//! test prints "skipped: no CUDA device" and passes.
+//!
+//! Run with `cargo test -p dino3d-model --features cuda --release --test
+//! cuda_kernels -- --nocapture` to see the measured errors.
+
+use std::sync::OnceLock;
+
+use dino3d_model::ModelError;
+use dino3d_model::cuda::{GpuContext, ema_update, koleo_loss, sinkhorn_ce};
+use dino3d_model::kernels_ref::testing::{max_rel_err, normal, uniform};
+use dino3d_model::kernels_ref::{self, SinkhornCeConfig};
+
+/// One context for all tests, so each kernel module is compiled once.
+fn gpu() -> Option<&'static GpuContext> {
+    static GPU: OnceLock<Option<GpuContext>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| match GpuContext::new(0) {
+        Ok(g) => {
+            let (major, minor) = g.compute_capability();
+            println!("device 0: {} (sm_{major}{minor})", g.name());
+            Some(g)
+        }
+        Err(ModelError::NoCudaDevice(why)) => {
+            println!("no CUDA device: {why}");
+            None
+        }
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    });
+    if gpu.is_none() {
+        println!("skipped: no CUDA device");
+    }
+    gpu.as_ref()
+}
+
+#[test]
+fn ema_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let len = 1_000_003; // not a multiple of the block size
+    let teacher = uniform(len, 1, 1.0);
+    let student = uniform(len, 2, 1.0);
+    for momentum in [0.996, 0.9995, 1.0] {
+        let mut want = teacher.clone();
+        kernels_ref::ema_update_flat(&mut want, &student, momentum).unwrap();
+        let mut t = gpu.upload(&teacher).unwrap();
+        let s = gpu.upload(&student).unwrap();
+        ema_update(gpu, &mut t, &s, momentum).unwrap();
+        let got = gpu.download(&t).unwrap();
+        let err = max_rel_err(&got, &want);
+        let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("ema m={momentum}: rel err {err:.3e}, {differing} of {len} values differ");
+        assert!(
+            err <= 1e-6,
+            "EMA m={momentum}: rel err {err:.3e} > bound 1e-6 (same rounding: expected 0)"
+        );
+    }
+}
+
+#[test]
+fn ema_refuses_mismatched_buffers() {
+    let Some(gpu) = gpu() else { return };
+    let mut t = gpu.upload(&[0.0; 4]).unwrap();
+    let s = gpu.upload(&[0.0; 3]).unwrap();
+    let err = ema_update(gpu, &mut t, &s, 0.9).unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)), "{err}");
+}
+
+/// GPU vs CPU Sinkhorn + CE on `cfg`, with the gradient; bound 1e-4
+/// (norm-wise relative) on probabilities, per-row CE and gradient.
+fn check_sinkhorn(gpu: &GpuContext, cfg: &SinkhornCeConfig, seed: u64) {
+    const BOUND: f64 = 1e-4;
+    let teacher = uniform(cfg.len(), seed, 1.0);
+    let student = uniform(cfg.len(), seed + 1, 1.0);
+    let want = kernels_ref::sinkhorn_ce(cfg, &teacher, &student, true).unwrap();
+    let t = gpu.upload(&teacher).unwrap();
+    let s = gpu.upload(&student).unwrap();
+    let out = sinkhorn_ce(gpu, cfg, &t, &s, true).unwrap();
+    let probs = gpu.download(&out.teacher_probs).unwrap();
+    let ce = gpu.download(&out.ce).unwrap();
+    let grad = gpu.download(out.grad.as_ref().unwrap()).unwrap();
+    let tag = format!(
+        "Sinkhorn+CE n={} K={} T={}",
+        cfg.rows, cfg.prototypes, cfg.teacher_temp
+    );
+    let (ep, ec) = (
+        max_rel_err(&probs, &want.teacher_probs),
+        max_rel_err(&ce, &want.ce),
+    );
+    let eg = max_rel_err(&grad, want.grad.as_ref().unwrap());
+    println!("{tag}: rel err probs {ep:.3e}, ce {ec:.3e}, grad {eg:.3e}");
+    assert!(
+        ep <= BOUND,
+        "{tag}: probs rel err {ep:.3e} > bound {BOUND:e}"
+    );
+    assert!(ec <= BOUND, "{tag}: ce rel err {ec:.3e} > bound {BOUND:e}");
+    assert!(
+        eg <= BOUND,
+        "{tag}: grad rel err {eg:.3e} > bound {BOUND:e}"
+    );
+    for (i, row) in probs.chunks(cfg.prototypes).enumerate() {
+        let sum: f64 = row.iter().map(|&p| f64::from(p)).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{tag}: row {i} sums to {sum}");
+    }
+    // Without the gradient: same targets and CE from the other finish kernel.
+    let out = sinkhorn_ce(gpu, cfg, &t, &s, false).unwrap();
+    assert!(out.grad.is_none());
+    let ec = max_rel_err(&gpu.download(&out.ce).unwrap(), &want.ce);
+    assert!(
+        ec <= BOUND,
+        "{tag} (no grad): ce rel err {ec:.3e} > bound {BOUND:e}"
+    );
+}
+
+#[test]
+fn sinkhorn_ce_matches_reference_small() {
+    let Some(gpu) = gpu() else { return };
+    let mut cfg = SinkhornCeConfig::threedino(6, 0.07);
+    cfg.prototypes = 1000; // not a multiple of the block size
+    check_sinkhorn(gpu, &cfg, 10);
+    cfg.rows = 1;
+    check_sinkhorn(gpu, &cfg, 20);
+}
+
+#[test]
+fn sinkhorn_ce_matches_reference_at_3dino_size() {
+    let Some(gpu) = gpu() else { return };
+    // n = 2B with B = 64 global-crop pairs, K = 65,536; both ends of the
+    // teacher-temperature warm-up.
+    check_sinkhorn(gpu, &SinkhornCeConfig::threedino(128, 0.04), 30);
+    check_sinkhorn(gpu, &SinkhornCeConfig::threedino(128, 0.07), 40);
+}
+
+#[test]
+fn sinkhorn_ce_refuses_mismatched_buffers() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = SinkhornCeConfig {
+        prototypes: 4,
+        ..SinkhornCeConfig::threedino(2, 0.07)
+    };
+    let t = gpu.upload(&[0.0; 8]).unwrap();
+    let s = gpu.upload(&[0.0; 7]).unwrap();
+    let err = sinkhorn_ce(gpu, &cfg, &t, &s, false).unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)), "{err}");
+}
+
+/// GPU vs CPU KoLeo of `x`; bound 1e-4 relative.
+fn check_koleo(gpu: &GpuContext, x: &[f32], rows: usize, dim: usize) {
+    let want = kernels_ref::koleo(x, rows, dim).unwrap();
+    let dev = gpu.upload(x).unwrap();
+    let got = gpu
+        .download(&koleo_loss(gpu, &dev, rows, dim).unwrap())
+        .unwrap();
+    let err = max_rel_err(&got, &[want]);
+    println!(
+        "KoLeo {rows}x{dim}: gpu {} cpu {want}, rel err {err:.3e}",
+        got[0]
+    );
+    assert!(
+        err <= 1e-4,
+        "KoLeo {rows}x{dim}: gpu {} vs cpu {want}, rel err {err:.3e} > bound 1e-4",
+        got[0]
+    );
+}
+
+#[test]
+fn koleo_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    // B = 64 [CLS] vectors of ViT-L width; then more rows than a block has
+    // threads, a single row, and exact duplicates (distance = eps·√d).
+    check_koleo(gpu, &normal(64 * 1024, 50), 64, 1024);
+    check_koleo(gpu, &normal(300 * 40, 51), 300, 40);
+    check_koleo(gpu, &normal(16, 52), 1, 16);
+    let mut x = normal(8 * 33, 53);
+    let first = x[..33].to_vec();
+    x[5 * 33..6 * 33].copy_from_slice(&first);
+    check_koleo(gpu, &x, 8, 33);
+}
+
+#[test]
+fn koleo_refuses_mismatched_buffers() {
+    let Some(gpu) = gpu() else { return };
+    let x = gpu.upload(&[1.0; 7]).unwrap();
+    let err = koleo_loss(gpu, &x, 2, 4).unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)), "{err}");
+}
