@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use dino3d_model::candle_core::Device;
 use dino3d_model::checkpoint::save_tensors;
 
@@ -23,7 +23,9 @@ pub(crate) struct EmbedArgs {
     #[arg(long)]
     image: PathBuf,
     /// Feed the stored voxels as float32, without preprocessing. Spatial sizes
-    /// must be multiples of the patch size.
+    /// must be multiples of the patch size. Without it, 3DINO's evaluation
+    /// preprocessing applies: percentiles 0.05/99.95 to [-1, 1], then the
+    /// foreground box grown to multiples of the patch size (zero outside).
     #[arg(long)]
     raw: bool,
     /// Output safetensors file.
@@ -32,17 +34,18 @@ pub(crate) struct EmbedArgs {
 }
 
 pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
-    if !args.raw {
-        bail!(
-            "preprocessing recipes for embed arrive later: pass --raw to embed the stored voxels"
-        );
-    }
     let device = Device::Cpu;
     let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
 
     let volume = dino3d_pipeline::nifti::read_volume(&args.image)
         .with_context(|| format!("reading {}", args.image.display()))?;
-    let x = crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)?;
+    let x = if args.raw {
+        crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)?
+    } else {
+        let p = crate::visualize::prepare::prepare(&volume, 0, vit.config().patch_size)
+            .with_context(|| format!("preparing {}", args.image.display()))?;
+        crate::backbone::model_input(&p.image.data, p.image.shape, &device)?
+    };
     let out = vit.forward(&x)?;
     let tensors = HashMap::from([
         ("cls".to_string(), out.cls_norm.squeeze(0)?),
@@ -112,13 +115,28 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "{diff}");
-        // Without --raw: a clear "not yet" error.
-        let err = run(&EmbedArgs { raw: false, ..args })
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("preprocessing recipes for embed arrive later"),
-            "{err}"
+        // Without --raw: the evaluation preprocessing, then the same forward.
+        run(&EmbedArgs { raw: false, ..args }).unwrap();
+        let got = load_tensors(&out, &dev).unwrap();
+        let prepared = crate::visualize::prepare::prepare(&vol, 0, 16).unwrap();
+        let want = vit
+            .forward(
+                &crate::backbone::model_input(&prepared.image.data, prepared.image.shape, &dev)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            got["patch"].dims(),
+            want.patch_norm.squeeze(0).unwrap().dims()
         );
+        let diff = (&got["cls"] - want.cls_norm.squeeze(0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -20,7 +20,7 @@ mod figures;
 mod grid;
 mod nifti_out;
 mod pca;
-mod prepare;
+pub(crate) mod prepare;
 mod render;
 mod views;
 
