@@ -1,6 +1,6 @@
-//! One 3DINO training step on CPU (student forward + backward on 2 global
-//! and 8 local crops per sample, teacher forward, Sinkhorn-Knopp, DINO + iBOT
-//! + KoLeo, per-module clipping, AdamW, EMA), timed over a few steps with
+//! One 3DINO training step on CPU (student forward and backward on 2 global
+//! and 8 local crops per sample, teacher forward, Sinkhorn-Knopp, the DINO,
+//! iBOT and KoLeo losses, per-module clipping, AdamW, EMA), timed over a few steps with
 //! the peak resident memory; `benches/train_step_vs_torch.sh` runs it next to
 //! the PyTorch baseline `benches/train_step_torch.py` with the same sizes.
 //!

@@ -168,6 +168,24 @@ impl AdamW {
             };
             let lr = base * s.mults.lr_mult;
             let wd = values.wd * s.mults.wd_mult;
+            let scalars = super::fused::Scalars {
+                b1,
+                b2,
+                eps: self.cfg.eps,
+                lr,
+                wd,
+                bc1,
+                bc2_sqrt,
+            };
+            let p = s.var.as_tensor();
+            if let Some((np, nm, nv)) =
+                super::fused::adamw_cpu_f32(p, &g, &s.exp_avg, &s.exp_avg_sq, scalars)?
+            {
+                s.exp_avg = nm;
+                s.exp_avg_sq = nv;
+                s.var.set(&np)?;
+                continue;
+            }
             s.exp_avg = ((&s.exp_avg * b1)? + (&g * (1.0 - b1))?)?;
             s.exp_avg_sq = ((&s.exp_avg_sq * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let denom = ((s.exp_avg_sq.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;

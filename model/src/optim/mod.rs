@@ -4,6 +4,7 @@
 mod adamw;
 mod clip;
 mod ema;
+mod fused;
 mod groups;
 #[cfg(test)]
 mod tests;
