@@ -423,6 +423,28 @@ def train_step(student, teacher, opt, batch, b, n_locals):
     return loss.item()
 
 
+def step_flops(args, n_global_tokens, n_masked):
+    """Model FLOPs of one step (matmuls only): student forward + backward (3x)
+    on globals and locals, teacher forward (1x) on globals, both heads."""
+    dim, depth, _ = ARCHS[args.arch]
+    b = args.batch
+
+    def vit(crops, side):
+        n = 1 + (side // PATCH) ** 3
+        per_token = depth * (2 * 12 * dim * dim + 4 * n * dim) + 2 * PATCH**3 * dim
+        return crops * n * per_token
+
+    def head(rows):
+        h, bn, k = args.hidden, args.bottleneck, args.prototypes
+        return rows * 2 * (dim * h + h * h + h * bn + bn * k)
+
+    g = vit(2 * b, args.global_size)
+    loc = vit(args.locals * b, args.local_size)
+    heads = head(2 * b + args.locals * b) + head(n_masked)
+    teacher = g + head(2 * b) + head(n_masked)
+    return 3 * (g + loc + heads) + teacher
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="small")
@@ -444,6 +466,12 @@ def main():
         help="F.scaled_dot_product_attention or explicit softmax(QK^T/sqrt(d))V",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU reference for issue 9)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for forward and losses")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.0,
+        help="dense bf16 peak for the MFU line (H100 SXM: 989)",
+    )
     args = ap.parse_args()
     for s in (args.global_size, args.local_size):
         if s % PATCH:
@@ -453,7 +481,8 @@ def main():
     torch.manual_seed(args.seed)
     b = args.batch
 
-    student = Networks(args, sdpa=args.attention == "sdpa")
+    device = torch.device(args.device)
+    student = Networks(args, sdpa=args.attention == "sdpa").to(device)
     student.train()
     teacher = copy.deepcopy(student)
     teacher.eval()
@@ -469,7 +498,9 @@ def main():
     locals_ = torch.rand((args.locals * b, 1, ls, ls, ls), generator=gen) * 2 - 1
     n_tokens = (gs // PATCH) ** 3
     masks, mask_indices, mask_weights = make_masks(b, n_tokens, random.Random(args.seed))
-    batch = (globals_, locals_, masks, mask_indices, mask_weights)
+    batch = tuple(
+        t.to(device) for t in (globals_, locals_, masks, mask_indices, mask_weights)
+    )
 
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     print(
@@ -484,8 +515,9 @@ def main():
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = train_step(student, teacher, opt, batch, b, args.locals)
-        dt = time.perf_counter() - t0
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = train_step(student, teacher, opt, batch, b, args.locals)
+        dt = time.perf_counter() - t0  # loss.item() waited for the device
         if not math.isfinite(loss):
             raise SystemExit(f"non-finite loss {loss} at step {i}")
         if i >= args.warmup:
@@ -497,6 +529,14 @@ def main():
     mean = sum(times) / max(len(times), 1)
     low = min(times) if times else float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if device.type == "cuda":
+        flops = step_flops(args, n_tokens, mask_indices.numel())
+        print(
+            f"gpu step: device={torch.cuda.get_device_name()} bf16={args.bf16} "
+            f"model_tflop_per_step={flops / 1e12:.2f} tflops={flops / mean / 1e12:.1f} "
+            f"mfu={flops / mean / 1e12 / args.peak_tflops:.3f} "
+            f"peak_gpu_mem_gib={torch.cuda.max_memory_allocated() / 2**30:.1f}"
+        )
     print(
         f"torch step: arch={args.arch} batch={b} mean_s={mean:.4f} min_s={low:.4f} "
         f"samples_per_s={b / mean if mean > 0 else float('nan'):.4f} "
