@@ -425,4 +425,23 @@ fn training_sections_default_to_3dino_and_are_validated() {
         e.contains("r.yaml:30:21: teacher.momentum_teacher must be in [0, 1]"),
         "{e}"
     );
+
+    // Run lengths that overflow, and a mask grid that differs from the
+    // default model patch without any `model:` section.
+    let e = errors(&format!(
+        "{GOOD}optim:\n  epochs: 4294967296\n  epoch_length: 4294967296\n"
+    ))
+    .to_string();
+    assert!(
+        e.contains("r.yaml:25:11: optim.epochs x optim.epoch_length must be at most"),
+        "{e}"
+    );
+    let e = errors(&format!(
+        "{GOOD}batch:\n  size: 2\n  patch_size: 8\ntrain:\n  world_size: 1\n"
+    ))
+    .to_string();
+    assert!(
+        e.contains("model.patch_size 16 differs from batch.patch_size 8"),
+        "{e}"
+    );
 }

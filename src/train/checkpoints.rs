@@ -80,9 +80,14 @@ pub(crate) fn save(
     if let Ok(d) = fs::File::open(&root) {
         let _ = d.sync_all();
     }
-    let mut all = list(out)?;
-    while all.len() > keep.max(1) {
-        let (_, old) = all.remove(0);
+    // Prune the oldest others; the checkpoint just written always stays.
+    let mut others: Vec<PathBuf> = list(out)?
+        .into_iter()
+        .filter(|(i, _)| *i != meta.iteration)
+        .map(|(_, p)| p)
+        .collect();
+    while others.len() + 1 > keep.max(1) {
+        let old = others.remove(0);
         let _ = fs::remove_dir_all(old);
     }
     Ok(dest)
@@ -125,11 +130,20 @@ pub(crate) fn latest(
     out: &Path,
     device: &Device,
 ) -> anyhow::Result<Option<(Meta, HashMap<String, Tensor>)>> {
-    for (_, dir) in list(out)?.into_iter().rev() {
-        match read(&dir, device) {
+    let all = list(out)?;
+    for (_, dir) in all.iter().rev() {
+        match read(dir, device) {
             Ok(found) => return Ok(Some(found)),
             Err(e) => tracing::warn!("skipping checkpoint {}: {e:#}", dir.display()),
         }
+    }
+    if !all.is_empty() {
+        // Never restart from scratch (and overwrite the metrics) silently.
+        bail!(
+            "none of the {} checkpoints in {} can be read; move them away to start over",
+            all.len(),
+            folder(out).display()
+        );
     }
     Ok(None)
 }
@@ -192,5 +206,14 @@ mod tests {
         assert_eq!(list(dir.path()).unwrap().len(), 3);
         remove_leftovers(dir.path());
         assert!(!tmp.exists());
+        // Resuming from 6 and writing 7 with keep 1 never prunes the new one.
+        save(dir.path(), &state, &meta(7), 1).unwrap();
+        assert!(folder(dir.path()).join(dir_name(7)).exists());
+        // Nothing readable left: an error, never a silent restart.
+        for (_, d) in list(dir.path()).unwrap() {
+            fs::write(d.join("state.safetensors"), b"torn").unwrap();
+        }
+        let err = latest(dir.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("can be read"), "{err}");
     }
 }

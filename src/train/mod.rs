@@ -45,11 +45,26 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
     let n_global = setup::global_crops_per_sample(plan);
     let schedules = Schedules::new(&setup::schedule_config(&t, plan.batch.size));
     let total = t.total_iterations();
+    // What a resumed run must share with the one that wrote the checkpoint:
+    // model, schedules, seed, data, the cached prefix (its canonical hash),
+    // the views and the batching (not threads, prefetch or run length).
+    let views: Vec<String> = plan
+        .views
+        .iter()
+        .map(|v| format!("{}:{:?}:{}:{}", v.name, v.role, v.count, v.steps.len()))
+        .collect();
+    let b = &plan.batch;
     let fingerprint = format!(
-        "{:?}|{:?}|{}",
+        "{:?}|{:?}|{}|{:?}|{}|{views:?}|{}|{}|{:?}|{}",
         cfg,
         setup::schedule_config(&t, plan.batch.size),
-        plan.seed
+        plan.seed,
+        plan.manifest,
+        plan.prefix_hash,
+        b.size,
+        b.mask_sample_probability,
+        b.mask_ratio,
+        b.patch_size
     );
     let fingerprint = format!(
         "{:016x}",
@@ -84,6 +99,13 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
                 let grid = model.config().backbone.pos_grid;
                 let weights = load_pretrained(&path, &device, grid)?;
                 let loaded = model.load_pretrained(&weights)?;
+                if !loaded.iter().any(|n| n.starts_with("backbone.")) {
+                    bail!(
+                        "{}: no backbone tensor of {} fits this model",
+                        recipe.display(),
+                        path.display()
+                    );
+                }
                 eprintln!(
                     "loaded {} tensors from {} into student and teacher (position grid {grid}³)",
                     loaded.len(),
@@ -92,7 +114,16 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let end = t.max_iterations.map_or(total, |m| (start + m).min(total));
+    let end = t
+        .max_iterations
+        .map_or(total, |m| start.saturating_add(m).min(total));
+    if t.world_size > 1 {
+        tracing::warn!(
+            "train.world_size {} only scales the learning rate here: this process trains alone on batch {}",
+            t.world_size,
+            plan.batch.size
+        );
+    }
     if start >= end {
         println!(
             "nothing to do: {start} of {total} iterations done ({})",

@@ -270,6 +270,11 @@ impl SslModel {
             &crate::optim::THREEDINO_CLIP_MODULES,
             bound,
         )?;
+        if let Some(n) = grad_norms.iter().find(|n| !n.is_finite()) {
+            return Err(ModelError::Input(format!(
+                "a gradient norm is not finite ({n}); stopping before the update"
+            )));
+        }
         self.optimizer.step(&grads, values.into())?;
         drop(grads);
         ema_update(&self.teacher_vars, &self.student_vars, values.momentum)?;

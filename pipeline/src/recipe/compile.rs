@@ -367,12 +367,13 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
     let training = super::training::compile_training(doc, file, &mut errors);
-    if let (Some(t), Some(m)) = (&training, &doc.model)
+    if let Some(t) = &training
         && t.patch_size != batch.patch_size
     {
-        let loc = m
-            .patch_size
+        let loc = doc
+            .model
             .as_ref()
+            .and_then(|m| m.patch_size.as_ref())
             .map_or(&doc.task.referenced, |p| &p.referenced);
         errors.push(RecipeError::at(
             file,

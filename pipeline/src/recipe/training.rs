@@ -542,5 +542,22 @@ pub(crate) fn compile_training(
             p.max_iterations = Some(n);
         }
     }
+    // Schedules hold one value per iteration: refuse absurd run lengths.
+    const MAX_ITERATIONS: usize = 1 << 32;
+    if p.epochs
+        .checked_mul(p.epoch_length)
+        .is_none_or(|n| n > MAX_ITERATIONS)
+    {
+        let loc = doc
+            .optim
+            .as_ref()
+            .and_then(|o| o.epochs.as_ref().or(o.epoch_length.as_ref()))
+            .map_or(&doc.task.referenced, |v| &v.referenced);
+        c.errors.push(RecipeError::at(
+            file,
+            loc,
+            format!("optim.epochs x optim.epoch_length must be at most {MAX_ITERATIONS}"),
+        ));
+    }
     Some(p)
 }
