@@ -22,18 +22,10 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Deterministic inputs in [-1, 1] (xorshift).
+/// Seeded inputs in [-1, 1] (candle's CPU randn cannot be seeded).
 fn noise(seed: u64, shape: &[usize]) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect();
+    let n = shape.iter().product();
+    let v = dino3d_model::kernels_ref::testing::uniform(n, seed, 1.0);
     Tensor::from_vec(v, shape, &Device::Cpu).expect("noise tensor")
 }
 

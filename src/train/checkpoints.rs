@@ -54,9 +54,9 @@ pub(crate) fn save(
     let name = dir_name(meta.iteration);
     let tmp = root.join(format!(".{name}.tmp{}", std::process::id()));
     if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
-    fs::create_dir(&tmp)?;
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let write = || -> anyhow::Result<()> {
         let state_path = tmp.join("state.safetensors");
         candle_core::safetensors::save(state, &state_path)
@@ -65,6 +65,8 @@ pub(crate) fn save(
         let meta_path = tmp.join("meta.json");
         fs::write(&meta_path, serde_json::to_vec_pretty(meta)?)?;
         fs::File::open(&meta_path)?.sync_all()?;
+        // The folder's entries too, before it is renamed into place.
+        fs::File::open(&tmp)?.sync_all()?;
         Ok(())
     };
     if let Err(e) = write() {
@@ -74,9 +76,10 @@ pub(crate) fn save(
     let dest = root.join(&name);
     if dest.exists() {
         // A checkpoint of the same iteration from an earlier attempt.
-        fs::remove_dir_all(&dest)?;
+        fs::remove_dir_all(&dest).with_context(|| format!("replacing {}", dest.display()))?;
     }
-    fs::rename(&tmp, &dest)?;
+    fs::rename(&tmp, &dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     if let Ok(d) = fs::File::open(&root) {
         let _ = d.sync_all();
     }

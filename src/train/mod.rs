@@ -244,7 +244,7 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
 /// with the teacher's `backbone.*`, `dino_head.*`, `ibot_head.*`.
 fn save_teacher(model: &SslModel, out: &Path, it: usize) -> anyhow::Result<PathBuf> {
     let dir = out.join("eval").join(format!("training_{it}"));
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("teacher_checkpoint.safetensors");
     let tensors = model
         .teacher_vars()
