@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use dino3d_cache::{CacheDir, CacheSource, Entry, StoredType};
+use dino3d_cache::{CacheDir, CacheSource, Codec, Entry, StoredType};
 use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::recipe::Plan;
 use rayon::prelude::*;
@@ -111,8 +111,17 @@ pub(crate) fn cache_source(
     };
     let (manifest, entries) = plan_entries(plan, recipe)?;
     let pipeline = Arc::new(Pipeline::new(plan));
-    let dir = CacheDir::new(&dir)
+    let mut dir = CacheDir::new(&dir)
         .with_context(|| format!("opening the cache of {}", recipe.display()))?;
+    match plan.cache_codec.as_deref() {
+        Some("zstd") => dir = dir.with_codec(Codec::Zstd),
+        Some("lz4") => dir = dir.with_codec(Codec::Lz4),
+        Some(other) => bail!("unknown cache codec `{other}`"),
+        None => {}
+    }
+    if let Some(edge) = plan.cache_chunk {
+        dir = dir.with_chunk([edge; 3]);
+    }
     Ok(Some(CacheSource::new(
         pipeline,
         entries,
@@ -206,11 +215,17 @@ fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
                         StoredType::U8 => "uint8",
                         StoredType::I8 => "int8",
                     };
+                    let codec = match a.codec {
+                        Codec::Lz4 => "lz4",
+                        Codec::Zstd => "zstd",
+                    };
                     *types
                         .entry(format!(
-                            "{}{}",
+                            "{}{}, {} chunks of {:?}",
                             t,
-                            if a.window.is_some() { " + window" } else { "" }
+                            if a.window.is_some() { " + window" } else { "" },
+                            codec,
+                            a.chunk
                         ))
                         .or_default() += 1;
                 }

@@ -320,6 +320,10 @@ fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
                 "views.2.count=2",
                 "--set",
                 "batch.size=2",
+                "--set",
+                "cache.codec=zstd",
+                "--set",
+                "cache.chunk=16",
             ])
             .arg("--save-batch")
             .arg(dir.path().join("b0")),
@@ -344,7 +348,10 @@ fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
             .args(["cache", "stats"])
             .arg(dir.path().join("cache")),
     );
-    assert!(stats.contains("uint8 + window"), "{stats}");
+    assert!(
+        stats.contains("uint8 + window, zstd chunks of [16, 16, 16]"),
+        "the recipe's codec and chunk: {stats}"
+    );
 }
 
 #[test]

@@ -12,13 +12,14 @@
 //!
 //! ```text
 //! taskset -c 0 cargo bench -p dino3d-cache --bench cache
+//! DINO3D_CACHE_CODEC=zstd DINO3D_CACHE_CHUNK=16 taskset -c 0 cargo bench -p dino3d-cache --bench cache
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dino3d_cache::{CacheDir, CacheSource, Entry};
+use dino3d_cache::{CacheDir, CacheSource, Codec, Entry};
 use dino3d_pipeline::exec::{Pipeline, PreparedSource};
 use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::recipe::compile_file;
@@ -68,7 +69,19 @@ fn setup() -> &'static Setup {
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let cache = CacheDir::new(dir.path()).unwrap();
+        // Layout under test: DINO3D_CACHE_CODEC (zstd|lz4) and
+        // DINO3D_CACHE_CHUNK (edge), defaulting to the crate's defaults.
+        let mut cache = CacheDir::new(dir.path()).unwrap();
+        match std::env::var("DINO3D_CACHE_CODEC").as_deref() {
+            Ok("zstd") => cache = cache.with_codec(Codec::Zstd),
+            Ok("lz4") => cache = cache.with_codec(Codec::Lz4),
+            Ok(other) => panic!("DINO3D_CACHE_CODEC={other}: zstd or lz4"),
+            Err(_) => {}
+        }
+        if let Ok(edge) = std::env::var("DINO3D_CACHE_CHUNK") {
+            let edge: usize = edge.parse().expect("DINO3D_CACHE_CHUNK: an integer");
+            cache = cache.with_chunk([edge; 3]);
+        }
         let source = CacheSource::new(
             pipeline.clone(),
             entries,

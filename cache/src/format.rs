@@ -18,10 +18,12 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use dino3d_pipeline::nifti::affine::Affine;
-use dino3d_pipeline::transforms::{Image, ScaleIntensityRange, scale_intensity_range};
+use dino3d_pipeline::transforms::{Image, IntensityMap, ScaleIntensityRange};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
@@ -33,6 +35,27 @@ const INDEX_ENTRY: usize = 24;
 /// zstd level: ratio barely improves above 3 on noisy medical data, decode speed
 /// does not depend on it (../shared/spec/rust-stack.md §5).
 pub const ZSTD_LEVEL: i32 = 3;
+
+/// How chunk bytes are compressed (after byte shuffling).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// zstd level [`ZSTD_LEVEL`]: the smallest entries, about 1 GB/s to decode.
+    /// Entries written before the codec was recorded use it.
+    #[default]
+    Zstd,
+    /// LZ4 (block format): larger entries, several times faster to decode.
+    Lz4,
+}
+
+impl Codec {
+    fn compress(self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Codec::Zstd => zstd::bulk::compress(bytes, ZSTD_LEVEL),
+            Codec::Lz4 => lz4::block::compress(bytes, None, false),
+        }
+    }
+}
 
 /// How voxels are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,31 +90,6 @@ impl StoredType {
             StoredType::U16 => out.extend_from_slice(&(v as u16).to_le_bytes()),
             StoredType::I16 => out.extend_from_slice(&(v as i16).to_le_bytes()),
             StoredType::F32 => out.extend_from_slice(&v.to_le_bytes()),
-        }
-    }
-
-    fn decode(self, bytes: &[u8], out: &mut [f32]) {
-        match self {
-            StoredType::U8 => out
-                .iter_mut()
-                .zip(bytes)
-                .for_each(|(o, &b)| *o = f32::from(b)),
-            StoredType::I8 => out
-                .iter_mut()
-                .zip(bytes)
-                .for_each(|(o, &b)| *o = f32::from(b as i8)),
-            StoredType::U16 => out
-                .iter_mut()
-                .zip(bytes.chunks_exact(2))
-                .for_each(|(o, b)| *o = f32::from(u16::from_le_bytes([b[0], b[1]]))),
-            StoredType::I16 => out
-                .iter_mut()
-                .zip(bytes.chunks_exact(2))
-                .for_each(|(o, b)| *o = f32::from(i16::from_le_bytes([b[0], b[1]]))),
-            StoredType::F32 => out
-                .iter_mut()
-                .zip(bytes.chunks_exact(4))
-                .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         }
     }
 }
@@ -135,30 +133,75 @@ impl From<Window> for ScaleIntensityRange {
     }
 }
 
-/// Decodes byte-shuffled (plane-major) voxels straight to float32: the
-/// unshuffle and the conversion are one vectorisable pass.
-fn decode_shuffled(dtype: StoredType, bytes: &[u8], out: &mut [f32]) {
-    let n = out.len();
+/// The float value of every possible 8- or 16-bit stored value, window applied:
+/// decoding a voxel is then one table load, the same arithmetic as the float
+/// path because the table is filled by it.
+fn lookup_table(dtype: StoredType, map: Option<&IntensityMap>) -> Vec<f32> {
+    let value = |v: f32| map.map_or(v, |m| m.apply(v));
     match dtype {
-        StoredType::U8 | StoredType::I8 => dtype.decode(bytes, out),
-        StoredType::U16 => {
-            let (lo, hi) = bytes.split_at(n);
-            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                *o = f32::from(u16::from_le_bytes([l, h]));
+        StoredType::U8 => (0..=255u8).map(|b| value(f32::from(b))).collect(),
+        StoredType::I8 => (0..=255u8).map(|b| value(f32::from(b as i8))).collect(),
+        StoredType::U16 => (0..=u16::MAX).map(|v| value(f32::from(v))).collect(),
+        StoredType::I16 => (0..=u16::MAX).map(|v| value(f32::from(v as i16))).collect(),
+        StoredType::F32 => Vec::new(),
+    }
+}
+
+/// A decompressed chunk's byte planes (plane-major after shuffling): voxel `i`
+/// of a 16-bit array is `(lo[i], hi[i])`.
+enum Planes<'a> {
+    Bytes(&'a [u8]),
+    Words(&'a [u8], &'a [u8]),
+    F32([&'a [u8]; 4]),
+}
+
+impl<'a> Planes<'a> {
+    fn new(dtype: StoredType, bytes: &'a [u8]) -> Planes<'a> {
+        let n = bytes.len() / dtype.size();
+        match dtype {
+            StoredType::U8 | StoredType::I8 => Planes::Bytes(bytes),
+            StoredType::U16 | StoredType::I16 => {
+                let (lo, hi) = bytes.split_at(n);
+                Planes::Words(lo, hi)
+            }
+            StoredType::F32 => {
+                let (p0, rest) = bytes.split_at(n);
+                let (p1, rest) = rest.split_at(n);
+                let (p2, p3) = rest.split_at(n);
+                Planes::F32([p0, p1, p2, p3])
             }
         }
-        StoredType::I16 => {
-            let (lo, hi) = bytes.split_at(n);
-            for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-                *o = f32::from(i16::from_le_bytes([l, h]));
+    }
+
+    /// Voxels `from..from + out.len()` as float32: unshuffling, conversion and
+    /// windowing in one pass over only the voxels the caller keeps. Integer
+    /// types go through `table` ([`lookup_table`]), float32 through `map`.
+    fn decode(
+        &self,
+        from: usize,
+        out: &mut [MaybeUninit<f32>],
+        table: &[f32],
+        map: Option<&IntensityMap>,
+    ) {
+        let to = from + out.len();
+        match *self {
+            Planes::Bytes(p) => {
+                for (o, &b) in out.iter_mut().zip(&p[from..to]) {
+                    o.write(table[usize::from(b)]);
+                }
             }
-        }
-        StoredType::F32 => {
-            let (p0, rest) = bytes.split_at(n);
-            let (p1, rest) = rest.split_at(n);
-            let (p2, p3) = rest.split_at(n);
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = f32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]);
+            Planes::Words(lo, hi) => {
+                // 65,536 entries: every u16 index is in bounds.
+                let table: &[f32; 65536] = table.try_into().expect("a 16-bit table");
+                for ((o, &l), &h) in out.iter_mut().zip(&lo[from..to]).zip(&hi[from..to]) {
+                    o.write(table[usize::from(u16::from_le_bytes([l, h]))]);
+                }
+            }
+            Planes::F32([p0, p1, p2, p3]) => {
+                for (o, i) in out.iter_mut().zip(from..to) {
+                    let v = f32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]);
+                    o.write(map.map_or(v, |m| m.apply(v)));
+                }
             }
         }
     }
@@ -181,6 +224,9 @@ pub struct ArrayMeta {
     pub affine: Affine,
     /// Window applied on reading (integer arrays of a scaled prefix).
     pub window: Option<Window>,
+    /// Chunk codec.
+    #[serde(default)]
+    pub codec: Codec,
 }
 
 impl ArrayMeta {
@@ -218,6 +264,15 @@ pub struct ArrayToWrite<'a> {
     pub window: Option<Window>,
 }
 
+/// How new entries are laid out: chunk edges and codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Chunk edge per spatial axis.
+    pub chunk: [usize; 3],
+    /// Chunk codec.
+    pub codec: Codec,
+}
+
 /// Writes an entry atomically (temporary file in the same folder, fsync,
 /// rename): a crash leaves at most a temporary file, never a torn entry.
 ///
@@ -226,10 +281,11 @@ pub struct ArrayToWrite<'a> {
 pub fn write_entry(
     path: &Path,
     arrays: &[ArrayToWrite<'_>],
-    chunk: [usize; 3],
+    layout: Layout,
     source: &str,
     key: &str,
 ) -> Result<u64> {
+    let Layout { chunk, codec } = layout;
     let mut metas = Vec::new();
     let mut index = Vec::new();
     let mut payload = Vec::new();
@@ -242,6 +298,7 @@ pub fn write_entry(
             spacing: a.image.spacing,
             affine: a.image.affine,
             window: a.window,
+            codec,
         };
         let mut raw = Vec::new();
         for_each_chunk(&meta, |c, start, end| {
@@ -255,8 +312,9 @@ pub fn write_entry(
                 }
             }
             let shuffled = shuffle(&raw, a.dtype.size());
-            let packed =
-                zstd::bulk::compress(&shuffled, ZSTD_LEVEL).map_err(|e| CacheError::io(path, e))?;
+            let packed = codec
+                .compress(&shuffled)
+                .map_err(|e| CacheError::io(path, e))?;
             index.extend_from_slice(&(payload.len() as u64).to_le_bytes());
             index.extend_from_slice(&(packed.len() as u32).to_le_bytes());
             index.extend_from_slice(&(raw.len() as u32).to_le_bytes());
@@ -337,6 +395,8 @@ pub struct Entry {
     /// Per array: index start (byte offset into the map).
     index_at: Vec<usize>,
     payload_at: usize,
+    /// Per array: its decode table, built on first read.
+    tables: Vec<OnceLock<Vec<f32>>>,
 }
 
 struct ChunkRef {
@@ -390,12 +450,14 @@ impl Entry {
         if xxhash_rust::xxh3::xxh3_64(&map[12..at]) != stored {
             return Err(corrupt("header/index checksum mismatch"));
         }
+        let tables = header.arrays.iter().map(|_| OnceLock::new()).collect();
         Ok(Entry {
             path: path.to_path_buf(),
             map,
             header,
             index_at,
             payload_at: at,
+            tables,
         })
     }
 
@@ -418,52 +480,54 @@ impl Entry {
         Ok(r)
     }
 
-    /// Decodes chunk `i` of array `array` into float32 voxels.
-    fn chunk(&self, array: usize, i: usize) -> Result<Vec<f32>> {
+    /// Checks and decompresses chunk `i` of array `array`, then calls `f` with
+    /// its (byte-shuffled) bytes.
+    fn with_chunk_bytes<T>(&self, array: usize, i: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
         thread_local! {
             // A reused zstd context and byte buffer per thread: no allocation
             // or context setup per chunk.
-            static SCRATCH: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
-                const { std::cell::RefCell::new(None) };
+            static SCRATCH: std::cell::RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> =
+                const { std::cell::RefCell::new((None, Vec::new())) };
         }
         let meta = &self.header.arrays[array];
         let r = self.chunk_ref(array, i)?;
         let packed = &self.map[self.payload_at + r.offset..][..r.len];
+        let corrupt = |why: String| {
+            CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: {why}", meta.key))
+        };
         if xxhash_rust::xxh3::xxh3_64(packed) != r.hash {
-            return Err(CacheError::corrupt(
-                &self.path,
-                &format!("chunk {i} of `{}`: checksum mismatch", meta.key),
-            ));
+            return Err(corrupt("checksum mismatch".into()));
         }
-        let size = meta.dtype.size();
-        if !r.raw_len.is_multiple_of(size) {
-            return Err(CacheError::corrupt(
-                &self.path,
-                &format!("chunk {i}: wrong size"),
-            ));
+        if !r.raw_len.is_multiple_of(meta.dtype.size()) {
+            return Err(corrupt("wrong size".into()));
         }
         SCRATCH.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                let d =
-                    zstd::bulk::Decompressor::new().map_err(|e| CacheError::io(&self.path, e))?;
-                *cell = Some((d, Vec::new()));
-            }
-            let (dec, buf) = cell.as_mut().expect("initialised above");
-            buf.clear();
-            buf.reserve(r.raw_len);
-            let n = dec
-                .decompress_to_buffer(packed, buf)
-                .map_err(|e| CacheError::corrupt(&self.path, &format!("chunk {i}: {e}")))?;
+            let (zstd_ctx, buf) = &mut *cell.borrow_mut();
+            let n = match meta.codec {
+                Codec::Zstd => {
+                    if zstd_ctx.is_none() {
+                        *zstd_ctx = Some(
+                            zstd::bulk::Decompressor::new()
+                                .map_err(|e| CacheError::io(&self.path, e))?,
+                        );
+                    }
+                    let dec = zstd_ctx.as_mut().expect("initialised above");
+                    buf.clear();
+                    buf.reserve(r.raw_len);
+                    dec.decompress_to_buffer(packed, buf)
+                        .map_err(|e| corrupt(e.to_string()))?
+                }
+                Codec::Lz4 => {
+                    buf.resize(r.raw_len, 0);
+                    let size = i32::try_from(r.raw_len).map_err(|e| corrupt(e.to_string()))?;
+                    lz4::block::decompress_to_buffer(packed, Some(size), buf)
+                        .map_err(|e| corrupt(e.to_string()))?
+                }
+            };
             if n != r.raw_len {
-                return Err(CacheError::corrupt(
-                    &self.path,
-                    &format!("chunk {i}: wrong size"),
-                ));
+                return Err(corrupt("wrong size".into()));
             }
-            let mut out = vec![0f32; r.raw_len / size];
-            decode_shuffled(meta.dtype, buf, &mut out);
-            Ok(out)
+            Ok(f(&buf[..n]))
         })
     }
 
@@ -489,7 +553,14 @@ impl Entry {
             }
         }
         let n = meta.chunks_per_axis();
-        let mut data = vec![0f32; c * extent.iter().product::<usize>()];
+        let total = c * extent.iter().product::<usize>();
+        // Every voxel of the box lies in exactly one chunk, so the loop below
+        // writes each output element once: no need to zero it first.
+        let mut data: Vec<f32> = Vec::with_capacity(total);
+        let out = &mut data.spare_capacity_mut()[..total];
+        let mut written = 0usize;
+        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
+        let table = self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()));
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         for ch in 0..c {
@@ -497,7 +568,6 @@ impl Entry {
                 for ky in lo[1]..=hi[1] {
                     for kx in lo[0]..=hi[0] {
                         let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
-                        let chunk = self.chunk(array, i)?;
                         let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
                         let cdim = [0, 1, 2]
                             .map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
@@ -505,35 +575,43 @@ impl Entry {
                         let from = [0, 1, 2].map(|a| c0[a].max(start[a]));
                         let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(start[a] + extent[a]));
                         let w = to[0] - from[0];
-                        for z in from[2]..to[2] {
-                            for y in from[1]..to[1] {
-                                let src = ((z - c0[2]) * cdim[1] + (y - c0[1])) * cdim[0]
-                                    + (from[0] - c0[0]);
-                                let dst = ((ch * extent[2] + z - start[2]) * extent[1]
-                                    + (y - start[1]))
-                                    * extent[0]
-                                    + (from[0] - start[0]);
-                                data[dst..dst + w].copy_from_slice(&chunk[src..src + w]);
+                        self.with_chunk_bytes(array, i, |bytes| {
+                            let planes = Planes::new(meta.dtype, bytes);
+                            for z in from[2]..to[2] {
+                                for y in from[1]..to[1] {
+                                    let src = ((z - c0[2]) * cdim[1] + (y - c0[1])) * cdim[0]
+                                        + (from[0] - c0[0]);
+                                    let dst = ((ch * extent[2] + z - start[2]) * extent[1]
+                                        + (y - start[1]))
+                                        * extent[0]
+                                        + (from[0] - start[0]);
+                                    planes.decode(src, &mut out[dst..dst + w], table, map.as_ref());
+                                    written += w;
+                                }
                             }
-                        }
+                        })?;
                     }
                 }
             }
         }
+        // Chunks tile the array, so the box was covered exactly once; checked
+        // because the length is only set on that promise.
+        assert_eq!(written, total, "chunks must tile the box");
+        // SAFETY: `written == total` and the intersections of the box with the
+        // disjoint chunks partition the box, so every element of
+        // `data[..total]` was initialised by `decode` above (tested by the
+        // box round trips in tests/cache.rs).
+        unsafe { data.set_len(total) };
         let mut affine = meta.affine;
         for row in affine.iter_mut().take(3) {
             row[3] += (0..3).map(|a| row[a] * start[a] as f64).sum::<f64>();
         }
-        let mut img = Image {
+        Ok(Image {
             data,
             shape: [c, extent[0], extent[1], extent[2]],
             spacing: meta.spacing,
             affine,
-        };
-        if let Some(w) = meta.window {
-            scale_intensity_range(&mut img, &w.into());
-        }
-        Ok(img)
+        })
     }
 
     /// The whole array.
@@ -552,7 +630,7 @@ impl Entry {
     pub fn verify(&self) -> Result<()> {
         for (a, meta) in self.header.arrays.iter().enumerate() {
             for i in 0..meta.n_chunks() {
-                self.chunk(a, i)?;
+                self.with_chunk_bytes(a, i, |_| ())?;
             }
         }
         Ok(())

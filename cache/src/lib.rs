@@ -26,6 +26,6 @@ pub mod source;
 pub mod store;
 
 pub use error::{CacheError, Result};
-pub use format::{Entry, StoredType};
+pub use format::{Codec, Entry, Layout, StoredType};
 pub use source::{CacheSource, CacheStats, Warmed};
-pub use store::{CacheDir, DEFAULT_CHUNK, FORMAT_VERSION, Lookup, entry_key};
+pub use store::{CacheDir, DEFAULT_CHUNK, DEFAULT_CODEC, FORMAT_VERSION, Lookup, entry_key};

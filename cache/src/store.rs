@@ -12,12 +12,14 @@ use dino3d_pipeline::nifti::DType;
 use dino3d_pipeline::transforms::Image;
 
 use crate::error::{CacheError, Result};
-use crate::format::{ArrayToWrite, Entry, StoredType, write_entry};
+use crate::format::{ArrayToWrite, Codec, Entry, Layout, StoredType, write_entry};
 
 /// Version of the entry format, folded into every key: a format change misses.
 pub const FORMAT_VERSION: &str = "dino3d-cache-v1";
 /// Default chunk edge (32³ int16 = 64 KiB; see rust-stack.md §5).
 pub const DEFAULT_CHUNK: [usize; 3] = [32, 32, 32];
+/// Default codec of new entries.
+pub const DEFAULT_CODEC: Codec = Codec::Lz4;
 /// A lock older than this is considered abandoned.
 const STALE_LOCK: Duration = Duration::from_secs(600);
 
@@ -60,7 +62,7 @@ pub fn entry_key(prefix_hash: &str, sources: &[PathBuf]) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct CacheDir {
     root: PathBuf,
-    chunk: [usize; 3],
+    layout: Layout,
 }
 
 /// What a lookup found.
@@ -83,13 +85,23 @@ impl CacheDir {
         std::fs::create_dir_all(&root).map_err(|e| CacheError::io(&root, e))?;
         Ok(CacheDir {
             root,
-            chunk: DEFAULT_CHUNK,
+            layout: Layout {
+                chunk: DEFAULT_CHUNK,
+                codec: DEFAULT_CODEC,
+            },
         })
     }
 
     /// The same folder with another chunk shape for new entries.
     pub fn with_chunk(mut self, chunk: [usize; 3]) -> CacheDir {
-        self.chunk = chunk;
+        self.layout.chunk = chunk;
+        self
+    }
+
+    /// The same folder with another codec for new entries (existing entries
+    /// are read whatever their codec).
+    pub fn with_codec(mut self, codec: Codec) -> CacheDir {
+        self.layout.codec = codec;
         self
     }
 
@@ -157,7 +169,7 @@ impl CacheDir {
                 },
             })
             .collect();
-        write_entry(&path, &arrays, self.chunk, source, key)
+        write_entry(&path, &arrays, self.layout, source, key)
     }
 
     /// Takes the key's lock, or waits while a live process holds it (then

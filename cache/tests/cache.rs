@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dino3d_cache::format::{ArrayToWrite, Window, write_entry};
+use dino3d_cache::format::{ArrayToWrite, Codec, Layout, Window, write_entry};
 use dino3d_cache::{CacheDir, CacheSource, Entry, Lookup, StoredType, Warmed, entry_key};
 use dino3d_pipeline::exec::{Pipeline, PreparedSource};
 use dino3d_pipeline::manifest::{ManifestEntry, write_manifest_json};
@@ -53,6 +53,12 @@ fn crop(img: &Image, start: [usize; 3], extent: [usize; 3]) -> Image {
 
 #[test]
 fn entries_round_trip_exactly_and_boxes_decode_only_what_they_need() {
+    for codec in [Codec::Zstd, Codec::Lz4] {
+        round_trip(codec);
+    }
+}
+
+fn round_trip(codec: Codec) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("e.d3c");
     let float = wavy([2, 37, 29, 19], false);
@@ -80,7 +86,10 @@ fn entries_round_trip_exactly_and_boxes_decode_only_what_they_need() {
                 window: Some(Window::from(window)),
             },
         ],
-        [16, 16, 8],
+        Layout {
+            chunk: [16, 16, 8],
+            codec,
+        },
         "src.nii.gz",
         "k",
     )
@@ -129,6 +138,10 @@ fn damage_is_detected_and_never_served() {
     let written = store.store("ab12", "src", &stored).unwrap();
     assert!(written > 0);
     let path = store.entry_path("ab12");
+    let fresh = Entry::open(&path).unwrap();
+    assert_eq!(fresh.header.arrays[0].codec, dino3d_cache::DEFAULT_CODEC);
+    assert_eq!(fresh.header.arrays[0].chunk, dino3d_cache::DEFAULT_CHUNK);
+    drop(fresh);
     let good = std::fs::read(&path).unwrap();
     // A flipped payload byte: the framing is fine, the chunk checksum is not.
     let mut bad = good.clone();

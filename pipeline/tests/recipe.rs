@@ -146,6 +146,25 @@ fn errors_name_file_line_column_and_the_nearest_name() {
 }
 
 #[test]
+fn cache_codec_and_chunk_are_read_and_checked() {
+    let with = |extra: &str| GOOD.replace("  dir: cache/\n", &format!("  dir: cache/\n{extra}"));
+    let plan = compile_str(&with("  codec: zstd\n  chunk: 16\n"), Path::new("r.yaml")).unwrap();
+    assert_eq!(plan.cache_codec.as_deref(), Some("zstd"));
+    assert_eq!(plan.cache_chunk, Some(16));
+    let plan = compile_str(GOOD, Path::new("r.yaml")).unwrap();
+    assert_eq!((plan.cache_codec, plan.cache_chunk), (None, None));
+    let e = errors(&with("  codec: lz5\n  chunk: 2\n")).to_string();
+    assert!(
+        e.contains("r.yaml:8:10: unknown cache codec `lz5` (lz4 or zstd) (did you mean `lz4`?)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("r.yaml:9:10: cache chunk 2 is outside 4..=256"),
+        "{e}"
+    );
+}
+
+#[test]
 fn keys_ranges_and_top_level_fields_are_checked() {
     let e =
         errors(&GOOD.replace("keys: [image, label]\ncache", "keys: [image]\ncache")).to_string();

@@ -109,6 +109,10 @@ pub struct Plan {
     pub min_axis: Option<u64>,
     /// The cache folder, as written (relative to the recipe's folder).
     pub cache_dir: Option<String>,
+    /// Codec of new cache entries (`lz4` or `zstd`; None: the cache's default).
+    pub cache_codec: Option<String>,
+    /// Chunk edge of new cache entries (None: the cache's default).
+    pub cache_chunk: Option<usize>,
     /// Model, optimiser and run settings (training recipes only).
     pub training: Option<super::training::TrainingPlan>,
 }
@@ -411,6 +415,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
             "the pipeline must start with LoadImage",
         ));
     }
+    let (cache_codec, cache_chunk) = cache_layout(doc, file, &mut errors);
     let leading_deterministic = steps.iter().take_while(|s| !s.spec.is_random).count();
     let prefix_len = match doc.cache.as_ref().and_then(|c| c.prefix.as_ref()) {
         None => leading_deterministic,
@@ -467,8 +472,56 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
             .and_then(|d| d.min_axis.as_ref())
             .map(|m| m.value),
         cache_dir: doc.cache.as_ref().map(|c| c.dir.value.clone()),
+        cache_codec,
+        cache_chunk,
         training,
     })
+}
+
+/// Chunk edges accepted for cache entries: below 4 the index outweighs the
+/// data, above 256 one voxel read decodes megabytes.
+const CACHE_CHUNKS: std::ops::RangeInclusive<u64> = 4..=256;
+
+/// `cache.codec` and `cache.chunk`, checked.
+fn cache_layout(
+    doc: &RecipeDoc,
+    file: &Path,
+    errors: &mut Vec<RecipeError>,
+) -> (Option<String>, Option<usize>) {
+    let Some(cache) = doc.cache.as_ref() else {
+        return (None, None);
+    };
+    const CODECS: [&str; 2] = ["lz4", "zstd"];
+    let codec = cache.codec.as_ref().map(|c| {
+        if !CODECS.contains(&c.value.as_str()) {
+            errors.push(RecipeError::at(
+                file,
+                &c.referenced,
+                format!(
+                    "unknown cache codec `{}` (lz4 or zstd){}",
+                    c.value,
+                    super::error::hint(&c.value, CODECS)
+                ),
+            ));
+        }
+        c.value.clone()
+    });
+    let chunk = cache.chunk.as_ref().map(|c| {
+        if !CACHE_CHUNKS.contains(&c.value) {
+            errors.push(RecipeError::at(
+                file,
+                &c.referenced,
+                format!(
+                    "cache chunk {} is outside {}..={}",
+                    c.value,
+                    CACHE_CHUNKS.start(),
+                    CACHE_CHUNKS.end()
+                ),
+            ));
+        }
+        c.value as usize
+    });
+    (codec, chunk)
 }
 
 fn compile_views(

@@ -100,6 +100,12 @@ pub struct CacheDoc {
     /// `auto` (every leading deterministic transform) or a count.
     #[serde(default)]
     pub prefix: Option<Spanned<ParamValue>>,
+    /// Codec of new entries: `lz4` (fast reads) or `zstd` (smaller files).
+    #[serde(default)]
+    pub codec: Option<Spanned<String>>,
+    /// Chunk edge of new entries, in voxels.
+    #[serde(default)]
+    pub chunk: Option<Spanned<u64>>,
 }
 
 /// `batch:`.

@@ -22,42 +22,63 @@ pub struct ScaleIntensityRange {
     pub clip: bool,
 }
 
-/// Applies `p` to every voxel in place.
-pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
-    if p.a_max == p.a_min {
-        let shift = p.b_min.unwrap_or(0.0) - p.a_min;
-        img.data
-            .iter_mut()
-            .for_each(|v| *v = (f64::from(*v) + shift) as f32);
-        return;
+/// [`ScaleIntensityRange`] reduced to its per-voxel arithmetic, so that other
+/// readers (the cache's fused decode) apply exactly the same function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntensityMap {
+    scale: f64,
+    offset: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl IntensityMap {
+    /// The map of `p`.
+    pub fn new(p: &ScaleIntensityRange) -> IntensityMap {
+        if p.a_max == p.a_min {
+            // MONAI: x - a_min (+ b_min), no scaling and no clipping.
+            let shift = p.b_min.unwrap_or(0.0) - p.a_min;
+            return IntensityMap {
+                scale: 1.0,
+                offset: shift,
+                lo: f64::NEG_INFINITY,
+                hi: f64::INFINITY,
+            };
+        }
+        let (mut scale, mut offset) = (1.0 / (p.a_max - p.a_min), -p.a_min / (p.a_max - p.a_min));
+        if let (Some(b0), Some(b1)) = (p.b_min, p.b_max) {
+            scale *= b1 - b0;
+            offset = offset * (b1 - b0) + b0;
+        }
+        let bound = |b: Option<f64>, none: f64| if p.clip { b.unwrap_or(none) } else { none };
+        IntensityMap {
+            scale,
+            offset,
+            lo: bound(p.b_min, f64::NEG_INFINITY),
+            hi: bound(p.b_max, f64::INFINITY),
+        }
     }
-    let (mut scale, mut offset) = (1.0 / (p.a_max - p.a_min), -p.a_min / (p.a_max - p.a_min));
-    if let (Some(b0), Some(b1)) = (p.b_min, p.b_max) {
-        scale *= b1 - b0;
-        offset = offset * (b1 - b0) + b0;
-    }
-    let lo = if p.clip {
-        p.b_min.unwrap_or(f64::NEG_INFINITY)
-    } else {
-        f64::NEG_INFINITY
-    };
-    let hi = if p.clip {
-        p.b_max.unwrap_or(f64::INFINITY)
-    } else {
-        f64::INFINITY
-    };
-    for v in img.data.iter_mut() {
-        let y = f64::from(*v) * scale + offset;
+
+    /// One voxel: f64 arithmetic, rounded to f32 once.
+    #[inline(always)]
+    pub fn apply(&self, v: f32) -> f32 {
+        let y = f64::from(v) * self.scale + self.offset;
         // Written out so that NaN stays NaN, as in MONAI.
-        let y = if y < lo {
-            lo
-        } else if y > hi {
-            hi
+        let y = if y < self.lo {
+            self.lo
+        } else if y > self.hi {
+            self.hi
         } else {
             y
         };
-        *v = y as f32;
+        y as f32
     }
+}
+
+/// Applies `p` to every voxel in place.
+pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
+    let map = IntensityMap::new(p);
+    img.data.iter_mut().for_each(|v| *v = map.apply(*v));
 }
 
 #[cfg(test)]
