@@ -36,6 +36,10 @@ const INDEX_ENTRY: usize = 24;
 /// does not depend on it (../shared/spec/rust-stack.md §5).
 pub const ZSTD_LEVEL: i32 = 3;
 
+/// LZ4 high-compression level 5 (as nnU-Net's Blosc2 store): about 6% smaller
+/// than LZ4's fast mode on int16 CT, decoded at the same speed.
+const LZ4_MODE: lz4::block::CompressionMode = lz4::block::CompressionMode::HIGHCOMPRESSION(5);
+
 /// How chunk bytes are compressed (after byte shuffling).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +56,7 @@ impl Codec {
     fn compress(self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
         match self {
             Codec::Zstd => zstd::bulk::compress(bytes, ZSTD_LEVEL),
-            Codec::Lz4 => lz4::block::compress(bytes, None, false),
+            Codec::Lz4 => lz4::block::compress(bytes, Some(LZ4_MODE), false),
         }
     }
 }
@@ -563,6 +567,7 @@ impl Entry {
         let table = self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()));
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
+        self.prefetch(array, c, n, lo, hi)?;
         for ch in 0..c {
             for kz in lo[2]..=hi[2] {
                 for ky in lo[1]..=hi[1] {
@@ -612,6 +617,38 @@ impl Entry {
             spacing: meta.spacing,
             affine,
         })
+    }
+
+    /// Asks the kernel to read every chunk of the box at once (one
+    /// `madvise(WILLNEED)` per run of chunks adjacent in the file), so a cold
+    /// read queues all its I/O instead of faulting page by page.
+    fn prefetch(
+        &self,
+        array: usize,
+        channels: usize,
+        n: [usize; 3],
+        lo: [usize; 3],
+        hi: [usize; 3],
+    ) -> Result<()> {
+        for ch in 0..channels {
+            for kz in lo[2]..=hi[2] {
+                for ky in lo[1]..=hi[1] {
+                    let row = ((ch * n[2] + kz) * n[1] + ky) * n[0];
+                    let first = self.chunk_ref(array, row + lo[0])?;
+                    let last = self.chunk_ref(array, row + hi[0])?;
+                    let (from, to) = (first.offset, last.offset + last.len);
+                    if to > from {
+                        // Advice only: a refusal costs speed, never correctness.
+                        let _ = self.map.advise_range(
+                            memmap2::Advice::WillNeed,
+                            self.payload_at + from,
+                            to - from,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The whole array.
