@@ -32,6 +32,7 @@ pub mod optim;
 mod patch_embed;
 pub mod pos_embed;
 pub mod schedule;
+pub mod seg;
 pub mod ssl;
 mod vit3d;
 
