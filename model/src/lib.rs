@@ -22,6 +22,7 @@ pub mod cuda;
 mod drop_path;
 mod error;
 mod head;
+pub mod infer;
 pub mod init;
 pub mod kernels_ref;
 mod linear;
