@@ -17,6 +17,18 @@ use dino3d_model::{ViT3d, ViT3dConfig, pos_embed};
 /// Unreadable files, unknown presets, and checkpoints that do not fit the
 /// preset (missing or misshapen parameters).
 pub(crate) fn load(weights: &Path, arch: &str, device: &Device) -> anyhow::Result<ViT3d> {
+    Ok(load_with_varmap(weights, arch, device)?.0)
+}
+
+/// [`load`], keeping the parameters' `VarMap` (to train the backbone).
+///
+/// # Errors
+/// As [`load`].
+pub(crate) fn load_with_varmap(
+    weights: &Path,
+    arch: &str,
+    device: &Device,
+) -> anyhow::Result<(ViT3d, dino3d_model::candle_nn::VarMap)> {
     let tensors =
         read_weights(weights, device).with_context(|| format!("reading {}", weights.display()))?;
     let mut cfg = ViT3dConfig::from_preset(arch)?;
@@ -30,7 +42,7 @@ pub(crate) fn load(weights: &Path, arch: &str, device: &Device) -> anyhow::Resul
     load_backbone(&varmap, &tensors)?
         .ensure_complete()
         .with_context(|| format!("{} does not fit --arch {arch}", weights.display()))?;
-    Ok(vit)
+    Ok((vit, varmap))
 }
 
 /// Voxels in NIfTI memory order (`(C, X, Y, Z)` with x fastest, i.e. a

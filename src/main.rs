@@ -12,6 +12,7 @@ mod probe;
 mod progress;
 mod recipe_cmd;
 mod run_cmd;
+mod segment;
 mod stats;
 mod train;
 mod visualize;

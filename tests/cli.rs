@@ -704,3 +704,60 @@ fn pretraining_skips_a_corrupt_volume_and_names_it() {
         .sum();
     assert!(skipped >= 1);
 }
+
+#[test]
+fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The shipped recipe at a tiny scale: 6 mm voxels, 16³ crops, a random
+    // backbone, two iterations.
+    let out = dir.path().join("seg");
+    let text = run_ok(
+        dino_run()
+            .current_dir(root)
+            .arg("recipes/segment_demo.yaml")
+            .args([
+                "--set",
+                "segment.pretrained_weights=random",
+                "--set",
+                "segment.spacing_mm=6",
+                "--set",
+                "segment.image_size=16",
+                "--set",
+                "segment.feature_size=4",
+                "--set",
+                "segment.iterations=2",
+                "--set",
+                "segment.eval_iters=1",
+                "--set",
+                "segment.batch_size=1",
+            ])
+            .arg("--set")
+            .arg(format!("segment.output_dir={}", out.display())),
+    );
+    assert!(text.contains("test mean Dice"), "{text}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["classes"].as_array().unwrap().len(), 3);
+    assert_eq!(results["loss_curve"].as_array().unwrap().len(), 2);
+    assert_eq!(results["val_dice_curve"].as_array().unwrap().len(), 2);
+    let dice = results["test_dice_per_class"].as_array().unwrap();
+    assert_eq!(dice.len(), 3);
+    for d in dice {
+        let d = d.as_f64().expect("every class is in the test region");
+        assert!((0.0..=1.0).contains(&d), "{d}");
+    }
+    assert_eq!(
+        results["test_hd95_per_class_mm"].as_array().unwrap().len(),
+        3
+    );
+    let pred = out.join("mni152_test_pred.nii.gz");
+    let vol = dino3d_pipeline::nifti::read_volume(&pred).unwrap();
+    assert_eq!(vol.shape[0], 1);
+    assert!(
+        vol.spacing.iter().all(|&s| (s - 6.0).abs() < 0.5),
+        "{:?}",
+        vol.spacing
+    );
+    assert!(out.join("curves.png").exists() && out.join("best_head.safetensors").exists());
+}

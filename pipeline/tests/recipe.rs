@@ -464,3 +464,54 @@ fn training_sections_default_to_3dino_and_are_validated() {
         "{e}"
     );
 }
+
+#[test]
+fn the_segment_section_defaults_to_3dino_and_is_validated() {
+    let seg = |body: &str| GOOD.replace("task: prepare", "task: segment") + "segment:\n" + body;
+    let plan = compile_str(
+        &seg("  builtin: mni152_tissue\n  pretrained_weights: random\n"),
+        Path::new("r.yaml"),
+    )
+    .unwrap();
+    let s = plan.segment.unwrap();
+    assert_eq!(
+        s.data,
+        dino3d_pipeline::recipe::SegmentData::Builtin("mni152_tissue".into())
+    );
+    // 3DINO's README values.
+    assert_eq!((s.image_size, s.feature_size, s.batch_size), (112, 32, 2));
+    assert_eq!(
+        (s.iterations, s.warmup_iters, s.eval_iters),
+        (30_000, 3000, 600)
+    );
+    assert_eq!(
+        (s.learning_rate, s.val_overlap, s.test_overlap),
+        (1e-4, 0.0, 0.75)
+    );
+    assert!(!s.train_feature_model);
+
+    let e = errors(&seg(
+        "  builtin: mni152_tisue\n  pretrained_weights: random\n  head: unter\n  image_size: 40\n  test_overlap: 1.5\n",
+    ))
+    .to_string();
+    // GOOD is 23 lines; `segment:` is line 24 and its fields follow.
+    for want in [
+        "r.yaml:25:12: segment.builtin `mni152_tisue` is not one of [\"mni152_tissue\"] (did you mean `mni152_tissue`?)",
+        "r.yaml:27:9: segment.head `unter` is not one of [\"unetr\"] (did you mean `unetr`?)",
+        "r.yaml:28:15: segment.image_size must be a multiple of 16",
+        "r.yaml:29:17: segment.test_overlap must be in [0, 0.95]",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    let e = errors(&seg("  head: unetr\n")).to_string();
+    assert!(e.contains("needs `datalist`"), "{e}");
+    assert!(
+        e.contains("`segment.pretrained_weights` is required"),
+        "{e}"
+    );
+    let e = errors(&GOOD.replace("task: prepare", "task: segment")).to_string();
+    assert!(
+        e.contains("r.yaml:1:7: task `segment` needs a `segment:` section"),
+        "{e}"
+    );
+}

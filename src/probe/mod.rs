@@ -6,7 +6,7 @@
 //! hemisphere, test tokens from the other; tokens straddling the midline are
 //! left out.
 
-mod data;
+pub(crate) mod data;
 mod knn;
 
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
 
 /// The newest teacher in an output folder: the last resumable checkpoint
 /// (its `teacher.*` tensors), else the last `eval/training_*` file.
-fn newest_weights(out: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn newest_weights(out: &Path) -> anyhow::Result<PathBuf> {
     let root = out.join("checkpoints");
     let mut best: Option<(usize, PathBuf)> = None;
     for dir in [root, out.join("eval")] {

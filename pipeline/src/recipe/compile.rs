@@ -115,6 +115,8 @@ pub struct Plan {
     pub cache_chunk: Option<usize>,
     /// Model, optimiser and run settings (training recipes only).
     pub training: Option<super::training::TrainingPlan>,
+    /// Segmentation finetuning settings (`task: segment`).
+    pub segment: Option<super::segment::SegmentPlan>,
 }
 
 impl std::fmt::Display for Plan {
@@ -371,6 +373,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
     let training = super::training::compile_training(doc, file, &mut errors);
+    let segment = super::segment::compile_segment(doc, file, &mut errors);
     if let Some(t) = &training
         && t.patch_size != batch.patch_size
     {
@@ -458,7 +461,11 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     Ok(Plan {
         task: doc.task.value.clone(),
         seed,
-        manifest: doc.data.as_ref().map(|d| d.manifest.value.clone()),
+        manifest: doc
+            .data
+            .as_ref()
+            .and_then(|d| d.manifest.as_ref())
+            .map(|m| m.value.clone()),
         steps,
         prefix_len,
         prefix_hash,
@@ -475,6 +482,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         cache_codec,
         cache_chunk,
         training,
+        segment,
     })
 }
 

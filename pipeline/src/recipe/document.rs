@@ -56,6 +56,9 @@ pub struct RecipeDoc {
     /// Outputs, checkpoints and run length.
     #[serde(default)]
     pub train: Option<super::training::TrainDoc>,
+    /// `segment:` (task `segment`).
+    #[serde(default)]
+    pub segment: Option<super::segment::SegmentDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.
@@ -77,8 +80,10 @@ pub struct ViewDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataDoc {
-    /// Manifest (JSON list, Parquet, or finetuning datalist).
-    pub manifest: Spanned<String>,
+    /// Manifest (JSON list, Parquet, or finetuning datalist). Optional where
+    /// the task names its data elsewhere (`segment.datalist`).
+    #[serde(default)]
+    pub manifest: Option<Spanned<String>>,
     /// Keys each entry provides (default `[image]`).
     #[serde(default)]
     pub keys: Option<Spanned<Vec<String>>>,

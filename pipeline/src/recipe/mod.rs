@@ -12,6 +12,7 @@ pub mod document;
 pub mod error;
 pub mod overrides;
 pub mod registry;
+pub mod segment;
 pub mod training;
 pub mod value;
 
@@ -19,4 +20,5 @@ pub use compile::{
     BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
+pub use segment::{SegmentData, SegmentPlan};
 pub use training::TrainingPlan;

@@ -280,17 +280,23 @@ impl TrainingPlan {
     }
 }
 
-const ARCHS: [&str; 4] = ["tiny", "small", "base", "large"];
+pub(crate) const ARCHS: [&str; 4] = ["tiny", "small", "base", "large"];
 const CENTERINGS: [&str; 2] = ["sinkhorn_knopp", "centering"];
 
 /// Collects errors while reading the sections.
-struct Check<'a> {
-    file: &'a Path,
-    errors: &'a mut Vec<RecipeError>,
+pub(crate) struct Check<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) errors: &'a mut Vec<RecipeError>,
 }
 
 impl Check<'_> {
-    fn count(&mut self, v: &Option<Spanned<u64>>, min: u64, what: &str, out: &mut usize) {
+    pub(crate) fn count(
+        &mut self,
+        v: &Option<Spanned<u64>>,
+        min: u64,
+        what: &str,
+        out: &mut usize,
+    ) {
         if let Some(v) = v {
             if v.value < min {
                 self.errors.push(RecipeError::at(
@@ -303,7 +309,13 @@ impl Check<'_> {
         }
     }
 
-    fn real(&mut self, v: &Option<Spanned<f64>>, range: (f64, f64), what: &str, out: &mut f64) {
+    pub(crate) fn real(
+        &mut self,
+        v: &Option<Spanned<f64>>,
+        range: (f64, f64),
+        what: &str,
+        out: &mut f64,
+    ) {
         if let Some(v) = v {
             if !(range.0..=range.1).contains(&v.value) {
                 self.errors.push(RecipeError::at(
@@ -316,7 +328,7 @@ impl Check<'_> {
         }
     }
 
-    fn choice(
+    pub(crate) fn choice(
         &mut self,
         v: &Option<Spanned<String>>,
         options: &[&str],

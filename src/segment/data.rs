@@ -1,0 +1,262 @@
+//! Segmentation cases in the model's layout: image `(C, X, Y, Z)` and labels
+//! `(X, Y, Z)`, z fastest, with the geometry to write predictions back.
+//! From a datalist (prepared by the recipe's pipeline, image and label keys)
+//! or from the bundled MNI152 tissue maps split into disjoint regions.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use dino3d_pipeline::exec::Pipeline;
+use dino3d_pipeline::manifest::ManifestEntry;
+use dino3d_pipeline::manifest::split::{Datalist, DatalistItem};
+use dino3d_pipeline::nifti::affine::Affine;
+use dino3d_pipeline::transforms::Image;
+
+/// One volume and its labels.
+#[derive(Debug, Clone)]
+pub(crate) struct SegCase {
+    /// Name for reports and prediction files.
+    pub name: String,
+    /// `(C, X, Y, Z)`, z fastest.
+    pub image: Vec<f32>,
+    /// `(X, Y, Z)`, z fastest.
+    pub labels: Vec<u16>,
+    /// `[C, X, Y, Z]`.
+    pub shape: [usize; 4],
+    /// Voxel sizes (mm).
+    pub spacing: [f64; 3],
+    /// Voxel-to-world.
+    pub affine: Affine,
+}
+
+/// The three splits and the class names.
+pub(crate) struct SegData {
+    pub classes: Vec<String>,
+    pub train: Vec<SegCase>,
+    pub val: Vec<SegCase>,
+    pub test: Vec<SegCase>,
+}
+
+/// x-fastest `(C, X, Y, Z)` to z-fastest.
+fn to_model_layout(data: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    let [c, x, y, z] = shape;
+    let mut out = vec![0f32; data.len()];
+    for ci in 0..c {
+        for zi in 0..z {
+            for yi in 0..y {
+                for xi in 0..x {
+                    out[((ci * x + xi) * y + yi) * z + zi] =
+                        data[((ci * z + zi) * y + yi) * x + xi];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// z-fastest `(X, Y, Z)` labels back to NIfTI's x-fastest order.
+pub(crate) fn to_file_layout(labels: &[u16], shape: [usize; 3]) -> Vec<u16> {
+    let [x, y, z] = shape;
+    let mut out = vec![0u16; labels.len()];
+    for xi in 0..x {
+        for yi in 0..y {
+            for zi in 0..z {
+                out[(zi * y + yi) * x + xi] = labels[(xi * y + yi) * z + zi];
+            }
+        }
+    }
+    out
+}
+
+/// A case from a prepared image and a label image on the same grid.
+fn case(name: String, image: &Image, label: &Image) -> anyhow::Result<SegCase> {
+    if label.shape[1..] != image.shape[1..] || label.shape[0] != 1 {
+        bail!(
+            "{name}: label shape {:?} does not match image {:?}",
+            label.shape,
+            image.shape
+        );
+    }
+    let labels = to_model_layout(&label.data, label.shape)
+        .iter()
+        .map(|&v| {
+            if v.is_finite() && v >= 0.0 && v <= f32::from(u16::MAX) {
+                Ok(v.round() as u16)
+            } else {
+                bail!("{name}: label value {v} is not a class index")
+            }
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(SegCase {
+        name,
+        image: to_model_layout(&image.data, image.shape),
+        labels,
+        shape: image.shape,
+        spacing: image.spacing,
+        affine: image.affine,
+    })
+}
+
+/// The datalist's three lists prepared by the recipe's pipeline (the keys
+/// `image` and `label`; labels follow with nearest interpolation). An item
+/// that fails is reported with its path and skipped.
+pub(crate) fn from_datalist(
+    pipeline: &Pipeline,
+    datalist: &Path,
+    classes: usize,
+) -> anyhow::Result<SegData> {
+    let text = std::fs::read_to_string(datalist)
+        .with_context(|| format!("reading {}", datalist.display()))?;
+    let list: Datalist = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a {{training, validation, test}} datalist",
+            datalist.display()
+        )
+    })?;
+    let prepare = |items: &[DatalistItem]| -> Vec<SegCase> {
+        items
+            .iter()
+            .filter_map(|item| {
+                let Some(label) = item.label.as_str() else {
+                    eprintln!("skipping {}: its label is not a file path", item.image);
+                    return None;
+                };
+                let entry = ManifestEntry {
+                    image: item.image.clone(),
+                    shape: None,
+                    spacing: None,
+                    extra: [(
+                        "label".to_string(),
+                        serde_json::Value::String(label.to_string()),
+                    )]
+                    .into_iter()
+                    .collect(),
+                };
+                let result = pipeline
+                    .prepare(&entry, datalist)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| {
+                        let get = |k: &str| {
+                            s.images
+                                .iter()
+                                .find(|(key, _)| key == k)
+                                .map(|(_, i)| i)
+                                .with_context(|| format!("the pipeline dropped `{k}`"))
+                        };
+                        case(item.image.clone(), get("image")?, get("label")?)
+                    });
+                match result {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("skipping {}: {e:#}", item.image);
+                        None
+                    }
+                }
+            })
+            .collect()
+    };
+    let data = SegData {
+        classes: (0..classes).map(|k| format!("class {k}")).collect(),
+        train: prepare(&list.training),
+        val: prepare(&list.validation),
+        test: prepare(&list.test),
+    };
+    if data.train.is_empty() || data.val.is_empty() {
+        bail!(
+            "{}: no usable training or validation volume",
+            datalist.display()
+        );
+    }
+    Ok(data)
+}
+
+/// Sub-volume `[lo, hi)` of a case, its affine moved to the new origin.
+fn region(c: &SegCase, name: &str, lo: [usize; 3], hi: [usize; 3]) -> SegCase {
+    let [ch, x, y, z] = c.shape;
+    let ext = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+    let mut image = Vec::with_capacity(ch * ext.iter().product::<usize>());
+    let mut labels = Vec::with_capacity(ext.iter().product::<usize>());
+    for ci in 0..ch {
+        for xi in lo[0]..hi[0] {
+            for yi in lo[1]..hi[1] {
+                let at = ((ci * x + xi) * y + yi) * z;
+                image.extend_from_slice(&c.image[at + lo[2]..at + hi[2]]);
+                if ci == 0 {
+                    let at = (xi * y + yi) * z;
+                    labels.extend_from_slice(&c.labels[at + lo[2]..at + hi[2]]);
+                }
+            }
+        }
+    }
+    let mut affine = c.affine;
+    for row in affine.iter_mut().take(3) {
+        row[3] += (0..3).map(|a| row[a] * lo[a] as f64).sum::<f64>();
+    }
+    SegCase {
+        name: name.to_string(),
+        image,
+        labels,
+        shape: [ch, ext[0], ext[1], ext[2]],
+        spacing: c.spacing,
+        affine,
+    }
+}
+
+/// MNI152 2009a T1 with tissue labels (other / grey / white), resampled to
+/// `mm`, in three disjoint regions: training = the x < middle half without
+/// its last 30% along y, validation = that 30%, test = the other half.
+pub(crate) fn mni152_tissue(data: &Path, mm: f64) -> anyhow::Result<SegData> {
+    let lv = crate::probe::data::mni_tissue(data, mm)?;
+    let labels: Vec<f32> = lv
+        .labels
+        .iter()
+        .map(|l| f32::from(l.unwrap_or(0)))
+        .collect();
+    let label = Image {
+        data: labels,
+        ..lv.image.clone()
+    };
+    let whole = case("mni152".into(), &lv.image, &label)?;
+    let [_, x, y, z] = whole.shape;
+    let (mid, cut) = (x / 2, y * 7 / 10);
+    Ok(SegData {
+        classes: lv.classes,
+        train: vec![region(&whole, "mni152_train", [0, 0, 0], [mid, cut, z])],
+        val: vec![region(&whole, "mni152_val", [0, cut, 0], [mid, y, z])],
+        test: vec![region(&whole, "mni152_test", [mid, 0, 0], [x, y, z])],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip_and_regions_keep_world_positions() {
+        let shape = [1, 4, 3, 2];
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let m = to_model_layout(&data, shape);
+        // x-fastest index of (x=1, y=2, z=1) is (1*3 + 2)*4 + 1 = 21.
+        assert_eq!(m[(3 + 2) * 2 + 1], 21.0);
+        let labels: Vec<u16> = m.iter().map(|&v| v as u16).collect();
+        let back = to_file_layout(&labels, [4, 3, 2]);
+        assert_eq!(back, (0..24).collect::<Vec<u16>>());
+        let mut affine = dino3d_pipeline::nifti::affine::IDENTITY;
+        affine[0][0] = 2.0;
+        let c = SegCase {
+            name: "c".into(),
+            image: m.clone(),
+            labels,
+            shape,
+            spacing: [2.0, 1.0, 1.0],
+            affine,
+        };
+        let r = region(&c, "r", [2, 1, 0], [4, 3, 2]);
+        assert_eq!(r.shape, [1, 2, 2, 2]);
+        // Voxel (0,0,0) of the region is (2,1,0) of the case: x-fastest 1*4+2 = 6.
+        assert_eq!(r.image[0], 6.0);
+        assert_eq!(r.labels[0], 6);
+        assert_eq!(r.affine[0][3], 4.0, "origin moved by 2 voxels of 2 mm");
+        assert_eq!(r.affine[1][3], 1.0);
+    }
+}

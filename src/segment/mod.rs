@@ -1,0 +1,431 @@
+//! `task: segment`: finetunes a segmentation head on a pretrained backbone
+//! (3DINO's `segmentation3d.py`, spec §4.2). The backbone is frozen unless
+//! `train_feature_model`; training draws pos/neg crops, AdamW runs a linear
+//! warm-up then cosine decay, validation runs a sliding window every
+//! `eval_iters` and keeps the best head, and the test set is predicted with
+//! that head: Dice and HD95 per class, predictions as NIfTI with each case's
+//! affine, `results.json` and `curves.png`.
+
+mod crops;
+pub(crate) mod data;
+mod plot;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use dino3d_model::candle_core::{DType, Device, Tensor};
+use dino3d_model::candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use dino3d_model::infer::{
+    Blend, SlidingWindow, dice_per_class, hd95_per_class, mean_ignoring_nan,
+};
+use dino3d_model::init::seeded_var_builder;
+use dino3d_model::seg::{UnetrConfig, UnetrHead, dice_ce, vit_levels};
+use dino3d_model::{ViT3d, ViT3dConfig};
+use dino3d_pipeline::exec::Pipeline;
+use dino3d_pipeline::recipe::{Plan, SegmentData, SegmentPlan};
+use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use data::{SegCase, SegData};
+
+/// The backbone and head being finetuned.
+struct Model {
+    backbone: ViT3d,
+    head: UnetrHead,
+    head_vars: VarMap,
+    train_backbone: bool,
+}
+
+impl Model {
+    /// Logits `(n, K, r, r, r)` for `x (n, C, r, r, r)`.
+    fn logits(&self, x: &Tensor) -> anyhow::Result<Tensor> {
+        let mut levels = vit_levels(&self.backbone, x)?;
+        if !self.train_backbone {
+            levels = levels.into_iter().map(|t| t.detach()).collect();
+        }
+        Ok(self.head.forward(x, &levels)?)
+    }
+
+    /// Label map `(X, Y, Z)` of a case by sliding window.
+    fn predict(&self, case: &SegCase, sw: &SlidingWindow) -> anyhow::Result<Vec<u16>> {
+        let [c, x, y, z] = case.shape;
+        let input = Tensor::from_slice(&case.image, (1, c, x, y, z), &Device::Cpu)?;
+        let logits = sw.run(&input, |w| {
+            self.logits(w)
+                .map(|t| t.detach())
+                .map_err(|e| dino3d_model::ModelError::Input(format!("{e:#}")))
+        })?;
+        let labels: Vec<u32> = logits.argmax(1)?.flatten_all()?.to_vec1()?;
+        Ok(labels.into_iter().map(|l| l as u16).collect())
+    }
+}
+
+/// One test case's scores.
+#[derive(Debug, Serialize)]
+struct CaseScores {
+    name: String,
+    dice: Vec<f64>,
+    mean_dice: f64,
+    hd95_mm: Vec<f64>,
+    prediction: PathBuf,
+}
+
+/// `results.json`.
+#[derive(Debug, Serialize)]
+struct Results {
+    task: &'static str,
+    backbone: String,
+    arch: String,
+    head: String,
+    classes: Vec<String>,
+    iterations: usize,
+    loss_curve: Vec<(usize, f64)>,
+    val_dice_curve: Vec<(usize, f64)>,
+    best_iteration: usize,
+    best_val_dice: f64,
+    test: Vec<CaseScores>,
+    test_mean_dice: f64,
+    test_dice_per_class: Vec<f64>,
+    test_hd95_per_class_mm: Vec<f64>,
+    seconds: f64,
+    train_seconds_per_iteration: f64,
+    validation_seconds: f64,
+    test_seconds: f64,
+}
+
+/// `task: segment`.
+pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
+    let s = plan
+        .segment
+        .clone()
+        .context("task segment needs a `segment:` section")?;
+    let base = recipe.parent().unwrap_or(Path::new(""));
+    let out = base.join(&s.output_dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let started = Instant::now();
+    let data = load_data(plan, &s, base)?;
+    let classes = data.classes.len();
+    eprintln!(
+        "segmentation: {} training, {} validation, {} test volumes, {classes} classes",
+        data.train.len(),
+        data.val.len(),
+        data.test.len()
+    );
+    let device = Device::Cpu;
+    let (model, mut vars) = build_model(plan, &s, base, data.train[0].shape[0], classes, &device)?;
+    let roi = s.image_size;
+    let window = |overlap: f64| SlidingWindow {
+        roi: [roi; 3],
+        batch: s.batch_size * s.crops_per_volume,
+        overlap,
+        blend: if s.blend == "gaussian" {
+            Blend::Gaussian { sigma_scale: 0.125 }
+        } else {
+            Blend::Constant
+        },
+        pad_value: -1.0,
+    };
+    if s.train_feature_model {
+        vars.extend(model.head_vars.all_vars());
+    } else {
+        vars = model.head_vars.all_vars();
+    }
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 0.0,
+            weight_decay: s.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+    let best_path = out.join("best_head.safetensors");
+    let (mut losses, mut val_curve) = (Vec::new(), Vec::new());
+    let (mut best_dice, mut best_it) = (f64::NEG_INFINITY, 0);
+    let bar = crate::progress::bar(s.iterations as u64, "finetuning");
+    let (mut train_seconds, mut val_seconds) = (0.0, 0.0);
+    for it in 0..s.iterations {
+        let t0 = Instant::now();
+        opt.set_learning_rate(learning_rate(&s, it));
+        let (x, y) = training_batch(&data.train, &s, &mut rng)?;
+        let loss = dice_ce(&model.logits(&x)?, &y)?;
+        opt.backward_step(&loss)?;
+        let loss = f64::from(loss.to_scalar::<f32>()?);
+        if !loss.is_finite() {
+            bail!("iteration {it}: the loss is {loss}");
+        }
+        losses.push((it, loss));
+        train_seconds += t0.elapsed().as_secs_f64();
+        bar.set_message(format!("loss {loss:.4}"));
+        bar.inc(1);
+        if (it + 1) % s.eval_iters == 0 || it + 1 == s.iterations {
+            let t0 = Instant::now();
+            let dice = mean_dice(&model, &data.val, &window(s.val_overlap), classes)?;
+            val_seconds += t0.elapsed().as_secs_f64();
+            val_curve.push((it + 1, dice));
+            bar.println(format!("iteration {}: validation Dice {dice:.4}", it + 1));
+            if dice > best_dice || best_dice.is_nan() {
+                (best_dice, best_it) = (dice, it + 1);
+                model.head_vars.save(&best_path)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    // Test with the best head.
+    let mut head_vars = model.head_vars.clone();
+    head_vars
+        .load(&best_path)
+        .with_context(|| format!("reloading {}", best_path.display()))?;
+    let sw = window(s.test_overlap);
+    let t_test = Instant::now();
+    let mut test = Vec::new();
+    for case in &data.test {
+        let pred = model.predict(case, &sw)?;
+        let dice = dice_per_class(&pred, &case.labels, classes);
+        let spatial = [case.shape[1], case.shape[2], case.shape[3]];
+        let hd = hd95_per_class(&pred, &case.labels, classes, spatial, case.spacing);
+        let path = out.join(format!("{}_pred.nii.gz", case.name));
+        write_prediction(&path, &pred, case)?;
+        test.push(CaseScores {
+            name: case.name.clone(),
+            mean_dice: mean_ignoring_nan(&dice),
+            dice,
+            hd95_mm: hd,
+            prediction: path,
+        });
+    }
+    let test_seconds = t_test.elapsed().as_secs_f64();
+    let per_class = |f: fn(&CaseScores) -> &Vec<f64>| -> Vec<f64> {
+        (0..classes)
+            .map(|k| mean_ignoring_nan(&test.iter().map(|c| f(c)[k]).collect::<Vec<_>>()))
+            .collect()
+    };
+    let results = Results {
+        task: "segment",
+        backbone: s.pretrained_weights.clone(),
+        arch: s.arch.clone(),
+        head: s.head.clone(),
+        classes: data.classes.clone(),
+        iterations: s.iterations,
+        loss_curve: losses,
+        val_dice_curve: val_curve,
+        best_iteration: best_it,
+        best_val_dice: best_dice,
+        test_mean_dice: mean_ignoring_nan(&test.iter().map(|c| c.mean_dice).collect::<Vec<_>>()),
+        test_dice_per_class: per_class(|c| &c.dice),
+        test_hd95_per_class_mm: per_class(|c| &c.hd95_mm),
+        test,
+        seconds: started.elapsed().as_secs_f64(),
+        train_seconds_per_iteration: train_seconds / s.iterations as f64,
+        validation_seconds: val_seconds,
+        test_seconds,
+    };
+    plot::curves(
+        &results.loss_curve,
+        &results.val_dice_curve,
+        &out.join("curves.png"),
+    )?;
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    println!(
+        "best validation Dice {:.4} (iteration {}); test mean Dice {:.4}, per class {:?}",
+        results.best_val_dice,
+        results.best_iteration,
+        results.test_mean_dice,
+        results
+            .test_dice_per_class
+            .iter()
+            .map(|d| (d * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    );
+    println!("-> {}", json.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The volumes: a datalist through the recipe's pipeline, or a bundled set.
+fn load_data(plan: &Plan, s: &SegmentPlan, base: &Path) -> anyhow::Result<SegData> {
+    match &s.data {
+        SegmentData::Datalist(list) => {
+            let classes = s
+                .classes
+                .context("`segment.classes` is required with a datalist")?;
+            data::from_datalist(&Pipeline::new(plan), &base.join(list), classes)
+        }
+        SegmentData::Builtin(name) => {
+            let dir = [base.join("../data"), PathBuf::from("data")]
+                .into_iter()
+                .find(|d| d.join("volumes").is_dir())
+                .context("the bundled data folder (data/volumes) was not found")?;
+            match name.as_str() {
+                "mni152_tissue" => data::mni152_tissue(&dir, s.spacing_mm),
+                other => bail!("unknown bundled dataset `{other}`"),
+            }
+        }
+    }
+}
+
+/// The backbone (pretrained, or seeded random) and a seeded head; returns the
+/// backbone's trainable variables too.
+fn build_model(
+    plan: &Plan,
+    s: &SegmentPlan,
+    base: &Path,
+    in_channels: usize,
+    classes: usize,
+    device: &Device,
+) -> anyhow::Result<(Model, Vec<dino3d_model::candle_core::Var>)> {
+    let (backbone, backbone_vars) = if s.pretrained_weights == "random" {
+        let cfg = ViT3dConfig::from_preset(&s.arch)?.with_img_size(s.image_size);
+        let vm = VarMap::new();
+        let vb = seeded_var_builder(&vm, plan.seed, DType::F32, device);
+        (ViT3d::new(cfg, vb.pp("backbone"))?, vm)
+    } else {
+        let given = base.join(&s.pretrained_weights);
+        let file = if given.is_dir() {
+            crate::probe::newest_weights(&given)?
+        } else {
+            given
+        };
+        eprintln!("backbone: {}", file.display());
+        crate::backbone::load_with_varmap(&file, &s.arch, device)?
+    };
+    let head_vars = VarMap::new();
+    let vb = seeded_var_builder(&head_vars, plan.seed ^ 0x5e9, DType::F32, device);
+    let head = UnetrHead::new(
+        UnetrConfig {
+            in_channels,
+            embed_dim: backbone.config().embed_dim,
+            feature_size: s.feature_size,
+            classes,
+        },
+        vb.pp("head"),
+    )?;
+    Ok((
+        Model {
+            backbone,
+            head,
+            head_vars,
+            train_backbone: s.train_feature_model,
+        },
+        backbone_vars.all_vars(),
+    ))
+}
+
+/// MONAI's WarmupCosineSchedule: linear from 0 over the warm-up, then a
+/// half cosine to 0 at the last iteration.
+fn learning_rate(s: &SegmentPlan, it: usize) -> f64 {
+    let warm = s.warmup_iters.min(s.iterations);
+    if it < warm {
+        return s.learning_rate * it as f64 / warm.max(1) as f64;
+    }
+    let progress = (it - warm) as f64 / (s.iterations - warm).max(1) as f64;
+    s.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// `batch_size` volumes × `crops_per_volume` crops: images `(n, C, r, r, r)`
+/// and labels `(n, r³)`.
+fn training_batch(
+    cases: &[SegCase],
+    s: &SegmentPlan,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let r = s.image_size;
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    for _ in 0..s.batch_size {
+        let case = &cases[rng.random_range(0..cases.len())];
+        for i in 0..s.crops_per_volume {
+            let crop = crops::random_crop(case, r, i, rng);
+            images.extend(crop.image);
+            labels.extend(crop.labels.into_iter().map(u32::from));
+        }
+    }
+    let n = s.batch_size * s.crops_per_volume;
+    let c = cases[0].shape[0];
+    Ok((
+        Tensor::from_vec(images, (n, c, r, r, r), &Device::Cpu)?,
+        Tensor::from_vec(labels, (n, r * r * r), &Device::Cpu)?,
+    ))
+}
+
+/// Mean over cases of the mean Dice over classes.
+fn mean_dice(
+    model: &Model,
+    cases: &[SegCase],
+    sw: &SlidingWindow,
+    classes: usize,
+) -> anyhow::Result<f64> {
+    let mut per_case = Vec::new();
+    for case in cases {
+        let pred = model.predict(case, sw)?;
+        per_case.push(mean_ignoring_nan(&dice_per_class(
+            &pred,
+            &case.labels,
+            classes,
+        )));
+    }
+    Ok(mean_ignoring_nan(&per_case))
+}
+
+/// A label map as uint16 NIfTI on the case's grid.
+fn write_prediction(path: &Path, labels: &[u16], case: &SegCase) -> anyhow::Result<()> {
+    let spatial = [case.shape[1], case.shape[2], case.shape[3]];
+    let vol = Volume {
+        data: VoxelData::U16(data::to_file_layout(labels, spatial).into()),
+        shape: [1, spatial[0], spatial[1], spatial[2]],
+        spacing: case.spacing,
+        affine: case.affine,
+        scaling: None,
+        meta: VolumeMeta {
+            qform_code: 1,
+            sform_code: 1,
+            ..VolumeMeta::default()
+        },
+    };
+    dino3d_pipeline::nifti::write_volume(path, &vol, &Default::default())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> SegmentPlan {
+        SegmentPlan {
+            data: SegmentData::Builtin("mni152_tissue".into()),
+            pretrained_weights: "random".into(),
+            arch: "tiny".into(),
+            head: "unetr".into(),
+            classes: None,
+            feature_size: 4,
+            image_size: 32,
+            batch_size: 1,
+            crops_per_volume: 2,
+            iterations: 110,
+            learning_rate: 1e-3,
+            warmup_iters: 10,
+            weight_decay: 0.01,
+            eval_iters: 50,
+            val_overlap: 0.0,
+            test_overlap: 0.5,
+            blend: "constant".into(),
+            train_feature_model: false,
+            spacing_mm: 2.0,
+            output_dir: "o".into(),
+        }
+    }
+
+    #[test]
+    fn the_schedule_warms_up_linearly_then_decays_to_zero() {
+        let s = plan();
+        assert_eq!(learning_rate(&s, 0), 0.0);
+        assert!((learning_rate(&s, 5) - 5e-4).abs() < 1e-15);
+        assert!((learning_rate(&s, 10) - 1e-3).abs() < 1e-15);
+        assert!((learning_rate(&s, 60) - 5e-4).abs() < 1e-12, "half way");
+        assert!(learning_rate(&s, 109) < 1e-6);
+    }
+}
