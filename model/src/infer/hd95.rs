@@ -323,4 +323,34 @@ mod tests {
         assert_eq!(d[1], f64::INFINITY);
         assert!(d[2].is_nan());
     }
+
+    /// HD95 of two offset balls (radius 60) in a 181×217×181 volume:
+    /// `cargo test --release -p dino3d-model hd95_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing; run in release"]
+    fn hd95_timing() {
+        let shape = [181, 217, 181];
+        let ball = |c: [f64; 3]| -> Vec<bool> {
+            let mut m = Vec::with_capacity(shape.iter().product());
+            for x in 0..shape[0] {
+                for y in 0..shape[1] {
+                    for z in 0..shape[2] {
+                        let d2 = (x as f64 - c[0]).powi(2)
+                            + (y as f64 - c[1]).powi(2)
+                            + (z as f64 - c[2]).powi(2);
+                        m.push(d2 <= 3600.0);
+                    }
+                }
+            }
+            m
+        };
+        let (a, b) = (ball([90.0, 108.0, 90.0]), ball([95.0, 108.0, 90.0]));
+        let start = std::time::Instant::now();
+        let d = hd95(&a, &b, shape, [1.0, 1.0, 1.5]);
+        println!(
+            "hd95 of two balls (r 60, 5 apart) in 181x217x181: {d:.3} in {:.3} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(d > 3.0 && d <= 5.0, "{d}");
+    }
 }
