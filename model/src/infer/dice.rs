@@ -48,7 +48,15 @@ fn dice_from_counts(inter: u64, pred: u64, truth: u64, ignore_empty: bool) -> f6
 /// Dice per class of the label map `pred` against `truth` (same length,
 /// class indices in `0..classes`; other values belong to no class), as
 /// MONAI's `DiceMetric` on their one-hot encodings.
+///
+/// # Panics
+/// If the lengths differ.
 pub fn dice_labels(pred: &[u16], truth: &[u16], classes: usize, opts: DiceOptions) -> Vec<f64> {
+    assert_eq!(
+        pred.len(),
+        truth.len(),
+        "dice: prediction and truth differ in size"
+    );
     let mut inter = vec![0u64; classes];
     let mut p = vec![0u64; classes];
     let mut t = vec![0u64; classes];
