@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use dino3d_model::candle_core::{DType, Device, Tensor};
 use dino3d_model::candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use dino3d_model::infer::{
-    Blend, SlidingWindow, dice_per_class, hd95_per_class, mean_ignoring_nan,
+    Blend, DiceOptions, SlidingWindow, dice_labels, hd95_per_class, mean_ignoring_nan,
 };
 use dino3d_model::init::seeded_var_builder;
 use dino3d_model::seg::{UnetrConfig, UnetrHead, dice_ce, vit_levels};
@@ -123,7 +123,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         batch: s.batch_size * s.crops_per_volume,
         overlap,
         blend: if s.blend == "gaussian" {
-            Blend::Gaussian { sigma_scale: 0.125 }
+            Blend::GAUSSIAN
         } else {
             Blend::Constant
         },
@@ -185,9 +185,9 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
     let mut test = Vec::new();
     for case in &data.test {
         let pred = model.predict(case, &sw)?;
-        let dice = dice_per_class(&pred, &case.labels, classes);
+        let dice = dice_labels(&pred, &case.labels, classes, DiceOptions::default());
         let spatial = [case.shape[1], case.shape[2], case.shape[3]];
-        let hd = hd95_per_class(&pred, &case.labels, classes, spatial, case.spacing);
+        let hd = hd95_per_class(&pred, &case.labels, classes, true, spatial, case.spacing);
         let path = out.join(format!("{}_pred.nii.gz", case.name));
         write_prediction(&path, &pred, case)?;
         test.push(CaseScores {
@@ -362,11 +362,8 @@ fn mean_dice(
     let mut per_case = Vec::new();
     for case in cases {
         let pred = model.predict(case, sw)?;
-        per_case.push(mean_ignoring_nan(&dice_per_class(
-            &pred,
-            &case.labels,
-            classes,
-        )));
+        let dice = dice_labels(&pred, &case.labels, classes, DiceOptions::default());
+        per_case.push(mean_ignoring_nan(&dice));
     }
     Ok(mean_ignoring_nan(&per_case))
 }
