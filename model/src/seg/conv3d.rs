@@ -1,13 +1,14 @@
-//! 3-D convolutions for the segmentation decoders. candle has no conv3d, but
-//! its conv2d has a backward pass: a stride-1 3-D convolution is the sum over
-//! the kernel's depth taps of 2-D convolutions of depth-shifted slabs, with
-//! depth folded into the batch. Memory stays at one slab's im2col, and the
-//! gradients come from candle's conv2d backward.
+//! 3-D convolutions for the segmentation decoders. candle has no conv3d: the
+//! stride-1 "same" convolution is a custom op (im2col + matmul, tiled along
+//! depth, with its own backward pass), the ×2 transposed convolution a
+//! matmul and a reshuffle.
 //!
 //! Layout `(B, C, D, H, W)`; weights `(out, in, k, k, k)` as PyTorch's
 //! `Conv3d`, so MONAI/3DINO state dicts map by name.
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Shape, Tensor};
+
+use super::im2col::{COL_BUDGET, conv3d_cpu, conv3d_kernel_grad};
 use candle_nn::{Init, VarBuilder};
 
 /// `Conv3d(in, out, k, stride 1, padding k/2)`, optional bias.
@@ -66,14 +67,14 @@ impl Module for Conv3d {
 }
 
 /// Stride-1, zero-padded ("same") 3-D convolution of `x (B, C, D, H, W)` with
-/// `w (O, C, k, k, k)`, `k` odd, differentiable in both.
+/// `w (O, C, k, k, k)`, `k` odd, differentiable in both (CPU, f32 or f64).
 ///
-/// The forward pass is candle's conv2d over depth slabs; the backward pass
-/// is written out (a custom op) because candle's conv2d backward goes
-/// through its CPU `conv_transpose2d`, a direct loop about 50× slower than
-/// the forward: the input gradient is the same convolution of the output
-/// gradient with the flipped, transposed kernel, and the kernel gradient is
-/// one matmul per kernel offset.
+/// A custom op: the forward pass is im2col + matmul ([`super::im2col`]); the
+/// backward pass is written out too, because candle's conv2d backward goes
+/// through its CPU `conv_transpose2d`, a direct loop far slower than the
+/// forward. The input gradient is the same convolution of the output
+/// gradient with the kernel flipped in space and its channels swapped; the
+/// kernel gradient is the output gradient times the column matrix.
 ///
 /// # Errors
 /// Shape mismatches; devices other than the CPU.
@@ -90,54 +91,17 @@ pub fn conv3d_same(x: &Tensor, w: &Tensor, k: usize) -> candle_core::Result<Tens
         .apply_op2(&w.contiguous()?, Conv3dSame { k })
 }
 
-/// The forward computation on plain tensors (no graph).
-fn conv3d_forward(x: &Tensor, w: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-    let (b, c, d, h, wd) = x.dims5()?;
-    let o = w.dim(0)?;
-    let p = k / 2;
-    if k == 1 {
-        // A 1×1×1 convolution is a matmul over channels.
-        let w2 = w.reshape((o, c))?;
-        let xs = x.reshape((b, c, d * h * wd))?;
-        return w2.broadcast_matmul(&xs)?.reshape((b, o, d, h, wd));
-    }
-    // Depth next to the batch, then zero-padded: (B, D + 2p, C, H, W).
-    let xd = x.permute((0, 2, 1, 3, 4))?.pad_with_zeros(1, p, p)?;
-    let mut acc: Option<Tensor> = None;
-    for kd in 0..k {
-        let slab = xd
-            .narrow(1, kd, d)?
-            .contiguous()?
-            .reshape((b * d, c, h, wd))?;
-        let wk = w.narrow(2, kd, 1)?.squeeze(2)?.contiguous()?;
-        let y = slab.conv2d(&wk, p, 1, 1, 1)?;
-        acc = Some(match acc {
-            Some(a) => (a + y)?,
-            None => y,
-        });
-    }
-    let y = acc.expect("k >= 1");
-    y.reshape((b, d, o, h, wd))?
-        .permute((0, 2, 1, 3, 4))?
-        .contiguous()
-}
-
 /// The custom op behind [`conv3d_same`].
 struct Conv3dSame {
     k: usize,
 }
 
-/// A contiguous CPU storage as a tensor (copied).
-fn cpu_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
+/// The contiguous element range of a layout.
+fn range(l: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("conv3d: non-contiguous input".into()))?;
-    let dev = &Device::Cpu;
-    match s {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], l.shape(), dev),
-        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], l.shape(), dev),
-        _ => candle_core::bail!("conv3d: f32 or f64 only"),
-    }
+    Ok(start..end)
 }
 
 impl CustomOp2 for Conv3dSame {
@@ -152,12 +116,20 @@ impl CustomOp2 for Conv3dSame {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = conv3d_forward(&cpu_tensor(s1, l1)?, &cpu_tensor(s2, l2)?, self.k)?;
-        let (storage, _) = y.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cpu(c) => Ok((c.clone(), y.shape().clone())),
-            _ => candle_core::bail!("conv3d: expected a CPU result"),
-        }
+        let (b, c, d, h, w) = l1.shape().dims5()?;
+        let o = l2.shape().dims()[0];
+        let dims = [b, c, d, h, w];
+        let (r1, r2) = (range(l1)?, range(l2)?);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(k)) => {
+                CpuStorage::F32(conv3d_cpu(&x[r1], dims, &k[r2], o, self.k, COL_BUDGET)?)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(k)) => {
+                CpuStorage::F64(conv3d_cpu(&x[r1], dims, &k[r2], o, self.k, COL_BUDGET)?)
+            }
+            _ => candle_core::bail!("conv3d: f32 or f64 input and kernel of one type"),
+        };
+        Ok((out, Shape::from((b, o, d, h, w))))
     }
 
     fn bwd(
@@ -169,8 +141,6 @@ impl CustomOp2 for Conv3dSame {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let k = self.k;
         let (x, w, grad) = (x.detach(), w.detach(), grad.detach().contiguous()?);
-        // dL/dx: correlate the output gradient with the kernel flipped in
-        // space and with in/out channels swapped.
         let rev: Vec<u32> = (0..k as u32).rev().collect();
         let idx = Tensor::from_vec(rev, k, w.device())?;
         let flipped = w
@@ -179,31 +149,30 @@ impl CustomOp2 for Conv3dSame {
             .index_select(&idx, 4)?
             .transpose(0, 1)?
             .contiguous()?;
-        let gx = conv3d_forward(&grad, &flipped, k)?;
-        // dL/dw[:, :, kd] = Σ_depth conv2d(x slab shifted by kd, grad slab):
-        // candle's own conv2d kernel-gradient formula, once per depth tap,
-        // with depth folded into the conv2d channels.
+        let gx = conv3d_same(&grad, &flipped, k)?;
         let (b, c, d, h, wd) = x.dims5()?;
         let o = grad.dim(1)?;
-        let p = k / 2;
-        // (O, B·D, H, W) and (B, D + 2p, C, H, W).
-        let g = grad
-            .permute((1, 0, 2, 3, 4))?
-            .contiguous()?
-            .reshape((o, b * d, h, wd))?;
-        let xd = x.permute((0, 2, 1, 3, 4))?.pad_with_zeros(1, p, p)?;
-        let mut taps = Vec::with_capacity(k);
-        for kd in 0..k {
-            let slab = xd
-                .narrow(1, kd, d)?
-                .permute((2, 0, 1, 3, 4))?
-                .contiguous()?
-                .reshape((c, b * d, h, wd))?;
-            // (C, O, k, k) -> (O, C, k, k)
-            taps.push(slab.conv2d(&g, p, 1, 1, 1)?.transpose(0, 1)?);
-        }
-        let gw = Tensor::stack(&taps, 2)?.contiguous()?;
-        Ok((Some(gx), Some(gw)))
+        let dims = [b, c, d, h, wd];
+        let gw = match x.dtype() {
+            DType::F32 => conv3d_kernel_grad(
+                &x.flatten_all()?.to_vec1::<f32>()?,
+                dims,
+                &grad.flatten_all()?.to_vec1::<f32>()?,
+                o,
+                k,
+                COL_BUDGET,
+            )?,
+            DType::F64 => conv3d_kernel_grad(
+                &x.flatten_all()?.to_vec1::<f64>()?,
+                dims,
+                &grad.flatten_all()?.to_vec1::<f64>()?,
+                o,
+                k,
+                COL_BUDGET,
+            )?,
+            other => candle_core::bail!("conv3d: {other:?} is not supported"),
+        };
+        Ok((Some(gx), Some(gw.reshape((o, c, k, k, k))?)))
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod conv3d;
+mod im2col;
 pub mod loss;
 pub mod norm_act;
 pub mod unetr;
