@@ -7,6 +7,7 @@ mod backbone;
 mod cache_cmd;
 mod embed_cmd;
 mod inspect_cmd;
+mod linear;
 mod manifest_cmd;
 mod probe;
 mod progress;
@@ -63,6 +64,10 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
     Visualize(visualize::VisualizeArgs),
+    /// Cut a labelled classification set (Brodmann-area groups, left
+    /// hemisphere for training, right for test) from the bundled Colin27
+    /// brain: the linear probe's example data.
+    AtlasCrops(linear::crops::CropsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +82,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
         (Some(Command::Probe(args)), _) => probe::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
+        (Some(Command::AtlasCrops(args)), _) => linear::crops::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;

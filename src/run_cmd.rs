@@ -308,8 +308,9 @@ pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result
     match plan.task.as_str() {
         "prepare" => prepare_all(&plan, recipe),
         "pretrain" => crate::train::pretrain(&plan, recipe),
+        "linear_probe" => crate::linear::run(&plan, recipe),
         other => bail!(
-            "{}: unknown task `{other}` (available: prepare, pretrain)",
+            "{}: unknown task `{other}` (available: prepare, pretrain, linear_probe)",
             recipe.display()
         ),
     }

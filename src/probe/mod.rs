@@ -134,7 +134,7 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
 
 /// The newest teacher in an output folder: the last resumable checkpoint
 /// (its `teacher.*` tensors), else the last `eval/training_*` file.
-fn newest_weights(out: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn newest_weights(out: &Path) -> anyhow::Result<PathBuf> {
     let root = out.join("checkpoints");
     let mut best: Option<(usize, PathBuf)> = None;
     for dir in [root, out.join("eval")] {
@@ -175,7 +175,11 @@ fn candle_nn_varmap() -> dino3d_model::candle_nn::VarMap {
 
 /// The student's initial backbone of a run with `seed` (same names, same
 /// streams), i.e. the teacher before any training.
-fn random_backbone(cfg: &ViT3dConfig, seed: u64, device: &Device) -> anyhow::Result<ViT3d> {
+pub(crate) fn random_backbone(
+    cfg: &ViT3dConfig,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<ViT3d> {
     let vm = candle_nn_varmap();
     let vb = seeded_var_builder(&vm, seed, DType::F32, device);
     Ok(ViT3d::new(cfg.clone(), vb.pp("backbone"))?)

@@ -115,6 +115,8 @@ pub struct Plan {
     pub cache_chunk: Option<usize>,
     /// Model, optimiser and run settings (training recipes only).
     pub training: Option<super::training::TrainingPlan>,
+    /// The frozen linear probe (`task: linear_probe` only).
+    pub probe: Option<super::probe::ProbePlan>,
 }
 
 impl std::fmt::Display for Plan {
@@ -208,6 +210,24 @@ impl std::fmt::Display for Plan {
                 write!(f, ", stop after {m} it")?;
             }
             writeln!(f)?;
+        }
+        if let Some(p) = &self.probe {
+            writeln!(
+                f,
+                "linear probe: ViT-{} from {}, image {}, {} classifiers (n_last_blocks {:?} x avgpool {:?} x {} lrs), {} epochs x {} iterations, batch {}, validation every {} it, output {}",
+                p.arch,
+                p.pretrained_weights,
+                p.image_size,
+                p.n_last_blocks.len() * p.avgpool.len() * p.learning_rates.len(),
+                p.n_last_blocks,
+                p.avgpool,
+                p.learning_rates.len(),
+                p.epochs,
+                p.epoch_length,
+                p.batch_size,
+                p.eval_period_iterations,
+                p.output_dir
+            )?;
         }
         Ok(())
     }
@@ -371,6 +391,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
     let training = super::training::compile_training(doc, file, &mut errors);
+    let probe = super::probe::compile_probe(doc, file, &mut errors);
     if let Some(t) = &training
         && t.patch_size != batch.patch_size
     {
@@ -475,6 +496,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         cache_codec,
         cache_chunk,
         training,
+        probe,
     })
 }
 

@@ -56,6 +56,9 @@ pub struct RecipeDoc {
     /// Outputs, checkpoints and run length.
     #[serde(default)]
     pub train: Option<super::training::TrainDoc>,
+    /// The frozen linear probe (`task: linear_probe`).
+    #[serde(default)]
+    pub probe: Option<super::probe::ProbeDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.

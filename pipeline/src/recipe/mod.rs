@@ -4,13 +4,15 @@
 //!
 //! Covers `task`, `seed`, `data`, `cache`, `pipeline` (with nested `OneOf` /
 //! `RandomApply` steps), multi-crop `views`, `batch`, the training sections
-//! `model`, `optim`, `teacher`, `train` ([`training`]), and `--set`
+//! `model`, `optim`, `teacher`, `train` ([`training`]), the linear probe's
+//! `probe` ([`probe`]), and `--set`
 //! overrides ([`overrides`]). Execution is in `crate::exec`.
 
 pub mod compile;
 pub mod document;
 pub mod error;
 pub mod overrides;
+pub mod probe;
 pub mod registry;
 pub mod training;
 pub mod value;
@@ -19,4 +21,5 @@ pub use compile::{
     BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
+pub use probe::ProbePlan;
 pub use training::TrainingPlan;
