@@ -6,6 +6,7 @@
 mod backbone;
 mod cache_cmd;
 mod embed_cmd;
+mod embed_table;
 mod inspect_cmd;
 mod linear;
 mod manifest_cmd;
@@ -57,7 +58,8 @@ enum Command {
     /// Fill, summarise, check and prune the on-disk cache.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCmd),
-    /// Embed one volume with a backbone: normed [CLS] and patch tokens.
+    /// Embed one volume (safetensors) or a whole manifest (Parquet) with a
+    /// backbone: normed [CLS], mean patch token and optionally patch tokens.
     Embed(embed_cmd::EmbedArgs),
     /// Frozen features of a pretrained teacher vs its random initialisation:
     /// kNN tissue and Brodmann-area classification on held-out regions.
