@@ -1,12 +1,15 @@
 //! `dino-run embed`: normed [CLS] and patch tokens of one volume from a
-//! 3DINO / dino3d backbone, written as safetensors (`cls` [E], `patch` [N, E]).
+//! 3DINO / dino3d backbone, written as safetensors (`cls` [E], `patch` [N, E]);
+//! or, with `--manifest`, of every entry of a manifest as a Parquet table
+//! (see `embed_table`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use dino3d_model::candle_core::Device;
+use dino3d_model::ViT3d;
+use dino3d_model::candle_core::{Device, Tensor};
 use dino3d_model::checkpoint::save_tensors;
 
 /// Arguments of `dino-run embed`.
@@ -20,32 +23,72 @@ pub(crate) struct EmbedArgs {
     #[arg(long, default_value = "large")]
     arch: String,
     /// The volume (.nii, .nii.gz, .hdr/.img).
+    #[arg(
+        long,
+        required_unless_present = "manifest",
+        conflicts_with = "manifest"
+    )]
+    image: Option<PathBuf>,
+    /// Embed every entry of this manifest (JSON list or Parquet) into a
+    /// Parquet table (`--out FILE.parquet`): the manifest's columns, `cls`,
+    /// `patch_mean`, `grid` and, with `--patch-grid`, `patch_tokens`.
+    /// Unreadable volumes are reported and skipped.
     #[arg(long)]
-    image: PathBuf,
+    manifest: Option<PathBuf>,
+    /// With --manifest: also store every patch token.
+    #[arg(long, requires = "manifest")]
+    patch_grid: bool,
+    /// With --manifest: volumes per Parquet row group (read in parallel,
+    /// then written; bounds the memory).
+    #[arg(long, default_value_t = 64, requires = "manifest")]
+    row_group: usize,
     /// Feed the stored voxels as float32, without preprocessing. Spatial sizes
     /// must be multiples of the patch size. Without it, 3DINO's evaluation
     /// preprocessing applies: percentiles 0.05/99.95 to [-1, 1], then the
     /// foreground box grown to multiples of the patch size (zero outside).
     #[arg(long)]
     raw: bool,
-    /// Output safetensors file.
+    /// Output safetensors file (--image) or Parquet file (--manifest).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The model's input for `volume`: its stored voxels (`raw`) or 3DINO's
+/// evaluation preprocessing.
+pub(crate) fn model_input_for(
+    vit: &ViT3d,
+    volume: &dino3d_pipeline::Volume,
+    raw: bool,
+) -> anyhow::Result<Tensor> {
+    let device = Device::Cpu;
+    if raw {
+        crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)
+    } else {
+        let p = crate::visualize::prepare::prepare(volume, 0, vit.config().patch_size)?;
+        crate::backbone::model_input(&p.image.data, p.image.shape, &device)
+    }
 }
 
 pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let device = Device::Cpu;
     let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
-
-    let volume = dino3d_pipeline::nifti::read_volume(&args.image)
-        .with_context(|| format!("reading {}", args.image.display()))?;
-    let x = if args.raw {
-        crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)?
-    } else {
-        let p = crate::visualize::prepare::prepare(&volume, 0, vit.config().patch_size)
-            .with_context(|| format!("preparing {}", args.image.display()))?;
-        crate::backbone::model_input(&p.image.data, p.image.shape, &device)?
-    };
+    if let Some(manifest) = &args.manifest {
+        return crate::embed_table::run(
+            &vit,
+            &crate::embed_table::TableOptions {
+                manifest,
+                out: &args.out,
+                raw: args.raw,
+                patch_grid: args.patch_grid,
+                row_group: args.row_group,
+            },
+        );
+    }
+    let image = args.image.as_ref().context("--image or --manifest")?;
+    let volume = dino3d_pipeline::nifti::read_volume(image)
+        .with_context(|| format!("reading {}", image.display()))?;
+    let x = model_input_for(&vit, &volume, args.raw)
+        .with_context(|| format!("preparing {}", image.display()))?;
     let out = vit.forward(&x)?;
     let tensors = HashMap::from([
         ("cls".to_string(), out.cls_norm.squeeze(0)?),
@@ -55,7 +98,7 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let [gx, gy, gz] = out.grid;
     println!(
         "{}: cls [{}], patch [{}, {}] (grid {gx}x{gy}x{gz}) -> {}",
-        args.image.display(),
+        image.display(),
         out.cls_norm.dim(1)?,
         out.patch_norm.dim(1)?,
         out.patch_norm.dim(2)?,
@@ -95,7 +138,10 @@ mod tests {
         let args = EmbedArgs {
             weights,
             arch: "tiny".into(),
-            image,
+            image: Some(image),
+            manifest: None,
+            patch_grid: false,
+            row_group: 64,
             raw: true,
             out: out.clone(),
         };

@@ -6,7 +6,9 @@
 mod backbone;
 mod cache_cmd;
 mod embed_cmd;
+mod embed_table;
 mod inspect_cmd;
+mod linear;
 mod manifest_cmd;
 mod probe;
 mod progress;
@@ -57,13 +59,18 @@ enum Command {
     /// Fill, summarise, check and prune the on-disk cache.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCmd),
-    /// Embed one volume with a backbone: normed [CLS] and patch tokens.
+    /// Embed one volume (safetensors) or a whole manifest (Parquet) with a
+    /// backbone: normed [CLS], mean patch token and optionally patch tokens.
     Embed(embed_cmd::EmbedArgs),
     /// Frozen features of a pretrained teacher vs its random initialisation:
     /// kNN tissue and Brodmann-area classification on held-out regions.
     Probe(probe::ProbeArgs),
     /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
     Visualize(visualize::VisualizeArgs),
+    /// Cut a labelled classification set (Brodmann-area groups, left
+    /// hemisphere for training, right for test) from the bundled Colin27
+    /// brain: the linear probe's example data.
+    AtlasCrops(linear::crops::CropsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +85,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
         (Some(Command::Probe(args)), _) => probe::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
+        (Some(Command::AtlasCrops(args)), _) => linear::crops::run(&args),
         (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
         (None, None) => {
             use clap::CommandFactory;

@@ -309,8 +309,9 @@ pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result
         "prepare" => prepare_all(&plan, recipe),
         "pretrain" => crate::train::pretrain(&plan, recipe),
         "segment" => crate::segment::run(&plan, recipe),
+        "linear_probe" => crate::linear::run(&plan, recipe),
         other => bail!(
-            "{}: unknown task `{other}` (available: prepare, pretrain, segment)",
+            "{}: unknown task `{other}` (available: prepare, pretrain, segment, linear_probe)",
             recipe.display()
         ),
     }

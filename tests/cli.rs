@@ -760,4 +760,77 @@ fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
         vol.spacing
     );
     assert!(out.join("curves.png").exists() && out.join("best_head.safetensors").exists());
+
+/// The linear probe's example at a tiny scale: labelled Colin27 crops, then
+/// the shipped recipe on a random `tiny` checkpoint, a few iterations.
+#[test]
+fn linear_probe_example_runs_and_reports_on_validation_and_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let crops = dir.path().join("crops");
+    let made = run_ok(
+        dino_run()
+            .args(["atlas-crops", "--size", "32", "--per-class", "5", "--data"])
+            .arg(data())
+            .arg("--out")
+            .arg(&crops),
+    );
+    assert!(
+        made.contains("training 16, validation 4, test 20"),
+        "{made}"
+    );
+    let weights = dir.path().join("tiny.safetensors");
+    random_tiny_checkpoint(&weights);
+    let out = dir.path().join("probe");
+    let recipe = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/linear_probe.yaml");
+    let sets = [
+        format!("data.manifest={}", crops.join("datalist.json").display()),
+        format!("probe.pretrained_weights={}", weights.display()),
+        format!("probe.output_dir={}", out.display()),
+        "probe.image_size=16".into(),
+        "probe.epochs=2".into(),
+        "probe.epoch_length=10".into(),
+        "probe.batch_size=8".into(),
+        "probe.eval_period_iterations=5".into(),
+        "probe.learning_rates=[0.01, 1.0]".into(),
+    ];
+    let mut cmd = dino_run();
+    cmd.arg(&recipe);
+    for s in &sets {
+        cmd.args(["--set", s]);
+    }
+    let text = run_ok(&mut cmd);
+    assert!(text.contains("16 / 4 / 20 volumes, 4 classes"), "{text}");
+    assert!(text.contains("pretrained: best classifier_"), "{text}");
+    assert!(text.contains("random_init: best classifier_"), "{text}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["classifiers"], 8, "2 n_last_blocks x 2 avgpool x 2 lrs");
+    assert_eq!(r["counts"]["test"], 20);
+    for name in ["pretrained", "random_init"] {
+        let p = &r["results"][name];
+        // Evaluations at 5, 10, 15, 20; the reported classifier is the
+        // best on validation.
+        assert_eq!(p["history"].as_array().unwrap().len(), 4);
+        let val = p["val_accuracy_by_classifier"].as_object().unwrap();
+        let best = val
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(0.0, f64::max);
+        assert_eq!(p["val_accuracy"].as_f64().unwrap(), best);
+        let cm = p["confusion_matrix"].as_array().unwrap();
+        let total: u64 = cm
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 20);
+        let diag: u64 = (0..4).map(|i| cm[i][i].as_u64().unwrap()).sum();
+        assert_eq!(diag as f64 / 20.0, p["test_accuracy"].as_f64().unwrap());
+        let logits: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(p["test_logits"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(logits["logits"].as_array().unwrap().len(), 20);
+        assert_eq!(logits["classifier"], p["best_classifier"]);
+    }
 }

@@ -175,7 +175,11 @@ fn candle_nn_varmap() -> dino3d_model::candle_nn::VarMap {
 
 /// The student's initial backbone of a run with `seed` (same names, same
 /// streams), i.e. the teacher before any training.
-fn random_backbone(cfg: &ViT3dConfig, seed: u64, device: &Device) -> anyhow::Result<ViT3d> {
+pub(crate) fn random_backbone(
+    cfg: &ViT3dConfig,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<ViT3d> {
     let vm = candle_nn_varmap();
     let vb = seeded_var_builder(&vm, seed, DType::F32, device);
     Ok(ViT3d::new(cfg.clone(), vb.pp("backbone"))?)

@@ -117,6 +117,8 @@ pub struct Plan {
     pub training: Option<super::training::TrainingPlan>,
     /// Segmentation finetuning settings (`task: segment`).
     pub segment: Option<super::segment::SegmentPlan>,
+    /// The frozen linear probe (`task: linear_probe` only).
+    pub probe: Option<super::probe::ProbePlan>,
 }
 
 impl std::fmt::Display for Plan {
@@ -210,6 +212,24 @@ impl std::fmt::Display for Plan {
                 write!(f, ", stop after {m} it")?;
             }
             writeln!(f)?;
+        }
+        if let Some(p) = &self.probe {
+            writeln!(
+                f,
+                "linear probe: ViT-{} from {}, image {}, {} classifiers (n_last_blocks {:?} x avgpool {:?} x {} lrs), {} epochs x {} iterations, batch {}, validation every {} it, output {}",
+                p.arch,
+                p.pretrained_weights,
+                p.image_size,
+                p.n_last_blocks.len() * p.avgpool.len() * p.learning_rates.len(),
+                p.n_last_blocks,
+                p.avgpool,
+                p.learning_rates.len(),
+                p.epochs,
+                p.epoch_length,
+                p.batch_size,
+                p.eval_period_iterations,
+                p.output_dir
+            )?;
         }
         Ok(())
     }
@@ -374,6 +394,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     let batch = compile_batch(doc, file, &mut errors);
     let training = super::training::compile_training(doc, file, &mut errors);
     let segment = super::segment::compile_segment(doc, file, &mut errors);
+    let probe = super::probe::compile_probe(doc, file, &mut errors);
     if let Some(t) = &training
         && t.patch_size != batch.patch_size
     {
@@ -483,6 +504,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         cache_chunk,
         training,
         segment,
+        probe,
     })
 }
 

@@ -59,6 +59,9 @@ pub struct RecipeDoc {
     /// `segment:` (task `segment`).
     #[serde(default)]
     pub segment: Option<super::segment::SegmentDoc>,
+    /// The frozen linear probe (`task: linear_probe`).
+    #[serde(default)]
+    pub probe: Option<super::probe::ProbeDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.

@@ -4,13 +4,15 @@
 //!
 //! Covers `task`, `seed`, `data`, `cache`, `pipeline` (with nested `OneOf` /
 //! `RandomApply` steps), multi-crop `views`, `batch`, the training sections
-//! `model`, `optim`, `teacher`, `train` ([`training`]), and `--set`
+//! `model`, `optim`, `teacher`, `train` ([`training`]), the linear probe's
+//! `probe` ([`probe`]), and `--set`
 //! overrides ([`overrides`]). Execution is in `crate::exec`.
 
 pub mod compile;
 pub mod document;
 pub mod error;
 pub mod overrides;
+pub mod probe;
 pub mod registry;
 pub mod segment;
 pub mod training;
@@ -21,4 +23,5 @@ pub use compile::{
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
 pub use segment::{SegmentData, SegmentPlan};
+pub use probe::ProbePlan;
 pub use training::TrainingPlan;
