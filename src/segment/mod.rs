@@ -167,7 +167,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
             let dice = mean_dice(&model, &data.val, &window(s.val_overlap), classes)?;
             val_seconds += t0.elapsed().as_secs_f64();
             val_curve.push((it + 1, dice));
-            bar.println(format!("iteration {}: validation Dice {dice:.4}", it + 1));
+            bar.suspend(|| eprintln!("iteration {}: validation Dice {dice:.4}", it + 1));
             if dice > best_dice || best_dice.is_nan() {
                 (best_dice, best_it) = (dice, it + 1);
                 model.head_vars.save(&best_path)?;

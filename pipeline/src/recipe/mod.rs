@@ -22,6 +22,6 @@ pub use compile::{
     BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
-pub use segment::{SegmentData, SegmentPlan};
 pub use probe::ProbePlan;
+pub use segment::{SegmentData, SegmentPlan};
 pub use training::TrainingPlan;
