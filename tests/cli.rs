@@ -760,6 +760,7 @@ fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
         vol.spacing
     );
     assert!(out.join("curves.png").exists() && out.join("best_head.safetensors").exists());
+}
 
 /// The linear probe's example at a tiny scale: labelled Colin27 crops, then
 /// the shipped recipe on a random `tiny` checkpoint, a few iterations.
