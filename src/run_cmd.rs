@@ -309,8 +309,9 @@ pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result
         "prepare" => prepare_all(&plan, recipe),
         "pretrain" => crate::train::pretrain(&plan, recipe),
         "linear_probe" => crate::linear::run(&plan, recipe),
+        "embed" => crate::embed_table::run_recipe(&plan, recipe),
         other => bail!(
-            "{}: unknown task `{other}` (available: prepare, pretrain, linear_probe)",
+            "{}: unknown task `{other}` (available: prepare, pretrain, linear_probe, embed)",
             recipe.display()
         ),
     }
