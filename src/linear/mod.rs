@@ -214,7 +214,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
             seed: plan.seed,
         };
         let bar = progress::bar(cfg.iterations as u64, name);
-        let (best, history) = grid::train(&specs, &tr, &va, classes, &cfg, &|_| bar.inc(1));
+        let (best, history) = grid::train(&specs, &tr, &va, classes, &cfg, &|_| bar.inc(1))?;
         bar.finish_and_clear();
         let sel = grid::select(&best.snapshot, &specs, &va, &te);
         let spec = &specs[sel.index];
