@@ -39,6 +39,8 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["cache", "warm", "--help"],
         vec!["cache", "verify", "--help"],
         vec!["visualize", "--help"],
+        vec!["embed", "--help"],
+        vec!["atlas-crops", "--help"],
     ] {
         let text = run_ok(dino_run().args(&sub));
         assert!(text.contains("Usage"), "{sub:?}: {text}");
