@@ -78,7 +78,11 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
             &crate::embed_table::TableOptions {
                 manifest,
                 out: &args.out,
-                raw: args.raw,
+                prep: if args.raw {
+                    crate::embed_table::Prep::Raw
+                } else {
+                    crate::embed_table::Prep::Eval
+                },
                 patch_grid: args.patch_grid,
                 row_group: args.row_group,
             },

@@ -26,7 +26,10 @@ use arrow_array::builder::{
 use arrow_array::types::{Float64Type, UInt64Type};
 use arrow_array::{ArrayRef, ListArray, RecordBatch, StringArray};
 use dino3d_model::ViT3d;
+use dino3d_model::candle_core::Device;
+use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::manifest::{ManifestEntry, read_manifest};
+use dino3d_pipeline::recipe::Plan;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -88,17 +91,40 @@ struct Embedding {
     patch: Option<Vec<Vec<f32>>>,
 }
 
-/// Embeds one entry: read, prepare (unless `raw`), forward.
+/// How a volume becomes the model's input.
+pub(crate) enum Prep<'a> {
+    /// 3DINO's evaluation preprocessing (`embed` without `--raw`).
+    Eval,
+    /// The stored voxels.
+    Raw,
+    /// A recipe's deterministic pipeline, then an optional resize to `size`³.
+    Recipe { pipeline: &'a Pipeline, size: usize },
+}
+
+/// Embeds one entry: read, prepare, forward.
 fn embed(
     vit: &ViT3d,
     entry: &ManifestEntry,
     manifest: &Path,
-    raw: bool,
+    prep: &Prep,
     patch_grid: bool,
 ) -> anyhow::Result<Embedding> {
-    let path = entry.resolve(manifest);
-    let volume = dino3d_pipeline::nifti::read_volume(&path)?;
-    let x = crate::embed_cmd::model_input_for(vit, &volume, raw)?;
+    let x = match prep {
+        Prep::Eval | Prep::Raw => {
+            let volume = dino3d_pipeline::nifti::read_volume(entry.resolve(manifest))?;
+            crate::embed_cmd::model_input_for(vit, &volume, matches!(prep, Prep::Raw))?
+        }
+        Prep::Recipe { pipeline, size } => {
+            let img = crate::linear::features::prepare(pipeline, entry, manifest, *size)?;
+            let p = vit.config().patch_size;
+            anyhow::ensure!(
+                img.shape[1..].iter().all(|s| s % p == 0),
+                "the prepared image is {:?}: its sizes must be multiples of the patch size {p} (set embed.image_size or add a Resize step)",
+                &img.shape[1..]
+            );
+            crate::backbone::model_input(&img.data, img.shape, &Device::Cpu)?
+        }
+    };
     let out = vit.forward(&x)?;
     let patch = out.patch_norm.squeeze(0)?;
     Ok(Embedding {
@@ -226,18 +252,71 @@ fn fixed<'a>(values: impl Iterator<Item = &'a [f32]>, dim: usize) -> ArrayRef {
 
 /// Options of a manifest embedding run.
 pub(crate) struct TableOptions<'a> {
+    /// Entries' paths resolve against this manifest's folder.
     pub(crate) manifest: &'a Path,
     pub(crate) out: &'a Path,
-    pub(crate) raw: bool,
+    pub(crate) prep: Prep<'a>,
     pub(crate) patch_grid: bool,
     pub(crate) row_group: usize,
 }
 
-/// Embeds every entry of a manifest into a Parquet table.
+/// Embeds every entry of the manifest file into a Parquet table.
 pub(crate) fn run(vit: &ViT3d, o: &TableOptions) -> anyhow::Result<ExitCode> {
     let entries = read_manifest(o.manifest)
         .with_context(|| format!("reading the manifest {}", o.manifest.display()))?;
-    let extras = extra_columns(&entries);
+    run_entries(vit, &entries, o)
+}
+
+/// `task: embed`: the recipe's manifest (filtered by `data.min_axis`)
+/// through its deterministic pipeline and the `embed:` backbone.
+pub(crate) fn run_recipe(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
+    let Some(e) = plan.embed.clone() else {
+        bail!(
+            "{}: task `embed` needs an `embed:` section",
+            recipe.display()
+        );
+    };
+    let base = recipe.parent().unwrap_or(Path::new(""));
+    let weights = crate::linear::resolve_weights(&base.join(&e.pretrained_weights))?;
+    let vit = crate::backbone::load(&weights, &e.arch, &Device::Cpu)?;
+    let (manifest, entries) = crate::run_cmd::plan_entries(plan, recipe)?;
+    if plan.prefix_len < plan.steps.len() {
+        tracing::warn!(
+            "{} random step(s) after the deterministic prefix are not applied",
+            plan.steps.len() - plan.prefix_len
+        );
+    }
+    let pipeline = Pipeline::new(plan);
+    let out = base.join(&e.out);
+    eprintln!(
+        "embedding {} volumes with {} (ViT-{})",
+        entries.len(),
+        weights.display(),
+        e.arch
+    );
+    run_entries(
+        &vit,
+        &entries,
+        &TableOptions {
+            manifest: &manifest,
+            out: &out,
+            prep: Prep::Recipe {
+                pipeline: &pipeline,
+                size: e.image_size,
+            },
+            patch_grid: e.patch_grid,
+            row_group: e.row_group,
+        },
+    )
+}
+
+/// Embeds `entries` into a Parquet table.
+fn run_entries(
+    vit: &ViT3d,
+    entries: &[ManifestEntry],
+    o: &TableOptions,
+) -> anyhow::Result<ExitCode> {
+    let extras = extra_columns(entries);
     for k in extras.keys() {
         if EMBED_COLUMNS.contains(&k.as_str()) {
             bail!(
@@ -264,7 +343,7 @@ pub(crate) fn run(vit: &ViT3d, o: &TableOptions) -> anyhow::Result<ExitCode> {
         // forward passes use candle's own threads.
         let results: Vec<_> = chunk
             .par_iter()
-            .map(|e| embed(vit, e, o.manifest, o.raw, o.patch_grid))
+            .map(|e| embed(vit, e, o.manifest, &o.prep, o.patch_grid))
             .collect();
         let mut rows = Vec::with_capacity(chunk.len());
         for (entry, r) in chunk.iter().zip(results) {
@@ -339,7 +418,6 @@ mod tests {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float32Type, UInt32Type};
-    use dino3d_model::candle_core::Device;
     use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -381,7 +459,7 @@ mod tests {
         let opts = TableOptions {
             manifest: &manifest,
             out: &out,
-            raw: true,
+            prep: Prep::Raw,
             patch_grid: true,
             row_group: 2,
         };

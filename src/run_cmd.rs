@@ -310,8 +310,9 @@ pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result
         "pretrain" => crate::train::pretrain(&plan, recipe),
         "segment" => crate::segment::run(&plan, recipe),
         "linear_probe" => crate::linear::run(&plan, recipe),
+        "embed" => crate::embed_table::run_recipe(&plan, recipe),
         other => bail!(
-            "{}: unknown task `{other}` (available: prepare, pretrain, segment, linear_probe)",
+            "{}: unknown task `{other}` (available: prepare, pretrain, segment, linear_probe, embed)",
             recipe.display()
         ),
     }

@@ -39,6 +39,8 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["cache", "warm", "--help"],
         vec!["cache", "verify", "--help"],
         vec!["visualize", "--help"],
+        vec!["embed", "--help"],
+        vec!["atlas-crops", "--help"],
     ] {
         let text = run_ok(dino_run().args(&sub));
         assert!(text.contains("Usage"), "{sub:?}: {text}");
@@ -834,4 +836,35 @@ fn linear_probe_example_runs_and_reports_on_validation_and_test() {
         assert_eq!(logits["logits"].as_array().unwrap().len(), 20);
         assert_eq!(logits["classifier"], p["best_classifier"]);
     }
+}
+
+/// `task: embed` on the bundled brains with a random `tiny` checkpoint: one
+/// Parquet row per volume, in row groups of 2.
+#[test]
+fn embed_recipe_writes_a_parquet_row_per_volume() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("tiny.safetensors");
+    random_tiny_checkpoint(&weights);
+    let recipe = recipe_copy(dir.path(), "embed.yaml");
+    let out = dir.path().join("e.parquet");
+    let text = run_ok(
+        dino_run()
+            .arg(&recipe)
+            .args([
+                "--set",
+                &format!("embed.pretrained_weights={}", weights.display()),
+            ])
+            .args(["--set", &format!("embed.out={}", out.display())])
+            .args(["--set", "embed.image_size=32", "--set", "embed.row_group=2"]),
+    );
+    assert!(
+        text.contains("3 of 3 volumes embedded (192 dims, with patch tokens), 0 skipped"),
+        "{text}"
+    );
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(reader.metadata().num_row_groups(), 2);
+    let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
 }

@@ -36,21 +36,25 @@ impl Features {
     }
 }
 
-/// Runs the recipe's deterministic prefix on `image` (resolved against the
-/// datalist's folder) and resizes the result to `size`³ (0: kept).
-pub(crate) fn prepare(
-    pipeline: &Pipeline,
-    image: &str,
-    datalist: &Path,
-    size: usize,
-) -> anyhow::Result<Image> {
-    let entry = ManifestEntry {
+/// An entry holding only `image`.
+pub(crate) fn entry(image: &str) -> ManifestEntry {
+    ManifestEntry {
         image: image.to_string(),
         shape: None,
         spacing: None,
         extra: serde_json::Map::new(),
-    };
-    let sample = pipeline.prepare(&entry, datalist)?;
+    }
+}
+
+/// Runs the recipe's deterministic prefix on `entry` (resolved against the
+/// manifest's folder) and resizes the result to `size`³ (0: kept).
+pub(crate) fn prepare(
+    pipeline: &Pipeline,
+    entry: &ManifestEntry,
+    manifest: &Path,
+    size: usize,
+) -> anyhow::Result<Image> {
+    let sample = pipeline.prepare(entry, manifest)?;
     let (_, img) = sample
         .images
         .into_iter()

@@ -14,7 +14,7 @@
 //! computed once), and shuffles use dino3d's own seeded generator.
 
 pub(crate) mod crops;
-mod features;
+pub(crate) mod features;
 mod grid;
 mod metrics;
 
@@ -214,7 +214,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
             seed: plan.seed,
         };
         let bar = progress::bar(cfg.iterations as u64, name);
-        let (best, history) = grid::train(&specs, &tr, &va, classes, &cfg, &|_| bar.inc(1));
+        let (best, history) = grid::train(&specs, &tr, &va, classes, &cfg, &|_| bar.inc(1))?;
         bar.finish_and_clear();
         let sel = grid::select(&best.snapshot, &specs, &va, &te);
         let spec = &specs[sel.index];
@@ -292,14 +292,14 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// A weights file, or the newest teacher of a pretraining output folder.
-fn resolve_weights(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_weights(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_dir() {
         crate::probe::newest_weights(path)
     } else if path.exists() {
         Ok(path.to_path_buf())
     } else {
         bail!(
-            "probe.pretrained_weights {} does not exist (pretrain first: dino-run recipes/demo.yaml)",
+            "pretrained_weights {} does not exist (pretrain first: dino-run recipes/demo.yaml)",
             path.display()
         )
     }
@@ -325,7 +325,10 @@ fn extract_all(
     for chunk in jobs.chunks(CHUNK) {
         let prepared: Vec<_> = chunk
             .par_iter()
-            .map(|&(s, i)| features::prepare(pipeline, &splits[s][i].image, datalist, p.image_size))
+            .map(|&(s, i)| {
+                let e = features::entry(&splits[s][i].image);
+                features::prepare(pipeline, &e, datalist, p.image_size)
+            })
             .collect();
         let mut ok = Vec::new();
         for (&(s, i), r) in chunk.iter().zip(prepared) {

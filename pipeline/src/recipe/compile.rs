@@ -119,6 +119,8 @@ pub struct Plan {
     pub segment: Option<super::segment::SegmentPlan>,
     /// The frozen linear probe (`task: linear_probe` only).
     pub probe: Option<super::probe::ProbePlan>,
+    /// Feature export (`task: embed` only).
+    pub embed: Option<super::probe::EmbedPlan>,
 }
 
 impl std::fmt::Display for Plan {
@@ -229,6 +231,13 @@ impl std::fmt::Display for Plan {
                 p.batch_size,
                 p.eval_period_iterations,
                 p.output_dir
+            )?;
+        }
+        if let Some(e) = &self.embed {
+            writeln!(
+                f,
+                "embed: ViT-{} from {}, image {}, patch tokens {}, row groups of {} -> {}",
+                e.arch, e.pretrained_weights, e.image_size, e.patch_grid, e.row_group, e.out
             )?;
         }
         Ok(())
@@ -395,6 +404,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     let training = super::training::compile_training(doc, file, &mut errors);
     let segment = super::segment::compile_segment(doc, file, &mut errors);
     let probe = super::probe::compile_probe(doc, file, &mut errors);
+    let embed = super::probe::compile_embed(doc, file, &mut errors);
     if let Some(t) = &training
         && t.patch_size != batch.patch_size
     {
@@ -505,6 +515,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         training,
         segment,
         probe,
+        embed,
     })
 }
 

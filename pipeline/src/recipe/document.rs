@@ -62,6 +62,9 @@ pub struct RecipeDoc {
     /// The frozen linear probe (`task: linear_probe`).
     #[serde(default)]
     pub probe: Option<super::probe::ProbeDoc>,
+    /// Feature export (`task: embed`).
+    #[serde(default)]
+    pub embed: Option<super::probe::EmbedDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.

@@ -5,7 +5,7 @@
 //! Covers `task`, `seed`, `data`, `cache`, `pipeline` (with nested `OneOf` /
 //! `RandomApply` steps), multi-crop `views`, `batch`, the training sections
 //! `model`, `optim`, `teacher`, `train` ([`training`]), the linear probe's
-//! `probe` ([`probe`]), and `--set`
+//! `probe` and the feature export's `embed` ([`probe`]), and `--set`
 //! overrides ([`overrides`]). Execution is in `crate::exec`.
 
 pub mod compile;
@@ -22,6 +22,6 @@ pub use compile::{
     BatchPlan, Plan, Step, ViewPlan, ViewRole, compile_file, compile_file_with, compile_str,
 };
 pub use error::{RecipeError, RecipeErrors, nearest};
-pub use probe::ProbePlan;
+pub use probe::{EmbedPlan, ProbePlan};
 pub use segment::{SegmentData, SegmentPlan};
 pub use training::TrainingPlan;

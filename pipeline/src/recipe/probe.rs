@@ -78,6 +78,106 @@ pub struct ProbeDoc {
     pub compare_random_init: Option<Spanned<bool>>,
 }
 
+/// `embed:` as written (`task: embed`): every manifest entry through the
+/// recipe's deterministic pipeline and a frozen backbone, into a Parquet table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedDoc {
+    /// A checkpoint file, or a pretraining output folder (its newest teacher).
+    pub pretrained_weights: Spanned<String>,
+    /// Backbone preset.
+    #[serde(default)]
+    pub arch: Option<Spanned<String>>,
+    /// The Parquet file written (relative to the recipe).
+    pub out: Spanned<String>,
+    /// Resize the prepared image to S³ (trilinear); 0 keeps it.
+    #[serde(default)]
+    pub image_size: Option<Spanned<u64>>,
+    /// Also store every patch token.
+    #[serde(default)]
+    pub patch_grid: Option<Spanned<bool>>,
+    /// Volumes per Parquet row group.
+    #[serde(default)]
+    pub row_group: Option<Spanned<u64>>,
+}
+
+/// The validated `embed:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedPlan {
+    /// Weights file or folder, as written.
+    pub pretrained_weights: String,
+    /// Backbone preset.
+    pub arch: String,
+    /// Output Parquet file, as written.
+    pub out: String,
+    /// Resize cube (0: none).
+    pub image_size: usize,
+    /// Whether patch tokens are stored.
+    pub patch_grid: bool,
+    /// Volumes per row group.
+    pub row_group: usize,
+}
+
+/// Reads `embed:`; `None` when absent (an error for `task: embed`).
+pub(crate) fn compile_embed(
+    doc: &RecipeDoc,
+    file: &Path,
+    errors: &mut Vec<RecipeError>,
+) -> Option<EmbedPlan> {
+    let Some(d) = &doc.embed else {
+        if doc.task.value == "embed" {
+            errors.push(RecipeError::at(
+                file,
+                &doc.task.referenced,
+                "task `embed` needs an `embed:` section (pretrained_weights, out)",
+            ));
+        }
+        return None;
+    };
+    let mut p = EmbedPlan {
+        pretrained_weights: d.pretrained_weights.value.clone(),
+        arch: "large".into(),
+        out: d.out.value.clone(),
+        image_size: 0,
+        patch_grid: d.patch_grid.as_ref().is_some_and(|v| v.value),
+        row_group: 64,
+    };
+    if let Some(a) = &d.arch {
+        if !ARCHS.contains(&a.value.as_str()) {
+            let hint = nearest(&a.value, ARCHS.iter().copied())
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            errors.push(RecipeError::at(
+                file,
+                &a.referenced,
+                format!("embed.arch `{}` is not one of {ARCHS:?}{hint}", a.value),
+            ));
+        }
+        p.arch.clone_from(&a.value);
+    }
+    if !d.out.value.to_ascii_lowercase().ends_with(".parquet") {
+        errors.push(RecipeError::at(
+            file,
+            &d.out.referenced,
+            format!("embed.out `{}` must name a .parquet file", d.out.value),
+        ));
+    }
+    if let Some(s) = &d.image_size {
+        p.image_size = s.value as usize;
+    }
+    if let Some(r) = &d.row_group {
+        if r.value < 1 {
+            errors.push(RecipeError::at(
+                file,
+                &r.referenced,
+                "embed.row_group must be at least 1",
+            ));
+        }
+        p.row_group = r.value as usize;
+    }
+    Some(p)
+}
+
 /// The validated `probe:` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbePlan {
@@ -408,5 +508,36 @@ pipeline:
         );
         let e = errors(&format!("{HEAD}probe:\n  arch: tiny\n"));
         assert!(e.contains("pretrained_weights"), "{e}");
+    }
+
+    #[test]
+    fn embed_sections_are_read_and_validated() {
+        let head = HEAD.replace("linear_probe", "embed");
+        let p = compile_str(
+            &format!("{head}embed:\n  pretrained_weights: w.pth\n  out: e.parquet\n  arch: tiny\n  patch_grid: true\n"),
+            Path::new("p.yaml"),
+        )
+        .unwrap()
+        .embed
+        .unwrap();
+        assert_eq!((p.arch.as_str(), p.out.as_str()), ("tiny", "e.parquet"));
+        assert!(p.patch_grid);
+        assert_eq!((p.row_group, p.image_size), (64, 0));
+        let e = errors(&format!(
+            "{head}embed:\n  pretrained_weights: w.pth\n  out: e.json\n  row_group: 0\n"
+        ));
+        assert!(
+            e.contains("p.yaml:8:8: embed.out `e.json` must name a .parquet file"),
+            "{e}"
+        );
+        assert!(
+            e.contains("p.yaml:9:14: embed.row_group must be at least 1"),
+            "{e}"
+        );
+        let e = errors(&head);
+        assert!(
+            e.contains("p.yaml:1:7: task `embed` needs an `embed:` section"),
+            "{e}"
+        );
     }
 }
