@@ -1,26 +1,32 @@
-//! 3-D convolution for the segmentation decoders. candle has no conv3d, but
-//! its conv2d has a backward pass: a 3-D convolution is the sum over the
-//! kernel's depth taps `kz` of 2-D convolutions of the depth slabs
-//! `z·stride + kz`, with depth folded into the batch `(B·D', C, H, W)`. The
-//! gradients come from candle's conv2d backward; memory stays at one slab's
-//! 2-D im2col, and the folded batch is cut into chunks so that no im2col
-//! exceeds [`IM2COL_BUDGET`] elements (at 112³ the full 27×C×S³ never exists).
+//! 3-D convolution for the segmentation decoders (candle has none).
 //!
-//! Padding is applied explicitly and the input trimmed to the extent the
-//! kernel actually visits, so candle's conv2d runs with padding 0 and an
-//! exact output size: its backward then needs no output padding (which it
-//! derives from the height alone and gets wrong for strided convolutions
-//! of odd-by-even planes).
+//! On the CPU (f32/f64) it is a custom op with a hand-written backward
+//! pass, im2col + matmul in both directions over a few output depth slices
+//! at a time (see `conv3d_cpu`). Elsewhere it is the sum over the kernel's
+//! depth taps `kz` of candle conv2d's of the depth slabs `z·stride + kz`,
+//! with depth folded into the batch `(B·D', C, H, W)`, differentiated by
+//! candle. Either way no im2col exceeds [`IM2COL_BUDGET`] elements (at 112³
+//! the full 27×C×S³ never exists).
+//!
+//! On the conv2d path padding is applied explicitly and the input trimmed
+//! to the extent the kernel actually visits, so candle's conv2d runs with
+//! padding 0 and an exact output size: its backward then needs no output
+//! padding (which it derives from the height alone and gets wrong for
+//! strided convolutions of odd-by-even planes).
+//!
+//! A 1×1×1, stride-1 convolution is a plain matmul over channels.
 //!
 //! Layout `(B, C, D, H, W)`; weights `(out, in/groups, k, k, k)` as
 //! PyTorch's `Conv3d`, so MONAI/3DINO state dicts map by name.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-/// The largest 2-D im2col (elements) one conv2d call may build; the folded
-/// `B·D'` batch is processed in chunks below it (64 Mi f32 = 256 MiB).
-pub const IM2COL_BUDGET: usize = 1 << 26;
+use super::conv3d_cpu::Conv3dIm2col;
+
+/// The largest im2col (elements) one step may build (16 Mi f32 = 64 MiB);
+/// the output is processed in chunks of depth slices below it.
+pub const IM2COL_BUDGET: usize = 1 << 24;
 
 /// Stride, zero padding and groups of a [`Conv3d`] (the same on every axis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +150,7 @@ pub fn conv3d(x: &Tensor, w: &Tensor, cfg: Conv3dConfig) -> candle_core::Result<
     conv3d_budget(x, w, cfg, IM2COL_BUDGET)
 }
 
-/// [`conv3d`] with an explicit im2col budget (elements per conv2d call).
+/// [`conv3d`] with an explicit im2col budget (elements per step).
 pub(crate) fn conv3d_budget(
     x: &Tensor,
     w: &Tensor,
@@ -167,17 +173,44 @@ pub(crate) fn conv3d_budget(
             w.dims()
         );
     }
-    let (od, oh, ow) = (
-        out_len(d, k, s, p)?,
-        out_len(h, k, s, p)?,
-        out_len(wd, k, s, p)?,
-    );
+    for n in [d, h, wd] {
+        out_len(n, k, s, p)?;
+    }
     if k == 1 && s == 1 && p == 0 && groups == 1 {
         // A 1×1×1 convolution is a matmul over channels.
         let w2 = w.reshape((o, c))?;
         let xs = x.reshape((b, c, d * h * wd))?;
         return w2.broadcast_matmul(&xs)?.reshape((b, o, d, h, wd));
     }
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && x.dtype() == w.dtype()
+    {
+        return x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, Conv3dIm2col { cfg, budget });
+    }
+    conv3d_slabs(x, w, cfg, budget)
+}
+
+/// The device-generic path: Σ over depth taps of candle conv2d's on
+/// depth-shifted slabs (candle's own conv2d backward).
+pub(crate) fn conv3d_slabs(
+    x: &Tensor,
+    w: &Tensor,
+    cfg: Conv3dConfig,
+    budget: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, c, d, h, wd) = x.dims5()?;
+    let (o, wc, k, _, _) = w.dims5()?;
+    let Conv3dConfig {
+        stride: s,
+        padding: p,
+        groups,
+    } = cfg;
+    let (od, oh, ow) = (
+        out_len(d, k, s, p)?,
+        out_len(h, k, s, p)?,
+        out_len(wd, k, s, p)?,
+    );
     // Pad, then keep exactly the extent the kernel visits: (out − 1)·s + k.
     let x = if p > 0 {
         x.pad_with_zeros(2, p, p)?
@@ -244,7 +277,7 @@ fn conv2d_chunked(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Module, Var};
+    use candle_core::{DType, Device, Module, Tensor, Var};
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
@@ -352,10 +385,19 @@ mod tests {
 
     /// Gradients of L = Σ conv(x, w)·r in f64 against central differences of
     /// the loop reference (independent of candle's backward).
-    fn check_gradients(xs: [usize; 5], o: usize, k: usize, c: Conv3dConfig, budget: usize) {
+    type ConvFn = fn(&Tensor, &Tensor, Conv3dConfig, usize) -> candle_core::Result<Tensor>;
+
+    fn check_gradients(
+        conv: ConvFn,
+        xs: [usize; 5],
+        o: usize,
+        k: usize,
+        c: Conv3dConfig,
+        budget: usize,
+    ) {
         let x = Var::from_tensor(&tensor(&xs, 3, DType::F64)).unwrap();
         let w = Var::from_tensor(&tensor(&[o, xs[1] / c.groups, k, k, k], 4, DType::F64)).unwrap();
-        let y = conv3d_budget(x.as_tensor(), w.as_tensor(), c, budget).unwrap();
+        let y = conv(x.as_tensor(), w.as_tensor(), c, budget).unwrap();
         let r = tensor(y.dims(), 5, DType::F64);
         let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let (xv, wv, rv) = (f64s(x.as_tensor()), f64s(w.as_tensor()), f64s(&r));
@@ -397,14 +439,18 @@ mod tests {
     #[test]
     fn gradients_match_central_differences() {
         let xs = [2, 2, 4, 5, 6];
-        check_gradients(xs, 3, 3, cfg(1, 1, 1), IM2COL_BUDGET);
-        // Strided over planes of odd and even sizes (candle's own output
-        // padding would be wrong here).
-        check_gradients(xs, 3, 3, cfg(2, 1, 1), IM2COL_BUDGET);
-        check_gradients(xs, 3, 3, cfg(2, 0, 1), IM2COL_BUDGET);
-        check_gradients(xs, 2, 1, cfg(1, 0, 1), IM2COL_BUDGET);
-        check_gradients(xs, 2, 3, cfg(1, 1, 2), IM2COL_BUDGET);
-        check_gradients(xs, 3, 3, cfg(1, 1, 1), 1);
+        for conv in [conv3d_budget as ConvFn, conv3d_slabs] {
+            check_gradients(conv, xs, 3, 3, cfg(1, 1, 1), IM2COL_BUDGET);
+            // Strided over planes of odd and even sizes (candle's own output
+            // padding would be wrong here on the conv2d path).
+            check_gradients(conv, xs, 3, 3, cfg(2, 1, 1), IM2COL_BUDGET);
+            check_gradients(conv, xs, 3, 3, cfg(2, 0, 1), IM2COL_BUDGET);
+            check_gradients(conv, xs, 2, 1, cfg(1, 0, 1), IM2COL_BUDGET);
+            check_gradients(conv, xs, 2, 1, cfg(2, 0, 1), IM2COL_BUDGET);
+            check_gradients(conv, xs, 2, 3, cfg(1, 1, 2), IM2COL_BUDGET);
+            check_gradients(conv, xs, 4, 3, cfg(2, 1, 2), IM2COL_BUDGET);
+            check_gradients(conv, xs, 3, 3, cfg(1, 1, 1), 1);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv3d;
+mod conv3d_cpu;
 pub mod conv_transpose3d;
 pub mod instance_norm;
 pub mod linear_head;
