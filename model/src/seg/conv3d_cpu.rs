@@ -87,36 +87,76 @@ impl Geo {
         (budget / (self.kg() * self.plane()).max(1)).clamp(1, self.od)
     }
 
-    /// The input index read by im2col row `r` (channel `ci` of the input)
-    /// at output voxel (z, y, x), if inside the volume.
+    /// The output positions `lo..hi` of an axis (`n_in` input, `n_out`
+    /// output samples) whose tap `kk` lands inside the input.
+    fn valid(&self, kk: usize, n_in: usize, n_out: usize) -> (usize, usize) {
+        let lo = self.p.saturating_sub(kk).div_ceil(self.s);
+        let hi = if n_in + self.p > kk {
+            ((n_in + self.p - kk - 1) / self.s + 1).min(n_out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// Calls `f(out_offset, in_offset, len)` for every run of output voxels
+    /// (within `nz` slices from `z0`) that tap (kz, ky, kx) reads from one
+    /// input row; input elements of a run are `stride` apart.
     #[inline]
-    fn tap(&self, kz: usize, ky: usize, kx: usize, z: usize, y: usize, x: usize) -> Option<usize> {
-        let iz = (z * self.s + kz).checked_sub(self.p)?;
-        let iy = (y * self.s + ky).checked_sub(self.p)?;
-        let ix = (x * self.s + kx).checked_sub(self.p)?;
-        (iz < self.d && iy < self.h && ix < self.w).then_some((iz * self.h + iy) * self.w + ix)
+    fn runs(
+        &self,
+        (kz, ky, kx): (usize, usize, usize),
+        z0: usize,
+        nz: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let (zlo, zhi) = self.valid(kz, self.d, self.od);
+        let (ylo, yhi) = self.valid(ky, self.h, self.oh);
+        let (xlo, xhi) = self.valid(kx, self.w, self.ow);
+        if xhi == xlo {
+            return;
+        }
+        for z in zlo.max(z0)..zhi.min(z0 + nz) {
+            let iz = z * self.s + kz - self.p;
+            for y in ylo..yhi {
+                let iy = y * self.s + ky - self.p;
+                let ix = xlo * self.s + kx - self.p;
+                f(
+                    ((z - z0) * self.oh + y) * self.ow + xlo,
+                    (iz * self.h + iy) * self.w + ix,
+                    xhi - xlo,
+                );
+            }
+        }
+    }
+
+    /// Kernel offsets of im2col row `t` within a channel.
+    fn offsets(&self, t: usize) -> (usize, usize, usize) {
+        let k = self.k;
+        (t / (k * k), (t / k) % k, t % k)
     }
 
     /// The im2col `(K_g, nz·plane)` of sample `bi`, group `gi`, output
     /// slices `z0..z0 + nz`, from `x` (contiguous `(B, C, D, H, W)`).
     fn im2col<T: WithDType>(&self, x: &[T], bi: usize, gi: usize, z0: usize, nz: usize) -> Vec<T> {
         let n = nz * self.plane();
-        let k = self.k;
+        let k3 = self.k * self.k * self.k;
         let vol = self.d * self.h * self.w;
+        let s = self.s;
         let mut cols = vec![T::zero(); self.kg() * n];
         cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-            let (cl, t) = (r / (k * k * k), r % (k * k * k));
-            let (kz, ky, kx) = (t / (k * k), (t / k) % k, t % k);
+            let cl = r / k3;
             let src = &x[(bi * self.c + gi * self.cg() + cl) * vol..][..vol];
-            for zz in 0..nz {
-                for y in 0..self.oh {
-                    for xx in 0..self.ow {
-                        if let Some(i) = self.tap(kz, ky, kx, z0 + zz, y, xx) {
-                            row[(zz * self.oh + y) * self.ow + xx] = src[i];
-                        }
+            self.runs(self.offsets(r % k3), z0, nz, |o, i, len| {
+                let dst = &mut row[o..o + len];
+                if s == 1 {
+                    dst.copy_from_slice(&src[i..i + len]);
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = src[i + j * s];
                     }
                 }
-            }
+            });
         });
         cols
     }
@@ -135,23 +175,19 @@ impl Geo {
         let n = nz * self.plane();
         let k3 = self.k * self.k * self.k;
         let vol = self.d * self.h * self.w;
+        let s = self.s;
         let start = (bi * self.c + gi * self.cg()) * vol;
         dx[start..start + self.cg() * vol]
             .par_chunks_mut(vol)
             .enumerate()
             .for_each(|(cl, dst)| {
                 for t in 0..k3 {
-                    let (kz, ky, kx) = (t / (self.k * self.k), (t / self.k) % self.k, t % self.k);
                     let row = &cols[(cl * k3 + t) * n..][..n];
-                    for zz in 0..nz {
-                        for y in 0..self.oh {
-                            for xx in 0..self.ow {
-                                if let Some(i) = self.tap(kz, ky, kx, z0 + zz, y, xx) {
-                                    dst[i] += row[(zz * self.oh + y) * self.ow + xx];
-                                }
-                            }
+                    self.runs(self.offsets(t), z0, nz, |o, i, len| {
+                        for (j, v) in row[o..o + len].iter().enumerate() {
+                            dst[i + j * s] += *v;
                         }
-                    }
+                    });
                 }
             });
     }
@@ -172,7 +208,7 @@ impl Geo {
         let mut y = vec![T::zero(); self.b * self.o * ovol];
         let step = self.slices(budget);
         for gi in 0..self.groups {
-            let wg = self.group_weight(w, gi)?;
+            let wgt = self.group_weight(w, gi)?.t()?;
             for bi in 0..self.b {
                 for z0 in (0..self.od).step_by(step) {
                     let nz = step.min(self.od - z0);
@@ -182,10 +218,13 @@ impl Geo {
                         (self.kg(), n),
                         &Device::Cpu,
                     )?;
-                    let out = wg.matmul(&cols)?.flatten_all()?.to_vec1::<T>()?;
-                    for (ol, row) in out.chunks(n).enumerate() {
+                    // colsᵀ·W_gᵀ (n × O_g): the faster gemm shape for small O_g.
+                    let out = cols.t()?.matmul(&wgt)?.flatten_all()?.to_vec1::<T>()?;
+                    for ol in 0..og {
                         let at = (bi * self.o + gi * og + ol) * ovol + z0 * plane;
-                        y[at..at + n].copy_from_slice(row);
+                        for (j, v) in y[at..at + n].iter_mut().enumerate() {
+                            *v = out[j * og + ol];
+                        }
                     }
                 }
             }
@@ -307,5 +346,45 @@ impl CustomOp2 for Conv3dIm2col {
             dt => candle_core::bail!("conv3d: unsupported dtype {dt:?}"),
         };
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    #[ignore = "timing; run by hand"]
+    fn im2col_vs_matmul_timing() {
+        let cfg = Conv3dConfig::same(3);
+        let geo = Geo::new(&[2, 32, 64, 64, 64], &[16, 32, 3, 3, 3], cfg).unwrap();
+        let x = vec![1f32; 2 * 32 * 64 * 64 * 64];
+        let step = geo.slices(super::super::conv3d::IM2COL_BUDGET);
+        let t0 = Instant::now();
+        let mut cols = Vec::new();
+        for z0 in (0..64).step_by(step) {
+            cols = geo.im2col(&x, 0, 0, z0, step);
+        }
+        let t1 = Instant::now();
+        let w = Tensor::ones((16, geo.kg()), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let c = Tensor::from_vec(cols, (geo.kg(), step * 4096), &Device::Cpu).unwrap();
+        let t2 = Instant::now();
+        for _ in 0..64 / step {
+            let _ = w.matmul(&c).unwrap();
+        }
+        let t3 = Instant::now();
+        for _ in 0..64 / step {
+            let _ = c.t().unwrap().matmul(&w.t().unwrap()).unwrap();
+        }
+        let t4 = Instant::now();
+        println!(
+            "per sample: im2col {:.3} s, W·cols {:.3} s, colsᵀ·Wᵀ {:.3} s (step {step}, threads {})",
+            (t1 - t0).as_secs_f64(),
+            (t3 - t2).as_secs_f64(),
+            (t4 - t3).as_secs_f64(),
+            rayon::current_num_threads()
+        );
     }
 }

@@ -62,3 +62,45 @@ fn unetr_timing() {
         );
     }
 }
+
+#[test]
+#[ignore = "timing; run by hand"]
+fn seg_op_timing() {
+    use super::{Conv3dConfig, ConvTranspose3d, conv3d, instance_norm, leaky_relu};
+    use candle_core::Module;
+    let time = |what: &str, f: &dyn Fn() -> Tensor| {
+        let t0 = Instant::now();
+        let y = f();
+        let t1 = Instant::now();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        println!(
+            "{what}: forward {:.3} s, backward {:.3} s ({} grads)",
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64(),
+            g.get_ids().count()
+        );
+    };
+    let x = candle_core::Var::from_tensor(&tensor(&[2, 32, 64, 64, 64], 1, DType::F32)).unwrap();
+    let w = candle_core::Var::from_tensor(&tensor(&[16, 32, 3, 3, 3], 2, DType::F32)).unwrap();
+    time("conv3d 32->16 @64^3", &|| {
+        conv3d(x.as_tensor(), w.as_tensor(), Conv3dConfig::same(3)).unwrap()
+    });
+    time("instance_norm 32ch", &|| {
+        instance_norm(x.as_tensor()).unwrap()
+    });
+    time("leaky 32ch", &|| leaky_relu(x.as_tensor()).unwrap());
+    let vm = VarMap::new();
+    let up = ConvTranspose3d::x2(
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+        32,
+        16,
+    )
+    .unwrap();
+    let h = candle_core::Var::from_tensor(&tensor(&[2, 32, 32, 32, 32], 3, DType::F32)).unwrap();
+    time("convT 32->16 @32->64", &|| {
+        up.forward(h.as_tensor()).unwrap()
+    });
+    time("cat 2x32ch", &|| {
+        Tensor::cat(&[x.as_tensor(), x.as_tensor()], 1).unwrap()
+    });
+}
