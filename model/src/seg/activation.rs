@@ -5,13 +5,18 @@ use candle_core::Tensor;
 /// MONAI's LeakyReLU slope in its UNet blocks.
 pub const LEAKY_SLOPE: f64 = 0.01;
 
-/// LeakyReLU(0.01) as `relu(x) − 0.01·relu(−x)`, so both halves
-/// backpropagate.
+/// LeakyReLU(0.01) as `x · m` with the constant slope mask
+/// `m = 1 where x > 0, else 0.01` (one multiply backward; the gradient at 0
+/// is the slope, as PyTorch's).
 ///
 /// # Errors
 /// Never for valid tensors.
 pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.relu()? - (x.neg()?.relu()? * LEAKY_SLOPE)?
+    let mask = x
+        .gt(0.0)?
+        .to_dtype(x.dtype())?
+        .affine(1.0 - LEAKY_SLOPE, LEAKY_SLOPE)?;
+    x * mask
 }
 
 /// PyTorch's default `nn.GELU()` (the exact, erf form); candle's
@@ -32,14 +37,15 @@ mod tests {
 
     #[test]
     fn leaky_relu_has_both_slopes() {
-        let x = Var::from_tensor(&Tensor::new(&[-2.0f64, -0.5, 0.5, 3.0], &Device::Cpu).unwrap())
-            .unwrap();
+        let x =
+            Var::from_tensor(&Tensor::new(&[-2.0f64, -0.5, 0.0, 0.5, 3.0], &Device::Cpu).unwrap())
+                .unwrap();
         let y = leaky_relu(x.as_tensor()).unwrap();
-        assert_eq!(f64s(&y), vec![-0.02, -0.005, 0.5, 3.0]);
+        assert_eq!(f64s(&y), vec![-0.02, -0.005, 0.0, 0.5, 3.0]);
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(
             f64s(g.get(x.as_tensor()).unwrap()),
-            vec![0.01, 0.01, 1.0, 1.0]
+            vec![0.01, 0.01, 0.01, 1.0, 1.0]
         );
     }
 
