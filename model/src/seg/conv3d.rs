@@ -450,7 +450,22 @@ mod tests {
             check_gradients(conv, xs, 2, 3, cfg(1, 1, 2), IM2COL_BUDGET);
             check_gradients(conv, xs, 4, 3, cfg(2, 1, 2), IM2COL_BUDGET);
             check_gradients(conv, xs, 3, 3, cfg(1, 1, 1), 1);
+            // Fewer outputs than inputs (the CPU op's transposed-conv dx).
+            check_gradients(conv, [2, 3, 4, 5, 6], 2, 3, cfg(1, 1, 1), IM2COL_BUDGET);
+            check_gradients(conv, [1, 3, 4, 5, 6], 1, 3, cfg(1, 0, 1), 1);
+            check_gradients(conv, [1, 4, 6, 5, 7], 2, 5, cfg(1, 2, 1), IM2COL_BUDGET);
         }
+        // A plain (untracked) input gets no gradient, the kernel still does.
+        let x = tensor(&xs, 3, DType::F64);
+        let w = Var::from_tensor(&tensor(&[3, 2, 3, 3, 3], 4, DType::F64)).unwrap();
+        let grads = conv3d(&x, w.as_tensor(), cfg(1, 1, 1))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(w.as_tensor()).is_some());
     }
 
     #[test]

@@ -232,17 +232,23 @@ impl Geo {
         Ok(y)
     }
 
-    /// `(dx, dW)` for upstream gradient `g` (contiguous `(B, O, D', H', W')`).
+    /// `(dx, dW)` for upstream gradient `g` (contiguous `(B, O, D', H', W')`);
+    /// either is skipped (left empty) when not `need`ed.
     fn backward<T: WithDType>(
         &self,
         x: &[T],
         w: &[T],
         g: &[T],
         budget: usize,
+        (need_dx, need_dw): (bool, bool),
     ) -> candle_core::Result<(Vec<T>, Vec<T>)> {
         let (og, kg, plane, ovol) = (self.og(), self.kg(), self.plane(), self.od * self.plane());
-        let mut dx = vec![T::zero(); x.len()];
-        let mut dw = Vec::with_capacity(w.len());
+        let mut dx = if need_dx {
+            vec![T::zero(); x.len()]
+        } else {
+            Vec::new()
+        };
+        let mut dw = Vec::with_capacity(if need_dw { w.len() } else { 0 });
         let step = self.slices(budget);
         for gi in 0..self.groups {
             let wgt = self.group_weight(w, gi)?.t()?.contiguous()?;
@@ -257,20 +263,28 @@ impl Geo {
                         gc.extend_from_slice(&g[at..at + n]);
                     }
                     let gc = Tensor::from_vec(gc, (og, n), &Device::Cpu)?;
-                    let cols =
-                        Tensor::from_vec(self.im2col(x, bi, gi, z0, nz), (kg, n), &Device::Cpu)?;
-                    let part = gc.matmul(&cols.t()?)?;
-                    dwg = Some(match dwg {
-                        Some(a) => (a + part)?,
-                        None => part,
-                    });
-                    let dcols = wgt.matmul(&gc)?.flatten_all()?.to_vec1::<T>()?;
-                    self.col2im(&dcols, &mut dx, bi, gi, z0, nz);
+                    if need_dw {
+                        let cols = Tensor::from_vec(
+                            self.im2col(x, bi, gi, z0, nz),
+                            (kg, n),
+                            &Device::Cpu,
+                        )?;
+                        let part = gc.matmul(&cols.t()?)?;
+                        dwg = Some(match dwg {
+                            Some(a) => (a + part)?,
+                            None => part,
+                        });
+                    }
+                    if need_dx {
+                        let dcols = wgt.matmul(&gc)?.flatten_all()?.to_vec1::<T>()?;
+                        self.col2im(&dcols, &mut dx, bi, gi, z0, nz);
+                    }
                 }
             }
             match dwg {
                 Some(t) => dw.extend(t.flatten_all()?.to_vec1::<T>()?),
-                None => dw.extend(std::iter::repeat_n(T::zero(), og * kg)),
+                None if need_dw => dw.extend(std::iter::repeat_n(T::zero(), og * kg)),
+                None => {}
             }
         }
         Ok((dx, dw))
@@ -326,26 +340,57 @@ impl CustomOp2 for Conv3dIm2col {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let geo = Geo::new(x.dims(), w.dims(), self.cfg)?;
+        // Inputs without a graph (a raw image, a frozen kernel) need no gradient.
+        let need = (x.track_op(), w.track_op());
+        type Grads = (Option<Tensor>, Option<Tensor>);
         fn run<T: WithDType>(
             geo: &Geo,
-            x: &Tensor,
-            w: &Tensor,
-            g: &Tensor,
+            (x, w, g): (&Tensor, &Tensor, &Tensor),
             budget: usize,
-        ) -> candle_core::Result<(Tensor, Tensor)> {
+            need: (bool, bool),
+        ) -> candle_core::Result<Grads> {
             let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
-            let (dx, dw) = geo.backward(&flat(x)?, &flat(w)?, &flat(g)?, budget)?;
-            Ok((
-                Tensor::from_vec(dx, x.shape(), x.device())?,
-                Tensor::from_vec(dw, w.shape(), w.device())?,
-            ))
+            let (xv, wv, gv) = (flat(x)?, flat(w)?, flat(g)?);
+            // Fewer output than input channels (stride 1): dx as the forward
+            // convolution of g with the flipped, transposed kernel, whose
+            // im2col has O·k³ rows instead of C·k³.
+            if need.0 && geo.s == 1 && geo.groups == 1 && geo.o < geo.c && geo.p < geo.k {
+                let (_, dw) = geo.backward(&xv, &wv, &gv, budget, (false, need.1))?;
+                let (k, k3) = (geo.k, geo.k * geo.k * geo.k);
+                let mut wf = vec![T::zero(); wv.len()];
+                for o in 0..geo.o {
+                    for c in 0..geo.c {
+                        for t in 0..k3 {
+                            wf[(c * geo.o + o) * k3 + (k3 - 1 - t)] = wv[(o * geo.c + c) * k3 + t];
+                        }
+                    }
+                }
+                let cfg = Conv3dConfig {
+                    stride: 1,
+                    padding: k - 1 - geo.p,
+                    groups: 1,
+                };
+                let tgeo = Geo::new(g.dims(), &[geo.c, geo.o, k, k, k], cfg)?;
+                let dx = tgeo.forward(&gv, &wf, budget)?;
+                let dw = need
+                    .1
+                    .then(|| Tensor::from_vec(dw, w.shape(), w.device()))
+                    .transpose()?;
+                return Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), dw));
+            }
+            let (dx, dw) = geo.backward(&xv, &wv, &gv, budget, need)?;
+            let wrap = |v: Vec<T>, t: &Tensor, needed: bool| {
+                needed
+                    .then(|| Tensor::from_vec(v, t.shape(), t.device()))
+                    .transpose()
+            };
+            Ok((wrap(dx, x, need.0)?, wrap(dw, w, need.1)?))
         }
-        let (dx, dw) = match x.dtype() {
-            candle_core::DType::F32 => run::<f32>(&geo, x, w, g, self.budget)?,
-            candle_core::DType::F64 => run::<f64>(&geo, x, w, g, self.budget)?,
+        match x.dtype() {
+            candle_core::DType::F32 => run::<f32>(&geo, (x, w, g), self.budget, need),
+            candle_core::DType::F64 => run::<f64>(&geo, (x, w, g), self.budget, need),
             dt => candle_core::bail!("conv3d: unsupported dtype {dt:?}"),
-        };
-        Ok((Some(dx), Some(dw)))
+        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! A timing note (ignored by default): UnetrHead forward + backward on CPU
 //! for ViT-tiny features at 64³, batch 2, F = 16.
 //! `cargo test -p dino3d-model --release unetr_timing -- --ignored --nocapture`
+//!
+//! Measured (release, 2 shared cores at load 3–5, 14 classes, frozen
+//! backbone): forward 5–8 s, backward 12–18 s, 17–25 s a step. With candle's
+//! conv2d backward instead of the im2col custom op it was 50–70 s, and
+//! 200–330 s in a debug build.
 
 use std::time::Instant;
 
