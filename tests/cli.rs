@@ -709,6 +709,12 @@ fn pretraining_skips_a_corrupt_volume_and_names_it() {
 
 #[test]
 fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
+    for head in ["unetr", "linear"] {
+        segment_demo_at_tiny_scale(head);
+    }
+}
+
+fn segment_demo_at_tiny_scale(head: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // The shipped recipe at a tiny scale: 6 mm voxels, 16³ crops, a random
@@ -734,6 +740,8 @@ fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
                 "--set",
                 "segment.batch_size=1",
             ])
+            .arg("--set")
+            .arg(format!("segment.head={head}"))
             .arg("--set")
             .arg(format!("segment.output_dir={}", out.display())),
     );

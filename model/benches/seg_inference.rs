@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use dino3d_model::infer::{Blend, SlidingWindow, window_starts};
-use dino3d_model::seg::{UnetrConfig, UnetrHead, vit_levels};
+use dino3d_model::seg::{UnetrConfig, UnetrHead, unetr_levels, vit_levels};
 use dino3d_model::{ViT3d, ViT3dConfig};
 
 fn var(name: &str, default: &str) -> String {
@@ -85,7 +85,7 @@ fn main() {
     let t = Instant::now();
     let y = sw
         .run(&x, |w| {
-            let levels = vit_levels(&vit, w)?;
+            let levels = vit_levels(&vit, w, &unetr_levels(vit.depth()))?;
             head.forward(w, &levels)
         })
         .expect("sliding window");

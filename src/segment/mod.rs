@@ -21,7 +21,10 @@ use dino3d_model::infer::{
     Blend, DiceOptions, SlidingWindow, dice_labels, hd95_per_class, mean_ignoring_nan,
 };
 use dino3d_model::init::seeded_var_builder;
-use dino3d_model::seg::{UnetrConfig, UnetrHead, dice_ce, vit_levels};
+use dino3d_model::seg::{
+    LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, dice_ce, is_buffer, last_levels,
+    unetr_levels, vit_levels,
+};
 use dino3d_model::{ViT3d, ViT3dConfig};
 use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::recipe::{Plan, SegmentData, SegmentPlan};
@@ -32,22 +35,47 @@ use serde::Serialize;
 
 use data::{SegCase, SegData};
 
+/// A segmentation head.
+enum Head {
+    /// UNETR (features of four evenly spaced blocks and the raw input).
+    Unetr(UnetrHead),
+    /// 3DINO's linear decoder (the last four blocks, batch norm, 1³ conv).
+    Linear(LinearDecoderHead),
+}
+
 /// The backbone and head being finetuned.
 struct Model {
     backbone: ViT3d,
-    head: UnetrHead,
+    head: Head,
     head_vars: VarMap,
     train_backbone: bool,
 }
 
 impl Model {
-    /// Logits `(n, K, r, r, r)` for `x (n, C, r, r, r)`.
-    fn logits(&self, x: &Tensor) -> anyhow::Result<Tensor> {
-        let mut levels = vit_levels(&self.backbone, x)?;
+    /// Logits `(n, K, r, r, r)` for `x (n, C, r, r, r)`; `train` picks batch
+    /// statistics in the linear head's batch norm.
+    fn logits_t(&self, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
+        let depth = self.backbone.depth();
+        let indices = match self.head {
+            Head::Unetr(_) => unetr_levels(depth),
+            Head::Linear(_) => last_levels(depth),
+        };
+        let mut levels = vit_levels(&self.backbone, x, &indices)?;
         if !self.train_backbone {
             levels = levels.into_iter().map(|t| t.detach()).collect();
         }
-        Ok(self.head.forward(x, &levels)?)
+        Ok(match &self.head {
+            Head::Unetr(h) => h.forward(x, &levels)?,
+            Head::Linear(h) => {
+                let (n, _, sx, sy, sz) = x.dims5()?;
+                h.forward_t(&levels, n, [sx, sy, sz], train)?
+            }
+        })
+    }
+
+    /// Inference logits.
+    fn logits(&self, x: &Tensor) -> anyhow::Result<Tensor> {
+        self.logits_t(x, false)
     }
 
     /// Label map `(X, Y, Z)` of a case by sliding window.
@@ -129,10 +157,18 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         },
         pad_value: -1.0,
     };
+    // Batch-norm running statistics live in the VarMap but are not trained.
+    let head_params: Vec<_> = {
+        let data = model.head_vars.data().lock().expect("head variables");
+        data.iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
     if s.train_feature_model {
-        vars.extend(model.head_vars.all_vars());
+        vars.extend(head_params);
     } else {
-        vars = model.head_vars.all_vars();
+        vars = head_params;
     }
     let mut opt = AdamW::new(
         vars,
@@ -152,7 +188,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         let t0 = Instant::now();
         opt.set_learning_rate(learning_rate(&s, it));
         let (x, y) = training_batch(&data.train, &s, &mut rng)?;
-        let loss = dice_ce(&model.logits(&x)?, &y)?;
+        let loss = dice_ce(&model.logits_t(&x, true)?, &y)?;
         opt.backward_step(&loss)?;
         let loss = f64::from(loss.to_scalar::<f32>()?);
         if !loss.is_finite() {
@@ -295,16 +331,28 @@ fn build_model(
         crate::backbone::load_with_varmap(&file, &s.arch, device)?
     };
     let head_vars = VarMap::new();
-    let vb = seeded_var_builder(&head_vars, plan.seed ^ 0x5e9, DType::F32, device);
-    let head = UnetrHead::new(
-        UnetrConfig {
-            in_channels,
-            embed_dim: backbone.config().embed_dim,
-            feature_size: s.feature_size,
-            classes,
-        },
-        vb.pp("head"),
-    )?;
+    let vb = seeded_var_builder(&head_vars, plan.seed ^ 0x5e9, DType::F32, device).pp("head");
+    let embed_dim = backbone.config().embed_dim;
+    let head = match s.head.as_str() {
+        "linear" => Head::Linear(LinearDecoderHead::new(
+            LinearHeadConfig {
+                in_channels,
+                embed_dim,
+                patch_size: backbone.config().patch_size,
+                classes,
+            },
+            vb,
+        )?),
+        _ => Head::Unetr(UnetrHead::new(
+            UnetrConfig {
+                in_channels,
+                embed_dim,
+                feature_size: s.feature_size,
+                classes,
+            },
+            vb,
+        )?),
+    };
     Ok((
         Model {
             backbone,

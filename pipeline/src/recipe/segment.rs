@@ -28,7 +28,7 @@ pub struct SegmentDoc {
     /// Backbone preset.
     #[serde(default)]
     pub arch: Option<Spanned<String>>,
-    /// Head: `unetr`.
+    /// Head: `unetr` or `linear` (3DINO's linear decoder).
     #[serde(default)]
     pub head: Option<Spanned<String>>,
     /// Output classes (background included).
@@ -136,7 +136,7 @@ pub struct SegmentPlan {
     pub output_dir: String,
 }
 
-const HEADS: [&str; 1] = ["unetr"];
+const HEADS: [&str; 2] = ["unetr", "linear"];
 const BUILTINS: [&str; 1] = ["mni152_tissue"];
 const BLENDS: [&str; 2] = ["constant", "gaussian"];
 
