@@ -38,7 +38,7 @@ use data::{SegCase, SegData};
 /// A segmentation head.
 enum Head {
     /// UNETR (features of four evenly spaced blocks and the raw input).
-    Unetr(UnetrHead),
+    Unetr(Box<UnetrHead>),
     /// 3DINO's linear decoder (the last four blocks, batch norm, 1³ conv).
     Linear(LinearDecoderHead),
 }
@@ -343,7 +343,7 @@ fn build_model(
             },
             vb,
         )?),
-        _ => Head::Unetr(UnetrHead::new(
+        _ => Head::Unetr(Box::new(UnetrHead::new(
             UnetrConfig {
                 in_channels,
                 embed_dim,
@@ -351,7 +351,7 @@ fn build_model(
                 classes,
             },
             vb,
-        )?),
+        )?)),
     };
     Ok((
         Model {
