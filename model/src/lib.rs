@@ -13,6 +13,11 @@
 //! Sinkhorn-Knopp + cross-entropy, KoLeo) built with cudarc and NVRTC, which
 //! need no CUDA toolkit to build; [`kernels_ref`] holds their CPU references
 //! in every build.
+//!
+//! For finetuning, [`seg`] has the 3-D segmentation layers (convolutions as CPU
+//! custom ops with their own backward, norms, upsampling), MONAI's UNETR
+//! blocks, the UNETR and linear decoder heads and the Dice losses, and
+//! [`infer`] the sliding-window inference, Dice and HD95.
 
 mod attention;
 mod block;

@@ -3,7 +3,7 @@
 //!
 //! - layers: [`Conv3d`] (stride, padding, groups; from candle's conv2d over
 //!   depth slabs), [`ConvTranspose3d`] (kernel = stride, a matmul),
-//!   [`instance_norm`], [`BatchNorm3d`], [`leaky_relu`], [`gelu`],
+//!   [`instance_norm()`], [`BatchNorm3d`], [`leaky_relu`], [`gelu`],
 //!   [`upsample_trilinear`] (`align_corners=False`);
 //! - MONAI's UNETR blocks: [`UnetResBlock`], [`UnetrPrUpBlock`],
 //!   [`UnetrUpBlock`], [`UnetOutBlock`];

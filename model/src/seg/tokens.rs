@@ -75,7 +75,7 @@ pub fn last_levels(depth: usize) -> [usize; 4] {
 }
 
 /// The ViT's levels for `x (B, C, X, Y, Z)`: every channel through `vit` as
-/// its own 1-channel volume, final-normed patch tokens `(B·C, N, E)` ([CLS]
+/// its own 1-channel volume, final-normed patch tokens `(B·C, N, E)` (\[CLS\]
 /// dropped) after the 0-based blocks `indices`.
 ///
 /// # Errors
