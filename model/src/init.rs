@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use crate::drop_path::SplitMix64;
+pub use crate::drop_path::SplitMix64;
 
 /// A `VarBuilder` that creates missing variables in `varmap` from `seed`.
 pub fn seeded_var_builder(

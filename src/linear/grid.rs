@@ -12,26 +12,19 @@ use rayon::prelude::*;
 
 use super::metrics::accuracy;
 
-/// SplitMix64: seeded draws for initialisation and batch order.
+/// Seeded draws for initialisation and batch order (the model crate's
+/// SplitMix64 stream).
 #[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
+pub(crate) struct SplitMix64(dino3d_model::init::SplitMix64);
 
 impl SplitMix64 {
     pub(crate) fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(dino3d_model::init::SplitMix64::new(seed))
     }
 
     /// Uniform in [0, 1).
     pub(crate) fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     /// Standard normal (Box–Muller).
