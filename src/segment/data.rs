@@ -230,6 +230,74 @@ pub(crate) fn mni152_tissue(data: &Path, mm: f64) -> anyhow::Result<SegData> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
+    use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
+
+    fn write(path: &Path, data: VoxelData, shape: [usize; 3]) {
+        let vol = Volume {
+            data,
+            shape: [1, shape[0], shape[1], shape[2]],
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+            scaling: None,
+            meta: VolumeMeta {
+                qform_code: 1,
+                sform_code: 1,
+                ..VolumeMeta::default()
+            },
+        };
+        write_volume(path, &vol, &WriteOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_datalist_goes_through_the_pipeline_and_bad_items_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [5, 4, 3];
+        let n = 60;
+        let image: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let label: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+        write(
+            &dir.path().join("img.nii.gz"),
+            VoxelData::F32(image.into()),
+            shape,
+        );
+        write(
+            &dir.path().join("lab.nii.gz"),
+            VoxelData::U8(label.clone().into()),
+            shape,
+        );
+        let list = serde_json::json!({
+            "training": [{"image": "img.nii.gz", "label": "lab.nii.gz"},
+                         {"image": "missing.nii.gz", "label": "lab.nii.gz"}],
+            "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}],
+            "test": [],
+        });
+        let datalist = dir.path().join("list.json");
+        std::fs::write(&datalist, list.to_string()).unwrap();
+        let recipe = "task: segment\ndata:\n  keys: [image, label]\npipeline:\n  - name: LoadImage\n  - name: ScaleIntensityRange\n    a_min: 0\n    a_max: 59\n    b_min: -1\n    b_max: 1\n    clip: true\nsegment:\n  datalist: list.json\n  classes: 3\n  pretrained_weights: random\n";
+        let plan =
+            dino3d_pipeline::recipe::compile_str(recipe, &dir.path().join("r.yaml")).unwrap();
+        let data = from_datalist(&Pipeline::new(&plan), &datalist, 3).unwrap();
+        assert_eq!(
+            (data.train.len(), data.val.len(), data.test.len()),
+            (1, 1, 0)
+        );
+        let case = &data.train[0];
+        assert_eq!(case.shape, [1, 5, 4, 3]);
+        // Model layout (z fastest): voxel (x=1, y=2, z=1) is file index
+        // (1·4 + 2)·5 + 1 = 31; scaled by the pipeline, its label untouched.
+        let at = (4 + 2) * 3 + 1;
+        assert_eq!(case.labels[at], (31 % 3) as u16);
+        assert!((case.image[at] - (31.0 / 59.0 * 2.0 - 1.0)).abs() < 1e-6);
+        // A datalist with nothing usable to train on is an error.
+        let empty = dir.path().join("empty.json");
+        std::fs::write(
+            &empty,
+            serde_json::json!({"training": [], "validation": [], "test": []}).to_string(),
+        )
+        .unwrap();
+        assert!(from_datalist(&Pipeline::new(&plan), &empty, 3).is_err());
+    }
 
     #[test]
     fn layouts_round_trip_and_regions_keep_world_positions() {

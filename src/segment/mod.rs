@@ -297,10 +297,20 @@ fn load_data(plan: &Plan, s: &SegmentPlan, base: &Path) -> anyhow::Result<SegDat
                 .into_iter()
                 .find(|d| d.join("volumes").is_dir())
                 .context("the bundled data folder (data/volumes) was not found")?;
-            match name.as_str() {
-                "mni152_tissue" => data::mni152_tissue(&dir, s.spacing_mm),
+            let data = match name.as_str() {
+                "mni152_tissue" => data::mni152_tissue(&dir, s.spacing_mm)?,
                 other => bail!("unknown bundled dataset `{other}`"),
+            };
+            if let Some(k) = s.classes
+                && k != data.classes.len()
+            {
+                bail!(
+                    "segment.classes is {k} but `{name}` has {} classes ({:?})",
+                    data.classes.len(),
+                    data.classes
+                );
             }
+            Ok(data)
         }
     }
 }
