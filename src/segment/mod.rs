@@ -188,12 +188,13 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         let t0 = Instant::now();
         opt.set_learning_rate(learning_rate(&s, it));
         let (x, y) = training_batch(&data.train, &s, &mut rng)?;
-        let loss = dice_ce(&model.logits_t(&x, true)?, &y)?;
-        opt.backward_step(&loss)?;
-        let loss = f64::from(loss.to_scalar::<f32>()?);
+        let loss_t = dice_ce(&model.logits_t(&x, true)?, &y)?;
+        // Checked before stepping: a non-finite loss never reaches the weights.
+        let loss = f64::from(loss_t.to_scalar::<f32>()?);
         if !loss.is_finite() {
-            bail!("iteration {it}: the loss is {loss}");
+            bail!("iteration {it}: the loss is {loss}; the head was not updated");
         }
+        opt.backward_step(&loss_t)?;
         losses.push((it, loss));
         train_seconds += t0.elapsed().as_secs_f64();
         bar.set_message(format!("loss {loss:.4}"));
@@ -204,7 +205,8 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
             val_seconds += t0.elapsed().as_secs_f64();
             val_curve.push((it + 1, dice));
             bar.suspend(|| eprintln!("iteration {}: validation Dice {dice:.4}", it + 1));
-            if dice > best_dice || best_dice.is_nan() {
+            // A NaN score (no class in the validation truth) still leaves a head to test.
+            if dice > best_dice || best_it == 0 {
                 (best_dice, best_it) = (dice, it + 1);
                 model.head_vars.save(&best_path)?;
             }
