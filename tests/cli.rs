@@ -709,12 +709,12 @@ fn pretraining_skips_a_corrupt_volume_and_names_it() {
 
 #[test]
 fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
-    for head in ["unetr", "linear"] {
-        segment_demo_at_tiny_scale(head);
+    for (head, train_backbone) in [("unetr", false), ("linear", false), ("unetr", true)] {
+        segment_demo_at_tiny_scale(head, train_backbone);
     }
 }
 
-fn segment_demo_at_tiny_scale(head: &str) {
+fn segment_demo_at_tiny_scale(head: &str, train_backbone: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // The shipped recipe at a tiny scale: 6 mm voxels, 16³ crops, a random
@@ -742,6 +742,8 @@ fn segment_demo_at_tiny_scale(head: &str) {
             ])
             .arg("--set")
             .arg(format!("segment.head={head}"))
+            .arg("--set")
+            .arg(format!("segment.train_feature_model={train_backbone}"))
             .arg("--set")
             .arg(format!("segment.output_dir={}", out.display())),
     );

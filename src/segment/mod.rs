@@ -135,6 +135,15 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
     let out = base.join(&s.output_dir);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
+    if plan.prefix_len < plan.steps.len() || !plan.views.is_empty() {
+        eprintln!(
+            "warning: {}: task segment prepares volumes with the pipeline's deterministic \
+             prefix ({} of {} steps); the random steps and views are not applied",
+            recipe.display(),
+            plan.prefix_len,
+            plan.steps.len()
+        );
+    }
     let data = load_data(plan, &s, base)?;
     let classes = data.classes.len();
     eprintln!(
