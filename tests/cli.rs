@@ -739,6 +739,12 @@ fn segment_demo_at_tiny_scale(head: &str, train_backbone: bool) {
                 "segment.eval_iters=1",
                 "--set",
                 "segment.batch_size=1",
+                "--set",
+                "segment.flip_prob=0.5",
+                "--set",
+                "segment.rot90_prob=0.5",
+                "--set",
+                "segment.intensity_shift_prob=0.5",
             ])
             .arg("--set")
             .arg(format!("segment.head={head}"))

@@ -503,6 +503,14 @@ fn the_segment_section_defaults_to_3dino_and_is_validated() {
     ] {
         assert!(e.contains(want), "missing {want:?} in\n{e}");
     }
+    let e = errors(&seg(
+        "  builtin: mni152_tissue\n  pretrained_weights: random\n  flip_prob: 1.5\n",
+    ))
+    .to_string();
+    assert!(
+        e.contains("r.yaml:27:14: segment.flip_prob must be in [0, 1]"),
+        "{e}"
+    );
     let e = errors(&seg("  head: unetr\n")).to_string();
     assert!(e.contains("needs `datalist`"), "{e}");
     assert!(

@@ -124,3 +124,163 @@ mod tests {
         assert_eq!(c.labels.iter().filter(|&&l| l == 1).count(), 1);
     }
 }
+
+/// Training-time augmentation of a crop, as 3DINO's segmentation training
+/// applies it after the crop: per-axis flips, a quarter turn in the first
+/// two axes (k ∈ 1..=3), then an intensity scale `v·(1 + f)` and shift
+/// `v + o` (f, o uniform in ±their range), each with its probability. Labels
+/// follow the spatial moves.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct Augment {
+    pub flip_prob: f64,
+    pub rot90_prob: f64,
+    pub scale: f64,
+    pub scale_prob: f64,
+    pub shift: f64,
+    pub shift_prob: f64,
+}
+
+/// Applies `aug` to a cubic crop of edge `r` with `c` channels.
+pub(crate) fn augment(crop: &mut Crop, c: usize, r: usize, aug: &Augment, rng: &mut ChaCha8Rng) {
+    let n = r * r * r;
+    let idx = |x: usize, y: usize, z: usize| (x * r + y) * r + z;
+    // Each spatial move as a source index per destination voxel.
+    let mut moves: Vec<Box<dyn Fn(usize, usize, usize) -> usize>> = Vec::new();
+    for axis in 0..3 {
+        if rng.random_bool(aug.flip_prob) {
+            moves.push(Box::new(move |x, y, z| match axis {
+                0 => idx(r - 1 - x, y, z),
+                1 => idx(x, r - 1 - y, z),
+                _ => idx(x, y, r - 1 - z),
+            }));
+        }
+    }
+    if rng.random_bool(aug.rot90_prob) {
+        let k = rng.random_range(1..=3);
+        // torch.rot90 in dims (0, 1), k times: out[x, y] = in[y, r-1-x] per turn.
+        moves.push(Box::new(move |x, y, z| {
+            let (mut sx, mut sy) = (x, y);
+            for _ in 0..k {
+                (sx, sy) = (sy, r - 1 - sx);
+            }
+            idx(sx, sy, z)
+        }));
+    }
+    for m in &moves {
+        let src_img = crop.image.clone();
+        let src_lab = crop.labels.clone();
+        for x in 0..r {
+            for y in 0..r {
+                for z in 0..r {
+                    let (d, s) = (idx(x, y, z), m(x, y, z));
+                    crop.labels[d] = src_lab[s];
+                    for ch in 0..c {
+                        crop.image[ch * n + d] = src_img[ch * n + s];
+                    }
+                }
+            }
+        }
+    }
+    if rng.random_bool(aug.scale_prob) {
+        let f = 1.0 + rng.random_range(-aug.scale..=aug.scale) as f32;
+        crop.image.iter_mut().for_each(|v| *v *= f);
+    }
+    if rng.random_bool(aug.shift_prob) {
+        let o = rng.random_range(-aug.shift..=aug.shift) as f32;
+        crop.image.iter_mut().for_each(|v| *v += o);
+    }
+}
+
+#[cfg(test)]
+mod augment_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn crop(r: usize) -> Crop {
+        let n = r * r * r;
+        Crop {
+            image: (0..2 * n).map(|i| i as f32).collect(),
+            labels: (0..n).map(|i| (i % 7) as u16).collect(),
+        }
+    }
+
+    #[test]
+    fn spatial_moves_keep_image_and_labels_together_and_compose_to_identity() {
+        let r = 4;
+        let n = r * r * r;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let always = Augment {
+            flip_prob: 1.0,
+            rot90_prob: 1.0,
+            ..Augment::default()
+        };
+        for _ in 0..5 {
+            let mut c = crop(r);
+            augment(&mut c, 2, r, &always, &mut rng);
+            // Each voxel moved as a whole: channel 1 is channel 0 + n, and the
+            // label is the source index mod 7.
+            for d in 0..n {
+                let src = c.image[d] as usize;
+                assert_eq!(c.image[n + d] as usize, src + n);
+                assert_eq!(usize::from(c.labels[d]), src % 7);
+            }
+            let mut sorted: Vec<usize> = c.image[..n].iter().map(|&v| v as usize).collect();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
+        }
+        // Flipping every axis twice is the identity.
+        let flips = Augment {
+            flip_prob: 1.0,
+            ..Augment::default()
+        };
+        let mut c = crop(r);
+        augment(&mut c, 2, r, &flips, &mut rng);
+        augment(&mut c, 2, r, &flips, &mut rng);
+        assert_eq!(c.image, crop(r).image);
+        // A turn of k quarters (torch.rot90 in the first two axes): voxel
+        // (x, y, z) comes from (y, r-1-x, z) per quarter.
+        let mut c = crop(r);
+        let mut probe = rng.clone();
+        let turn = Augment {
+            rot90_prob: 1.0,
+            ..Augment::default()
+        };
+        augment(&mut c, 2, r, &turn, &mut rng);
+        // Replay the draws: three flip draws (p 0), the turn's (p 1), then k.
+        for _ in 0..3 {
+            assert!(!probe.random_bool(0.0));
+        }
+        assert!(probe.random_bool(1.0));
+        let k = probe.random_range(1..=3);
+        let (x, y, z) = (1, 2, 3);
+        let (mut sx, mut sy) = (x, y);
+        for _ in 0..k {
+            (sx, sy) = (sy, r - 1 - sx);
+        }
+        assert_eq!(c.image[(x * r + y) * r + z] as usize, (sx * r + sy) * r + z);
+    }
+
+    #[test]
+    fn intensity_jitter_stays_in_range_and_leaves_labels() {
+        let r = 2;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let aug = Augment {
+            scale: 0.1,
+            scale_prob: 1.0,
+            shift: 0.1,
+            shift_prob: 1.0,
+            ..Augment::default()
+        };
+        for _ in 0..20 {
+            let mut c = Crop {
+                image: vec![1.0; 8],
+                labels: vec![3; 8],
+            };
+            augment(&mut c, 1, r, &aug, &mut rng);
+            let v = c.image[0];
+            assert!(c.image.iter().all(|&w| w == v));
+            assert!((0.8..=1.2).contains(&v), "{v}");
+            assert_eq!(c.labels, vec![3; 8]);
+        }
+    }
+}

@@ -396,6 +396,18 @@ fn learning_rate(s: &SegmentPlan, it: usize) -> f64 {
     s.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// The recipe's training-time augmentation.
+fn augmentation(s: &SegmentPlan) -> crops::Augment {
+    crops::Augment {
+        flip_prob: s.flip_prob,
+        rot90_prob: s.rot90_prob,
+        scale: s.intensity_scale.0,
+        scale_prob: s.intensity_scale.1,
+        shift: s.intensity_shift.0,
+        shift_prob: s.intensity_shift.1,
+    }
+}
+
 /// `batch_size` volumes × `crops_per_volume` crops: images `(n, C, r, r, r)`
 /// and labels `(n, r³)`.
 fn training_batch(
@@ -408,7 +420,8 @@ fn training_batch(
     for _ in 0..s.batch_size {
         let case = &cases[rng.random_range(0..cases.len())];
         for i in 0..s.crops_per_volume {
-            let crop = crops::random_crop(case, r, i, rng);
+            let mut crop = crops::random_crop(case, r, i, rng);
+            crops::augment(&mut crop, case.shape[0], r, &augmentation(s), rng);
             images.extend(crop.image);
             labels.extend(crop.labels.into_iter().map(u32::from));
         }
@@ -481,6 +494,10 @@ mod tests {
             blend: "constant".into(),
             train_feature_model: false,
             spacing_mm: 2.0,
+            flip_prob: 0.0,
+            rot90_prob: 0.0,
+            intensity_scale: (0.1, 0.0),
+            intensity_shift: (0.1, 0.0),
             output_dir: "o".into(),
         }
     }

@@ -77,6 +77,24 @@ pub struct SegmentDoc {
     /// Voxel size (mm) of the bundled dataset's grid.
     #[serde(default)]
     pub spacing_mm: Option<Spanned<f64>>,
+    /// Training crops: flip probability per axis.
+    #[serde(default)]
+    pub flip_prob: Option<Spanned<f64>>,
+    /// Training crops: probability of a quarter turn (k ∈ 1..=3) in the first two axes.
+    #[serde(default)]
+    pub rot90_prob: Option<Spanned<f64>>,
+    /// Training crops: intensity scale range ±f.
+    #[serde(default)]
+    pub intensity_scale: Option<Spanned<f64>>,
+    /// Training crops: probability of the intensity scale.
+    #[serde(default)]
+    pub intensity_scale_prob: Option<Spanned<f64>>,
+    /// Training crops: intensity shift range ±o.
+    #[serde(default)]
+    pub intensity_shift: Option<Spanned<f64>>,
+    /// Training crops: probability of the intensity shift.
+    #[serde(default)]
+    pub intensity_shift_prob: Option<Spanned<f64>>,
     /// Where results, the best head and predictions go (relative to the recipe).
     #[serde(default)]
     pub output_dir: Option<Spanned<String>>,
@@ -132,6 +150,14 @@ pub struct SegmentPlan {
     pub train_feature_model: bool,
     /// Bundled grid voxel size.
     pub spacing_mm: f64,
+    /// Flip probability per axis.
+    pub flip_prob: f64,
+    /// Quarter-turn probability.
+    pub rot90_prob: f64,
+    /// Intensity scale range and probability.
+    pub intensity_scale: (f64, f64),
+    /// Intensity shift range and probability.
+    pub intensity_shift: (f64, f64),
     /// Output folder.
     pub output_dir: String,
 }
@@ -201,6 +227,10 @@ pub(crate) fn compile_segment(
         blend: "constant".into(),
         train_feature_model: false,
         spacing_mm: 2.4,
+        flip_prob: 0.0,
+        rot90_prob: 0.0,
+        intensity_scale: (0.1, 0.0),
+        intensity_shift: (0.1, 0.0),
         output_dir: "segment-output".into(),
     };
     match &s.pretrained_weights {
@@ -282,6 +312,42 @@ pub(crate) fn compile_segment(
         (0.1, 20.0),
         "segment.spacing_mm",
         &mut p.spacing_mm,
+    );
+    c.real(
+        &s.flip_prob,
+        (0.0, 1.0),
+        "segment.flip_prob",
+        &mut p.flip_prob,
+    );
+    c.real(
+        &s.rot90_prob,
+        (0.0, 1.0),
+        "segment.rot90_prob",
+        &mut p.rot90_prob,
+    );
+    c.real(
+        &s.intensity_scale,
+        (0.0, 1.0),
+        "segment.intensity_scale",
+        &mut p.intensity_scale.0,
+    );
+    c.real(
+        &s.intensity_scale_prob,
+        (0.0, 1.0),
+        "segment.intensity_scale_prob",
+        &mut p.intensity_scale.1,
+    );
+    c.real(
+        &s.intensity_shift,
+        (0.0, 10.0),
+        "segment.intensity_shift",
+        &mut p.intensity_shift.0,
+    );
+    c.real(
+        &s.intensity_shift_prob,
+        (0.0, 1.0),
+        "segment.intensity_shift_prob",
+        &mut p.intensity_shift.1,
     );
     if let Some(o) = &s.output_dir {
         p.output_dir.clone_from(&o.value);
