@@ -140,12 +140,15 @@ pub(crate) struct Augment {
     pub shift_prob: f64,
 }
 
+/// A spatial move: the source voxel index of destination `(x, y, z)`.
+type Move<'a> = Box<dyn Fn(usize, usize, usize) -> usize + 'a>;
+
 /// Applies `aug` to a cubic crop of edge `r` with `c` channels.
 pub(crate) fn augment(crop: &mut Crop, c: usize, r: usize, aug: &Augment, rng: &mut ChaCha8Rng) {
     let n = r * r * r;
     let idx = |x: usize, y: usize, z: usize| (x * r + y) * r + z;
     // Each spatial move as a source index per destination voxel.
-    let mut moves: Vec<Box<dyn Fn(usize, usize, usize) -> usize>> = Vec::new();
+    let mut moves: Vec<Move<'_>> = Vec::new();
     for axis in 0..3 {
         if rng.random_bool(aug.flip_prob) {
             moves.push(Box::new(move |x, y, z| match axis {
