@@ -9,6 +9,8 @@
 //! cargo bench -p dino3d-model --bench seg_inference
 //! ```
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -19,17 +21,6 @@ use dino3d_model::{ViT3d, ViT3dConfig};
 
 fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn main() {
@@ -95,7 +86,7 @@ fn main() {
         "seg_inference: {arch} + UNETR(F={features}), {size:?}, roi {roi}, overlap {overlap}: \
          {windows} windows in {secs:.1} s ({:.2} s/window), peak RSS {:.0} MiB, {} threads",
         secs / windows as f64,
-        peak_rss_mib(),
+        common::peak_rss_mib(),
         rayon::current_num_threads()
     );
 }

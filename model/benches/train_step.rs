@@ -8,6 +8,8 @@
 //! WARMUP (1), GLOBAL (96), LOCAL (48), LOCALS (8), PROTOTYPES (65536),
 //! HIDDEN (2048), BOTTLENECK (256).
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -42,17 +44,6 @@ fn masks(b: usize, n: usize) -> Vec<bool> {
         }
     }
     out
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn main() {
@@ -106,7 +97,7 @@ fn main() {
     println!(
         "rust step: arch={arch} batch={b} mean_s={mean:.4} min_s={min:.4} samples_per_s={:.4} peak_rss_mib={:.1} threads={}",
         b as f64 / mean,
-        peak_rss_mib(),
+        common::peak_rss_mib(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())
     );
 }

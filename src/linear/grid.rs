@@ -465,17 +465,17 @@ pub(crate) fn train(
         let last = it + 1 == cfg.iterations;
         if last || (it + 1) % cfg.eval_period == 0 {
             let classifiers = snapshot(&families)?;
-            let accs = evaluate(&classifiers, specs, val);
-            best.offer(it + 1, &accs, &classifiers);
-            let b = first_max(&accs);
-            history.push(EvalPoint {
-                iteration: it + 1,
-                best_val_accuracy: accs[b],
-                best_classifier: specs[b].name(),
-                mean_loss: loss_sum / loss_n.max(1) as f64,
-            });
-            loss_sum = 0.0;
-            loss_n = 0;
+            let mean_loss = loss_sum / loss_n.max(1) as f64;
+            record_eval(
+                it + 1,
+                &classifiers,
+                specs,
+                val,
+                mean_loss,
+                &mut best,
+                &mut history,
+            );
+            (loss_sum, loss_n) = (0.0, 0);
         }
         on_iteration(it + 1);
     }
@@ -520,21 +520,43 @@ fn train_reference(
         loss_n += 1;
         let last = it + 1 == cfg.iterations;
         if last || (it + 1) % cfg.eval_period == 0 {
-            let accs = evaluate(&classifiers, specs, val);
-            best.offer(it + 1, &accs, &classifiers);
-            let b = first_max(&accs);
-            history.push(EvalPoint {
-                iteration: it + 1,
-                best_val_accuracy: accs[b],
-                best_classifier: specs[b].name(),
-                mean_loss: loss_sum / loss_n.max(1) as f64,
-            });
-            loss_sum = 0.0;
-            loss_n = 0;
+            let mean_loss = loss_sum / loss_n.max(1) as f64;
+            record_eval(
+                it + 1,
+                &classifiers,
+                specs,
+                val,
+                mean_loss,
+                &mut best,
+                &mut history,
+            );
+            (loss_sum, loss_n) = (0.0, 0);
         }
         on_iteration(it + 1);
     }
     (best, history)
+}
+
+/// One validation point: scores every classifier on `val`, offers them to
+/// the best-so-far snapshot and appends the history entry.
+fn record_eval(
+    iteration: usize,
+    classifiers: &[Linear],
+    specs: &[Spec],
+    val: &Split,
+    mean_loss: f64,
+    best: &mut BestVal,
+    history: &mut Vec<EvalPoint>,
+) {
+    let accs = evaluate(classifiers, specs, val);
+    best.offer(iteration, &accs, classifiers);
+    let b = first_max(&accs);
+    history.push(EvalPoint {
+        iteration,
+        best_val_accuracy: accs[b],
+        best_classifier: specs[b].name(),
+        mean_loss,
+    });
 }
 
 /// Index of the first largest value.

@@ -44,7 +44,13 @@ pub(crate) fn random_crop(case: &SegCase, roi: usize, i: usize, rng: &mut ChaCha
             -(((roi - size[a]) / 2) as isize)
         }
     });
-    let fill = case.image.iter().copied().fold(f32::INFINITY, f32::min);
+    // The padding value matters only where the volume is smaller than the
+    // ROI; scanning the whole volume for its minimum is skipped otherwise.
+    let fill = if size.iter().any(|&n| n < roi) {
+        case.image.iter().copied().fold(f32::INFINITY, f32::min)
+    } else {
+        0.0
+    };
     let mut image = vec![fill; c * roi * roi * roi];
     let mut labels = vec![0u16; roi * roi * roi];
     for ci in 0..c {
