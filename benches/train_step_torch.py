@@ -468,6 +468,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU reference for issue 9)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for forward and losses")
+    ap.add_argument("--tf32", action="store_true", help="fp32 matmuls in TF32 on tensor cores")
     ap.add_argument(
         "--peak-tflops", type=float, default=989.0,
         help="dense bf16 peak for the MFU line (H100 SXM: 989)",
@@ -478,6 +479,7 @@ def main():
             ap.error(f"crop size {s} is not a multiple of {PATCH}")
 
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.manual_seed(args.seed)
     b = args.batch
 

@@ -8,13 +8,29 @@
 #                                        (default gpu-bin/, git-ignored)
 #   scripts/gpu-check.sh --run [DIR]     on the GPU machine: print the device,
 #                                        run the tests and the benchmark from
-#                                        DIR; exit 1 if any step failed
+#                                        DIR, then the training step if built;
+#                                        exit 1 if any step failed
+#   scripts/gpu-check.sh --build-step [DIR]
+#                                        here, with a CUDA toolkit (CUDA_HOME,
+#                                        nvcc on PATH): the training-step
+#                                        benchmark on candle's CUDA backend
+#                                        (`candle-cuda` feature), xz-compressed
+#   scripts/gpu-check.sh --run-step [DIR]
+#                                        on the GPU machine: the training step
+#                                        alone (ViT-S, then ViT-L at batch 8
+#                                        and 32, TF32), with PyTorch's same
+#                                        step at batch 32 for comparison
 #
 # --build needs cargo and python3 but no CUDA toolkit (cudarc loads the
 # driver and NVRTC at run time). --run needs an NVIDIA driver and NVRTC
 # (libnvrtc.so.13 or .12; the CUDA toolkit's lib64 folders are added to
 # LD_LIBRARY_PATH). On the GPU machine a "skipped: no CUDA device" test
 # counts as a failure unless DINO3D_ALLOW_SKIP=1.
+#
+# The toolkit can come from pip wheels (nvidia-cuda-nvcc, -runtime, -crt,
+# -cccl, nvidia-nvvm, -cuda-nvrtc, -cublas, -curand of one CUDA release) merged
+# into one folder, plus a libcuda.so stub in lib/stubs for the linker; the
+# real libraries are found at run time (the GPU machine's PyTorch has them).
 #
 # Env for --run: STEP_TIMEOUT (seconds per step, default 300),
 # DINO3D_BENCH_EMA_PARAMS, DINO3D_BENCH_ITERS (see the benchmark).
@@ -89,6 +105,29 @@ PY
     fi
 }
 
+build_step() {
+    set -e
+    cd "$ROOT"
+    command -v nvcc >/dev/null || { echo "error: --build-step needs nvcc on PATH" >&2; exit 2; }
+    echo "== building the training-step benchmark with candle's CUDA backend"
+    mkdir -p "$DIR"
+    local json="$DIR/.cargo-messages.json"
+    CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-cuda}" \
+    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
+        cargo build --release -p dino3d-model --features candle-cuda --bench train_step \
+        --message-format=json-render-diagnostics >"$json"
+    local exe
+    exe=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "train_step":
+        print(m["executable"])' "$json" | tail -1)
+    rm -f "$json"
+    cp "$exe" "$DIR/train_step_cuda"
+    xz -T2 -6 -f "$DIR/train_step_cuda"
+    ls -l "$DIR/train_step_cuda.xz"
+}
+
 FAILED=()
 
 # step NAME CMD...: prints the step, runs it under a timeout, records failure.
@@ -129,6 +168,29 @@ test_step() {
     rm -f "$log"
 }
 
+# The training step on candle's CUDA backend, then PyTorch's at batch 32.
+run_train_step() {
+    [ -f "$DIR/train_step_cuda.xz" ] || { echo "no $DIR/train_step_cuda.xz: skipping the training step"; return 0; }
+    xz -dkf "$DIR/train_step_cuda.xz" && chmod +x "$DIR/train_step_cuda"
+    # cuBLAS, cuRAND, NVRTC and the runtime from PyTorch's wheels.
+    local lib
+    lib=$(find /opt /usr -name 'libcublasLt.so.13' 2>/dev/null | head -1)
+    [ -n "$lib" ] && export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    step "step libraries" bash -c "ldd '$DIR/train_step_cuda' | grep -E 'cuda|cublas|curand|nvrtc'"
+    local mem_log="${OUT:-/tmp}/gpu_memory.csv"
+    nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 250 >"$mem_log" 2>/dev/null &
+    local smi=$!
+    step "train step ViT-S b2 f32" env DEVICE=cuda:0 ARCH=small BATCH=2 "$DIR/train_step_cuda"
+    step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$DIR/train_step_cuda"
+    step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$DIR/train_step_cuda"
+    kill "$smi" 2>/dev/null
+    echo "peak GPU memory in use (MiB): $(cut -d, -f2 "$mem_log" | grep -o '[0-9]*' | sort -n | tail -1)"
+    if command -v python3 >/dev/null && [ -f "$ROOT/benches/train_step_torch.py" ]; then
+        step "torch ViT-L b32 tf32" python3 "$ROOT/benches/train_step_torch.py" --device cuda --tf32 --arch large --batch 32 --steps 3 --warmup 1
+        step "torch ViT-L b32 bf16" python3 "$ROOT/benches/train_step_torch.py" --device cuda --bf16 --arch large --batch 32 --steps 3 --warmup 1
+    fi
+}
+
 run() {
     if [ ! -d "$DIR" ]; then
         echo "error: no folder $DIR; run scripts/gpu-check.sh --build first" >&2
@@ -158,7 +220,19 @@ run() {
     test_step "unit tests (cuda::, kernels_ref::)" "$DIR/model_unit_tests" cuda:: kernels_ref:: --test-threads=1 --nocapture
     test_step "GPU kernels vs CPU references" "$DIR/cuda_kernels_test" --test-threads=1 --nocapture
     test_step "kernel benchmark" "$DIR/cuda_kernels_bench"
+    run_train_step
 
+    echo
+    if [ "${#FAILED[@]}" -eq 0 ]; then
+        echo "== GPU check: all steps passed"
+        exit 0
+    fi
+    echo "== GPU check: ${#FAILED[@]} step(s) failed:"
+    printf '   - %s\n' "${FAILED[@]}"
+    exit 1
+}
+
+finish() {
     echo
     if [ "${#FAILED[@]}" -eq 0 ]; then
         echo "== GPU check: all steps passed"
@@ -172,5 +246,7 @@ run() {
 case "$MODE" in
     --build) build ;;
     --run) run ;;
+    --build-step) build_step ;;
+    --run-step) step "nvidia-smi" nvidia-smi; run_train_step; finish ;;
     *) usage ;;
 esac

@@ -270,6 +270,7 @@ fn split(args: &SplitArgs) -> anyhow::Result<ExitCode> {
                 .map(|(i, l)| DatalistItem {
                     image: shown(i),
                     label: shown(l).into(),
+                    extra: Default::default(),
                 })
                 .collect()
         }

@@ -780,6 +780,97 @@ fn segment_demo_at_tiny_scale(head: &str, train_backbone: bool) {
     assert!(out.join("curves.png").exists() && out.join("best_head.safetensors").exists());
 }
 
+/// BraTS-style finetuning end to end on synthetic volumes: two modalities
+/// under `image1`/`image2` concatenated as channels, labels 1/2/3 trained as
+/// the TC/WT/ET regions with sigmoid outputs, scored per region, and the
+/// prediction written back as a 0–3 label map.
+#[test]
+fn segment_trains_brats_regions_from_multi_modal_datalists() {
+    use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
+    use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 20usize;
+    let write = |name: &str, data: VoxelData| {
+        let vol = Volume {
+            data,
+            shape: [1, n, n, n],
+            spacing: [1.0; 3],
+            affine: IDENTITY,
+            scaling: None,
+            meta: VolumeMeta {
+                qform_code: 1,
+                sform_code: 1,
+                ..VolumeMeta::default()
+            },
+        };
+        write_volume(dir.path().join(name), &vol, &WriteOptions::default()).unwrap();
+    };
+    let mut items = Vec::new();
+    for case in 0..3usize {
+        // A "tumour" of nested shells: enhancing core (3), necrosis (1), oedema (2).
+        let centre = [8.0 + case as f64, 10.0, 9.0];
+        let (mut label, mut t1, mut t2) = (Vec::new(), Vec::new(), Vec::new());
+        for z in 0..n {
+            for y in 0..n {
+                for x in 0..n {
+                    let d = ((x as f64 - centre[0]).powi(2)
+                        + (y as f64 - centre[1]).powi(2)
+                        + (z as f64 - centre[2]).powi(2))
+                    .sqrt();
+                    let l: u8 = match d {
+                        d if d < 2.0 => 3,
+                        d if d < 3.5 => 1,
+                        d if d < 6.0 => 2,
+                        _ => 0,
+                    };
+                    label.push(l);
+                    t1.push(100.0 + 50.0 * f32::from(l) + ((x * 7 + y * 3 + z) % 5) as f32);
+                    t2.push(300.0 - 40.0 * f32::from(l) + ((x + y * 5 + z * 3) % 7) as f32);
+                }
+            }
+        }
+        write(&format!("c{case}_t1.nii.gz"), VoxelData::F32(t1.into()));
+        write(&format!("c{case}_t2.nii.gz"), VoxelData::F32(t2.into()));
+        write(&format!("c{case}_seg.nii.gz"), VoxelData::U8(label.into()));
+        items.push(serde_json::json!({
+            "image1": format!("c{case}_t1.nii.gz"),
+            "image2": format!("c{case}_t2.nii.gz"),
+            "label": format!("c{case}_seg.nii.gz"),
+        }));
+    }
+    let list = serde_json::json!({
+        "training": [items[0]], "validation": [items[1]], "test": [items[2]],
+    });
+    std::fs::write(dir.path().join("brats.json"), list.to_string()).unwrap();
+    let recipe = dir.path().join("brats.yaml");
+    std::fs::write(
+        &recipe,
+        "task: segment\nseed: 0\ndata:\n  keys: [image1, image2, label]\npipeline:\n  - name: LoadImage\n  - name: ScaleIntensityRangePercentiles\n    keys: [image1, image2]\n    lower: 0.05\n    upper: 99.95\n    b_min: -1\n    b_max: 1\n    clip: true\nsegment:\n  datalist: brats.json\n  regions: brats\n  pretrained_weights: random\n  arch: tiny\n  feature_size: 4\n  image_size: 16\n  batch_size: 1\n  crops_per_volume: 2\n  iterations: 2\n  eval_iters: 1\n  warmup_iters: 1\n  output_dir: out\n",
+    )
+    .unwrap();
+    let text = run_ok(dino_run().arg(&recipe));
+    assert!(text.contains("test mean Dice"), "{text}");
+    let out = dir.path().join("out");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["classes"], serde_json::json!(["TC", "WT", "ET"]));
+    let dice = results["test_dice_per_class"].as_array().unwrap();
+    assert_eq!(dice.len(), 3);
+    for d in dice {
+        let d = d.as_f64().expect("every region is in the test case");
+        assert!((0.0..=1.0).contains(&d), "{d}");
+    }
+    assert_eq!(
+        results["test_hd95_per_class_mm"].as_array().unwrap().len(),
+        3
+    );
+    // Cases are named after their first image.
+    let pred = dino3d_pipeline::nifti::read_volume(out.join("c2_t1.nii.gz_pred.nii.gz")).unwrap();
+    assert_eq!(pred.shape, [1, n, n, n]);
+    let labels = pred.to_f32();
+    assert!(labels.iter().all(|&v| [0.0, 1.0, 2.0, 3.0].contains(&v)));
+}
+
 /// The linear probe's example at a tiny scale: labelled Colin27 crops, then
 /// the shipped recipe on a random `tiny` checkpoint, a few iterations.
 #[test]

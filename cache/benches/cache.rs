@@ -212,3 +212,15 @@ fn full_sample_in_ram(bencher: divan::Bencher) {
         finish(s, &prepared[i as usize % prepared.len()], i);
     });
 }
+
+/// Decode a whole warm entry (the part of `full_sample_from_cache` that the
+/// in-RAM sample does not pay).
+#[divan::bench(sample_count = 20, sample_size = 2)]
+fn decode_entry(bencher: divan::Bencher) {
+    let next = AtomicU64::new(0);
+    bencher.counter(ItemsCount::new(1usize)).bench(|| {
+        let entries = warm_entries();
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        entries[i % entries.len()].read_all(0).unwrap()
+    });
+}

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
 use crate::shuffle::shuffle;
+use crate::window::{vector_path, window_words};
 
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
@@ -151,11 +152,25 @@ fn lookup_table(dtype: StoredType, map: Option<&IntensityMap>) -> Vec<f32> {
     }
 }
 
+/// A chunk's checksum: xxh3-64 of its compressed bytes, computed with the
+/// vector instructions the CPU has (checked on every read, so its speed counts).
+fn chunk_checksum(packed: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(packed)
+}
+
+/// Whether reading `dtype` through `map` needs the lookup table, i.e. is not
+/// computed on the vector path ([`window_words`]).
+fn uses_table(dtype: StoredType, map: Option<&IntensityMap>) -> bool {
+    let words = matches!(dtype, StoredType::U16 | StoredType::I16);
+    !(words && map.is_some() && vector_path())
+}
+
 /// A decompressed chunk's byte planes (plane-major after shuffling): voxel `i`
 /// of a 16-bit array is `(lo[i], hi[i])`.
 enum Planes<'a> {
     Bytes(&'a [u8]),
-    Words(&'a [u8], &'a [u8]),
+    /// Low bytes, high bytes, signed.
+    Words(&'a [u8], &'a [u8], bool),
     F32([&'a [u8]; 4]),
 }
 
@@ -166,7 +181,7 @@ impl<'a> Planes<'a> {
             StoredType::U8 | StoredType::I8 => Planes::Bytes(bytes),
             StoredType::U16 | StoredType::I16 => {
                 let (lo, hi) = bytes.split_at(n);
-                Planes::Words(lo, hi)
+                Planes::Words(lo, hi, dtype == StoredType::I16)
             }
             StoredType::F32 => {
                 let (p0, rest) = bytes.split_at(n);
@@ -178,8 +193,10 @@ impl<'a> Planes<'a> {
     }
 
     /// Voxels `from..from + out.len()` as float32: unshuffling, conversion and
-    /// windowing in one pass over only the voxels the caller keeps. Integer
-    /// types go through `table` ([`lookup_table`]), float32 through `map`.
+    /// windowing in one pass over only the voxels the caller keeps. Windowed
+    /// 16-bit values are computed with vector instructions where
+    /// [`uses_table`] says so; other integers go through `table`
+    /// ([`lookup_table`]), float32 through `map`.
     fn decode(
         &self,
         from: usize,
@@ -194,7 +211,11 @@ impl<'a> Planes<'a> {
                     o.write(table[usize::from(b)]);
                 }
             }
-            Planes::Words(lo, hi) => {
+            Planes::Words(lo, hi, signed) if table.is_empty() => {
+                let map = map.expect("the computed path is only taken with a window");
+                window_words(&lo[from..to], &hi[from..to], signed, map, out);
+            }
+            Planes::Words(lo, hi, _) => {
                 // 65,536 entries: every u16 index is in bounds.
                 let table: &[f32; 65536] = table.try_into().expect("a 16-bit table");
                 for ((o, &l), &h) in out.iter_mut().zip(&lo[from..to]).zip(&hi[from..to]) {
@@ -322,7 +343,7 @@ pub fn write_entry(
             index.extend_from_slice(&(payload.len() as u64).to_le_bytes());
             index.extend_from_slice(&(packed.len() as u32).to_le_bytes());
             index.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-            index.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&packed).to_le_bytes());
+            index.extend_from_slice(&chunk_checksum(&packed).to_le_bytes());
             payload.extend_from_slice(&packed);
             Ok(())
         })?;
@@ -499,7 +520,7 @@ impl Entry {
         let corrupt = |why: String| {
             CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: {why}", meta.key))
         };
-        if xxhash_rust::xxh3::xxh3_64(packed) != r.hash {
+        if chunk_checksum(packed) != r.hash {
             return Err(corrupt("checksum mismatch".into()));
         }
         if !r.raw_len.is_multiple_of(meta.dtype.size()) {
@@ -564,7 +585,11 @@ impl Entry {
         let out = &mut data.spare_capacity_mut()[..total];
         let mut written = 0usize;
         let map = meta.window.map(|w| IntensityMap::new(&w.into()));
-        let table = self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()));
+        let table: &[f32] = if uses_table(meta.dtype, map.as_ref()) {
+            self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
+        } else {
+            &[]
+        };
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         self.prefetch(array, c, n, lo, hi)?;
@@ -681,5 +706,34 @@ impl Entry {
     /// Whether the file is empty (never, for a valid entry).
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-time dispatched checksum is xxh3-64 itself, so entries written
+    /// before it (and by any xxh3 implementation) still verify.
+    #[test]
+    fn chunk_checksum_is_xxh3_64() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..70_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        for len in [
+            0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 4097, 65_536, 70_000,
+        ] {
+            assert_eq!(
+                chunk_checksum(&bytes[..len]),
+                xxhash_rust::xxh3::xxh3_64(&bytes[..len]),
+                "length {len}"
+            );
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod format;
 pub mod shuffle;
 pub mod source;
 pub mod store;
+mod window;
 
 pub use error::{CacheError, Result};
 pub use format::{Codec, Entry, Layout, StoredType};

@@ -6,7 +6,10 @@
 //!
 //! Settings from the environment: ARCH (small), BATCH (2), STEPS (3),
 //! WARMUP (1), GLOBAL (96), LOCAL (48), LOCALS (8), PROTOTYPES (65536),
-//! HIDDEN (2048), BOTTLENECK (256).
+//! HIDDEN (2048), BOTTLENECK (256), DEVICE (cpu, or cuda:N with the
+//! `candle-cuda` feature), TF32 (1: f32 matmuls on tensor cores in TF32).
+//! On a GPU it also prints tokens/s and the model FLOP utilisation against
+//! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak).
 
 mod common;
 
@@ -25,10 +28,46 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 /// Seeded inputs in [-1, 1] (candle's CPU randn cannot be seeded).
-fn noise(seed: u64, shape: &[usize]) -> Tensor {
+fn noise(seed: u64, shape: &[usize], device: &Device) -> Tensor {
     let n = shape.iter().product();
     let v = dino3d_model::kernels_ref::testing::uniform(n, seed, 1.0);
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("noise tensor")
+    Tensor::from_vec(v, shape, device).expect("noise tensor")
+}
+
+fn device() -> Device {
+    let name = std::env::var("DEVICE").unwrap_or_else(|_| "cpu".into());
+    match name.strip_prefix("cuda") {
+        None => Device::Cpu,
+        Some(rest) => {
+            let ordinal = rest.trim_start_matches(':').parse().unwrap_or(0);
+            Device::new_cuda(ordinal).expect("DEVICE=cuda needs the candle-cuda feature and a GPU")
+        }
+    }
+}
+
+/// Model FLOPs of one step, counted as `benches/train_step_torch.py` counts
+/// them (matmuls only): student forward + backward (3×) on globals and
+/// locals, teacher forward (1×) on globals, both heads.
+fn step_flops(cfg: &ViT3dConfig, head: &DinoHeadConfig, run: [usize; 5]) -> f64 {
+    let [b, gs, ls, nl, masked] = run.map(|v| v as f64);
+    let (dim, depth, patch) = (cfg.embed_dim as f64, cfg.depth as f64, 16.0f64);
+    let vit = |crops: f64, side: f64| {
+        let n = 1.0 + (side / patch).floor().powi(3);
+        let per_token =
+            depth * (2.0 * 12.0 * dim * dim + 4.0 * n * dim) + 2.0 * patch.powi(3) * dim;
+        crops * n * per_token
+    };
+    let (h, bn, k) = (
+        head.hidden_dim as f64,
+        head.bottleneck_dim as f64,
+        head.n_prototypes as f64,
+    );
+    let heads = |rows: f64| rows * 2.0 * (dim * h + h * h + h * bn + bn * k);
+    let g = vit(2.0 * b, gs);
+    let loc = vit(nl * b, ls);
+    let student_heads = heads(2.0 * b + nl * b) + heads(masked);
+    let teacher = g + heads(2.0 * b) + heads(masked);
+    3.0 * (g + loc + student_heads) + teacher
 }
 
 /// 3DINO's masks (spec §2.6) for 2B crops of n tokens: B masked with
@@ -65,10 +104,16 @@ fn main() {
         ibot_head: head,
         ..SslConfig::threedino(backbone)
     };
-    let mut model = SslModel::new(cfg, &Device::Cpu, 0).expect("model");
-    let globals = noise(1, &[2 * b, 1, gs, gs, gs]);
-    let locals = noise(2, &[nl * b, 1, ls, ls, ls]);
+    let dev = device();
+    if env("TF32", 0) == 1 {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+    }
     let m = masks(b, (gs / 16).pow(3));
+    let masked = m.iter().filter(|&&x| x).count();
+    let flops = step_flops(&cfg.backbone, &cfg.ibot_head, [b, gs, ls, nl, masked]);
+    let mut model = SslModel::new(cfg, &dev, 0).expect("model");
+    let globals = noise(1, &[2 * b, 1, gs, gs, gs], &dev);
+    let locals = noise(2, &[nl * b, 1, ls, ls, ls], &dev);
     let batch = SslBatch {
         globals: &globals,
         locals: (nl > 0).then_some(&locals),
@@ -86,6 +131,7 @@ fn main() {
     for i in 0..warmup + steps {
         let t = Instant::now();
         let r = model.step(&batch, values, Some(i as u64)).expect("step");
+        dev.synchronize().expect("synchronize");
         let s = t.elapsed().as_secs_f64();
         if i >= warmup {
             println!("step {}: {s:.3} s, loss {:.4}", i - warmup, r.losses.total);
@@ -100,4 +146,17 @@ fn main() {
         common::peak_rss_mib(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())
     );
+    if !dev.is_cpu() {
+        let peak = env("PEAK_TFLOPS", 989) as f64 * 1e12;
+        let tokens = (2 * b * ((gs / 16).pow(3) + 1) + nl * b * ((ls / 16).pow(3) + 1)) as f64;
+        println!(
+            "gpu step: device={:?} tf32={} model_tflop_per_step={:.2} tflops={:.1} mfu_pct={:.1} student_tokens_per_s={:.0}",
+            dev.location(),
+            env("TF32", 0),
+            flops / 1e12,
+            flops / min / 1e12,
+            100.0 * flops / min / peak,
+            tokens / min
+        );
+    }
 }

@@ -511,6 +511,24 @@ fn the_segment_section_defaults_to_3dino_and_is_validated() {
         e.contains("r.yaml:27:14: segment.flip_prob must be in [0, 1]"),
         "{e}"
     );
+    // BraTS regions: 3 outputs; a misspelt name or other class count is refused.
+    let plan = compile_str(
+        &seg("  builtin: mni152_tissue\n  pretrained_weights: random\n  regions: brats\n"),
+        Path::new("r.yaml"),
+    )
+    .unwrap();
+    let s = plan.segment.unwrap();
+    assert_eq!((s.regions.as_deref(), s.classes), (Some("brats"), Some(3)));
+    let e = errors(&seg(
+        "  builtin: mni152_tissue\n  pretrained_weights: random\n  regions: bratz\n  classes: 4\n",
+    ))
+    .to_string();
+    for want in [
+        "r.yaml:27:12: segment.regions `bratz` is not one of [\"brats\"] (did you mean `brats`?)",
+        "r.yaml:28:12: segment.regions: brats predicts 3 regions",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
     let e = errors(&seg("  head: unetr\n")).to_string();
     assert!(e.contains("needs `datalist`"), "{e}");
     assert!(

@@ -97,13 +97,75 @@ fn case(name: String, image: &Image, label: &Image) -> anyhow::Result<SegCase> {
     })
 }
 
-/// The datalist's three lists prepared by the recipe's pipeline (the keys
-/// `image` and `label`; labels follow with nearest interpolation). An item
-/// that fails is reported with its path and skipped.
+/// Which sample keys make the image (concatenated in this order, as 3DINO
+/// concatenates BraTS's `image1`..`image4`) and which is the label map.
+pub(crate) struct DatalistKeys {
+    pub images: Vec<String>,
+    pub label: String,
+}
+
+impl DatalistKeys {
+    /// From a recipe's `data.keys` and label keys: every non-label key is an
+    /// image channel; exactly one label key.
+    pub(crate) fn from_plan(keys: &[String], label_keys: &[String]) -> anyhow::Result<Self> {
+        let images: Vec<String> = keys
+            .iter()
+            .filter(|k| !label_keys.contains(k))
+            .cloned()
+            .collect();
+        let labels: Vec<&String> = keys.iter().filter(|k| label_keys.contains(k)).collect();
+        match (images.is_empty(), labels.as_slice()) {
+            (false, [label]) => Ok(DatalistKeys {
+                images,
+                label: (*label).clone(),
+            }),
+            _ => bail!(
+                "task segment needs `data.keys` with image keys and one label key \
+                 (e.g. [image, label] or [image1, image2, image3, image4, label]); got {keys:?} \
+                 with label keys {label_keys:?}"
+            ),
+        }
+    }
+}
+
+/// The channels of `keys` from a prepared sample, concatenated.
+fn concat_channels(
+    name: &str,
+    s: &dino3d_pipeline::exec::Sample,
+    keys: &[String],
+) -> anyhow::Result<Image> {
+    let get = |k: &str| {
+        s.images
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, i)| i)
+            .with_context(|| format!("the pipeline dropped `{k}`"))
+    };
+    let mut out = get(&keys[0])?.clone();
+    for k in &keys[1..] {
+        let next = get(k)?;
+        if next.shape[1..] != out.shape[1..] {
+            bail!(
+                "{name}: `{k}` has shape {:?}, `{}` {:?}; image channels must share a grid",
+                next.shape,
+                keys[0],
+                out.shape
+            );
+        }
+        out.data.extend_from_slice(&next.data);
+        out.shape[0] += next.shape[0];
+    }
+    Ok(out)
+}
+
+/// The datalist's three lists prepared by the recipe's pipeline (image keys
+/// concatenated as channels; labels follow with nearest interpolation). An
+/// item that fails is reported with its path and skipped.
 pub(crate) fn from_datalist(
     pipeline: &Pipeline,
     datalist: &Path,
     classes: usize,
+    keys: &DatalistKeys,
 ) -> anyhow::Result<SegData> {
     let text = std::fs::read_to_string(datalist)
         .with_context(|| format!("reading {}", datalist.display()))?;
@@ -117,38 +179,38 @@ pub(crate) fn from_datalist(
         items
             .iter()
             .filter_map(|item| {
-                let Some(label) = item.label.as_str() else {
-                    eprintln!("skipping {}: its label is not a file path", item.image);
+                let Some(image) = item.primary_image() else {
+                    eprintln!("skipping a datalist item without an image: {item:?}");
                     return None;
                 };
+                let Some(label) = item.label.as_str() else {
+                    eprintln!("skipping {image}: its label is not a file path");
+                    return None;
+                };
+                let mut extra: std::collections::BTreeMap<String, serde_json::Value> =
+                    item.extra.clone();
+                extra.insert(
+                    keys.label.clone(),
+                    serde_json::Value::String(label.to_string()),
+                );
                 let entry = ManifestEntry {
-                    image: item.image.clone(),
+                    image: image.to_string(),
                     shape: None,
                     spacing: None,
-                    extra: [(
-                        "label".to_string(),
-                        serde_json::Value::String(label.to_string()),
-                    )]
-                    .into_iter()
-                    .collect(),
+                    extra: extra.into_iter().collect(),
                 };
                 let result = pipeline
                     .prepare(&entry, datalist)
                     .map_err(anyhow::Error::from)
                     .and_then(|s| {
-                        let get = |k: &str| {
-                            s.images
-                                .iter()
-                                .find(|(key, _)| key == k)
-                                .map(|(_, i)| i)
-                                .with_context(|| format!("the pipeline dropped `{k}`"))
-                        };
-                        case(item.image.clone(), get("image")?, get("label")?)
+                        let img = concat_channels(image, &s, &keys.images)?;
+                        let lab = concat_channels(image, &s, std::slice::from_ref(&keys.label))?;
+                        case(image.to_string(), &img, &lab)
                     });
                 match result {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        eprintln!("skipping {}: {e:#}", item.image);
+                        eprintln!("skipping {image}: {e:#}");
                         None
                     }
                 }
@@ -277,7 +339,8 @@ mod tests {
         let recipe = "task: segment\ndata:\n  keys: [image, label]\npipeline:\n  - name: LoadImage\n  - name: ScaleIntensityRange\n    a_min: 0\n    a_max: 59\n    b_min: -1\n    b_max: 1\n    clip: true\nsegment:\n  datalist: list.json\n  classes: 3\n  pretrained_weights: random\n";
         let plan =
             dino3d_pipeline::recipe::compile_str(recipe, &dir.path().join("r.yaml")).unwrap();
-        let data = from_datalist(&Pipeline::new(&plan), &datalist, 3).unwrap();
+        let keys = DatalistKeys::from_plan(&plan.keys, &plan.label_keys).unwrap();
+        let data = from_datalist(&Pipeline::new(&plan), &datalist, 3, &keys).unwrap();
         assert_eq!(
             (data.train.len(), data.val.len(), data.test.len()),
             (1, 1, 0)
@@ -296,7 +359,7 @@ mod tests {
             serde_json::json!({"training": [], "validation": [], "test": []}).to_string(),
         )
         .unwrap();
-        assert!(from_datalist(&Pipeline::new(&plan), &empty, 3).is_err());
+        assert!(from_datalist(&Pipeline::new(&plan), &empty, 3, &keys).is_err());
     }
 
     #[test]
@@ -326,5 +389,48 @@ mod tests {
         assert_eq!(r.labels[0], 6);
         assert_eq!(r.affine[0][3], 4.0, "origin moved by 2 voxels of 2 mm");
         assert_eq!(r.affine[1][3], 1.0);
+    }
+
+    #[test]
+    fn image_keys_are_concatenated_as_channels_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [3, 2, 2];
+        let n = 12;
+        for (name, offset) in [("a.nii.gz", 0.0f32), ("b.nii.gz", 100.0)] {
+            let v: Vec<f32> = (0..n).map(|i| offset + i as f32).collect();
+            write(&dir.path().join(name), VoxelData::F32(v.into()), shape);
+        }
+        write(
+            &dir.path().join("lab.nii.gz"),
+            VoxelData::U8(vec![1u8; n].into()),
+            shape,
+        );
+        // 3DINO's BraTS items: no `image`, the channels as image1.., the label.
+        let item =
+            serde_json::json!({"image2": "b.nii.gz", "image1": "a.nii.gz", "label": "lab.nii.gz"});
+        let list = serde_json::json!({"training": [item], "validation": [item], "test": [item]});
+        let datalist = dir.path().join("list.json");
+        std::fs::write(&datalist, list.to_string()).unwrap();
+        let recipe = "task: segment\ndata:\n  keys: [image2, image1, label]\npipeline:\n  - name: LoadImage\nsegment:\n  datalist: list.json\n  classes: 2\n  pretrained_weights: random\n";
+        let plan =
+            dino3d_pipeline::recipe::compile_str(recipe, &dir.path().join("r.yaml")).unwrap();
+        let keys = DatalistKeys::from_plan(&plan.keys, &plan.label_keys).unwrap();
+        assert_eq!(keys.images, ["image2", "image1"]);
+        assert_eq!(keys.label, "label");
+        let data = from_datalist(&Pipeline::new(&plan), &datalist, 2, &keys).unwrap();
+        let case = &data.test[0];
+        assert_eq!(case.shape, [2, 3, 2, 2]);
+        // Channel 0 is image2 (b, +100), channel 1 image1 (a); voxel 0 of each.
+        assert_eq!(case.image[0], 100.0);
+        assert_eq!(case.image[n], 0.0);
+        assert_eq!(case.name, "a.nii.gz", "named after its first image key");
+        assert!(case.labels.iter().all(|&l| l == 1));
+        // A recipe without a label key, or with two, is refused.
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(DatalistKeys::from_plan(&k(&["image"]), &k(&[])).is_err());
+        assert!(
+            DatalistKeys::from_plan(&k(&["image", "label", "mask"]), &k(&["label", "mask"]))
+                .is_err()
+        );
     }
 }

@@ -18,12 +18,13 @@ use anyhow::{Context, bail};
 use dino3d_model::candle_core::{DType, Device, Tensor};
 use dino3d_model::candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use dino3d_model::infer::{
-    Blend, DiceOptions, SlidingWindow, dice_labels, hd95_per_class, mean_ignoring_nan,
+    Blend, DiceOptions, SlidingWindow, dice_labels, dice_masks, hd95, hd95_per_class,
+    mean_ignoring_nan, sigmoid_masks,
 };
 use dino3d_model::init::seeded_var_builder;
 use dino3d_model::seg::{
-    LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, dice_ce, is_buffer, last_levels,
-    unetr_levels, vit_levels,
+    LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, brats_regions_tensor, dice_ce,
+    is_buffer, last_levels, sigmoid_dice, unetr_levels, vit_levels,
 };
 use dino3d_model::{ViT3d, ViT3dConfig};
 use dino3d_pipeline::exec::Pipeline;
@@ -34,6 +35,114 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use data::{SegCase, SegData};
+
+/// What the head predicts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    /// One class per voxel (softmax, DiceCE).
+    Classes(usize),
+    /// BraTS's overlapping TC / WT / ET regions from labels 1, 2, 3 (sigmoid
+    /// per channel, squared-prediction Dice).
+    BratsRegions,
+}
+
+impl Target {
+    /// Output channels.
+    fn channels(self) -> usize {
+        match self {
+            Target::Classes(k) => k,
+            Target::BratsRegions => 3,
+        }
+    }
+
+    /// The training loss of logits `(n, K, r, r, r)` against labels `(n, r³)`.
+    fn loss(self, logits: &Tensor, labels: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match self {
+            Target::Classes(_) => dice_ce(logits, labels)?,
+            Target::BratsRegions => {
+                let regions = brats_regions_tensor(labels, DType::F32)?.reshape(logits.shape())?;
+                sigmoid_dice(logits, &regions)?
+            }
+        })
+    }
+}
+
+/// BraTS regions of a label map as three channel-first masks (TC, WT, ET).
+fn brats_masks(labels: &[u16]) -> Vec<bool> {
+    const REGIONS: [&[u16]; 3] = [&[1, 3], &[1, 2, 3], &[3]];
+    REGIONS
+        .iter()
+        .flat_map(|set| labels.iter().map(move |l| set.contains(l)))
+        .collect()
+}
+
+/// Region masks back to BraTS labels: 3 where ET, else 1 where TC, else 2
+/// where WT (the inverse of [`brats_masks`] on consistent masks).
+fn brats_labels(masks: &[bool]) -> Vec<u16> {
+    let n = masks.len() / 3;
+    let (tc, wt, et) = (&masks[..n], &masks[n..2 * n], &masks[2 * n..]);
+    (0..n)
+        .map(|i| match (tc[i], wt[i], et[i]) {
+            (_, _, true) => 3,
+            (true, _, false) => 1,
+            (false, true, false) => 2,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// A case's prediction.
+enum Prediction {
+    /// Class per voxel.
+    Labels(Vec<u16>),
+    /// Channel-first binary masks (one per region).
+    Regions(Vec<bool>),
+}
+
+/// One case scored: Dice and HD95 per class (or region), and the label map
+/// written as the prediction.
+struct Scored {
+    dice: Vec<f64>,
+    hd95_mm: Vec<f64>,
+    labels: Vec<u16>,
+}
+
+fn score(pred: Prediction, case: &SegCase, target: Target, with_hd95: bool) -> Scored {
+    let spatial = [case.shape[1], case.shape[2], case.shape[3]];
+    match (pred, target) {
+        (Prediction::Labels(p), Target::Classes(k)) => Scored {
+            dice: dice_labels(&p, &case.labels, k, DiceOptions::default()),
+            hd95_mm: if with_hd95 {
+                hd95_per_class(&p, &case.labels, k, true, spatial, case.spacing)
+            } else {
+                Vec::new()
+            },
+            labels: p,
+        },
+        (Prediction::Regions(p), _) => {
+            let truth = brats_masks(&case.labels);
+            let n = case.labels.len();
+            let hd95_mm = if with_hd95 {
+                (0..3)
+                    .map(|r| {
+                        let at = r * n..(r + 1) * n;
+                        hd95(&p[at.clone()], &truth[at], spatial, case.spacing)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Scored {
+                dice: dice_masks(&p, &truth, 3, DiceOptions::default()),
+                hd95_mm,
+                labels: brats_labels(&p),
+            }
+        }
+        (Prediction::Labels(_), Target::BratsRegions) => {
+            unreachable!("region targets predict masks")
+        }
+    }
+}
 
 /// A segmentation head.
 enum Head {
@@ -49,6 +158,7 @@ struct Model {
     head: Head,
     head_vars: VarMap,
     train_backbone: bool,
+    target: Target,
 }
 
 impl Model {
@@ -78,8 +188,9 @@ impl Model {
         self.logits_t(x, false)
     }
 
-    /// Label map `(X, Y, Z)` of a case by sliding window.
-    fn predict(&self, case: &SegCase, sw: &SlidingWindow) -> anyhow::Result<Vec<u16>> {
+    /// A case's prediction by sliding window: a label map `(X, Y, Z)`, or
+    /// region masks `(3, X, Y, Z)`.
+    fn predict(&self, case: &SegCase, sw: &SlidingWindow) -> anyhow::Result<Prediction> {
         let [c, x, y, z] = case.shape;
         let input = Tensor::from_slice(&case.image, (1, c, x, y, z), &Device::Cpu)?;
         let logits = sw.run(&input, |w| {
@@ -87,8 +198,14 @@ impl Model {
                 .map(|t| t.detach())
                 .map_err(|e| dino3d_model::ModelError::Input(format!("{e:#}")))
         })?;
+        if self.target == Target::BratsRegions {
+            let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            return Ok(Prediction::Regions(sigmoid_masks(&values)));
+        }
         let labels: Vec<u32> = logits.argmax(1)?.flatten_all()?.to_vec1()?;
-        Ok(labels.into_iter().map(|l| l as u16).collect())
+        Ok(Prediction::Labels(
+            labels.into_iter().map(|l| l as u16).collect(),
+        ))
     }
 }
 
@@ -145,7 +262,11 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     let data = load_data(plan, &s, base)?;
-    let classes = data.classes.len();
+    let target = match s.regions.as_deref() {
+        Some("brats") => Target::BratsRegions,
+        _ => Target::Classes(data.classes.len()),
+    };
+    let classes = target.channels();
     eprintln!(
         "segmentation: {} training, {} validation, {} test volumes, {classes} classes",
         data.train.len(),
@@ -153,7 +274,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         data.test.len()
     );
     let device = Device::Cpu;
-    let (model, mut vars) = build_model(plan, &s, base, data.train[0].shape[0], classes, &device)?;
+    let (model, mut vars) = build_model(plan, &s, base, data.train[0].shape[0], target, &device)?;
     let roi = s.image_size;
     let window = |overlap: f64| SlidingWindow {
         roi: [roi; 3],
@@ -197,7 +318,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         let t0 = Instant::now();
         opt.set_learning_rate(learning_rate(&s, it));
         let (x, y) = training_batch(&data.train, &s, &mut rng)?;
-        let loss_t = dice_ce(&model.logits_t(&x, true)?, &y)?;
+        let loss_t = target.loss(&model.logits_t(&x, true)?, &y)?;
         // Checked before stepping: a non-finite loss never reaches the weights.
         let loss = f64::from(loss_t.to_scalar::<f32>()?);
         if !loss.is_finite() {
@@ -210,7 +331,7 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         bar.inc(1);
         if (it + 1) % s.eval_iters == 0 || it + 1 == s.iterations {
             let t0 = Instant::now();
-            let dice = mean_dice(&model, &data.val, &window(s.val_overlap), classes)?;
+            let dice = mean_dice(&model, &data.val, &window(s.val_overlap))?;
             val_seconds += t0.elapsed().as_secs_f64();
             val_curve.push((it + 1, dice));
             bar.suspend(|| eprintln!("iteration {}: validation Dice {dice:.4}", it + 1));
@@ -231,17 +352,14 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
     let t_test = Instant::now();
     let mut test = Vec::new();
     for case in &data.test {
-        let pred = model.predict(case, &sw)?;
-        let dice = dice_labels(&pred, &case.labels, classes, DiceOptions::default());
-        let spatial = [case.shape[1], case.shape[2], case.shape[3]];
-        let hd = hd95_per_class(&pred, &case.labels, classes, true, spatial, case.spacing);
+        let scored = score(model.predict(case, &sw)?, case, target, true);
         let path = out.join(format!("{}_pred.nii.gz", case.name));
-        write_prediction(&path, &pred, case)?;
+        write_prediction(&path, &scored.labels, case)?;
         test.push(CaseScores {
             name: case.name.clone(),
-            mean_dice: mean_ignoring_nan(&dice),
-            dice,
-            hd95_mm: hd,
+            mean_dice: mean_ignoring_nan(&scored.dice),
+            dice: scored.dice,
+            hd95_mm: scored.hd95_mm,
             prediction: path,
         });
     }
@@ -256,7 +374,10 @@ pub(crate) fn run(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
         backbone: s.pretrained_weights.clone(),
         arch: s.arch.clone(),
         head: s.head.clone(),
-        classes: data.classes.clone(),
+        classes: match target {
+            Target::BratsRegions => vec!["TC".into(), "WT".into(), "ET".into()],
+            Target::Classes(_) => data.classes.clone(),
+        },
         iterations: s.iterations,
         loss_curve: losses,
         val_dice_curve: val_curve,
@@ -301,7 +422,8 @@ fn load_data(plan: &Plan, s: &SegmentPlan, base: &Path) -> anyhow::Result<SegDat
             let classes = s
                 .classes
                 .context("`segment.classes` is required with a datalist")?;
-            data::from_datalist(&Pipeline::new(plan), &base.join(list), classes)
+            let keys = data::DatalistKeys::from_plan(&plan.keys, &plan.label_keys)?;
+            data::from_datalist(&Pipeline::new(plan), &base.join(list), classes, &keys)
         }
         SegmentData::Builtin(name) => {
             let dir = [base.join("../data"), PathBuf::from("data")]
@@ -333,9 +455,10 @@ fn build_model(
     s: &SegmentPlan,
     base: &Path,
     in_channels: usize,
-    classes: usize,
+    target: Target,
     device: &Device,
 ) -> anyhow::Result<(Model, Vec<dino3d_model::candle_core::Var>)> {
+    let classes = target.channels();
     let (backbone, backbone_vars) = if s.pretrained_weights == "random" {
         let cfg = ViT3dConfig::from_preset(&s.arch)?.with_img_size(s.image_size);
         let vm = VarMap::new();
@@ -380,6 +503,7 @@ fn build_model(
             head,
             head_vars,
             train_backbone: s.train_feature_model,
+            target,
         },
         backbone_vars.all_vars(),
     ))
@@ -434,18 +558,12 @@ fn training_batch(
     ))
 }
 
-/// Mean over cases of the mean Dice over classes.
-fn mean_dice(
-    model: &Model,
-    cases: &[SegCase],
-    sw: &SlidingWindow,
-    classes: usize,
-) -> anyhow::Result<f64> {
+/// Mean over cases of the mean Dice over classes (or regions).
+fn mean_dice(model: &Model, cases: &[SegCase], sw: &SlidingWindow) -> anyhow::Result<f64> {
     let mut per_case = Vec::new();
     for case in cases {
-        let pred = model.predict(case, sw)?;
-        let dice = dice_labels(&pred, &case.labels, classes, DiceOptions::default());
-        per_case.push(mean_ignoring_nan(&dice));
+        let scored = score(model.predict(case, sw)?, case, model.target, false);
+        per_case.push(mean_ignoring_nan(&scored.dice));
     }
     Ok(mean_ignoring_nan(&per_case))
 }
@@ -480,6 +598,7 @@ mod tests {
             arch: "tiny".into(),
             head: "unetr".into(),
             classes: None,
+            regions: None,
             feature_size: 4,
             image_size: 32,
             batch_size: 1,
@@ -510,5 +629,67 @@ mod tests {
         assert!((learning_rate(&s, 10) - 1e-3).abs() < 1e-15);
         assert!((learning_rate(&s, 60) - 5e-4).abs() < 1e-12, "half way");
         assert!(learning_rate(&s, 109) < 1e-6);
+    }
+
+    #[test]
+    fn brats_regions_round_trip_and_score_per_region() {
+        // Labels 0..3 → TC {1,3}, WT {1,2,3}, ET {3}, channel first.
+        let labels = [0u16, 1, 2, 3];
+        let masks = brats_masks(&labels);
+        assert_eq!(
+            masks,
+            [
+                false, true, false, true, // TC
+                false, true, true, true, // WT
+                false, false, false, true, // ET
+            ]
+        );
+        assert_eq!(brats_labels(&masks), labels);
+        // Score a prediction against a 2×2×1 case: the truth has every label
+        // once; the prediction misses the necrosis (1 → 0).
+        let case = SegCase {
+            name: "c".into(),
+            image: vec![0.0; 4],
+            labels: labels.to_vec(),
+            shape: [1, 2, 2, 1],
+            spacing: [1.0; 3],
+            affine: dino3d_pipeline::nifti::affine::IDENTITY,
+        };
+        let pred = brats_masks(&[0, 0, 2, 3]);
+        let scored = score(Prediction::Regions(pred), &case, Target::BratsRegions, true);
+        // TC: truth {1,3}, pred {3} → 2·1/(1+2); WT: truth {1,2,3}, pred {2,3}
+        // → 2·2/(2+3); ET: exact.
+        let expect = [2.0 / 3.0, 4.0 / 5.0, 1.0];
+        for (d, e) in scored.dice.iter().zip(expect) {
+            assert!((d - e).abs() < 1e-12, "{:?}", scored.dice);
+        }
+        assert_eq!(scored.hd95_mm.len(), 3);
+        assert_eq!(scored.hd95_mm[2], 0.0, "identical ET masks");
+        assert_eq!(scored.labels, [0, 0, 2, 3]);
+    }
+
+    #[test]
+    fn the_region_loss_trains_sigmoid_channels_against_brats_regions() {
+        // Logits strongly agreeing with the regions give a loss near 0,
+        // the opposite ones near 1.
+        let labels = Tensor::new(&[[0u32, 1, 2, 3, 3, 0, 2, 1]], &Device::Cpu).unwrap();
+        let masks = brats_masks(&[0, 1, 2, 3, 3, 0, 2, 1]);
+        let logits: Vec<f32> = masks
+            .iter()
+            .map(|&m| if m { 20.0 } else { -20.0 })
+            .collect();
+        let good = Tensor::from_vec(logits.clone(), (1, 3, 2, 2, 2), &Device::Cpu).unwrap();
+        let bad = good.neg().unwrap();
+        let loss = |l: &Tensor| {
+            Target::BratsRegions
+                .loss(l, &labels)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(loss(&good) < 1e-4, "{}", loss(&good));
+        assert!(loss(&bad) > 0.99, "{}", loss(&bad));
+        assert_eq!(Target::BratsRegions.channels(), 3);
+        assert_eq!(Target::Classes(5).channels(), 5);
     }
 }

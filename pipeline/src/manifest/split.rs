@@ -16,10 +16,29 @@ use crate::error::{Error, Result};
 /// A datalist item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatalistItem {
-    /// Image path.
+    /// Image path (may be left out when the item names its channels as other
+    /// keys, as 3DINO's BraTS lists do with `image1`..`image4`).
+    #[serde(default)]
     pub image: String,
     /// A label map path (segmentation) or an integer class (classification).
     pub label: serde_json::Value,
+    /// Other keys (`image1`..`image4`, ...), read by recipes whose `data.keys`
+    /// name them.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl DatalistItem {
+    /// The item's main image: `image`, else the first `image<N>` key.
+    pub fn primary_image(&self) -> Option<&str> {
+        if !self.image.is_empty() {
+            return Some(&self.image);
+        }
+        self.extra
+            .iter()
+            .find(|(k, _)| k.starts_with("image"))
+            .and_then(|(_, v)| v.as_str())
+    }
 }
 
 /// A finetuning datalist.
@@ -233,7 +252,11 @@ pub fn read_csv(path: &Path) -> Result<Vec<DatalistItem>> {
             Ok(v) => serde_json::Value::from(v),
             Err(_) => serde_json::Value::from(raw),
         };
-        items.push(DatalistItem { image, label });
+        items.push(DatalistItem {
+            image,
+            label,
+            extra: BTreeMap::new(),
+        });
     }
     Ok(items)
 }
@@ -247,6 +270,7 @@ mod tests {
             .map(|i| DatalistItem {
                 image: format!("img{i:04}.nii.gz"),
                 label: serde_json::Value::from(i as i64 % 3),
+                extra: BTreeMap::new(),
             })
             .collect()
     }

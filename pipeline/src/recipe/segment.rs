@@ -34,6 +34,10 @@ pub struct SegmentDoc {
     /// Output classes (background included).
     #[serde(default)]
     pub classes: Option<Spanned<u64>>,
+    /// Multi-label targets instead of classes: `brats` (labels 1, 2, 3 to the
+    /// TC / WT / ET regions, sigmoid outputs, squared-prediction Dice loss).
+    #[serde(default)]
+    pub regions: Option<Spanned<String>>,
     /// Decoder feature size F.
     #[serde(default)]
     pub feature_size: Option<Spanned<u64>>,
@@ -122,6 +126,8 @@ pub struct SegmentPlan {
     pub head: String,
     /// Classes (None: the bundled dataset's).
     pub classes: Option<usize>,
+    /// Multi-label region targets (`brats`), or None for class labels.
+    pub regions: Option<String>,
     /// Decoder feature size.
     pub feature_size: usize,
     /// Crop / ROI edge.
@@ -163,6 +169,7 @@ pub struct SegmentPlan {
 }
 
 const HEADS: [&str; 2] = ["unetr", "linear"];
+const REGIONS: [&str; 1] = ["brats"];
 const BUILTINS: [&str; 1] = ["mni152_tissue"];
 const BLENDS: [&str; 2] = ["constant", "gaussian"];
 
@@ -213,6 +220,7 @@ pub(crate) fn compile_segment(
         arch: "large".into(),
         head: "unetr".into(),
         classes: None,
+        regions: None,
         feature_size: 32,
         image_size: 112,
         batch_size: 2,
@@ -247,6 +255,21 @@ pub(crate) fn compile_segment(
         let mut n = 0;
         c.count(&s.classes, 2, "segment.classes", &mut n);
         p.classes = Some(n);
+    }
+    if s.regions.is_some() {
+        let mut name = String::new();
+        c.choice(&s.regions, &REGIONS, "segment.regions", &mut name);
+        if let (Some(k), Some(v)) = (&s.classes, p.classes)
+            && v != 3
+        {
+            c.errors.push(RecipeError::at(
+                file,
+                &k.referenced,
+                "segment.regions: brats predicts 3 regions (TC, WT, ET): classes must be 3 or left out",
+            ));
+        }
+        p.classes = Some(3);
+        p.regions = Some(name);
     }
     c.count(
         &s.feature_size,
