@@ -5,6 +5,7 @@
 
 mod backbone;
 mod cache_cmd;
+mod device;
 mod embed_cmd;
 mod embed_table;
 mod inspect_cmd;
@@ -39,6 +40,10 @@ struct Cli {
     recipe: Option<std::path::PathBuf>,
     #[command(flatten)]
     overrides: run_cmd::Overrides,
+    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features candle-cuda`; task pretrain uses it, the others run on CPU).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+    device: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,6 +79,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Decoded volumes are tens of MiB: keep freed ones for the next sample.
+    dino3d_cache::reuse_large_buffers();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match (cli.command, cli.recipe) {
@@ -86,7 +93,8 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Probe(args)), _) => probe::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
         (Some(Command::AtlasCrops(args)), _) => linear::crops::run(&args),
-        (None, Some(recipe)) => run_cmd::run_recipe(&recipe, &cli.overrides),
+        (None, Some(recipe)) => device::parse(&cli.device)
+            .and_then(|device| run_cmd::run_recipe(&recipe, &cli.overrides, &device)),
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -303,11 +303,18 @@ fn save_batch(dir: &Path, loaded: &dino3d_pipeline::exec::LoadedBatch) -> anyhow
 }
 
 /// `dino-run RECIPE`: the job its `task:` names.
-pub(crate) fn run_recipe(recipe: &Path, overrides: &Overrides) -> anyhow::Result<ExitCode> {
+pub(crate) fn run_recipe(
+    recipe: &Path,
+    overrides: &Overrides,
+    device: &dino3d_model::candle_core::Device,
+) -> anyhow::Result<ExitCode> {
     let plan = load_plan(recipe, overrides)?;
+    if plan.task != "pretrain" {
+        crate::device::require_cpu(device, &plan.task)?;
+    }
     match plan.task.as_str() {
         "prepare" => prepare_all(&plan, recipe),
-        "pretrain" => crate::train::pretrain(&plan, recipe),
+        "pretrain" => crate::train::pretrain(&plan, recipe, device),
         "segment" => crate::segment::run(&plan, recipe),
         "linear_probe" => crate::linear::run(&plan, recipe),
         "embed" => crate::embed_table::run_recipe(&plan, recipe),

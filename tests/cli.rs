@@ -709,7 +709,12 @@ fn pretraining_skips_a_corrupt_volume_and_names_it() {
 
 #[test]
 fn segment_finetunes_a_head_and_writes_scores_predictions_and_curves() {
-    for (head, train_backbone) in [("unetr", false), ("linear", false), ("unetr", true)] {
+    for (head, train_backbone) in [
+        ("unetr", false),
+        ("linear", false),
+        ("unetr", true),
+        ("vit_adapter", false),
+    ] {
         segment_demo_at_tiny_scale(head, train_backbone);
     }
 }

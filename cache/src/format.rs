@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
 use crate::shuffle::shuffle;
-use crate::window::{vector_path, window_words};
+use crate::window::{Rows, vector_path, window_word_rows};
 
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
@@ -192,6 +192,26 @@ impl<'a> Planes<'a> {
         }
     }
 
+    /// Every row of `rows` from these planes into `out` (see [`Self::decode`]).
+    fn decode_rows(
+        &self,
+        rows: Rows,
+        out: &mut [MaybeUninit<f32>],
+        table: &[f32],
+        map: Option<&IntensityMap>,
+    ) {
+        match *self {
+            Planes::Words(lo, hi, signed) if table.is_empty() => {
+                let map = map.expect("the computed path is only taken with a window");
+                window_word_rows(lo, hi, signed, map, rows, out);
+            }
+            _ => {
+                let w = rows.width;
+                rows.for_each(|s, d| self.decode(s, &mut out[d..d + w], table, map));
+            }
+        }
+    }
+
     /// Voxels `from..from + out.len()` as float32: unshuffling, conversion and
     /// windowing in one pass over only the voxels the caller keeps. Windowed
     /// 16-bit values are computed with vector instructions where
@@ -210,10 +230,6 @@ impl<'a> Planes<'a> {
                 for (o, &b) in out.iter_mut().zip(&p[from..to]) {
                     o.write(table[usize::from(b)]);
                 }
-            }
-            Planes::Words(lo, hi, signed) if table.is_empty() => {
-                let map = map.expect("the computed path is only taken with a window");
-                window_words(&lo[from..to], &hi[from..to], signed, map, out);
             }
             Planes::Words(lo, hi, _) => {
                 // 65,536 entries: every u16 index is in bounds.
@@ -604,22 +620,30 @@ impl Entry {
                         // Intersection of the chunk and the box, in volume coordinates.
                         let from = [0, 1, 2].map(|a| c0[a].max(start[a]));
                         let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(start[a] + extent[a]));
-                        let w = to[0] - from[0];
+                        let rows = Rows {
+                            width: to[0] - from[0],
+                            ny: to[1] - from[1],
+                            nz: to[2] - from[2],
+                            src: ((from[2] - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0]
+                                + (from[0] - c0[0]),
+                            src_row: cdim[0],
+                            src_plane: cdim[0] * cdim[1],
+                            dst: ((ch * extent[2] + from[2] - start[2]) * extent[1]
+                                + (from[1] - start[1]))
+                                * extent[0]
+                                + (from[0] - start[0]),
+                            dst_row: extent[0],
+                            dst_plane: extent[0] * extent[1],
+                        };
                         self.with_chunk_bytes(array, i, |bytes| {
-                            let planes = Planes::new(meta.dtype, bytes);
-                            for z in from[2]..to[2] {
-                                for y in from[1]..to[1] {
-                                    let src = ((z - c0[2]) * cdim[1] + (y - c0[1])) * cdim[0]
-                                        + (from[0] - c0[0]);
-                                    let dst = ((ch * extent[2] + z - start[2]) * extent[1]
-                                        + (y - start[1]))
-                                        * extent[0]
-                                        + (from[0] - start[0]);
-                                    planes.decode(src, &mut out[dst..dst + w], table, map.as_ref());
-                                    written += w;
-                                }
-                            }
+                            Planes::new(meta.dtype, bytes).decode_rows(
+                                rows,
+                                out,
+                                table,
+                                map.as_ref(),
+                            );
                         })?;
+                        written += rows.len();
                     }
                 }
             }

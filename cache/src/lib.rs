@@ -19,6 +19,7 @@
 //! * **Use** ([`source`]): [`CacheSource`] plugs into the batch loader and warms
 //!   lazily on first use.
 
+mod alloc;
 pub mod error;
 pub mod format;
 pub mod shuffle;
@@ -26,6 +27,7 @@ pub mod source;
 pub mod store;
 mod window;
 
+pub use alloc::reuse_large_buffers;
 pub use error::{CacheError, Result};
 pub use format::{Codec, Entry, Layout, StoredType};
 pub use source::{CacheSource, CacheStats, Warmed};

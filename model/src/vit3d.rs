@@ -357,6 +357,12 @@ impl ViT3d {
         self.blocks.len()
     }
 
+    /// The transformer blocks, for heads that interleave their own layers
+    /// with the backbone's (the ViT-Adapter runs them chunk by chunk).
+    pub(crate) fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
     /// Builds a freshly initialised f32 backbone in its own `VarMap` on `device`.
     pub fn with_varmap(cfg: ViT3dConfig, device: &Device) -> Result<(Self, candle_nn::VarMap)> {
         let vm = candle_nn::VarMap::new();

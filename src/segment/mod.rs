@@ -22,9 +22,10 @@ use dino3d_model::infer::{
     mean_ignoring_nan, sigmoid_masks,
 };
 use dino3d_model::init::seeded_var_builder;
+use dino3d_model::seg::adapter::frozen_backbone;
 use dino3d_model::seg::{
-    LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, brats_regions_tensor, dice_ce,
-    is_buffer, last_levels, sigmoid_dice, unetr_levels, vit_levels,
+    LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, VitAdapterConfig, VitAdapterHead,
+    brats_regions_tensor, dice_ce, is_buffer, last_levels, sigmoid_dice, unetr_levels, vit_levels,
 };
 use dino3d_model::{ViT3d, ViT3dConfig};
 use dino3d_pipeline::exec::Pipeline;
@@ -150,6 +151,9 @@ enum Head {
     Unetr(Box<UnetrHead>),
     /// 3DINO's linear decoder (the last four blocks, batch norm, 1³ conv).
     Linear(LinearDecoderHead),
+    /// ViT-Adapter + UNETR: runs the backbone's blocks itself, between its
+    /// injectors and extractors.
+    Adapter(Box<VitAdapterHead>),
 }
 
 /// The backbone and head being finetuned.
@@ -166,9 +170,13 @@ impl Model {
     /// statistics in the linear head's batch norm.
     fn logits_t(&self, x: &Tensor, train: bool) -> anyhow::Result<Tensor> {
         let depth = self.backbone.depth();
-        let indices = match self.head {
+        let indices = match &self.head {
             Head::Unetr(_) => unetr_levels(depth),
             Head::Linear(_) => last_levels(depth),
+            // Gradients reach the injectors through the blocks, so the
+            // backbone's activations cannot be detached; a frozen backbone
+            // is simply left out of the optimiser.
+            Head::Adapter(h) => return Ok(h.forward_t(&self.backbone, x, train)?),
         };
         let mut levels = vit_levels(&self.backbone, x, &indices)?;
         if !self.train_backbone {
@@ -176,6 +184,7 @@ impl Model {
         }
         Ok(match &self.head {
             Head::Unetr(h) => h.forward(x, &levels)?,
+            Head::Adapter(_) => unreachable!("returned above"),
             Head::Linear(h) => {
                 let (n, _, sx, sy, sz) = x.dims5()?;
                 h.forward_t(&levels, n, [sx, sy, sz], train)?
@@ -474,6 +483,23 @@ fn build_model(
         eprintln!("backbone: {}", file.display());
         crate::backbone::load_with_varmap(&file, &s.arch, device)?
     };
+    // The adapter runs the backbone's blocks between its own layers, so a
+    // frozen backbone there is a copy built from detached weights (no
+    // gradient, and no backward work, for the ViT's variables).
+    let backbone = if s.head == "vit_adapter" && !s.train_feature_model {
+        let unprefixed = VarMap::new();
+        {
+            let from = backbone_vars.data().lock().expect("backbone variables");
+            let mut to = unprefixed.data().lock().expect("backbone variables");
+            for (name, var) in from.iter() {
+                let name = name.strip_prefix("backbone.").unwrap_or(name);
+                to.insert(name.to_string(), var.clone());
+            }
+        }
+        frozen_backbone(backbone.config().clone(), &unprefixed, device)?
+    } else {
+        backbone
+    };
     let head_vars = VarMap::new();
     let vb = seeded_var_builder(&head_vars, plan.seed ^ 0x5e9, DType::F32, device).pp("head");
     let embed_dim = backbone.config().embed_dim;
@@ -487,6 +513,13 @@ fn build_model(
             },
             vb,
         )?),
+        "vit_adapter" => Head::Adapter(Box::new(VitAdapterHead::new(
+            VitAdapterConfig {
+                feature_size: s.feature_size,
+                ..VitAdapterConfig::for_vit(backbone.config(), in_channels, classes)
+            },
+            vb,
+        )?)),
         _ => Head::Unetr(Box::new(UnetrHead::new(
             UnetrConfig {
                 in_channels,

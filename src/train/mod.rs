@@ -31,14 +31,14 @@ pub(crate) fn output_dir(plan: &Plan, recipe: &Path) -> PathBuf {
 }
 
 /// Runs (or resumes) the pretraining a recipe describes.
-pub(crate) fn pretrain(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
+pub(crate) fn pretrain(plan: &Plan, recipe: &Path, device: &Device) -> anyhow::Result<ExitCode> {
     let Some(t) = plan.training.clone() else {
         bail!(
             "{}: task `pretrain` needs the training sections (model, optim, teacher, train); see recipes/demo.yaml",
             recipe.display()
         );
     };
-    let device = Device::Cpu;
+    let device = device.clone();
     let out = output_dir(plan, recipe);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cfg = setup::ssl_config(&t, plan)?;

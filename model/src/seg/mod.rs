@@ -7,13 +7,15 @@
 //!   [`upsample_trilinear`] (`align_corners=False`);
 //! - MONAI's UNETR blocks: [`UnetResBlock`], [`UnetrPrUpBlock`],
 //!   [`UnetrUpBlock`], [`UnetOutBlock`];
-//! - heads: [`UnetrHead`] and [`LinearDecoderHead`], fed by [`vit_levels`];
+//! - heads: [`UnetrHead`] and [`LinearDecoderHead`], fed by [`vit_levels`],
+//!   and [`VitAdapterHead`] (ViT-Adapter + UNETR), which runs the ViT itself;
 //! - losses: [`dice_ce`], [`sigmoid_dice`], BraTS regions.
 //!
 //! Layout `(B, C, D, H, W)` and PyTorch weight layouts throughout, with
 //! MONAI's parameter names where MONAI defines the module.
 
 pub mod activation;
+pub mod adapter;
 pub mod batch_norm;
 pub mod conv3d;
 mod conv3d_cpu;
@@ -35,6 +37,7 @@ mod test_util;
 mod timing;
 
 pub use activation::{gelu, leaky_relu};
+pub use adapter::{VitAdapterConfig, VitAdapterHead};
 pub use batch_norm::{BatchNorm3d, is_buffer};
 pub use conv_transpose3d::ConvTranspose3d;
 pub use conv3d::{Conv3d, Conv3dConfig, conv3d};

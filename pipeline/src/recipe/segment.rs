@@ -28,7 +28,8 @@ pub struct SegmentDoc {
     /// Backbone preset.
     #[serde(default)]
     pub arch: Option<Spanned<String>>,
-    /// Head: `unetr` or `linear` (3DINO's linear decoder).
+    /// Head: `unetr`, `linear` (3DINO's linear decoder) or `vit_adapter`
+    /// (3DINO's ViT-Adapter + UNETR).
     #[serde(default)]
     pub head: Option<Spanned<String>>,
     /// Output classes (background included).
@@ -168,7 +169,7 @@ pub struct SegmentPlan {
     pub output_dir: String,
 }
 
-const HEADS: [&str; 2] = ["unetr", "linear"];
+const HEADS: [&str; 3] = ["unetr", "linear", "vit_adapter"];
 const REGIONS: [&str; 1] = ["brats"];
 const BUILTINS: [&str; 1] = ["mni152_tissue"];
 const BLENDS: [&str; 2] = ["constant", "gaussian"];
