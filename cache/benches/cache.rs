@@ -174,7 +174,7 @@ fn cold_crop_96(bencher: divan::Bencher) {
 fn cold_sweep_24x96(bencher: divan::Bencher) {
     use std::os::fd::AsRawFd;
     let s = setup();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     bencher
         .counter(ItemsCount::new(24usize))
         .with_inputs(|| {

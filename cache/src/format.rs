@@ -1,5 +1,5 @@
 //! The entry file: one prepared sample (every key's array) as chunked,
-//! byte-shuffled, zstd-compressed arrays with a checksummed index, read
+//! byte-shuffled, compressed arrays with a checksummed index, read
 //! through a memory map.
 //!
 //! ```text
@@ -12,8 +12,9 @@
 //!
 //! Chunks tile `(X, Y, Z)` per channel (edge chunks hold their true extent), each
 //! x-fastest, byte-shuffled when the element is wider than a byte, compressed
-//! with zstd, and checksummed (xxh3 of the compressed bytes) so damage is found
-//! before decoding. Integer arrays carry the intensity window the float path
+//! (zstd over the whole chunk, or LZ4 per byte plane with incompressible planes
+//! stored raw and read in place), and checksummed (xxh3 of the stored bytes)
+//! so damage is found before decoding. Integer arrays carry the intensity window the float path
 //! applies; reading applies it with the same function, so values are bit-identical.
 
 use std::fs::File;
@@ -49,15 +50,39 @@ pub enum Codec {
     /// Entries written before the codec was recorded use it.
     #[default]
     Zstd,
-    /// LZ4 (block format): larger entries, several times faster to decode.
+    /// LZ4 (block format) per byte plane: larger entries, several times
+    /// faster to decode. A plane LZ4 cannot shrink by 1/16 (the noisy low
+    /// bytes of CT or MRI) is stored raw and read straight from the map, so
+    /// a box read neither copies nor decodes it beyond the rows it keeps.
     Lz4,
 }
 
+/// Per-plane layout of an LZ4 chunk: `planes` little-endian u32 lengths
+/// (bit 31 set: stored raw), then the planes' bytes in order.
+const RAW_PLANE: u32 = 1 << 31;
+
 impl Codec {
-    fn compress(self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Compresses a chunk's shuffled bytes (`elem` planes of equal size).
+    fn compress(self, shuffled: &[u8], elem: usize) -> std::io::Result<Vec<u8>> {
         match self {
-            Codec::Zstd => zstd::bulk::compress(bytes, ZSTD_LEVEL),
-            Codec::Lz4 => lz4::block::compress(bytes, Some(LZ4_MODE), false),
+            Codec::Zstd => zstd::bulk::compress(shuffled, ZSTD_LEVEL),
+            Codec::Lz4 => {
+                let n = shuffled.len() / elem;
+                let mut head = Vec::with_capacity(4 * elem);
+                let mut body = Vec::with_capacity(shuffled.len());
+                for plane in shuffled.chunks(n.max(1)).take(elem) {
+                    let packed = lz4::block::compress(plane, Some(LZ4_MODE), false)?;
+                    let (len, bytes) = if packed.len() + plane.len() / 16 < plane.len() {
+                        (packed.len() as u32, &packed[..])
+                    } else {
+                        (plane.len() as u32 | RAW_PLANE, plane)
+                    };
+                    head.extend_from_slice(&len.to_le_bytes());
+                    body.extend_from_slice(bytes);
+                }
+                head.extend_from_slice(&body);
+                Ok(head)
+            }
         }
     }
 }
@@ -175,20 +200,14 @@ enum Planes<'a> {
 }
 
 impl<'a> Planes<'a> {
-    fn new(dtype: StoredType, bytes: &'a [u8]) -> Planes<'a> {
-        let n = bytes.len() / dtype.size();
+    /// From the byte planes of `dtype` (one per byte of a voxel, low first).
+    fn from_planes(dtype: StoredType, p: [&'a [u8]; 4]) -> Planes<'a> {
         match dtype {
-            StoredType::U8 | StoredType::I8 => Planes::Bytes(bytes),
+            StoredType::U8 | StoredType::I8 => Planes::Bytes(p[0]),
             StoredType::U16 | StoredType::I16 => {
-                let (lo, hi) = bytes.split_at(n);
-                Planes::Words(lo, hi, dtype == StoredType::I16)
+                Planes::Words(p[0], p[1], dtype == StoredType::I16)
             }
-            StoredType::F32 => {
-                let (p0, rest) = bytes.split_at(n);
-                let (p1, rest) = rest.split_at(n);
-                let (p2, p3) = rest.split_at(n);
-                Planes::F32([p0, p1, p2, p3])
-            }
+            StoredType::F32 => Planes::F32(p),
         }
     }
 
@@ -354,7 +373,7 @@ pub fn write_entry(
             }
             let shuffled = shuffle(&raw, a.dtype.size());
             let packed = codec
-                .compress(&shuffled)
+                .compress(&shuffled, a.dtype.size())
                 .map_err(|e| CacheError::io(path, e))?;
             index.extend_from_slice(&(payload.len() as u64).to_le_bytes());
             index.extend_from_slice(&(packed.len() as u32).to_le_bytes());
@@ -521,9 +540,15 @@ impl Entry {
         Ok(r)
     }
 
-    /// Checks and decompresses chunk `i` of array `array`, then calls `f` with
-    /// its (byte-shuffled) bytes.
-    fn with_chunk_bytes<T>(&self, array: usize, i: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+    /// Checks and decodes chunk `i` of array `array`, then calls `f` with its
+    /// byte planes: decompressed into a per-thread buffer, or, for planes
+    /// stored raw, straight from the map.
+    fn with_chunk_planes<T>(
+        &self,
+        array: usize,
+        i: usize,
+        f: impl FnOnce(Planes<'_>) -> T,
+    ) -> Result<T> {
         thread_local! {
             // A reused zstd context and byte buffer per thread: no allocation
             // or context setup per chunk.
@@ -539,12 +564,15 @@ impl Entry {
         if chunk_checksum(packed) != r.hash {
             return Err(corrupt("checksum mismatch".into()));
         }
-        if !r.raw_len.is_multiple_of(meta.dtype.size()) {
+        let elem = meta.dtype.size();
+        if !r.raw_len.is_multiple_of(elem) {
             return Err(corrupt("wrong size".into()));
         }
+        let n = r.raw_len / elem;
         SCRATCH.with(|cell| {
             let (zstd_ctx, buf) = &mut *cell.borrow_mut();
-            let n = match meta.codec {
+            let mut planes: [&[u8]; 4] = [&[]; 4];
+            match meta.codec {
                 Codec::Zstd => {
                     if zstd_ctx.is_none() {
                         *zstd_ctx = Some(
@@ -555,20 +583,71 @@ impl Entry {
                     let dec = zstd_ctx.as_mut().expect("initialised above");
                     buf.clear();
                     buf.reserve(r.raw_len);
-                    dec.decompress_to_buffer(packed, buf)
-                        .map_err(|e| corrupt(e.to_string()))?
+                    let got = dec
+                        .decompress_to_buffer(packed, buf)
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    if got != r.raw_len {
+                        return Err(corrupt("wrong size".into()));
+                    }
+                    for (p, plane) in planes.iter_mut().zip(buf.chunks(n.max(1))) {
+                        *p = plane;
+                    }
                 }
                 Codec::Lz4 => {
+                    // Plane lengths first, then the planes (see `RAW_PLANE`).
+                    let head = 4 * elem;
+                    if packed.len() < head {
+                        return Err(corrupt("truncated plane table".into()));
+                    }
                     buf.resize(r.raw_len, 0);
-                    let size = i32::try_from(r.raw_len).map_err(|e| corrupt(e.to_string()))?;
-                    lz4::block::decompress_to_buffer(packed, Some(size), buf)
-                        .map_err(|e| corrupt(e.to_string()))?
+                    let mut at = head;
+                    let mut raw_planes = [false; 4];
+                    for p in 0..elem {
+                        let word = u32::from_le_bytes(
+                            packed[4 * p..4 * p + 4].try_into().expect("4 bytes"),
+                        );
+                        let len = (word & !RAW_PLANE) as usize;
+                        let stored = packed
+                            .get(at..at + len)
+                            .ok_or_else(|| corrupt("plane past the chunk".into()))?;
+                        at += len;
+                        if word & RAW_PLANE != 0 {
+                            if len != n {
+                                return Err(corrupt("wrong size".into()));
+                            }
+                            raw_planes[p] = true;
+                        } else {
+                            let size = i32::try_from(n).map_err(|e| corrupt(e.to_string()))?;
+                            let got = lz4::block::decompress_to_buffer(
+                                stored,
+                                Some(size),
+                                &mut buf[p * n..(p + 1) * n],
+                            )
+                            .map_err(|e| corrupt(e.to_string()))?;
+                            if got != n {
+                                return Err(corrupt("wrong size".into()));
+                            }
+                        }
+                    }
+                    if at != packed.len() {
+                        return Err(corrupt("wrong size".into()));
+                    }
+                    let mut at = head;
+                    for p in 0..elem {
+                        let word = u32::from_le_bytes(
+                            packed[4 * p..4 * p + 4].try_into().expect("4 bytes"),
+                        );
+                        let len = (word & !RAW_PLANE) as usize;
+                        planes[p] = if raw_planes[p] {
+                            &packed[at..at + len]
+                        } else {
+                            &buf[p * n..(p + 1) * n]
+                        };
+                        at += len;
+                    }
                 }
-            };
-            if n != r.raw_len {
-                return Err(corrupt("wrong size".into()));
             }
-            Ok(f(&buf[..n]))
+            Ok(f(Planes::from_planes(meta.dtype, planes)))
         })
     }
 
@@ -635,13 +714,8 @@ impl Entry {
                             dst_row: extent[0],
                             dst_plane: extent[0] * extent[1],
                         };
-                        self.with_chunk_bytes(array, i, |bytes| {
-                            Planes::new(meta.dtype, bytes).decode_rows(
-                                rows,
-                                out,
-                                table,
-                                map.as_ref(),
-                            );
+                        self.with_chunk_planes(array, i, |planes| {
+                            planes.decode_rows(rows, out, table, map.as_ref());
                         })?;
                         written += rows.len();
                     }
@@ -716,7 +790,7 @@ impl Entry {
     pub fn verify(&self) -> Result<()> {
         for (a, meta) in self.header.arrays.iter().enumerate() {
             for i in 0..meta.n_chunks() {
-                self.with_chunk_bytes(a, i, |_| ())?;
+                self.with_chunk_planes(a, i, |_| ())?;
             }
         }
         Ok(())
@@ -759,5 +833,53 @@ mod tests {
                 "length {len}"
             );
         }
+    }
+
+    /// LZ4 chunks store each byte plane compressed or, when LZ4 cannot
+    /// shrink it, raw: noisy low bytes go raw, constant high bytes compressed,
+    /// and both read back exactly.
+    #[test]
+    fn lz4_planes_are_raw_or_compressed_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.d3c");
+        let shape = [1, 32, 32, 32];
+        let mut state = 7u64;
+        let data: Vec<f32> = (0..32 * 32 * 32)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                f32::from(((state >> 33) % 256) as i16 + 1024)
+            })
+            .collect();
+        let image = Image {
+            data: data.clone(),
+            shape,
+            spacing: [1.0; 3],
+            affine: dino3d_pipeline::nifti::affine::IDENTITY,
+        };
+        let arrays = [ArrayToWrite {
+            key: "image",
+            image: &image,
+            dtype: StoredType::I16,
+            window: None,
+        }];
+        let layout = Layout {
+            chunk: [32, 32, 32],
+            codec: Codec::Lz4,
+        };
+        write_entry(&path, &arrays, layout, "src", "key").unwrap();
+        let entry = Entry::open(&path).unwrap();
+        let r = entry.chunk_ref(0, 0).unwrap();
+        let packed = &entry.map[entry.payload_at + r.offset..][..r.len];
+        let word = |p: usize| u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().unwrap());
+        assert_ne!(word(0) & RAW_PLANE, 0, "noisy low bytes are stored raw");
+        assert_eq!(word(0) & !RAW_PLANE, 32 * 32 * 32);
+        assert_eq!(word(1) & RAW_PLANE, 0, "constant high bytes are compressed");
+        assert!((word(1) as usize) < 1024);
+        assert_eq!(entry.read_all(0).unwrap().data, data);
+        let b = entry.read_box(0, [3, 5, 7], [20, 9, 11]).unwrap();
+        assert_eq!(b.data[0], data[(7 * 32 + 5) * 32 + 3]);
+        entry.verify().unwrap();
     }
 }

@@ -7,7 +7,8 @@
 //!   when a random step is cached) and the format version. Change any of them
 //!   and the entry misses; nothing else does.
 //! * **Format** ([`format`]): per item one memory-mapped file of chunked
-//!   (32³ by default), byte-shuffled, zstd-compressed arrays with a checksum per
+//!   (32³ by default), byte-shuffled, compressed arrays (LZ4 per byte plane, or
+//!   zstd) with a checksum per
 //!   chunk and over the header and index. 8/16-bit volumes under 3DINO's
 //!   prefix stay integers plus their intensity window, applied on reading with
 //!   the float path's own function (bit-identical). Reading a box decodes only
