@@ -221,17 +221,10 @@ run() {
     test_step "GPU kernels vs CPU references" "$DIR/cuda_kernels_test" --test-threads=1 --nocapture
     test_step "kernel benchmark" "$DIR/cuda_kernels_bench"
     run_train_step
-
-    echo
-    if [ "${#FAILED[@]}" -eq 0 ]; then
-        echo "== GPU check: all steps passed"
-        exit 0
-    fi
-    echo "== GPU check: ${#FAILED[@]} step(s) failed:"
-    printf '   - %s\n' "${FAILED[@]}"
-    exit 1
+    finish
 }
 
+# The summary: every step passed (exit 0) or the failed ones (exit 1).
 finish() {
     echo
     if [ "${#FAILED[@]}" -eq 0 ]; then

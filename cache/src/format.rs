@@ -184,7 +184,7 @@ fn chunk_checksum(packed: &[u8]) -> u64 {
 }
 
 /// Whether reading `dtype` through `map` needs the lookup table, i.e. is not
-/// computed on the vector path ([`window_words`]).
+/// computed on the vector path ([`window_word_rows`]).
 fn uses_table(dtype: StoredType, map: Option<&IntensityMap>) -> bool {
     let words = matches!(dtype, StoredType::U16 | StoredType::I16);
     !(words && map.is_some() && vector_path())

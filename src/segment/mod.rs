@@ -174,8 +174,8 @@ impl Model {
             Head::Unetr(_) => unetr_levels(depth),
             Head::Linear(_) => last_levels(depth),
             // Gradients reach the injectors through the blocks, so the
-            // backbone's activations cannot be detached; a frozen backbone
-            // is simply left out of the optimiser.
+            // backbone's activations cannot be detached; a frozen backbone is
+            // a copy with detached weights instead (see `build_model`).
             Head::Adapter(h) => return Ok(h.forward_t(&self.backbone, x, train)?),
         };
         let mut levels = vit_levels(&self.backbone, x, &indices)?;
