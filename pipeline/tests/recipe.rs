@@ -497,7 +497,7 @@ fn the_segment_section_defaults_to_3dino_and_is_validated() {
     // GOOD is 23 lines; `segment:` is line 24 and its fields follow.
     for want in [
         "r.yaml:25:12: segment.builtin `mni152_tisue` is not one of [\"mni152_tissue\"] (did you mean `mni152_tissue`?)",
-        "r.yaml:27:9: segment.head `unter` is not one of [\"unetr\", \"linear\"] (did you mean `unetr`?)",
+        "r.yaml:27:9: segment.head `unter` is not one of [\"unetr\", \"linear\", \"vit_adapter\"] (did you mean `unetr`?)",
         "r.yaml:28:15: segment.image_size must be a multiple of 16",
         "r.yaml:29:17: segment.test_overlap must be in [0, 0.95]",
     ] {
