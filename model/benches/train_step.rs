@@ -9,7 +9,8 @@
 //! HIDDEN (2048), BOTTLENECK (256), DEVICE (cpu, or cuda:N with the
 //! `candle-cuda` feature), TF32 (1: f32 matmuls on tensor cores in TF32).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
-//! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak).
+//! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
+//! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
 
 mod common;
 
@@ -86,6 +87,7 @@ fn masks(b: usize, n: usize) -> Vec<bool> {
 }
 
 fn main() {
+    common::reuse_large_buffers();
     let arch = std::env::var("ARCH").unwrap_or_else(|_| "small".into());
     let (b, steps, warmup) = (env("BATCH", 2), env("STEPS", 3), env("WARMUP", 1));
     let (gs, ls, nl) = (env("GLOBAL", 96), env("LOCAL", 48), env("LOCALS", 8));
