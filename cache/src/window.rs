@@ -10,17 +10,10 @@ use std::mem::MaybeUninit;
 
 use dino3d_pipeline::transforms::IntensityMap;
 
-/// Whether [`window_words`] has a vector path on this CPU; without one the
-/// caller's lookup table is faster than scalar arithmetic.
+/// Whether [`window_word_rows`] has a vector path on this CPU; without one
+/// the caller's lookup table is faster than scalar arithmetic.
 pub(crate) fn vector_path() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Kernel::best() != Kernel::Scalar
 }
 
 /// Rows of a box copied from a chunk into an output: `ny · nz` rows of `width`
@@ -57,11 +50,64 @@ impl Rows {
             }
         }
     }
+
+    /// One past the last source and destination element touched (`None`
+    /// when there are no rows).
+    fn ends(&self) -> Option<(usize, usize)> {
+        if self.len() == 0 {
+            return None;
+        }
+        let (y, z) = (self.ny - 1, self.nz - 1);
+        Some((
+            self.src + y * self.src_row + z * self.src_plane + self.width,
+            self.dst + y * self.dst_row + z * self.dst_plane + self.width,
+        ))
+    }
 }
 
-/// [`window_words`] over every row of `rows`, with the row loop inside the
-/// vectorised function (a box row is only as wide as a chunk, so a call per
-/// row would cost about as much as the row itself).
+/// Which instruction set runs [`window_word_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// Plain Rust, one voxel at a time.
+    Scalar,
+    /// 4 f64 lanes (x86-64 AVX2).
+    Avx2,
+    /// 8 f64 lanes (x86-64 AVX-512F).
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub(crate) fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Kernel::Avx512;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    return Kernel::Avx2;
+                }
+            }
+            Kernel::Scalar
+        })
+    }
+
+    /// Whether this CPU runs `self`.
+    #[cfg(test)]
+    fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => matches!(Kernel::best(), Kernel::Avx2 | Kernel::Avx512),
+            Kernel::Avx512 => Kernel::best() == Kernel::Avx512,
+        }
+    }
+}
+
+/// [`IntensityMap::apply`] over every row of `rows`, with the row loop inside
+/// the vectorised function (a box row is only as wide as a chunk, so a call
+/// per row would cost about as much as the row itself).
 ///
 /// # Panics
 /// When a row falls outside the planes or the output.
@@ -73,18 +119,53 @@ pub(crate) fn window_word_rows(
     rows: Rows,
     out: &mut [MaybeUninit<f32>],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if vector_path() {
-        // SAFETY: AVX2 support was detected at run time just above.
-        unsafe {
-            if signed {
-                rows_avx2::<true>(lo, hi, map, rows, out);
-            } else {
-                rows_avx2::<false>(lo, hi, map, rows, out);
-            }
-        }
+    window_word_rows_with(Kernel::best(), lo, hi, signed, map, rows, out);
+}
+
+/// [`window_word_rows`] on a chosen kernel (which this CPU must run).
+fn window_word_rows_with(
+    kernel: Kernel,
+    lo: &[u8],
+    hi: &[u8],
+    signed: bool,
+    map: &IntensityMap,
+    rows: Rows,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let Some((src_end, dst_end)) = rows.ends() else {
         return;
+    };
+    assert!(
+        src_end <= lo.len() && src_end <= hi.len() && dst_end <= out.len(),
+        "rows outside the planes or the output"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (scale, offset, min, max) = map.parts();
+        // The vector kernels clamp with max-then-min, which equals apply's
+        // compare-and-select only for ordered bounds (lo ≤ hi, neither NaN).
+        if min <= max && kernel != Kernel::Scalar {
+            let k = simd::Coefficients {
+                scale,
+                offset,
+                min,
+                max,
+            };
+            // SAFETY: the bounds were checked just above (every row lies
+            // inside the planes and the output), and callers only pass
+            // kernels this CPU was detected to run.
+            unsafe {
+                match (kernel, signed) {
+                    (Kernel::Avx512, true) => simd::rows_avx512::<true>(lo, hi, k, rows, out),
+                    (Kernel::Avx512, false) => simd::rows_avx512::<false>(lo, hi, k, rows, out),
+                    (_, true) => simd::rows_avx2::<true>(lo, hi, k, rows, out),
+                    (_, false) => simd::rows_avx2::<false>(lo, hi, k, rows, out),
+                }
+            }
+            return;
+        }
     }
+    let _ = kernel;
     if signed {
         word_rows::<true>(lo, hi, map, rows, out);
     } else {
@@ -106,19 +187,6 @@ fn word_rows<const SIGNED: bool>(
     });
 }
 
-/// [`word_rows`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rows_avx2<const SIGNED: bool>(
-    lo: &[u8],
-    hi: &[u8],
-    map: &IntensityMap,
-    rows: Rows,
-    out: &mut [MaybeUninit<f32>],
-) {
-    word_rows::<SIGNED>(lo, hi, map, rows, out);
-}
-
 /// One row: `out[i] = map(value(lo[i], hi[i]))` for the little-endian 16-bit
 /// values split into byte planes `lo`/`hi` (signed when `signed`), through
 /// [`window_word_rows`].
@@ -127,6 +195,7 @@ unsafe fn rows_avx2<const SIGNED: bool>(
 /// When a plane is shorter than `out`.
 #[cfg(test)]
 fn window_words(
+    kernel: Kernel,
     lo: &[u8],
     hi: &[u8],
     signed: bool,
@@ -145,7 +214,7 @@ fn window_words(
         dst_row: width,
         dst_plane: width,
     };
-    window_word_rows(lo, hi, signed, map, rows, out);
+    window_word_rows_with(kernel, lo, hi, signed, map, rows, out);
 }
 
 #[inline(always)]
@@ -163,6 +232,188 @@ fn words<const SIGNED: bool>(
             f32::from(raw)
         };
         o.write(map.apply(v));
+    }
+}
+
+/// The vector kernels. Each evaluates [`IntensityMap::apply`]'s expression
+/// with the same IEEE operations (f64 product, f64 sum, clamp, one rounding to
+/// f32), so results are bit-identical to it; the clamp is `min(hi, max(lo,
+/// y))`, which returns `y` itself on ties (keeping the sign of zero) and for
+/// NaN, as the scalar compare-and-select does when `lo ≤ hi`.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    use super::Rows;
+
+    /// [`dino3d_pipeline::transforms::IntensityMap::parts`], with `min ≤ max`.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Coefficients {
+        pub scale: f64,
+        pub offset: f64,
+        pub min: f64,
+        pub max: f64,
+    }
+
+    /// Runs `$body` with `$s`/`$d` set to each row's start, z outermost (a
+    /// plain loop, so that it compiles inside the kernels' target features).
+    macro_rules! each_row {
+        ($rows:expr, |$s:ident, $d:ident| $body:block) => {
+            for z in 0..$rows.nz {
+                for y in 0..$rows.ny {
+                    let $s = $rows.src + y * $rows.src_row + z * $rows.src_plane;
+                    let $d = $rows.dst + y * $rows.dst_row + z * $rows.dst_plane;
+                    $body
+                }
+            }
+        };
+    }
+
+    /// The last `n < step` voxels of a row, copied through zero-padded
+    /// buffers so that the vector body runs on them too.
+    macro_rules! tail {
+        ($step:expr, $n:expr, $lo:expr, $hi:expr, $out:expr, |$l:ident, $h:ident, $o:ident| $body:block) => {{
+            let mut lb = [0u8; $step];
+            let mut hb = [0u8; $step];
+            let mut ob = [0f32; $step];
+            // SAFETY: `n` source bytes and `n` outputs lie inside the row,
+            // which the caller checked is inside the planes and the output.
+            unsafe {
+                std::ptr::copy_nonoverlapping($lo, lb.as_mut_ptr(), $n);
+                std::ptr::copy_nonoverlapping($hi, hb.as_mut_ptr(), $n);
+            }
+            let ($l, $h, $o) = (lb.as_ptr(), hb.as_ptr(), ob.as_mut_ptr());
+            $body
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(ob.as_ptr(), $out, $n) };
+        }};
+    }
+
+    /// 8 little-endian 16-bit values (low and high bytes interleaved in `w`)
+    /// to 8 windowed f32 at `out`.
+    ///
+    /// # Safety
+    /// AVX2; `out` valid for 8 writes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn eight_avx2<const SIGNED: bool>(w: __m128i, k: &[__m256d; 4], out: *mut f32) {
+        let w = if SIGNED {
+            _mm256_cvtepi16_epi32(w)
+        } else {
+            _mm256_cvtepu16_epi32(w)
+        };
+        let halves = [_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let y = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(half), k[0]), k[1]);
+            let y = _mm256_min_pd(k[3], _mm256_max_pd(k[2], y));
+            // SAFETY: the caller gives 8 writable floats.
+            unsafe { _mm_storeu_ps(out.add(4 * h), _mm256_cvtpd_ps(y)) };
+        }
+    }
+
+    /// The AVX2 kernel: 16 voxels per step, 4 f64 lanes per operation.
+    ///
+    /// # Safety
+    /// AVX2, and every row of `rows` inside `lo`, `hi` and `out`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn rows_avx2<const SIGNED: bool>(
+        lo: &[u8],
+        hi: &[u8],
+        k: Coefficients,
+        rows: Rows,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
+        let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
+        let w = rows.width;
+        each_row!(rows, |s, d| {
+            // SAFETY (whole row): the caller checked that `[s, s + w)` lies in
+            // both planes and `[d, d + w)` in the output.
+            let (l, h, o) = unsafe { (lp.add(s), hp.add(s), op.add(d)) };
+            let mut i = 0;
+            while i + 16 <= w {
+                // SAFETY: i + 16 ≤ w, inside the row.
+                unsafe {
+                    let a = _mm_loadu_si128(l.add(i).cast());
+                    let b = _mm_loadu_si128(h.add(i).cast());
+                    eight_avx2::<SIGNED>(_mm_unpacklo_epi8(a, b), &k, o.add(i));
+                    eight_avx2::<SIGNED>(_mm_unpackhi_epi8(a, b), &k, o.add(i + 8));
+                }
+                i += 16;
+            }
+            while i < w {
+                let n = (w - i).min(8);
+                // SAFETY: i + n ≤ w, inside the row.
+                let (li, hi_, oi) = unsafe { (l.add(i), h.add(i), o.add(i)) };
+                tail!(8, n, li, hi_, oi, |lb, hb, ob| {
+                    // SAFETY: the padded buffers hold 8 bytes and 8 floats.
+                    unsafe {
+                        let a = _mm_loadl_epi64(lb.cast());
+                        let b = _mm_loadl_epi64(hb.cast());
+                        eight_avx2::<SIGNED>(_mm_unpacklo_epi8(a, b), &k, ob);
+                    }
+                });
+                i += n;
+            }
+        });
+    }
+
+    /// The AVX-512 kernel: 16 voxels per step, 8 f64 lanes per operation.
+    ///
+    /// # Safety
+    /// AVX-512F, and every row of `rows` inside `lo`, `hi` and `out`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows_avx512<const SIGNED: bool>(
+        lo: &[u8],
+        hi: &[u8],
+        k: Coefficients,
+        rows: Rows,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm512_set1_pd(v));
+        // 16 low bytes `a` and high bytes `b` to 16 windowed f32 at `out`.
+        let sixteen = |a: __m128i, b: __m128i, out: *mut f32| {
+            let w = _mm256_set_m128i(_mm_unpackhi_epi8(a, b), _mm_unpacklo_epi8(a, b));
+            let w = if SIGNED {
+                _mm512_cvtepi16_epi32(w)
+            } else {
+                _mm512_cvtepu16_epi32(w)
+            };
+            let halves = [_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64::<1>(w)];
+            for (h, half) in halves.into_iter().enumerate() {
+                let y = _mm512_add_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(half), k[0]), k[1]);
+                let y = _mm512_min_pd(k[3], _mm512_max_pd(k[2], y));
+                // SAFETY: the callers below give 16 writable floats.
+                unsafe { _mm256_storeu_ps(out.add(8 * h), _mm512_cvtpd_ps(y)) };
+            }
+        };
+        let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
+        let w = rows.width;
+        each_row!(rows, |s, d| {
+            // SAFETY (whole row): the caller checked that `[s, s + w)` lies in
+            // both planes and `[d, d + w)` in the output.
+            let (l, h, o) = unsafe { (lp.add(s), hp.add(s), op.add(d)) };
+            let mut i = 0;
+            while i + 16 <= w {
+                // SAFETY: i + 16 ≤ w, inside the row.
+                unsafe {
+                    let a = _mm_loadu_si128(l.add(i).cast());
+                    let b = _mm_loadu_si128(h.add(i).cast());
+                    sixteen(a, b, o.add(i));
+                }
+                i += 16;
+            }
+            if i < w {
+                let n = w - i;
+                // SAFETY: i + n = w, inside the row.
+                let (li, hi_, oi) = unsafe { (l.add(i), h.add(i), o.add(i)) };
+                tail!(16, n, li, hi_, oi, |lb, hb, ob| {
+                    // SAFETY: the padded buffers hold 16 bytes and 16 floats.
+                    unsafe { sixteen(_mm_loadu_si128(lb.cast()), _mm_loadu_si128(hb.cast()), ob) };
+                });
+            }
+        });
     }
 }
 
@@ -186,23 +437,39 @@ mod tests {
             w(17.0, 17.0, Some((-1.0, 1.0)), true),
             w(-5.5, 300.25, None, true),
             w(1e-3, 2e-3, Some((-7.0, 3.0)), true),
+            // Inverted output range (lo > hi), where the vector clamp would
+            // differ: the scalar expression must be used.
+            w(-100.0, 100.0, Some((1.0, -1.0)), true),
+            // Bounds at zero.
+            w(0.0, 10.0, Some((0.0, 1.0)), true),
+            w(-10.0, 0.0, Some((-1.0, 0.0)), true),
         ]
     }
 
-    /// Every 16-bit value, both signednesses, several windows: the computed
-    /// path (vector where available) equals the float path bit for bit, and
+    fn kernels() -> Vec<Kernel> {
+        let all = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512];
+        let k: Vec<Kernel> = all.into_iter().filter(|k| k.available()).collect();
+        eprintln!("kernels tested on this CPU: {k:?}");
+        k
+    }
+
+    /// Every 16-bit value, both signednesses, several windows, every kernel
+    /// this CPU runs: the computed path equals the float path bit for bit, and
     /// so the lookup table filled by it.
     #[test]
     fn computed_window_equals_the_float_path_for_every_value() {
         let lo: Vec<u8> = (0..=u16::MAX).map(|v| v.to_le_bytes()[0]).collect();
         let hi: Vec<u8> = (0..=u16::MAX).map(|v| v.to_le_bytes()[1]).collect();
-        for p in windows() {
+        for (kernel, p) in kernels()
+            .into_iter()
+            .flat_map(|k| windows().into_iter().map(move |p| (k, p)))
+        {
             let map = IntensityMap::new(&p);
             for signed in [false, true] {
-                // Odd lengths and offsets exercise the vector loop's tails.
-                for (from, len) in [(0usize, 65536usize), (3, 1001), (65529, 7)] {
+                // Odd lengths and offsets exercise the vector loops' tails.
+                for (from, len) in [(0usize, 65536usize), (3, 1001), (65529, 7), (100, 31)] {
                     let mut out = vec![MaybeUninit::<f32>::uninit(); len];
-                    window_words(&lo[from..], &hi[from..], signed, &map, &mut out);
+                    window_words(kernel, &lo[from..], &hi[from..], signed, &map, &mut out);
                     for (k, o) in out.iter().enumerate() {
                         let raw = (from + k) as u16;
                         let v = if signed {
@@ -215,7 +482,7 @@ mod tests {
                         assert_eq!(
                             got.to_bits(),
                             map.apply(v).to_bits(),
-                            "{p:?} signed={signed} raw={raw}"
+                            "{kernel:?} {p:?} signed={signed} raw={raw}"
                         );
                     }
                 }
@@ -243,22 +510,33 @@ mod tests {
             dst_plane: 12,
         };
         assert_eq!(rows.len(), 12);
-        let mut got = vec![MaybeUninit::new(f32::NAN); 24];
-        window_word_rows(&lo, &hi, true, &map, rows, &mut got);
-        let mut want = vec![MaybeUninit::new(f32::NAN); 24];
-        rows.for_each(|s, d| window_words(&lo[s..], &hi[s..], true, &map, &mut want[d..d + 3]));
-        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
-            // SAFETY: every element was initialised (NaN or decoded).
-            v.iter()
-                .map(|x| unsafe { x.assume_init() }.to_bits())
-                .collect()
-        };
-        assert_eq!(bits(&got), bits(&want));
-        let written = bits(&got)
-            .iter()
-            .filter(|&&b| b != f32::NAN.to_bits())
-            .count();
-        assert_eq!(written, 12, "only the box is written");
+        for kernel in kernels() {
+            let mut got = vec![MaybeUninit::new(f32::NAN); 24];
+            window_word_rows_with(kernel, &lo, &hi, true, &map, rows, &mut got);
+            let mut want = vec![MaybeUninit::new(f32::NAN); 24];
+            rows.for_each(|s, d| {
+                window_words(
+                    Kernel::Scalar,
+                    &lo[s..],
+                    &hi[s..],
+                    true,
+                    &map,
+                    &mut want[d..d + 3],
+                )
+            });
+            let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+                // SAFETY: every element was initialised (NaN or decoded).
+                v.iter()
+                    .map(|x| unsafe { x.assume_init() }.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(&got), bits(&want));
+            let written = bits(&got)
+                .iter()
+                .filter(|&&b| b != f32::NAN.to_bits())
+                .count();
+            assert_eq!(written, 12, "only the box is written");
+        }
     }
 
     #[test]
@@ -266,6 +544,6 @@ mod tests {
     fn short_planes_are_refused() {
         let map = IntensityMap::new(&windows()[0]);
         let mut out = vec![MaybeUninit::<f32>::uninit(); 8];
-        window_words(&[0; 4], &[0; 8], true, &map, &mut out);
+        window_words(Kernel::best(), &[0; 4], &[0; 8], true, &map, &mut out);
     }
 }

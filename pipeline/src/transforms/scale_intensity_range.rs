@@ -59,6 +59,14 @@ impl IntensityMap {
         }
     }
 
+    /// `(scale, offset, lo, hi)`: [`Self::apply`] is `y = v·scale + offset`
+    /// (a product, then a sum: two roundings, no fused multiply-add), then
+    /// `lo` if `y < lo`, else `hi` if `y > hi`, else `y`, rounded to f32. For
+    /// vectorised readers that must reproduce it bit for bit.
+    pub fn parts(&self) -> (f64, f64, f64, f64) {
+        (self.scale, self.offset, self.lo, self.hi)
+    }
+
     /// One voxel: f64 arithmetic, rounded to f32 once.
     #[inline(always)]
     pub fn apply(&self, v: f32) -> f32 {
