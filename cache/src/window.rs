@@ -72,7 +72,7 @@ pub(crate) enum Kernel {
     Scalar,
     /// 4 f64 lanes (x86-64 AVX2).
     Avx2,
-    /// 8 f64 lanes (x86-64 AVX-512F).
+    /// 8 f64 lanes (x86-64 AVX-512F with BW and VL, for masked tails).
     Avx512,
 }
 
@@ -83,7 +83,10 @@ impl Kernel {
         *BEST.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
                     return Kernel::Avx512;
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
@@ -270,24 +273,35 @@ mod simd {
         };
     }
 
-    /// The last `n < step` voxels of a row, copied through zero-padded
-    /// buffers so that the vector body runs on them too.
-    macro_rules! tail {
-        ($step:expr, $n:expr, $lo:expr, $hi:expr, $out:expr, |$l:ident, $h:ident, $o:ident| $body:block) => {{
-            let mut lb = [0u8; $step];
-            let mut hb = [0u8; $step];
-            let mut ob = [0f32; $step];
-            // SAFETY: `n` source bytes and `n` outputs lie inside the row,
-            // which the caller checked is inside the planes and the output.
-            unsafe {
-                std::ptr::copy_nonoverlapping($lo, lb.as_mut_ptr(), $n);
-                std::ptr::copy_nonoverlapping($hi, hb.as_mut_ptr(), $n);
-            }
-            let ($l, $h, $o) = (lb.as_ptr(), hb.as_ptr(), ob.as_mut_ptr());
-            $body
-            // SAFETY: as above.
-            unsafe { std::ptr::copy_nonoverlapping(ob.as_ptr(), $out, $n) };
-        }};
+    /// Loads 8 low and 8 high bytes, interleaved into 8 16-bit values.
+    ///
+    /// # Safety
+    /// SSE2 (always on x86-64); `l` and `h` valid for 8 reads.
+    #[inline(always)]
+    unsafe fn interleave8(l: *const u8, h: *const u8) -> __m128i {
+        // SAFETY: the caller gives 8 readable bytes at each.
+        unsafe { _mm_unpacklo_epi8(_mm_loadl_epi64(l.cast()), _mm_loadl_epi64(h.cast())) }
+    }
+
+    /// One voxel, with the vector kernels' clamp (equal to `apply`'s for
+    /// ordered bounds).
+    #[inline(always)]
+    fn scalar<const SIGNED: bool>(l: u8, h: u8, c: &Coefficients) -> f32 {
+        let raw = u16::from_le_bytes([l, h]);
+        let v = if SIGNED {
+            f64::from(raw as i16)
+        } else {
+            f64::from(raw)
+        };
+        let y = v * c.scale + c.offset;
+        let y = if y < c.min {
+            c.min
+        } else if y > c.max {
+            c.max
+        } else {
+            y
+        };
+        y as f32
     }
 
     /// 8 little-endian 16-bit values (low and high bytes interleaved in `w`)
@@ -324,6 +338,7 @@ mod simd {
         rows: Rows,
         out: &mut [MaybeUninit<f32>],
     ) {
+        let c = k;
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
         let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
         let w = rows.width;
@@ -342,19 +357,24 @@ mod simd {
                 }
                 i += 16;
             }
-            while i < w {
-                let n = (w - i).min(8);
-                // SAFETY: i + n ≤ w, inside the row.
-                let (li, hi_, oi) = unsafe { (l.add(i), h.add(i), o.add(i)) };
-                tail!(8, n, li, hi_, oi, |lb, hb, ob| {
-                    // SAFETY: the padded buffers hold 8 bytes and 8 floats.
-                    unsafe {
-                        let a = _mm_loadl_epi64(lb.cast());
-                        let b = _mm_loadl_epi64(hb.cast());
-                        eight_avx2::<SIGNED>(_mm_unpacklo_epi8(a, b), &k, ob);
-                    }
-                });
-                i += n;
+            if i < w && w >= 8 {
+                // The last 8 voxels, overlapping ones already written (with
+                // the same values): no partial vector.
+                let mut j = i;
+                while j + 8 < w {
+                    // SAFETY: j + 8 < w, inside the row.
+                    unsafe { eight_avx2::<SIGNED>(interleave8(l.add(j), h.add(j)), &k, o.add(j)) };
+                    j += 8;
+                }
+                // SAFETY: w ≥ 8, so [w - 8, w) is inside the row.
+                unsafe {
+                    eight_avx2::<SIGNED>(interleave8(l.add(w - 8), h.add(w - 8)), &k, o.add(w - 8))
+                };
+            } else {
+                for j in i..w {
+                    // SAFETY: j < w, inside the row.
+                    unsafe { o.add(j).write(scalar::<SIGNED>(*l.add(j), *h.add(j), &c)) };
+                }
             }
         });
     }
@@ -362,8 +382,8 @@ mod simd {
     /// The AVX-512 kernel: 16 voxels per step, 8 f64 lanes per operation.
     ///
     /// # Safety
-    /// AVX-512F, and every row of `rows` inside `lo`, `hi` and `out`.
-    #[target_feature(enable = "avx512f")]
+    /// AVX-512F/BW/VL, and every row of `rows` inside `lo`, `hi` and `out`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn rows_avx512<const SIGNED: bool>(
         lo: &[u8],
         hi: &[u8],
@@ -372,21 +392,18 @@ mod simd {
         out: &mut [MaybeUninit<f32>],
     ) {
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm512_set1_pd(v));
-        // 16 low bytes `a` and high bytes `b` to 16 windowed f32 at `out`.
-        let sixteen = |a: __m128i, b: __m128i, out: *mut f32| {
+        // 16 low bytes `a` and high bytes `b` to 16 windowed f32, in halves.
+        let sixteen = |a: __m128i, b: __m128i| {
             let w = _mm256_set_m128i(_mm_unpackhi_epi8(a, b), _mm_unpacklo_epi8(a, b));
             let w = if SIGNED {
                 _mm512_cvtepi16_epi32(w)
             } else {
                 _mm512_cvtepu16_epi32(w)
             };
-            let halves = [_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64::<1>(w)];
-            for (h, half) in halves.into_iter().enumerate() {
+            [_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64::<1>(w)].map(|half| {
                 let y = _mm512_add_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(half), k[0]), k[1]);
-                let y = _mm512_min_pd(k[3], _mm512_max_pd(k[2], y));
-                // SAFETY: the callers below give 16 writable floats.
-                unsafe { _mm256_storeu_ps(out.add(8 * h), _mm512_cvtpd_ps(y)) };
-            }
+                _mm512_cvtpd_ps(_mm512_min_pd(k[3], _mm512_max_pd(k[2], y)))
+            })
         };
         let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
         let w = rows.width;
@@ -400,18 +417,24 @@ mod simd {
                 unsafe {
                     let a = _mm_loadu_si128(l.add(i).cast());
                     let b = _mm_loadu_si128(h.add(i).cast());
-                    sixteen(a, b, o.add(i));
+                    let [f0, f1] = sixteen(a, b);
+                    _mm256_storeu_ps(o.add(i), f0);
+                    _mm256_storeu_ps(o.add(i + 8), f1);
                 }
                 i += 16;
             }
             if i < w {
-                let n = w - i;
-                // SAFETY: i + n = w, inside the row.
-                let (li, hi_, oi) = unsafe { (l.add(i), h.add(i), o.add(i)) };
-                tail!(16, n, li, hi_, oi, |lb, hb, ob| {
-                    // SAFETY: the padded buffers hold 16 bytes and 16 floats.
-                    unsafe { sixteen(_mm_loadu_si128(lb.cast()), _mm_loadu_si128(hb.cast()), ob) };
-                });
+                // The last w - i < 16 voxels through masked loads and stores
+                // (masked-off lanes are neither read nor written).
+                let mask: __mmask16 = ((1u32 << (w - i)) - 1) as u16;
+                // SAFETY: the mask limits every access to [i, w), inside the row.
+                unsafe {
+                    let a = _mm_maskz_loadu_epi8(mask, l.add(i).cast());
+                    let b = _mm_maskz_loadu_epi8(mask, h.add(i).cast());
+                    let [f0, f1] = sixteen(a, b);
+                    _mm256_mask_storeu_ps(o.add(i), mask as __mmask8, f0);
+                    _mm256_mask_storeu_ps(o.add(i + 8), (mask >> 8) as __mmask8, f1);
+                }
             }
         });
     }
@@ -467,7 +490,17 @@ mod tests {
             let map = IntensityMap::new(&p);
             for signed in [false, true] {
                 // Odd lengths and offsets exercise the vector loops' tails.
-                for (from, len) in [(0usize, 65536usize), (3, 1001), (65529, 7), (100, 31)] {
+                for (from, len) in [
+                    (0usize, 65536usize),
+                    (3, 1001),
+                    (65529, 7),
+                    (100, 31),
+                    (5, 8),
+                    (7, 12),
+                    (9, 1),
+                    (11, 16),
+                    (13, 17),
+                ] {
                     let mut out = vec![MaybeUninit::<f32>::uninit(); len];
                     window_words(kernel, &lo[from..], &hi[from..], signed, &map, &mut out);
                     for (k, o) in out.iter().enumerate() {
