@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
 use crate::shuffle::shuffle;
-use crate::window::{Rows, vector_path, window_word_rows};
+use crate::window::{Rows, Segment, vector_path, window_word_rows, window_word_slab};
 
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
@@ -426,6 +426,34 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The rows of chunk `(channel, kz, ky, kx)` inside the box `[start, start +
+/// extent)`: where they lie in the chunk and in the box's output (channels
+/// stacked after one another).
+fn box_rows(
+    meta: &ArrayMeta,
+    [ch, kz, ky, kx]: [usize; 4],
+    start: [usize; 3],
+    extent: [usize; 3],
+) -> Rows {
+    let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
+    let cdim = [0, 1, 2].map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
+    // Intersection of the chunk and the box, in volume coordinates.
+    let from = [0, 1, 2].map(|a| c0[a].max(start[a]));
+    let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(start[a] + extent[a]));
+    Rows {
+        width: to[0] - from[0],
+        ny: to[1] - from[1],
+        nz: to[2] - from[2],
+        src: ((from[2] - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0] + (from[0] - c0[0]),
+        src_row: cdim[0],
+        src_plane: cdim[0] * cdim[1],
+        dst: ((ch * extent[2] + from[2] - start[2]) * extent[1] + (from[1] - start[1])) * extent[0]
+            + (from[0] - start[0]),
+        dst_row: extent[0],
+        dst_plane: extent[0] * extent[1],
+    }
+}
+
 /// Calls `f(channel, start, end)` for every chunk in index order.
 fn for_each_chunk(
     meta: &ArrayMeta,
@@ -444,6 +472,26 @@ fn for_each_chunk(
         }
     }
     Ok(())
+}
+
+/// Where a decoded byte plane lives: `(offset, length)` in the map (planes
+/// stored raw) or in the decoding thread's [`Scratch`] buffer.
+#[derive(Debug, Clone, Copy)]
+enum PlaneAt {
+    Map(usize, usize),
+    Buf(usize, usize),
+}
+
+/// Per-thread decoding state, reused across chunks: no allocation or
+/// context set-up per chunk.
+#[derive(Default)]
+struct Scratch {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// An open entry (memory-mapped, header and index checked).
@@ -549,15 +597,34 @@ impl Entry {
         i: usize,
         f: impl FnOnce(Planes<'_>) -> T,
     ) -> Result<T> {
-        thread_local! {
-            // A reused zstd context and byte buffer per thread: no allocation
-            // or context setup per chunk.
-            static SCRATCH: std::cell::RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> =
-                const { std::cell::RefCell::new((None, Vec::new())) };
+        SCRATCH.with(|cell| {
+            let scratch = &mut *cell.borrow_mut();
+            scratch.buf.clear();
+            let at = self.decode_chunk(array, i, scratch)?;
+            let dtype = self.header.arrays[array].dtype;
+            Ok(f(Planes::from_planes(
+                dtype,
+                at.map(|p| self.plane(p, &scratch.buf)),
+            )))
+        })
+    }
+
+    /// The bytes of a decoded plane.
+    fn plane<'a>(&'a self, at: PlaneAt, buf: &'a [u8]) -> &'a [u8] {
+        match at {
+            PlaneAt::Map(from, len) => &self.map[from..from + len],
+            PlaneAt::Buf(from, len) => &buf[from..from + len],
         }
+    }
+
+    /// Checks chunk `i` of array `array` and decodes it, appending its
+    /// compressed planes to `scratch.buf`; returns where each plane lives
+    /// (planes stored raw are read in place from the map).
+    fn decode_chunk(&self, array: usize, i: usize, scratch: &mut Scratch) -> Result<[PlaneAt; 4]> {
         let meta = &self.header.arrays[array];
         let r = self.chunk_ref(array, i)?;
-        let packed = &self.map[self.payload_at + r.offset..][..r.len];
+        let packed_at = self.payload_at + r.offset;
+        let packed = &self.map[packed_at..][..r.len];
         let corrupt = |why: String| {
             CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: {why}", meta.key))
         };
@@ -569,86 +636,72 @@ impl Entry {
             return Err(corrupt("wrong size".into()));
         }
         let n = r.raw_len / elem;
-        SCRATCH.with(|cell| {
-            let (zstd_ctx, buf) = &mut *cell.borrow_mut();
-            let mut planes: [&[u8]; 4] = [&[]; 4];
-            match meta.codec {
-                Codec::Zstd => {
-                    if zstd_ctx.is_none() {
-                        *zstd_ctx = Some(
-                            zstd::bulk::Decompressor::new()
-                                .map_err(|e| CacheError::io(&self.path, e))?,
-                        );
-                    }
-                    let dec = zstd_ctx.as_mut().expect("initialised above");
-                    buf.clear();
-                    buf.reserve(r.raw_len);
-                    let got = dec
-                        .decompress_to_buffer(packed, buf)
-                        .map_err(|e| corrupt(e.to_string()))?;
-                    if got != r.raw_len {
-                        return Err(corrupt("wrong size".into()));
-                    }
-                    for (p, plane) in planes.iter_mut().zip(buf.chunks(n.max(1))) {
-                        *p = plane;
-                    }
+        let base = scratch.buf.len();
+        let mut planes = [PlaneAt::Buf(base, 0); 4];
+        match meta.codec {
+            Codec::Zstd => {
+                if scratch.zstd.is_none() {
+                    scratch.zstd = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| CacheError::io(&self.path, e))?,
+                    );
                 }
-                Codec::Lz4 => {
-                    // Plane lengths first, then the planes (see `RAW_PLANE`).
-                    let head = 4 * elem;
-                    if packed.len() < head {
-                        return Err(corrupt("truncated plane table".into()));
-                    }
-                    buf.resize(r.raw_len, 0);
-                    let mut at = head;
-                    let mut raw_planes = [false; 4];
-                    for p in 0..elem {
-                        let word = u32::from_le_bytes(
-                            packed[4 * p..4 * p + 4].try_into().expect("4 bytes"),
-                        );
-                        let len = (word & !RAW_PLANE) as usize;
-                        let stored = packed
-                            .get(at..at + len)
-                            .ok_or_else(|| corrupt("plane past the chunk".into()))?;
-                        at += len;
-                        if word & RAW_PLANE != 0 {
-                            if len != n {
-                                return Err(corrupt("wrong size".into()));
-                            }
-                            raw_planes[p] = true;
-                        } else {
-                            let size = i32::try_from(n).map_err(|e| corrupt(e.to_string()))?;
-                            let got = lz4::block::decompress_to_buffer(
-                                stored,
-                                Some(size),
-                                &mut buf[p * n..(p + 1) * n],
-                            )
-                            .map_err(|e| corrupt(e.to_string()))?;
-                            if got != n {
-                                return Err(corrupt("wrong size".into()));
-                            }
-                        }
-                    }
-                    if at != packed.len() {
-                        return Err(corrupt("wrong size".into()));
-                    }
-                    let mut at = head;
-                    for p in 0..elem {
-                        let word = u32::from_le_bytes(
-                            packed[4 * p..4 * p + 4].try_into().expect("4 bytes"),
-                        );
-                        let len = (word & !RAW_PLANE) as usize;
-                        planes[p] = if raw_planes[p] {
-                            &packed[at..at + len]
-                        } else {
-                            &buf[p * n..(p + 1) * n]
-                        };
-                        at += len;
-                    }
+                let dec = scratch.zstd.as_mut().expect("initialised above");
+                scratch.buf.resize(base + r.raw_len, 0);
+                let got = dec
+                    .decompress_to_buffer(packed, &mut scratch.buf[base..])
+                    .map_err(|e| corrupt(e.to_string()))?;
+                if got != r.raw_len {
+                    return Err(corrupt("wrong size".into()));
+                }
+                for (p, plane) in planes.iter_mut().enumerate().take(elem) {
+                    *plane = PlaneAt::Buf(base + p * n, n);
                 }
             }
-            Ok(f(Planes::from_planes(meta.dtype, planes)))
-        })
+            Codec::Lz4 => {
+                // Plane lengths first, then the planes (see `RAW_PLANE`).
+                let head = 4 * elem;
+                if packed.len() < head {
+                    return Err(corrupt("truncated plane table".into()));
+                }
+                let mut at = head;
+                let mut used = 0;
+                for (p, plane) in planes.iter_mut().enumerate().take(elem) {
+                    let word =
+                        u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().expect("4 bytes"));
+                    let len = (word & !RAW_PLANE) as usize;
+                    let stored = packed
+                        .get(at..at + len)
+                        .ok_or_else(|| corrupt("plane past the chunk".into()))?;
+                    if word & RAW_PLANE != 0 {
+                        if len != n {
+                            return Err(corrupt("wrong size".into()));
+                        }
+                        *plane = PlaneAt::Map(packed_at + at, len);
+                    } else {
+                        let size = i32::try_from(n).map_err(|e| corrupt(e.to_string()))?;
+                        let to = base + used;
+                        scratch.buf.resize(to + n, 0);
+                        let got = lz4::block::decompress_to_buffer(
+                            stored,
+                            Some(size),
+                            &mut scratch.buf[to..to + n],
+                        )
+                        .map_err(|e| corrupt(e.to_string()))?;
+                        if got != n {
+                            return Err(corrupt("wrong size".into()));
+                        }
+                        *plane = PlaneAt::Buf(to, n);
+                        used += n;
+                    }
+                    at += len;
+                }
+                if at != packed.len() {
+                    return Err(corrupt("wrong size".into()));
+                }
+            }
+        }
+        Ok(planes)
     }
 
     /// Index of the array stored under `key`.
@@ -688,32 +741,18 @@ impl Entry {
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         self.prefetch(array, c, n, lo, hi)?;
+        let slabs = matches!(meta.dtype, StoredType::U16 | StoredType::I16) && table.is_empty();
         for ch in 0..c {
             for kz in lo[2]..=hi[2] {
                 for ky in lo[1]..=hi[1] {
+                    if let (true, Some(map)) = (slabs, map.as_ref()) {
+                        written +=
+                            self.window_slab(array, [ch, kz, ky], start, extent, map, out)?;
+                        continue;
+                    }
                     for kx in lo[0]..=hi[0] {
                         let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
-                        let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
-                        let cdim = [0, 1, 2]
-                            .map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
-                        // Intersection of the chunk and the box, in volume coordinates.
-                        let from = [0, 1, 2].map(|a| c0[a].max(start[a]));
-                        let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(start[a] + extent[a]));
-                        let rows = Rows {
-                            width: to[0] - from[0],
-                            ny: to[1] - from[1],
-                            nz: to[2] - from[2],
-                            src: ((from[2] - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0]
-                                + (from[0] - c0[0]),
-                            src_row: cdim[0],
-                            src_plane: cdim[0] * cdim[1],
-                            dst: ((ch * extent[2] + from[2] - start[2]) * extent[1]
-                                + (from[1] - start[1]))
-                                * extent[0]
-                                + (from[0] - start[0]),
-                            dst_row: extent[0],
-                            dst_plane: extent[0] * extent[1],
-                        };
+                        let rows = box_rows(meta, [ch, kz, ky, kx], start, extent);
                         self.with_chunk_planes(array, i, |planes| {
                             planes.decode_rows(rows, out, table, map.as_ref());
                         })?;
@@ -739,6 +778,44 @@ impl Entry {
             shape: [c, extent[0], extent[1], extent[2]],
             spacing: meta.spacing,
             affine,
+        })
+    }
+
+    /// The part of the box in chunk slab `(channel, kz, ky)` (all chunks
+    /// along x), windowed 16-bit voxels: every chunk of the slab is decoded
+    /// first, then the output rows are written left to right across them
+    /// ([`window_word_slab`]). Returns the voxels written.
+    fn window_slab(
+        &self,
+        array: usize,
+        [ch, kz, ky]: [usize; 3],
+        start: [usize; 3],
+        extent: [usize; 3],
+        map: &IntensityMap,
+        out: &mut [MaybeUninit<f32>],
+    ) -> Result<usize> {
+        let meta = &self.header.arrays[array];
+        let n = meta.chunks_per_axis();
+        let kxs = start[0] / meta.chunk[0]..=(start[0] + extent[0] - 1) / meta.chunk[0];
+        SCRATCH.with(|cell| {
+            let scratch = &mut *cell.borrow_mut();
+            scratch.buf.clear();
+            let mut decoded = Vec::with_capacity(kxs.clone().count());
+            for kx in kxs {
+                let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
+                let at = self.decode_chunk(array, i, scratch)?;
+                decoded.push((at, box_rows(meta, [ch, kz, ky, kx], start, extent)));
+            }
+            let segments: Vec<Segment<'_>> = decoded
+                .iter()
+                .map(|&(at, rows)| Segment {
+                    lo: self.plane(at[0], &scratch.buf),
+                    hi: self.plane(at[1], &scratch.buf),
+                    rows,
+                })
+                .collect();
+            window_word_slab(&segments, meta.dtype == StoredType::I16, map, out);
+            Ok(segments.iter().map(|s| s.rows.len()).sum())
         })
     }
 

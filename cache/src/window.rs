@@ -108,6 +108,14 @@ impl Kernel {
     }
 }
 
+/// One chunk's part of a slab: its byte planes and its rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment<'a> {
+    pub lo: &'a [u8],
+    pub hi: &'a [u8],
+    pub rows: Rows,
+}
+
 /// [`IntensityMap::apply`] over every row of `rows`, with the row loop inside
 /// the vectorised function (a box row is only as wide as a chunk, so a call
 /// per row would cost about as much as the row itself).
@@ -122,26 +130,54 @@ pub(crate) fn window_word_rows(
     rows: Rows,
     out: &mut [MaybeUninit<f32>],
 ) {
-    window_word_rows_with(Kernel::best(), lo, hi, signed, map, rows, out);
+    window_word_slab(&[Segment { lo, hi, rows }], signed, map, out);
 }
 
-/// [`window_word_rows`] on a chosen kernel (which this CPU must run).
-fn window_word_rows_with(
-    kernel: Kernel,
-    lo: &[u8],
-    hi: &[u8],
+/// [`window_word_rows`] for chunks side by side along x (a slab), row by
+/// row across all of them: output row `(y, z)` is written left to right in
+/// one pass, as one sequential stream, rather than in chunk-wide pieces far
+/// apart. The segments must share `ny`, `nz`, `dst_row` and `dst_plane`.
+///
+/// # Panics
+/// When a row falls outside its planes or the output, or the segments'
+/// shared geometry differs.
+pub(crate) fn window_word_slab(
+    segments: &[Segment<'_>],
     signed: bool,
     map: &IntensityMap,
-    rows: Rows,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let Some((src_end, dst_end)) = rows.ends() else {
+    window_word_slab_with(Kernel::best(), segments, signed, map, out);
+}
+
+/// [`window_word_slab`] on a chosen kernel (which this CPU must run).
+fn window_word_slab_with(
+    kernel: Kernel,
+    segments: &[Segment<'_>],
+    signed: bool,
+    map: &IntensityMap,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let Some(first) = segments.first().map(|s| s.rows) else {
         return;
     };
-    assert!(
-        src_end <= lo.len() && src_end <= hi.len() && dst_end <= out.len(),
-        "rows outside the planes or the output"
-    );
+    for seg in segments {
+        let r = seg.rows;
+        assert!(
+            (r.ny, r.nz, r.dst_row, r.dst_plane)
+                == (first.ny, first.nz, first.dst_row, first.dst_plane),
+            "slab segments must share their row geometry"
+        );
+        if let Some((src_end, dst_end)) = r.ends() {
+            assert!(
+                src_end <= seg.lo.len() && src_end <= seg.hi.len() && dst_end <= out.len(),
+                "rows outside the planes or the output"
+            );
+        }
+    }
+    if first.ny == 0 || first.nz == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         let (scale, offset, min, max) = map.parts();
@@ -154,40 +190,39 @@ fn window_word_rows_with(
                 min,
                 max,
             };
-            // SAFETY: the bounds were checked just above (every row lies
-            // inside the planes and the output), and callers only pass
-            // kernels this CPU was detected to run.
+            // SAFETY: the bounds were checked just above (every row of every
+            // segment lies inside its planes and the output), and callers
+            // only pass kernels this CPU was detected to run.
             unsafe {
                 match (kernel, signed) {
-                    (Kernel::Avx512, true) => simd::rows_avx512::<true>(lo, hi, k, rows, out),
-                    (Kernel::Avx512, false) => simd::rows_avx512::<false>(lo, hi, k, rows, out),
-                    (_, true) => simd::rows_avx2::<true>(lo, hi, k, rows, out),
-                    (_, false) => simd::rows_avx2::<false>(lo, hi, k, rows, out),
+                    (Kernel::Avx512, true) => simd::slab_avx512::<true>(segments, k, out),
+                    (Kernel::Avx512, false) => simd::slab_avx512::<false>(segments, k, out),
+                    (_, true) => simd::slab_avx2::<true>(segments, k, out),
+                    (_, false) => simd::slab_avx2::<false>(segments, k, out),
                 }
             }
             return;
         }
     }
     let _ = kernel;
-    if signed {
-        word_rows::<true>(lo, hi, map, rows, out);
-    } else {
-        word_rows::<false>(lo, hi, map, rows, out);
+    for z in 0..first.nz {
+        for y in 0..first.ny {
+            for seg in segments {
+                let r = seg.rows;
+                let (s, d, w) = (
+                    r.src + y * r.src_row + z * r.src_plane,
+                    r.dst + y * r.dst_row + z * r.dst_plane,
+                    r.width,
+                );
+                let (lo, hi, out) = (&seg.lo[s..s + w], &seg.hi[s..s + w], &mut out[d..d + w]);
+                if signed {
+                    words::<true>(lo, hi, map, out);
+                } else {
+                    words::<false>(lo, hi, map, out);
+                }
+            }
+        }
     }
-}
-
-#[inline(always)]
-fn word_rows<const SIGNED: bool>(
-    lo: &[u8],
-    hi: &[u8],
-    map: &IntensityMap,
-    rows: Rows,
-    out: &mut [MaybeUninit<f32>],
-) {
-    let w = rows.width;
-    rows.for_each(|s, d| {
-        words::<SIGNED>(&lo[s..s + w], &hi[s..s + w], map, &mut out[d..d + w]);
-    });
 }
 
 /// One row: `out[i] = map(value(lo[i], hi[i]))` for the little-endian 16-bit
@@ -217,7 +252,7 @@ fn window_words(
         dst_row: width,
         dst_plane: width,
     };
-    window_word_rows_with(kernel, lo, hi, signed, map, rows, out);
+    window_word_slab_with(kernel, &[Segment { lo, hi, rows }], signed, map, out);
 }
 
 #[inline(always)]
@@ -248,7 +283,7 @@ mod simd {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::Rows;
+    use super::Segment;
 
     /// [`dino3d_pipeline::transforms::IntensityMap::parts`], with `min ≤ max`.
     #[derive(Debug, Clone, Copy)]
@@ -259,15 +294,28 @@ mod simd {
         pub max: f64,
     }
 
-    /// Runs `$body` with `$s`/`$d` set to each row's start, z outermost (a
-    /// plain loop, so that it compiles inside the kernels' target features).
+    /// Runs `$body` for each row of each segment, z then y outermost and
+    /// segments innermost, with `$l`/`$h` the row's planes, `$o` its output
+    /// and `$w` its width (a plain loop, so that it compiles inside the
+    /// kernels' target features).
     macro_rules! each_row {
-        ($rows:expr, |$s:ident, $d:ident| $body:block) => {
-            for z in 0..$rows.nz {
-                for y in 0..$rows.ny {
-                    let $s = $rows.src + y * $rows.src_row + z * $rows.src_plane;
-                    let $d = $rows.dst + y * $rows.dst_row + z * $rows.dst_plane;
-                    $body
+        ($segs:expr, $out:expr, |$l:ident, $h:ident, $o:ident, $w:ident| $body:block) => {
+            let first = $segs[0].rows;
+            let op = $out.as_mut_ptr().cast::<f32>();
+            for z in 0..first.nz {
+                for y in 0..first.ny {
+                    for seg in $segs {
+                        let r = seg.rows;
+                        let s = r.src + y * r.src_row + z * r.src_plane;
+                        let d = r.dst + y * r.dst_row + z * r.dst_plane;
+                        let $w = r.width;
+                        // SAFETY (whole row): the caller checked that
+                        // `[s, s + w)` lies in both planes and `[d, d + w)`
+                        // in the output.
+                        let ($l, $h, $o) =
+                            unsafe { (seg.lo.as_ptr().add(s), seg.hi.as_ptr().add(s), op.add(d)) };
+                        $body
+                    }
                 }
             }
         };
@@ -329,23 +377,17 @@ mod simd {
     /// The AVX2 kernel: 16 voxels per step, 4 f64 lanes per operation.
     ///
     /// # Safety
-    /// AVX2, and every row of `rows` inside `lo`, `hi` and `out`.
+    /// AVX2, at least one segment, and every row of every segment inside its
+    /// planes and `out`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn rows_avx2<const SIGNED: bool>(
-        lo: &[u8],
-        hi: &[u8],
+    pub(super) unsafe fn slab_avx2<const SIGNED: bool>(
+        segs: &[Segment<'_>],
         k: Coefficients,
-        rows: Rows,
         out: &mut [MaybeUninit<f32>],
     ) {
         let c = k;
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
-        let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
-        let w = rows.width;
-        each_row!(rows, |s, d| {
-            // SAFETY (whole row): the caller checked that `[s, s + w)` lies in
-            // both planes and `[d, d + w)` in the output.
-            let (l, h, o) = unsafe { (lp.add(s), hp.add(s), op.add(d)) };
+        each_row!(segs, out, |l, h, o, w| {
             let mut i = 0;
             while i + 16 <= w {
                 // SAFETY: i + 16 ≤ w, inside the row.
@@ -382,13 +424,12 @@ mod simd {
     /// The AVX-512 kernel: 16 voxels per step, 8 f64 lanes per operation.
     ///
     /// # Safety
-    /// AVX-512F/BW/VL, and every row of `rows` inside `lo`, `hi` and `out`.
+    /// AVX-512F/BW/VL, at least one segment, and every row of every segment
+    /// inside its planes and `out`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn rows_avx512<const SIGNED: bool>(
-        lo: &[u8],
-        hi: &[u8],
+    pub(super) unsafe fn slab_avx512<const SIGNED: bool>(
+        segs: &[Segment<'_>],
         k: Coefficients,
-        rows: Rows,
         out: &mut [MaybeUninit<f32>],
     ) {
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm512_set1_pd(v));
@@ -405,12 +446,7 @@ mod simd {
                 _mm512_cvtpd_ps(_mm512_min_pd(k[3], _mm512_max_pd(k[2], y)))
             })
         };
-        let (lp, hp, op) = (lo.as_ptr(), hi.as_ptr(), out.as_mut_ptr().cast::<f32>());
-        let w = rows.width;
-        each_row!(rows, |s, d| {
-            // SAFETY (whole row): the caller checked that `[s, s + w)` lies in
-            // both planes and `[d, d + w)` in the output.
-            let (l, h, o) = unsafe { (lp.add(s), hp.add(s), op.add(d)) };
+        each_row!(segs, out, |l, h, o, w| {
             let mut i = 0;
             while i + 16 <= w {
                 // SAFETY: i + 16 ≤ w, inside the row.
@@ -545,7 +581,17 @@ mod tests {
         assert_eq!(rows.len(), 12);
         for kernel in kernels() {
             let mut got = vec![MaybeUninit::new(f32::NAN); 24];
-            window_word_rows_with(kernel, &lo, &hi, true, &map, rows, &mut got);
+            window_word_slab_with(
+                kernel,
+                &[Segment {
+                    lo: &lo,
+                    hi: &hi,
+                    rows,
+                }],
+                true,
+                &map,
+                &mut got,
+            );
             let mut want = vec![MaybeUninit::new(f32::NAN); 24];
             rows.for_each(|s, d| {
                 window_words(
@@ -570,6 +616,108 @@ mod tests {
                 .count();
             assert_eq!(written, 12, "only the box is written");
         }
+    }
+
+    /// A slab of three chunks of different widths (the last one partial)
+    /// written row by row across them equals each chunk's rows written on
+    /// its own, on every kernel, and covers exactly the box.
+    #[test]
+    fn slabs_write_the_same_voxels_as_chunk_by_chunk() {
+        // Chunks 32, 32 and 9 voxels wide (x), 4 rows (y), 3 planes (z); the
+        // box takes x 5..70 (65 wide), y 1..4, z 0..2.
+        let widths = [32usize, 32, 9];
+        let (ny, nz) = (3, 2);
+        let (cy, cz) = (4, 3);
+        let planes: Vec<(Vec<u8>, Vec<u8>)> = widths
+            .iter()
+            .enumerate()
+            .map(|(c, &w)| {
+                let n = w * cy * cz;
+                let lo = (0..n).map(|i| (i * 31 + c * 7) as u8).collect();
+                let hi = (0..n).map(|i| ((i * 13 + c) % 11) as u8).collect();
+                (lo, hi)
+            })
+            .collect();
+        let (x0, x1) = (5usize, 70usize);
+        let box_w = x1 - x0;
+        let mut segments = Vec::new();
+        let mut cx = 0;
+        for (c, &w) in widths.iter().enumerate() {
+            let from = x0.max(cx);
+            let to = x1.min(cx + w);
+            segments.push(Segment {
+                lo: &planes[c].0,
+                hi: &planes[c].1,
+                rows: Rows {
+                    width: to - from,
+                    ny,
+                    nz,
+                    src: w + (from - cx),
+                    src_row: w,
+                    src_plane: w * cy,
+                    dst: from - x0,
+                    dst_row: box_w,
+                    dst_plane: box_w * ny,
+                },
+            });
+            cx += w;
+        }
+        let total = box_w * ny * nz;
+        assert_eq!(segments.iter().map(|s| s.rows.len()).sum::<usize>(), total);
+        let map = IntensityMap::new(&windows()[1]);
+        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+            // SAFETY: every element was initialised (NaN or decoded).
+            v.iter()
+                .map(|x| unsafe { x.assume_init() }.to_bits())
+                .collect()
+        };
+        let mut want = vec![MaybeUninit::new(f32::NAN); total];
+        for seg in &segments {
+            let r = seg.rows;
+            r.for_each(|s, d| {
+                let w = r.width;
+                let (lo, hi) = (&seg.lo[s..s + w], &seg.hi[s..s + w]);
+                window_words(Kernel::Scalar, lo, hi, true, &map, &mut want[d..d + w]);
+            });
+        }
+        assert!(bits(&want).iter().all(|&b| b != f32::NAN.to_bits()));
+        for kernel in kernels() {
+            let mut got = vec![MaybeUninit::new(f32::NAN); total];
+            window_word_slab_with(kernel, &segments, true, &map, &mut got);
+            assert_eq!(bits(&got), bits(&want), "{kernel:?}");
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn slabs_refuse_mixed_row_geometry() {
+        let map = IntensityMap::new(&windows()[0]);
+        let rows = |dst_row| Rows {
+            width: 2,
+            ny: 2,
+            nz: 1,
+            src: 0,
+            src_row: 2,
+            src_plane: 4,
+            dst: 0,
+            dst_row,
+            dst_plane: 8,
+        };
+        let planes = [0u8; 4];
+        let segs = [
+            Segment {
+                lo: &planes,
+                hi: &planes,
+                rows: rows(4),
+            },
+            Segment {
+                lo: &planes,
+                hi: &planes,
+                rows: rows(3),
+            },
+        ];
+        let mut out = vec![MaybeUninit::<f32>::uninit(); 16];
+        window_word_slab(&segs, true, &map, &mut out);
     }
 
     #[test]
