@@ -58,8 +58,13 @@ pub enum Codec {
 }
 
 /// Per-plane layout of an LZ4 chunk: `planes` little-endian u32 lengths
-/// (bit 31 set: stored raw), then the planes' bytes in order.
+/// (bit 31 set: stored raw; bit 30 set: one byte repeated over the plane),
+/// then the planes' bytes in order.
 const RAW_PLANE: u32 = 1 << 31;
+/// A plane of one repeated byte (the high bytes of air or of a flat
+/// region): stored as that byte and filled on read, cheaper than LZ4's
+/// decoding of the same run.
+const CONST_PLANE: u32 = 1 << 30;
 
 impl Codec {
     /// Compresses a chunk's shuffled bytes (`elem` planes of equal size).
@@ -71,6 +76,12 @@ impl Codec {
                 let mut head = Vec::with_capacity(4 * elem);
                 let mut body = Vec::with_capacity(shuffled.len());
                 for plane in shuffled.chunks(n.max(1)).take(elem) {
+                    if let Some(&first) = plane.first().filter(|&&b| plane.iter().all(|&x| x == b))
+                    {
+                        head.extend_from_slice(&(1 | CONST_PLANE).to_le_bytes());
+                        body.push(first);
+                        continue;
+                    }
                     let packed = lz4::block::compress(plane, Some(LZ4_MODE), false)?;
                     let (len, bytes) = if packed.len() + plane.len() / 16 < plane.len() {
                         (packed.len() as u32, &packed[..])
@@ -669,11 +680,19 @@ impl Entry {
                 for (p, plane) in planes.iter_mut().enumerate().take(elem) {
                     let word =
                         u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().expect("4 bytes"));
-                    let len = (word & !RAW_PLANE) as usize;
+                    let len = (word & !(RAW_PLANE | CONST_PLANE)) as usize;
                     let stored = packed
                         .get(at..at + len)
                         .ok_or_else(|| corrupt("plane past the chunk".into()))?;
-                    if word & RAW_PLANE != 0 {
+                    if word & CONST_PLANE != 0 {
+                        if len != 1 || word & RAW_PLANE != 0 {
+                            return Err(corrupt("bad constant plane".into()));
+                        }
+                        let to = base + used;
+                        scratch.buf.resize(to + n, stored[0]);
+                        *plane = PlaneAt::Buf(to, n);
+                        used += n;
+                    } else if word & RAW_PLANE != 0 {
                         if len != n {
                             return Err(corrupt("wrong size".into()));
                         }
@@ -912,51 +931,67 @@ mod tests {
         }
     }
 
-    /// LZ4 chunks store each byte plane compressed or, when LZ4 cannot
-    /// shrink it, raw: noisy low bytes go raw, constant high bytes compressed,
-    /// and both read back exactly.
+    /// LZ4 chunks store each byte plane as one repeated byte, compressed or,
+    /// when LZ4 cannot shrink it, raw: noisy low bytes go raw, constant high
+    /// bytes as one byte, high bytes in runs of several values compressed;
+    /// all read back exactly (whole, and as a box).
     #[test]
-    fn lz4_planes_are_raw_or_compressed_and_read_back_exactly() {
+    fn lz4_planes_are_constant_raw_or_compressed_and_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("e.d3c");
         let shape = [1, 32, 32, 32];
-        let mut state = 7u64;
-        let data: Vec<f32> = (0..32 * 32 * 32)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                f32::from(((state >> 33) % 256) as i16 + 1024)
-            })
-            .collect();
-        let image = Image {
-            data: data.clone(),
-            shape,
-            spacing: [1.0; 3],
-            affine: dino3d_pipeline::nifti::affine::IDENTITY,
-        };
-        let arrays = [ArrayToWrite {
-            key: "image",
-            image: &image,
-            dtype: StoredType::I16,
-            window: None,
-        }];
-        let layout = Layout {
-            chunk: [32, 32, 32],
-            codec: Codec::Lz4,
-        };
-        write_entry(&path, &arrays, layout, "src", "key").unwrap();
-        let entry = Entry::open(&path).unwrap();
-        let r = entry.chunk_ref(0, 0).unwrap();
-        let packed = &entry.map[entry.payload_at + r.offset..][..r.len];
-        let word = |p: usize| u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().unwrap());
-        assert_ne!(word(0) & RAW_PLANE, 0, "noisy low bytes are stored raw");
-        assert_eq!(word(0) & !RAW_PLANE, 32 * 32 * 32);
-        assert_eq!(word(1) & RAW_PLANE, 0, "constant high bytes are compressed");
-        assert!((word(1) as usize) < 1024);
-        assert_eq!(entry.read_all(0).unwrap().data, data);
-        let b = entry.read_box(0, [3, 5, 7], [20, 9, 11]).unwrap();
-        assert_eq!(b.data[0], data[(7 * 32 + 5) * 32 + 3]);
-        entry.verify().unwrap();
+        // High byte 4 everywhere, or 3 in the first 12 planes and 4 after.
+        for (name, base_of_z) in [
+            ("constant", (|_| 1024) as fn(usize) -> i16),
+            ("runs", |z| if z < 12 { 768 } else { 1024 }),
+        ] {
+            let path = dir.path().join(format!("{name}.d3c"));
+            let mut state = 7u64;
+            let data: Vec<f32> = (0..32 * 32 * 32)
+                .map(|i| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    f32::from(((state >> 33) % 256) as i16 + base_of_z(i / (32 * 32)))
+                })
+                .collect();
+            let image = Image {
+                data: data.clone(),
+                shape,
+                spacing: [1.0; 3],
+                affine: dino3d_pipeline::nifti::affine::IDENTITY,
+            };
+            let arrays = [ArrayToWrite {
+                key: "image",
+                image: &image,
+                dtype: StoredType::I16,
+                window: None,
+            }];
+            let layout = Layout {
+                chunk: [32, 32, 32],
+                codec: Codec::Lz4,
+            };
+            write_entry(&path, &arrays, layout, "src", "key").unwrap();
+            let entry = Entry::open(&path).unwrap();
+            let r = entry.chunk_ref(0, 0).unwrap();
+            let packed = &entry.map[entry.payload_at + r.offset..][..r.len];
+            let word = |p: usize| u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().unwrap());
+            assert_ne!(word(0) & RAW_PLANE, 0, "noisy low bytes are stored raw");
+            assert_eq!(word(0) & !RAW_PLANE, 32 * 32 * 32);
+            if name == "constant" {
+                assert_eq!(word(1), 1 | CONST_PLANE, "constant high bytes are one byte");
+                assert_eq!(packed[8 + 32 * 32 * 32], 4, "the high byte of 1024..1279");
+            } else {
+                assert_eq!(
+                    word(1) & (RAW_PLANE | CONST_PLANE),
+                    0,
+                    "runs are compressed"
+                );
+                assert!((2..1024).contains(&(word(1) as usize)));
+            }
+            assert_eq!(entry.read_all(0).unwrap().data, data, "{name}");
+            let b = entry.read_box(0, [3, 5, 7], [20, 9, 11]).unwrap();
+            assert_eq!(b.data[0], data[(7 * 32 + 5) * 32 + 3], "{name}");
+            entry.verify().unwrap();
+        }
     }
 }

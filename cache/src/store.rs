@@ -15,7 +15,7 @@ use crate::error::{CacheError, Result};
 use crate::format::{ArrayToWrite, Codec, Entry, Layout, StoredType, write_entry};
 
 /// Version of the entry format, folded into every key: a format change misses.
-pub const FORMAT_VERSION: &str = "dino3d-cache-v2";
+pub const FORMAT_VERSION: &str = "dino3d-cache-v3";
 /// Default chunk edge (32³ int16 = 64 KiB; see rust-stack.md §5).
 pub const DEFAULT_CHUNK: [usize; 3] = [32, 32, 32];
 /// Default codec of new entries.
