@@ -303,33 +303,34 @@ mod tests {
 
     #[test]
     fn layer_norm_gradients_do_not_depend_on_the_thread_count() {
-        // 301 rows: ten blocks of GRAD_BLOCK_ROWS and a partial one.
-        let shape = [301, 40];
-        let x = Var::from_tensor(&tensor(&shape, 9, DType::F32)).unwrap();
-        let (w, b) = params(40, DType::F32);
-        let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
-        let r = tensor(&shape, 10, DType::F32);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), EPS).unwrap();
-                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|v| {
-                    g.get(v)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
+        // 301 rows: nine blocks of GRAD_BLOCK_ROWS and a partial one. f64
+        // shows any regrouping of the row sums in its last bits; in f32 the
+        // rounding of f64 partial sums hides most of it, but it must hold too.
+        for dtype in [DType::F64, DType::F32] {
+            let shape = [301, 40];
+            let x = Var::from_tensor(&tensor(&shape, 9, dtype)).unwrap();
+            let (w, b) = params(40, dtype);
+            let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+            let r = tensor(&shape, 10, dtype);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let y = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), EPS).unwrap();
+                    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    // f32 → f64 is exact, so comparing f64 bits compares both.
+                    [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|v| f64s(g.get(v).unwrap()))
                 })
-            })
-        };
-        let (one, four) = (run(1), run(4));
-        for (a, b) in one.iter().zip(&four) {
-            assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
+            };
+            let (one, four) = (run(1), run(4));
+            for (name, (a, b)) in ["dx", "dw", "db"].iter().zip(one.iter().zip(&four)) {
+                assert!(
+                    a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{name} ({dtype:?}) depends on the thread count"
+                );
+            }
         }
     }
 
