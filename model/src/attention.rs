@@ -1,6 +1,6 @@
 //! Multi-head self-attention with a fused qkv projection.
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::linear::Linear;
@@ -39,12 +39,12 @@ impl Attention {
             .forward(x)?
             .reshape((b, t, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let logits = q.matmul(&k.t()?)?;
-        // Composed softmax: `softmax_last_dim` has no backward in candle.
-        let attn = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        // The 1/√d scale is folded into the fused softmax (no pass over q).
+        let attn = crate::fused::softmax_last_dim(&logits, (hd as f64).powf(-0.5))?;
         let out = attn
             .matmul(&v)?
             .transpose(1, 2)?

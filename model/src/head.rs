@@ -122,7 +122,7 @@ impl DinoHead {
         for (i, layer) in self.mlp.iter().enumerate() {
             h = layer.forward(&h)?;
             if i + 1 < self.mlp.len() {
-                h = h.gelu_erf()?;
+                h = crate::fused::gelu_erf(&h)?;
             }
         }
         Ok(l2_normalize(&h, L2_EPS)?)

@@ -6,8 +6,10 @@
 //! `last_layer.weight_g`, ...) so checkpoints can be mapped by name.
 //!
 //! candle caveat: `candle_nn::LayerNorm` and `ops::softmax_last_dim` cut the
-//! autograd graph, so this crate only uses `ops::layer_norm_slow` and
-//! `ops::softmax`/`log_softmax` (composed, differentiable).
+//! autograd graph, so this crate uses its own fused CPU LayerNorm, softmax and
+//! GELU with hand-written backward passes (`fused`), and candle's composed,
+//! differentiable `ops::layer_norm_slow` and `ops::softmax`/`log_softmax` on
+//! other devices and in the losses.
 //!
 //! With the `cuda` feature, the `cuda` module adds fused GPU kernels (teacher EMA,
 //! Sinkhorn-Knopp + cross-entropy, KoLeo) built with cudarc and NVRTC, which
@@ -26,6 +28,7 @@ pub mod checkpoint;
 pub mod cuda;
 mod drop_path;
 mod error;
+mod fused;
 mod head;
 pub mod infer;
 pub mod init;

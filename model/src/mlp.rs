@@ -24,6 +24,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // PyTorch's default GELU is the exact erf form, not the tanh approximation.
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2
+            .forward(&crate::fused::gelu_erf(&self.fc1.forward(x)?)?)
     }
 }

@@ -21,7 +21,6 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // `layer_norm_slow` is composed of primitive ops, so it backpropagates.
-        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }

@@ -19,13 +19,13 @@ pub fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
     x * mask
 }
 
-/// PyTorch's default `nn.GELU()` (the exact, erf form); candle's
-/// `gelu_erf` has a backward pass.
+/// PyTorch's default `nn.GELU()` (the exact, erf form), differentiable: a
+/// fused op on the CPU, candle's `gelu_erf` elsewhere.
 ///
 /// # Errors
 /// Never for valid tensors.
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.gelu_erf()
+    crate::fused::gelu_erf(x)
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ pub mod unetr;
 pub mod up_block;
 pub mod upsample;
 
+// Also used by the fused ops' tests.
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(test)]
 mod timing;
 

@@ -1,0 +1,102 @@
+//! Fused CPU kernels with hand-written backward passes for the ViT's
+//! elementwise layers: LayerNorm, softmax and exact GELU.
+//!
+//! candle composes these from primitive ops (LayerNorm and softmax because its
+//! fused kernels have no backward, GELU's backward always), and every primitive
+//! is a full pass over the tensor into a freshly allocated output: about ten
+//! passes for a LayerNorm forward, a dozen for a GELU backward. Here each is
+//! one row-parallel pass forward and one backward.
+//!
+//! Each row is computed by one thread with a fixed order of operations, and the
+//! only cross-row reductions (LayerNorm's weight and bias gradients) sum fixed
+//! blocks of rows in block order, so results do not depend on the thread count.
+//! The ops run on CPU tensors of f32 or f64; anything else (other devices,
+//! other dtypes) takes candle's composed, differentiable path.
+
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub(crate) use gelu::gelu_erf;
+pub(crate) use layer_norm::layer_norm;
+pub(crate) use softmax::softmax_last_dim;
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
+
+/// The float types the fused kernels run on.
+pub(crate) trait Float: WithDType {
+    fn exp(self) -> Self;
+    fn erf(self) -> Self;
+}
+
+impl Float for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn erf(self) -> Self {
+        // The libm erf candle's own GELU uses, so the forward matches it.
+        candle_core::cpu::erf::erf_f32(self)
+    }
+}
+
+impl Float for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f64(self)
+    }
+}
+
+/// Whether `t` can take the fused CPU path.
+fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The elements of a contiguous CPU storage under `layout`.
+fn cpu_rows<'a, T: WithDType>(s: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [T]> {
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fused op: non-contiguous input");
+    };
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// [`cpu_rows`] of a tensor's storage (for the backward passes, which get
+/// tensors rather than storages).
+fn cpu_slice<'a, T: WithDType>(s: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [T]> {
+    let Storage::Cpu(cpu) = s else {
+        candle_core::bail!("fused op: CPU tensors only");
+    };
+    cpu_rows(cpu, layout)
+}
+
+/// Σ f(aᵢ, bᵢ, cᵢ) over equal-length rows in f64, with eight interleaved
+/// partial sums: a fixed order (the same on every thread) that the compiler
+/// can vectorise.
+#[inline]
+fn sum3_f64<T: WithDType>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f64) -> f64 {
+    let n = a.len();
+    let (b, c) = (&b[..n], &c[..n]);
+    let mut acc = [0.0f64; 8];
+    let body = n - n % 8;
+    for ((xa, xb), xc) in a[..body]
+        .chunks_exact(8)
+        .zip(b[..body].chunks_exact(8))
+        .zip(c[..body].chunks_exact(8))
+    {
+        for j in 0..8 {
+            acc[j] += f(xa[j], xb[j], xc[j]);
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in body..n {
+        s += f(a[i], b[i], c[i]);
+    }
+    s
+}
+
+/// Σ f(aᵢ) over a row in f64 (see [`sum3_f64`]).
+#[inline]
+fn sum_f64<T: WithDType>(a: &[T], f: impl Fn(T) -> f64) -> f64 {
+    sum3_f64(a, a, a, |v, _, _| f(v))
+}
