@@ -3,7 +3,9 @@
 # mmap'd .npy and MONAI PersistentDataset's torch.save files) in the same run:
 #   * random 96³ crops per core, warm and cold (page cache dropped / evicted);
 #   * entry size vs the source .nii.gz;
-#   * a full 3DINO sample from the cache vs from the prepared volume in RAM.
+#   * a full 3DINO sample from the cache vs from the prepared volume in RAM
+#     (divan's medians, and a paired run that cuts each sample both ways back
+#     to back, whose ratio is the one to quote: see cache/benches/cache.rs).
 # Data: the CT-like volumes of benches/decode_vs_nibabel.sh (made if missing).
 # Python side: ../shared/bench/monai/bench_crop_store.py in a venv with numpy,
 # nibabel, torch and blosc2 (VENV, default /tmp/mvenv; made if missing). Its
@@ -28,6 +30,9 @@ for layout in "lz4 32" "zstd 32"; do
   DINO3D_CACHE_CODEC=$1 DINO3D_CACHE_CHUNK=$2 taskset -c "$CPU" \
     cargo bench -q -p dino3d-cache --bench cache 2>&1 | grep -v '^$'
 done
+echo "== dino3d full sample, from the cache and in RAM in pairs (lz4)"
+DINO3D_PAIRED_SAMPLES="${PAIRED_SAMPLES:-60}" taskset -c "$CPU" \
+  cargo bench -q -p dino3d-cache --bench cache 2>&1 | grep paired
 echo "== Blosc2 / npy / torch.save (bench_crop_store.py, one thread)"
 OUT="$(mktemp -d)"
 taskset -c "$CPU" "$VENV/bin/python" "$STORE_PY" "$DATA" "$OUT/store"

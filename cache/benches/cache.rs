@@ -31,7 +31,45 @@ fn main() {
     if std::env::var_os("DINO3D_DEFAULT_ALLOCATOR").is_none() {
         dino3d_cache::reuse_large_buffers();
     }
+    if let Some(n) = std::env::var("DINO3D_PAIRED_SAMPLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        paired_samples(n);
+        return;
+    }
     divan::main();
+}
+
+/// `DINO3D_PAIRED_SAMPLES=N`: the full-sample ratio measured in pairs. Sample
+/// `i` is cut once from the cache and once from the same entry's prepared
+/// volume in RAM, back to back (same draws, same volume), so the sample's
+/// own cost (which varies several-fold with its random draws) and slow drifts
+/// of a shared machine cancel in the ratio of the sums.
+fn paired_samples(n: usize) {
+    let s = setup();
+    let in_ram: Vec<_> = (0..s.paths.len())
+        .map(|i| s.source.prepared(i).unwrap())
+        .collect();
+    let (mut cache_s, mut ram_s) = (0f64, 0f64);
+    for i in 0..n {
+        let e = i % s.paths.len();
+        let t = std::time::Instant::now();
+        let prepared = s.source.prepared(e).unwrap();
+        finish(s, &prepared, i as u64);
+        cache_s += t.elapsed().as_secs_f64();
+        drop(prepared);
+        let t = std::time::Instant::now();
+        finish(s, &in_ram[e], i as u64);
+        ram_s += t.elapsed().as_secs_f64();
+    }
+    println!(
+        "paired full samples: {n}; from cache {:.2} ms, in RAM {:.2} ms per sample; \
+         from cache at {:.1}% of the in-RAM rate",
+        1e3 * cache_s / n as f64,
+        1e3 * ram_s / n as f64,
+        100.0 * ram_s / cache_s
+    );
 }
 
 struct Setup {

@@ -9,17 +9,19 @@
 //! volumes be reused. This is process-wide, so binaries (and benchmarks) opt
 //! in at start-up; the library never changes it by itself.
 
-/// Serve blocks up to 1 GiB from the heap and keep up to 2 GiB of freed
-/// memory for reuse. Returns whether the allocator accepted it (glibc on
-/// Linux; elsewhere nothing changes and it returns false).
+/// Serve blocks up to 1 GiB from the heap and never give freed heap memory
+/// back to the kernel, so it is reused. Returns whether the allocator accepted
+/// it (glibc on Linux; elsewhere nothing changes and it returns false).
 pub fn reuse_large_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes allocator parameters; it is called
         // before the process allocates large blocks, and any value is valid.
         unsafe {
+            // glibc reads the trim threshold as a size: -1 is the largest
+            // one, so the heap is never trimmed.
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 31) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
