@@ -70,10 +70,7 @@ impl WeightNormLinear {
     }
 
     fn weight(&self) -> candle_core::Result<Tensor> {
-        let norm = self.weight_v.sqr()?.sum_keepdim(1)?.sqrt()?;
-        self.weight_v
-            .broadcast_div(&norm)?
-            .broadcast_mul(&self.weight_g)
+        crate::fused::weight_norm(&self.weight_v, &self.weight_g)
     }
 }
 

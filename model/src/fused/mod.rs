@@ -1,5 +1,6 @@
 //! Fused CPU kernels with hand-written backward passes for the ViT's
-//! elementwise layers: LayerNorm, softmax and exact GELU.
+//! elementwise layers: LayerNorm, softmax, exact GELU, and the heads' weight
+//! normalisation.
 //!
 //! candle composes these from primitive ops (LayerNorm and softmax because its
 //! fused kernels have no backward, GELU's backward always), and every primitive
@@ -16,10 +17,12 @@
 mod gelu;
 mod layer_norm;
 mod softmax;
+mod weight_norm;
 
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use softmax::softmax_last_dim;
+pub(crate) use weight_norm::weight_norm;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 
