@@ -1,6 +1,6 @@
 //! Fused CPU kernels with hand-written backward passes for the ViT's
-//! elementwise layers: LayerNorm, softmax, exact GELU, and the heads' weight
-//! normalisation.
+//! elementwise layers: LayerNorm, softmax, exact GELU, the heads' weight
+//! normalisation and the DINO/iBOT cross terms.
 //!
 //! candle composes these from primitive ops (LayerNorm and softmax because its
 //! fused kernels have no backward, GELU's backward always), and every primitive
@@ -14,11 +14,13 @@
 //! The ops run on CPU tensors of f32 or f64; anything else (other devices,
 //! other dtypes) takes candle's composed, differentiable path.
 
+mod cross_terms;
 mod gelu;
 mod layer_norm;
 mod softmax;
 mod weight_norm;
 
+pub(crate) use cross_terms::cross_terms;
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use softmax::softmax_last_dim;

@@ -15,7 +15,7 @@ pub use dino::{DinoLoss, dino_loss};
 pub use ibot::{ibot_loss, masked_indices_and_weights};
 pub use koleo::koleo_loss;
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 /// Student softmax temperature for both DINO and iBOT.
 pub const STUDENT_TEMP: f64 = 0.1;
@@ -32,8 +32,7 @@ pub(crate) fn row_cross_terms(
     teacher_probs: &Tensor,
     temp: f64,
 ) -> candle_core::Result<Tensor> {
-    let ls = candle_nn::ops::log_softmax(&(student_logits / temp)?, D::Minus1)?;
-    (teacher_probs.detach() * ls)?.sum(D::Minus1)
+    crate::fused::cross_terms(student_logits, teacher_probs, temp)
 }
 
 #[cfg(test)]
