@@ -19,15 +19,80 @@ pub fn sinkhorn_knopp(teacher_logits: &Tensor, temp: f64, iterations: usize) -> 
         ));
     }
     let dtype = teacher_logits.dtype();
-    let q = (teacher_logits.detach().to_dtype(DType::F32)? / temp)?
-        .exp()?
-        .t()?;
+    let logits = teacher_logits.detach().to_dtype(DType::F32)?;
+    if logits.device().is_cpu() {
+        let l = logits.flatten_all()?.to_vec1::<f32>()?;
+        let q = sinkhorn_cpu(&l, n, k, temp, iterations);
+        return Ok(Tensor::from_vec(q, (n, k), logits.device())?.to_dtype(dtype)?);
+    }
+    Ok(sinkhorn_composed(&logits, temp, iterations)?.to_dtype(dtype)?)
+}
+
+/// [`sinkhorn_knopp`] from candle ops (any device), on f32 logits `(n, K)`.
+pub(super) fn sinkhorn_composed(logits: &Tensor, temp: f64, iterations: usize) -> Result<Tensor> {
+    let (n, k) = logits.dims2()?;
+    let q = (logits / temp)?.exp()?.t()?;
     let mut q = q.broadcast_div(&q.sum_all()?)?;
     for _ in 0..iterations {
         q = (q.broadcast_div(&q.sum_keepdim(1)?)? / k as f64)?;
         q = (q.broadcast_div(&q.sum_keepdim(0)?)? / n as f64)?;
     }
-    Ok((q * n as f64)?.t()?.contiguous()?.to_dtype(dtype)?)
+    Ok((q * n as f64)?.t()?.contiguous()?)
+}
+
+/// [`sinkhorn_knopp`] on the CPU in a few passes over one `(n, K)` buffer:
+/// the composed version walks the transposed matrix about a dozen times with
+/// strided reductions. Values are f32 as in 3DINO; the sums are f64 in a fixed
+/// order (each column's over rows in order, each row's left to right), so the
+/// result does not depend on the thread count.
+pub(super) fn sinkhorn_cpu(
+    logits: &[f32],
+    n: usize,
+    k: usize,
+    temp: f64,
+    iterations: usize,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let inv_temp = (1.0 / temp) as f32;
+    let mut q: Vec<f32> = logits.par_iter().map(|v| (v * inv_temp).exp()).collect();
+    let row_sums = |q: &[f32]| -> Vec<f64> {
+        q.par_chunks(k)
+            .map(|r| r.iter().map(|&v| f64::from(v)).sum::<f64>())
+            .collect()
+    };
+    let total = row_sums(&q).iter().sum::<f64>() as f32;
+    q.par_iter_mut().for_each(|v| *v /= total);
+    const COLUMN_BLOCK: usize = 1024;
+    for _ in 0..iterations {
+        // Prototypes (columns) to sum 1/K.
+        let mut cols = vec![0f64; k];
+        cols.par_chunks_mut(COLUMN_BLOCK)
+            .enumerate()
+            .for_each(|(b, acc)| {
+                let (c0, w) = (b * COLUMN_BLOCK, acc.len());
+                for row in q.chunks(k) {
+                    for (a, &v) in acc.iter_mut().zip(&row[c0..c0 + w]) {
+                        *a += f64::from(v);
+                    }
+                }
+            });
+        let cols: Vec<f32> = cols.iter().map(|&c| c as f32).collect();
+        q.par_chunks_mut(k).for_each(|row| {
+            for (v, &c) in row.iter_mut().zip(&cols) {
+                *v = *v / c / k as f32;
+            }
+        });
+        // Samples (rows) to sum 1/n.
+        let rows = row_sums(&q);
+        q.par_chunks_mut(k).zip(rows).for_each(|(row, r)| {
+            let r = r as f32;
+            for v in row.iter_mut() {
+                *v = *v / r / n as f32;
+            }
+        });
+    }
+    q.par_iter_mut().for_each(|v| *v *= n as f32);
+    q
 }
 
 /// DINO's softmax centring: `softmax((t − c)/temp)` with centre `c` an EMA

@@ -251,6 +251,38 @@ fn sinkhorn_knopp_sums_and_reference() {
     }
 }
 
+/// The CPU path and the composed (any-device) path agree, and the CPU path
+/// gives the same bits on 1 and 4 threads.
+#[test]
+fn sinkhorn_cpu_path_matches_the_composed_path_for_any_thread_count() {
+    let (n, k) = (7, 2500);
+    // Head logits are cosines (|l| ≤ 1); 3DINO subtracts no maximum.
+    let logits: Vec<f32> = values(n * k, 12, 1.0).iter().map(|&v| v as f32).collect();
+    let t = Tensor::from_vec(logits.clone(), (n, k), &Device::Cpu).unwrap();
+    let composed: Vec<f32> = super::centering::sinkhorn_composed(&t, 0.04, 3)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| super::centering::sinkhorn_cpu(&logits, n, k, 0.04, 3))
+    };
+    let (one, four) = (run(1), run(4));
+    assert!(
+        one.iter()
+            .zip(&four)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    for (g, w) in one.iter().zip(&composed) {
+        assert!((g - w).abs() <= 1e-5 * w.abs().max(1e-3), "{g} vs {w}");
+    }
+}
+
 #[test]
 fn softmax_centering_uses_then_updates_center() {
     let dev = Device::Cpu;
