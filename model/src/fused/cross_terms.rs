@@ -242,22 +242,11 @@ mod tests {
         let (rows, k) = (37, 65);
         let s = Var::from_tensor(&tensor(&[rows, k], 9, DType::F32)).unwrap();
         let t = teacher(rows, k, 10, DType::F32);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let c = cross_terms(s.as_tensor(), &t, 0.1).unwrap();
-                let g = c.sum_all().unwrap().backward().unwrap();
-                [c, g.get(s.as_tensor()).unwrap().clone()]
-                    .map(|x| x.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            })
-        };
-        let (one, four) = (run(1), run(4));
-        for (a, b) in one.iter().zip(&four) {
-            assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
-        }
+        crate::fused::assert_same_bits_on_1_and_4_threads(|| {
+            let c = cross_terms(s.as_tensor(), &t, 0.1).unwrap();
+            let g = c.sum_all().unwrap().backward().unwrap();
+            vec![c, g.get(s.as_tensor()).unwrap().clone()]
+        });
     }
 
     #[test]

@@ -105,3 +105,30 @@ fn sum3_f64<T: WithDType>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f64)
 fn sum_f64<T: WithDType>(a: &[T], f: impl Fn(T) -> f64) -> f64 {
     sum3_f64(a, a, a, |v, _, _| f(v))
 }
+
+/// Asserts that `run` gives the same bits on a 1-thread and a 4-thread rayon
+/// pool (the fused ops' determinism promise).
+#[cfg(test)]
+pub(crate) fn assert_same_bits_on_1_and_4_threads(run: impl Fn() -> Vec<Tensor> + Sync) {
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a rayon pool")
+            .install(|| {
+                run()
+                    .iter()
+                    .map(|t| {
+                        let v = t.flatten_all().expect("flatten");
+                        v.to_dtype(DType::F64)
+                            .and_then(|v| v.to_vec1::<f64>())
+                            .expect("values")
+                            .iter()
+                            .map(|x| x.to_bits())
+                            .collect::<Vec<u64>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert_eq!(on(1), on(4), "results differ between 1 and 4 threads");
+}

@@ -204,22 +204,11 @@ mod tests {
         let shape = [203, 33];
         let x = Var::from_tensor(&tensor(&shape, 9, DType::F32)).unwrap();
         let r = tensor(&shape, 10, DType::F32);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let y = softmax_last_dim(x.as_tensor(), 0.7).unwrap();
-                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                [y, g.get(x.as_tensor()).unwrap().clone()]
-                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            })
-        };
-        let (one, four) = (run(1), run(4));
-        for (a, b) in one.iter().zip(&four) {
-            assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
-        }
+        crate::fused::assert_same_bits_on_1_and_4_threads(|| {
+            let y = softmax_last_dim(x.as_tensor(), 0.7).unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            vec![y, g.get(x.as_tensor()).unwrap().clone()]
+        });
     }
 
     #[test]

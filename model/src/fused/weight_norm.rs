@@ -235,26 +235,15 @@ mod tests {
         let v = Var::from_tensor(&tensor(&[k, n], 11, DType::F32)).unwrap();
         let g = Var::from_tensor(&tensor(&[k, 1], 12, DType::F32)).unwrap();
         let r = tensor(&[k, n], 13, DType::F32);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let w = weight_norm(v.as_tensor(), g.as_tensor()).unwrap();
-                let grads = (&w * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                [
-                    w,
-                    grads.get(v.as_tensor()).unwrap().clone(),
-                    grads.get(g.as_tensor()).unwrap().clone(),
-                ]
-                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            })
-        };
-        let (one, four) = (run(1), run(4));
-        for (a, b) in one.iter().zip(&four) {
-            assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()));
-        }
+        crate::fused::assert_same_bits_on_1_and_4_threads(|| {
+            let w = weight_norm(v.as_tensor(), g.as_tensor()).unwrap();
+            let grads = (&w * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            vec![
+                w,
+                grads.get(v.as_tensor()).unwrap().clone(),
+                grads.get(g.as_tensor()).unwrap().clone(),
+            ]
+        });
     }
 
     #[test]
