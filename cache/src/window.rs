@@ -204,7 +204,7 @@ fn window_word_slab_with(
             return;
         }
     }
-    let _ = kernel;
+    let _ = kernel; // only the x86-64 block above reads it
     for z in 0..first.nz {
         for y in 0..first.ny {
             for seg in segments {
