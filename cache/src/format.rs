@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CacheError, Result};
 use crate::shuffle::shuffle;
-use crate::window::{Rows, Segment, vector_path, window_word_rows, window_word_slab};
+use crate::window::{Rows, Segment, vector_path, window_word_slab};
 
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
@@ -205,8 +205,8 @@ fn uses_table(dtype: StoredType, map: Option<&IntensityMap>) -> bool {
 /// of a 16-bit array is `(lo[i], hi[i])`.
 enum Planes<'a> {
     Bytes(&'a [u8]),
-    /// Low bytes, high bytes, signed.
-    Words(&'a [u8], &'a [u8], bool),
+    /// Low bytes, high bytes (the table knows the signedness).
+    Words(&'a [u8], &'a [u8]),
     F32([&'a [u8]; 4]),
 }
 
@@ -215,14 +215,13 @@ impl<'a> Planes<'a> {
     fn from_planes(dtype: StoredType, p: [&'a [u8]; 4]) -> Planes<'a> {
         match dtype {
             StoredType::U8 | StoredType::I8 => Planes::Bytes(p[0]),
-            StoredType::U16 | StoredType::I16 => {
-                Planes::Words(p[0], p[1], dtype == StoredType::I16)
-            }
+            StoredType::U16 | StoredType::I16 => Planes::Words(p[0], p[1]),
             StoredType::F32 => Planes::F32(p),
         }
     }
 
-    /// Every row of `rows` from these planes into `out` (see [`Self::decode`]).
+    /// Every row of `rows` from these planes into `out` (see [`Self::decode`];
+    /// windowed 16-bit voxels without a table take [`Entry::window_slab`]).
     fn decode_rows(
         &self,
         rows: Rows,
@@ -230,16 +229,8 @@ impl<'a> Planes<'a> {
         table: &[f32],
         map: Option<&IntensityMap>,
     ) {
-        match *self {
-            Planes::Words(lo, hi, signed) if table.is_empty() => {
-                let map = map.expect("the computed path is only taken with a window");
-                window_word_rows(lo, hi, signed, map, rows, out);
-            }
-            _ => {
-                let w = rows.width;
-                rows.for_each(|s, d| self.decode(s, &mut out[d..d + w], table, map));
-            }
-        }
+        let w = rows.width;
+        rows.for_each(|s, d| self.decode(s, &mut out[d..d + w], table, map));
     }
 
     /// Voxels `from..from + out.len()` as float32: unshuffling, conversion and
@@ -261,7 +252,7 @@ impl<'a> Planes<'a> {
                     o.write(table[usize::from(b)]);
                 }
             }
-            Planes::Words(lo, hi, _) => {
+            Planes::Words(lo, hi) => {
                 // 65,536 entries: every u16 index is in bounds.
                 let table: &[f32; 65536] = table.try_into().expect("a 16-bit table");
                 for ((o, &l), &h) in out.iter_mut().zip(&lo[from..to]).zip(&hi[from..to]) {
@@ -752,7 +743,12 @@ impl Entry {
         let out = &mut data.spare_capacity_mut()[..total];
         let mut written = 0usize;
         let map = meta.window.map(|w| IntensityMap::new(&w.into()));
-        let table: &[f32] = if uses_table(meta.dtype, map.as_ref()) {
+        // Windowed 16-bit voxels are computed by the vector kernels, slab by
+        // slab; everything else goes through the table (or plain conversion).
+        let computed = map
+            .as_ref()
+            .filter(|_| !uses_table(meta.dtype, map.as_ref()));
+        let table: &[f32] = if computed.is_none() {
             self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
         } else {
             &[]
@@ -760,11 +756,10 @@ impl Entry {
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         self.prefetch(array, c, n, lo, hi)?;
-        let slabs = matches!(meta.dtype, StoredType::U16 | StoredType::I16) && table.is_empty();
         for ch in 0..c {
             for kz in lo[2]..=hi[2] {
                 for ky in lo[1]..=hi[1] {
-                    if let (true, Some(map)) = (slabs, map.as_ref()) {
+                    if let Some(map) = computed {
                         written +=
                             self.window_slab(array, [ch, kz, ky], start, extent, map, out)?;
                         continue;

@@ -116,27 +116,12 @@ pub(crate) struct Segment<'a> {
     pub rows: Rows,
 }
 
-/// [`IntensityMap::apply`] over every row of `rows`, with the row loop inside
-/// the vectorised function (a box row is only as wide as a chunk, so a call
-/// per row would cost about as much as the row itself).
-///
-/// # Panics
-/// When a row falls outside the planes or the output.
-pub(crate) fn window_word_rows(
-    lo: &[u8],
-    hi: &[u8],
-    signed: bool,
-    map: &IntensityMap,
-    rows: Rows,
-    out: &mut [MaybeUninit<f32>],
-) {
-    window_word_slab(&[Segment { lo, hi, rows }], signed, map, out);
-}
-
-/// [`window_word_rows`] for chunks side by side along x (a slab), row by
-/// row across all of them: output row `(y, z)` is written left to right in
-/// one pass, as one sequential stream, rather than in chunk-wide pieces far
-/// apart. The segments must share `ny`, `nz`, `dst_row` and `dst_plane`.
+/// [`IntensityMap::apply`] over the rows of chunks side by side along x (a
+/// slab), row by row across all of them: output row `(y, z)` is written left
+/// to right in one pass, as one sequential stream, rather than in chunk-wide
+/// pieces far apart. The row loops run inside the vectorised kernels (a row
+/// is only as wide as a chunk, so a call per row would cost about as much as
+/// the row). The segments must share `ny`, `nz`, `dst_row` and `dst_plane`.
 ///
 /// # Panics
 /// When a row falls outside its planes or the output, or the segments'
@@ -197,8 +182,8 @@ fn window_word_slab_with(
                 match (kernel, signed) {
                     (Kernel::Avx512, true) => simd::slab_avx512::<true>(segments, k, out),
                     (Kernel::Avx512, false) => simd::slab_avx512::<false>(segments, k, out),
-                    (_, true) => simd::slab_avx2::<true>(segments, k, out),
-                    (_, false) => simd::slab_avx2::<false>(segments, k, out),
+                    (_, true) => simd::slab_avx2::<true>(segments, k, map, out),
+                    (_, false) => simd::slab_avx2::<false>(segments, k, map, out),
                 }
             }
             return;
@@ -227,7 +212,7 @@ fn window_word_slab_with(
 
 /// One row: `out[i] = map(value(lo[i], hi[i]))` for the little-endian 16-bit
 /// values split into byte planes `lo`/`hi` (signed when `signed`), through
-/// [`window_word_rows`].
+/// [`window_word_slab`] on `kernel`.
 ///
 /// # Panics
 /// When a plane is shorter than `out`.
@@ -263,13 +248,19 @@ fn words<const SIGNED: bool>(
     out: &mut [MaybeUninit<f32>],
 ) {
     for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-        let raw = u16::from_le_bytes([l, h]);
-        let v = if SIGNED {
-            f32::from(raw as i16)
-        } else {
-            f32::from(raw)
-        };
-        o.write(map.apply(v));
+        o.write(map.apply(word_value::<SIGNED>(l, h)));
+    }
+}
+
+/// The stored 16-bit value with low byte `l` and high byte `h`, as f32
+/// (exact).
+#[inline(always)]
+fn word_value<const SIGNED: bool>(l: u8, h: u8) -> f32 {
+    let raw = u16::from_le_bytes([l, h]);
+    if SIGNED {
+        f32::from(raw as i16)
+    } else {
+        f32::from(raw)
     }
 }
 
@@ -283,7 +274,9 @@ mod simd {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::Segment;
+    use dino3d_pipeline::transforms::IntensityMap;
+
+    use super::{Segment, word_value};
 
     /// [`dino3d_pipeline::transforms::IntensityMap::parts`], with `min ≤ max`.
     #[derive(Debug, Clone, Copy)]
@@ -331,27 +324,6 @@ mod simd {
         unsafe { _mm_unpacklo_epi8(_mm_loadl_epi64(l.cast()), _mm_loadl_epi64(h.cast())) }
     }
 
-    /// One voxel, with the vector kernels' clamp (equal to `apply`'s for
-    /// ordered bounds).
-    #[inline(always)]
-    fn scalar<const SIGNED: bool>(l: u8, h: u8, c: &Coefficients) -> f32 {
-        let raw = u16::from_le_bytes([l, h]);
-        let v = if SIGNED {
-            f64::from(raw as i16)
-        } else {
-            f64::from(raw)
-        };
-        let y = v * c.scale + c.offset;
-        let y = if y < c.min {
-            c.min
-        } else if y > c.max {
-            c.max
-        } else {
-            y
-        };
-        y as f32
-    }
-
     /// 8 little-endian 16-bit values (low and high bytes interleaved in `w`)
     /// to 8 windowed f32 at `out`.
     ///
@@ -383,9 +355,9 @@ mod simd {
     pub(super) unsafe fn slab_avx2<const SIGNED: bool>(
         segs: &[Segment<'_>],
         k: Coefficients,
+        map: &IntensityMap,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let c = k;
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
         each_row!(segs, out, |l, h, o, w| {
             let mut i = 0;
@@ -415,7 +387,10 @@ mod simd {
             } else {
                 for j in i..w {
                     // SAFETY: j < w, inside the row.
-                    unsafe { o.add(j).write(scalar::<SIGNED>(*l.add(j), *h.add(j), &c)) };
+                    unsafe {
+                        o.add(j)
+                            .write(map.apply(word_value::<SIGNED>(*l.add(j), *h.add(j))))
+                    };
                 }
             }
         });

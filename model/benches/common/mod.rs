@@ -26,6 +26,7 @@ pub(crate) fn reuse_large_buffers() {
     // SAFETY: mallopt only changes allocator parameters; any value is valid.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 31);
+        // -1: the largest size, so the heap is never trimmed (as dino-run).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
 }
