@@ -22,6 +22,8 @@
 //! [`infer`] the sliding-window inference, Dice and HD95.
 
 mod attention;
+#[cfg(test)]
+mod backprop_tests;
 mod block;
 pub mod checkpoint;
 #[cfg(feature = "cuda")]

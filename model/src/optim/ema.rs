@@ -1,6 +1,7 @@
 //! Teacher EMA: `t ← m·t + (1 − m)·s` for every parameter.
 
-use candle_core::Var;
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::{ModelError, Result};
 
@@ -38,8 +39,70 @@ pub fn ema_update_var(teacher: &Var, student: &Var, momentum: f64) -> Result<()>
             student.dims()
         )));
     }
-    let t = teacher.as_tensor().detach();
+    let t = teacher.as_tensor();
     let s = student.as_tensor().detach().to_dtype(t.dtype())?;
+    if fusable(t, &s) {
+        // One multithreaded pass over the teacher's own storage, instead of
+        // three single-threaded tensor ops that each allocate, and a copy.
+        t.inplace_op2(&s, &EmaInPlace { momentum })?;
+        return Ok(());
+    }
+    let t = t.detach();
     teacher.set(&((t * momentum)? + (s * (1.0 - momentum))?)?)?;
     Ok(())
+}
+
+/// CPU f32, both contiguous and of one length: the in-place pass applies.
+fn fusable(t: &Tensor, s: &Tensor) -> bool {
+    t.device().is_cpu()
+        && t.dtype() == DType::F32
+        && s.dtype() == DType::F32
+        && t.is_contiguous()
+        && s.is_contiguous()
+        && t.elem_count() == s.elem_count()
+}
+
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// `t ← m·t + (1 − m)·s` in place, with the tensor path's f32 arithmetic
+/// (two products rounded to f32, then their sum), so both paths agree bit
+/// for bit (up to the sign of a zero result).
+struct EmaInPlace {
+    momentum: f64,
+}
+
+impl InplaceOp2 for EmaInPlace {
+    fn name(&self) -> &'static str {
+        "ema-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(t), CpuStorage::F32(s)) = (s1, s2) else {
+            candle_core::bail!("ema-in-place: f32 tensors only");
+        };
+        let (Some((t0, t1)), Some((s0, s1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("ema-in-place: contiguous tensors only");
+        };
+        let (t, s) = (&mut t[t0..t1], &s[s0..s1]);
+        if t.len() != s.len() {
+            candle_core::bail!("ema-in-place: {} vs {} elements", t.len(), s.len());
+        }
+        let (m, one_m) = (self.momentum as f32, (1.0 - self.momentum) as f32);
+        t.par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK))
+            .for_each(|(t, s)| {
+                for (t, &s) in t.iter_mut().zip(s) {
+                    *t = *t * m + s * one_m;
+                }
+            });
+        Ok(())
+    }
 }

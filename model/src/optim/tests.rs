@@ -402,6 +402,39 @@ fn ema_moves_teacher_towards_student() {
     assert!(ema_update(&t, &other, 0.9).is_err());
 }
 
+/// The in-place f32 EMA (several parallel chunks and a short tail) gives
+/// the tensor formula's values bit for bit; the student is left as it was.
+#[test]
+fn in_place_ema_matches_the_tensor_formula() {
+    let dev = Device::Cpu;
+    let n = 3 * (1 << 14) + 5;
+    let t0 = Tensor::from_vec(crate::kernels_ref::testing::uniform(n, 21, 2.0), n, &dev)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let s0 = Tensor::from_vec(crate::kernels_ref::testing::uniform(n, 22, 2.0), n, &dev)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let m = 0.996;
+    let want = ((&t0 * m).unwrap() + (&s0 * (1.0 - m)).unwrap()).unwrap();
+    let (t, s) = (
+        Var::from_tensor(&t0).unwrap(),
+        Var::from_tensor(&s0).unwrap(),
+    );
+    ema_update_var(&t, &s, m).unwrap();
+    let bits = |x: &Tensor| -> Vec<u32> {
+        x.to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (v + 0.0).to_bits())
+            .collect()
+    };
+    assert_eq!(bits(t.as_tensor()), bits(&want));
+    assert_eq!(bits(s.as_tensor()), bits(&s0));
+    assert_ne!(bits(&t0), bits(&want), "the update changed the teacher");
+}
+
 /// The fused CPU f32 pass (large tensors, several parallel chunks, a
 /// non-multiple tail) against the float64 reference.
 #[test]

@@ -1,0 +1,121 @@
+//! Checks of the patched `Tensor::backward` (vendor/candle-core, see its
+//! PATCHED.md). The first gradient of a node is stored as it arrives, views
+//! included. Ops that are not views get contiguous gradients, and so do the
+//! variables. A transposed right matmul operand gets a contiguous gradient.
+//! Each graph is checked against f64 central differences or a hand-written
+//! gradient.
+
+use candle_core::{D, DType, Tensor, Var};
+
+use crate::seg::test_util::{assert_close, check_fd, f64s, tensor};
+
+/// Reshape, transpose, permute, narrow, `contiguous`, broadcast and a
+/// tensor used twice: the ops whose backward now stores views.
+fn view_graph(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (a, b, c) = x.dims3()?;
+    let y = x
+        .reshape((a * b, c))?
+        .t()?
+        .contiguous()?
+        .reshape((c, a, b))?
+        .permute((1, 2, 0))?;
+    // Two narrows of the same permuted view, one scaled by a broadcast row.
+    let left = y
+        .narrow(2, 0, c / 2)?
+        .broadcast_mul(&w.narrow(0, 0, c / 2)?)?;
+    let right = y.narrow(2, c / 2, c - c / 2)?;
+    let z = Tensor::cat(&[&left, &right], 2)?;
+    // z is used twice: the second gradient is added to the first.
+    (z.sqr()?.sum_all()? + (z.sum(D::Minus1)?.sqr()?.sum_all()? * 0.5)?)? + x.sum_all()?
+}
+
+#[test]
+fn view_heavy_graph_matches_central_differences() {
+    let x0 = tensor(&[3, 4, 5], 1, DType::F64);
+    let w = tensor(&[5], 2, DType::F64);
+    let x = Var::from_tensor(&x0).unwrap();
+    let grads = view_graph(x.as_tensor(), &w).unwrap().backward().unwrap();
+    let g = grads.get(x.as_tensor()).expect("x has a gradient");
+    assert!(g.is_contiguous(), "a variable's gradient is contiguous");
+    check_fd(
+        &f64s(&x0),
+        &[3, 4, 5],
+        &f64s(g),
+        |t| view_graph(t, &w),
+        1e-6,
+    );
+}
+
+/// `x · Wᵀ` with W (out, in): dW = gᵀ·x, by loops, and contiguous.
+#[test]
+fn transposed_weight_gets_a_contiguous_gradient() {
+    let (rows, din, dout) = (7, 5, 3);
+    let x = tensor(&[rows, din], 3, DType::F64);
+    let w = Var::from_tensor(&tensor(&[dout, din], 4, DType::F64)).unwrap();
+    let c = tensor(&[rows, dout], 5, DType::F64);
+    let y = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let grads = (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = grads.get(w.as_tensor()).expect("W has a gradient");
+    assert!(gw.is_contiguous());
+    assert_eq!(gw.dims(), &[dout, din]);
+    let (xv, cv) = (f64s(&x), f64s(&c));
+    let mut want = vec![0.0; dout * din];
+    for o in 0..dout {
+        for i in 0..din {
+            want[o * din + i] = (0..rows).map(|r| cv[r * dout + o] * xv[r * din + i]).sum();
+        }
+    }
+    assert_close(&f64s(gw), &want, 1e-12, "dW");
+}
+
+/// Attention's layout: the output is transposed back before the
+/// projection, so the batched matmul's backward receives a transposed
+/// gradient (which candle's batched matmul cannot take as it is).
+fn attention_like(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let a = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+    let out = a
+        .matmul(v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, t, h * d))?;
+    let weights = tensor(&[b, t, h * d], 9, q.dtype());
+    (out * weights)?.sum_all()
+}
+
+#[test]
+fn transposed_gradient_into_batched_matmul() {
+    let shape = [2, 3, 4, 2];
+    let q0 = tensor(&shape, 6, DType::F64);
+    let (k, v) = (tensor(&shape, 7, DType::F64), tensor(&shape, 8, DType::F64));
+    let q = Var::from_tensor(&q0).unwrap();
+    let grads = attention_like(q.as_tensor(), &k, &v)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = grads.get(q.as_tensor()).expect("q has a gradient");
+    check_fd(
+        &f64s(&q0),
+        &shape,
+        &f64s(g),
+        |t| attention_like(t, &k, &v),
+        1e-6,
+    );
+}
+
+/// A variable reached only through a permute keeps a contiguous gradient
+/// whose entries are the permuted upstream gradient.
+#[test]
+fn permuted_variable_gradient_is_contiguous() {
+    let x = Var::from_tensor(&tensor(&[2, 3, 4], 10, DType::F32)).unwrap();
+    let c = tensor(&[4, 2, 3], 11, DType::F32);
+    let loss = (x.as_tensor().permute((2, 0, 1)).unwrap() * &c)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let g = grads.get(x.as_tensor()).expect("x has a gradient");
+    assert!(g.is_contiguous());
+    let want = c.permute((1, 2, 0)).unwrap();
+    assert_eq!(f64s(g), f64s(&want));
+}
