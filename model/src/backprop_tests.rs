@@ -1,5 +1,5 @@
-//! Checks of the patched `Tensor::backward` (vendor/candle-core, see its
-//! PATCHED.md). The first gradient of a node is stored as it arrives, views
+//! Checks of the patched candle-core (vendor/candle-core, see its
+//! PATCHED.md): `Tensor::backward` and sums over leading axes. The first gradient of a node is stored as it arrives, views
 //! included. Ops that are not views get contiguous gradients, and so do the
 //! variables. A transposed right matmul operand gets a contiguous gradient.
 //! Each graph is checked against f64 central differences or a hand-written
@@ -118,4 +118,27 @@ fn permuted_variable_gradient_is_contiguous() {
     assert!(g.is_contiguous());
     let want = c.permute((1, 2, 0)).unwrap();
     assert_eq!(f64s(g), f64s(&want));
+}
+
+/// Sums over the leading axes (bias gradients) take the patched row-wise
+/// path; a strided view of the same values takes candle's generic loop.
+/// Both add in the same order, so they agree bit for bit, and match an f64
+/// sum.
+#[test]
+fn leading_axis_sums_match_the_generic_path_bit_for_bit() {
+    let x = tensor(&[6, 5, 7], 12, DType::F32);
+    let view = Tensor::cat(&[&x, &x], 2).unwrap().narrow(2, 0, 7).unwrap();
+    assert!(!view.is_contiguous());
+    for dims in [vec![0usize], vec![0, 1]] {
+        let fast = f64s(&x.sum_keepdim(dims.as_slice()).unwrap());
+        let generic = f64s(&view.sum_keepdim(dims.as_slice()).unwrap());
+        assert_eq!(fast, generic, "sum over {dims:?}");
+        let xv = f64s(&x);
+        let rows = if dims.len() == 1 { 6 } else { 30 };
+        let cols = 210 / rows;
+        let want: Vec<f64> = (0..cols)
+            .map(|c| (0..rows).map(|r| xv[r * cols + c]).sum())
+            .collect();
+        assert_close(&fast, &want, 1e-6, "f64 sum");
+    }
 }

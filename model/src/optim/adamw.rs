@@ -178,12 +178,7 @@ impl AdamW {
                 bc2_sqrt,
             };
             let p = s.var.as_tensor();
-            if let Some((np, nm, nv)) =
-                super::fused::adamw_cpu_f32(p, &g, &s.exp_avg, &s.exp_avg_sq, scalars)?
-            {
-                s.exp_avg = nm;
-                s.exp_avg_sq = nv;
-                s.var.set(&np)?;
+            if super::fused::adamw_in_place(p, &g, &s.exp_avg, &s.exp_avg_sq, scalars)? {
                 continue;
             }
             s.exp_avg = ((&s.exp_avg * b1)? + (&g * (1.0 - b1))?)?;
@@ -202,8 +197,9 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::with_capacity(2 * self.slots.len() + 1);
         for s in &self.slots {
-            out.insert(format!("{}.exp_avg", s.name), s.exp_avg.clone());
-            out.insert(format!("{}.exp_avg_sq", s.name), s.exp_avg_sq.clone());
+            // Copies: the moments are updated in place by later steps.
+            out.insert(format!("{}.exp_avg", s.name), s.exp_avg.copy()?);
+            out.insert(format!("{}.exp_avg_sq", s.name), s.exp_avg_sq.copy()?);
         }
         // u32 pair: candle's safetensors writer has no u64.
         let step = [self.step as u32, (self.step >> 32) as u32];
@@ -240,7 +236,11 @@ impl AdamW {
                         s.var.dims()
                     )));
                 }
-                Ok(t.to_dtype(s.var.dtype())?.to_device(s.var.device())?)
+                // A copy: updated in place later, so never shared with
+                // the caller's tensor (or with the other moment).
+                Ok(t.to_dtype(s.var.dtype())?
+                    .to_device(s.var.device())?
+                    .copy()?)
             };
             moments.push((take("exp_avg")?, take("exp_avg_sq")?));
         }

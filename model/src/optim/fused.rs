@@ -1,10 +1,15 @@
 //! The AdamW update as one multithreaded pass over each f32 parameter on the
-//! CPU, instead of ~10 tensor operations that each allocate and walk the
-//! whole parameter on one thread (AdamW took ~2 s of a 12 s ViT-S step).
-//! Same arithmetic, in the same order and precision, as the tensor path in
-//! `adamw.rs`, which still serves other devices and dtypes.
+//! CPU, in place: the parameter and both moments are rewritten where they
+//! are stored. The tensor path does ~10 tensor operations, each allocating
+//! and walking the whole parameter on one thread (AdamW took ~2 s of a
+//! 12 s ViT-S step). An earlier fused pass still allocated three new
+//! tensors and copied the parameter back. Same arithmetic, in the same
+//! order and precision, as the tensor path in `adamw.rs`, which still serves
+//! other devices and dtypes.
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, InplaceOp1, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -34,59 +39,86 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     Some(f(&data[start..end]))
 }
 
-/// New `(param, exp_avg, exp_avg_sq)` for CPU f32 contiguous tensors of one
-/// shape; `None` when any is not (the caller uses the tensor path).
-pub(super) fn adamw_cpu_f32(
+/// Whether `t` is a contiguous f32 CPU tensor of `n` elements.
+fn is_cpu_f32(t: &Tensor, n: usize) -> bool {
+    t.device().is_cpu()
+        && t.dtype() == candle_core::DType::F32
+        && t.is_contiguous()
+        && t.elem_count() == n
+}
+
+/// Runs a closure on a tensor's own f32 storage, mutably, through candle's
+/// in-place op hook (which holds the storage's write lock meanwhile).
+struct WithMutF32<F>(RefCell<Option<F>>);
+
+impl<F: FnOnce(&mut [f32]) -> candle_core::Result<()>> InplaceOp1 for WithMutF32<F> {
+    fn name(&self) -> &'static str {
+        "with-mut-f32"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("with-mut-f32: an f32 tensor only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("with-mut-f32: a contiguous tensor only");
+        };
+        let f = self.0.borrow_mut().take().expect("called once");
+        f(&mut data[start..end])
+    }
+}
+
+fn with_mut_f32(
+    t: &Tensor,
+    f: impl FnOnce(&mut [f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    t.inplace_op1(&WithMutF32(RefCell::new(Some(f))))
+}
+
+/// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad` when
+/// all four are contiguous CPU f32 tensors of one size; returns `false`
+/// (touching nothing) otherwise, and the caller takes the tensor path. The
+/// three updated tensors must not share storage (the optimiser allocates
+/// its moments and copies what it loads or hands out).
+pub(super) fn adamw_in_place(
     p: &Tensor,
     g: &Tensor,
     m: &Tensor,
     v: &Tensor,
     k: Scalars,
-) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+) -> Result<bool> {
     let n = p.elem_count();
-    if [g, m, v].iter().any(|t| t.elem_count() != n) {
-        return Ok(None);
+    if ![p, g, m, v].iter().all(|t| is_cpu_f32(t, n)) {
+        return Ok(false);
     }
     let (b1, b2) = (k.b1 as f32, k.b2 as f32);
     let (one_b1, one_b2) = ((1.0 - k.b1) as f32, (1.0 - k.b2) as f32);
     let (bc2_sqrt, eps) = (k.bc2_sqrt as f32, k.eps as f32);
     let step = (k.lr / k.bc1) as f32;
     let decay = (1.0 - k.lr * k.wd) as f32;
-    let mut np = vec![0f32; n];
-    let mut nm = vec![0f32; n];
-    let mut nv = vec![0f32; n];
-    let done = with_f32(p, |p| {
-        with_f32(g, |g| {
-            with_f32(m, |m| {
-                with_f32(v, |v| {
-                    np.par_chunks_mut(CHUNK)
-                        .zip(nm.par_chunks_mut(CHUNK))
-                        .zip(nv.par_chunks_mut(CHUNK))
-                        .enumerate()
-                        .for_each(|(c, ((op, om), ov))| {
-                            let o = c * CHUNK;
-                            for i in 0..op.len() {
-                                let gi = g[o + i];
-                                let mi = m[o + i] * b1 + gi * one_b1;
-                                let vi = v[o + i] * b2 + gi * gi * one_b2;
-                                let denom = vi.sqrt() / bc2_sqrt + eps;
-                                om[i] = mi;
-                                ov[i] = vi;
-                                op[i] = p[o + i] * decay - mi / denom * step;
-                            }
-                        });
-                })
+    let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                    let mi = *m * b1 + g * one_b1;
+                    let vi = *v * b2 + g * g * one_b2;
+                    let denom = vi.sqrt() / bc2_sqrt + eps;
+                    *m = mi;
+                    *v = vi;
+                    *p = *p * decay - mi / denom * step;
+                }
+            });
+    };
+    with_mut_f32(p, |ps| {
+        with_mut_f32(m, |ms| {
+            with_mut_f32(v, |vs| {
+                with_f32(g, |gs| update(ps, ms, vs, gs))
+                    .ok_or_else(|| candle_core::Error::Msg("adamw: gradient not f32".into()))
             })
         })
-    });
-    if done.flatten().flatten().flatten().is_none() {
-        return Ok(None);
-    }
-    let shape = p.shape().clone();
-    let dev = p.device();
-    Ok(Some((
-        Tensor::from_vec(np, shape.clone(), dev)?,
-        Tensor::from_vec(nm, shape.clone(), dev)?,
-        Tensor::from_vec(nv, shape, dev)?,
-    )))
+    })?;
+    Ok(true)
 }

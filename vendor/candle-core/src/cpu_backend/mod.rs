@@ -344,6 +344,21 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // dino3d patch: reducing over the leading dimensions (a bias
+                // gradient, rows summed into one row) adds whole rows in order:
+                // the same additions in the same order as the loop below,
+                // without its two divisions per element.
+                let reduce_over_first_dims =
+                    self.reduce_dims.iter().enumerate().all(|(i, &v)| v == i);
+                if reduce_over_first_dims && !dst.is_empty() {
+                    let row = dst.len();
+                    for chunk in src.chunks_exact(row) {
+                        for (d, &s) in dst.iter_mut().zip(chunk) {
+                            *d += s;
+                        }
+                    }
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
