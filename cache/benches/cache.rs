@@ -36,9 +36,12 @@ fn main() {
         .and_then(|n| n.parse().ok())
     {
         paired_samples(n);
-        return;
+    } else {
+        divan::main();
     }
-    divan::main();
+    if let Some(s) = SETUP.get() {
+        let _ = std::fs::remove_dir_all(s.dir.path());
+    }
 }
 
 /// `DINO3D_PAIRED_SAMPLES=N`: the full-sample ratio measured in pairs. Sample
@@ -77,12 +80,15 @@ struct Setup {
     /// The entry files.
     paths: Vec<PathBuf>,
     pipeline: Arc<Pipeline>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
+/// Built on first use. A static is never dropped, so `main` removes the
+/// cache directory itself when the benches are done.
+static SETUP: OnceLock<Setup> = OnceLock::new();
+
 fn setup() -> &'static Setup {
-    static S: OnceLock<Setup> = OnceLock::new();
-    S.get_or_init(|| {
+    SETUP.get_or_init(|| {
         let data = PathBuf::from(
             std::env::var("DINO3D_BENCH_DATA").unwrap_or_else(|_| "/tmp/dino3d-bench-data".into()),
         );
@@ -153,7 +159,7 @@ fn setup() -> &'static Setup {
             source,
             paths,
             pipeline,
-            _dir: dir,
+            dir,
         }
     })
 }
