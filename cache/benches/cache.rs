@@ -302,3 +302,24 @@ fn decode_entry(bencher: divan::Bencher) {
         entries[i % entries.len()].read_all(0).unwrap()
     });
 }
+
+/// The floor under `decode_entry`: writing one entry's worth of f32 voxels
+/// into a fresh buffer, as every read that hands out an f32 volume must (and a
+/// volume already in RAM need not). Same entries, same order as
+/// `decode_entry`.
+#[divan::bench(sample_count = 20, sample_size = 2)]
+fn write_f32_floor(bencher: divan::Bencher) {
+    let entries = warm_entries();
+    let sizes: Vec<usize> = entries
+        .iter()
+        .map(|e| e.read_all(0).unwrap().data.len())
+        .collect();
+    let next = AtomicU64::new(0);
+    bencher.counter(ItemsCount::new(1usize)).bench(|| {
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        let n = sizes[i % sizes.len()];
+        let mut v: Vec<f32> = Vec::with_capacity(n);
+        v.resize(n, 0.5);
+        v
+    });
+}
