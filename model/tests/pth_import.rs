@@ -57,6 +57,24 @@ fn flat(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// The fixture's backbone, on a position grid of `pos_grid`³, with every
+/// weight loaded from `tiny_teacher.pth`.
+fn loaded_backbone(pos_grid: usize) -> (ViT3d, VarMap) {
+    let dev = Device::Cpu;
+    let w = read_weights(&fixture("tiny_teacher.pth"), &dev).unwrap();
+    let (vit, vm) = ViT3d::with_varmap(backbone_cfg(pos_grid), &dev).unwrap();
+    load_backbone(&vm, &w).unwrap().ensure_complete().unwrap();
+    (vit, vm)
+}
+
+/// What `make_fixture.py` computed with PyTorch (`tiny_extras.pth`).
+fn extras() -> HashMap<String, Tensor> {
+    read_pth(&fixture("tiny_extras.pth"), &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 fn assert_pattern(map: &HashMap<String, Tensor>) {
     for (name, t) in map {
         assert_eq!(flat(t), pattern(name, t.elem_count()), "{name}");
@@ -124,14 +142,8 @@ fn module_prefixed_checkpoint_gives_the_same_weights() {
 
 #[test]
 fn pos_embed_is_resized_on_load_like_torch() {
-    let dev = Device::Cpu;
-    let w = read_weights(&fixture("tiny_teacher.pth"), &dev).unwrap();
-    let extras: HashMap<String, Tensor> = read_pth(&fixture("tiny_extras.pth"), &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let (_vit, vm) = ViT3d::with_varmap(backbone_cfg(3), &dev).unwrap();
-    load_backbone(&vm, &w).unwrap().ensure_complete().unwrap();
+    let extras = extras();
+    let (_vit, vm) = loaded_backbone(3);
     let got = flat(vm.data().lock().unwrap()["pos_embed"].as_tensor());
     let want = flat(&extras["expected_pos_embed_3"]);
     assert_eq!(got.len(), 28 * 8);
@@ -147,14 +159,8 @@ fn pos_embed_is_resized_on_load_like_torch() {
 /// `dino-run embed` returns this forward's `cls_norm` and `patch_norm`.
 #[test]
 fn embeddings_match_pytorch_on_a_3dino_layout_checkpoint() {
-    let dev = Device::Cpu;
-    let w = read_weights(&fixture("tiny_teacher.pth"), &dev).unwrap();
-    let extras: HashMap<String, Tensor> = read_pth(&fixture("tiny_extras.pth"), &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let (vit, vm) = ViT3d::with_varmap(backbone_cfg(2), &dev).unwrap();
-    load_backbone(&vm, &w).unwrap().ensure_complete().unwrap();
+    let extras = extras();
+    let (vit, _vm) = loaded_backbone(2);
     for side in [8, 12] {
         let x = &extras[&format!("embed_input_{side}")];
         assert_eq!(x.dims(), &[1, 1, side, side, side]);
