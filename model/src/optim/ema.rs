@@ -84,14 +84,13 @@ impl InplaceOp2 for EmaInPlace {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(t), CpuStorage::F32(s)) = (s1, s2) else {
+        let (CpuStorage::F32(teacher), CpuStorage::F32(student)) = (s1, s2) else {
             candle_core::bail!("ema-in-place: f32 tensors only");
         };
-        let (Some((t0, t1)), Some((s0, s1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
+        let (Some(tr), Some(sr)) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             candle_core::bail!("ema-in-place: contiguous tensors only");
         };
-        let (t, s) = (&mut t[t0..t1], &s[s0..s1]);
+        let (t, s) = (&mut teacher[tr.0..tr.1], &student[sr.0..sr.1]);
         if t.len() != s.len() {
             candle_core::bail!("ema-in-place: {} vs {} elements", t.len(), s.len());
         }

@@ -77,9 +77,11 @@ fn with_mut_f32(
 
 /// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad` when
 /// all four are contiguous CPU f32 tensors of one size; returns `false`
-/// (touching nothing) otherwise, and the caller takes the tensor path. The
-/// three updated tensors must not share storage (the optimiser allocates
-/// its moments and copies what it loads or hands out).
+/// (touching nothing) otherwise, and the caller takes the tensor path. No
+/// two of the four may share storage: the optimiser allocates its moments
+/// and copies what it loads or hands out, and a gradient is a tensor of its
+/// own (each storage is locked for the pass, the three updated ones for
+/// writing).
 pub(super) fn adamw_in_place(
     p: &Tensor,
     g: &Tensor,
