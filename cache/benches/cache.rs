@@ -4,9 +4,10 @@
 //!
 //! * `crop_96`: a random 96³ box read from a warm entry (decodes only the
 //!   chunks it touches, applies the window): crops/s per core;
-//! * `full_sample_from_cache`: decode an entry and cut a full 3DINO sample
-//!   (recipes/pretrain.yaml views), vs `full_sample_in_ram` from the same
-//!   prepared volume already in memory;
+//! * `full_sample_from_cache`: a full 3DINO sample (recipes/pretrain.yaml
+//!   views) as the loader gets it from the cache (cut plane by plane as the
+//!   entry decodes), vs `full_sample_in_ram` from the same prepared volumes
+//!   already in memory;
 //! * `warm_one`: build one entry from its `.nii.gz` (load, prefix, chunk,
 //!   compress, write).
 //!
@@ -56,15 +57,19 @@ fn paired_samples(n: usize) {
         .collect();
     let (mut cache_s, mut ram_s) = (0f64, 0f64);
     for i in 0..n {
-        let e = i % s.paths.len();
+        // Item e in epoch i / entries: every sample draws anew.
+        let (e, epoch) = (i % s.paths.len(), (i / s.paths.len()) as u64);
         let t = std::time::Instant::now();
-        let prepared = s.source.prepared(e).unwrap();
-        finish(s, &prepared, i as u64);
+        let from_cache = one_thread(|| s.source.output(&s.pipeline, epoch, e).unwrap());
         cache_s += t.elapsed().as_secs_f64();
-        drop(prepared);
         let t = std::time::Instant::now();
-        finish(s, &in_ram[e], i as u64);
+        let from_ram = one_thread(|| {
+            s.pipeline
+                .finish(&in_ram[e], epoch, e as u64, Path::new("bench"))
+                .unwrap()
+        });
         ram_s += t.elapsed().as_secs_f64();
+        assert!(from_cache == from_ram, "sample {i}: cache and RAM differ");
     }
     println!(
         "paired full samples: {n}; from cache {:.2} ms, in RAM {:.2} ms per sample; \
@@ -253,41 +258,45 @@ fn crop_96(bencher: divan::Bencher) {
     });
 }
 
-fn finish(s: &Setup, prepared: &dino3d_pipeline::exec::Sample, i: u64) {
+/// Runs `f` on a one-thread pool (the views are cut on rayon): per core.
+fn one_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .unwrap();
-    pool.install(|| {
-        s.pipeline
-            .finish(prepared, 0, i, Path::new("bench"))
-            .unwrap();
-    });
+    pool.install(f)
 }
 
-/// Decode an entry and cut a full sample (target ≥ 90% of the in-RAM rate).
+/// A full sample from the cache, as the loader asks for it: the views are
+/// cut from the entry plane by plane as it decodes (target ≥ 90% of the
+/// in-RAM rate).
 #[divan::bench(sample_count = 20, sample_size = 1)]
 fn full_sample_from_cache(bencher: divan::Bencher) {
     let s = setup();
     let next = AtomicU64::new(0);
     bencher.counter(ItemsCount::new(1usize)).bench(|| {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let prepared = s.source.prepared(i as usize % s.paths.len()).unwrap();
-        finish(s, &prepared, i);
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        let (e, epoch) = (i % s.paths.len(), (i / s.paths.len()) as u64);
+        one_thread(|| s.source.output(&s.pipeline, epoch, e).unwrap())
     });
 }
 
-/// The same sample cut from a prepared volume already in memory.
+/// The same samples cut from prepared volumes already in memory.
 #[divan::bench(sample_count = 20, sample_size = 1)]
 fn full_sample_in_ram(bencher: divan::Bencher) {
     let s = setup();
-    let prepared: Vec<_> = (0..s.paths.len().min(3))
+    let prepared: Vec<_> = (0..s.paths.len())
         .map(|i| s.source.prepared(i).unwrap())
         .collect();
     let next = AtomicU64::new(0);
     bencher.counter(ItemsCount::new(1usize)).bench(|| {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        finish(s, &prepared[i as usize % prepared.len()], i);
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        let (e, epoch) = (i % s.paths.len(), (i / s.paths.len()) as u64);
+        one_thread(|| {
+            s.pipeline
+                .finish(&prepared[e], epoch, e as u64, Path::new("bench"))
+                .unwrap()
+        })
     });
 }
 

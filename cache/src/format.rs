@@ -874,6 +874,110 @@ impl Entry {
         self.read_box(array, [0; 3], [s[1], s[2], s[3]])
     }
 
+    /// Decodes array `array` one z-plane at a time, in increasing z: calls
+    /// `f(channel, z, plane)` with the `nx · ny` float voxels of each plane
+    /// (windowed as [`Entry::read_all`] would give them, bit for bit) for
+    /// the planes `wants(z)` accepts. Each chunk slab along z is decoded once
+    /// and the whole volume is never materialised: a reader that consumes
+    /// planes as they come (cutting views) pays no full-volume write.
+    ///
+    /// `f` must not read from a cache entry itself (the decoding thread's
+    /// scratch is in use while it runs).
+    ///
+    /// # Errors
+    /// Damage in a chunk this reads; planes before it were already given to `f`.
+    pub fn for_each_plane(
+        &self,
+        array: usize,
+        wants: impl Fn(usize) -> bool,
+        mut f: impl FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let meta = &self.header.arrays[array];
+        let [c, nx, ny, nz] = meta.shape;
+        let n = meta.chunks_per_axis();
+        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
+        let computed = map
+            .as_ref()
+            .filter(|_| !uses_table(meta.dtype, map.as_ref()));
+        let table: &[f32] = if computed.is_none() {
+            self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
+        } else {
+            &[]
+        };
+        let mut plane = vec![0f32; nx * ny];
+        for ch in 0..c {
+            for kz in 0..n[2] {
+                let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
+                if !z_range.clone().any(&wants) {
+                    continue;
+                }
+                SCRATCH.with(|cell| -> Result<()> {
+                    let scratch = &mut *cell.borrow_mut();
+                    scratch.buf.clear();
+                    // The whole slab of chunks at this z, decoded once.
+                    let mut decoded = Vec::with_capacity(n[0] * n[1]);
+                    for ky in 0..n[1] {
+                        for kx in 0..n[0] {
+                            let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
+                            decoded.push(self.decode_chunk(array, i, scratch)?);
+                        }
+                    }
+                    let buf = &scratch.buf;
+                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| self.plane(p, buf));
+                    for z in z_range.clone().filter(|&z| wants(z)) {
+                        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`,
+                        // and only initialised `f32` values are written
+                        // through this view (which ends before `plane` is
+                        // read), so `plane` stays initialised.
+                        let out = unsafe {
+                            &mut *(plane.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
+                        };
+                        for ky in 0..n[1] {
+                            // The rows of chunk (kx, ky) in plane z; channel 0
+                            // in `box_rows` since the output is one plane.
+                            let rows =
+                                |kx: usize| box_rows(meta, [0, kz, ky, kx], [0, 0, z], [nx, ny, 1]);
+                            let row_chunks = &decoded[ky * n[0]..(ky + 1) * n[0]];
+                            if let Some(map) = computed {
+                                let segments: Vec<Segment<'_>> = row_chunks
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(kx, &at)| {
+                                        let [lo, hi, ..] = planes_of(at);
+                                        Segment {
+                                            lo,
+                                            hi,
+                                            rows: rows(kx),
+                                        }
+                                    })
+                                    .collect();
+                                window_word_slab(
+                                    &segments,
+                                    meta.dtype == StoredType::I16,
+                                    map,
+                                    out,
+                                );
+                            } else {
+                                for (kx, &at) in row_chunks.iter().enumerate() {
+                                    Planes::from_planes(meta.dtype, planes_of(at)).decode_rows(
+                                        rows(kx),
+                                        out,
+                                        table,
+                                        map.as_ref(),
+                                    );
+                                }
+                            }
+                        }
+                        // Chunks tile the plane, so every voxel was written.
+                        f(ch, z, &plane);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every chunk's checksum and that it decodes.
     ///
     /// # Errors

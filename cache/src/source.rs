@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dino3d_pipeline::exec::{Pipeline, Prepared, PreparedSource, Sample, Stored};
+use dino3d_pipeline::exec::{Output, Pipeline, Prepared, PreparedSource, Sample, Stored};
 use dino3d_pipeline::manifest::ManifestEntry;
 
 use crate::error::{CacheError, Result};
+use crate::format::Entry;
 use crate::store::{CacheDir, Lookup, entry_key};
 
 /// Counters of a cache's use.
@@ -163,46 +164,98 @@ impl CacheSource {
         }
     }
 
+    /// The cached entry of item `i` under `key`, if intact at open; a
+    /// damaged one found instead is removed (by the lookup), counted and
+    /// reported, and the caller rebuilds.
+    fn hit(&self, i: usize, key: &str) -> Option<Entry> {
+        match self.dir.lookup(key) {
+            Lookup::Hit(entry) => Some(entry),
+            Lookup::Removed(err) => {
+                self.damaged(i, &err);
+                None
+            }
+            Lookup::Miss => None,
+        }
+    }
+
+    /// Counts and reports damage found in item `i`'s entry (already removed).
+    fn damaged(&self, i: usize, err: &CacheError) {
+        self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+        self.report(format!(
+            "{err} (source {}); rebuilt",
+            self.sources(i)[0].display()
+        ));
+    }
+
+    /// Removes item `i`'s open `entry` (under `key`) after damage found while
+    /// decoding it, and reports it.
+    fn discard_damaged(&self, i: usize, key: &str, entry: Entry, err: &CacheError) {
+        drop(entry);
+        self.dir.discard(key);
+        self.damaged(i, err);
+    }
+
     fn read(&self, i: usize) -> Result<Sample> {
         let key = self.key(i)?;
-        match self.dir.lookup(&key) {
-            Lookup::Hit(entry) => {
-                let read: Result<Vec<(String, dino3d_pipeline::transforms::Image)>> = entry
-                    .header
-                    .arrays
-                    .iter()
-                    .enumerate()
-                    .map(|(a, meta)| Ok((meta.key.clone(), entry.read_all(a)?)))
-                    .collect();
-                match read {
-                    Ok(images) => {
-                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Sample { images });
-                    }
-                    Err(err) => {
-                        drop(entry);
-                        self.dir.discard(&key);
-                        self.stats.damaged.fetch_add(1, Ordering::Relaxed);
-                        self.report(format!(
-                            "{err} (source {}); rebuilt",
-                            self.sources(i)[0].display()
-                        ));
-                    }
+        if let Some(entry) = self.hit(i, &key) {
+            let read: Result<Vec<(String, dino3d_pipeline::transforms::Image)>> = entry
+                .header
+                .arrays
+                .iter()
+                .enumerate()
+                .map(|(a, meta)| Ok((meta.key.clone(), entry.read_all(a)?)))
+                .collect();
+            match read {
+                Ok(images) => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Sample { images });
                 }
+                Err(err) => self.discard_damaged(i, &key, entry, &err),
             }
-            Lookup::Removed(err) => {
-                self.stats.damaged.fetch_add(1, Ordering::Relaxed);
-                self.report(format!(
-                    "{err} (source {}); rebuilt",
-                    self.sources(i)[0].display()
-                ));
-            }
-            Lookup::Miss => {}
         }
         let stored = self.build(i, &key)?;
         Ok(Sample {
             images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
         })
+    }
+
+    /// Item `index`'s views cut straight from its cached entry as it decodes,
+    /// plane by plane, never materialising the volume (the result equals
+    /// [`Pipeline::finish`] on the decoded volume). `None` when that does not
+    /// apply (the recipe's views, a multi-array entry, no intact entry, or
+    /// damage found while decoding, which is reported): the caller then takes
+    /// the ordinary path, which rebuilds.
+    fn output_by_plane(
+        &self,
+        pipeline: &Pipeline,
+        epoch: u64,
+        index: usize,
+    ) -> Option<dino3d_pipeline::Result<Output>> {
+        if !pipeline.cuts_views_by_plane() {
+            return None;
+        }
+        let key = self.key(index).ok()?;
+        let entry = self.hit(index, &key)?;
+        let [meta] = entry.header.arrays.as_slice() else {
+            return None;
+        };
+        if meta.key != "image" || meta.shape[0] != 1 {
+            return None;
+        }
+        let dims = [meta.shape[1], meta.shape[2], meta.shape[3]];
+        let mut cutter =
+            pipeline.plane_cutter(dims, meta.spacing, meta.affine, epoch, index as u64)?;
+        let wanted: Vec<bool> = (0..dims[2]).map(|z| cutter.wants(z)).collect();
+        match entry.for_each_plane(0, |z| wanted[z], |_, z, plane| cutter.feed(z, plane)) {
+            Ok(()) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Some(cutter.finish(&self.path(index)))
+            }
+            Err(err) => {
+                self.discard_damaged(index, &key, entry, &err);
+                None
+            }
+        }
     }
 
     /// Items in the source.
@@ -218,6 +271,19 @@ impl PreparedSource for CacheSource {
 
     fn path(&self, index: usize) -> PathBuf {
         self.entries[index].resolve(&self.manifest)
+    }
+
+    fn output(
+        &self,
+        pipeline: &Pipeline,
+        epoch: u64,
+        index: usize,
+    ) -> dino3d_pipeline::Result<Output> {
+        self.output_by_plane(pipeline, epoch, index)
+            .unwrap_or_else(|| {
+                let prepared = self.prepared(index)?;
+                pipeline.finish(&prepared, epoch, index as u64, &self.path(index))
+            })
     }
 
     fn prepared(&self, index: usize) -> dino3d_pipeline::Result<Prepared> {

@@ -271,3 +271,61 @@ fn views_follow_their_recipe_and_differ() {
     };
     assert_ne!(other.global[0], c.global[0]);
 }
+
+/// Views cut from a volume fed plane by plane are the views `finish` cuts
+/// from the whole volume, bit for bit, for several items and epochs; recipes
+/// whose views cannot be cut that way get no cutter.
+#[test]
+fn plane_fed_views_equal_finished_views() {
+    let text = small_recipe(Path::new("m.json"), false);
+    let pipeline = Pipeline::new(&plan(&text));
+    let [nx, ny, nz] = [40, 36, 30];
+    let mut affine = IDENTITY;
+    affine[0][3] = -7.5;
+    affine[1][1] = 0.8;
+    let vol = Image {
+        data: (0..nx * ny * nz)
+            .map(|v| (((v * 7919) % 197) as f32 / 98.0) - 1.0)
+            .collect(),
+        shape: [1, nx, ny, nz],
+        spacing: [1.0, 0.8, 2.0],
+        affine,
+    };
+    let prepared = Sample::single(vol.clone());
+    for (epoch, index) in [(0, 0), (0, 5), (3, 11)] {
+        let want = pipeline
+            .finish(&prepared, epoch, index, Path::new("x"))
+            .unwrap();
+        let mut cutter = pipeline
+            .plane_cutter([nx, ny, nz], vol.spacing, vol.affine, epoch, index)
+            .expect("pretrain views start with RandomResizedCrop3d");
+        for z in 0..nz {
+            if cutter.wants(z) {
+                cutter.feed(z, &vol.data[z * nx * ny..][..nx * ny]);
+            }
+        }
+        assert_eq!(cutter.finish(Path::new("x")).unwrap(), want, "item {index}");
+    }
+    // A tail step, or a view starting with something else: no cutter.
+    let with_tail = text.replace(
+        "views:\n",
+        "  - name: RandFlip\n    spatial_axis: 0\n    prob: 0.5\nviews:\n",
+    );
+    assert_ne!(with_tail, text);
+    let tail = Pipeline::new(&plan(&with_tail));
+    assert!(
+        tail.plane_cutter([nx, ny, nz], [1.0; 3], IDENTITY, 0, 0)
+            .is_none()
+    );
+    let flip_first = text.replacen(
+        "    pipeline:\n      - name: RandomResizedCrop3d",
+        "    pipeline:\n      - name: RandFlip\n        spatial_axis: 0\n        prob: 0.5\n      - name: RandomResizedCrop3d",
+        1,
+    );
+    assert_ne!(flip_first, text);
+    let flip = Pipeline::new(&plan(&flip_first));
+    assert!(
+        flip.plane_cutter([nx, ny, nz], [1.0; 3], IDENTITY, 0, 0)
+            .is_none()
+    );
+}

@@ -41,6 +41,17 @@ pub trait PreparedSource: Send + Sync {
     /// # Errors
     /// When the item cannot be read or prepared.
     fn prepared(&self, index: usize) -> Result<Prepared>;
+    /// What `pipeline`'s random part makes of item `index` in `epoch`: by
+    /// default [`Pipeline::finish`] on the prepared sample. A source may cut
+    /// the views another way when the result is the same (the on-disk cache
+    /// cuts them plane by plane as it decodes).
+    ///
+    /// # Errors
+    /// When the item cannot be read or prepared, or a step fails.
+    fn output(&self, pipeline: &Pipeline, epoch: u64, index: usize) -> Result<Output> {
+        let prepared = self.prepared(index)?;
+        pipeline.finish(&prepared, epoch, index as u64, &self.path(index))
+    }
 }
 
 /// Reads and prepares the item on every request.
@@ -256,10 +267,7 @@ fn produce(
             let results: Vec<Result<Output>> = pool.install(|| {
                 picks
                     .par_iter()
-                    .map(|&(e, i)| {
-                        let prepared = source.prepared(i)?;
-                        pipeline.finish(&prepared, e, i as u64, &source.path(i))
-                    })
+                    .map(|&(e, i)| source.output(pipeline, e, i))
                     .collect()
             });
             for ((e, i), r) in picks.into_iter().zip(results) {

@@ -342,6 +342,18 @@ impl Pipeline {
             Some(cropped) => (cropped, &view.steps[1..]),
             None => (base.clone(), &view.steps[..]),
         };
+        self.finish_view(view, rest, first, vkey, path)
+    }
+
+    /// Runs the `rest` of `view`'s steps on its first result.
+    fn finish_view(
+        &self,
+        view: &CompiledView,
+        rest: &[CompiledStep],
+        first: Sample,
+        vkey: DrawKey,
+        path: &Path,
+    ) -> Result<Image> {
         let mut out = self.run(rest, first, vkey, path)?;
         match (out.len(), out.pop()) {
             (1, Some(mut s)) => Ok(s.images.swap_remove(0).1),
@@ -351,6 +363,139 @@ impl Pipeline {
                 reason: format!("gave {n} samples; a view must give 1"),
             }),
         }
+    }
+}
+
+/// The views of one item cut from its prepared image as it arrives one
+/// z-plane at a time, for a source that would otherwise have to materialise
+/// the whole volume first (the on-disk cache). Only for recipes whose views
+/// all start with `RandomResizedCrop3d` on the single key `image` and that
+/// have no tail (see [`Pipeline::plane_cutter`]); the crops are exactly those
+/// of [`Pipeline::finish`] (same draws, same arithmetic).
+pub struct PlaneCutter<'p> {
+    pipeline: &'p Pipeline,
+    spacing: [f64; 3],
+    affine: crate::nifti::affine::Affine,
+    /// Per crop, in view order: its view, its draw key, its resize.
+    jobs: Vec<(&'p CompiledView, DrawKey, crate::transforms::PlaneResize)>,
+}
+
+impl Pipeline {
+    /// Whether [`Pipeline::plane_cutter`] serves this recipe: views, no
+    /// tail, the single key `image`, and every view starting with
+    /// `RandomResizedCrop3d` on it.
+    pub fn cuts_views_by_plane(&self) -> bool {
+        !self.views.is_empty()
+            && self.tail.is_empty()
+            && self.keys == ["image"]
+            && self.views.iter().all(|v| {
+                v.steps.first().is_some_and(|s| {
+                    matches!(s.op, Op::RandomResizedCrop3d(_))
+                        && s.keys.iter().any(|k| k == "image")
+                })
+            })
+    }
+
+    /// A [`PlaneCutter`] for item `index` in `epoch`, whose prepared image
+    /// has one channel of spatial shape `dims`, or `None` when this recipe's
+    /// views cannot be cut plane by plane (then use [`Pipeline::finish`]).
+    pub fn plane_cutter(
+        &self,
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        affine: crate::nifti::affine::Affine,
+        epoch: u64,
+        index: u64,
+    ) -> Option<PlaneCutter<'_>> {
+        if !self.cuts_views_by_plane() {
+            return None;
+        }
+        let key = DrawKey {
+            seed: self.seed,
+            epoch,
+            sample: index,
+            ..DrawKey::default()
+        };
+        let mut jobs = Vec::new();
+        let crops = self
+            .views
+            .iter()
+            .flat_map(|v| std::iter::repeat_n(v, v.count))
+            .zip(1u32..);
+        for (view, crop_index) in crops {
+            let first = &view.steps[0];
+            let Op::RandomResizedCrop3d(p) = &first.op else {
+                unreachable!("checked by cuts_views_by_plane");
+            };
+            let vkey = DrawKey {
+                view: crop_index,
+                ..key
+            };
+            // The draw `crop_from` makes: the crop's own stream, box first.
+            let mut rng = vkey.for_transform(first.id).rng();
+            let (start, extent) = p.draw_box(dims, &mut rng);
+            let resize = crate::transforms::PlaneResize::new(
+                dims,
+                start,
+                extent,
+                [p.size; 3],
+                crate::transforms::ResizeMode::Trilinear,
+            );
+            jobs.push((view, vkey, resize));
+        }
+        Some(PlaneCutter {
+            pipeline: self,
+            spacing,
+            affine,
+            jobs,
+        })
+    }
+}
+
+impl PlaneCutter<'_> {
+    /// Whether any crop reads input plane `z`.
+    pub fn wants(&self, z: usize) -> bool {
+        self.jobs.iter().any(|(_, _, r)| r.wants(z))
+    }
+
+    /// Takes input plane `z` (`nx · ny` values, x fastest); planes must come
+    /// in increasing `z`.
+    pub fn feed(&mut self, z: usize, plane: &[f32]) {
+        for (_, _, resize) in &mut self.jobs {
+            resize.feed(z, plane);
+        }
+    }
+
+    /// Finishes the crops (in parallel) and runs the rest of each view.
+    ///
+    /// # Errors
+    /// A failing step, naming `path`.
+    ///
+    /// # Panics
+    /// If a plane some crop needs was never fed.
+    pub fn finish(self, path: &Path) -> Result<Output> {
+        let PlaneCutter {
+            pipeline,
+            spacing,
+            affine,
+            jobs,
+        } = self;
+        let roles: Vec<ViewRole> = jobs.iter().map(|(v, _, _)| v.role).collect();
+        let images: Vec<Result<Image>> = jobs
+            .into_par_iter()
+            .map(|(view, vkey, resize)| {
+                let first = Sample::single(resize.finish(spacing, affine));
+                pipeline.finish_view(view, &view.steps[1..], first, vkey, path)
+            })
+            .collect();
+        let mut crops = MultiCrop::default();
+        for (role, image) in roles.into_iter().zip(images) {
+            match role {
+                ViewRole::Global => crops.global.push(image?),
+                ViewRole::Local => crops.local.push(image?),
+            }
+        }
+        Ok(Output::Crops(crops))
     }
 }
 

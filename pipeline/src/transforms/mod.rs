@@ -55,7 +55,7 @@ pub use rand_intensity::{
 pub use rand_spatial_crop::{CropBox, RandSpatialCrop, rand_spatial_crop};
 pub use rand_time_frame::rand_time_frame;
 pub use random_resized_crop::RandomResizedCrop3d;
-pub use resize::{AxisTaps, ResizeMode, resize, resize_box};
+pub use resize::{AxisTaps, PlaneResize, ResizeMode, box_affine, box_spacing, resize, resize_box};
 pub use rng::DrawKey;
 pub use scale_intensity_range::{IntensityMap, ScaleIntensityRange, scale_intensity_range};
 pub use spacing::{Interp, Spacing, SpacingPadding, spacing};

@@ -13,6 +13,7 @@
 //! rounding (≤ 1e-6 relative), not the result.
 
 use super::image::Image;
+use crate::nifti::affine::Affine;
 
 /// Interpolation of [`resize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,81 +139,188 @@ pub fn resize_box(
     mode: ResizeMode,
 ) -> Image {
     let [c, nx, ny, nz] = img.shape;
-    for a in 0..3 {
-        assert!(extent[a] > 0 && size[a] > 0, "empty resize on axis {a}");
-        assert!(
-            start[a] + extent[a] <= img.shape[a + 1],
-            "box leaves the image"
-        );
-    }
-    let taps = [0, 1, 2].map(|a| AxisTaps::new(extent[a], size[a], mode));
-    let [ox, oy, oz] = size;
-    let [ex, _, ez] = extent;
-    let mut out = Vec::with_capacity(c * ox * oy * oz);
-    // Scratch of the two intermediate passes, reused across channels; filled
-    // by `extend` (never zeroed first). Order y, x, z: the y pass weights
-    // whole box rows (vectorised) while reading the box once, the scalar
-    // gather along x then runs on `oy` rows per plane instead of `ey`, and
-    // the z pass weights whole planes.
-    let mut pass_y = Vec::with_capacity(ex * oy * ez);
-    let mut pass_x = Vec::with_capacity(ox * oy * ez);
-    let x_taps = RowTaps::new(&taps[0]);
+    let plane = nx * ny;
+    let mut out = Vec::with_capacity(c * size.iter().product::<usize>());
     for ch in 0..c {
-        pass_y.clear();
-        pass_x.clear();
-        for k in 0..ez {
-            // The box's rows in input plane k, each `ex` long.
-            let plane_at = ((ch * nz + start[2] + k) * ny + start[1]) * nx + start[0];
-            let row = |j: usize| &img.data[plane_at + j * nx..][..ex];
-            let (w_len, yt) = (taps[1].width, &taps[1]);
-            for j in 0..oy {
-                let (idx, w) = (
-                    &yt.index[w_len * j..][..w_len],
-                    &yt.weight[w_len * j..][..w_len],
-                );
-                if let ([i0, i1], [w0, w1]) = (idx, w) {
-                    pass_y.extend(
-                        row(*i0)
-                            .iter()
-                            .zip(row(*i1))
-                            .map(|(&a, &b)| w0 * a + w1 * b),
-                    );
-                } else {
-                    let at = pass_y.len();
-                    pass_y.extend(row(idx[0]).iter().map(|&a| w[0] * a));
-                    for (&i, &wt) in idx.iter().zip(w).skip(1).filter(|(_, w)| **w != 0.0) {
-                        for (d, &a) in pass_y[at..].iter_mut().zip(row(i)) {
-                            *d += wt * a;
-                        }
-                    }
-                }
-            }
+        let mut resize = PlaneResize::new([nx, ny, nz], start, extent, size, mode);
+        for z in start[2]..start[2] + extent[2] {
+            resize.feed(z, &img.data[(ch * nz + z) * plane..][..plane]);
         }
-        // x: a two-tap gather along each row.
-        for r in pass_y.chunks_exact(ex) {
-            x_taps.gather(r, &mut pass_x);
-        }
-        // z: each output plane is a weighted sum of whole planes.
-        for k in 0..oz {
-            combine_rows(&pass_x, ox * oy, &taps[2], k, &mut out);
-        }
+        resize.finish_into(&mut out);
     }
-    let mut affine = img.affine;
+    Image {
+        data: out,
+        shape: [c, size[0], size[1], size[2]],
+        spacing: box_spacing(img.spacing, extent, size),
+        affine: box_affine(img.affine, start, extent, size),
+    }
+}
+
+/// The affine of a box `[start, start + extent)` resized to `size`: output
+/// voxel `o` sits at input position `start + (o + ½)·extent/size − ½`.
+pub fn box_affine(
+    affine: Affine,
+    start: [usize; 3],
+    extent: [usize; 3],
+    size: [usize; 3],
+) -> Affine {
+    let mut affine = affine;
     for row in affine.iter_mut().take(3) {
         let cols = [row[0], row[1], row[2]];
         for a in 0..3 {
             let scale = extent[a] as f64 / size[a] as f64;
-            // Output voxel o sits at input position start + (o + ½)·scale − ½.
             row[3] += cols[a] * (start[a] as f64 + 0.5 * scale - 0.5);
             row[a] = cols[a] * scale;
         }
     }
-    let spacing = [0, 1, 2].map(|a| img.spacing[a] * extent[a] as f64 / size[a] as f64);
-    Image {
-        data: out,
-        shape: [c, ox, oy, oz],
-        spacing,
-        affine,
+    affine
+}
+
+/// The voxel spacing of a box of `extent` resized to `size`.
+pub fn box_spacing(spacing: [f64; 3], extent: [usize; 3], size: [usize; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|a| spacing[a] * extent[a] as f64 / size[a] as f64)
+}
+
+/// One channel of [`resize_box`], fed the input one z-plane at a time (in
+/// increasing z), so a source that produces a volume plane by plane (the
+/// on-disk cache) never materialises it. Gives exactly `resize_box`'s values.
+///
+/// Order of the passes: y, x, z. The y pass weights whole box rows
+/// (vectorised) while reading each input plane once, as it arrives; the
+/// scalar gather along x then runs on `oy` rows per plane instead of `ey`;
+/// the z pass weights whole planes.
+#[derive(Debug, Clone)]
+pub struct PlaneResize {
+    dims: [usize; 3],
+    start: [usize; 3],
+    extent: [usize; 3],
+    size: [usize; 3],
+    taps: [AxisTaps; 3],
+    /// The y pass of the planes fed so far: `ex × oy` per plane.
+    pass_y: Vec<f32>,
+    /// The next input z this expects.
+    next_z: usize,
+}
+
+impl PlaneResize {
+    /// Resizes the box `[start, start + extent)` of a volume of spatial shape
+    /// `dims` to `size`.
+    ///
+    /// # Panics
+    /// If the box leaves the volume or an extent or size is 0.
+    pub fn new(
+        dims: [usize; 3],
+        start: [usize; 3],
+        extent: [usize; 3],
+        size: [usize; 3],
+        mode: ResizeMode,
+    ) -> PlaneResize {
+        for a in 0..3 {
+            assert!(extent[a] > 0 && size[a] > 0, "empty resize on axis {a}");
+            assert!(start[a] + extent[a] <= dims[a], "box leaves the image");
+        }
+        PlaneResize {
+            dims,
+            start,
+            extent,
+            size,
+            taps: [0, 1, 2].map(|a| AxisTaps::new(extent[a], size[a], mode)),
+            // Filled by `extend` (never zeroed first).
+            pass_y: Vec::with_capacity(extent[0] * size[1] * extent[2]),
+            next_z: start[2],
+        }
+    }
+
+    /// Whether input plane `z` lies in the box.
+    pub fn wants(&self, z: usize) -> bool {
+        (self.start[2]..self.start[2] + self.extent[2]).contains(&z)
+    }
+
+    /// Takes input plane `z` (`nx · ny` values, x fastest). Planes outside the
+    /// box are ignored; those inside must come in order.
+    ///
+    /// # Panics
+    /// If a plane of the box is skipped or repeated, or `plane` is too short.
+    pub fn feed(&mut self, z: usize, plane: &[f32]) {
+        if !self.wants(z) {
+            return;
+        }
+        assert_eq!(z, self.next_z, "box planes must be fed in order");
+        self.next_z += 1;
+        let [nx, ny, _] = self.dims;
+        assert!(plane.len() >= nx * ny, "plane too short");
+        let [ex, _, _] = self.extent;
+        let oy = self.size[1];
+        // The box's rows in this plane, each `ex` long.
+        let plane_at = self.start[1] * nx + self.start[0];
+        let row = |j: usize| &plane[plane_at + j * nx..][..ex];
+        let yt = &self.taps[1];
+        let w_len = yt.width;
+        let pass_y = &mut self.pass_y;
+        for j in 0..oy {
+            let (idx, w) = (
+                &yt.index[w_len * j..][..w_len],
+                &yt.weight[w_len * j..][..w_len],
+            );
+            if let ([i0, i1], [w0, w1]) = (idx, w) {
+                pass_y.extend(
+                    row(*i0)
+                        .iter()
+                        .zip(row(*i1))
+                        .map(|(&a, &b)| w0 * a + w1 * b),
+                );
+            } else {
+                let at = pass_y.len();
+                pass_y.extend(row(idx[0]).iter().map(|&a| w[0] * a));
+                for (&i, &wt) in idx.iter().zip(w).skip(1).filter(|(_, w)| **w != 0.0) {
+                    for (d, &a) in pass_y[at..].iter_mut().zip(row(i)) {
+                        *d += wt * a;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the x and z passes and appends the `size` voxels to `out`.
+    ///
+    /// # Panics
+    /// If some plane of the box was not fed.
+    pub fn finish_into(self, out: &mut Vec<f32>) {
+        assert_eq!(
+            self.next_z,
+            self.start[2] + self.extent[2],
+            "every plane of the box must be fed"
+        );
+        let [ox, oy, oz] = self.size;
+        let ex = self.extent[0];
+        // x: a two-tap gather along each row.
+        let x_taps = RowTaps::new(&self.taps[0]);
+        let mut pass_x = Vec::with_capacity(ox * oy * self.extent[2]);
+        for r in self.pass_y.chunks_exact(ex) {
+            x_taps.gather(r, &mut pass_x);
+        }
+        // z: each output plane is a weighted sum of whole planes.
+        out.reserve(ox * oy * oz);
+        for k in 0..oz {
+            combine_rows(&pass_x, ox * oy, &self.taps[2], k, out);
+        }
+    }
+
+    /// The resized box as a one-channel image, given the input's spacing and
+    /// affine.
+    ///
+    /// # Panics
+    /// As [`Self::finish_into`].
+    pub fn finish(self, spacing: [f64; 3], affine: Affine) -> Image {
+        let (start, extent, size) = (self.start, self.extent, self.size);
+        let mut data = Vec::new();
+        self.finish_into(&mut data);
+        Image {
+            data,
+            shape: [1, size[0], size[1], size[2]],
+            spacing: box_spacing(spacing, extent, size),
+            affine: box_affine(affine, start, extent, size),
+        }
     }
 }
 
@@ -413,6 +521,37 @@ mod tests {
             two.data[27..],
             resize(&ch1, [3, 3, 3], ResizeMode::Trilinear).data[..]
         );
+    }
+
+    /// Feeding every plane of the volume (those outside the box included)
+    /// gives resize_box's result bit for bit; a skipped plane is refused.
+    #[test]
+    fn plane_fed_resize_equals_resize_box() {
+        let mut img = Image::ramp([1, 13, 11, 9]);
+        for (i, v) in img.data.iter_mut().enumerate() {
+            *v = ((i * 7919 % 101) as f32 - 50.0) / 10.0;
+        }
+        for mode in [ResizeMode::Trilinear, ResizeMode::Area, ResizeMode::Nearest] {
+            for (start, extent, size) in [
+                ([0, 0, 0], [13, 11, 9], [7, 5, 4]),
+                ([2, 3, 1], [9, 6, 7], [12, 12, 12]),
+                ([4, 0, 5], [5, 11, 3], [6, 4, 8]),
+            ] {
+                let want = resize_box(&img, start, extent, size, mode);
+                let mut r = PlaneResize::new([13, 11, 9], start, extent, size, mode);
+                for z in 0..9 {
+                    r.feed(z, &img.data[z * 143..][..143]);
+                }
+                let got = r.finish(img.spacing, img.affine);
+                assert_eq!(got, want, "{mode:?} {start:?} {extent:?}");
+            }
+        }
+        let result = std::panic::catch_unwind(|| {
+            let mut r = PlaneResize::new([4, 4, 4], [0; 3], [4; 3], [2; 3], ResizeMode::Area);
+            r.feed(0, &[0.0; 16]);
+            r.feed(2, &[0.0; 16]);
+        });
+        assert!(result.is_err(), "a skipped plane must be refused");
     }
 
     #[test]
