@@ -124,7 +124,7 @@ fn setup() -> &'static Setup {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         // Layout under test: DINO3D_CACHE_CODEC (zstd|lz4) and
-        // DINO3D_CACHE_CHUNK (edge), defaulting to the crate's defaults.
+        // DINO3D_CACHE_CHUNK (edge or x,y,z edges), defaulting to the crate's defaults.
         let mut cache = CacheDir::new(dir.path()).unwrap();
         match std::env::var("DINO3D_CACHE_CODEC").as_deref() {
             Ok("zstd") => cache = cache.with_codec(Codec::Zstd),
@@ -132,9 +132,18 @@ fn setup() -> &'static Setup {
             Ok(other) => panic!("DINO3D_CACHE_CODEC={other}: zstd or lz4"),
             Err(_) => {}
         }
-        if let Ok(edge) = std::env::var("DINO3D_CACHE_CHUNK") {
-            let edge: usize = edge.parse().expect("DINO3D_CACHE_CHUNK: an integer");
-            cache = cache.with_chunk([edge; 3]);
+        if let Ok(spec) = std::env::var("DINO3D_CACHE_CHUNK") {
+            // One edge for all axes ("16") or one per axis ("32,16,16").
+            let edges: Vec<usize> = spec
+                .split(',')
+                .map(|e| e.trim().parse().expect("DINO3D_CACHE_CHUNK: integers"))
+                .collect();
+            let chunk = match edges[..] {
+                [e] => [e; 3],
+                [x, y, z] => [x, y, z],
+                _ => panic!("DINO3D_CACHE_CHUNK: one edge or three"),
+            };
+            cache = cache.with_chunk(chunk);
         }
         let source = CacheSource::new(
             pipeline.clone(),

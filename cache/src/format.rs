@@ -42,6 +42,9 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// than LZ4's fast mode on int16 CT, decoded at the same speed.
 const LZ4_MODE: lz4::block::CompressionMode = lz4::block::CompressionMode::HIGHCOMPRESSION(5);
 
+/// LZ4's fast mode, the cheap test of whether a plane compresses at all.
+const LZ4_FAST: lz4::block::CompressionMode = lz4::block::CompressionMode::DEFAULT;
+
 /// How chunk bytes are compressed (after byte shuffling).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +83,15 @@ impl Codec {
                     {
                         head.extend_from_slice(&(1 | CONST_PLANE).to_le_bytes());
                         body.push(first);
+                        continue;
+                    }
+                    // High compression searches hardest on bytes it cannot
+                    // shrink (the noisy low bytes, half of every entry): when
+                    // fast LZ4 saves under 1/64, the plane goes raw at once.
+                    let fast = lz4::block::compress(plane, Some(LZ4_FAST), false)?;
+                    if fast.len() + plane.len() / 64 >= plane.len() {
+                        head.extend_from_slice(&(plane.len() as u32 | RAW_PLANE).to_le_bytes());
+                        body.extend_from_slice(plane);
                         continue;
                     }
                     let packed = lz4::block::compress(plane, Some(LZ4_MODE), false)?;
