@@ -6,6 +6,8 @@
 #   * a full 3DINO sample from the cache vs from the prepared volume in RAM
 #     (divan's medians, and a paired run that cuts each sample both ways back
 #     to back, whose ratio is the one to quote: see cache/benches/cache.rs).
+# Cold sweeps are then repeated on both sides (benches/blosc2_cold.py: the
+# same Blosc2 store and protocol, COLD_REPEATS times) and compared by median.
 # Data: the CT-like volumes of benches/decode_vs_nibabel.sh (made if missing).
 # Python side: ../shared/bench/monai/bench_crop_store.py in a venv with numpy,
 # nibabel, torch and blosc2 (VENV, default /tmp/mvenv; made if missing). Its
@@ -36,4 +38,10 @@ DINO3D_PAIRED_SAMPLES="${PAIRED_SAMPLES:-60}" taskset -c "$CPU" \
 echo "== Blosc2 / npy / torch.save (bench_crop_store.py, one thread)"
 OUT="$(mktemp -d)"
 taskset -c "$CPU" "$VENV/bin/python" "$STORE_PY" "$DATA" "$OUT/store"
+if [ -w /proc/sys/vm/drop_caches ]; then
+  # One cold sweep each is too noisy to compare: both sides again, repeated.
+  echo "== cold sweeps repeated: Blosc2 int16 LZ4 HC 5, then dino3d (cold_sweep_24x96, lz4)"
+  taskset -c "$CPU" "$VENV/bin/python" benches/blosc2_cold.py "$DATA" "$OUT/b2cold" "${COLD_REPEATS:-9}"
+  taskset -c "$CPU" cargo bench -q -p dino3d-cache --bench cache -- cold_sweep 2>&1 | grep -v '^$'
+fi
 rm -rf "$OUT"
