@@ -47,9 +47,10 @@ fn main() {
 
 /// `DINO3D_PAIRED_SAMPLES=N`: the full-sample ratio measured in pairs. Sample
 /// `i` is cut once from the cache and once from the same entry's prepared
-/// volume in RAM, back to back (same draws, same volume), so the sample's
-/// own cost (which varies several-fold with its random draws) and slow drifts
-/// of a shared machine cancel in the ratio of the sums.
+/// volume in RAM, back to back (same draws, same volume; which goes first
+/// alternates), so the sample's own cost (which varies several-fold with its
+/// random draws) and slow drifts of a shared machine cancel in the ratio of
+/// the sums. The two results are checked equal.
 fn paired_samples(n: usize) {
     let s = setup();
     let in_ram: Vec<_> = (0..s.paths.len())
@@ -59,17 +60,31 @@ fn paired_samples(n: usize) {
     for i in 0..n {
         // Item e in epoch i / entries: every sample draws anew.
         let (e, epoch) = (i % s.paths.len(), (i / s.paths.len()) as u64);
-        let t = std::time::Instant::now();
-        let from_cache = one_thread(|| s.source.output(&s.pipeline, epoch, e).unwrap());
-        cache_s += t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let from_ram = one_thread(|| {
-            s.pipeline
-                .finish(&in_ram[e], epoch, e as u64, Path::new("bench"))
-                .unwrap()
-        });
-        ram_s += t.elapsed().as_secs_f64();
-        assert!(from_cache == from_ram, "sample {i}: cache and RAM differ");
+        let from_cache = || {
+            let t = std::time::Instant::now();
+            let out = one_thread(|| s.source.output(&s.pipeline, epoch, e).unwrap());
+            (out, t.elapsed().as_secs_f64())
+        };
+        let from_ram = || {
+            let t = std::time::Instant::now();
+            let out = one_thread(|| {
+                s.pipeline
+                    .finish(&in_ram[e], epoch, e as u64, Path::new("bench"))
+                    .unwrap()
+            });
+            (out, t.elapsed().as_secs_f64())
+        };
+        // Alternate which goes first, so that neither gains from running second.
+        let ((cache, tc), (ram, tr)) = if i % 2 == 0 {
+            let c = from_cache();
+            (c, from_ram())
+        } else {
+            let r = from_ram();
+            (from_cache(), r)
+        };
+        cache_s += tc;
+        ram_s += tr;
+        assert!(cache == ram, "sample {i}: cache and RAM differ");
     }
     println!(
         "paired full samples: {n}; from cache {:.2} ms, in RAM {:.2} ms per sample; \

@@ -23,6 +23,7 @@ use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use dino3d_pipeline::exec::PlaneRect;
 use dino3d_pipeline::nifti::affine::Affine;
 use dino3d_pipeline::transforms::{Image, IntensityMap, ScaleIntensityRange};
 use serde::{Deserialize, Serialize};
@@ -468,6 +469,27 @@ fn box_rows(
     }
 }
 
+/// The rows of chunk `[kz, ky, kx]` in plane `z` inside `rect` (which the
+/// chunk must meet), addressed in a plane-sized output (row `y` at `y · nx`).
+fn plane_rows(meta: &ArrayMeta, [kz, ky, kx]: [usize; 3], z: usize, rect: &PlaneRect) -> Rows {
+    let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
+    let cdim = [0, 1, 2].map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
+    let from = [0, 1].map(|a| c0[a].max(rect.start[a]));
+    let to = [0, 1].map(|a| (c0[a] + cdim[a]).min(rect.end[a]));
+    let nx = meta.shape[1];
+    Rows {
+        width: to[0] - from[0],
+        ny: to[1] - from[1],
+        nz: 1,
+        src: ((z - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0] + (from[0] - c0[0]),
+        src_row: cdim[0],
+        src_plane: cdim[0] * cdim[1],
+        dst: from[1] * nx + from[0],
+        dst_row: nx,
+        dst_plane: nx * meta.shape[2],
+    }
+}
+
 /// Calls `f(channel, start, end)` for every chunk in index order.
 fn for_each_chunk(
     meta: &ArrayMeta,
@@ -489,11 +511,13 @@ fn for_each_chunk(
 }
 
 /// Where a decoded byte plane lives: `(offset, length)` in the map (planes
-/// stored raw) or in the decoding thread's [`Scratch`] buffer.
+/// stored raw) or in the decoding thread's [`Scratch`] buffer, or `length`
+/// copies of one byte (a constant plane, in [`Scratch::constant`]).
 #[derive(Debug, Clone, Copy)]
 enum PlaneAt {
     Map(usize, usize),
     Buf(usize, usize),
+    Const(u8, usize),
 }
 
 /// Per-thread decoding state, reused across chunks: no allocation or
@@ -501,7 +525,43 @@ enum PlaneAt {
 #[derive(Default)]
 struct Scratch {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+    /// Decompressed planes; the first `used` bytes are in use. It only ever
+    /// grows and is never cleared, so a chunk decompresses into memory
+    /// without filling it first (the decompressors overwrite all of it).
     buf: Vec<u8>,
+    used: usize,
+    /// Per byte value, that byte repeated: constant planes point here
+    /// instead of being filled for every chunk.
+    constants: Vec<Vec<u8>>,
+}
+
+impl Scratch {
+    /// Starts over (the bytes stay, to be overwritten).
+    fn reset(&mut self) {
+        self.used = 0;
+    }
+
+    /// Reserves the next `n` bytes of `buf` (zeroed only when `buf` grows;
+    /// otherwise stale) and returns their offset.
+    fn take(&mut self, n: usize) -> usize {
+        let at = self.used;
+        if self.buf.len() < at + n {
+            self.buf.resize(at + n, 0);
+        }
+        self.used = at + n;
+        at
+    }
+
+    /// Makes `byte` repeated `n` times available to [`Entry::plane`].
+    fn constant(&mut self, byte: u8, n: usize) {
+        if self.constants.is_empty() {
+            self.constants = vec![Vec::new(); 256];
+        }
+        let run = &mut self.constants[usize::from(byte)];
+        if run.len() < n {
+            run.resize(n, byte);
+        }
+    }
 }
 
 thread_local! {
@@ -613,26 +673,27 @@ impl Entry {
     ) -> Result<T> {
         SCRATCH.with(|cell| {
             let scratch = &mut *cell.borrow_mut();
-            scratch.buf.clear();
+            scratch.reset();
             let at = self.decode_chunk(array, i, scratch)?;
             let dtype = self.header.arrays[array].dtype;
             Ok(f(Planes::from_planes(
                 dtype,
-                at.map(|p| self.plane(p, &scratch.buf)),
+                at.map(|p| self.plane(p, scratch)),
             )))
         })
     }
 
     /// The bytes of a decoded plane.
-    fn plane<'a>(&'a self, at: PlaneAt, buf: &'a [u8]) -> &'a [u8] {
+    fn plane<'a>(&'a self, at: PlaneAt, scratch: &'a Scratch) -> &'a [u8] {
         match at {
             PlaneAt::Map(from, len) => &self.map[from..from + len],
-            PlaneAt::Buf(from, len) => &buf[from..from + len],
+            PlaneAt::Buf(from, len) => &scratch.buf[from..from + len],
+            PlaneAt::Const(byte, len) => &scratch.constants[usize::from(byte)][..len],
         }
     }
 
     /// Checks chunk `i` of array `array` and decodes it, appending its
-    /// compressed planes to `scratch.buf`; returns where each plane lives
+    /// compressed planes to `scratch.buf` (after its `used` bytes); returns where each plane lives
     /// (planes stored raw are read in place from the map).
     fn decode_chunk(&self, array: usize, i: usize, scratch: &mut Scratch) -> Result<[PlaneAt; 4]> {
         let meta = &self.header.arrays[array];
@@ -650,8 +711,7 @@ impl Entry {
             return Err(corrupt("wrong size".into()));
         }
         let n = r.raw_len / elem;
-        let base = scratch.buf.len();
-        let mut planes = [PlaneAt::Buf(base, 0); 4];
+        let mut planes = [PlaneAt::Buf(0, 0); 4];
         match meta.codec {
             Codec::Zstd => {
                 if scratch.zstd.is_none() {
@@ -660,10 +720,10 @@ impl Entry {
                             .map_err(|e| CacheError::io(&self.path, e))?,
                     );
                 }
+                let base = scratch.take(r.raw_len);
                 let dec = scratch.zstd.as_mut().expect("initialised above");
-                scratch.buf.resize(base + r.raw_len, 0);
                 let got = dec
-                    .decompress_to_buffer(packed, &mut scratch.buf[base..])
+                    .decompress_to_buffer(packed, &mut scratch.buf[base..base + r.raw_len])
                     .map_err(|e| corrupt(e.to_string()))?;
                 if got != r.raw_len {
                     return Err(corrupt("wrong size".into()));
@@ -679,7 +739,6 @@ impl Entry {
                     return Err(corrupt("truncated plane table".into()));
                 }
                 let mut at = head;
-                let mut used = 0;
                 for (p, plane) in planes.iter_mut().enumerate().take(elem) {
                     let word =
                         u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().expect("4 bytes"));
@@ -691,10 +750,8 @@ impl Entry {
                         if len != 1 || word & RAW_PLANE != 0 {
                             return Err(corrupt("bad constant plane".into()));
                         }
-                        let to = base + used;
-                        scratch.buf.resize(to + n, stored[0]);
-                        *plane = PlaneAt::Buf(to, n);
-                        used += n;
+                        scratch.constant(stored[0], n);
+                        *plane = PlaneAt::Const(stored[0], n);
                     } else if word & RAW_PLANE != 0 {
                         if len != n {
                             return Err(corrupt("wrong size".into()));
@@ -702,8 +759,7 @@ impl Entry {
                         *plane = PlaneAt::Map(packed_at + at, len);
                     } else {
                         let size = i32::try_from(n).map_err(|e| corrupt(e.to_string()))?;
-                        let to = base + used;
-                        scratch.buf.resize(to + n, 0);
+                        let to = scratch.take(n);
                         let got = lz4::block::decompress_to_buffer(
                             stored,
                             Some(size),
@@ -714,7 +770,6 @@ impl Entry {
                             return Err(corrupt("wrong size".into()));
                         }
                         *plane = PlaneAt::Buf(to, n);
-                        used += n;
                     }
                     at += len;
                 }
@@ -825,7 +880,7 @@ impl Entry {
         let kxs = start[0] / meta.chunk[0]..=(start[0] + extent[0] - 1) / meta.chunk[0];
         SCRATCH.with(|cell| {
             let scratch = &mut *cell.borrow_mut();
-            scratch.buf.clear();
+            scratch.reset();
             let mut decoded = Vec::with_capacity(kxs.clone().count());
             for kx in kxs {
                 let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
@@ -835,8 +890,8 @@ impl Entry {
             let segments: Vec<Segment<'_>> = decoded
                 .iter()
                 .map(|&(at, rows)| Segment {
-                    lo: self.plane(at[0], &scratch.buf),
-                    hi: self.plane(at[1], &scratch.buf),
+                    lo: self.plane(at[0], scratch),
+                    hi: self.plane(at[1], scratch),
                     rows,
                 })
                 .collect();
@@ -886,12 +941,14 @@ impl Entry {
         self.read_box(array, [0; 3], [s[1], s[2], s[3]])
     }
 
-    /// Decodes array `array` one z-plane at a time, in increasing z: calls
-    /// `f(channel, z, plane)` with the `nx · ny` float voxels of each plane
-    /// (windowed as [`Entry::read_all`] would give them, bit for bit) for
-    /// the planes `wants(z)` accepts. Each chunk slab along z is decoded once
-    /// and the whole volume is never materialised: a reader that consumes
-    /// planes as they come (cutting views) pays no full-volume write.
+    /// Decodes array `array` one z-plane at a time, in increasing z. For each
+    /// plane `z` for which `needs(z)` gives a rectangle, calls
+    /// `f(channel, z, plane)` with an `nx · ny` plane (x fastest) whose voxels
+    /// inside the rectangle are those [`Entry::read_all`] gives, bit for bit;
+    /// voxels outside it hold whatever an earlier plane left there. Each slab
+    /// of chunks along z is decoded once (only the chunks the slab's
+    /// rectangles touch) and the volume is never materialised: a reader that
+    /// consumes planes as they come (cutting views) pays no full-volume write.
     ///
     /// `f` must not read from a cache entry itself (the decoding thread's
     /// scratch is in use while it runs).
@@ -901,7 +958,7 @@ impl Entry {
     pub fn for_each_plane(
         &self,
         array: usize,
-        wants: impl Fn(usize) -> bool,
+        needs: impl Fn(usize) -> Option<PlaneRect>,
         mut f: impl FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let meta = &self.header.arrays[array];
@@ -916,27 +973,44 @@ impl Entry {
         } else {
             &[]
         };
+        let rects: Vec<Option<PlaneRect>> = (0..nz)
+            .map(|z| {
+                needs(z)
+                    .map(|r| r.clamped([nx, ny]))
+                    .filter(|r| !r.is_empty())
+            })
+            .collect();
         let mut plane = vec![0f32; nx * ny];
         for ch in 0..c {
             for kz in 0..n[2] {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
-                if !z_range.clone().any(&wants) {
+                let Some(slab_rect) = rects[z_range.clone()]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .reduce(PlaneRect::union)
+                else {
                     continue;
-                }
+                };
                 SCRATCH.with(|cell| -> Result<()> {
                     let scratch = &mut *cell.borrow_mut();
-                    scratch.buf.clear();
-                    // The whole slab of chunks at this z, decoded once.
-                    let mut decoded = Vec::with_capacity(n[0] * n[1]);
-                    for ky in 0..n[1] {
-                        for kx in 0..n[0] {
+                    scratch.reset();
+                    // The chunks of this slab that some plane's rectangle
+                    // touches, each decoded once.
+                    let slab_span = slab_rect.chunks(meta.chunk);
+                    let mut decoded = vec![None; n[0] * n[1]];
+                    for ky in slab_span[1].clone() {
+                        for kx in slab_span[0].clone() {
                             let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
-                            decoded.push(self.decode_chunk(array, i, scratch)?);
+                            decoded[ky * n[0] + kx] = Some(self.decode_chunk(array, i, scratch)?);
                         }
                     }
-                    let buf = &scratch.buf;
-                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| self.plane(p, buf));
-                    for z in z_range.clone().filter(|&z| wants(z)) {
+                    let scratch = &*scratch;
+                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| self.plane(p, scratch));
+                    for z in z_range.clone() {
+                        let Some(rect) = rects[z] else {
+                            continue;
+                        };
                         // SAFETY: `MaybeUninit<f32>` has the layout of `f32`,
                         // and only initialised `f32` values are written
                         // through this view (which ends before `plane` is
@@ -944,23 +1018,20 @@ impl Entry {
                         let out = unsafe {
                             &mut *(plane.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
                         };
-                        for ky in 0..n[1] {
-                            // The rows of chunk (kx, ky) in plane z; channel 0
-                            // in `box_rows` since the output is one plane.
-                            let rows =
-                                |kx: usize| box_rows(meta, [0, kz, ky, kx], [0, 0, z], [nx, ny, 1]);
-                            let row_chunks = &decoded[ky * n[0]..(ky + 1) * n[0]];
+                        let span = rect.chunks(meta.chunk);
+                        for ky in span[1].clone() {
+                            // The chunks of this chunk row the rectangle meets
+                            // (decoded above: the slab's rectangle holds it).
+                            let row_chunks = span[0].clone().map(|kx| {
+                                let at =
+                                    decoded[ky * n[0] + kx].expect("inside the slab's rectangle");
+                                (at, plane_rows(meta, [kz, ky, kx], z, &rect))
+                            });
                             if let Some(map) = computed {
                                 let segments: Vec<Segment<'_>> = row_chunks
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(kx, &at)| {
+                                    .map(|(at, rows)| {
                                         let [lo, hi, ..] = planes_of(at);
-                                        Segment {
-                                            lo,
-                                            hi,
-                                            rows: rows(kx),
-                                        }
+                                        Segment { lo, hi, rows }
                                     })
                                     .collect();
                                 window_word_slab(
@@ -970,9 +1041,9 @@ impl Entry {
                                     out,
                                 );
                             } else {
-                                for (kx, &at) in row_chunks.iter().enumerate() {
+                                for (at, rows) in row_chunks {
                                     Planes::from_planes(meta.dtype, planes_of(at)).decode_rows(
-                                        rows(kx),
+                                        rows,
                                         out,
                                         table,
                                         map.as_ref(),
@@ -980,7 +1051,7 @@ impl Entry {
                                 }
                             }
                         }
-                        // Chunks tile the plane, so every voxel was written.
+                        // The chunks met tile the rectangle, so all of it was written.
                         f(ch, z, &plane);
                     }
                     Ok(())

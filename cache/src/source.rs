@@ -245,8 +245,8 @@ impl CacheSource {
         let dims = [meta.shape[1], meta.shape[2], meta.shape[3]];
         let mut cutter =
             pipeline.plane_cutter(dims, meta.spacing, meta.affine, epoch, index as u64)?;
-        let wanted: Vec<bool> = (0..dims[2]).map(|z| cutter.wants(z)).collect();
-        match entry.for_each_plane(0, |z| wanted[z], |_, z, plane| cutter.feed(z, plane)) {
+        let needs: Vec<_> = (0..dims[2]).map(|z| cutter.needs(z)).collect();
+        match entry.for_each_plane(0, |z| needs[z], |_, z, plane| cutter.feed(z, plane)) {
             Ok(()) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 Some(cutter.finish(&self.path(index)))

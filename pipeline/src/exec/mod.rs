@@ -14,6 +14,6 @@ pub mod sampler;
 pub use collate::{Batch, Tensor5};
 pub use loader::{DirectSource, LoadedBatch, Loader, LoaderConfig, MemorySource, PreparedSource};
 pub use masks::{Masks, ibot_masks};
-pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, Stored};
+pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, PlaneRect, Stored};
 pub use sample::{Prepared, Sample};
 pub use sampler::{InfiniteSampler, epoch_order};

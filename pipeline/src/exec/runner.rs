@@ -366,6 +366,53 @@ impl Pipeline {
     }
 }
 
+/// The part of a z-plane a reader needs: `start[0]..end[0]` along x,
+/// `start[1]..end[1]` along y (half-open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneRect {
+    /// First x and y.
+    pub start: [usize; 2],
+    /// One past the last x and y.
+    pub end: [usize; 2],
+}
+
+impl PlaneRect {
+    /// The whole of an `nx × ny` plane.
+    pub fn whole([nx, ny]: [usize; 2]) -> PlaneRect {
+        PlaneRect {
+            start: [0, 0],
+            end: [nx, ny],
+        }
+    }
+
+    /// The smallest rectangle holding both.
+    pub fn union(self, other: PlaneRect) -> PlaneRect {
+        PlaneRect {
+            start: [0, 1].map(|a| self.start[a].min(other.start[a])),
+            end: [0, 1].map(|a| self.end[a].max(other.end[a])),
+        }
+    }
+
+    /// The part inside an `nx × ny` plane.
+    pub fn clamped(self, dims: [usize; 2]) -> PlaneRect {
+        PlaneRect {
+            start: [0, 1].map(|a| self.start[a].min(dims[a])),
+            end: [0, 1].map(|a| self.end[a].min(dims[a])),
+        }
+    }
+
+    /// Whether it holds no voxel.
+    pub fn is_empty(&self) -> bool {
+        (0..2).any(|a| self.start[a] >= self.end[a])
+    }
+
+    /// The chunk indices along x and y it meets, for chunks of `chunk`
+    /// voxels (non-empty rectangles only).
+    pub fn chunks(&self, chunk: [usize; 3]) -> [std::ops::Range<usize>; 2] {
+        [0, 1].map(|a| self.start[a] / chunk[a]..(self.end[a] - 1) / chunk[a] + 1)
+    }
+}
+
 /// The views of one item cut from its prepared image as it arrives one
 /// z-plane at a time, for a source that would otherwise have to materialise
 /// the whole volume first (the on-disk cache). Only for recipes whose views
@@ -453,13 +500,20 @@ impl Pipeline {
 }
 
 impl PlaneCutter<'_> {
-    /// Whether any crop reads input plane `z`.
-    pub fn wants(&self, z: usize) -> bool {
-        self.jobs.iter().any(|(_, _, r)| r.wants(z))
+    /// The part of input plane `z` the crops read (`None`: none reads it).
+    pub fn needs(&self, z: usize) -> Option<PlaneRect> {
+        self.jobs
+            .iter()
+            .filter(|(_, _, r)| r.wants(z))
+            .map(|(_, _, r)| {
+                let (start, end) = r.plane_rect();
+                PlaneRect { start, end }
+            })
+            .reduce(PlaneRect::union)
     }
 
-    /// Takes input plane `z` (`nx · ny` values, x fastest); planes must come
-    /// in increasing `z`.
+    /// Takes input plane `z` (`nx · ny` values, x fastest; only the part
+    /// [`Self::needs`] names is read); planes must come in increasing `z`.
     pub fn feed(&mut self, z: usize, plane: &[f32]) {
         for (_, _, resize) in &mut self.jobs {
             resize.feed(z, plane);

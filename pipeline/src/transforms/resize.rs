@@ -231,6 +231,12 @@ impl PlaneResize {
         }
     }
 
+    /// The box's extent in a plane: `(start, end)` along x and y.
+    pub fn plane_rect(&self) -> ([usize; 2], [usize; 2]) {
+        let [x, y, _] = self.start;
+        ([x, y], [x + self.extent[0], y + self.extent[1]])
+    }
+
     /// Whether input plane `z` lies in the box.
     pub fn wants(&self, z: usize) -> bool {
         (self.start[2]..self.start[2] + self.extent[2]).contains(&z)
