@@ -35,6 +35,10 @@ use crate::window::{Rows, Segment, vector_path, window_word_slab};
 const MAGIC: &[u8; 8] = b"D3CACHE1";
 const END: &[u8; 8] = b"D3CEND01";
 const INDEX_ENTRY: usize = 24;
+
+/// Bytes read ahead at the start of an entry when it is opened: the header
+/// and the index of a typical entry (512 chunks: 12 KiB of index).
+const HEAD_PREFETCH: usize = 64 << 10;
 /// zstd level: ratio barely improves above 3 on noisy medical data, decode speed
 /// does not depend on it (../shared/spec/rust-stack.md §5).
 pub const ZSTD_LEVEL: i32 = 3;
@@ -599,6 +603,19 @@ impl Entry {
         // rename (never written in place), so the mapped bytes do not change
         // under us; every read is bounds-checked against the map's length.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CacheError::io(path, e))?;
+        // Reads fetch what they touch and no more. Otherwise the first touch
+        // of the header has the kernel read around it by the device's
+        // readahead window (8 MiB on the VM of BENCHMARKS.md: whole entries),
+        // so a cold crop would pull in the entire file. Each read queues its
+        // own ranges instead (`prefetch_run`). Advice only: a refusal costs
+        // speed, never correctness.
+        let _ = map.advise(memmap2::Advice::Random);
+        let _ = map.advise_range(memmap2::Advice::WillNeed, 0, map.len().min(HEAD_PREFETCH));
+        let _ = map.advise_range(
+            memmap2::Advice::WillNeed,
+            map.len().saturating_sub(16),
+            map.len().min(16),
+        );
         let corrupt = |why: &str| CacheError::corrupt(path, why);
         if map.len() < 28 || &map[..8] != MAGIC || &map[map.len() - 8..] != END {
             return Err(corrupt("bad magic or truncated"));
@@ -914,20 +931,31 @@ impl Entry {
         for ch in 0..channels {
             for kz in lo[2]..=hi[2] {
                 for ky in lo[1]..=hi[1] {
-                    let row = ((ch * n[2] + kz) * n[1] + ky) * n[0];
-                    let first = self.chunk_ref(array, row + lo[0])?;
-                    let last = self.chunk_ref(array, row + hi[0])?;
-                    let (from, to) = (first.offset, last.offset + last.len);
-                    if to > from {
-                        // Advice only: a refusal costs speed, never correctness.
-                        let _ = self.map.advise_range(
-                            memmap2::Advice::WillNeed,
-                            self.payload_at + from,
-                            to - from,
-                        );
-                    }
+                    self.prefetch_run(
+                        array,
+                        ((ch * n[2] + kz) * n[1] + ky) * n[0],
+                        lo[0]..hi[0] + 1,
+                    )?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `madvise(WILLNEED)` on chunks `row + kx` for `kx` in `kxs` (adjacent
+    /// in the file: one chunk row along x).
+    fn prefetch_run(&self, array: usize, row: usize, kxs: std::ops::Range<usize>) -> Result<()> {
+        if kxs.is_empty() {
+            return Ok(());
+        }
+        let first = self.chunk_ref(array, row + kxs.start)?;
+        let last = self.chunk_ref(array, row + kxs.end - 1)?;
+        let (from, to) = (first.offset, last.offset + last.len);
+        if to > from {
+            // Advice only: a refusal costs speed, never correctness.
+            let _ =
+                self.map
+                    .advise_range(memmap2::Advice::WillNeed, self.payload_at + from, to - from);
         }
         Ok(())
     }
@@ -980,16 +1008,37 @@ impl Entry {
                     .filter(|r| !r.is_empty())
             })
             .collect();
-        let mut plane = vec![0f32; nx * ny];
-        for ch in 0..c {
-            for kz in 0..n[2] {
+        // Per slab of chunks along z: the union of its planes' rectangles.
+        let slab_rects: Vec<Option<PlaneRect>> = (0..n[2])
+            .map(|kz| {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
-                let Some(slab_rect) = rects[z_range.clone()]
+                rects[z_range]
                     .iter()
                     .flatten()
                     .copied()
                     .reduce(PlaneRect::union)
-                else {
+            })
+            .collect();
+        // Queue all the I/O at once (a cold entry), before decoding any of it.
+        for ch in 0..c {
+            for (kz, rect) in slab_rects.iter().enumerate() {
+                if let Some(rect) = rect {
+                    let span = rect.chunks(meta.chunk);
+                    for ky in span[1].clone() {
+                        self.prefetch_run(
+                            array,
+                            ((ch * n[2] + kz) * n[1] + ky) * n[0],
+                            span[0].clone(),
+                        )?;
+                    }
+                }
+            }
+        }
+        let mut plane = vec![0f32; nx * ny];
+        for ch in 0..c {
+            for kz in 0..n[2] {
+                let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
+                let Some(slab_rect) = slab_rects[kz] else {
                     continue;
                 };
                 SCRATCH.with(|cell| -> Result<()> {
@@ -1066,6 +1115,8 @@ impl Entry {
     /// # Errors
     /// The first damage found.
     pub fn verify(&self) -> Result<()> {
+        // Every byte is read: queue it all at once.
+        let _ = self.map.advise(memmap2::Advice::WillNeed);
         for (a, meta) in self.header.arrays.iter().enumerate() {
             for i in 0..meta.n_chunks() {
                 self.with_chunk_planes(a, i, |_| ())?;
