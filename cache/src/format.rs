@@ -1036,9 +1036,9 @@ impl Entry {
         }
         let mut plane = vec![0f32; nx * ny];
         for ch in 0..c {
-            for kz in 0..n[2] {
+            for (kz, slab_rect) in slab_rects.iter().enumerate() {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
-                let Some(slab_rect) = slab_rects[kz] else {
+                let Some(slab_rect) = *slab_rect else {
                     continue;
                 };
                 SCRATCH.with(|cell| -> Result<()> {
