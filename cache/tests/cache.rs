@@ -168,6 +168,64 @@ fn round_trip(codec: Codec) {
     }
 }
 
+/// An open entry is mapped for random reads (`MADV_RANDOM`, "rr" in the
+/// mapping's flags), so a cold read fetches the chunks it touches rather than
+/// whole entries by the device's readahead window.
+#[cfg(target_os = "linux")]
+#[test]
+fn entries_are_mapped_for_random_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("random.d3c");
+    let img = wavy([1, 20, 20, 20], true);
+    write_entry(
+        &path,
+        &[ArrayToWrite {
+            key: "image",
+            image: &img,
+            dtype: StoredType::I16,
+            window: None,
+        }],
+        Layout {
+            chunk: [8, 8, 8],
+            codec: Codec::Lz4,
+        },
+        "src.nii.gz",
+        "k",
+    )
+    .unwrap();
+    let entry = Entry::open(&path).unwrap();
+    assert_eq!(entry.read_all(0).unwrap(), img);
+    // /proc/self/smaps: a header line per mapping (ending in its file's
+    // path), then its fields, the last being `VmFlags: rd mr ...`.
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_string_lossy();
+    let mut in_entry = false;
+    let mut flags = None;
+    for line in smaps.lines() {
+        if let Some(f) = line.strip_prefix("VmFlags:") {
+            if in_entry {
+                flags = Some(f.to_string());
+            }
+        } else if !line.contains(':') || line.split_whitespace().count() >= 5 {
+            // A mapping's header (fields are `Name: value`; headers start
+            // with an address range and have five or six columns).
+            if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|r| r.contains('-'))
+            {
+                in_entry = line.ends_with(&*name);
+            }
+        }
+    }
+    let flags = flags.unwrap_or_else(|| panic!("no mapping of {name} in /proc/self/smaps"));
+    assert!(
+        flags.split_whitespace().any(|f| f == "rr"),
+        "VmFlags of the entry's mapping: {flags}"
+    );
+    drop(entry);
+}
+
 #[test]
 fn damage_is_detected_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
