@@ -40,8 +40,8 @@ OUT="$(mktemp -d)"
 taskset -c "$CPU" "$VENV/bin/python" "$STORE_PY" "$DATA" "$OUT/store"
 if [ -w /proc/sys/vm/drop_caches ]; then
   # One cold sweep each is too noisy to compare: both sides again, repeated.
-  echo "== cold sweeps repeated: Blosc2 int16 LZ4 HC 5, then dino3d (cold_sweep_24x96, lz4)"
+  echo "== cold sweeps repeated, whole page cache dropped before each: Blosc2 int16 LZ4 HC 5, then dino3d (cold_sweep_24x96, lz4)"
   taskset -c "$CPU" "$VENV/bin/python" benches/blosc2_cold.py "$DATA" "$OUT/b2cold" "${COLD_REPEATS:-9}"
-  taskset -c "$CPU" cargo bench -q -p dino3d-cache --bench cache -- cold_sweep 2>&1 | grep -v '^$'
+  DINO3D_DROP_CACHES=1 taskset -c "$CPU" cargo bench -q -p dino3d-cache --bench cache -- cold_sweep 2>&1 | grep -v '^$'
 fi
 rm -rf "$OUT"

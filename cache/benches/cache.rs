@@ -243,20 +243,32 @@ fn cold_crop_96(bencher: divan::Bencher) {
 /// entry once, then 24 random crops over the entries in turn (entry k mod n,
 /// each opened afresh), so a second crop of an entry may find pages the first
 /// one read. Per-crop eviction (`cold_crop_96`) is the stricter measure.
+/// With `DINO3D_DROP_CACHES=1` (root) the whole page cache is dropped instead,
+/// exactly as the Python script does.
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn cold_sweep_24x96(bencher: divan::Bencher) {
     use std::os::fd::AsRawFd;
     let s = setup();
     let rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    // DINO3D_DROP_CACHES=1 (root): drop the whole page cache, dentries and
+    // inodes as bench_crop_store.py does, instead of evicting the entries.
+    let drop_all_caches = std::env::var_os("DINO3D_DROP_CACHES").is_some();
     bencher
         .counter(ItemsCount::new(24usize))
         .with_inputs(|| {
-            for path in &s.paths {
-                let f = std::fs::File::open(path).unwrap();
-                // SAFETY: an advisory call on an open descriptor; no memory is touched.
-                let rc =
-                    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-                assert_eq!(rc, 0, "posix_fadvise");
+            if drop_all_caches {
+                // SAFETY: `sync` takes no arguments and touches no memory of ours.
+                unsafe { libc::sync() };
+                std::fs::write("/proc/sys/vm/drop_caches", "3\n").expect("drop_caches (root)");
+            } else {
+                for path in &s.paths {
+                    let f = std::fs::File::open(path).unwrap();
+                    // SAFETY: an advisory call on an open descriptor; no memory is touched.
+                    let rc = unsafe {
+                        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
+                    };
+                    assert_eq!(rc, 0, "posix_fadvise");
+                }
             }
             rng.clone()
         })
