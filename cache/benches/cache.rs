@@ -252,7 +252,7 @@ fn cold_sweep_24x96(bencher: divan::Bencher) {
     let rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     // DINO3D_DROP_CACHES=1 (root): drop the whole page cache, dentries and
     // inodes as bench_crop_store.py does, instead of evicting the entries.
-    let drop_all_caches = std::env::var_os("DINO3D_DROP_CACHES").is_some();
+    let drop_all_caches = std::env::var("DINO3D_DROP_CACHES").as_deref() == Ok("1");
     bencher
         .counter(ItemsCount::new(24usize))
         .with_inputs(|| {

@@ -545,6 +545,15 @@ impl Scratch {
         self.used = 0;
     }
 
+    /// Frees the buffer beyond `keep` bytes.
+    fn trim(&mut self, keep: usize) {
+        if self.buf.len() > keep {
+            self.buf.truncate(keep);
+            self.buf.shrink_to_fit();
+        }
+        self.used = self.used.min(keep);
+    }
+
     /// Reserves the next `n` bytes of `buf` (zeroed only when `buf` grows;
     /// otherwise stale) and returns their offset.
     fn take(&mut self, n: usize) -> usize {
@@ -567,6 +576,11 @@ impl Scratch {
         }
     }
 }
+
+/// Scratch bytes a thread keeps after a plane-by-plane decode: a box read
+/// of 32³ chunks needs at most a chunk row (about 0.5 MiB for a 512-wide
+/// volume); a whole slab of a large volume can need tens of MiB once.
+const SCRATCH_KEEP: usize = 4 << 20;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
@@ -640,6 +654,11 @@ impl Entry {
                 .and_then(|n| at.checked_add(n))
                 .filter(|&e| e <= map.len() - 16)
                 .ok_or_else(|| corrupt("index runs past the end"))?;
+        }
+        if at > HEAD_PREFETCH {
+            // A large index (small chunks, big volumes): queue all of it
+            // before the checksum below reads it.
+            let _ = map.advise_range(memmap2::Advice::WillNeed, 0, at);
         }
         let stored = u64::from_le_bytes(
             map[map.len() - 16..map.len() - 8]
@@ -969,7 +988,8 @@ impl Entry {
         self.read_box(array, [0; 3], [s[1], s[2], s[3]])
     }
 
-    /// Decodes array `array` one z-plane at a time, in increasing z. For each
+    /// Decodes array `array` one z-plane at a time, channel by channel and in
+    /// increasing z within each channel. For each
     /// plane `z` for which `needs(z)` gives a rectangle, calls
     /// `f(channel, z, plane)` with an `nx · ny` plane (x fastest) whose voxels
     /// inside the rectangle are those [`Entry::read_all`] gives, bit for bit;
@@ -1035,6 +1055,37 @@ impl Entry {
             }
         }
         let mut plane = vec![0f32; nx * ny];
+        let result = self.planes_of_slabs(
+            array,
+            &rects,
+            &slab_rects,
+            table,
+            computed,
+            &mut plane,
+            &mut f,
+        );
+        // A slab of a large volume can leave tens of MiB in this thread's
+        // scratch; give back what ordinary reads would not use again.
+        SCRATCH.with(|cell| cell.borrow_mut().trim(SCRATCH_KEEP));
+        result
+    }
+
+    /// The decoding loop of [`Entry::for_each_plane`].
+    #[allow(clippy::too_many_arguments)]
+    fn planes_of_slabs(
+        &self,
+        array: usize,
+        rects: &[Option<PlaneRect>],
+        slab_rects: &[Option<PlaneRect>],
+        table: &[f32],
+        computed: Option<&IntensityMap>,
+        plane: &mut [f32],
+        f: &mut impl FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let meta = &self.header.arrays[array];
+        let [c, _, _, nz] = meta.shape;
+        let n = meta.chunks_per_axis();
+        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
         for ch in 0..c {
             for (kz, slab_rect) in slab_rects.iter().enumerate() {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
@@ -1064,9 +1115,8 @@ impl Entry {
                         // and only initialised `f32` values are written
                         // through this view (which ends before `plane` is
                         // read), so `plane` stays initialised.
-                        let out = unsafe {
-                            &mut *(plane.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
-                        };
+                        let out =
+                            unsafe { &mut *(&mut *plane as *mut [f32] as *mut [MaybeUninit<f32>]) };
                         let span = rect.chunks(meta.chunk);
                         for ky in span[1].clone() {
                             // The chunks of this chunk row the rectangle meets
@@ -1101,7 +1151,7 @@ impl Entry {
                             }
                         }
                         // The chunks met tile the rectangle, so all of it was written.
-                        f(ch, z, &plane);
+                        f(ch, z, plane);
                     }
                     Ok(())
                 })?;

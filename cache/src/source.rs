@@ -32,6 +32,18 @@ pub struct CacheStats {
     pub bytes_out: AtomicU64,
     /// Writes that failed (served uncached).
     pub write_failures: AtomicU64,
+    /// Hits whose views were cut plane by plane as the entry decoded.
+    pub by_plane: AtomicU64,
+}
+
+/// What [`CacheSource::output_by_plane`] did.
+enum ByPlane {
+    /// The views, cut from the entry.
+    Done(dino3d_pipeline::Result<Output>),
+    /// The entry under this key must be built (a miss, or damage found).
+    Build(String),
+    /// The recipe or the entry does not allow it: take the ordinary path.
+    NotApplicable,
 }
 
 /// A prepared-sample source reading through a cache folder.
@@ -221,40 +233,60 @@ impl CacheSource {
 
     /// Item `index`'s views cut straight from its cached entry as it decodes,
     /// plane by plane, never materialising the volume (the result equals
-    /// [`Pipeline::finish`] on the decoded volume). `None` when that does not
-    /// apply (the recipe's views, a multi-array entry, no intact entry, or
-    /// damage found while decoding, which is reported): the caller then takes
-    /// the ordinary path, which rebuilds.
-    fn output_by_plane(
-        &self,
-        pipeline: &Pipeline,
-        epoch: u64,
-        index: usize,
-    ) -> Option<dino3d_pipeline::Result<Output>> {
-        if !pipeline.cuts_views_by_plane() {
-            return None;
-        }
-        let key = self.key(index).ok()?;
-        let entry = self.hit(index, &key)?;
+    /// [`Pipeline::finish`] on the decoded volume). A miss, or damage met on
+    /// the way (counted and reported once), builds the entry and cuts the
+    /// views from the built sample.
+    ///
+    /// Damage is found in the chunks the crops read (each one's checksum is
+    /// verified before use), so damaged bytes are never used; a damaged
+    /// chunk no crop reads stays until a read touches it or `cache verify`.
+    fn output_by_plane(&self, pipeline: &Pipeline, epoch: u64, index: usize) -> ByPlane {
+        let Ok(key) = self.key(index) else {
+            return ByPlane::NotApplicable;
+        };
+        let entry = match self.dir.lookup(&key) {
+            Lookup::Hit(entry) => entry,
+            Lookup::Removed(err) => {
+                self.damaged(index, &err);
+                return ByPlane::Build(key);
+            }
+            Lookup::Miss => return ByPlane::Build(key),
+        };
         let [meta] = entry.header.arrays.as_slice() else {
-            return None;
+            return ByPlane::NotApplicable;
         };
         if meta.key != "image" || meta.shape[0] != 1 {
-            return None;
+            return ByPlane::NotApplicable;
         }
         let dims = [meta.shape[1], meta.shape[2], meta.shape[3]];
-        let mut cutter =
-            pipeline.plane_cutter(dims, meta.spacing, meta.affine, epoch, index as u64)?;
+        let Some(mut cutter) =
+            pipeline.plane_cutter(dims, meta.spacing, meta.affine, epoch, index as u64)
+        else {
+            return ByPlane::NotApplicable;
+        };
         let needs: Vec<_> = (0..dims[2]).map(|z| cutter.needs(z)).collect();
         match entry.for_each_plane(0, |z| needs[z], |_, z, plane| cutter.feed(z, plane)) {
             Ok(()) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Some(cutter.finish(&self.path(index)))
+                self.stats.by_plane.fetch_add(1, Ordering::Relaxed);
+                ByPlane::Done(cutter.finish(&self.path(index)))
             }
             Err(err) => {
                 self.discard_damaged(index, &key, entry, &err);
-                None
+                ByPlane::Build(key)
             }
+        }
+    }
+
+    /// A pipeline error for item `index` from a cache error.
+    fn pipeline_error(&self, index: usize, e: CacheError) -> dino3d_pipeline::Error {
+        match e {
+            CacheError::Source(inner) => inner,
+            other => dino3d_pipeline::Error::Transform {
+                path: self.path(index),
+                step: "cache".into(),
+                reason: other.to_string(),
+            },
         }
     }
 
@@ -279,21 +311,30 @@ impl PreparedSource for CacheSource {
         epoch: u64,
         index: usize,
     ) -> dino3d_pipeline::Result<Output> {
-        self.output_by_plane(pipeline, epoch, index)
-            .unwrap_or_else(|| {
-                let prepared = self.prepared(index)?;
-                pipeline.finish(&prepared, epoch, index as u64, &self.path(index))
-            })
+        if !pipeline.cuts_views_by_plane() {
+            let prepared = self.prepared(index)?;
+            return pipeline.finish(&prepared, epoch, index as u64, &self.path(index));
+        }
+        let prepared = match self.output_by_plane(pipeline, epoch, index) {
+            ByPlane::Done(output) => return output,
+            ByPlane::NotApplicable => self.prepared(index)?,
+            // Straight to the build: a second lookup could meet (and count)
+            // the same damage again when it could not be removed.
+            ByPlane::Build(key) => {
+                let stored = self
+                    .build(index, &key)
+                    .map_err(|e| self.pipeline_error(index, e))?;
+                Arc::new(Sample {
+                    images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
+                })
+            }
+        };
+        pipeline.finish(&prepared, epoch, index as u64, &self.path(index))
     }
 
     fn prepared(&self, index: usize) -> dino3d_pipeline::Result<Prepared> {
-        self.read(index).map(Arc::new).map_err(|e| match e {
-            CacheError::Source(inner) => inner,
-            other => dino3d_pipeline::Error::Transform {
-                path: self.path(index),
-                step: "cache".into(),
-                reason: other.to_string(),
-            },
-        })
+        self.read(index)
+            .map(Arc::new)
+            .map_err(|e| self.pipeline_error(index, e))
     }
 }

@@ -422,7 +422,18 @@ fn views_from_the_cache_equal_views_from_the_prepared_volume() {
     let data = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let (manifest, entries) = dataset(data.path(), 3);
-    let (src, pipeline) = source(data.path(), cache.path(), &with_views(RECIPE), false);
+    // 8³ chunks: several chunk slabs and rows per entry, so rectangles and
+    // chunk spans are exercised.
+    let plan = compile_str(&with_views(RECIPE), Path::new("r.yaml")).unwrap();
+    let pipeline = Arc::new(Pipeline::new(&plan));
+    let src = CacheSource::new(
+        pipeline.clone(),
+        entries.clone(),
+        &manifest,
+        CacheDir::new(cache.path()).unwrap().with_chunk([8, 8, 8]),
+        &plan.prefix_hash,
+        false,
+    );
     assert!(pipeline.cuts_views_by_plane());
     for epoch in 0..3 {
         for (i, entry) in entries.iter().enumerate() {
@@ -436,6 +447,9 @@ fn views_from_the_cache_equal_views_from_the_prepared_volume() {
     }
     let s = &src.stats;
     assert_eq!((s.misses.load(Relaxed), s.hits.load(Relaxed)), (3, 6));
+    assert_eq!(s.by_plane.load(Relaxed), 6, "every hit cut plane by plane");
+    let entry = Entry::open(&CacheDir::new(cache.path()).unwrap().entries()[0]).unwrap();
+    assert_eq!(entry.header.arrays[0].chunk, [8, 8, 8]);
     // Damage a chunk (not the framing): found while decoding planes.
     let key = src.key(2).unwrap();
     let path = CacheDir::new(cache.path()).unwrap().entry_path(&key);
@@ -447,6 +461,13 @@ fn views_from_the_cache_equal_views_from_the_prepared_volume() {
     let want = pipeline.finish(&prepared, 7, 2, Path::new("x")).unwrap();
     assert!(src.output(&pipeline, 7, 2).unwrap() == want);
     assert_eq!((s.damaged.load(Relaxed), s.misses.load(Relaxed)), (1, 4));
+    assert_eq!(s.by_plane.load(Relaxed), 6, "the damaged read was rebuilt");
+    assert!(src.output(&pipeline, 7, 2).unwrap() == want);
+    assert_eq!(
+        s.by_plane.load(Relaxed),
+        7,
+        "and the rebuilt entry is read by plane"
+    );
     let reports = src.reports.lock().unwrap().clone();
     assert!(
         reports[0].contains("checksum") && reports[0].contains("v2.nii.gz"),
