@@ -586,6 +586,22 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// See [`Entry::decoding`].
+struct Decoding<'a> {
+    /// The window applied on reading, if any.
+    map: Option<IntensityMap>,
+    /// The per-value table (empty when the vector kernels compute the window).
+    table: &'a [f32],
+    computed: bool,
+}
+
+impl Decoding<'_> {
+    /// The window, when the vector kernels compute it.
+    fn computed(&self) -> Option<&IntensityMap> {
+        self.map.as_ref().filter(|_| self.computed)
+    }
+}
+
 /// An open entry (memory-mapped, header and index checked).
 pub struct Entry {
     path: PathBuf,
@@ -845,17 +861,10 @@ impl Entry {
         let mut data: Vec<f32> = Vec::with_capacity(total);
         let out = &mut data.spare_capacity_mut()[..total];
         let mut written = 0usize;
-        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
         // Windowed 16-bit voxels are computed by the vector kernels, slab by
         // slab; everything else goes through the table (or plain conversion).
-        let computed = map
-            .as_ref()
-            .filter(|_| !uses_table(meta.dtype, map.as_ref()));
-        let table: &[f32] = if computed.is_none() {
-            self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
-        } else {
-            &[]
-        };
+        let decoding = self.decoding(array);
+        let (map, computed, table) = (decoding.map.as_ref(), decoding.computed(), decoding.table);
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         self.prefetch(array, c, n, lo, hi)?;
@@ -871,7 +880,7 @@ impl Entry {
                         let i = ((ch * n[2] + kz) * n[1] + ky) * n[0] + kx;
                         let rows = box_rows(meta, [ch, kz, ky, kx], start, extent);
                         self.with_chunk_planes(array, i, |planes| {
-                            planes.decode_rows(rows, out, table, map.as_ref());
+                            planes.decode_rows(rows, out, table, map);
                         })?;
                         written += rows.len();
                     }
@@ -934,6 +943,24 @@ impl Entry {
             window_word_slab(&segments, meta.dtype == StoredType::I16, map, out);
             Ok(segments.iter().map(|s| s.rows.len()).sum())
         })
+    }
+
+    /// How array `array`'s voxels become f32 (its window, and the lookup
+    /// table when the vector kernels do not apply).
+    fn decoding(&self, array: usize) -> Decoding<'_> {
+        let meta = &self.header.arrays[array];
+        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
+        let computed = map.is_some() && !uses_table(meta.dtype, map.as_ref());
+        let table = if computed {
+            &[][..]
+        } else {
+            self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
+        };
+        Decoding {
+            map,
+            table,
+            computed,
+        }
     }
 
     /// Asks the kernel to read every chunk of the box at once (one
@@ -1012,15 +1039,7 @@ impl Entry {
         let meta = &self.header.arrays[array];
         let [c, nx, ny, nz] = meta.shape;
         let n = meta.chunks_per_axis();
-        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
-        let computed = map
-            .as_ref()
-            .filter(|_| !uses_table(meta.dtype, map.as_ref()));
-        let table: &[f32] = if computed.is_none() {
-            self.tables[array].get_or_init(|| lookup_table(meta.dtype, map.as_ref()))
-        } else {
-            &[]
-        };
+        let decoding = self.decoding(array);
         let rects: Vec<Option<PlaneRect>> = (0..nz)
             .map(|z| {
                 needs(z)
@@ -1055,15 +1074,8 @@ impl Entry {
             }
         }
         let mut plane = vec![0f32; nx * ny];
-        let result = self.planes_of_slabs(
-            array,
-            &rects,
-            &slab_rects,
-            table,
-            computed,
-            &mut plane,
-            &mut f,
-        );
+        let result =
+            self.planes_of_slabs(array, &rects, &slab_rects, &decoding, &mut plane, &mut f);
         // A slab of a large volume can leave tens of MiB in this thread's
         // scratch; give back what ordinary reads would not use again.
         SCRATCH.with(|cell| cell.borrow_mut().trim(SCRATCH_KEEP));
@@ -1077,15 +1089,14 @@ impl Entry {
         array: usize,
         rects: &[Option<PlaneRect>],
         slab_rects: &[Option<PlaneRect>],
-        table: &[f32],
-        computed: Option<&IntensityMap>,
+        decoding: &Decoding<'_>,
         plane: &mut [f32],
         f: &mut impl FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let meta = &self.header.arrays[array];
         let [c, _, _, nz] = meta.shape;
         let n = meta.chunks_per_axis();
-        let map = meta.window.map(|w| IntensityMap::new(&w.into()));
+        let (map, computed, table) = (decoding.map.as_ref(), decoding.computed(), decoding.table);
         for ch in 0..c {
             for (kz, slab_rect) in slab_rects.iter().enumerate() {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
@@ -1141,12 +1152,8 @@ impl Entry {
                                 );
                             } else {
                                 for (at, rows) in row_chunks {
-                                    Planes::from_planes(meta.dtype, planes_of(at)).decode_rows(
-                                        rows,
-                                        out,
-                                        table,
-                                        map.as_ref(),
-                                    );
+                                    Planes::from_planes(meta.dtype, planes_of(at))
+                                        .decode_rows(rows, out, table, map);
                                 }
                             }
                         }
