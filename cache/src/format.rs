@@ -448,17 +448,37 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The rows of chunk `(channel, kz, ky, kx)` inside the box `[start, start +
 /// extent)`: where they lie in the chunk and in the box's output (channels
 /// stacked after one another).
-fn box_rows(
+fn box_rows(meta: &ArrayMeta, chunk: [usize; 4], start: [usize; 3], extent: [usize; 3]) -> Rows {
+    let end = [0, 1, 2].map(|a| start[a] + extent[a]);
+    chunk_rows(meta, chunk, [start, end], start, extent)
+}
+
+/// The rows of chunk `[kz, ky, kx]` in plane `z` inside `rect` (which the
+/// chunk must meet), addressed in a plane-sized output (row `y` at `y · nx`).
+fn plane_rows(meta: &ArrayMeta, [kz, ky, kx]: [usize; 3], z: usize, rect: &PlaneRect) -> Rows {
+    let [r0, r1] = [rect.start, rect.end];
+    let region = [[r0[0], r0[1], z], [r1[0], r1[1], z + 1]];
+    let plane = [meta.shape[1], meta.shape[2], 1];
+    chunk_rows(meta, [0, kz, ky, kx], region, [0, 0, z], plane)
+}
+
+/// The rows of chunk `(channel, kz, ky, kx)` inside `region` (`[lo, hi)` in
+/// volume coordinates): where they lie in the chunk, and in an output of
+/// `out_dims` voxels per channel whose voxel 0 is volume voxel `origin`
+/// (channels stacked after one another).
+fn chunk_rows(
     meta: &ArrayMeta,
     [ch, kz, ky, kx]: [usize; 4],
-    start: [usize; 3],
-    extent: [usize; 3],
+    [lo, hi]: [[usize; 3]; 2],
+    origin: [usize; 3],
+    out_dims: [usize; 3],
 ) -> Rows {
     let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
     let cdim = [0, 1, 2].map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
-    // Intersection of the chunk and the box, in volume coordinates.
-    let from = [0, 1, 2].map(|a| c0[a].max(start[a]));
-    let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(start[a] + extent[a]));
+    // Intersection of the chunk and the region, in volume coordinates.
+    let from = [0, 1, 2].map(|a| c0[a].max(lo[a]));
+    let to = [0, 1, 2].map(|a| (c0[a] + cdim[a]).min(hi[a]));
+    let [ox, oy, oz] = out_dims;
     Rows {
         width: to[0] - from[0],
         ny: to[1] - from[1],
@@ -466,31 +486,10 @@ fn box_rows(
         src: ((from[2] - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0] + (from[0] - c0[0]),
         src_row: cdim[0],
         src_plane: cdim[0] * cdim[1],
-        dst: ((ch * extent[2] + from[2] - start[2]) * extent[1] + (from[1] - start[1])) * extent[0]
-            + (from[0] - start[0]),
-        dst_row: extent[0],
-        dst_plane: extent[0] * extent[1],
-    }
-}
-
-/// The rows of chunk `[kz, ky, kx]` in plane `z` inside `rect` (which the
-/// chunk must meet), addressed in a plane-sized output (row `y` at `y · nx`).
-fn plane_rows(meta: &ArrayMeta, [kz, ky, kx]: [usize; 3], z: usize, rect: &PlaneRect) -> Rows {
-    let c0 = [kx * meta.chunk[0], ky * meta.chunk[1], kz * meta.chunk[2]];
-    let cdim = [0, 1, 2].map(|a| (c0[a] + meta.chunk[a]).min(meta.shape[a + 1]) - c0[a]);
-    let from = [0, 1].map(|a| c0[a].max(rect.start[a]));
-    let to = [0, 1].map(|a| (c0[a] + cdim[a]).min(rect.end[a]));
-    let nx = meta.shape[1];
-    Rows {
-        width: to[0] - from[0],
-        ny: to[1] - from[1],
-        nz: 1,
-        src: ((z - c0[2]) * cdim[1] + (from[1] - c0[1])) * cdim[0] + (from[0] - c0[0]),
-        src_row: cdim[0],
-        src_plane: cdim[0] * cdim[1],
-        dst: from[1] * nx + from[0],
-        dst_row: nx,
-        dst_plane: nx * meta.shape[2],
+        dst: ((ch * oz + from[2] - origin[2]) * oy + (from[1] - origin[1])) * ox
+            + (from[0] - origin[0]),
+        dst_row: ox,
+        dst_plane: ox * oy,
     }
 }
 
