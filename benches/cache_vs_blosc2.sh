@@ -25,16 +25,16 @@ if ! "$VENV/bin/python" -c "import blosc2, torch, nibabel" 2>/dev/null; then
   "$VENV/bin/pip" install -q numpy nibabel blosc2 torch
 fi
 export DINO3D_BENCH_DATA="$DATA"
-cargo bench -q -p dino3d-cache --bench cache --no-run
+cargo bench -q -p dino3d-pipeline --bench cache --no-run
 for layout in "lz4 32" "zstd 32"; do
   set -- $layout
   echo "== dino3d cache, $1, chunks $2³"
   DINO3D_CACHE_CODEC=$1 DINO3D_CACHE_CHUNK=$2 taskset -c "$CPU" \
-    cargo bench -q -p dino3d-cache --bench cache 2>&1 | grep -v '^$'
+    cargo bench -q -p dino3d-pipeline --bench cache 2>&1 | grep -v '^$'
 done
 echo "== dino3d full sample, from the cache and in RAM in pairs (lz4)"
 DINO3D_PAIRED_SAMPLES="${PAIRED_SAMPLES:-60}" taskset -c "$CPU" \
-  cargo bench -q -p dino3d-cache --bench cache 2>&1 | grep paired
+  cargo bench -q -p dino3d-pipeline --bench cache 2>&1 | grep paired
 echo "== Blosc2 / npy / torch.save (bench_crop_store.py, one thread)"
 OUT="$(mktemp -d)"
 taskset -c "$CPU" "$VENV/bin/python" "$STORE_PY" "$DATA" "$OUT/store"
@@ -42,6 +42,6 @@ if [ -w /proc/sys/vm/drop_caches ]; then
   # One cold sweep each is too noisy to compare: both sides again, repeated.
   echo "== cold sweeps repeated, whole page cache dropped before each: Blosc2 int16 LZ4 HC 5, then dino3d (cold_sweep_24x96, lz4)"
   taskset -c "$CPU" "$VENV/bin/python" benches/blosc2_cold.py "$DATA" "$OUT/b2cold" "${COLD_REPEATS:-9}"
-  DINO3D_DROP_CACHES=1 taskset -c "$CPU" cargo bench -q -p dino3d-cache --bench cache -- cold_sweep 2>&1 | grep -v '^$'
+  DINO3D_DROP_CACHES=1 taskset -c "$CPU" cargo bench -q -p dino3d-pipeline --bench cache -- cold_sweep 2>&1 | grep -v '^$'
 fi
 rm -rf "$OUT"

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use dino3d_cache::{CacheDir, CacheSource, Codec, Entry, StoredType};
-use dino3d_pipeline::exec::Pipeline;
+use dino3d_cache::{CacheDir, Entry};
+use dino3d_pipeline::exec::{CacheSource, Dataset, Keep};
 use dino3d_pipeline::recipe::Plan;
 use rayon::prelude::*;
 
 use crate::progress;
-use crate::run_cmd::{Overrides, load_plan, plan_entries};
+use crate::run_cmd::{Overrides, load_plan};
 
 /// Cache subcommands.
 #[derive(Debug, Subcommand)]
@@ -93,53 +93,27 @@ pub(crate) fn run(cmd: CacheCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The cache folder a plan names, relative to the recipe's folder.
-pub(crate) fn plan_cache_dir(plan: &Plan, recipe: &Path) -> Option<PathBuf> {
-    plan.cache_dir
-        .as_ref()
-        .map(|d| recipe.parent().unwrap_or(Path::new("")).join(d))
-}
-
-/// A cache-backed source for a recipe, if it names a cache.
-pub(crate) fn cache_source(
-    plan: &Plan,
-    recipe: &Path,
-    allow_uncached: bool,
-) -> anyhow::Result<Option<CacheSource>> {
-    let Some(dir) = plan_cache_dir(plan, recipe) else {
-        return Ok(None);
-    };
-    let (manifest, entries) = plan_entries(plan, recipe)?;
-    let pipeline = Arc::new(Pipeline::new(plan));
-    let mut dir = CacheDir::new(&dir)
-        .with_context(|| format!("opening the cache of {}", recipe.display()))?;
-    match plan.cache_codec.as_deref() {
-        Some("zstd") => dir = dir.with_codec(Codec::Zstd),
-        Some("lz4") => dir = dir.with_codec(Codec::Lz4),
-        Some(other) => bail!("unknown cache codec `{other}`"),
-        None => {}
-    }
-    if let Some(edge) = plan.cache_chunk {
-        dir = dir.with_chunk([edge; 3]);
-    }
-    Ok(Some(CacheSource::new(
-        pipeline,
-        entries,
-        &manifest,
-        dir,
-        &plan.prefix_hash,
+/// The on-disk cache of a recipe, failing when it names none.
+fn cache_of(plan: &Plan, recipe: &Path, allow_uncached: bool) -> anyhow::Result<Arc<CacheSource>> {
+    let keep = Keep {
+        disk: true,
         allow_uncached,
-    )))
+        memory: false,
+    };
+    let data = Dataset::open(plan, recipe, keep)
+        .with_context(|| format!("opening the data of {}", recipe.display()))?;
+    crate::run_cmd::log_items(&data.items);
+    data.cache.with_context(|| {
+        format!(
+            "{}: the recipe names no cache (cache.dir)",
+            recipe.display()
+        )
+    })
 }
 
 fn warm(args: &WarmArgs) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.recipe, &args.overrides)?;
-    let Some(source) = cache_source(&plan, &args.recipe, args.allow_uncached)? else {
-        bail!(
-            "{}: the recipe names no cache (cache.dir)",
-            args.recipe.display()
-        );
-    };
+    let source = cache_of(&plan, &args.recipe, args.allow_uncached)?;
     let (shard, shards) = args.shard.unwrap_or((0, 1));
     let items: Vec<usize> = (0..source.items().len())
         .filter(|i| i % shards == shard)
@@ -208,23 +182,12 @@ fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
                 bytes += e.len();
                 for a in &e.header.arrays {
                     voxels += a.shape.iter().product::<usize>() as u64;
-                    let t = match a.dtype {
-                        StoredType::F32 => "float32",
-                        StoredType::I16 => "int16",
-                        StoredType::U16 => "uint16",
-                        StoredType::U8 => "uint8",
-                        StoredType::I8 => "int8",
-                    };
-                    let codec = match a.codec {
-                        Codec::Lz4 => "lz4",
-                        Codec::Zstd => "zstd",
-                    };
                     *types
                         .entry(format!(
                             "{}{}, {} chunks of {:?}",
-                            t,
-                            if a.window.is_some() { " + window" } else { "" },
-                            codec,
+                            a.dtype.name(),
+                            if a.decode.is_some() { " + window" } else { "" },
+                            a.codec.name(),
                             a.chunk
                         ))
                         .or_default() += 1;
@@ -263,10 +226,7 @@ fn verify(dir: &Path, remove: bool) -> anyhow::Result<ExitCode> {
     let damaged: Vec<String> = entries
         .par_iter()
         .filter_map(|p| {
-            let r = Entry::open(p).and_then(|e| {
-                e.verify()?;
-                Ok(e.header.source.clone())
-            });
+            let r = cache.verify(p);
             bar.inc(1);
             match r {
                 Ok(_) => None,
@@ -303,13 +263,8 @@ fn verify(dir: &Path, remove: bool) -> anyhow::Result<ExitCode> {
 
 fn gc(recipe: &Path, overrides: &Overrides, dry_run: bool) -> anyhow::Result<ExitCode> {
     let plan = load_plan(recipe, overrides)?;
-    let Some(source) = cache_source(&plan, recipe, false)? else {
-        bail!(
-            "{}: the recipe names no cache (cache.dir)",
-            recipe.display()
-        );
-    };
-    let dir = CacheDir::new(plan_cache_dir(&plan, recipe).expect("cache named"))?;
+    let source = cache_of(&plan, recipe, false)?;
+    let dir = source.dir();
     let live: std::collections::HashSet<PathBuf> = (0..source.items().len())
         .filter_map(|i| source.key(i).ok())
         .map(|k| dir.entry_path(&k))

@@ -5,15 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use dino3d_pipeline::exec::{
-    DirectSource, Loader, LoaderConfig, MemorySource, Pipeline, PreparedSource, Tensor5,
+    Dataset, Items, Keep, Loader, LoaderConfig, Pipeline, Tensor5, plan_items,
 };
-use dino3d_pipeline::manifest::{ManifestEntry, read_manifest};
+use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
 use dino3d_pipeline::recipe::{Plan, compile_file_with};
 use dino3d_pipeline::{Volume, VolumeMeta, VoxelData, Voxels};
@@ -84,93 +83,47 @@ pub(crate) fn load_plan(recipe: &Path, overrides: &Overrides) -> anyhow::Result<
 }
 
 /// The manifest a plan names (relative to the recipe's folder), filtered by
-/// `data.min_axis` as 3DINO does (kept iff the smallest axis is larger).
+/// `data.min_axis` as 3DINO does; what was dropped or unreadable is logged.
 pub(crate) fn plan_entries(
     plan: &Plan,
     recipe: &Path,
 ) -> anyhow::Result<(PathBuf, Vec<ManifestEntry>)> {
-    let Some(m) = &plan.manifest else {
-        bail!("{}: the recipe names no data.manifest", recipe.display());
-    };
-    let manifest = recipe.parent().unwrap_or(Path::new("")).join(m);
-    let entries = if manifest.is_dir() {
-        scan_folder(&manifest)?
-    } else {
-        read_manifest(&manifest)
-            .with_context(|| format!("reading the manifest of {}", recipe.display()))?
-    };
-    let total = entries.len();
-    let kept: Vec<ManifestEntry> = entries
-        .into_iter()
-        .filter(|e| match (plan.min_axis, e.min_spatial_axis()) {
-            (Some(min), Some(axis)) => axis > min,
-            _ => true,
-        })
-        .collect();
-    if kept.len() < total {
-        tracing::info!(
-            "{} of {total} items dropped by data.min_axis",
-            total - kept.len()
-        );
-    }
-    if kept.is_empty() {
-        bail!(
-            "{}: no items left in {}",
-            recipe.display(),
-            manifest.display()
-        );
-    }
-    // Entries of a scanned folder are relative to a manifest inside it.
-    let manifest = if manifest.is_dir() {
-        manifest.join("manifest.json")
-    } else {
-        manifest
-    };
-    Ok((manifest, kept))
+    let items = plan_items(plan, recipe)?;
+    log_items(&items);
+    Ok((items.manifest, items.entries))
 }
 
-/// A folder named as `data.manifest`: scanned in memory (headers only) into
-/// entries relative to a notional manifest inside it.
-fn scan_folder(dir: &Path) -> anyhow::Result<Vec<ManifestEntry>> {
-    use dino3d_pipeline::manifest::{PathStyle, ScanOptions, discover, scan};
-    let files = discover(&[dir.display().to_string()])?;
-    let opts = ScanOptions {
-        min_axis: None,
-        path_style: PathStyle::RelativeToManifest,
-        manifest_path: Some(dir.join("manifest.json")),
-    };
-    let result = scan(&files, &opts, &|_| {});
-    for r in &result.rejects {
+/// Logs the items a recipe's data dropped (`data.min_axis`) or could not read.
+pub(crate) fn log_items(items: &Items) {
+    for r in &items.rejects {
         tracing::warn!("skipped {}: {}", r.file, r.reason);
     }
-    Ok(result.records.iter().map(|r| r.to_entry()).collect())
+    if items.dropped_by_min_axis > 0 {
+        tracing::info!(
+            "{} of {} items dropped by data.min_axis",
+            items.dropped_by_min_axis,
+            items.dropped_by_min_axis + items.entries.len()
+        );
+    }
 }
 
 fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.recipe, &args.overrides)?;
-    let (manifest, entries) = plan_entries(&plan, &args.recipe)?;
-    let pipeline = Arc::new(Pipeline::new(&plan));
-    let cached = if args.memory_cache || args.no_cache {
-        None
-    } else {
-        crate::cache_cmd::cache_source(&plan, &args.recipe, args.allow_uncached)?
+    let keep = Keep {
+        disk: !(args.memory_cache || args.no_cache),
+        allow_uncached: args.allow_uncached,
+        memory: args.memory_cache,
     };
-    let cache_note = if cached.is_some() {
+    let data = Dataset::open(&plan, &args.recipe, keep)?;
+    log_items(&data.items);
+    let cache_note = if data.cache.is_some() {
         "on-disk cache"
     } else if args.memory_cache {
         "memory cache"
     } else {
         "no cache"
     };
-    let cached = cached.map(Arc::new);
-    let direct = DirectSource::new(pipeline.clone(), entries, &manifest);
-    let source: Arc<dyn PreparedSource> = if let Some(c) = &cached {
-        c.clone()
-    } else if args.memory_cache {
-        Arc::new(MemorySource::new(direct))
-    } else {
-        Arc::new(direct)
-    };
+    let (pipeline, source, cached) = (data.pipeline, data.source, data.cache);
     let mut config = LoaderConfig::from_plan(&plan);
     if let Some(t) = args.threads {
         config.threads = t;

@@ -14,7 +14,8 @@ pub enum CacheError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A damaged entry (truncated, torn, checksum mismatch): never served.
+    /// A damaged entry (truncated, torn, checksum mismatch, foreign key):
+    /// never served.
     #[error("damaged cache entry {}: {reason}", path.display())]
     Corrupt {
         /// The entry file.
@@ -22,9 +23,30 @@ pub enum CacheError {
         /// What is wrong.
         reason: String,
     },
-    /// Preparing the sample failed (unreadable source, failing transform).
-    #[error(transparent)]
-    Source(#[from] dino3d_pipeline::Error),
+    /// A read of a box that leaves the array (a caller's mistake).
+    #[error("{}: box at {start:?} of {extent:?} voxels leaves the array of shape {shape:?}", path.display())]
+    OutOfBounds {
+        /// The entry file.
+        path: PathBuf,
+        /// The box's first voxel.
+        start: [usize; 3],
+        /// The box's size.
+        extent: [usize; 3],
+        /// The array's `(C, X, Y, Z)`.
+        shape: [usize; 4],
+    },
+    /// An array handed to a write whose values do not fill its shape.
+    #[error("{}: array `{key}` has {len} values for shape {shape:?}", path.display())]
+    BadArray {
+        /// The entry being written.
+        path: PathBuf,
+        /// The array's key.
+        key: String,
+        /// Values given.
+        len: usize,
+        /// Its `(C, X, Y, Z)`.
+        shape: [usize; 4],
+    },
 }
 
 impl CacheError {

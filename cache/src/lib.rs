@@ -1,35 +1,46 @@
-//! dino3d's on-disk cache of prepared samples: the output of a recipe's
-//! deterministic prefix for each manifest item (MONAI's `CacheNTransDataset`,
-//! without its faults).
+//! dino3d's on-disk store of chunked arrays: one entry file per key, each
+//! holding named channel-first float arrays with their geometry, chunked,
+//! byte-shuffled, compressed and checksummed, read through a memory map. It
+//! knows arrays, chunks, codecs, checksums and keys, and nothing of where the
+//! arrays came from: the pipeline decides what to store and how to key it.
 //!
-//! * **Key** ([`entry_key`]): source fingerprints (size, mtime, header bytes),
-//!   the canonical prefix hash (every cached step and parameter, and the seed
-//!   when a random step is cached) and the format version. Change any of them
-//!   and the entry misses; nothing else does.
-//! * **Format** ([`format`]): per item one memory-mapped file of chunked
-//!   (32³ by default), byte-shuffled, compressed arrays (LZ4 per byte plane, or
-//!   zstd) with a checksum per
-//!   chunk and over the header and index. 8/16-bit volumes under 3DINO's
-//!   prefix stay integers plus their intensity window, applied on reading with
-//!   the float path's own function (bit-identical). Reading a box decodes only
-//!   the chunks it touches.
-//! * **Durability** ([`store`]): atomic writes (temporary file, fsync, rename);
-//!   damaged entries are detected, reported, removed and rebuilt, never served;
-//!   lock files keep concurrent warmers from building the same entry twice, and
-//!   a lock left by a killed process is taken over.
-//! * **Use** ([`source`]): [`CacheSource`] plugs into the batch loader and warms
-//!   lazily on first use.
+//! * **Layout** ([`layout`]): the entry's header, index and chunk geometry;
+//!   32³ chunks by default.
+//! * **Codecs** ([`codec`]): LZ4 per byte plane (incompressible planes stored
+//!   raw and read in place) or zstd.
+//! * **Decode maps** ([`DecodeMap`]): integers stored with a scale, offset and
+//!   clip applied on reading (in AVX2/AVX-512 kernels or a table, bit-identical
+//!   to [`DecodeMap::apply`]), so 8/16-bit volumes stay small.
+//! * **Reads** ([`Entry::read_box`], [`Entry::for_each_plane`]) decode only the
+//!   chunks they touch, each checked before use.
+//! * **Writes** ([`write::write_entry`]) are atomic (temporary file, fsync,
+//!   rename).
+//! * **Folders** ([`store`]): entries at `<dir>/<key[..2]>/<key>.d3c`, keyed by
+//!   [`entry_key`]; damaged entries (truncated, torn, bit-flipped, or stored
+//!   under another key) are detected, removed and reported, never served;
+//!   lock files keep concurrent writers from building the same entry twice.
 
 mod alloc;
+mod array;
+pub mod codec;
+mod decode;
+mod decode_map;
+mod entry;
 pub mod error;
-pub mod format;
+pub mod layout;
+mod read;
+mod scratch;
 pub mod shuffle;
-pub mod source;
 pub mod store;
 mod window;
+pub mod write;
 
 pub use alloc::reuse_large_buffers;
+pub use array::{Affine, Array};
+pub use codec::Codec;
+pub use decode_map::DecodeMap;
+pub use entry::Entry;
 pub use error::{CacheError, Result};
-pub use format::{Codec, Entry, Layout, StoredType};
-pub use source::{CacheSource, CacheStats, Warmed};
+pub use layout::{ArrayMeta, Header, Layout, PlaneRect, StoredType};
 pub use store::{CacheDir, DEFAULT_CHUNK, DEFAULT_CODEC, FORMAT_VERSION, Lookup, entry_key};
+pub use write::{ArrayToWrite, write_entry};

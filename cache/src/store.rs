@@ -7,15 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use dino3d_pipeline::exec::Stored;
-use dino3d_pipeline::nifti::DType;
-use dino3d_pipeline::transforms::Image;
-
+use crate::codec::Codec;
+use crate::entry::Entry;
 use crate::error::{CacheError, Result};
-use crate::format::{ArrayToWrite, Codec, Entry, Layout, StoredType, write_entry};
+use crate::layout::Layout;
+use crate::write::{ArrayToWrite, write_entry};
 
 /// Version of the entry format, folded into every key: a format change misses.
-pub const FORMAT_VERSION: &str = "dino3d-cache-v3";
+pub const FORMAT_VERSION: &str = "dino3d-cache-v4";
 /// Default chunk edge (32³ int16 = 64 KiB; see rust-stack.md §5).
 pub const DEFAULT_CHUNK: [usize; 3] = [32, 32, 32];
 /// Default codec of new entries.
@@ -123,7 +122,7 @@ impl CacheDir {
         if !path.exists() {
             return Lookup::Miss;
         }
-        match Entry::open(&path) {
+        match Entry::open_keyed(&path, key) {
             Ok(e) => Lookup::Hit(e),
             Err(err) => {
                 let _ = std::fs::remove_file(&path);
@@ -137,13 +136,13 @@ impl CacheDir {
         let _ = std::fs::remove_file(self.entry_path(key));
     }
 
-    /// Writes the entry `key` for `stored` (built by the caller), holding the
-    /// key's lock; returns the bytes written. If another process holds the
-    /// lock, waits for its entry instead and returns 0.
+    /// Writes the entry `key` holding `arrays` (prepared by the caller),
+    /// holding the key's lock; returns the bytes written. If another process
+    /// holds the lock, waits for its entry instead and returns 0.
     ///
     /// # Errors
     /// I/O failures (disk full, read-only folder) with the path.
-    pub fn store(&self, key: &str, source: &str, stored: &[(String, Stored)]) -> Result<u64> {
+    pub fn store(&self, key: &str, source: &str, arrays: &[ArrayToWrite<'_>]) -> Result<u64> {
         let path = self.entry_path(key);
         let Some(_lock) = self.lock(key)? else {
             return Ok(0);
@@ -151,25 +150,22 @@ impl CacheDir {
         if path.exists() {
             return Ok(0);
         }
-        // Borrow the prepared arrays: no copy of a volume on the way to disk.
-        let arrays: Vec<ArrayToWrite<'_>> = stored
-            .iter()
-            .map(|(k, s)| match s {
-                Stored::Float(img) => ArrayToWrite {
-                    key: k,
-                    image: img,
-                    dtype: smallest_exact_type(img),
-                    window: None,
-                },
-                Stored::Int { raw, dtype, window } => ArrayToWrite {
-                    key: k,
-                    image: raw,
-                    dtype: stored_type(*dtype),
-                    window: Some((*window).into()),
-                },
-            })
-            .collect();
-        write_entry(&path, &arrays, self.layout, source, key)
+        write_entry(&path, arrays, self.layout, source, key)
+    }
+
+    /// Checks the entry file `path` of this folder: its framing, that it is
+    /// stored under its own key, and every chunk.
+    ///
+    /// # Errors
+    /// The first damage found.
+    pub fn verify(&self, path: &Path) -> Result<Entry> {
+        let key = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let entry = Entry::open_keyed(path, &key)?;
+        entry.verify()?;
+        Ok(entry)
     }
 
     /// Takes the key's lock, or waits while a live process holds it (then
@@ -275,33 +271,4 @@ fn lock_is_abandoned(path: &Path) -> bool {
             cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists()
         });
     old || dead
-}
-
-fn stored_type(d: DType) -> StoredType {
-    match d {
-        DType::U8 => StoredType::U8,
-        DType::I8 => StoredType::I8,
-        DType::U16 => StoredType::U16,
-        DType::I16 => StoredType::I16,
-        _ => StoredType::F32,
-    }
-}
-
-/// The narrowest type holding every voxel exactly (label maps become u8).
-fn smallest_exact_type(img: &Image) -> StoredType {
-    let integral = img.data.iter().all(|v| v.fract() == 0.0);
-    if !integral {
-        return StoredType::F32;
-    }
-    let (lo, hi) = img
-        .data
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    if lo >= 0.0 && hi <= 255.0 {
-        StoredType::U8
-    } else if lo >= -32768.0 && hi <= 32767.0 {
-        StoredType::I16
-    } else {
-        StoredType::F32
-    }
 }

@@ -1,68 +1,20 @@
 //! Stored 16-bit voxels to windowed float32, computed rather than looked up.
 //!
-//! The lookup table of [`crate::format`] costs a dependent load per voxel; on a
-//! CPU with AVX2 the same per-voxel arithmetic ([`IntensityMap::apply`], f64,
+//! The lookup table of [`crate::decode`] costs a dependent load per voxel; on a
+//! CPU with AVX2 the same per-voxel arithmetic ([`DecodeMap::apply`], f64,
 //! rounded to f32 once) runs 4–8 voxels per instruction instead. Both paths
 //! evaluate the identical IEEE expression, so results are bit-identical
 //! (tested against the table for every 16-bit value).
 
 use std::mem::MaybeUninit;
 
-use dino3d_pipeline::transforms::IntensityMap;
+use crate::decode_map::DecodeMap;
+use crate::layout::Rows;
 
 /// Whether [`window_word_rows`] has a vector path on this CPU; without one
 /// the caller's lookup table is faster than scalar arithmetic.
 pub(crate) fn vector_path() -> bool {
     Kernel::best() != Kernel::Scalar
-}
-
-/// Rows of a box copied from a chunk into an output: `ny · nz` rows of `width`
-/// voxels; row `(y, z)` starts at `src + y·src_row + z·src_plane` in the
-/// chunk's planes and at `dst + y·dst_row + z·dst_plane` in the output.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Rows {
-    pub width: usize,
-    pub ny: usize,
-    pub nz: usize,
-    pub src: usize,
-    pub src_row: usize,
-    pub src_plane: usize,
-    pub dst: usize,
-    pub dst_row: usize,
-    pub dst_plane: usize,
-}
-
-impl Rows {
-    /// Voxels covered.
-    pub(crate) fn len(&self) -> usize {
-        self.width * self.ny * self.nz
-    }
-
-    /// Calls `f(src_start, dst_start)` for every row, z outermost.
-    #[inline(always)]
-    pub(crate) fn for_each(&self, mut f: impl FnMut(usize, usize)) {
-        for z in 0..self.nz {
-            for y in 0..self.ny {
-                f(
-                    self.src + y * self.src_row + z * self.src_plane,
-                    self.dst + y * self.dst_row + z * self.dst_plane,
-                );
-            }
-        }
-    }
-
-    /// One past the last source and destination element touched (`None`
-    /// when there are no rows).
-    fn ends(&self) -> Option<(usize, usize)> {
-        if self.len() == 0 {
-            return None;
-        }
-        let (y, z) = (self.ny - 1, self.nz - 1);
-        Some((
-            self.src + y * self.src_row + z * self.src_plane + self.width,
-            self.dst + y * self.dst_row + z * self.dst_plane + self.width,
-        ))
-    }
 }
 
 /// Which instruction set runs [`window_word_rows`].
@@ -116,7 +68,7 @@ pub(crate) struct Segment<'a> {
     pub rows: Rows,
 }
 
-/// [`IntensityMap::apply`] over the rows of chunks side by side along x (a
+/// [`DecodeMap::apply`] over the rows of chunks side by side along x (a
 /// slab), row by row across all of them: output row `(y, z)` is written left
 /// to right in one pass, as one sequential stream, rather than in chunk-wide
 /// pieces far apart. The row loops run inside the vectorised kernels (a row
@@ -129,7 +81,7 @@ pub(crate) struct Segment<'a> {
 pub(crate) fn window_word_slab(
     segments: &[Segment<'_>],
     signed: bool,
-    map: &IntensityMap,
+    map: &DecodeMap,
     out: &mut [MaybeUninit<f32>],
 ) {
     window_word_slab_with(Kernel::best(), segments, signed, map, out);
@@ -140,7 +92,7 @@ fn window_word_slab_with(
     kernel: Kernel,
     segments: &[Segment<'_>],
     signed: bool,
-    map: &IntensityMap,
+    map: &DecodeMap,
     out: &mut [MaybeUninit<f32>],
 ) {
     let Some(first) = segments.first().map(|s| s.rows) else {
@@ -222,7 +174,7 @@ fn window_words(
     lo: &[u8],
     hi: &[u8],
     signed: bool,
-    map: &IntensityMap,
+    map: &DecodeMap,
     out: &mut [MaybeUninit<f32>],
 ) {
     let width = out.len();
@@ -241,12 +193,7 @@ fn window_words(
 }
 
 #[inline(always)]
-fn words<const SIGNED: bool>(
-    lo: &[u8],
-    hi: &[u8],
-    map: &IntensityMap,
-    out: &mut [MaybeUninit<f32>],
-) {
+fn words<const SIGNED: bool>(lo: &[u8], hi: &[u8], map: &DecodeMap, out: &mut [MaybeUninit<f32>]) {
     for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
         o.write(map.apply(word_value::<SIGNED>(l, h)));
     }
@@ -264,7 +211,7 @@ fn word_value<const SIGNED: bool>(l: u8, h: u8) -> f32 {
     }
 }
 
-/// The vector kernels. Each evaluates [`IntensityMap::apply`]'s expression
+/// The vector kernels. Each evaluates [`DecodeMap::apply`]'s expression
 /// with the same IEEE operations (f64 product, f64 sum, clamp, one rounding to
 /// f32), so results are bit-identical to it; the clamp is `min(hi, max(lo,
 /// y))`, which returns `y` itself on ties (keeping the sign of zero) and for
@@ -274,11 +221,11 @@ mod simd {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use dino3d_pipeline::transforms::IntensityMap;
+    use crate::decode_map::DecodeMap;
 
     use super::{Segment, word_value};
 
-    /// [`dino3d_pipeline::transforms::IntensityMap::parts`], with `min ≤ max`.
+    /// [`crate::decode_map::DecodeMap::parts`], with `min ≤ max`.
     #[derive(Debug, Clone, Copy)]
     pub(super) struct Coefficients {
         pub scale: f64,
@@ -355,7 +302,7 @@ mod simd {
     pub(super) unsafe fn slab_avx2<const SIGNED: bool>(
         segs: &[Segment<'_>],
         k: Coefficients,
-        map: &IntensityMap,
+        map: &DecodeMap,
         out: &mut [MaybeUninit<f32>],
     ) {
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
@@ -454,16 +401,29 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dino3d_pipeline::transforms::ScaleIntensityRange;
 
-    fn windows() -> Vec<ScaleIntensityRange> {
-        let w = |a_min, a_max, b: Option<(f64, f64)>, clip| ScaleIntensityRange {
-            a_min,
-            a_max,
-            b_min: b.map(|b| b.0),
-            b_max: b.map(|b| b.1),
-            clip,
+    /// The map MONAI's `ScaleIntensityRange(a_min, a_max, b_min, b_max,
+    /// clip)` is (the pipeline's transform builds the same; its tests check
+    /// the two agree).
+    fn window_map(a_min: f64, a_max: f64, b: Option<(f64, f64)>, clip: bool) -> DecodeMap {
+        if a_max == a_min {
+            let shift = b.map_or(0.0, |b| b.0) - a_min;
+            return DecodeMap::new(1.0, shift, f64::NEG_INFINITY, f64::INFINITY);
+        }
+        let (mut scale, mut offset) = (1.0 / (a_max - a_min), -a_min / (a_max - a_min));
+        if let Some((b0, b1)) = b {
+            scale *= b1 - b0;
+            offset = offset * (b1 - b0) + b0;
+        }
+        let (lo, hi) = match b {
+            Some((b0, b1)) if clip => (b0, b1),
+            _ => (f64::NEG_INFINITY, f64::INFINITY),
         };
+        DecodeMap::new(scale, offset, lo, hi)
+    }
+
+    fn windows() -> Vec<DecodeMap> {
+        let w = window_map;
         vec![
             w(-1024.0, 3071.0, Some((-1.0, 1.0)), true),
             w(-123.456, 987.654, Some((-1.0, 1.0)), true),
@@ -498,7 +458,7 @@ mod tests {
             .into_iter()
             .flat_map(|k| windows().into_iter().map(move |p| (k, p)))
         {
-            let map = IntensityMap::new(&p);
+            let map = p;
             for signed in [false, true] {
                 // Odd lengths and offsets exercise the vector loops' tails.
                 for (from, len) in [
@@ -541,7 +501,7 @@ mod tests {
         let n = 5 * 4 * 3;
         let lo: Vec<u8> = (0..n as u16).map(|v| (v * 37).to_le_bytes()[0]).collect();
         let hi: Vec<u8> = (0..n as u16).map(|v| (v * 37 % 7) as u8).collect();
-        let map = IntensityMap::new(&windows()[1]);
+        let map = windows()[1];
         let rows = Rows {
             width: 3,
             ny: 2,
@@ -639,7 +599,7 @@ mod tests {
         }
         let total = box_w * ny * nz;
         assert_eq!(segments.iter().map(|s| s.rows.len()).sum::<usize>(), total);
-        let map = IntensityMap::new(&windows()[1]);
+        let map = windows()[1];
         let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
             // SAFETY: every element was initialised (NaN or decoded).
             v.iter()
@@ -666,7 +626,7 @@ mod tests {
     #[test]
     #[should_panic]
     fn slabs_refuse_mixed_row_geometry() {
-        let map = IntensityMap::new(&windows()[0]);
+        let map = windows()[0];
         let rows = |dst_row| Rows {
             width: 2,
             ny: 2,
@@ -698,7 +658,7 @@ mod tests {
     #[test]
     #[should_panic]
     fn short_planes_are_refused() {
-        let map = IntensityMap::new(&windows()[0]);
+        let map = windows()[0];
         let mut out = vec![MaybeUninit::<f32>::uninit(); 8];
         window_words(Kernel::best(), &[0; 4], &[0; 8], true, &map, &mut out);
     }

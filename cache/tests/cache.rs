@@ -1,22 +1,25 @@
-//! The cache end to end: exact round trips (integers + window bit-identical to
-//! the float path), box reads, keys, damage detection and rebuild, concurrent
-//! warmers, and unwritable folders.
+//! The store of chunked arrays end to end: exact round trips (integers +
+//! decode map bit-identical to the map applied to floats), box and plane
+//! reads, random-read mappings, damage detection, and entries under a
+//! foreign key. (The pipeline's use of it, keys from source files and
+//! prefixes, views cut plane by plane, concurrent warmers and unwritable
+//! folders, is tested in `pipeline/tests/cache_source.rs`.)
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use dino3d_cache::{
+    Affine, Array, ArrayToWrite, CacheDir, Codec, DecodeMap, Entry, Layout, Lookup, PlaneRect,
+    StoredType, write_entry,
+};
 
-use dino3d_cache::format::{ArrayToWrite, Codec, Layout, Window, write_entry};
-use dino3d_cache::{CacheDir, CacheSource, Entry, Lookup, StoredType, Warmed, entry_key};
-use dino3d_pipeline::exec::{Pipeline, PlaneRect, PreparedSource};
-use dino3d_pipeline::manifest::{ManifestEntry, write_manifest_json};
-use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
-use dino3d_pipeline::recipe::compile_str;
-use dino3d_pipeline::transforms::{Image, ScaleIntensityRange, scale_intensity_range};
-use dino3d_pipeline::{Volume, VolumeMeta, VoxelData, Voxels};
+const IDENTITY: Affine = [
+    [1.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0],
+];
 
-fn wavy(shape: [usize; 4], integral: bool) -> Image {
+fn wavy(shape: [usize; 4], integral: bool) -> Array {
     let n: usize = shape.iter().product();
-    Image {
+    Array {
         data: (0..n)
             .map(|i| {
                 let v = ((i * 7919) % 2003) as f32 - 1000.0;
@@ -29,7 +32,7 @@ fn wavy(shape: [usize; 4], integral: bool) -> Image {
     }
 }
 
-fn crop(img: &Image, start: [usize; 3], extent: [usize; 3]) -> Image {
+fn crop(img: &Array, start: [usize; 3], extent: [usize; 3]) -> Array {
     let mut data = Vec::new();
     for c in 0..img.shape[0] {
         for k in start[2]..start[2] + extent[2] {
@@ -43,11 +46,28 @@ fn crop(img: &Image, start: [usize; 3], extent: [usize; 3]) -> Image {
     for row in affine.iter_mut().take(3) {
         row[3] += (0..3).map(|a| row[a] * start[a] as f64).sum::<f64>();
     }
-    Image {
+    Array {
         data,
         shape: [img.shape[0], extent[0], extent[1], extent[2]],
         spacing: img.spacing,
         affine,
+    }
+}
+
+fn to_write<'a>(
+    key: &'a str,
+    a: &'a Array,
+    dtype: StoredType,
+    decode: Option<DecodeMap>,
+) -> ArrayToWrite<'a> {
+    ArrayToWrite {
+        key,
+        data: &a.data,
+        shape: a.shape,
+        spacing: a.spacing,
+        affine: a.affine,
+        dtype,
+        decode,
     }
 }
 
@@ -63,28 +83,13 @@ fn round_trip(codec: Codec) {
     let path = dir.path().join("e.d3c");
     let float = wavy([2, 37, 29, 19], false);
     let ints = wavy([1, 40, 33, 21], true);
-    let window = ScaleIntensityRange {
-        a_min: -700.0,
-        a_max: 600.0,
-        b_min: Some(-1.0),
-        b_max: Some(1.0),
-        clip: true,
-    };
+    // A window like ScaleIntensityRange(-700, 600, -1, 1, clip).
+    let map = DecodeMap::new(2.0 / 1300.0, 700.0 / 1300.0 * 2.0 - 1.0, -1.0, 1.0);
     write_entry(
         &path,
         &[
-            ArrayToWrite {
-                key: "image",
-                image: &float,
-                dtype: StoredType::F32,
-                window: None,
-            },
-            ArrayToWrite {
-                key: "ct",
-                image: &ints,
-                dtype: StoredType::I16,
-                window: Some(Window::from(window)),
-            },
+            to_write("image", &float, StoredType::F32, None),
+            to_write("ct", &ints, StoredType::I16, Some(map)),
         ],
         Layout {
             chunk: [16, 16, 8],
@@ -98,11 +103,11 @@ fn round_trip(codec: Codec) {
     e.verify().unwrap();
     assert_eq!(e.read_all(0).unwrap(), float);
     let mut scaled = ints.clone();
-    scale_intensity_range(&mut scaled, &window);
+    scaled.data.iter_mut().for_each(|v| *v = map.apply(*v));
     let all = e.read_all(1).unwrap();
     assert_eq!(
         all, scaled,
-        "integers + window == the float path, bit for bit"
+        "integers + decode map == the map applied to floats, bit for bit"
     );
     for (start, extent) in [
         ([0, 0, 0], [1, 1, 1]),
@@ -179,12 +184,7 @@ fn entries_are_mapped_for_random_reads() {
     let img = wavy([1, 20, 20, 20], true);
     write_entry(
         &path,
-        &[ArrayToWrite {
-            key: "image",
-            image: &img,
-            dtype: StoredType::I16,
-            window: None,
-        }],
+        &[to_write("image", &img, StoredType::I16, None)],
         Layout {
             chunk: [8, 8, 8],
             codec: Codec::Lz4,
@@ -231,9 +231,11 @@ fn damage_is_detected_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let store = CacheDir::new(dir.path()).unwrap();
     let img = wavy([1, 20, 20, 20], true);
-    let stored = vec![(
-        "image".to_string(),
-        dino3d_pipeline::exec::Stored::Float(img.clone()),
+    let stored = [to_write(
+        "image",
+        &img,
+        StoredType::smallest_exact(&img.data),
+        None,
     )];
     let written = store.store("ab12", "src", &stored).unwrap();
     assert!(written > 0);
@@ -270,305 +272,70 @@ fn damage_is_detected_and_never_served() {
     assert_eq!(store.leftovers().len(), 1);
 }
 
-/// CT-like int16 volumes (constant air, noisy tissue) and their manifest.
-fn dataset(dir: &Path, n: usize) -> (PathBuf, Vec<ManifestEntry>) {
-    let mut entries = Vec::new();
-    for s in 0..n {
-        let (x, y, z) = (30 + s, 28, 20);
-        let mut v = Vec::with_capacity(x * y * z);
-        for k in 0..z {
-            for j in 0..y {
-                for i in 0..x {
-                    let inside = (3..x - 3).contains(&i)
-                        && (4..y - 2).contains(&j)
-                        && (2..z - 3).contains(&k);
-                    v.push(if inside {
-                        ((i * 31 + j * 17 + k * 7 + s) % 300) as i16 - 100
-                    } else {
-                        -1000
-                    });
-                }
-            }
-        }
-        let mut affine = IDENTITY;
-        affine[2][2] = 2.5;
-        let vol = Volume {
-            data: VoxelData::I16(Voxels::from(v)),
-            shape: [1, x, y, z],
-            spacing: [1.0, 1.0, 2.5],
-            affine,
-            scaling: None,
-            meta: VolumeMeta::default(),
-        };
-        let name = format!("v{s}.nii.gz");
-        write_volume(dir.join(&name), &vol, &WriteOptions::default()).unwrap();
-        entries.push(ManifestEntry {
-            image: name,
-            shape: None,
-            spacing: None,
-            extra: Default::default(),
-        });
-    }
-    let manifest = dir.join("m.json");
-    write_manifest_json(&manifest, &entries).unwrap();
-    (manifest, entries)
-}
-
-const RECIPE: &str = "\
-task: pretrain
-data:
-  manifest: m.json
-cache:
-  dir: cache
-  prefix: 6
-pipeline:
-  - name: LoadImage
-  - name: RandTimeFrame
-  - name: NanToMean
-  - name: ScaleIntensityRangePercentiles
-    lower: 0.05
-    upper: 99.95
-    b_min: -1
-    b_max: 1
-    clip: true
-  - name: PermuteInPlaneFirst
-  - name: CropForeground
-    threshold: -1
-";
-
-fn source(
-    data: &Path,
-    cache: &Path,
-    recipe: &str,
-    allow_uncached: bool,
-) -> (CacheSource, Arc<Pipeline>) {
-    let plan = compile_str(recipe, Path::new("r.yaml")).unwrap();
-    let pipeline = Arc::new(Pipeline::new(&plan));
-    let (manifest, entries) = (
-        data.join("m.json"),
-        dino3d_pipeline::manifest::read_manifest(&data.join("m.json")).unwrap(),
-    );
-    let src = CacheSource::new(
-        pipeline.clone(),
-        entries,
-        &manifest,
-        CacheDir::new(cache).unwrap(),
-        &plan.prefix_hash,
-        allow_uncached,
-    );
-    (src, pipeline)
-}
-
+/// An entry copied or renamed under another key is damage: the lookup of
+/// that key removes it instead of serving another item's arrays, and
+/// `verify` names the key it holds.
 #[test]
-fn the_cache_serves_exactly_what_the_pipeline_prepares_and_rebuilds_damage() {
-    let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let (manifest, entries) = dataset(data.path(), 3);
-    let (src, pipeline) = source(data.path(), cache.path(), RECIPE, false);
-    assert!(pipeline.is_fused());
-    for (i, entry) in entries.iter().enumerate() {
-        let want = pipeline.prepare(entry, &manifest).unwrap();
-        let miss = src.prepared(i).unwrap();
-        let hit = src.prepared(i).unwrap();
-        assert_eq!(*miss, want);
-        assert_eq!(*hit, want, "item {i}: cached == uncached, bit for bit");
+fn an_entry_under_a_foreign_key_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    let a = wavy([1, 12, 12, 12], true);
+    let b = wavy([1, 12, 12, 13], true);
+    store
+        .store(
+            "aa01",
+            "a.nii.gz",
+            &[to_write("image", &a, StoredType::I16, None)],
+        )
+        .unwrap();
+    store
+        .store(
+            "bb02",
+            "b.nii.gz",
+            &[to_write("image", &b, StoredType::I16, None)],
+        )
+        .unwrap();
+    let (pa, pb) = (store.entry_path("aa01"), store.entry_path("bb02"));
+    // `cp a b`: the file of key bb02 now holds aa01's entry.
+    std::fs::copy(&pa, &pb).unwrap();
+    let err = store.verify(&pb).err().expect("refused").to_string();
+    assert!(
+        err.contains("aa01") && err.contains("bb02") && err.contains("a.nii.gz"),
+        "{err}"
+    );
+    assert!(store.verify(&pa).is_ok());
+    match store.lookup("bb02") {
+        Lookup::Removed(e) => assert!(e.to_string().contains("copied or renamed"), "{e}"),
+        Lookup::Hit(_) => panic!("another item's entry was served"),
+        Lookup::Miss => panic!("the foreign entry was not noticed"),
     }
-    let s = &src.stats;
-    use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!((s.misses.load(Relaxed), s.hits.load(Relaxed)), (3, 3));
-    // Stored as int16 + window: about half a float32 volume or less.
-    let entry = Entry::open(&CacheDir::new(cache.path()).unwrap().entries()[0]).unwrap();
-    assert_eq!(entry.header.arrays[0].dtype, StoredType::I16);
-    assert!(entry.header.arrays[0].window.is_some());
-    // Damage one entry's payload: reported, rebuilt, the right data served.
-    let key = src.key(1).unwrap();
-    let path = CacheDir::new(cache.path()).unwrap().entry_path(&key);
+    assert!(!pb.exists(), "removed, so it is rebuilt");
+    let Lookup::Hit(e) = store.lookup("aa01") else {
+        panic!("the original is intact")
+    };
+    assert_eq!(e.read_all(0).unwrap(), a);
+}
+
+/// Entries of the first format (an intensity window where the decode map is
+/// now) are refused with a message saying so, never decoded without their
+/// window.
+#[test]
+fn entries_of_the_earlier_format_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    let a = wavy([1, 8, 8, 8], true);
+    store
+        .store(
+            "cc03",
+            "c.nii.gz",
+            &[to_write("image", &a, StoredType::I16, None)],
+        )
+        .unwrap();
+    let path = store.entry_path("cc03");
     let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 30;
-    bytes[at] ^= 0xff;
-    std::fs::write(&path, bytes).unwrap();
-    let again = src.prepared(1).unwrap();
-    assert_eq!(*again, pipeline.prepare(&entries[1], &manifest).unwrap());
-    assert_eq!(s.damaged.load(Relaxed), 1);
-    let reports = src.reports.lock().unwrap().clone();
-    assert!(
-        reports[0].contains("checksum") && reports[0].contains("v1.nii.gz"),
-        "{reports:?}"
-    );
-    assert!(Entry::open(&path).unwrap().verify().is_ok());
-}
-
-/// The pretraining views, small: what the loader asks the cache for.
-fn with_views(recipe: &str) -> String {
-    let views = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../recipes/pretrain.yaml"
-    ))
-    .unwrap();
-    let views = &views[views.find("\nviews:").expect("pretrain.yaml has views")..];
-    let views = views[..views.find("\nbatch:").unwrap_or(views.len())]
-        .replace("size: 96", "size: 12")
-        .replace("size: 48", "size: 6");
-    format!("{recipe}{}\n", views.trim_start_matches('\n'))
-}
-
-/// The views the loader gets from the cache (cut plane by plane as an entry
-/// decodes) equal those cut from the prepared volume, on a miss and on hits,
-/// for several epochs; damage found while decoding planes is reported and
-/// rebuilt, and the right views are still served.
-#[test]
-fn views_from_the_cache_equal_views_from_the_prepared_volume() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let (manifest, entries) = dataset(data.path(), 3);
-    // 8³ chunks: several chunk slabs and rows per entry, so rectangles and
-    // chunk spans are exercised.
-    let plan = compile_str(&with_views(RECIPE), Path::new("r.yaml")).unwrap();
-    let pipeline = Arc::new(Pipeline::new(&plan));
-    let src = CacheSource::new(
-        pipeline.clone(),
-        entries.clone(),
-        &manifest,
-        CacheDir::new(cache.path()).unwrap().with_chunk([8, 8, 8]),
-        &plan.prefix_hash,
-        false,
-    );
-    assert!(pipeline.cuts_views_by_plane());
-    for epoch in 0..3 {
-        for (i, entry) in entries.iter().enumerate() {
-            let prepared = pipeline.prepare(entry, &manifest).unwrap();
-            let want = pipeline
-                .finish(&prepared, epoch, i as u64, Path::new("x"))
-                .unwrap();
-            let got = src.output(&pipeline, epoch, i).unwrap();
-            assert!(got == want, "item {i}, epoch {epoch}: cache views differ");
-        }
-    }
-    let s = &src.stats;
-    assert_eq!((s.misses.load(Relaxed), s.hits.load(Relaxed)), (3, 6));
-    assert_eq!(s.by_plane.load(Relaxed), 6, "every hit cut plane by plane");
-    let entry = Entry::open(&CacheDir::new(cache.path()).unwrap().entries()[0]).unwrap();
-    assert_eq!(entry.header.arrays[0].chunk, [8, 8, 8]);
-    // Damage a chunk (not the framing): found while decoding planes.
-    let key = src.key(2).unwrap();
-    let path = CacheDir::new(cache.path()).unwrap().entry_path(&key);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 30;
-    bytes[at] ^= 0xff;
-    std::fs::write(&path, bytes).unwrap();
-    let prepared = pipeline.prepare(&entries[2], &manifest).unwrap();
-    let want = pipeline.finish(&prepared, 7, 2, Path::new("x")).unwrap();
-    assert!(src.output(&pipeline, 7, 2).unwrap() == want);
-    assert_eq!((s.damaged.load(Relaxed), s.misses.load(Relaxed)), (1, 4));
-    assert_eq!(s.by_plane.load(Relaxed), 6, "the damaged read was rebuilt");
-    assert!(src.output(&pipeline, 7, 2).unwrap() == want);
-    assert_eq!(
-        s.by_plane.load(Relaxed),
-        7,
-        "and the rebuilt entry is read by plane"
-    );
-    let reports = src.reports.lock().unwrap().clone();
-    assert!(
-        reports[0].contains("checksum") && reports[0].contains("v2.nii.gz"),
-        "{reports:?}"
-    );
-    assert!(
-        Entry::open(&path).unwrap().verify().is_ok(),
-        "rebuilt intact"
-    );
-}
-
-#[test]
-fn keys_change_with_the_file_and_the_prefix_only() {
-    let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    dataset(data.path(), 2);
-    let (a, _) = source(data.path(), cache.path(), RECIPE, false);
-    let (b, _) = source(
-        data.path(),
-        cache.path(),
-        &RECIPE.replace("upper: 99.95", "upper: 99.9"),
-        false,
-    );
-    let (c, _) = source(
-        data.path(),
-        cache.path(),
-        &format!("{RECIPE}# a comment\n"),
-        false,
-    );
-    let k0 = a.key(0).unwrap();
-    assert_ne!(k0, a.key(1).unwrap());
-    assert_ne!(k0, b.key(0).unwrap(), "a prefix parameter changed");
-    assert_eq!(k0, c.key(0).unwrap(), "formatting is not part of the key");
-    // Rewriting the file (new content and mtime) misses.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let f = data.path().join("v0.nii.gz");
-    let bytes = std::fs::read(data.path().join("v1.nii.gz")).unwrap();
-    std::fs::write(&f, bytes).unwrap();
-    assert_ne!(k0, a.key(0).unwrap());
-    assert_eq!(
-        entry_key("h", std::slice::from_ref(&f)).unwrap(),
-        entry_key("h", &[f]).unwrap()
-    );
-}
-
-#[test]
-fn concurrent_warmers_build_each_entry_once() {
-    let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    dataset(data.path(), 2);
-    let sources: Vec<CacheSource> = (0..4)
-        .map(|_| source(data.path(), cache.path(), RECIPE, false).0)
-        .collect();
-    std::thread::scope(|s| {
-        for src in &sources {
-            s.spawn(move || {
-                for i in 0..2 {
-                    let w = src.ensure(i).unwrap();
-                    assert!(matches!(w, Warmed::Hit | Warmed::Built));
-                }
-            });
-        }
-    });
-    use std::sync::atomic::Ordering::Relaxed;
-    let dir = CacheDir::new(cache.path()).unwrap();
-    let total: u64 = sources
-        .iter()
-        .map(|s| s.stats.bytes_out.load(Relaxed))
-        .sum();
-    let on_disk: u64 = dir
-        .entries()
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(dir.entries().len(), 2);
-    assert_eq!(total, on_disk, "each entry written exactly once");
-    assert!(dir.leftovers().is_empty());
-}
-
-#[test]
-fn an_unwritable_cache_fails_clearly_or_serves_uncached() {
-    let data = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let (manifest, entries) = dataset(data.path(), 1);
-    // A file where the entry's subfolder should be makes every write fail,
-    // even for root (which ignores read-only permissions).
-    let (probe, _) = source(data.path(), cache.path(), RECIPE, false);
-    let key = probe.key(0).unwrap();
-    std::fs::write(cache.path().join(&key[..2]), b"not a folder").unwrap();
-    let err = probe.prepared(0).unwrap_err().to_string();
-    assert!(err.contains("cache") && err.contains(&key[..2]), "{err}");
-    let (lenient, pipeline) = source(data.path(), cache.path(), RECIPE, true);
-    assert_eq!(
-        *lenient.prepared(0).unwrap(),
-        pipeline.prepare(&entries[0], &manifest).unwrap()
-    );
-    assert_eq!(
-        lenient
-            .stats
-            .write_failures
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    bytes[..8].copy_from_slice(b"D3CACHE1");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Entry::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("earlier dino3d"), "{err}");
+    assert!(matches!(store.lookup("cc03"), Lookup::Removed(_)));
 }

@@ -51,6 +51,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The on-disk cache failed for a sample (an unwritable folder, a source
+    /// file that cannot be fingerprinted, ...).
+    #[error("{}: cache: {source}", path.display())]
+    Cache {
+        /// The sample's (image) file.
+        path: PathBuf,
+        /// What the cache reported (boxed: the variant stays small).
+        source: Box<dino3d_cache::CacheError>,
+    },
     /// A manifest or datalist could not be read or written.
     #[error("manifest {}: {reason}", path.display())]
     Manifest {

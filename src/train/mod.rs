@@ -8,7 +8,6 @@ pub(crate) mod setup;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -16,9 +15,7 @@ use dino3d_model::candle_core::{Device, Tensor};
 use dino3d_model::checkpoint::save_tensors;
 use dino3d_model::schedule::Schedules;
 use dino3d_model::ssl::{SslBatch, SslModel};
-use dino3d_pipeline::exec::{
-    DirectSource, Loader, LoaderConfig, MemorySource, Pipeline, PreparedSource, Tensor5,
-};
+use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Tensor5};
 use dino3d_pipeline::recipe::Plan;
 
 use crate::progress;
@@ -132,11 +129,11 @@ pub(crate) fn pretrain(plan: &Plan, recipe: &Path, device: &Device) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
 
-    let (source, note) = data_source(plan, recipe)?;
-    let pipeline = Arc::new(Pipeline::new(plan));
+    let (data, note) = open_data(plan, recipe)?;
+    let source = data.source.clone();
     let mut config = LoaderConfig::from_plan(plan);
     config.start = data_start;
-    let loader = Loader::start(pipeline, source.clone(), config).map_err(anyhow::Error::msg)?;
+    let loader = Loader::start(data.pipeline, data.source, config).map_err(anyhow::Error::msg)?;
     let (mut log, mut history) = MetricsLog::open(&out, start)?;
     eprintln!(
         "pretraining ViT-{} on {} items ({note}), batch {}, iterations {start}..{end} of {total}, output {}",
@@ -288,17 +285,21 @@ fn to_tensor(t: &Tensor5, device: &Device) -> anyhow::Result<Tensor> {
     Ok(Tensor::from_slice(&t.data, t.shape.to_vec(), device)?)
 }
 
-/// The recipe's on-disk cache if it names one (serving uncached items if the
-/// folder cannot be written), else prepared samples kept in memory.
-fn data_source(
-    plan: &Plan,
-    recipe: &Path,
-) -> anyhow::Result<(Arc<dyn PreparedSource>, &'static str)> {
-    if let Some(c) = crate::cache_cmd::cache_source(plan, recipe, true)? {
-        return Ok((Arc::new(c), "on-disk cache"));
-    }
-    let (manifest, entries) = crate::run_cmd::plan_entries(plan, recipe)?;
-    let pipeline = Arc::new(Pipeline::new(plan));
-    let direct = DirectSource::new(pipeline, entries, &manifest);
-    Ok((Arc::new(MemorySource::new(direct)), "prepared in memory"))
+/// The recipe's data: its on-disk cache if it names one (serving uncached
+/// items if the folder cannot be written), else prepared samples kept in
+/// memory.
+fn open_data(plan: &Plan, recipe: &Path) -> anyhow::Result<(Dataset, &'static str)> {
+    let keep = Keep {
+        disk: true,
+        allow_uncached: true,
+        memory: true,
+    };
+    let data = Dataset::open(plan, recipe, keep)?;
+    crate::run_cmd::log_items(&data.items);
+    let note = if data.cache.is_some() {
+        "on-disk cache"
+    } else {
+        "prepared in memory"
+    };
+    Ok((data, note))
 }

@@ -1,9 +1,11 @@
 //! Running a compiled recipe: typed ops ([`op`]), the prefix/tail/views
 //! runner ([`runner`]), epoch sampling ([`sampler`]), iBOT masks ([`masks`]),
-//! crop-major collation ([`collate`]) and the parallel, bounded batch loader
-//! ([`loader`]).
+//! crop-major collation ([`collate`]), the parallel, bounded batch loader
+//! ([`loader`]) and prepared samples kept in the on-disk cache ([`cached`]).
 
+pub mod cached;
 pub mod collate;
+pub mod dataset;
 pub mod loader;
 pub mod masks;
 pub mod op;
@@ -11,9 +13,11 @@ pub mod runner;
 pub mod sample;
 pub mod sampler;
 
+pub use cached::{CacheSource, CacheStats, Warmed};
 pub use collate::{Batch, Tensor5};
+pub use dataset::{Dataset, Items, Keep, plan_cache_dir, plan_items};
 pub use loader::{DirectSource, LoadedBatch, Loader, LoaderConfig, MemorySource, PreparedSource};
 pub use masks::{Masks, ibot_masks};
-pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, PlaneRect, Stored};
+pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, Stored};
 pub use sample::{Prepared, Sample};
 pub use sampler::{InfiniteSampler, epoch_order};

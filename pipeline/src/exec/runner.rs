@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+use dino3d_cache::PlaneRect;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -96,6 +97,7 @@ pub struct Pipeline {
     views: Vec<CompiledView>,
     ctx: Context,
     seed: u64,
+    prefix_hash: String,
     fused_threedino: Option<u32>,
 }
 
@@ -128,6 +130,7 @@ impl Pipeline {
                 label_keys: plan.label_keys.clone(),
             },
             seed: plan.seed,
+            prefix_hash: plan.prefix_hash.clone(),
             fused_threedino,
         }
     }
@@ -241,6 +244,12 @@ impl Pipeline {
             .into_iter()
             .map(|(k, img)| (k, Stored::Float(img)))
             .collect())
+    }
+
+    /// The canonical hash of the cached prefix (every step and parameter,
+    /// and the seed when a random step is cached): what cache keys are made of.
+    pub fn prefix_hash(&self) -> &str {
+        &self.prefix_hash
     }
 
     /// The data keys each item provides.
@@ -363,53 +372,6 @@ impl Pipeline {
                 reason: format!("gave {n} samples; a view must give 1"),
             }),
         }
-    }
-}
-
-/// The part of a z-plane a reader needs: `start[0]..end[0]` along x,
-/// `start[1]..end[1]` along y (half-open).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlaneRect {
-    /// First x and y.
-    pub start: [usize; 2],
-    /// One past the last x and y.
-    pub end: [usize; 2],
-}
-
-impl PlaneRect {
-    /// The whole of an `nx × ny` plane.
-    pub fn whole([nx, ny]: [usize; 2]) -> PlaneRect {
-        PlaneRect {
-            start: [0, 0],
-            end: [nx, ny],
-        }
-    }
-
-    /// The smallest rectangle holding both.
-    pub fn union(self, other: PlaneRect) -> PlaneRect {
-        PlaneRect {
-            start: [0, 1].map(|a| self.start[a].min(other.start[a])),
-            end: [0, 1].map(|a| self.end[a].max(other.end[a])),
-        }
-    }
-
-    /// The part inside an `nx × ny` plane.
-    pub fn clamped(self, dims: [usize; 2]) -> PlaneRect {
-        PlaneRect {
-            start: [0, 1].map(|a| self.start[a].min(dims[a])),
-            end: [0, 1].map(|a| self.end[a].min(dims[a])),
-        }
-    }
-
-    /// Whether it holds no voxel.
-    pub fn is_empty(&self) -> bool {
-        (0..2).any(|a| self.start[a] >= self.end[a])
-    }
-
-    /// The chunk indices along x and y it meets, for chunks of `chunk`
-    /// voxels (non-empty rectangles only).
-    pub fn chunks(&self, chunk: [usize; 3]) -> [std::ops::Range<usize>; 2] {
-        [0, 1].map(|a| self.start[a] / chunk[a]..(self.end[a] - 1) / chunk[a] + 1)
     }
 }
 

@@ -57,7 +57,7 @@ pub use rand_time_frame::rand_time_frame;
 pub use random_resized_crop::RandomResizedCrop3d;
 pub use resize::{AxisTaps, PlaneResize, ResizeMode, box_affine, box_spacing, resize, resize_box};
 pub use rng::DrawKey;
-pub use scale_intensity_range::{IntensityMap, ScaleIntensityRange, scale_intensity_range};
+pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 pub use spacing::{Interp, Spacing, SpacingPadding, spacing};
 pub use threedino_prefix::{IntPrefix, threedino_prefix, threedino_prefix_int};
 

@@ -5,6 +5,8 @@
 //! `a_max == a_min`, MONAI returns `x - a_min (+ b_min)`; so do we. Arithmetic is
 //! f64 per voxel, rounded to f32 once.
 
+use dino3d_cache::DecodeMap;
+
 use super::image::Image;
 
 /// Parameters of [`scale_intensity_range`].
@@ -22,70 +24,37 @@ pub struct ScaleIntensityRange {
     pub clip: bool,
 }
 
-/// [`ScaleIntensityRange`] reduced to its per-voxel arithmetic, so that other
-/// readers (the cache's fused decode) apply exactly the same function.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IntensityMap {
-    scale: f64,
-    offset: f64,
-    lo: f64,
-    hi: f64,
-}
-
-impl IntensityMap {
-    /// The map of `p`.
-    pub fn new(p: &ScaleIntensityRange) -> IntensityMap {
-        if p.a_max == p.a_min {
+impl ScaleIntensityRange {
+    /// The per-voxel arithmetic as the cache's [`DecodeMap`]: the transform
+    /// runs through it, and the cache applies it to the integers it keeps,
+    /// so the two are bit-identical by construction.
+    pub fn decode_map(&self) -> DecodeMap {
+        if self.a_max == self.a_min {
             // MONAI: x - a_min (+ b_min), no scaling and no clipping.
-            let shift = p.b_min.unwrap_or(0.0) - p.a_min;
-            return IntensityMap {
-                scale: 1.0,
-                offset: shift,
-                lo: f64::NEG_INFINITY,
-                hi: f64::INFINITY,
-            };
+            let shift = self.b_min.unwrap_or(0.0) - self.a_min;
+            return DecodeMap::new(1.0, shift, f64::NEG_INFINITY, f64::INFINITY);
         }
-        let (mut scale, mut offset) = (1.0 / (p.a_max - p.a_min), -p.a_min / (p.a_max - p.a_min));
-        if let (Some(b0), Some(b1)) = (p.b_min, p.b_max) {
+        let (mut scale, mut offset) = (
+            1.0 / (self.a_max - self.a_min),
+            -self.a_min / (self.a_max - self.a_min),
+        );
+        if let (Some(b0), Some(b1)) = (self.b_min, self.b_max) {
             scale *= b1 - b0;
             offset = offset * (b1 - b0) + b0;
         }
-        let bound = |b: Option<f64>, none: f64| if p.clip { b.unwrap_or(none) } else { none };
-        IntensityMap {
+        let bound = |b: Option<f64>, none: f64| if self.clip { b.unwrap_or(none) } else { none };
+        DecodeMap::new(
             scale,
             offset,
-            lo: bound(p.b_min, f64::NEG_INFINITY),
-            hi: bound(p.b_max, f64::INFINITY),
-        }
-    }
-
-    /// `(scale, offset, lo, hi)`: [`Self::apply`] is `y = v·scale + offset`
-    /// (a product, then a sum: two roundings, no fused multiply-add), then
-    /// `lo` if `y < lo`, else `hi` if `y > hi`, else `y`, rounded to f32. For
-    /// vectorised readers that must reproduce it bit for bit.
-    pub fn parts(&self) -> (f64, f64, f64, f64) {
-        (self.scale, self.offset, self.lo, self.hi)
-    }
-
-    /// One voxel: f64 arithmetic, rounded to f32 once.
-    #[inline(always)]
-    pub fn apply(&self, v: f32) -> f32 {
-        let y = f64::from(v) * self.scale + self.offset;
-        // Written out so that NaN stays NaN, as in MONAI.
-        let y = if y < self.lo {
-            self.lo
-        } else if y > self.hi {
-            self.hi
-        } else {
-            y
-        };
-        y as f32
+            bound(self.b_min, f64::NEG_INFINITY),
+            bound(self.b_max, f64::INFINITY),
+        )
     }
 }
 
 /// Applies `p` to every voxel in place.
 pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
-    let map = IntensityMap::new(p);
+    let map = p.decode_map();
     img.data.iter_mut().for_each(|v| *v = map.apply(*v));
 }
 

@@ -1,19 +1,29 @@
-//! `CacheSource`: the loader's [`PreparedSource`] backed by a cache folder. A
-//! hit decodes the entry; a miss (or a damaged entry, removed and reported)
-//! prepares the item and writes it, so a cold cache warms lazily on first use.
-//! If the folder cannot be written (disk full, read-only) the sample is still
-//! served, uncached, when the user allowed it.
+//! `CacheSource`: prepared samples kept in the on-disk cache
+//! ([`dino3d_cache`]). This is where a recipe becomes cache reads and writes:
+//! the prefix's output of every item is stored under a key of its source
+//! files and the canonical prefix hash; a hit is decoded, or, when the
+//! recipe's views allow it, the views are cut plane by plane as the entry
+//! decodes ([`Pipeline::plane_cutter`]); a miss (or a damaged entry, removed
+//! and reported) prepares the item and writes it, so a cold cache warms
+//! lazily on first use. If the folder cannot be written (disk full,
+//! read-only) the sample is still served, uncached, when the user allowed it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use dino3d_pipeline::exec::{Output, Pipeline, Prepared, PreparedSource, Sample, Stored};
-use dino3d_pipeline::manifest::ManifestEntry;
+use dino3d_cache::{
+    Array, ArrayToWrite, CacheDir, CacheError, DecodeMap, Entry, Lookup, StoredType, entry_key,
+};
 
-use crate::error::{CacheError, Result};
-use crate::format::Entry;
-use crate::store::{CacheDir, Lookup, entry_key};
+use crate::error::{Error, Result};
+use crate::manifest::ManifestEntry;
+use crate::nifti::DType;
+use crate::transforms::Image;
+
+use super::loader::PreparedSource;
+use super::runner::{Output, Pipeline, Stored};
+use super::sample::{Prepared, Sample};
 
 /// Counters of a cache's use.
 #[derive(Debug, Default)]
@@ -39,25 +49,11 @@ pub struct CacheStats {
 /// What [`CacheSource::output_by_plane`] did.
 enum ByPlane {
     /// The views, cut from the entry.
-    Done(dino3d_pipeline::Result<Output>),
+    Done(Result<Output>),
     /// The entry under this key must be built (a miss, or damage found).
     Build(String),
     /// The recipe or the entry does not allow it: take the ordinary path.
     NotApplicable,
-}
-
-/// A prepared-sample source reading through a cache folder.
-pub struct CacheSource {
-    pipeline: Arc<Pipeline>,
-    entries: Vec<ManifestEntry>,
-    manifest: PathBuf,
-    dir: CacheDir,
-    prefix_hash: String,
-    allow_uncached: bool,
-    /// What happened so far.
-    pub stats: CacheStats,
-    /// Messages about damaged entries and failed writes (for the log).
-    pub reports: std::sync::Mutex<Vec<String>>,
 }
 
 /// What [`CacheSource::ensure`] did for one item.
@@ -69,15 +65,27 @@ pub enum Warmed {
     Built,
 }
 
+/// A prepared-sample source reading through a cache folder.
+pub struct CacheSource {
+    pipeline: Arc<Pipeline>,
+    entries: Vec<ManifestEntry>,
+    manifest: PathBuf,
+    dir: CacheDir,
+    allow_uncached: bool,
+    /// What happened so far.
+    pub stats: CacheStats,
+    /// Messages about damaged entries and failed writes (for the log).
+    pub reports: std::sync::Mutex<Vec<String>>,
+}
+
 impl CacheSource {
-    /// A source over `entries` (of the manifest at `manifest`) caching the
-    /// prefix whose canonical hash is `prefix_hash` in `dir`.
+    /// A source over `entries` (of the manifest at `manifest`) keeping the
+    /// output of `pipeline`'s prefix in `dir`.
     pub fn new(
         pipeline: Arc<Pipeline>,
         entries: Vec<ManifestEntry>,
         manifest: &Path,
         dir: CacheDir,
-        prefix_hash: &str,
         allow_uncached: bool,
     ) -> CacheSource {
         CacheSource {
@@ -85,11 +93,15 @@ impl CacheSource {
             entries,
             manifest: manifest.to_path_buf(),
             dir,
-            prefix_hash: prefix_hash.to_string(),
             allow_uncached,
             stats: CacheStats::default(),
             reports: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The cache folder.
+    pub fn dir(&self) -> &CacheDir {
+        &self.dir
     }
 
     /// The source files of item `i` (every key).
@@ -110,7 +122,7 @@ impl CacheSource {
     /// # Errors
     /// When a source file is missing.
     pub fn key(&self, i: usize) -> Result<String> {
-        entry_key(&self.prefix_hash, &self.sources(i))
+        entry_key(self.pipeline.prefix_hash(), &self.sources(i)).map_err(|e| self.cache_error(i, e))
     }
 
     fn report(&self, msg: String) {
@@ -142,6 +154,7 @@ impl CacheSource {
         self.build(i, &key).map(|_| Warmed::Built)
     }
 
+    /// Prepares item `i` and writes its entry under `key`.
     fn build(&self, i: usize, key: &str) -> Result<Vec<(String, Stored)>> {
         let stored = self
             .pipeline
@@ -157,7 +170,10 @@ impl CacheSource {
             .map(|m| m.len())
             .sum();
         let source = self.sources(i)[0].display().to_string();
-        match self.dir.store(key, &source, &stored) {
+        // Borrow the prepared arrays: no copy of a volume on the way to disk.
+        let arrays: Vec<ArrayToWrite<'_>> =
+            stored.iter().map(|(k, s)| array_to_write(k, s)).collect();
+        match self.dir.store(key, &source, &arrays) {
             Ok(written) => {
                 if written > 0 {
                     self.stats
@@ -172,7 +188,7 @@ impl CacheSource {
                 self.report(format!("{e}; serving {source} uncached"));
                 Ok(stored)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(self.cache_error(i, e)),
         }
     }
 
@@ -210,12 +226,12 @@ impl CacheSource {
     fn read(&self, i: usize) -> Result<Sample> {
         let key = self.key(i)?;
         if let Some(entry) = self.hit(i, &key) {
-            let read: Result<Vec<(String, dino3d_pipeline::transforms::Image)>> = entry
+            let read: std::result::Result<Vec<(String, Image)>, CacheError> = entry
                 .header
                 .arrays
                 .iter()
                 .enumerate()
-                .map(|(a, meta)| Ok((meta.key.clone(), entry.read_all(a)?)))
+                .map(|(a, meta)| Ok((meta.key.clone(), image(entry.read_all(a)?))))
                 .collect();
             match read {
                 Ok(images) => {
@@ -279,14 +295,10 @@ impl CacheSource {
     }
 
     /// A pipeline error for item `index` from a cache error.
-    fn pipeline_error(&self, index: usize, e: CacheError) -> dino3d_pipeline::Error {
-        match e {
-            CacheError::Source(inner) => inner,
-            other => dino3d_pipeline::Error::Transform {
-                path: self.path(index),
-                step: "cache".into(),
-                reason: other.to_string(),
-            },
+    fn cache_error(&self, index: usize, source: CacheError) -> Error {
+        Error::Cache {
+            path: self.path(index),
+            source: Box::new(source),
         }
     }
 
@@ -305,12 +317,7 @@ impl PreparedSource for CacheSource {
         self.entries[index].resolve(&self.manifest)
     }
 
-    fn output(
-        &self,
-        pipeline: &Pipeline,
-        epoch: u64,
-        index: usize,
-    ) -> dino3d_pipeline::Result<Output> {
+    fn output(&self, pipeline: &Pipeline, epoch: u64, index: usize) -> Result<Output> {
         if !pipeline.cuts_views_by_plane() {
             let prepared = self.prepared(index)?;
             return pipeline.finish(&prepared, epoch, index as u64, &self.path(index));
@@ -321,9 +328,7 @@ impl PreparedSource for CacheSource {
             // Straight to the build: a second lookup could meet (and count)
             // the same damage again when it could not be removed.
             ByPlane::Build(key) => {
-                let stored = self
-                    .build(index, &key)
-                    .map_err(|e| self.pipeline_error(index, e))?;
+                let stored = self.build(index, &key)?;
                 Arc::new(Sample {
                     images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
                 })
@@ -332,9 +337,46 @@ impl PreparedSource for CacheSource {
         pipeline.finish(&prepared, epoch, index as u64, &self.path(index))
     }
 
-    fn prepared(&self, index: usize) -> dino3d_pipeline::Result<Prepared> {
-        self.read(index)
-            .map(Arc::new)
-            .map_err(|e| self.pipeline_error(index, e))
+    fn prepared(&self, index: usize) -> Result<Prepared> {
+        self.read(index).map(Arc::new)
+    }
+}
+
+/// A prepared array as the cache stores it: float images in the narrowest
+/// exact type; integers with the prefix's intensity window as the decode map.
+fn array_to_write<'a>(key: &'a str, stored: &'a Stored) -> ArrayToWrite<'a> {
+    let (img, dtype, decode): (&Image, StoredType, Option<DecodeMap>) = match stored {
+        Stored::Float(img) => (img, StoredType::smallest_exact(&img.data), None),
+        Stored::Int { raw, dtype, window } => (raw, stored_type(*dtype), Some(window.decode_map())),
+    };
+    ArrayToWrite {
+        key,
+        data: &img.data,
+        shape: img.shape,
+        spacing: img.spacing,
+        affine: img.affine,
+        dtype,
+        decode,
+    }
+}
+
+/// The cache's type for a volume's 8/16-bit integers (f32 otherwise).
+fn stored_type(d: DType) -> StoredType {
+    match d {
+        DType::U8 => StoredType::U8,
+        DType::I8 => StoredType::I8,
+        DType::U16 => StoredType::U16,
+        DType::I16 => StoredType::I16,
+        _ => StoredType::F32,
+    }
+}
+
+/// The image of an array read from the cache (no copy).
+pub fn image(a: Array) -> Image {
+    Image {
+        data: a.data,
+        shape: a.shape,
+        spacing: a.spacing,
+        affine: a.affine,
     }
 }

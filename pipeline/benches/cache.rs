@@ -12,16 +12,16 @@
 //!   compress, write).
 //!
 //! ```text
-//! taskset -c 0 cargo bench -p dino3d-cache --bench cache
-//! DINO3D_CACHE_CODEC=zstd DINO3D_CACHE_CHUNK=16 taskset -c 0 cargo bench -p dino3d-cache --bench cache
+//! taskset -c 0 cargo bench -p dino3d-pipeline --bench cache
+//! DINO3D_CACHE_CODEC=zstd DINO3D_CACHE_CHUNK=16 taskset -c 0 cargo bench -p dino3d-pipeline --bench cache
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dino3d_cache::{CacheDir, CacheSource, Codec, Entry};
-use dino3d_pipeline::exec::{Pipeline, PreparedSource};
+use dino3d_cache::{CacheDir, Codec, Entry};
+use dino3d_pipeline::exec::{CacheSource, Pipeline, PreparedSource};
 use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::recipe::compile_file;
 use divan::counter::ItemsCount;
@@ -165,7 +165,6 @@ fn setup() -> &'static Setup {
             entries,
             &data.join("m.json"),
             cache.clone(),
-            &plan.prefix_hash,
             false,
         );
         let (mut src_bytes, mut out_bytes) = (0u64, 0u64);

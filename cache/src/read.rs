@@ -1,0 +1,361 @@
+//! Reading an entry: a box of an array ([`Entry::read_box`]) or its z-planes
+//! one at a time ([`Entry::for_each_plane`]), decoding only the chunks they
+//! touch, each checked before use.
+
+use std::mem::MaybeUninit;
+
+use crate::array::{Array, shifted};
+use crate::decode::{Decoding, Planes};
+use crate::decode_map::DecodeMap;
+use crate::entry::Entry;
+use crate::error::{CacheError, Result};
+use crate::layout::{PlaneRect, StoredType};
+use crate::scratch::{PlaneAt, SCRATCH, SCRATCH_KEEP};
+use crate::window::{Segment, window_word_slab};
+
+impl Entry {
+    /// The box `[start, start + extent)` of array `array` (decode map
+    /// applied), decoding only the chunks it touches.
+    ///
+    /// # Errors
+    /// Damage found in a touched chunk; a box outside the array.
+    pub fn read_box(&self, array: usize, start: [usize; 3], extent: [usize; 3]) -> Result<Array> {
+        let meta = &self.header.arrays[array];
+        let c = meta.shape[0];
+        for a in 0..3 {
+            if extent[a] == 0 || start[a] + extent[a] > meta.shape[a + 1] {
+                return Err(CacheError::OutOfBounds {
+                    path: self.path.clone(),
+                    start,
+                    extent,
+                    shape: meta.shape,
+                });
+            }
+        }
+        let total = c * extent.iter().product::<usize>();
+        // Every voxel of the box lies in exactly one chunk, so the loop below
+        // writes each output element once: no need to zero it first.
+        let mut data: Vec<f32> = Vec::with_capacity(total);
+        let out = &mut data.spare_capacity_mut()[..total];
+        let mut written = 0usize;
+        // Mapped 16-bit voxels are computed by the vector kernels, slab by
+        // slab; everything else goes through the table (or plain conversion).
+        let decoding = self.decoding(array);
+        let (map, computed, table) = (decoding.map.as_ref(), decoding.computed(), decoding.table);
+        let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
+        let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
+        // Queue all the I/O at once (a cold entry), before decoding any of it.
+        for ch in 0..c {
+            for kz in lo[2]..=hi[2] {
+                for ky in lo[1]..=hi[1] {
+                    let row = meta.chunk_index([ch, kz, ky, 0]);
+                    self.prefetch_run(array, row, lo[0]..hi[0] + 1)?;
+                }
+            }
+        }
+        for ch in 0..c {
+            for kz in lo[2]..=hi[2] {
+                for ky in lo[1]..=hi[1] {
+                    if let Some(map) = computed {
+                        written +=
+                            self.window_slab(array, [ch, kz, ky], start, extent, map, out)?;
+                        continue;
+                    }
+                    for kx in lo[0]..=hi[0] {
+                        let i = meta.chunk_index([ch, kz, ky, kx]);
+                        let rows = meta.box_rows([ch, kz, ky, kx], start, extent);
+                        self.with_chunk_planes(array, i, |planes| {
+                            planes.decode_rows(rows, out, table, map);
+                        })?;
+                        written += rows.len();
+                    }
+                }
+            }
+        }
+        // Chunks tile the array, so the box was covered exactly once; checked
+        // because the length is only set on that promise.
+        assert_eq!(written, total, "chunks must tile the box");
+        // SAFETY: `written == total` and the intersections of the box with the
+        // disjoint chunks partition the box, so every element of
+        // `data[..total]` was initialised by `decode` above (tested by the
+        // box round trips in tests/cache.rs).
+        unsafe { data.set_len(total) };
+        Ok(Array {
+            data,
+            shape: [c, extent[0], extent[1], extent[2]],
+            spacing: meta.spacing,
+            affine: shifted(meta.affine, start),
+        })
+    }
+
+    /// The part of the box in chunk slab `(channel, kz, ky)` (all chunks
+    /// along x), mapped 16-bit voxels: every chunk of the slab is decoded
+    /// first, then the output rows are written left to right across them
+    /// ([`window_word_slab`]). Returns the voxels written.
+    fn window_slab(
+        &self,
+        array: usize,
+        [ch, kz, ky]: [usize; 3],
+        start: [usize; 3],
+        extent: [usize; 3],
+        map: &DecodeMap,
+        out: &mut [MaybeUninit<f32>],
+    ) -> Result<usize> {
+        let meta = &self.header.arrays[array];
+        let kxs = start[0] / meta.chunk[0]..=(start[0] + extent[0] - 1) / meta.chunk[0];
+        SCRATCH.with(|cell| {
+            let scratch = &mut *cell.borrow_mut();
+            scratch.reset();
+            let mut decoded = Vec::with_capacity(kxs.clone().count());
+            for kx in kxs {
+                let i = meta.chunk_index([ch, kz, ky, kx]);
+                let at = self.decode_chunk(array, i, scratch)?;
+                decoded.push((at, meta.box_rows([ch, kz, ky, kx], start, extent)));
+            }
+            let segments: Vec<Segment<'_>> = decoded
+                .iter()
+                .map(|&(at, rows)| Segment {
+                    lo: scratch.plane(at[0], &self.map),
+                    hi: scratch.plane(at[1], &self.map),
+                    rows,
+                })
+                .collect();
+            window_word_slab(&segments, meta.dtype == StoredType::I16, map, out);
+            Ok(segments.iter().map(|s| s.rows.len()).sum())
+        })
+    }
+
+    /// The whole array.
+    ///
+    /// # Errors
+    /// As [`Entry::read_box`].
+    pub fn read_all(&self, array: usize) -> Result<Array> {
+        let s = self.header.arrays[array].shape;
+        self.read_box(array, [0; 3], [s[1], s[2], s[3]])
+    }
+
+    /// Decodes array `array` one z-plane at a time, channel by channel and in
+    /// increasing z within each channel. For each
+    /// plane `z` for which `needs(z)` gives a rectangle, calls
+    /// `f(channel, z, plane)` with an `nx · ny` plane (x fastest) whose voxels
+    /// inside the rectangle are those [`Entry::read_all`] gives, bit for bit;
+    /// voxels outside it hold whatever an earlier plane left there. Each slab
+    /// of chunks along z is decoded once (only the chunks the slab's
+    /// rectangles touch) and the array is never materialised: a reader that
+    /// consumes planes as they come (cutting views) pays no full-array write.
+    ///
+    /// `f` must not read from a cache entry itself (the decoding thread's
+    /// scratch is in use while it runs).
+    ///
+    /// # Errors
+    /// Damage in a chunk this reads; planes before it were already given to `f`.
+    pub fn for_each_plane(
+        &self,
+        array: usize,
+        needs: impl Fn(usize) -> Option<PlaneRect>,
+        mut f: impl FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let meta = &self.header.arrays[array];
+        let [c, nx, ny, nz] = meta.shape;
+        let n = meta.chunks_per_axis();
+        let decoding = self.decoding(array);
+        let rects: Vec<Option<PlaneRect>> = (0..nz)
+            .map(|z| {
+                needs(z)
+                    .map(|r| r.clamped([nx, ny]))
+                    .filter(|r| !r.is_empty())
+            })
+            .collect();
+        // Per slab of chunks along z: the union of its planes' rectangles.
+        let slab_rects: Vec<Option<PlaneRect>> = (0..n[2])
+            .map(|kz| {
+                let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
+                rects[z_range]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .reduce(PlaneRect::union)
+            })
+            .collect();
+        // Queue all the I/O at once (a cold entry), before decoding any of it.
+        for ch in 0..c {
+            for (kz, rect) in slab_rects.iter().enumerate() {
+                if let Some(rect) = rect {
+                    let span = rect.chunks(meta.chunk);
+                    for ky in span[1].clone() {
+                        let row = meta.chunk_index([ch, kz, ky, 0]);
+                        self.prefetch_run(array, row, span[0].clone())?;
+                    }
+                }
+            }
+        }
+        let mut plane = vec![0f32; nx * ny];
+        let result =
+            self.planes_of_slabs(array, &rects, &slab_rects, &decoding, &mut plane, &mut f);
+        // A slab of a large array can leave tens of MiB in this thread's
+        // scratch; give back what ordinary reads would not use again.
+        SCRATCH.with(|cell| cell.borrow_mut().trim(SCRATCH_KEEP));
+        result
+    }
+
+    /// The decoding loop of [`Entry::for_each_plane`].
+    #[allow(clippy::too_many_arguments)]
+    fn planes_of_slabs(
+        &self,
+        array: usize,
+        rects: &[Option<PlaneRect>],
+        slab_rects: &[Option<PlaneRect>],
+        decoding: &Decoding<'_>,
+        plane: &mut [f32],
+        f: &mut impl FnMut(usize, usize, &[f32]),
+    ) -> Result<()> {
+        let meta = &self.header.arrays[array];
+        let [c, _, _, nz] = meta.shape;
+        let n = meta.chunks_per_axis();
+        let (map, computed, table) = (decoding.map.as_ref(), decoding.computed(), decoding.table);
+        for ch in 0..c {
+            for (kz, slab_rect) in slab_rects.iter().enumerate() {
+                let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
+                let Some(slab_rect) = *slab_rect else {
+                    continue;
+                };
+                SCRATCH.with(|cell| -> Result<()> {
+                    let scratch = &mut *cell.borrow_mut();
+                    scratch.reset();
+                    // The chunks of this slab that some plane's rectangle
+                    // touches, each decoded once.
+                    let slab_span = slab_rect.chunks(meta.chunk);
+                    let mut decoded = vec![None; n[0] * n[1]];
+                    for ky in slab_span[1].clone() {
+                        for kx in slab_span[0].clone() {
+                            let i = meta.chunk_index([ch, kz, ky, kx]);
+                            decoded[ky * n[0] + kx] = Some(self.decode_chunk(array, i, scratch)?);
+                        }
+                    }
+                    let scratch = &*scratch;
+                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| scratch.plane(p, &self.map));
+                    for z in z_range.clone() {
+                        let Some(rect) = rects[z] else {
+                            continue;
+                        };
+                        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`,
+                        // and only initialised `f32` values are written
+                        // through this view (which ends before `plane` is
+                        // read), so `plane` stays initialised.
+                        let out =
+                            unsafe { &mut *(&mut *plane as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                        let span = rect.chunks(meta.chunk);
+                        for ky in span[1].clone() {
+                            // The chunks of this chunk row the rectangle meets
+                            // (decoded above: the slab's rectangle holds it).
+                            let row_chunks = span[0].clone().map(|kx| {
+                                let at =
+                                    decoded[ky * n[0] + kx].expect("inside the slab's rectangle");
+                                (at, meta.plane_rows([kz, ky, kx], z, &rect))
+                            });
+                            if let Some(map) = computed {
+                                let segments: Vec<Segment<'_>> = row_chunks
+                                    .map(|(at, rows)| {
+                                        let [lo, hi, ..] = planes_of(at);
+                                        Segment { lo, hi, rows }
+                                    })
+                                    .collect();
+                                window_word_slab(
+                                    &segments,
+                                    meta.dtype == StoredType::I16,
+                                    map,
+                                    out,
+                                );
+                            } else {
+                                for (at, rows) in row_chunks {
+                                    Planes::from_planes(meta.dtype, planes_of(at))
+                                        .decode_rows(rows, out, table, map);
+                                }
+                            }
+                        }
+                        // The chunks met tile the rectangle, so all of it was written.
+                        f(ch, z, plane);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec::{CONST_PLANE, Codec, RAW_PLANE};
+    use crate::entry::Entry;
+    use crate::layout::{Layout, StoredType};
+    use crate::write::{ArrayToWrite, write_entry};
+
+    const IDENTITY: crate::Affine = [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+
+    /// LZ4 chunks store each byte plane as one repeated byte, compressed or,
+    /// when LZ4 cannot shrink it, raw: noisy low bytes go raw, constant high
+    /// bytes as one byte, high bytes in runs of several values compressed;
+    /// all read back exactly (whole, and as a box).
+    #[test]
+    fn lz4_planes_are_constant_raw_or_compressed_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [1, 32, 32, 32];
+        // High byte 4 everywhere, or 3 in the first 12 planes and 4 after.
+        for (name, base_of_z) in [
+            ("constant", (|_| 1024) as fn(usize) -> i16),
+            ("runs", |z| if z < 12 { 768 } else { 1024 }),
+        ] {
+            let path = dir.path().join(format!("{name}.d3c"));
+            let mut state = 7u64;
+            let data: Vec<f32> = (0..32 * 32 * 32)
+                .map(|i| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    f32::from(((state >> 33) % 256) as i16 + base_of_z(i / (32 * 32)))
+                })
+                .collect();
+            let arrays = [ArrayToWrite {
+                key: "image",
+                data: &data,
+                shape,
+                spacing: [1.0; 3],
+                affine: IDENTITY,
+                dtype: StoredType::I16,
+                decode: None,
+            }];
+            let layout = Layout {
+                chunk: [32, 32, 32],
+                codec: Codec::Lz4,
+            };
+            write_entry(&path, &arrays, layout, "src", "key").unwrap();
+            let entry = Entry::open(&path).unwrap();
+            let r = entry.chunk_ref(0, 0).unwrap();
+            let packed = &entry.map[entry.payload_at + r.offset..][..r.len];
+            let word = |p: usize| u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().unwrap());
+            assert_ne!(word(0) & RAW_PLANE, 0, "noisy low bytes are stored raw");
+            assert_eq!(word(0) & !RAW_PLANE, 32 * 32 * 32);
+            if name == "constant" {
+                assert_eq!(word(1), 1 | CONST_PLANE, "constant high bytes are one byte");
+                assert_eq!(packed[8 + 32 * 32 * 32], 4, "the high byte of 1024..1279");
+            } else {
+                assert_eq!(
+                    word(1) & (RAW_PLANE | CONST_PLANE),
+                    0,
+                    "runs are compressed"
+                );
+                assert!((2..1024).contains(&(word(1) as usize)));
+            }
+            assert_eq!(entry.read_all(0).unwrap().data, data, "{name}");
+            let b = entry.read_box(0, [3, 5, 7], [20, 9, 11]).unwrap();
+            assert_eq!(b.data[0], data[(7 * 32 + 5) * 32 + 3], "{name}");
+            entry.verify().unwrap();
+        }
+    }
+}

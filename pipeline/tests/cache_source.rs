@@ -1,0 +1,318 @@
+//! The pipeline's on-disk cache source end to end: what it serves equals
+//! what the pipeline prepares (integers + window bit-identical to the float
+//! path), views cut plane by plane equal views cut from the prepared volume,
+//! keys change with the file and the prefix only, damage is rebuilt,
+//! concurrent warmers build each entry once, and unwritable folders fail
+//! clearly or serve uncached.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dino3d_cache::{CacheDir, Entry, StoredType, entry_key};
+use dino3d_pipeline::exec::{CacheSource, Pipeline, PreparedSource, Warmed};
+use dino3d_pipeline::manifest::{ManifestEntry, write_manifest_json};
+use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
+use dino3d_pipeline::recipe::compile_str;
+use dino3d_pipeline::{Volume, VolumeMeta, VoxelData, Voxels};
+
+/// CT-like int16 volumes (constant air, noisy tissue) and their manifest.
+fn dataset(dir: &Path, n: usize) -> (PathBuf, Vec<ManifestEntry>) {
+    let mut entries = Vec::new();
+    for s in 0..n {
+        let (x, y, z) = (30 + s, 28, 20);
+        let mut v = Vec::with_capacity(x * y * z);
+        for k in 0..z {
+            for j in 0..y {
+                for i in 0..x {
+                    let inside = (3..x - 3).contains(&i)
+                        && (4..y - 2).contains(&j)
+                        && (2..z - 3).contains(&k);
+                    v.push(if inside {
+                        ((i * 31 + j * 17 + k * 7 + s) % 300) as i16 - 100
+                    } else {
+                        -1000
+                    });
+                }
+            }
+        }
+        let mut affine = IDENTITY;
+        affine[2][2] = 2.5;
+        let vol = Volume {
+            data: VoxelData::I16(Voxels::from(v)),
+            shape: [1, x, y, z],
+            spacing: [1.0, 1.0, 2.5],
+            affine,
+            scaling: None,
+            meta: VolumeMeta::default(),
+        };
+        let name = format!("v{s}.nii.gz");
+        write_volume(dir.join(&name), &vol, &WriteOptions::default()).unwrap();
+        entries.push(ManifestEntry {
+            image: name,
+            shape: None,
+            spacing: None,
+            extra: Default::default(),
+        });
+    }
+    let manifest = dir.join("m.json");
+    write_manifest_json(&manifest, &entries).unwrap();
+    (manifest, entries)
+}
+
+const RECIPE: &str = "\
+task: pretrain
+data:
+  manifest: m.json
+cache:
+  dir: cache
+  prefix: 6
+pipeline:
+  - name: LoadImage
+  - name: RandTimeFrame
+  - name: NanToMean
+  - name: ScaleIntensityRangePercentiles
+    lower: 0.05
+    upper: 99.95
+    b_min: -1
+    b_max: 1
+    clip: true
+  - name: PermuteInPlaneFirst
+  - name: CropForeground
+    threshold: -1
+";
+
+fn source(
+    data: &Path,
+    cache: &Path,
+    recipe: &str,
+    allow_uncached: bool,
+) -> (CacheSource, Arc<Pipeline>) {
+    let plan = compile_str(recipe, Path::new("r.yaml")).unwrap();
+    let pipeline = Arc::new(Pipeline::new(&plan));
+    let (manifest, entries) = (
+        data.join("m.json"),
+        dino3d_pipeline::manifest::read_manifest(&data.join("m.json")).unwrap(),
+    );
+    let src = CacheSource::new(
+        pipeline.clone(),
+        entries,
+        &manifest,
+        CacheDir::new(cache).unwrap(),
+        allow_uncached,
+    );
+    (src, pipeline)
+}
+
+#[test]
+fn the_cache_serves_exactly_what_the_pipeline_prepares_and_rebuilds_damage() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 3);
+    let (src, pipeline) = source(data.path(), cache.path(), RECIPE, false);
+    assert!(pipeline.is_fused());
+    for (i, entry) in entries.iter().enumerate() {
+        let want = pipeline.prepare(entry, &manifest).unwrap();
+        let miss = src.prepared(i).unwrap();
+        let hit = src.prepared(i).unwrap();
+        assert_eq!(*miss, want);
+        assert_eq!(*hit, want, "item {i}: cached == uncached, bit for bit");
+    }
+    let s = &src.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!((s.misses.load(Relaxed), s.hits.load(Relaxed)), (3, 3));
+    // Stored as int16 + the window as decode map: about half a float32
+    // volume or less.
+    let entry = Entry::open(&CacheDir::new(cache.path()).unwrap().entries()[0]).unwrap();
+    assert_eq!(entry.header.arrays[0].dtype, StoredType::I16);
+    assert!(entry.header.arrays[0].decode.is_some());
+    // Damage one entry's payload: reported, rebuilt, the right data served.
+    let key = src.key(1).unwrap();
+    let path = CacheDir::new(cache.path()).unwrap().entry_path(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 30;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let again = src.prepared(1).unwrap();
+    assert_eq!(*again, pipeline.prepare(&entries[1], &manifest).unwrap());
+    assert_eq!(s.damaged.load(Relaxed), 1);
+    let reports = src.reports.lock().unwrap().clone();
+    assert!(
+        reports[0].contains("checksum") && reports[0].contains("v1.nii.gz"),
+        "{reports:?}"
+    );
+    assert!(Entry::open(&path).unwrap().verify().is_ok());
+}
+
+/// The pretraining views, small: what the loader asks the cache for.
+fn with_views(recipe: &str) -> String {
+    let views = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../recipes/pretrain.yaml"
+    ))
+    .unwrap();
+    let views = &views[views.find("\nviews:").expect("pretrain.yaml has views")..];
+    let views = views[..views.find("\nbatch:").unwrap_or(views.len())]
+        .replace("size: 96", "size: 12")
+        .replace("size: 48", "size: 6");
+    format!("{recipe}{}\n", views.trim_start_matches('\n'))
+}
+
+/// The views the loader gets from the cache (cut plane by plane as an entry
+/// decodes) equal those cut from the prepared volume, on a miss and on hits,
+/// for several epochs; damage found while decoding planes is reported and
+/// rebuilt, and the right views are still served.
+#[test]
+fn views_from_the_cache_equal_views_from_the_prepared_volume() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 3);
+    // 8³ chunks: several chunk slabs and rows per entry, so rectangles and
+    // chunk spans are exercised.
+    let plan = compile_str(&with_views(RECIPE), Path::new("r.yaml")).unwrap();
+    let pipeline = Arc::new(Pipeline::new(&plan));
+    let src = CacheSource::new(
+        pipeline.clone(),
+        entries.clone(),
+        &manifest,
+        CacheDir::new(cache.path()).unwrap().with_chunk([8, 8, 8]),
+        false,
+    );
+    assert!(pipeline.cuts_views_by_plane());
+    for epoch in 0..3 {
+        for (i, entry) in entries.iter().enumerate() {
+            let prepared = pipeline.prepare(entry, &manifest).unwrap();
+            let want = pipeline
+                .finish(&prepared, epoch, i as u64, Path::new("x"))
+                .unwrap();
+            let got = src.output(&pipeline, epoch, i).unwrap();
+            assert!(got == want, "item {i}, epoch {epoch}: cache views differ");
+        }
+    }
+    let s = &src.stats;
+    assert_eq!((s.misses.load(Relaxed), s.hits.load(Relaxed)), (3, 6));
+    assert_eq!(s.by_plane.load(Relaxed), 6, "every hit cut plane by plane");
+    let entry = Entry::open(&CacheDir::new(cache.path()).unwrap().entries()[0]).unwrap();
+    assert_eq!(entry.header.arrays[0].chunk, [8, 8, 8]);
+    // Damage a chunk (not the framing): found while decoding planes.
+    let key = src.key(2).unwrap();
+    let path = CacheDir::new(cache.path()).unwrap().entry_path(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 30;
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let prepared = pipeline.prepare(&entries[2], &manifest).unwrap();
+    let want = pipeline.finish(&prepared, 7, 2, Path::new("x")).unwrap();
+    assert!(src.output(&pipeline, 7, 2).unwrap() == want);
+    assert_eq!((s.damaged.load(Relaxed), s.misses.load(Relaxed)), (1, 4));
+    assert_eq!(s.by_plane.load(Relaxed), 6, "the damaged read was rebuilt");
+    assert!(src.output(&pipeline, 7, 2).unwrap() == want);
+    assert_eq!(
+        s.by_plane.load(Relaxed),
+        7,
+        "and the rebuilt entry is read by plane"
+    );
+    let reports = src.reports.lock().unwrap().clone();
+    assert!(
+        reports[0].contains("checksum") && reports[0].contains("v2.nii.gz"),
+        "{reports:?}"
+    );
+    assert!(
+        Entry::open(&path).unwrap().verify().is_ok(),
+        "rebuilt intact"
+    );
+}
+
+#[test]
+fn keys_change_with_the_file_and_the_prefix_only() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    dataset(data.path(), 2);
+    let (a, _) = source(data.path(), cache.path(), RECIPE, false);
+    let (b, _) = source(
+        data.path(),
+        cache.path(),
+        &RECIPE.replace("upper: 99.95", "upper: 99.9"),
+        false,
+    );
+    let (c, _) = source(
+        data.path(),
+        cache.path(),
+        &format!("{RECIPE}# a comment\n"),
+        false,
+    );
+    let k0 = a.key(0).unwrap();
+    assert_ne!(k0, a.key(1).unwrap());
+    assert_ne!(k0, b.key(0).unwrap(), "a prefix parameter changed");
+    assert_eq!(k0, c.key(0).unwrap(), "formatting is not part of the key");
+    // Rewriting the file (new content and mtime) misses.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = data.path().join("v0.nii.gz");
+    let bytes = std::fs::read(data.path().join("v1.nii.gz")).unwrap();
+    std::fs::write(&f, bytes).unwrap();
+    assert_ne!(k0, a.key(0).unwrap());
+    assert_eq!(
+        entry_key("h", std::slice::from_ref(&f)).unwrap(),
+        entry_key("h", &[f]).unwrap()
+    );
+}
+
+#[test]
+fn concurrent_warmers_build_each_entry_once() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    dataset(data.path(), 2);
+    let sources: Vec<CacheSource> = (0..4)
+        .map(|_| source(data.path(), cache.path(), RECIPE, false).0)
+        .collect();
+    std::thread::scope(|s| {
+        for src in &sources {
+            s.spawn(move || {
+                for i in 0..2 {
+                    let w = src.ensure(i).unwrap();
+                    assert!(matches!(w, Warmed::Hit | Warmed::Built));
+                }
+            });
+        }
+    });
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = CacheDir::new(cache.path()).unwrap();
+    let total: u64 = sources
+        .iter()
+        .map(|s| s.stats.bytes_out.load(Relaxed))
+        .sum();
+    let on_disk: u64 = dir
+        .entries()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(dir.entries().len(), 2);
+    assert_eq!(total, on_disk, "each entry written exactly once");
+    assert!(dir.leftovers().is_empty());
+}
+
+#[test]
+fn an_unwritable_cache_fails_clearly_or_serves_uncached() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 1);
+    // A file where the entry's subfolder should be makes every write fail,
+    // even for root (which ignores read-only permissions).
+    let (probe, _) = source(data.path(), cache.path(), RECIPE, false);
+    let key = probe.key(0).unwrap();
+    std::fs::write(cache.path().join(&key[..2]), b"not a folder").unwrap();
+    let err = probe.prepared(0).unwrap_err().to_string();
+    assert!(err.contains("cache") && err.contains(&key[..2]), "{err}");
+    let (lenient, pipeline) = source(data.path(), cache.path(), RECIPE, true);
+    assert_eq!(
+        *lenient.prepared(0).unwrap(),
+        pipeline.prepare(&entries[0], &manifest).unwrap()
+    );
+    assert_eq!(
+        lenient
+            .stats
+            .write_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
