@@ -1,10 +1,14 @@
-//! `dino-run recipe check FILE`: validate a recipe and print its compiled plan.
+//! `dino-run recipe check FILE`: validate a recipe and print its compiled plan
+//! and the plan passes that apply; `dino-run recipe transforms`: the
+//! transforms a recipe may name, from the registry.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::recipe;
+use dino3d_pipeline::transforms::registry;
 
 /// Recipe subcommands.
 #[derive(Debug, Subcommand)]
@@ -18,6 +22,9 @@ pub(crate) enum RecipeCmd {
         #[command(flatten)]
         overrides: crate::run_cmd::Overrides,
     },
+    /// List every transform a recipe may name, with its parameters (kind,
+    /// default) and a summary (Markdown, as in the README).
+    Transforms,
 }
 
 pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
@@ -27,6 +34,15 @@ pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
                 Ok(plan) => {
                     println!("{}: ok", file.display());
                     print!("{plan}");
+                    let pipeline = Pipeline::new(&plan);
+                    if pipeline.passes_applied().is_empty() {
+                        println!("plan passes: none apply");
+                    } else {
+                        println!("plan passes:");
+                        for pass in pipeline.passes_applied() {
+                            println!("  {pass}");
+                        }
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => {
@@ -35,6 +51,10 @@ pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        RecipeCmd::Transforms => {
+            print!("{}", registry::markdown());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -42,14 +42,23 @@ pub enum Error {
         what: String,
     },
     /// A transform failed on a sample.
-    #[error("{}: {step}: {reason}", path.display())]
+    #[error("{}: {step}: {source}", path.display())]
     Transform {
         /// The sample's (image) file.
         path: PathBuf,
         /// The transform's name.
         step: String,
         /// What went wrong.
-        reason: String,
+        source: crate::transforms::TransformError,
+    },
+    /// A sample whose preparation failed before, as remembered by an
+    /// in-memory source (the first failure, shared).
+    #[error("{}: prepare (remembered): {source}", path.display())]
+    Remembered {
+        /// The sample's (image) file.
+        path: PathBuf,
+        /// The first failure.
+        source: std::sync::Arc<Error>,
     },
     /// The on-disk cache failed for a sample (an unwritable folder, a source
     /// file that cannot be fingerprinted, ...).
@@ -60,6 +69,25 @@ pub enum Error {
         /// What the cache reported (boxed: the variant stays small).
         source: Box<dino3d_cache::CacheError>,
     },
+    /// The batch loader's worker pool or thread could not be started.
+    #[error("starting the batch loader: {reason}")]
+    LoaderStart {
+        /// What the system said.
+        reason: String,
+    },
+    /// The sampler gives this rank no item (an empty manifest, or fewer
+    /// items than ranks).
+    #[error("the manifest has no items for this rank")]
+    NoItems,
+    /// Every item of the manifest failed, so no batch can be made.
+    #[error("every item failed; last error: {last}")]
+    EveryItemFailed {
+        /// The last failure.
+        last: Box<Error>,
+    },
+    /// Samples could not be collated into a batch.
+    #[error("collating a batch: {0}")]
+    Collate(#[from] crate::exec::collate::CollateError),
     /// A manifest or datalist could not be read or written.
     #[error("manifest {}: {reason}", path.display())]
     Manifest {

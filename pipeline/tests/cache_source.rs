@@ -316,3 +316,40 @@ fn an_unwritable_cache_fails_clearly_or_serves_uncached() {
         1
     );
 }
+
+/// With the `cut_views_by_plane` pass off, the cache serves the same views
+/// from the decoded volume, and never by plane.
+#[test]
+fn views_are_the_same_without_cutting_by_plane() {
+    use dino3d_pipeline::exec::Passes;
+    use std::sync::atomic::Ordering::Relaxed;
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 2);
+    let plan = compile_str(&with_views(RECIPE), Path::new("r.yaml")).unwrap();
+    let off = Passes {
+        cut_views_by_plane: false,
+        ..Passes::ALL
+    };
+    let by_plane = Arc::new(Pipeline::new(&plan));
+    let whole = Arc::new(Pipeline::with_passes(&plan, off));
+    let src = |p: &Arc<Pipeline>| {
+        CacheSource::new(
+            p.clone(),
+            entries.clone(),
+            &manifest,
+            CacheDir::new(cache.path()).unwrap().with_chunk([8, 8, 8]),
+            false,
+        )
+    };
+    let (a, b) = (src(&by_plane), src(&whole));
+    for epoch in 0..2 {
+        for i in 0..entries.len() {
+            let x = a.output(&by_plane, epoch, i).unwrap();
+            let y = b.output(&whole, epoch, i).unwrap();
+            assert!(x == y, "item {i}, epoch {epoch}");
+        }
+    }
+    assert_eq!(b.stats.by_plane.load(Relaxed), 0);
+    assert!(a.stats.by_plane.load(Relaxed) > 0);
+}

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dino3d_pipeline::exec::op::{CompiledStep, Context, run_steps};
+use dino3d_pipeline::exec::passes::compose_flips;
 use dino3d_pipeline::exec::{
-    DirectSource, Loader, LoaderConfig, MemorySource, Output, Pipeline, PreparedSource, Sample,
+    DirectSource, Loader, LoaderConfig, MemorySource, Output, Passes, Pipeline, PreparedSource,
+    Sample,
 };
 use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
@@ -148,7 +150,9 @@ fn batches_are_identical_for_any_thread_count_and_skip_bad_items() {
     let three = batches(&text, &manifest, &entries, 3, 4);
     for (a, b) in one.iter().zip(&three) {
         assert_eq!(a.batch, b.batch, "batch {}", a.index);
-        assert_eq!(a.skipped, b.skipped);
+        let messages =
+            |v: &[dino3d_pipeline::Error]| v.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(messages(&a.skipped), messages(&b.skipped));
     }
     let b = &one[0].batch;
     // 3 samples x (2 global 24³ + 8 local 12³), crop-major, z fastest.
@@ -165,7 +169,11 @@ fn batches_are_identical_for_any_thread_count_and_skip_bad_items() {
         .count();
     assert_eq!(masked_rows, 3);
     // The broken file is skipped, named, and never in a batch.
-    let skipped: Vec<&String> = one.iter().flat_map(|b| &b.skipped).collect();
+    let skipped: Vec<String> = one
+        .iter()
+        .flat_map(|b| &b.skipped)
+        .map(|e| e.to_string())
+        .collect();
     assert!(!skipped.is_empty());
     assert!(
         skipped.iter().all(|s| s.contains("broken.nii.gz")),
@@ -210,6 +218,9 @@ fn composed_flips_and_turns_equal_the_steps_one_by_one() {
     let local = &p.views[2];
     // Steps 1..=6 of a view: three flips and three quarter turns.
     let steps: Vec<CompiledStep> = local.steps[1..7].iter().map(CompiledStep::new).collect();
+    // The `compose_flips` pass makes the six one step (one gather).
+    let (composed, runs) = compose_flips(&steps);
+    assert_eq!((composed.len(), runs), (1, 1));
     let ctx = Context::default();
     let mut img = Image {
         data: (0..5 * 6 * 7).map(|v| v as f32).collect(),
@@ -224,7 +235,7 @@ fn composed_flips_and_turns_equal_the_steps_one_by_one() {
             sample,
             ..DrawKey::default()
         };
-        let fused = run_steps(&steps, Sample::single(img.clone()), key, &ctx).unwrap();
+        let fused = run_steps(&composed, Sample::single(img.clone()), key, &ctx).unwrap();
         let mut one_by_one = Sample::single(img.clone());
         for s in &steps {
             one_by_one = run_steps(std::slice::from_ref(s), one_by_one, key, &ctx)
@@ -337,4 +348,101 @@ fn plane_fed_views_equal_finished_views() {
         flip.plane_cutter([nx, ny, nz], [1.0; 3], IDENTITY, 0, 0)
             .is_none()
     );
+}
+
+/// Every plan pass applies to the pretraining recipe, and each one, switched
+/// off alone or all together, changes no byte: the prepared samples, the
+/// views of several items and epochs, and the batches of the loader.
+#[test]
+fn plan_passes_change_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 3, false);
+    // A run of flips in the random tail too (composed there as well).
+    let text = small_recipe(&manifest, false).replace(
+        "views:\n",
+        "  - name: RandFlip\n    spatial_axis: 0\n    prob: 0.5\n  - name: RandRotate90\n    prob: 0.7\nviews:\n",
+    );
+    let plan = plan(&text);
+    let all = Pipeline::new(&plan);
+    let names: Vec<&str> = all.passes_applied().iter().map(|a| a.name).collect();
+    assert_eq!(
+        names,
+        [
+            "fuse_threedino_prefix",
+            "compose_flips",
+            "crop_views_from_shared_sample"
+        ],
+        "a tail step rules out cutting views by plane"
+    );
+    let off = |f: fn(&mut Passes)| {
+        let mut p = Passes::ALL;
+        f(&mut p);
+        Pipeline::with_passes(&plan, p)
+    };
+    let variants = [
+        ("none", Pipeline::with_passes(&plan, Passes::NONE)),
+        (
+            "no fuse_threedino_prefix",
+            off(|p| p.fuse_threedino_prefix = false),
+        ),
+        ("no compose_flips", off(|p| p.compose_flips = false)),
+        (
+            "no crop_views_from_shared_sample",
+            off(|p| p.crop_views_from_shared_sample = false),
+        ),
+    ];
+    assert!(variants[0].1.passes_applied().is_empty());
+    for (i, e) in entries.iter().enumerate() {
+        let want = all.prepare(e, &manifest).unwrap();
+        for epoch in 0..2 {
+            let views = all.finish(&want, epoch, i as u64, Path::new("x")).unwrap();
+            for (name, p) in &variants {
+                let prepared = p.prepare(e, &manifest).unwrap();
+                assert_eq!(prepared, want, "{name}: item {i}");
+                let got = p
+                    .finish(&prepared, epoch, i as u64, Path::new("x"))
+                    .unwrap();
+                // Voxels and geometry, bit for bit.
+                assert!(got == views, "{name}: item {i}, epoch {epoch}");
+            }
+        }
+    }
+    let loaded = |p: Pipeline| -> Vec<Vec<f32>> {
+        let p = Arc::new(p);
+        let source: Arc<dyn PreparedSource> = Arc::new(MemorySource::new(DirectSource::new(
+            p.clone(),
+            entries.clone(),
+            &manifest,
+        )));
+        Loader::start(p, source, LoaderConfig::from_plan(&plan))
+            .unwrap()
+            .take(3)
+            .map(|b| {
+                let b = b.unwrap().batch;
+                [b.global.data, b.local.data].concat()
+            })
+            .collect()
+    };
+    assert_eq!(
+        loaded(Pipeline::new(&plan)),
+        loaded(Pipeline::with_passes(&plan, Passes::NONE))
+    );
+    // Without the tail, the views can also be cut by plane (see
+    // `plane_fed_views_equal_finished_views` and the cache's own test).
+    let plain = Pipeline::new(&self::plan(&small_recipe(&manifest, false)));
+    assert!(plain.cuts_views_by_plane());
+    assert!(
+        plain
+            .passes_applied()
+            .iter()
+            .any(|a| a.name == "cut_views_by_plane")
+    );
+    let unplaned = Pipeline::with_passes(
+        &self::plan(&small_recipe(&manifest, false)),
+        Passes {
+            cut_views_by_plane: false,
+            ..Passes::ALL
+        },
+    );
+    assert!(!unplaned.cuts_views_by_plane());
 }

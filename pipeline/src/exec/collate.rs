@@ -61,11 +61,36 @@ fn push_z_fastest(out: &mut Vec<f32>, img: &Image) {
     }
 }
 
+/// Why samples could not be put in one batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollateError {
+    /// Crops of one kind with different shapes.
+    #[error("crop {index} has shape {shape:?}, crop 0 {first:?}: crops of one kind must match")]
+    Shapes {
+        /// The crop that differs.
+        index: usize,
+        /// Its shape.
+        shape: [usize; 4],
+        /// Crop 0's shape.
+        first: [usize; 4],
+    },
+    /// Samples with different numbers of crops.
+    #[error("samples have different numbers of crops")]
+    CropCounts,
+    /// A sample without a key the others have.
+    #[error("a sample lacks `{key}`")]
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+}
+
 /// Stacks `crops` (all of one shape) into a tensor.
 ///
 /// # Errors
 /// When shapes differ.
-pub fn stack(crops: &[&Image]) -> Result<Tensor5, String> {
+pub fn stack(crops: &[&Image]) -> Result<Tensor5, CollateError> {
     let Some(first) = crops.first() else {
         return Ok(Tensor5::default());
     };
@@ -73,10 +98,11 @@ pub fn stack(crops: &[&Image]) -> Result<Tensor5, String> {
     let mut data = Vec::with_capacity(crops.len() * first.data.len());
     for (n, img) in crops.iter().enumerate() {
         if img.shape != shape {
-            return Err(format!(
-                "crop {n} has shape {:?}, crop 0 {:?}: crops of one kind must match",
-                img.shape, shape
-            ));
+            return Err(CollateError::Shapes {
+                index: n,
+                shape: img.shape,
+                first: shape,
+            });
         }
         push_z_fastest(&mut data, img);
     }
@@ -90,11 +116,11 @@ pub fn stack(crops: &[&Image]) -> Result<Tensor5, String> {
 ///
 /// # Errors
 /// When samples have different numbers or shapes of crops.
-pub fn collate_crops(samples: &[MultiCrop], masks: Masks) -> Result<Batch, String> {
-    let crop_major = |pick: fn(&MultiCrop) -> &Vec<Image>| -> Result<Vec<&Image>, String> {
+pub fn collate_crops(samples: &[MultiCrop], masks: Masks) -> Result<Batch, CollateError> {
+    let crop_major = |pick: fn(&MultiCrop) -> &Vec<Image>| -> Result<Vec<&Image>, CollateError> {
         let n = samples.first().map_or(0, |s| pick(s).len());
         if samples.iter().any(|s| pick(s).len() != n) {
-            return Err("samples have different numbers of crops".into());
+            return Err(CollateError::CropCounts);
         }
         Ok((0..n)
             .flat_map(|j| samples.iter().map(move |s| &pick(s)[j]))
@@ -116,12 +142,15 @@ pub fn collate_crops(samples: &[MultiCrop], masks: Masks) -> Result<Batch, Strin
 pub fn collate_samples(
     samples: &[Sample],
     keys: &[String],
-) -> Result<Vec<(String, Tensor5)>, String> {
+) -> Result<Vec<(String, Tensor5)>, CollateError> {
     keys.iter()
         .map(|k| {
             let imgs = samples
                 .iter()
-                .map(|s| s.get(k).ok_or_else(|| format!("a sample lacks `{k}`")))
+                .map(|s| {
+                    s.get(k)
+                        .ok_or_else(|| CollateError::MissingKey { key: k.clone() })
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((k.clone(), stack(&imgs)?))
         })

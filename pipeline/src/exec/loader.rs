@@ -90,7 +90,7 @@ impl PreparedSource for DirectSource {
 /// without the per-fetch deep copy); failures are remembered too.
 pub struct MemorySource {
     inner: DirectSource,
-    slots: Vec<OnceLock<std::result::Result<Prepared, String>>>,
+    slots: Vec<OnceLock<std::result::Result<Prepared, Arc<Error>>>>,
 }
 
 impl MemorySource {
@@ -110,12 +110,11 @@ impl PreparedSource for MemorySource {
     }
     fn prepared(&self, index: usize) -> Result<Prepared> {
         self.slots[index]
-            .get_or_init(|| self.inner.prepared(index).map_err(|e| e.to_string()))
+            .get_or_init(|| self.inner.prepared(index).map_err(Arc::new))
             .clone()
-            .map_err(|reason| Error::Transform {
+            .map_err(|source| Error::Remembered {
                 path: self.inner.path(index),
-                step: "prepare (remembered)".into(),
-                reason,
+                source,
             })
     }
 }
@@ -170,8 +169,8 @@ pub struct LoadedBatch {
     pub batch: Batch,
     /// Per-key tensors for pipelines without views.
     pub tensors: Vec<(String, super::collate::Tensor5)>,
-    /// Items skipped while making it: their errors (path first).
-    pub skipped: Vec<String>,
+    /// Items skipped while making it: their errors (each names its file).
+    pub skipped: Vec<Error>,
     /// Its number.
     pub index: u64,
     /// Where the sampler stands after it: `(epoch, position)` (for resuming).
@@ -180,7 +179,7 @@ pub struct LoadedBatch {
 
 /// The running loader; iterate it for batches. Dropping it stops the worker.
 pub struct Loader {
-    rx: Option<Receiver<std::result::Result<LoadedBatch, String>>>,
+    rx: Option<Receiver<Result<LoadedBatch>>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -193,17 +192,21 @@ impl Loader {
         pipeline: Arc<Pipeline>,
         source: Arc<dyn PreparedSource>,
         config: LoaderConfig,
-    ) -> std::result::Result<Loader, String> {
+    ) -> Result<Loader> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)
             .thread_name(|i| format!("dino3d-loader-{i}"))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::LoaderStart {
+                reason: e.to_string(),
+            })?;
         let (tx, rx) = sync_channel(config.prefetch.max(1) - 1);
         let worker = std::thread::Builder::new()
             .name("dino3d-batcher".into())
             .spawn(move || produce(&pipeline, source.as_ref(), &config, &pool, &tx))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Error::LoaderStart {
+                reason: e.to_string(),
+            })?;
         Ok(Loader {
             rx: Some(rx),
             worker: Some(worker),
@@ -212,7 +215,7 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = std::result::Result<LoadedBatch, String>;
+    type Item = Result<LoadedBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.rx.as_ref()?.recv().ok()
@@ -239,7 +242,7 @@ fn produce(
     source: &dyn PreparedSource,
     config: &LoaderConfig,
     pool: &rayon::ThreadPool,
-    tx: &SyncSender<std::result::Result<LoadedBatch, String>>,
+    tx: &SyncSender<Result<LoadedBatch>>,
 ) {
     let (epoch, at, mut index) = config.start;
     let mut sampler = InfiniteSampler::new(
@@ -261,7 +264,7 @@ fn produce(
         while made.len() < b {
             let picks: Vec<(u64, usize)> = sampler.by_ref().take(b - made.len()).collect();
             if picks.is_empty() {
-                let _ = tx.send(Err("the manifest has no items for this rank".into()));
+                let _ = tx.send(Err(Error::NoItems));
                 return;
             }
             let results: Vec<Result<Output>> = pool.install(|| {
@@ -281,16 +284,16 @@ fn produce(
                         failed_since_success.clear();
                     }
                     Err(err) => {
-                        skipped.push(err.to_string());
+                        skipped.push(err);
                         failed_since_success.insert(i);
                     }
                 }
             }
             if failed_since_success.len() >= source.len().max(1) {
-                let _ = tx.send(Err(format!(
-                    "every item failed; last error: {}",
-                    skipped.last().map_or("", String::as_str)
-                )));
+                let last = skipped.pop().expect("an item failed");
+                let _ = tx.send(Err(Error::EveryItemFailed {
+                    last: Box::new(last),
+                }));
                 return;
             }
         }
@@ -316,7 +319,7 @@ fn assemble(
     config: &LoaderConfig,
     index: u64,
     pipeline: &Pipeline,
-) -> std::result::Result<Assembled, String> {
+) -> Result<Assembled> {
     let items = made.iter().map(|(_, i, _)| *i).collect();
     let epochs = made.iter().map(|(e, _, _)| *e).collect();
     if !pipeline.has_views() {

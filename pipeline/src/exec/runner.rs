@@ -17,17 +17,14 @@ use crate::error::{Error, Result};
 use crate::manifest::ManifestEntry;
 use crate::nifti::read_volume;
 use crate::recipe::{Plan, ViewRole};
-use crate::transforms::crop_foreground::crop;
-use crate::transforms::pad_and_center_crop::center_box;
-use crate::transforms::{
-    CropForeground, DrawKey, Image, ScaleIntensityRangePercentiles, threedino_prefix,
-};
+use crate::transforms::{DrawKey, Image, RandomResizedCrop3d, TransformError, threedino_prefix};
 
-use super::op::{CompiledStep, Context, Op, run_steps};
+use super::op::{CompiledStep, Context, run_steps};
+use super::passes::{self, Applied, Passes};
 use super::sample::Sample;
 
 /// A compiled `views:` entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CompiledView {
     /// Its name.
     pub name: String,
@@ -99,40 +96,116 @@ pub struct Pipeline {
     seed: u64,
     prefix_hash: String,
     fused_threedino: Option<u32>,
+    passes: Passes,
+    applied: Vec<Applied>,
 }
 
 impl Pipeline {
-    /// Builds the pipeline of a validated plan.
+    /// Builds the pipeline of a validated plan, with every plan pass.
     pub fn new(plan: &Plan) -> Pipeline {
+        Pipeline::with_passes(plan, Passes::ALL)
+    }
+
+    /// Builds the pipeline of a validated plan with the given passes (the
+    /// output is the same whichever run; only speed differs).
+    pub fn with_passes(plan: &Plan, on: Passes) -> Pipeline {
         let compiled: Vec<CompiledStep> = plan.steps.iter().map(CompiledStep::new).collect();
         let split = plan.prefix_len.max(1).min(compiled.len());
         let prefix: Vec<CompiledStep> = compiled[..split]
             .iter()
-            .filter(|s| s.op != Op::Load)
+            .filter(|s| s.name != "LoadImage")
             .cloned()
             .collect();
-        let fused_threedino = threedino_pattern(&prefix, &plan.keys);
-        Pipeline {
+        let mut applied = Vec::new();
+        let fused_threedino =
+            passes::threedino_prefix(&prefix, &plan.keys).filter(|_| on.fuse_threedino_prefix);
+        if fused_threedino.is_some() {
+            applied.push(Applied {
+                name: "fuse_threedino_prefix",
+                detail: format!(
+                    "the cached prefix ({} steps) runs as one pass over the stored integers",
+                    prefix.len()
+                ),
+            });
+        }
+        let mut composed = 0;
+        let mut compose = |steps: Vec<CompiledStep>| {
+            if !on.compose_flips {
+                return steps;
+            }
+            let (out, n) = passes::compose_flips(&steps);
+            composed += n;
+            out
+        };
+        let prefix = compose(prefix);
+        let tail = compose(compiled[split..].to_vec());
+        let views: Vec<CompiledView> = plan
+            .views
+            .iter()
+            .map(|v| CompiledView {
+                name: v.name.clone(),
+                role: v.role,
+                count: v.count,
+                steps: compose(v.steps.iter().map(CompiledStep::new).collect()),
+            })
+            .collect();
+        if composed > 0 {
+            applied.push(Applied {
+                name: "compose_flips",
+                detail: format!("{composed} run(s) of flips and quarter turns, one gather each"),
+            });
+        }
+        let mut pipeline = Pipeline {
             keys: plan.keys.clone(),
             prefix,
-            tail: compiled[split..].to_vec(),
-            views: plan
-                .views
-                .iter()
-                .map(|v| CompiledView {
-                    name: v.name.clone(),
-                    role: v.role,
-                    count: v.count,
-                    steps: v.steps.iter().map(CompiledStep::new).collect(),
-                })
-                .collect(),
+            tail,
+            views,
             ctx: Context {
                 label_keys: plan.label_keys.clone(),
             },
             seed: plan.seed,
             prefix_hash: plan.prefix_hash.clone(),
             fused_threedino,
+            passes: on,
+            applied,
+        };
+        let cropping: Vec<&str> = pipeline
+            .views
+            .iter()
+            .filter(|v| pipeline.crops_from_shared(v))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !cropping.is_empty() {
+            let detail = format!(
+                "the first crop of view(s) {} reads the shared prepared sample",
+                cropping.join(", ")
+            );
+            pipeline.applied.push(Applied {
+                name: "crop_views_from_shared_sample",
+                detail,
+            });
         }
+        if pipeline.cuts_views_by_plane() {
+            pipeline.applied.push(Applied {
+                name: "cut_views_by_plane",
+                detail: "from the on-disk cache, every view's RandomResizedCrop3d is fed plane by plane as the entry decodes".into(),
+            });
+        }
+        pipeline
+    }
+
+    /// The plan passes that apply to this recipe, in order.
+    pub fn passes_applied(&self) -> &[Applied] {
+        &self.applied
+    }
+
+    /// Whether `view`'s first crop cuts from the shared prepared sample.
+    fn crops_from_shared(&self, view: &CompiledView) -> bool {
+        self.passes.crop_views_from_shared_sample
+            && view
+                .steps
+                .first()
+                .is_some_and(|s| s.op.role() == super::op::Role::Crop)
     }
 
     /// Whether the prefix runs as the fused 3DINO chain.
@@ -191,7 +264,7 @@ impl Pipeline {
                 .ok_or_else(|| Error::Transform {
                     path: image_path.clone(),
                     step: "LoadImage".into(),
-                    reason: format!("the manifest entry has no `{k}`"),
+                    source: TransformError::NoEntryKey { key: k.clone() },
                 })?;
             let vol = read_volume(&path)?;
             sample.images.push((k.clone(), Image::from_volume(&vol)));
@@ -201,7 +274,7 @@ impl Pipeline {
                 v.pop().ok_or_else(|| Error::Transform {
                     path: image_path.clone(),
                     step: "prefix".into(),
-                    reason: "produced no sample".into(),
+                    source: TransformError::NoSample,
                 })
             })
     }
@@ -264,10 +337,10 @@ impl Pipeline {
         key: DrawKey,
         path: &Path,
     ) -> Result<Vec<Sample>> {
-        run_steps(steps, sample, key, &self.ctx).map_err(|(step, reason)| Error::Transform {
+        run_steps(steps, sample, key, &self.ctx).map_err(|(step, source)| Error::Transform {
             path: path.to_path_buf(),
             step,
-            reason,
+            source,
         })
     }
 
@@ -297,10 +370,7 @@ impl Pipeline {
                 return Err(Error::Transform {
                     path: path.to_path_buf(),
                     step: "views".into(),
-                    reason: format!(
-                        "the pipeline gave {} samples; views need exactly 1",
-                        out.len()
-                    ),
+                    source: TransformError::ViewsNeedOneSample { got: out.len() },
                 });
             }
             owned = out.pop().expect("one sample");
@@ -347,7 +417,12 @@ impl Pipeline {
         vkey: DrawKey,
         path: &Path,
     ) -> Result<Image> {
-        let (first, rest) = match crop_from(&view.steps[0], base, vkey) {
+        let cropped = if self.crops_from_shared(view) {
+            passes::crop_from(&view.steps[0], base, vkey)
+        } else {
+            None
+        };
+        let (first, rest) = match cropped {
             Some(cropped) => (cropped, &view.steps[1..]),
             None => (base.clone(), &view.steps[..]),
         };
@@ -369,7 +444,7 @@ impl Pipeline {
             (n, _) => Err(Error::Transform {
                 path: path.to_path_buf(),
                 step: format!("view {}", view.name),
-                reason: format!("gave {n} samples; a view must give 1"),
+                source: TransformError::ViewGaveSamples { got: n },
             }),
         }
     }
@@ -394,12 +469,13 @@ impl Pipeline {
     /// tail, the single key `image`, and every view starting with
     /// `RandomResizedCrop3d` on it.
     pub fn cuts_views_by_plane(&self) -> bool {
-        !self.views.is_empty()
+        self.passes.cut_views_by_plane
+            && !self.views.is_empty()
             && self.tail.is_empty()
             && self.keys == ["image"]
             && self.views.iter().all(|v| {
                 v.steps.first().is_some_and(|s| {
-                    matches!(s.op, Op::RandomResizedCrop3d(_))
+                    s.op_as::<RandomResizedCrop3d>().is_some()
                         && s.keys.iter().any(|k| k == "image")
                 })
             })
@@ -433,9 +509,9 @@ impl Pipeline {
             .zip(1u32..);
         for (view, crop_index) in crops {
             let first = &view.steps[0];
-            let Op::RandomResizedCrop3d(p) = &first.op else {
-                unreachable!("checked by cuts_views_by_plane");
-            };
+            let p = first
+                .op_as::<RandomResizedCrop3d>()
+                .expect("checked by cuts_views_by_plane");
             let vkey = DrawKey {
                 view: crop_index,
                 ..key
@@ -515,61 +591,10 @@ impl PlaneCutter<'_> {
     }
 }
 
-fn fused_error(path: &Path, reason: String) -> Error {
+fn fused_error(path: &Path, source: TransformError) -> Error {
     Error::Transform {
         path: path.to_path_buf(),
         step: "3DINO prefix".into(),
-        reason,
+        source,
     }
-}
-
-/// A crop step applied straight from the shared prepared sample, so views
-/// never copy the whole volume.
-fn crop_from(step: &CompiledStep, base: &Sample, key: DrawKey) -> Option<Sample> {
-    let mut out = Sample::default();
-    for (k, img) in &base.images {
-        let dims = [img.shape[1], img.shape[2], img.shape[3]];
-        let cropped = if step.keys.contains(k) {
-            let mut rng = key.for_transform(step.id).rng();
-            match &step.op {
-                Op::RandomResizedCrop3d(p) => p.apply(img, &mut rng),
-                Op::RandSpatialCrop(p) => {
-                    let (s, e) = p.draw_box(dims, &mut rng);
-                    crop(img, s, e)
-                }
-                Op::CenterSpatialCrop(roi) => {
-                    let (s, e) = center_box(dims, *roi);
-                    crop(img, s, e)
-                }
-                _ => return None,
-            }
-        } else {
-            img.clone()
-        };
-        out.images.push((k.clone(), cropped));
-    }
-    Some(out)
-}
-
-/// The id of the `RandTimeFrame` step if the prefix is exactly 3DINO's chain
-/// on the single key `image` (then [`threedino_prefix`] runs it fused).
-fn threedino_pattern(prefix: &[CompiledStep], keys: &[String]) -> Option<u32> {
-    if keys != ["image"] || prefix.len() != 5 {
-        return None;
-    }
-    let expected = [
-        Op::RandTimeFrame,
-        Op::NanToMean,
-        Op::ScaleIntensityRangePercentiles(ScaleIntensityRangePercentiles::THREEDINO),
-        Op::PermuteInPlaneFirst { use_shape: false },
-        Op::CropForeground(CropForeground {
-            threshold: -1.0,
-            margin: 0,
-        }),
-    ];
-    let matches = prefix
-        .iter()
-        .zip(&expected)
-        .all(|(s, e)| s.op == *e && s.keys == keys);
-    matches.then_some(prefix[0].id)
 }

@@ -27,7 +27,9 @@ fn perr(path: &Path, e: impl std::fmt::Display) -> Error {
 ///
 /// # Errors
 /// Never in practice (column lengths always agree); arrow's error is passed on.
-pub fn to_record_batch(records: &[ScanRecord]) -> std::result::Result<RecordBatch, String> {
+pub fn to_record_batch(
+    records: &[ScanRecord],
+) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
     let strings = |f: &dyn Fn(&ScanRecord) -> String| -> ArrayRef {
         Arc::new(StringArray::from(records.iter().map(f).collect::<Vec<_>>()))
     };
@@ -72,7 +74,6 @@ pub fn to_record_batch(records: &[ScanRecord]) -> std::result::Result<RecordBatc
         ("compressed", Arc::new(compressed) as ArrayRef),
         ("fingerprint", strings(&|r| r.fingerprint.clone())),
     ])
-    .map_err(|e| e.to_string())
 }
 
 /// Writes `records` as a Parquet manifest (snappy), atomically.

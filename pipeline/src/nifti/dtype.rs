@@ -1,5 +1,7 @@
 //! NIfTI datatype codes and the real-valued voxel types dino3d keeps in memory.
 
+use super::header::HeaderError;
+
 use serde::{Deserialize, Serialize};
 
 /// A real-valued voxel type, as stored on disk and kept in memory.
@@ -74,7 +76,7 @@ impl DType {
     /// # Errors
     /// Complex, RGB, 128-bit float, binary and unknown codes are refused with a
     /// message naming the type.
-    pub fn from_nifti_code(code: i16) -> Result<DType, String> {
+    pub fn from_nifti_code(code: i16) -> Result<DType, HeaderError> {
         Ok(match code {
             2 => DType::U8,
             4 => DType::I16,
@@ -87,19 +89,27 @@ impl DType {
             1024 => DType::I64,
             1280 => DType::U64,
             32 | 1792 | 2048 => {
-                return Err(format!(
+                return Err(HeaderError(format!(
                     "complex voxels (datatype {code}) are not supported: convert to magnitude first"
-                ));
+                )));
             }
             128 | 2304 => {
-                return Err(format!(
+                return Err(HeaderError(format!(
                     "RGB/RGBA voxels (datatype {code}) are not supported: convert to grey or channels first"
+                )));
+            }
+            1536 => {
+                return Err(HeaderError(
+                    "128-bit float voxels (datatype 1536) are not supported".into(),
                 ));
             }
-            1536 => return Err("128-bit float voxels (datatype 1536) are not supported".into()),
-            1 => return Err("1-bit binary voxels (datatype 1) are not supported".into()),
-            0 => return Err("datatype is 0 (unknown)".into()),
-            other => return Err(format!("unknown datatype code {other}")),
+            1 => {
+                return Err(HeaderError(
+                    "1-bit binary voxels (datatype 1) are not supported".into(),
+                ));
+            }
+            0 => return Err(HeaderError("datatype is 0 (unknown)".into())),
+            other => return Err(HeaderError(format!("unknown datatype code {other}"))),
         })
     }
 

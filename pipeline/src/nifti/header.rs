@@ -5,6 +5,19 @@
 //! everything downstream handles one header kind. Byte order is detected from
 //! `sizeof_hdr` (348 or 540), which is what the NIfTI reference library does too.
 
+/// Why bytes are not a valid NIfTI-1, NIfTI-2 or Analyze header (or a
+/// header dino3d cannot use); the readers add the file's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HeaderError(pub String);
+
+impl HeaderError {
+    /// Whether the message contains `text` (for tests and triage).
+    pub fn contains(&self, text: &str) -> bool {
+        self.0.contains(text)
+    }
+}
+
 /// Bytes in a NIfTI-1 / Analyze header.
 pub const NIFTI1_HEADER_SIZE: usize = 348;
 /// Bytes in a NIfTI-2 header.
@@ -162,12 +175,12 @@ impl NiftiHeader {
     /// # Errors
     /// A message (without the file name, which the caller adds) when the bytes are
     /// too short or `sizeof_hdr` is neither 348 nor 540 in either byte order.
-    pub fn parse(buf: &[u8]) -> Result<NiftiHeader, String> {
+    pub fn parse(buf: &[u8]) -> Result<NiftiHeader, HeaderError> {
         if buf.len() < 4 {
-            return Err(format!(
+            return Err(HeaderError(format!(
                 "file too short for a NIfTI header ({} bytes)",
                 buf.len()
-            ));
+            )));
         }
         let le = i32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
         let be = i32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
@@ -175,16 +188,16 @@ impl NiftiHeader {
             (348 | 540, _) => (le as usize, Endian::Little),
             (_, 348 | 540) => (be as usize, Endian::Big),
             _ => {
-                return Err(format!(
+                return Err(HeaderError(format!(
                     "not a NIfTI or Analyze header: sizeof_hdr is {le} (expected 348 or 540)"
-                ));
+                )));
             }
         };
         if buf.len() < size {
-            return Err(format!(
+            return Err(HeaderError(format!(
                 "header truncated: {} of {size} header bytes present",
                 buf.len()
-            ));
+            )));
         }
         let f = Fields { buf, endian };
         if size == NIFTI2_HEADER_SIZE {
@@ -194,13 +207,13 @@ impl NiftiHeader {
         }
     }
 
-    fn parse_v1(f: &Fields<'_>) -> Result<NiftiHeader, String> {
+    fn parse_v1(f: &Fields<'_>) -> Result<NiftiHeader, HeaderError> {
         let magic = &f.buf[344..348];
         let (version, single_file) = match magic {
             b"n+1\0" => (NiftiVersion::Nifti1, true),
             b"ni1\0" => (NiftiVersion::Nifti1, false),
             b"n+2\0" | b"ni2\0" => {
-                return Err("NIfTI-2 magic in a 348-byte header".into());
+                return Err(HeaderError("NIfTI-2 magic in a 348-byte header".into()));
             }
             _ => (NiftiVersion::Analyze, false),
         };
@@ -266,12 +279,12 @@ impl NiftiHeader {
         self
     }
 
-    fn parse_v2(f: &Fields<'_>) -> Result<NiftiHeader, String> {
+    fn parse_v2(f: &Fields<'_>) -> Result<NiftiHeader, HeaderError> {
         let magic = &f.buf[4..12];
         let single_file = match magic {
             b"n+2\0\r\n\x1a\n" => true,
             b"ni2\0\r\n\x1a\n" => false,
-            _ => return Err("540-byte header without NIfTI-2 magic".into()),
+            _ => return Err(HeaderError("540-byte header without NIfTI-2 magic".into())),
         };
         let mut dim = [0i64; 8];
         for (i, d) in dim.iter_mut().enumerate() {
@@ -327,10 +340,10 @@ impl NiftiHeader {
     ///
     /// # Errors
     /// When `dim[0]` is outside 1..=7.
-    pub fn rank(&self) -> Result<usize, String> {
+    pub fn rank(&self) -> Result<usize, HeaderError> {
         match self.dim[0] {
             r @ 1..=7 => Ok(r as usize),
-            r => Err(format!("dim[0] = {r} is not a rank in 1..=7")),
+            r => Err(HeaderError(format!("dim[0] = {r} is not a rank in 1..=7"))),
         }
     }
 
@@ -338,17 +351,17 @@ impl NiftiHeader {
     ///
     /// # Errors
     /// When the rank is invalid or a size is zero or negative.
-    pub fn shape(&self) -> Result<Vec<u64>, String> {
+    pub fn shape(&self) -> Result<Vec<u64>, HeaderError> {
         let rank = self.rank()?;
         self.dim[1..=rank]
             .iter()
             .enumerate()
             .map(|(i, &d)| {
                 if d <= 0 {
-                    Err(format!(
+                    Err(HeaderError(format!(
                         "dim[{}] = {d}: every size must be at least 1",
                         i + 1
-                    ))
+                    )))
                 } else {
                     Ok(d as u64)
                 }
@@ -360,10 +373,14 @@ impl NiftiHeader {
     ///
     /// # Errors
     /// When the shape is invalid or its product overflows.
-    pub fn voxel_count(&self) -> Result<u64, String> {
+    pub fn voxel_count(&self) -> Result<u64, HeaderError> {
         self.shape()?.iter().try_fold(1u64, |acc, &d| {
-            acc.checked_mul(d)
-                .ok_or_else(|| format!("dims {:?} overflow a 64-bit voxel count", &self.dim))
+            acc.checked_mul(d).ok_or_else(|| {
+                HeaderError(format!(
+                    "dims {:?} overflow a 64-bit voxel count",
+                    &self.dim
+                ))
+            })
         })
     }
 
@@ -375,10 +392,12 @@ impl NiftiHeader {
     ///
     /// # Errors
     /// When `vox_offset` is negative, not finite or absurdly large.
-    pub fn data_offset(&self) -> Result<u64, String> {
+    pub fn data_offset(&self) -> Result<u64, HeaderError> {
         let v = self.vox_offset;
         if !v.is_finite() || !(0.0..=1e15).contains(&v) {
-            return Err(format!("vox_offset {v} is not a valid byte offset"));
+            return Err(HeaderError(format!(
+                "vox_offset {v} is not a valid byte offset"
+            )));
         }
         let v = v as u64;
         let min = if self.single_file {

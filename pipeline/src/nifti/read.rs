@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::affine::{Affine, FallbackAffine, best_affine};
 use super::dtype::DType;
 use super::gzip;
-use super::header::{Endian, NIFTI2_HEADER_SIZE, NiftiHeader, NiftiVersion};
+use super::header::{Endian, HeaderError, NIFTI2_HEADER_SIZE, NiftiHeader, NiftiVersion};
 use crate::error::{Error, Result};
 use crate::volume::{Volume, VolumeMeta, VoxelData};
 
@@ -310,11 +310,12 @@ fn describe(
     (header_file_len, header_is_gz): (u64, bool),
     opts: &ReadOptions,
 ) -> Result<VolumeInfo> {
-    let fmt = |reason: String| Error::format(header_path, reason);
+    let fmt = |reason: HeaderError| Error::format(header_path, reason.0);
+    let bad = |reason: String| Error::format(header_path, reason);
     let header = NiftiHeader::parse(prefix).map_err(fmt)?;
     let dtype = DType::from_nifti_code(header.datatype).map_err(|what| Error::Unsupported {
         path: header_path.to_path_buf(),
-        what,
+        what: what.0,
     })?;
     let disk_shape = header.shape().map_err(fmt)?;
     if disk_shape.len() > 4 && disk_shape[4..].iter().any(|&d| d > 1) {
@@ -338,7 +339,7 @@ fn describe(
     let data_bytes = voxels
         .checked_mul(dtype.size() as u64)
         .filter(|&b| b < isize::MAX as u64 / 2)
-        .ok_or_else(|| fmt(format!("dims {disk_shape:?} of {dtype} overflow memory")))?;
+        .ok_or_else(|| bad(format!("dims {disk_shape:?} of {dtype} overflow memory")))?;
     let data_offset = header.data_offset().map_err(fmt)?;
     let dim = |i: usize| disk_shape.get(i).map_or(1, |&d| d as usize);
     let shape = [dim(3), dim(0), dim(1), dim(2)];
@@ -347,7 +348,7 @@ fn describe(
 
     let (data_path, data_len, data_compressed) = if header.single_file {
         if header.version != NiftiVersion::Analyze && lower_name(header_path).ends_with(".hdr") {
-            return Err(fmt("single-file magic (n+1/n+2) in a .hdr file".into()));
+            return Err(bad("single-file magic (n+1/n+2) in a .hdr file".into()));
         }
         (header_path.to_path_buf(), header_file_len, header_is_gz)
     } else {

@@ -8,14 +8,16 @@ use serde_saphyr::Spanned;
 
 use super::document::RecipeDoc;
 use super::error::{RecipeError, RecipeErrors, hint};
-use super::registry::{self, Default, ParamKind, Params, TransformSpec};
 use super::value::ParamValue;
+use crate::exec::op::Op;
+use crate::transforms::registry;
+use crate::transforms::spec::{Args, ParamDefault, ParamKind, Params, TransformSpec};
 
 /// Version of the plan encoding folded into the prefix hash.
 const PLAN_FORMAT: &str = "dino3d-plan-v1";
 
-/// A validated transform with every parameter resolved.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated transform with every parameter resolved and its op built.
+#[derive(Debug, Clone)]
 pub struct Step {
     /// The transform's spec.
     pub spec: &'static TransformSpec,
@@ -28,6 +30,20 @@ pub struct Step {
     /// Unique number of the step within the recipe (pre-order): the
     /// `transform` field of its random draws.
     pub id: u32,
+    /// What runs it (built from `params` by the transform's spec).
+    pub op: std::sync::Arc<dyn Op>,
+}
+
+/// Steps are equal when they name the same transform with the same
+/// parameters at the same place (the op is a function of those).
+impl PartialEq for Step {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+            && self.params == other.params
+            && self.line == other.line
+            && self.children == other.children
+            && self.id == other.id
+    }
 }
 
 /// Which collated tensor a view's crops join.
@@ -784,7 +800,7 @@ fn compile_step(
             continue;
         }
         let default = match ps.default {
-            Default::Required => {
+            ParamDefault::Required => {
                 if !fields.iter().any(|(k, _)| k.value == ps.name) {
                     errors.push(RecipeError::at(
                         file,
@@ -794,17 +810,10 @@ fn compile_step(
                 }
                 continue;
             }
-            Default::Absent => continue,
-            Default::Num(x) => ParamValue::Float(x),
-            Default::Bool(b) => ParamValue::Bool(b),
-            Default::Str(s) => ParamValue::Str(s.to_string()),
-            Default::ImageKey => ParamValue::List(vec![ParamValue::Str("image".into())]),
-            Default::FirstPlane => {
-                ParamValue::List(vec![ParamValue::Float(0.0), ParamValue::Float(1.0)])
-            }
-            Default::Pair(lo, hi) => {
-                ParamValue::List(vec![ParamValue::Float(lo), ParamValue::Float(hi)])
-            }
+            other => match other.value() {
+                Some(v) => v,
+                None => continue,
+            },
         };
         params.insert(ps.name, default);
     }
@@ -857,12 +866,27 @@ fn compile_step(
             format!("{}.{why}", spec.name),
         ));
     }
-    (errors.len() == before).then(|| Step {
+    if errors.len() != before {
+        return None;
+    }
+    let op = match (spec.build)(&Args::new(&params, &children)) {
+        Ok(op) => std::sync::Arc::from(op),
+        Err(why) => {
+            errors.push(RecipeError::at(
+                file,
+                &name.referenced,
+                format!("{}: {why}", spec.name),
+            ));
+            return None;
+        }
+    };
+    Some(Step {
         spec,
         params,
         line: entry.referenced.line() as u32,
         children,
         id,
+        op,
     })
 }
 
@@ -913,9 +937,9 @@ fn check_value(kind: &ParamKind, v: &ParamValue, keys: &[String]) -> Result<Para
             .collect::<Result<Vec<_>, _>>()
             .map(ParamValue::List),
         (ParamKind::Int3, v) => Err(format!("expected a list of 3 integers, found {}", v.kind())),
-        (ParamKind::AxCodes, ParamValue::Str(s)) => {
-            crate::transforms::parse_axcodes(s).map(|c| ParamValue::Str(c.iter().collect()))
-        }
+        (ParamKind::AxCodes, ParamValue::Str(s)) => crate::transforms::parse_axcodes(s)
+            .map(|c| ParamValue::Str(c.iter().collect()))
+            .map_err(|e| e.to_string()),
         (ParamKind::AxCodes, v) => Err(format!(
             "expected axis codes such as RAS, found {}",
             v.kind()

@@ -13,7 +13,6 @@ pub mod document;
 pub mod error;
 pub mod overrides;
 pub mod probe;
-pub mod registry;
 pub mod segment;
 pub mod training;
 pub mod value;

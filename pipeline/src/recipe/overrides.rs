@@ -93,7 +93,7 @@ impl Insertions {
 /// # Errors
 /// A malformed override, a path through a scalar, or a block value that
 /// cannot be replaced in place.
-pub fn apply(text: &str, sets: &[String]) -> Result<(String, Insertions), String> {
+pub(crate) fn apply(text: &str, sets: &[String]) -> Result<(String, Insertions), String> {
     let mut text = text.to_string();
     let mut inserted = Insertions::default();
     for set in sets {

@@ -3,6 +3,7 @@
 //! `RandFlip` x3 + `RandRotate90` x3 copy the voxels once instead of six times.
 
 use super::image::Image;
+use crate::nifti::affine::Affine;
 
 /// Output spatial axis `a` reads input axis `perm[a]`, reversed if `flip[a]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,17 @@ impl AxisMap {
         if self.is_identity() {
             return img.clone();
         }
+        let (shape, spacing, affine) = self.geometry(img.shape, img.spacing, &img.affine);
+        Image {
+            data: self.gather(img),
+            shape,
+            spacing,
+            affine,
+        }
+    }
+
+    /// The voxels of [`Self::apply`] (one gather).
+    pub fn gather(&self, img: &Image) -> Vec<f32> {
         let [c, x, y, z] = img.shape;
         let dims = [x, y, z];
         let strides = [1isize, x as isize, (x * y) as isize];
@@ -100,10 +112,27 @@ impl AxisMap {
                 }
             }
         }
+        data
+    }
+
+    /// The shape, spacing and affine of [`Self::apply`]'s output for an
+    /// input of this geometry. A run of maps applied one by one moves the
+    /// geometry map by map (its rounding differs from the composed map's in
+    /// the last bit), so a composed gather takes its geometry from folding
+    /// this over the run.
+    pub fn geometry(
+        &self,
+        shape: [usize; 4],
+        spacing: [f64; 3],
+        affine: &Affine,
+    ) -> ([usize; 4], [f64; 3], Affine) {
+        let [c, x, y, z] = shape;
+        let dims = [x, y, z];
+        let out = self.out_dims(dims);
         // Input voxel index = M · output index + t.
-        let mut affine = img.affine;
-        for (r, row) in affine.iter_mut().enumerate().take(3) {
-            let cols = [img.affine[r][0], img.affine[r][1], img.affine[r][2]];
+        let mut moved = *affine;
+        for (r, row) in moved.iter_mut().enumerate().take(3) {
+            let cols = [affine[r][0], affine[r][1], affine[r][2]];
             for a in 0..3 {
                 let p = self.perm[a];
                 if self.flip[a] {
@@ -114,12 +143,11 @@ impl AxisMap {
                 }
             }
         }
-        Image {
-            data,
-            shape: [c, out[0], out[1], out[2]],
-            spacing: self.perm.map(|p| img.spacing[p]),
-            affine,
-        }
+        (
+            [c, out[0], out[1], out[2]],
+            self.perm.map(|p| spacing[p]),
+            moved,
+        )
     }
 }
 

@@ -3,7 +3,10 @@
 //! (with `allow_smaller`) clipped to the image. 3DINO uses threshold -1 after
 //! its [-1, 1] scaling, margin 0, `allow_smaller = True`.
 
+use super::error::TransformError;
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`crop_foreground`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,9 +69,10 @@ pub fn crop(img: &Image, start: [usize; 3], end: [usize; 3]) -> Image {
 ///
 /// # Errors
 /// When no voxel is above the threshold (MONAI would return an empty volume).
-pub fn crop_foreground(img: &Image, p: &CropForeground) -> Result<Image, String> {
-    let (lo, hi) = foreground_box(img, p.threshold)
-        .ok_or_else(|| format!("no voxel above {} (empty foreground)", p.threshold))?;
+pub fn crop_foreground(img: &Image, p: &CropForeground) -> Result<Image, TransformError> {
+    let (lo, hi) = foreground_box(img, p.threshold).ok_or(TransformError::EmptyForeground {
+        threshold: p.threshold,
+    })?;
     let dims = [img.shape[1], img.shape[2], img.shape[3]];
     let start = lo.map(|v| v.saturating_sub(p.margin));
     let end = [0, 1, 2].map(|a| (hi[a] + p.margin).min(dims[a]));
@@ -80,9 +84,10 @@ pub fn crop_foreground(img: &Image, p: &CropForeground) -> Result<Image, String>
 ///
 /// # Errors
 /// When no voxel is above the threshold.
-pub fn crop_foreground_padded(img: &Image, p: &CropForeground) -> Result<Image, String> {
-    let (lo, hi) = foreground_box(img, p.threshold)
-        .ok_or_else(|| format!("no voxel above {} (empty foreground)", p.threshold))?;
+pub fn crop_foreground_padded(img: &Image, p: &CropForeground) -> Result<Image, TransformError> {
+    let (lo, hi) = foreground_box(img, p.threshold).ok_or(TransformError::EmptyForeground {
+        threshold: p.threshold,
+    })?;
     let dims = [img.shape[1], img.shape[2], img.shape[3]];
     let before = lo.map(|v| p.margin.saturating_sub(v));
     let after = [0, 1, 2].map(|a| (hi[a] + p.margin).saturating_sub(dims[a]));
@@ -151,12 +156,69 @@ pub fn crop_foreground_divisible(
     threshold: f32,
     k: usize,
     pad_value: f32,
-) -> Result<(Image, [i64; 3]), String> {
-    let (lo, hi) = foreground_box(img, threshold)
-        .ok_or_else(|| format!("no voxel above {threshold} (empty foreground)"))?;
+) -> Result<(Image, [i64; 3]), TransformError> {
+    let (lo, hi) =
+        foreground_box(img, threshold).ok_or(TransformError::EmptyForeground { threshold })?;
     let (start, end) = divisible_box(lo, hi, k);
     Ok((crop_pad(img, start, end, pad_value), start))
 }
+
+/// `CropForeground` as a step: clipped to the image (`allow_smaller`, or a
+/// margin of 0), or padded with 0 where the grown box leaves it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropForegroundStep {
+    /// Threshold and margin.
+    pub params: CropForeground,
+    /// Whether the box may leave the image (zero-padded).
+    pub padded: bool,
+}
+
+impl Op for CropForegroundStep {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        *img = if self.padded {
+            crop_foreground_padded(img, &self.params)?
+        } else {
+            crop_foreground(img, &self.params)?
+        };
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `CropForeground`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "CropForeground",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("threshold", ANY, ParamDefault::Num(0.0)),
+        param(
+            "margin",
+            ParamKind::Int {
+                min: 0,
+                max: 1 << 20,
+            },
+            ParamDefault::Num(0.0),
+        ),
+        param("allow_smaller", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "crop to the box of voxels > threshold (any channel) plus margin; without allow_smaller the box may leave the image (padded with 0)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        let params = CropForeground {
+            threshold: a.num("threshold")? as f32,
+            margin: a.count("margin")?,
+        };
+        Ok(Box::new(CropForegroundStep {
+            params,
+            padded: !(a.flag("allow_smaller")? || params.margin == 0),
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -26,6 +26,11 @@ use std::cell::RefCell;
 use rand::Rng;
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    Args, KEYS, POSITIVE_RANGE, PROB, ParamDefault, TransformSpec, param,
+};
 
 /// Voxels accumulated together in registers.
 const LANES: usize = 16;
@@ -400,6 +405,84 @@ impl RandGaussianSharpen {
             .is_some()
     }
 }
+
+impl Op for RandGaussianSmooth {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandGaussianSmooth::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Op for RandGaussianSharpen {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandGaussianSharpen::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandGaussianSmooth`.
+pub const RAND_GAUSSIAN_SMOOTH: TransformSpec = TransformSpec {
+    name: "RandGaussianSmooth",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("sigma_x", POSITIVE_RANGE, ParamDefault::Pair(0.25, 1.5)),
+        param("sigma_y", POSITIVE_RANGE, ParamDefault::Pair(0.25, 1.5)),
+        param("sigma_z", POSITIVE_RANGE, ParamDefault::Pair(0.25, 1.5)),
+    ],
+    summary: "separable Gaussian blur (erf kernel, zero padding), sigma per axis random",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandGaussianSmooth {
+            prob: a.num("prob")?,
+            sigma_x: a.pair("sigma_x")?,
+            sigma_y: a.pair("sigma_y")?,
+            sigma_z: a.pair("sigma_z")?,
+        }))
+    },
+};
+
+/// The recipe's `RandGaussianSharpen`.
+pub const RAND_GAUSSIAN_SHARPEN: TransformSpec = TransformSpec {
+    name: "RandGaussianSharpen",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("sigma1_x", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("sigma1_y", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("sigma1_z", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("sigma2_x", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("sigma2_y", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("sigma2_z", POSITIVE_RANGE, ParamDefault::Pair(0.5, 1.0)),
+        param("alpha", POSITIVE_RANGE, ParamDefault::Pair(10.0, 30.0)),
+    ],
+    summary: "b = G(s1) x; b + alpha (b - G(s2) b), sigmas and alpha random",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandGaussianSharpen {
+            prob: a.num("prob")?,
+            sigma1_x: a.pair("sigma1_x")?,
+            sigma1_y: a.pair("sigma1_y")?,
+            sigma1_z: a.pair("sigma1_z")?,
+            sigma2_x: a.pair("sigma2_x")?,
+            sigma2_y: a.pair("sigma2_y")?,
+            sigma2_z: a.pair("sigma2_z")?,
+            alpha: a.pair("alpha")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,9 @@ use rustfft::FftPlanner;
 use rustfft::num_complex::Complex32;
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{Args, FRACTION, KEYS, PROB, ParamDefault, TransformSpec, param};
 
 /// The k-space mask of one spatial shape and α, in exact integers.
 struct Mask {
@@ -359,6 +362,37 @@ impl RandGibbsNoise {
         self.draw(rng).map(|a| gibbs_noise(img, a)).is_some()
     }
 }
+
+impl Op for RandGibbsNoise {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandGibbsNoise::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandGibbsNoise`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "RandGibbsNoise",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("alpha", FRACTION, ParamDefault::Pair(0.0, 1.0)),
+    ],
+    summary: "ringing: zero k-space outside a sphere of radius (1 - alpha) max(shape) / sqrt 2",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandGibbsNoise {
+            prob: a.num("prob")?,
+            alpha: a.pair("alpha")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -1,20 +1,21 @@
 //! Transforms with MONAI's semantics (../shared/spec/pipeline-reference.md §2)
 //! and 3DINO's own (3dino-reference.md §3), one per file.
 //!
-//! So far: the deterministic part of 3DINO's pretraining chain, which the cache
-//! will persist: load (as [`Image`]), [`rand_time_frame`], [`nan_to_mean`],
-//! [`scale_intensity_range_percentiles`], [`permute_in_plane_first`] and
-//! [`crop_foreground`], chained by [`threedino_prefix`]; and the MONAI basics
-//! [`normalize_intensity`], [`orientation`], [`spatial_pad`] and
-//! [`center_spatial_crop`]; and the first random ones, [`rand_flip`] and
-//! [`rand_rotate90`], drawing from [`DrawKey`] streams. The recipe compiler,
-//! random augmentations and multi-crop views come next (issue 3).
+//! Each transform's file holds its algorithm, its parameters as recipes
+//! name them ([`spec::TransformSpec`]: types, ranges, defaults, a summary,
+//! and how it builds its op) and its [`crate::exec::op::Op`]; the
+//! [`registry`] lists them. To add a transform: a file here, its `SPEC`, and
+//! one line in [`registry::TRANSFORMS`]. Randomness comes only from
+//! [`DrawKey`] streams, so results do not depend on threads.
 
 pub mod axis_map;
+pub mod compose;
 pub mod crop_foreground;
+pub mod error;
 pub mod gaussian_filter;
 pub mod gibbs_noise;
 pub mod image;
+pub mod load;
 pub mod nan_to_mean;
 pub mod normalize_intensity;
 pub mod orientation;
@@ -27,35 +28,47 @@ pub mod rand_intensity;
 pub mod rand_spatial_crop;
 pub mod rand_time_frame;
 pub mod random_resized_crop;
+pub mod registry;
 pub mod resize;
 pub mod rng;
 pub mod scale_intensity_range;
 pub mod spacing;
+pub mod spec;
 mod threedino_prefix;
 
 pub use axis_map::AxisMap;
-pub use crop_foreground::{CropForeground, crop_foreground, crop_foreground_divisible};
+pub use compose::{OneOf, RandomApply};
+pub use crop_foreground::{
+    CropForeground, CropForegroundStep, crop_foreground, crop_foreground_divisible,
+};
+pub use error::TransformError;
 pub use gaussian_filter::{
     RandGaussianSharpen, RandGaussianSmooth, erf_kernel, gaussian_sharpen, gaussian_smooth,
 };
 pub use gibbs_noise::{RandGibbsNoise, gibbs_noise};
 pub use image::Image;
-pub use nan_to_mean::nan_to_mean;
+pub use nan_to_mean::{NanToMean, nan_to_mean};
 pub use normalize_intensity::{NormalizeIntensity, normalize_intensity};
-pub use orientation::{flip_spatial, orientation, parse_axcodes};
-pub use pad_and_center_crop::{PadMethod, center_spatial_crop, spatial_pad};
+pub use orientation::{Orientation, flip_spatial, orientation, parse_axcodes};
+pub use pad_and_center_crop::{
+    CenterSpatialCrop, PadMethod, SpatialPad, center_spatial_crop, spatial_pad,
+};
 pub use percentiles::{ScaleIntensityRangePercentiles, scale_intensity_range_percentiles};
-pub use permute_in_plane_first::permute_in_plane_first;
-pub use rand_crop_by_pos_neg_label::{RandCropByPosNegLabel, rand_crop_by_pos_neg_label};
-pub use rand_flip_rotate::{rand_flip, rand_rotate90, rot90};
+pub use permute_in_plane_first::{PermuteInPlaneFirst, permute_in_plane_first};
+pub use rand_crop_by_pos_neg_label::{
+    RandCropByPosNegLabel, RandCropByPosNegLabelStep, rand_crop_by_pos_neg_label,
+};
+pub use rand_flip_rotate::{RandFlip, RandRotate90, rand_flip, rand_rotate90, rot90};
 pub use rand_intensity::{
     RandAdjustContrast, RandGaussianNoise, RandHistogramShift, RandScaleIntensity,
     RandShiftIntensity, adjust_contrast, histogram_shift,
 };
 pub use rand_spatial_crop::{CropBox, RandSpatialCrop, rand_spatial_crop};
-pub use rand_time_frame::rand_time_frame;
+pub use rand_time_frame::{RandTimeFrame, rand_time_frame};
 pub use random_resized_crop::RandomResizedCrop3d;
-pub use resize::{AxisTaps, PlaneResize, ResizeMode, box_affine, box_spacing, resize, resize_box};
+pub use resize::{
+    AxisTaps, PlaneResize, Resize, ResizeMode, box_affine, box_spacing, resize, resize_box,
+};
 pub use rng::DrawKey;
 pub use scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 pub use spacing::{Interp, Spacing, SpacingPadding, spacing};

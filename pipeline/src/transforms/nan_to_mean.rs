@@ -5,6 +5,9 @@
 //! which poisons training; zero is the neutral value after scaling).
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{Args, KEYS, TransformSpec};
 
 /// Replaces NaN voxels in place; returns how many were replaced.
 pub fn nan_to_mean(img: &mut Image) -> usize {
@@ -27,6 +30,32 @@ pub fn nan_to_mean(img: &mut Image) -> usize {
     }
     nans
 }
+
+/// `NanToMean`: NaN voxels to the mean of the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NanToMean;
+
+impl Op for NanToMean {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        nan_to_mean(img);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `NanToMean`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "NanToMean",
+    is_random: false,
+    params: &[KEYS],
+    summary: "replace NaN voxels by the mean of the others",
+    check: None,
+    nests: false,
+    build: |_: &Args<'_>| Ok(Box::new(NanToMean)),
+};
 
 #[cfg(test)]
 mod tests {

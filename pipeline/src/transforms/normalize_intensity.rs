@@ -4,6 +4,9 @@
 //! becomes 1; `channel_wise` normalises each channel on its own. Statistics in f64.
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`normalize_intensity`] (MONAI names).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -56,6 +59,41 @@ pub fn normalize_intensity(img: &mut Image, p: &NormalizeIntensity) {
         normalize_slice(&mut img.data, p);
     }
 }
+
+impl Op for NormalizeIntensity {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        normalize_intensity(img, self);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `NormalizeIntensity`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "NormalizeIntensity",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("subtrahend", ANY, ParamDefault::Absent),
+        param("divisor", ANY, ParamDefault::Absent),
+        param("nonzero", ParamKind::Bool, ParamDefault::Bool(false)),
+        param("channel_wise", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "(x - mean) / std (population std)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(NormalizeIntensity {
+            subtrahend: a.opt_num("subtrahend")?,
+            divisor: a.opt_num("divisor")?,
+            nonzero: a.flag("nonzero")?,
+            channel_wise: a.flag("channel_wise")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -3,9 +3,14 @@
 //! Right, j towards Anterior, k towards Superior). Only permutes and flips: no
 //! interpolation. The affine changes so that every voxel keeps its world position.
 
+use super::error::TransformError;
 use super::image::Image;
 use super::permute_in_plane_first::permute_spatial;
+use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::axcodes;
+use crate::transforms::spec::{
+    Args, KEYS, ParamDefault, ParamError, ParamKind, TransformSpec, param,
+};
 
 /// The world axis (0 = x/LR, 1 = y/PA, 2 = z/IS) and sign of an axis code.
 fn code_axis(c: char) -> Option<(usize, bool)> {
@@ -24,10 +29,11 @@ fn code_axis(c: char) -> Option<(usize, bool)> {
 ///
 /// # Errors
 /// When the text is not three letters naming each of L/R, P/A, I/S once.
-pub fn parse_axcodes(text: &str) -> Result<[char; 3], String> {
+pub fn parse_axcodes(text: &str) -> Result<[char; 3], TransformError> {
     let chars: Vec<char> = text.chars().map(|c| c.to_ascii_uppercase()).collect();
-    let bad =
-        || format!("`{text}` is not three axis codes naming each of L/R, P/A, I/S once (e.g. RAS)");
+    let bad = || TransformError::AxisCodes {
+        text: text.to_string(),
+    };
     if chars.len() != 3 {
         return Err(bad());
     }
@@ -99,6 +105,42 @@ pub fn orientation(img: &Image, target: [char; 3]) -> Image {
     }
     flip_spatial(&permute_spatial(img, order), flip)
 }
+
+/// `Orientation`: reorder and flip axes to the given codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orientation {
+    /// Target axis codes, such as `RAS`.
+    pub axcodes: [char; 3],
+}
+
+impl Op for Orientation {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        *img = orientation(img, self.axcodes);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `Orientation`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "Orientation",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("axcodes", ParamKind::AxCodes, ParamDefault::Required),
+    ],
+    summary: "reorder and flip axes to the given codes (no interpolation)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        let axcodes =
+            parse_axcodes(a.text("axcodes")?).map_err(|e| ParamError::Rule(e.to_string()))?;
+        Ok(Box::new(Orientation { axcodes }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

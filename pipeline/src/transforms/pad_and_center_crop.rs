@@ -11,6 +11,9 @@
 
 use super::crop_foreground::crop;
 use super::image::Image;
+use crate::exec::op::{Op, Role, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Where `SpatialPad` puts the padding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +100,103 @@ pub fn center_spatial_crop(img: &Image, roi_size: [i64; 3]) -> Image {
     let (start, end) = center_box([img.shape[1], img.shape[2], img.shape[3]], roi_size);
     crop(img, start, end)
 }
+
+/// `SpatialPad`: constant padding to at least a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpatialPad {
+    /// Target size (-1 keeps an axis).
+    pub size: [i64; 3],
+    /// Where the padding goes.
+    pub method: PadMethod,
+    /// Fill value.
+    pub value: f32,
+}
+
+impl Op for SpatialPad {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        *img = spatial_pad(img, self.size, self.method, self.value);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `SpatialPad`.
+pub const SPATIAL_PAD: TransformSpec = TransformSpec {
+    name: "SpatialPad",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("spatial_size", ParamKind::Int3, ParamDefault::Required),
+        param(
+            "method",
+            ParamKind::Choice(&["symmetric", "end"]),
+            ParamDefault::Str("symmetric"),
+        ),
+        param("value", ANY, ParamDefault::Num(0.0)),
+    ],
+    summary: "pad with a constant to at least spatial_size (never crops)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(SpatialPad {
+            size: a.int3("spatial_size")?,
+            method: if a.text("method")? == "end" {
+                PadMethod::End
+            } else {
+                PadMethod::Symmetric
+            },
+            value: a.num("value")? as f32,
+        }))
+    },
+};
+
+/// `CenterSpatialCrop`: the centre box of a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CenterSpatialCrop {
+    /// Box size (-1 keeps an axis).
+    pub roi: [i64; 3],
+}
+
+impl Op for CenterSpatialCrop {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        *img = center_spatial_crop(img, self.roi);
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        Role::Crop
+    }
+
+    fn crop_of(&self, img: &Image, _: &mut StepRng) -> Option<Image> {
+        let (s, e) = center_box([img.shape[1], img.shape[2], img.shape[3]], self.roi);
+        Some(crop(img, s, e))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `CenterSpatialCrop`.
+pub const CENTER_SPATIAL_CROP: TransformSpec = TransformSpec {
+    name: "CenterSpatialCrop",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("roi_size", ParamKind::Int3, ParamDefault::Required),
+    ],
+    summary: "crop the centre roi_size (MONAI's centre rule)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(CenterSpatialCrop {
+            roi: a.int3("roi_size")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,12 @@
 
 use super::image::Image;
 use super::scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
+use crate::exec::op::{Op, StepRng};
+use crate::recipe::value::ParamValue;
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    ANY, Args, KEYS, PERCENT, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
+};
 use crate::volume::{Volume, VoxelData};
 
 fn lerp(a: f64, b: f64, t: f64) -> f64 {
@@ -156,6 +162,57 @@ pub fn scale_intensity_range_percentiles(img: &mut Image, p: &ScaleIntensityRang
     let q = percentiles_f32(&img.data, &[p.lower, p.upper]);
     scale_intensity_range(img, &p.range(q[0], q[1]));
 }
+
+impl Op for ScaleIntensityRangePercentiles {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        scale_intensity_range_percentiles(img, self);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn lower_not_above_upper(p: &Params) -> Result<(), ParamError> {
+    match (
+        p.get("lower").and_then(ParamValue::as_f64),
+        p.get("upper").and_then(ParamValue::as_f64),
+    ) {
+        (Some(lo), Some(hi)) if lo > hi => Err(ParamError::Rule(format!(
+            "lower ({lo}) is above upper ({hi})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The recipe's `ScaleIntensityRangePercentiles`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "ScaleIntensityRangePercentiles",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("lower", PERCENT, ParamDefault::Required),
+        param("upper", PERCENT, ParamDefault::Required),
+        param("b_min", ANY, ParamDefault::Absent),
+        param("b_max", ANY, ParamDefault::Absent),
+        param("clip", ParamKind::Bool, ParamDefault::Bool(false)),
+        param("relative", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "ScaleIntensityRange from exact linear percentiles of all voxels",
+    check: Some(lower_not_above_upper),
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(ScaleIntensityRangePercentiles {
+            lower: a.num("lower")?,
+            upper: a.num("upper")?,
+            b_min: a.opt_num("b_min")?,
+            b_max: a.opt_num("b_max")?,
+            clip: a.flag("clip")?,
+            relative: a.flag("relative")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -5,13 +5,16 @@
 //! (1, 2, 0); otherwise it is an error. Without spacing the shape is tested the
 //! same way. Only axes move: no resampling.
 
+use super::error::TransformError;
 use super::image::Image;
+use crate::exec::op::{Op, StepRng, empty_image};
+use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// The axis order 3DINO chooses for `values` (spacings or sizes).
 ///
 /// # Errors
 /// When no two of the three values are within 0.01.
-pub fn in_plane_first_order(values: [f64; 3]) -> Result<[usize; 3], String> {
+pub fn in_plane_first_order(values: [f64; 3]) -> Result<[usize; 3], TransformError> {
     let close = |a: f64, b: f64| (a - b).abs() < 1e-2;
     if close(values[0], values[1]) {
         Ok([0, 1, 2])
@@ -20,9 +23,7 @@ pub fn in_plane_first_order(values: [f64; 3]) -> Result<[usize; 3], String> {
     } else if close(values[1], values[2]) {
         Ok([1, 2, 0])
     } else {
-        Err(format!(
-            "no two axes share a spacing (within 0.01) in {values:?}: cannot tell the slice axis"
-        ))
+        Err(TransformError::NoSliceAxis { values })
     }
 }
 
@@ -68,7 +69,7 @@ pub fn permute_spatial(img: &Image, order: [usize; 3]) -> Image {
 ///
 /// # Errors
 /// See [`in_plane_first_order`].
-pub fn permute_in_plane_first(img: Image, use_shape: bool) -> Result<Image, String> {
+pub fn permute_in_plane_first(img: Image, use_shape: bool) -> Result<Image, TransformError> {
     let values = if use_shape {
         [img.shape[1], img.shape[2], img.shape[3]].map(|v| v as f64)
     } else {
@@ -79,6 +80,47 @@ pub fn permute_in_plane_first(img: Image, use_shape: bool) -> Result<Image, Stri
         order => Ok(permute_spatial(&img, order)),
     }
 }
+
+/// `PermuteInPlaneFirst`: 3DINO's axis permutation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PermuteInPlaneFirst {
+    /// Decide from the shape instead of the spacing.
+    pub use_shape: bool,
+}
+
+impl Op for PermuteInPlaneFirst {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        let taken = std::mem::replace(img, empty_image());
+        *img = permute_in_plane_first(taken, self.use_shape)?;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `PermuteInPlaneFirst`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "PermuteInPlaneFirst",
+    is_random: false,
+    params: &[
+        KEYS,
+        param(
+            "from",
+            ParamKind::Choice(&["spacing", "shape"]),
+            ParamDefault::Str("spacing"),
+        ),
+    ],
+    summary: "3DINO's axis permutation: in-plane axes first, slice axis last",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(PermuteInPlaneFirst {
+            use_shape: a.text("from")? == "shape",
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,13 @@ use rand::Rng;
 use super::crop_foreground::crop;
 use super::image::Image;
 use super::rand_spatial_crop::CropBox;
+use crate::exec::Sample;
+use crate::exec::op::{CompiledStep, Context, Op, StepRng};
+use crate::recipe::value::ParamValue;
+use crate::transforms::spec::{
+    ANY, Args, KEYS, POSITIVE, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
+};
+use crate::transforms::{DrawKey, TransformError};
 
 /// Parameters of [`rand_crop_by_pos_neg_label`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -253,6 +260,104 @@ pub fn rand_crop_by_pos_neg_label(
         .map(|(start, end)| keys.iter().map(|k| crop(k, start, end)).collect())
         .collect()
 }
+
+/// `RandCropByPosNegLabel` as a step: each sample becomes `num_samples`
+/// crops of the step's keys, centred by the label key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandCropByPosNegLabelStep {
+    /// Parameters.
+    pub params: RandCropByPosNegLabel,
+    /// The label key.
+    pub label_key: String,
+    /// The image key restricting negatives, if any.
+    pub image_key: Option<String>,
+}
+
+impl Op for RandCropByPosNegLabelStep {
+    fn apply(&self, _: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        // Never called per key: `apply_sample` below crops whole samples.
+        Ok(())
+    }
+
+    fn apply_sample(
+        &self,
+        step: &CompiledStep,
+        sample: Sample,
+        key: DrawKey,
+        _: &Context,
+    ) -> Result<Vec<Sample>, TransformError> {
+        let label = sample
+            .get(&self.label_key)
+            .ok_or_else(|| TransformError::MissingKey {
+                key: self.label_key.clone(),
+            })?;
+        let image = self.image_key.as_deref().and_then(|k| sample.get(k));
+        let boxes = self
+            .params
+            .draw_boxes(label, image, &mut key.for_transform(step.id).rng());
+        Ok(boxes
+            .into_iter()
+            .map(|(start, end)| {
+                let mut s = sample.clone();
+                for k in &step.keys {
+                    if let Some(img) = s.get_mut(k) {
+                        *img = crop(img, start, end);
+                    }
+                }
+                s
+            })
+            .collect())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn pos_or_neg(p: &Params) -> Result<(), ParamError> {
+    let get = |k| p.get(k).and_then(ParamValue::as_f64).unwrap_or(0.0);
+    if get("pos") + get("neg") > 0.0 {
+        Ok(())
+    } else {
+        Err(ParamError::Rule("pos and neg cannot both be 0".into()))
+    }
+}
+
+/// The recipe's `RandCropByPosNegLabel`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "RandCropByPosNegLabel",
+    is_random: true,
+    params: &[
+        KEYS,
+        param("label_key", ParamKind::Key, ParamDefault::Required),
+        param("spatial_size", ParamKind::Int3, ParamDefault::Required),
+        param("pos", POSITIVE, ParamDefault::Num(1.0)),
+        param("neg", POSITIVE, ParamDefault::Num(1.0)),
+        param(
+            "num_samples",
+            ParamKind::Int { min: 1, max: 1024 },
+            ParamDefault::Num(1.0),
+        ),
+        param("image_key", ParamKind::Key, ParamDefault::Absent),
+        param("image_threshold", ANY, ParamDefault::Num(0.0)),
+    ],
+    summary: "num_samples crops centred on foreground (pos) or background (neg) voxels",
+    check: Some(pos_or_neg),
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandCropByPosNegLabelStep {
+            params: RandCropByPosNegLabel {
+                spatial_size: a.int3("spatial_size")?,
+                pos: a.num("pos")?,
+                neg: a.num("neg")?,
+                num_samples: a.count("num_samples")?,
+                image_threshold: a.num("image_threshold")?,
+            },
+            label_key: a.text("label_key")?.to_string(),
+            image_key: a.opt_text("image_key")?.map(str::to_string),
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,13 @@ use rand::Rng;
 use super::image::Image;
 use super::orientation::flip_spatial;
 use super::permute_in_plane_first::permute_spatial;
+use crate::exec::op::{Op, Role, StepRng};
+use crate::recipe::value::ParamValue;
+use crate::transforms::AxisMap;
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    Args, KEYS, PROB, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
+};
 
 /// Rotates the plane `(a, b)` by `k` quarter turns (`torch.rot90(x, k, (a, b))`).
 pub fn rot90(img: &Image, k: u32, (a, b): (usize, usize)) -> Image {
@@ -65,6 +72,140 @@ pub fn rand_rotate90(
     let k = rng.random_range(0..max_k.max(1)) + 1;
     (rot90(img, k, axes), k)
 }
+
+/// MONAI's `RandFlip` as a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandFlip {
+    /// Probability.
+    pub prob: f64,
+    /// Axes to flip (all three when None).
+    pub axes: Option<Vec<usize>>,
+}
+
+impl Op for RandFlip {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        apply_axis_move(self, img, rng);
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        Role::AxisMove
+    }
+
+    fn axis_move(&self, rng: &mut StepRng) -> Option<AxisMap> {
+        if rng.random::<f64>() >= self.prob {
+            return Some(AxisMap::IDENTITY);
+        }
+        let mut flip = [self.axes.is_none(); 3];
+        for &a in self.axes.as_deref().unwrap_or(&[]) {
+            flip[a] = true;
+        }
+        Some(AxisMap::flip(flip))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// MONAI's `RandRotate90` as a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandRotate90 {
+    /// Probability.
+    pub prob: f64,
+    /// Largest number of quarter turns.
+    pub max_k: u32,
+    /// The plane.
+    pub axes: (usize, usize),
+}
+
+impl Op for RandRotate90 {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        apply_axis_move(self, img, rng);
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        Role::AxisMove
+    }
+
+    fn axis_move(&self, rng: &mut StepRng) -> Option<AxisMap> {
+        if rng.random::<f64>() >= self.prob {
+            return Some(AxisMap::IDENTITY);
+        }
+        let k = rng.random_range(0..self.max_k.max(1)) + 1;
+        Some(AxisMap::rot90(k, self.axes))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Draws `op`'s axis move and applies it (one gather; nothing when identity).
+fn apply_axis_move(op: &dyn Op, img: &mut Image, rng: &mut StepRng) {
+    if let Some(map) = op.axis_move(rng).filter(|m| !m.is_identity()) {
+        *img = map.apply(img);
+    }
+}
+
+fn two_axes(p: &Params) -> Result<(), ParamError> {
+    match p.get("spatial_axes") {
+        Some(ParamValue::List(axes)) if axes.len() != 2 => Err(ParamError::Rule(
+            "spatial_axes must name exactly two axes (a plane)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The recipe's `RandFlip`.
+pub const RAND_FLIP: TransformSpec = TransformSpec {
+    name: "RandFlip",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("spatial_axis", ParamKind::Axes, ParamDefault::Absent),
+    ],
+    summary: "with probability prob, flip the given axes (all when absent)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandFlip {
+            prob: a.num("prob")?,
+            axes: a
+                .numbers("spatial_axis")?
+                .map(|v| v.iter().map(|&x| x as usize).collect()),
+        }))
+    },
+};
+
+/// The recipe's `RandRotate90`.
+pub const RAND_ROTATE90: TransformSpec = TransformSpec {
+    name: "RandRotate90",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param(
+            "max_k",
+            ParamKind::Int { min: 1, max: 64 },
+            ParamDefault::Num(3.0),
+        ),
+        param("spatial_axes", ParamKind::Axes, ParamDefault::FirstPlane),
+    ],
+    summary: "with probability prob, rotate a plane by k quarter turns, k in 1..=max_k",
+    check: Some(two_axes),
+    nests: false,
+    build: |a: &Args<'_>| {
+        let [a0, a1] = a.array::<2>("spatial_axes")?.unwrap_or([0.0, 1.0]);
+        Ok(Box::new(RandRotate90 {
+            prob: a.num("prob")?,
+            max_k: a.count("max_k")? as u32,
+            axes: (a0 as usize, a1 as usize),
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -32,6 +32,12 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    ANY, ANY_RANGE, Args, KEYS, POSITIVE, POSITIVE_RANGE, PROB, ParamDefault, ParamKind,
+    TransformSpec, param,
+};
 
 /// MONAI's `RandAdjustContrast`: a random gamma curve between min and max.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -321,6 +327,174 @@ impl RandHistogramShift {
         (to_f32(reference), to_f32(floating))
     }
 }
+
+impl Op for RandAdjustContrast {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandAdjustContrast::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Op for RandGaussianNoise {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandGaussianNoise::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Op for RandScaleIntensity {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandScaleIntensity::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Op for RandShiftIntensity {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandShiftIntensity::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Op for RandHistogramShift {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        RandHistogramShift::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandAdjustContrast`.
+pub const RAND_ADJUST_CONTRAST: TransformSpec = TransformSpec {
+    name: "RandAdjustContrast",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("gamma", POSITIVE_RANGE, ParamDefault::Pair(0.5, 4.5)),
+        param("invert_image", ParamKind::Bool, ParamDefault::Bool(false)),
+        param("retain_stats", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "gamma curve between the image's min and max, gamma ~ U(gamma)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandAdjustContrast {
+            prob: a.num("prob")?,
+            gamma: a.pair("gamma")?,
+            invert_image: a.flag("invert_image")?,
+            retain_stats: a.flag("retain_stats")?,
+        }))
+    },
+};
+
+/// The recipe's `RandGaussianNoise`.
+pub const RAND_GAUSSIAN_NOISE: TransformSpec = TransformSpec {
+    name: "RandGaussianNoise",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("mean", ANY, ParamDefault::Num(0.0)),
+        param("std", POSITIVE, ParamDefault::Num(0.1)),
+        param("sample_std", ParamKind::Bool, ParamDefault::Bool(true)),
+    ],
+    summary: "add N(mean, s) noise, s ~ U(0, std) (or std)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandGaussianNoise {
+            prob: a.num("prob")?,
+            mean: a.num("mean")?,
+            std: a.num("std")?,
+            sample_std: a.flag("sample_std")?,
+        }))
+    },
+};
+
+/// The recipe's `RandScaleIntensity`.
+pub const RAND_SCALE_INTENSITY: TransformSpec = TransformSpec {
+    name: "RandScaleIntensity",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("factors", ANY_RANGE, ParamDefault::Required),
+    ],
+    summary: "x * (1 + f), f ~ U(factors)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandScaleIntensity {
+            prob: a.num("prob")?,
+            factors: a.pair("factors")?,
+        }))
+    },
+};
+
+/// The recipe's `RandShiftIntensity`.
+pub const RAND_SHIFT_INTENSITY: TransformSpec = TransformSpec {
+    name: "RandShiftIntensity",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param("offsets", ANY_RANGE, ParamDefault::Required),
+    ],
+    summary: "x + o, o ~ U(offsets)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandShiftIntensity {
+            prob: a.num("prob")?,
+            offsets: a.pair("offsets")?,
+        }))
+    },
+};
+
+/// The recipe's `RandHistogramShift`.
+pub const RAND_HISTOGRAM_SHIFT: TransformSpec = TransformSpec {
+    name: "RandHistogramShift",
+    is_random: true,
+    params: &[
+        KEYS,
+        PROB,
+        param(
+            "num_control_points",
+            ParamKind::Int { min: 3, max: 1024 },
+            ParamDefault::Num(10.0),
+        ),
+    ],
+    summary: "piecewise-linear intensity remap through randomly moved control points",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        let n = a.count("num_control_points")?;
+        Ok(Box::new(RandHistogramShift {
+            prob: a.num("prob")?,
+            num_control_points: (n, n),
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,9 @@ use rand::Rng;
 use super::crop_foreground::crop;
 use super::image::Image;
 use super::pad_and_center_crop::center_box;
+use crate::exec::op::{Op, Role, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// A crop box: `(start, end)` per spatial axis, end exclusive.
 pub type CropBox = ([usize; 3], [usize; 3]);
@@ -83,6 +86,52 @@ pub fn rand_spatial_crop(img: &Image, p: &RandSpatialCrop, rng: &mut impl Rng) -
     let (start, end) = p.draw_box([img.shape[1], img.shape[2], img.shape[3]], rng);
     crop(img, start, end)
 }
+
+impl Op for RandSpatialCrop {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        if let Some(cropped) = self.crop_of(img, rng) {
+            *img = cropped;
+        }
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        Role::Crop
+    }
+
+    fn crop_of(&self, img: &Image, rng: &mut StepRng) -> Option<Image> {
+        let (start, end) = self.draw_box([img.shape[1], img.shape[2], img.shape[3]], rng);
+        Some(crop(img, start, end))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandSpatialCrop`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "RandSpatialCrop",
+    is_random: true,
+    params: &[
+        KEYS,
+        param("roi_size", ParamKind::Int3, ParamDefault::Required),
+        param("max_roi_size", ParamKind::Int3, ParamDefault::Absent),
+        param("random_center", ParamKind::Bool, ParamDefault::Bool(true)),
+        param("random_size", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "crop a random box of roi_size (never pads)",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandSpatialCrop {
+            roi_size: a.int3("roi_size")?,
+            max_roi_size: a.opt_int3("max_roi_size")?,
+            random_center: a.flag("random_center")?,
+            random_size: a.flag("random_size")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

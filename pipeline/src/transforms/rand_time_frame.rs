@@ -6,6 +6,11 @@
 //! `xxh3(key) mod C`, whose bias is below 2^-50 for any realistic C.
 
 use super::image::Image;
+use rand::Rng;
+
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{Args, KEYS, TransformSpec};
 
 /// The channel `key` selects among `channels`.
 pub fn pick_channel(channels: usize, key: u64) -> usize {
@@ -30,6 +35,35 @@ pub fn keep_channel(img: &Image, c: usize) -> Image {
 pub fn rand_time_frame(img: &Image, key: u64) -> Image {
     keep_channel(img, pick_channel(img.shape[0], key))
 }
+
+/// `RandTimeFrame`: keep one uniformly chosen channel (time frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandTimeFrame;
+
+impl Op for RandTimeFrame {
+    fn apply(&self, img: &mut Image, rng: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        let c = pick_channel(img.shape[0], rng.random());
+        if img.shape[0] > 1 {
+            *img = keep_channel(img, c);
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandTimeFrame`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "RandTimeFrame",
+    is_random: true,
+    params: &[KEYS],
+    summary: "keep one uniformly chosen channel (time frame) of 4-D volumes",
+    check: None,
+    nests: false,
+    build: |_: &Args<'_>| Ok(Box::new(RandTimeFrame)),
+};
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,11 @@ use rand::Rng;
 
 use super::image::Image;
 use super::resize::{ResizeMode, resize_box};
+use crate::exec::op::{Op, Role, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    Args, FRACTION, KEYS, ParamDefault, ParamKind, TransformSpec, param,
+};
 
 /// Parameters of one crop family (global or local views).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +115,70 @@ fn uniform(rng: &mut impl Rng, (lo, hi): (f64, f64)) -> f64 {
 fn py_round(x: f64) -> usize {
     x.round_ties_even().max(0.0) as usize
 }
+
+impl Op for RandomResizedCrop3d {
+    fn apply(
+        &self,
+        img: &mut Image,
+        rng: &mut StepRng,
+        is_label: bool,
+    ) -> Result<(), TransformError> {
+        if is_label {
+            return Err(TransformError::LabelsUnsupported {
+                transform: "RandomResizedCrop3d",
+            });
+        }
+        *img = RandomResizedCrop3d::apply(self, img, rng);
+        Ok(())
+    }
+
+    fn role(&self) -> Role {
+        Role::Crop
+    }
+
+    fn crop_of(&self, img: &Image, rng: &mut StepRng) -> Option<Image> {
+        Some(RandomResizedCrop3d::apply(self, img, rng))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `RandomResizedCrop3d`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "RandomResizedCrop3d",
+    is_random: true,
+    params: &[
+        KEYS,
+        param(
+            "size",
+            ParamKind::Int { min: 1, max: 4096 },
+            ParamDefault::Required,
+        ),
+        param("in_slice_scale", FRACTION, ParamDefault::Required),
+        param("cross_slice_scale", FRACTION, ParamDefault::Required),
+        param(
+            "ratio",
+            ParamKind::Range {
+                min: 1e-3,
+                max: 1e3,
+            },
+            ParamDefault::Pair(0.9, 1.0 / 0.9),
+        ),
+    ],
+    summary: "3DINO's crop: random in-plane area, depth and aspect, resized to size^3",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(RandomResizedCrop3d {
+            size: a.count("size")?,
+            in_slice_scale: a.pair("in_slice_scale")?,
+            cross_slice_scale: a.pair("cross_slice_scale")?,
+            ratio: a.pair("ratio")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,12 @@
 //! rounding (≤ 1e-6 relative), not the result.
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::Affine;
+use crate::transforms::TransformError;
+use crate::transforms::spec::{
+    Args, KEYS, ParamDefault, ParamError, ParamKind, TransformSpec, param,
+};
 
 /// Interpolation of [`resize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +426,70 @@ fn combine_rows(src: &[f32], len: usize, taps: &AxisTaps, o: usize, dst: &mut Ve
         }
     }
 }
+
+/// `Resize`: to a shape (-1 keeps an axis); label keys use nearest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resize {
+    /// Target size (-1 keeps an axis).
+    pub size: [i64; 3],
+    /// Interpolation of non-label keys.
+    pub mode: ResizeMode,
+}
+
+impl Op for Resize {
+    fn apply(
+        &self,
+        img: &mut Image,
+        _: &mut StepRng,
+        is_label: bool,
+    ) -> Result<(), TransformError> {
+        let dims = [img.shape[1], img.shape[2], img.shape[3]];
+        let target = [0, 1, 2].map(|a| {
+            if self.size[a] > 0 {
+                self.size[a] as usize
+            } else {
+                dims[a]
+            }
+        });
+        let mode = if is_label {
+            ResizeMode::Nearest
+        } else {
+            self.mode
+        };
+        *img = resize(img, target, mode);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `Resize`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "Resize",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("spatial_size", ParamKind::Int3, ParamDefault::Required),
+        param(
+            "mode",
+            ParamKind::Choice(&["area", "trilinear", "nearest"]),
+            ParamDefault::Str("area"),
+        ),
+    ],
+    summary: "resize to spatial_size (-1 keeps an axis); label keys use nearest",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        let mode = a.text("mode")?;
+        Ok(Box::new(Resize {
+            size: a.int3("spatial_size")?,
+            mode: ResizeMode::parse(mode)
+                .ok_or_else(|| ParamError::Rule(format!("unknown mode `{mode}`")))?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,9 @@
 use dino3d_cache::DecodeMap;
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`scale_intensity_range`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,6 +60,43 @@ pub fn scale_intensity_range(img: &mut Image, p: &ScaleIntensityRange) {
     let map = p.decode_map();
     img.data.iter_mut().for_each(|v| *v = map.apply(*v));
 }
+
+impl Op for ScaleIntensityRange {
+    fn apply(&self, img: &mut Image, _: &mut StepRng, _: bool) -> Result<(), TransformError> {
+        scale_intensity_range(img, self);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `ScaleIntensityRange`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "ScaleIntensityRange",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("a_min", ANY, ParamDefault::Required),
+        param("a_max", ANY, ParamDefault::Required),
+        param("b_min", ANY, ParamDefault::Absent),
+        param("b_max", ANY, ParamDefault::Absent),
+        param("clip", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "map [a_min, a_max] linearly onto [b_min, b_max]",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(ScaleIntensityRange {
+            a_min: a.num("a_min")?,
+            a_max: a.num("a_max")?,
+            b_min: a.opt_num("b_min")?,
+            b_max: a.opt_num("b_max")?,
+            clip: a.flag("clip")?,
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

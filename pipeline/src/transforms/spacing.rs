@@ -34,7 +34,10 @@
 use rayon::prelude::*;
 
 use super::image::Image;
+use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::{Affine, column_norms};
+use crate::transforms::TransformError;
+use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Interpolation of [`spacing`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -495,6 +498,70 @@ fn resample_general(
     });
     out
 }
+
+impl Op for Spacing {
+    fn apply(
+        &self,
+        img: &mut Image,
+        _: &mut StepRng,
+        is_label: bool,
+    ) -> Result<(), TransformError> {
+        let p = if is_label {
+            Spacing {
+                mode: Interp::Nearest,
+                ..*self
+            }
+        } else {
+            *self
+        };
+        *img = spacing(img, &p);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The recipe's `Spacing`.
+pub const SPEC: TransformSpec = TransformSpec {
+    name: "Spacing",
+    is_random: false,
+    params: &[
+        KEYS,
+        param("pixdim", ParamKind::Float3, ParamDefault::Required),
+        param(
+            "mode",
+            ParamKind::Choice(&["bilinear", "nearest"]),
+            ParamDefault::Str("bilinear"),
+        ),
+        param(
+            "padding_mode",
+            ParamKind::Choice(&["border", "zeros"]),
+            ParamDefault::Str("border"),
+        ),
+        param("diagonal", ParamKind::Bool, ParamDefault::Bool(false)),
+    ],
+    summary: "resample to voxel size pixdim (<= 0 keeps an axis); label keys use nearest",
+    check: None,
+    nests: false,
+    build: |a: &Args<'_>| {
+        Ok(Box::new(Spacing {
+            pixdim: a.float3("pixdim")?,
+            mode: if a.text("mode")? == "nearest" {
+                Interp::Nearest
+            } else {
+                Interp::Linear
+            },
+            diagonal: a.flag("diagonal")?,
+            padding: if a.text("padding_mode")? == "zeros" {
+                SpacingPadding::Zeros
+            } else {
+                SpacingPadding::Border
+            },
+        }))
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! histogram of the stored integers.
 
 use super::crop_foreground::{CropForeground, crop, crop_foreground, foreground_box};
+use super::error::TransformError;
 use super::image::Image;
 use super::nan_to_mean::nan_to_mean;
 use super::percentiles::{ScaleIntensityRangePercentiles, percentiles_f32, percentiles_of_volume};
@@ -19,7 +20,7 @@ use crate::volume::Volume;
 ///
 /// # Errors
 /// When the spacing cannot tell the slice axis or nothing is foreground.
-pub fn threedino_prefix(vol: &Volume, key: u64) -> Result<Image, String> {
+pub fn threedino_prefix(vol: &Volume, key: u64) -> Result<Image, TransformError> {
     let channel = pick_channel(vol.shape[0], key);
     let n = vol.spatial_len();
     let all = vol.to_f32_channel(channel);
@@ -66,7 +67,7 @@ pub struct IntPrefix {
 
 /// [`threedino_prefix`] without the final scaling, for 8/16-bit integer volumes
 /// without `scl_slope`; None for other volumes (they are kept as float32).
-pub fn threedino_prefix_int(vol: &Volume, key: u64) -> Option<Result<IntPrefix, String>> {
+pub fn threedino_prefix_int(vol: &Volume, key: u64) -> Option<Result<IntPrefix, TransformError>> {
     let dtype = vol.data.dtype();
     if vol.scaling.is_some() || !matches!(dtype, DType::U8 | DType::I8 | DType::U16 | DType::I16) {
         return None;
@@ -88,11 +89,11 @@ pub fn threedino_prefix_int(vol: &Volume, key: u64) -> Option<Result<IntPrefix, 
     let window = p.range(q[0], q[1]);
     let mut scaled = raw.clone();
     scale_intensity_range(&mut scaled, &window);
-    let run = || -> Result<IntPrefix, String> {
+    let run = || -> Result<IntPrefix, TransformError> {
         let scaled = permute_in_plane_first(scaled, false)?;
         let raw = permute_in_plane_first(raw, false)?;
         let (lo, hi) = foreground_box(&scaled, -1.0)
-            .ok_or_else(|| "no voxel above -1 (empty foreground)".to_string())?;
+            .ok_or(TransformError::EmptyForeground { threshold: -1.0 })?;
         Ok(IntPrefix {
             raw: crop(&raw, lo, hi),
             dtype,
