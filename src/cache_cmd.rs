@@ -168,7 +168,7 @@ fn warm(args: &WarmArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
-    let cache = CacheDir::new(dir)?;
+    let cache = CacheDir::open_existing(dir)?;
     let entries = cache.entries();
     let (mut bytes, mut voxels, mut types) = (
         0u64,
@@ -220,7 +220,7 @@ fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(dir: &Path, remove: bool) -> anyhow::Result<ExitCode> {
-    let cache = CacheDir::new(dir)?;
+    let cache = CacheDir::open_existing(dir)?;
     let entries = cache.entries();
     let bar = progress::bar(entries.len() as u64, "entries");
     let damaged: Vec<String> = entries

@@ -79,6 +79,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    restore_sigpipe();
     // Decoded volumes are tens of MiB: keep freed ones for the next sample.
     dino3d_cache::reuse_large_buffers();
     let cli = Cli::parse();
@@ -107,6 +108,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// Lets a closed pipe end the process quietly, as Unix tools do
+/// (`dino-run inspect *.nii.gz | head -1`): Rust ignores SIGPIPE, which
+/// turns every later `println!` into a panic.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists;
+    // setting a signal's disposition to its default installs no handler
+    // code. Tested by `tests/cli.rs::a_closed_pipe_ends_quietly`.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -980,3 +980,59 @@ fn embed_recipe_writes_a_parquet_row_per_volume() {
     let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 3);
 }
+
+/// Defect 8 of the reliability issue: output into a pipe that closes early
+/// (`| head`) ends the process quietly instead of panicking.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = data().join("nifti/nibabel/anatomical.nii");
+    // Far more than a pipe buffer of output, so writes meet the closed pipe.
+    let files = vec![file.display().to_string(); 400].join(" ");
+    let err = dir.path().join("stderr.txt");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} inspect {files} 2>{} | head -c 1 >/dev/null",
+            env!("CARGO_BIN_EXE_dino-run"),
+            err.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "head's status");
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
+
+/// Defect 9: cache commands on a folder that does not exist, or on a file,
+/// fail clearly instead of creating it and reporting an empty cache.
+#[test]
+fn cache_commands_refuse_missing_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    for sub in ["verify", "stats"] {
+        let out = dino_run()
+            .args(["cache", sub])
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("typo"), "{sub}: {err}");
+        assert!(!missing.exists(), "{sub} created the folder");
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = dino_run()
+        .args(["cache", "stats"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a cache folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

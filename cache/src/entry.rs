@@ -18,6 +18,8 @@ const HEAD_PREFETCH: usize = 64 << 10;
 /// An open entry (memory-mapped, header and index checked).
 pub struct Entry {
     pub(crate) path: PathBuf,
+    /// The open file, to notice it shrinking under the map.
+    file: File,
     pub(crate) map: memmap2::Mmap,
     /// What it holds.
     pub header: Header,
@@ -107,6 +109,7 @@ impl Entry {
         let tables = header.arrays.iter().map(|_| OnceLock::new()).collect();
         Ok(Entry {
             path: path.to_path_buf(),
+            file,
             map,
             header,
             index_at,
@@ -132,6 +135,33 @@ impl Entry {
             ));
         }
         Ok(entry)
+    }
+
+    /// Checks that the file still backs the whole map. Entries are only ever
+    /// replaced by rename, but another process (or a user) may truncate one
+    /// in place; touching mapped pages past the new end would kill the run
+    /// with SIGBUS, so every read checks first and reports the entry as
+    /// damaged instead. (A truncation racing a read already under way is not
+    /// caught; it needs a writer that ignores the rename protocol.)
+    ///
+    /// # Errors
+    /// [`CacheError::Corrupt`] when the file shrank.
+    pub(crate) fn check_len(&self) -> Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| CacheError::io(&self.path, e))?
+            .len();
+        if len < self.map.len() as u64 {
+            return Err(CacheError::corrupt(
+                &self.path,
+                &format!(
+                    "the file shrank to {len} of {} bytes while open (truncated by another process)",
+                    self.map.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The entry's file.
@@ -262,6 +292,7 @@ impl Entry {
     /// # Errors
     /// The first damage found.
     pub fn verify(&self) -> Result<()> {
+        self.check_len()?;
         // Every byte is read: queue it all at once.
         let _ = self.map.advise(memmap2::Advice::WillNeed);
         for (a, meta) in self.header.arrays.iter().enumerate() {

@@ -14,6 +14,12 @@ pub enum CacheError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A path given as a cache folder that is a file.
+    #[error("{} is not a cache folder (it is a file)", path.display())]
+    NotAFolder {
+        /// The path.
+        path: PathBuf,
+    },
     /// A damaged entry (truncated, torn, checksum mismatch, foreign key):
     /// never served.
     #[error("damaged cache entry {}: {reason}", path.display())]
@@ -46,6 +52,15 @@ pub enum CacheError {
         len: usize,
         /// Its `(C, X, Y, Z)`.
         shape: [usize; 4],
+    },
+    /// An array handed to a write whose spacing, affine or decode map is not
+    /// finite (an entry that could never be read back).
+    #[error("{}: array `{key}` has a non-finite spacing, affine or decode map", path.display())]
+    BadGeometry {
+        /// The entry being written.
+        path: PathBuf,
+        /// The array's key.
+        key: String,
     },
 }
 

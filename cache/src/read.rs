@@ -32,6 +32,7 @@ impl Entry {
                 });
             }
         }
+        self.check_len()?;
         let total = c * extent.iter().product::<usize>();
         // Every voxel of the box lies in exactly one chunk, so the loop below
         // writes each output element once: no need to zero it first.
@@ -219,6 +220,7 @@ impl Entry {
                 let Some(slab_rect) = *slab_rect else {
                     continue;
                 };
+                self.check_len()?;
                 SCRATCH.with(|cell| -> Result<()> {
                     let scratch = &mut *cell.borrow_mut();
                     scratch.reset();

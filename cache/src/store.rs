@@ -22,39 +22,86 @@ pub const DEFAULT_CODEC: Codec = Codec::Lz4;
 /// A lock older than this is considered abandoned.
 const STALE_LOCK: Duration = Duration::from_secs(600);
 
-/// The key of an item's entry: the source files' fingerprints (size, mtime,
-/// and a hash of the first 64 KiB, which holds the header), the canonical
+/// The key of an item's entry: each source file's identity, the canonical
 /// prefix hash (every cached step and parameter) and the format version.
+///
+/// A file's identity is its canonical path, device and inode, size,
+/// modification time, status-change time (ctime) and a hash of its first
+/// 64 KiB. The ctime is what makes it safe: the kernel sets it on every
+/// write or metadata change and no user call can set it back, so a file
+/// rewritten in place with its size and mtime restored (`touch -r`) still
+/// gets a new key; the path and inode keep two files that look alike
+/// (same size, same mtime, same header) apart. Copying or moving a dataset
+/// therefore rebuilds its entries, by design.
 ///
 /// # Errors
 /// When a source file cannot be stat'ed or read.
 pub fn entry_key(prefix_hash: &str, sources: &[PathBuf]) -> Result<String> {
     let mut text = format!("{FORMAT_VERSION}\n{prefix_hash}");
     for path in sources {
-        let meta = std::fs::metadata(path).map_err(|e| CacheError::io(path, e))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let mut head = vec![0u8; 65536.min(meta.len() as usize)];
-        {
-            use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(|e| CacheError::io(path, e))?;
-            f.read_exact(&mut head)
-                .map_err(|e| CacheError::io(path, e))?;
-        }
-        text.push_str(&format!(
-            "\n{} {} {:016x}",
-            meta.len(),
-            mtime,
-            xxhash_rust::xxh3::xxh3_64(&head)
-        ));
+        text.push('\n');
+        text.push_str(&file_identity(path)?);
     }
     Ok(format!(
         "{:032x}",
         xxhash_rust::xxh3::xxh3_128(text.as_bytes())
     ))
+}
+
+/// One source file's identity, as text (see [`entry_key`]).
+fn file_identity(path: &Path) -> Result<String> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| CacheError::io(path, e))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| CacheError::io(path, e))?;
+    let nanos = |t: std::io::Result<SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    };
+    let mut head = vec![0u8; 65536.min(meta.len() as usize)];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&canonical).map_err(|e| CacheError::io(path, e))?;
+        f.read_exact(&mut head)
+            .map_err(|e| CacheError::io(path, e))?;
+    }
+    Ok(format!(
+        "{} {} {} {} {:016x} {}",
+        meta.len(),
+        nanos(meta.modified()),
+        status_change(&meta),
+        inode(&meta),
+        xxhash_rust::xxh3::xxh3_64(&head),
+        canonical.display()
+    ))
+}
+
+/// The file's status-change time in nanoseconds (0 where the platform has
+/// none).
+fn status_change(meta: &std::fs::Metadata) -> i128 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}
+
+/// The file's device and inode (`0:0` where the platform has none).
+fn inode(meta: &std::fs::Metadata) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        format!("{}:{}", meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        "0:0".into()
+    }
 }
 
 /// A cache folder.
@@ -89,6 +136,20 @@ impl CacheDir {
                 codec: DEFAULT_CODEC,
             },
         })
+    }
+
+    /// Opens a folder that must exist already (for commands that inspect a
+    /// cache: a typo must not look like a healthy, empty cache).
+    ///
+    /// # Errors
+    /// When `root` does not exist or is not a folder.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<CacheDir> {
+        let root = root.into();
+        let meta = std::fs::metadata(&root).map_err(|e| CacheError::io(&root, e))?;
+        if !meta.is_dir() {
+            return Err(CacheError::NotAFolder { path: root });
+        }
+        CacheDir::new(root)
     }
 
     /// The same folder with another chunk shape for new entries.

@@ -59,6 +59,24 @@ pub fn write_entry(
                 shape: a.shape,
             });
         }
+        // JSON has no NaN or infinity: such geometry would make an entry
+        // that can never be read back. Volumes are checked when read, so
+        // this only guards callers that build arrays themselves.
+        let finite = a
+            .spacing
+            .iter()
+            .chain(a.affine.iter().flatten())
+            .all(|v| v.is_finite())
+            && a.decode.is_none_or(|m| {
+                let (scale, offset, lo, hi) = m.parts();
+                scale.is_finite() && offset.is_finite() && !lo.is_nan() && !hi.is_nan()
+            });
+        if !finite {
+            return Err(CacheError::BadGeometry {
+                path: path.to_path_buf(),
+                key: a.key.to_string(),
+            });
+        }
         let meta = ArrayMeta {
             key: a.key.to_string(),
             dtype: a.dtype,

@@ -339,3 +339,75 @@ fn entries_of_the_earlier_format_are_refused() {
     assert!(err.contains("earlier dino3d"), "{err}");
     assert!(matches!(store.lookup("cc03"), Lookup::Removed(_)));
 }
+
+/// Non-finite geometry (JSON has no NaN) is refused at write, never stored
+/// as an entry that could not be read back.
+#[test]
+fn non_finite_geometry_is_refused_at_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    let mut a = wavy([1, 8, 8, 8], true);
+    a.spacing[1] = f64::NAN;
+    let err = store
+        .store(
+            "dd04",
+            "d.nii.gz",
+            &[to_write("image", &a, StoredType::I16, None)],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    assert!(store.entries().is_empty());
+    let b = wavy([1, 8, 8, 8], true);
+    let bad_map = DecodeMap::new(f64::INFINITY, 0.0, f64::NEG_INFINITY, f64::INFINITY);
+    assert!(
+        store
+            .store(
+                "dd05",
+                "d.nii.gz",
+                &[to_write("image", &b, StoredType::I16, Some(bad_map))]
+            )
+            .is_err()
+    );
+}
+
+/// Defect 7 of the reliability issue: an entry truncated by another process
+/// while it is mapped gives an error for that read, not a SIGBUS that kills
+/// the run.
+#[test]
+fn an_entry_truncated_while_open_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    let a = wavy([1, 40, 40, 40], true);
+    store
+        .store(
+            "ee06",
+            "e.nii.gz",
+            &[to_write("image", &a, StoredType::I16, None)],
+        )
+        .unwrap();
+    let Lookup::Hit(entry) = store.lookup("ee06") else {
+        panic!("written")
+    };
+    assert_eq!(entry.read_all(0).unwrap(), a);
+    let path = store.entry_path("ee06");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    for err in [
+        entry.read_all(0).map(|_| ()).unwrap_err(),
+        entry
+            .read_box(0, [30, 30, 30], [10, 10, 10])
+            .map(|_| ())
+            .unwrap_err(),
+        entry
+            .for_each_plane(0, |_| Some(PlaneRect::whole([40, 40])), |_, _, _| ())
+            .unwrap_err(),
+        entry.verify().unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
+}

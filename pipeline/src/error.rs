@@ -41,6 +41,16 @@ pub enum Error {
         /// What is not supported.
         what: String,
     },
+    /// A volume larger than the voxel budget (`data.max_voxels`).
+    #[error("{}: holds {voxels} voxels, more than the budget of {budget} (data.max_voxels)", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Voxels it holds (all channels).
+        voxels: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// A transform failed on a sample.
     #[error("{}: {step}: {source}", path.display())]
     Transform {

@@ -353,3 +353,88 @@ fn views_are_the_same_without_cutting_by_plane() {
     assert_eq!(b.stats.by_plane.load(Relaxed), 0);
     assert!(a.stats.by_plane.load(Relaxed) > 0);
 }
+
+/// A 64³ int16 `.nii` whose first 16 slices (128 KiB, more than the 64 KiB
+/// an entry key once hashed) are background, and whose tissue follows
+/// `pattern`.
+fn write_lookalike(path: &Path, pattern: i16) {
+    let n = 64;
+    let mut v = Vec::with_capacity(n * n * n);
+    for k in 0..n {
+        for j in 0..n {
+            for i in 0..n {
+                let tissue = k >= 16 && (8..56).contains(&i) && (8..56).contains(&j);
+                v.push(if tissue {
+                    ((i * 3 + j * 5 + k * pattern as usize) % 400) as i16 - 100
+                } else {
+                    -1000
+                });
+            }
+        }
+    }
+    let vol = Volume {
+        data: VoxelData::I16(Voxels::from(v)),
+        shape: [1, n, n, n],
+        spacing: [1.0, 1.0, 2.5],
+        affine: IDENTITY,
+        scaling: None,
+        meta: VolumeMeta::default(),
+    };
+    write_volume(path, &vol, &WriteOptions::default()).unwrap();
+}
+
+/// Defect 1 of the reliability issue: two different files with the same
+/// size, the same modification time and the same first 64 KiB get distinct
+/// entries and each is served its own voxels; a file rewritten in place
+/// with its size and mtime restored (`touch -r`) misses and is rebuilt.
+#[test]
+fn lookalike_files_and_restored_mtimes_never_share_an_entry() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (a, b) = (data.path().join("a.nii"), data.path().join("b.nii"));
+    write_lookalike(&a, 7);
+    write_lookalike(&b, 11);
+    let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ba.len(), bb.len());
+    assert_eq!(ba[..65536], bb[..65536], "the same first 64 KiB");
+    assert_ne!(ba, bb);
+    let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&b)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let entries: Vec<ManifestEntry> = ["a.nii", "b.nii"]
+        .iter()
+        .map(|n| ManifestEntry {
+            image: n.to_string(),
+            shape: None,
+            spacing: None,
+            extra: Default::default(),
+        })
+        .collect();
+    let manifest = data.path().join("m.json");
+    write_manifest_json(&manifest, &entries).unwrap();
+    let (src, pipeline) = source(data.path(), cache.path(), RECIPE, false);
+    assert_ne!(src.key(0).unwrap(), src.key(1).unwrap());
+    for round in 0..2 {
+        for (i, e) in entries.iter().enumerate() {
+            let want = pipeline.prepare(e, &manifest).unwrap();
+            assert_eq!(*src.prepared(i).unwrap(), want, "item {i}, round {round}");
+        }
+    }
+    // Rewrite a in place with b's bytes (same size), restore its mtime.
+    let key = src.key(0).unwrap();
+    std::fs::write(&a, &bb).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&a).unwrap().modified().unwrap(), mtime);
+    assert_ne!(src.key(0).unwrap(), key, "the status-change time moved");
+    let want = pipeline.prepare(&entries[0], &manifest).unwrap();
+    assert_eq!(*src.prepared(0).unwrap(), want, "the new content is served");
+}

@@ -446,3 +446,27 @@ fn plan_passes_change_no_byte() {
     );
     assert!(!unplaned.cuts_views_by_plane());
 }
+
+/// `data.max_voxels` reaches every read of the pipeline: a volume above it
+/// is skipped with a clear error, not allocated; 0 is refused with its
+/// position.
+#[test]
+fn the_recipe_voxel_budget_refuses_large_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 1, false);
+    let text = small_recipe(&manifest, false).replacen("data:\n", "data:\n  max_voxels: 1000\n", 1);
+    let pipeline = Pipeline::new(&plan(&text));
+    let err = pipeline.prepare(&entries[0], &manifest).unwrap_err();
+    assert!(
+        matches!(err, dino3d_pipeline::Error::TooLarge { budget: 1000, .. }),
+        "{err}"
+    );
+    let zero = small_recipe(&manifest, false).replacen("data:\n", "data:\n  max_voxels: 0\n", 1);
+    let errors = compile_str(&zero, Path::new("test.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("test.yaml:") && errors.contains("max_voxels"),
+        "{errors}"
+    );
+}

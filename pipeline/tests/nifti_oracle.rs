@@ -259,6 +259,7 @@ fn nifticlib_oracle_agrees_where_conventions_match() {
                 assert_close(&m1, &q, 1e-6, rel);
                 let opts = ReadOptions {
                     fallback_affine: FallbackAffine::Method1,
+                    ..ReadOptions::default()
                 };
                 if let Ok(info) = nifti::read_header_with(&path, &opts) {
                     assert_close(&info.affine, &q, 1e-6, rel);

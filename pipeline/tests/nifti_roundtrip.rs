@@ -431,3 +431,53 @@ fn voxel_offsets_not_aligned_to_the_type_read_correctly() {
         assert_eq!(nifti::read_volume(&p).unwrap().data, vol.data, "gz {gz}");
     }
 }
+
+/// Defect 5 of the reliability issue: NaN or infinite voxel sizes are
+/// refused when the volume is read, naming the file and the field, so they
+/// never reach a transform or a cache entry.
+#[test]
+fn non_finite_voxel_sizes_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = volume(DType::I16, [1, 6, 5, 4]);
+    for (i, bad) in [f32::NAN, f32::INFINITY].into_iter().enumerate() {
+        let p = dir.path().join(format!("bad_pixdim{i}.nii"));
+        write_volume(&p, &vol, &WriteOptions::default()).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        // NIfTI-1: pixdim[0..8] are f32 from byte 76; pixdim[2] at 84.
+        bytes[84..88].copy_from_slice(&bad.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        expect_format_error(&p, "pixdim[2]");
+    }
+}
+
+/// Defect 6: a volume above the voxel budget is refused before its voxels
+/// are allocated, with the budget named; within it, it reads.
+#[test]
+fn volumes_above_the_voxel_budget_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.nii.gz");
+    write_volume(
+        &p,
+        &volume(DType::I16, [1, 20, 20, 20]),
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let small = nifti::ReadOptions {
+        max_voxels: 7999,
+        ..nifti::ReadOptions::default()
+    };
+    match nifti::read_volume_with(&p, &small) {
+        Err(Error::TooLarge { voxels, budget, .. }) => assert_eq!((voxels, budget), (8000, 7999)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let msg = nifti::read_volume_with(&p, &small).unwrap_err().to_string();
+    assert!(
+        msg.contains("big.nii.gz") && msg.contains("data.max_voxels"),
+        "{msg}"
+    );
+    let enough = nifti::ReadOptions {
+        max_voxels: 8000,
+        ..nifti::ReadOptions::default()
+    };
+    assert!(nifti::read_volume_with(&p, &enough).is_ok());
+}

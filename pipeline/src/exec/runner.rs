@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::manifest::ManifestEntry;
-use crate::nifti::read_volume;
+use crate::nifti::{ReadOptions, read_volume_with};
 use crate::recipe::{Plan, ViewRole};
 use crate::transforms::{DrawKey, Image, RandomResizedCrop3d, TransformError, threedino_prefix};
 
@@ -98,6 +98,7 @@ pub struct Pipeline {
     fused_threedino: Option<u32>,
     passes: Passes,
     applied: Vec<Applied>,
+    read: ReadOptions,
 }
 
 impl Pipeline {
@@ -168,6 +169,10 @@ impl Pipeline {
             fused_threedino,
             passes: on,
             applied,
+            read: ReadOptions {
+                max_voxels: plan.max_voxels,
+                ..ReadOptions::default()
+            },
         };
         let cropping: Vec<&str> = pipeline
             .views
@@ -252,7 +257,7 @@ impl Pipeline {
         let key = self.prefix_key(entry);
         let image_path = entry.resolve(manifest);
         if let Some(id) = self.fused_threedino {
-            let vol = read_volume(&image_path)?;
+            let vol = read_volume_with(&image_path, &self.read)?;
             let img = threedino_prefix(&vol, self.frame_key(entry, id))
                 .map_err(|reason| fused_error(&image_path, reason))?;
             return Ok(Sample::single(img));
@@ -266,7 +271,7 @@ impl Pipeline {
                     step: "LoadImage".into(),
                     source: TransformError::NoEntryKey { key: k.clone() },
                 })?;
-            let vol = read_volume(&path)?;
+            let vol = read_volume_with(&path, &self.read)?;
             sample.images.push((k.clone(), Image::from_volume(&vol)));
         }
         self.run(&self.prefix, sample, key, &image_path)
@@ -292,7 +297,7 @@ impl Pipeline {
     ) -> Result<Vec<(String, Stored)>> {
         if let Some(id) = self.fused_threedino {
             let image_path = entry.resolve(manifest);
-            let vol = read_volume(&image_path)?;
+            let vol = read_volume_with(&image_path, &self.read)?;
             let frame = self.frame_key(entry, id);
             // One read of the volume either way: integers when they can be kept.
             let stored = match crate::transforms::threedino_prefix_int(&vol, frame) {

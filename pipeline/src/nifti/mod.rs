@@ -16,8 +16,9 @@ mod write;
 
 pub use affine::{Affine, FallbackAffine};
 pub use dtype::DType;
-pub use header::{Endian, NiftiHeader, NiftiVersion};
+pub use header::{Endian, HeaderError, NiftiHeader, NiftiVersion};
 pub use read::{
-    ReadOptions, VolumeInfo, read_header, read_header_with, read_volume, read_volume_with,
+    DEFAULT_MAX_VOXELS, ReadOptions, VolumeInfo, read_header, read_header_with, read_volume,
+    read_volume_with,
 };
 pub use write::{WriteOptions, header_for, write_atomic, write_volume};

@@ -17,10 +17,27 @@ use crate::error::{Error, Result};
 use crate::volume::{Volume, VolumeMeta, VoxelData};
 
 /// Options for reading volumes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
     /// The affine used when neither qform nor sform is set.
     pub fallback_affine: FallbackAffine,
+    /// Most voxels a volume may hold (all channels): a larger one is refused
+    /// before its voxels are allocated (a small `.nii.gz` can claim a huge
+    /// array).
+    pub max_voxels: u64,
+}
+
+/// The default voxel budget: 2^31 voxels (a 1024 × 1024 × 2048 CT, 4 GiB
+/// as int16).
+pub const DEFAULT_MAX_VOXELS: u64 = 1 << 31;
+
+impl Default for ReadOptions {
+    fn default() -> ReadOptions {
+        ReadOptions {
+            fallback_affine: FallbackAffine::default(),
+            max_voxels: DEFAULT_MAX_VOXELS,
+        }
+    }
 }
 
 /// Everything a header says about a volume, without its voxels.
@@ -126,6 +143,13 @@ pub fn read_volume_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
     };
     let info = describe(path, &header_path, &prefix, (file_len, is_gz), opts)?;
     let n = info.voxel_count();
+    if n as u64 > opts.max_voxels {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            voxels: n as u64,
+            budget: opts.max_voxels,
+        });
+    }
     let offset = info.data_offset as usize;
     let nbytes = info.data_bytes as usize;
     let size = info.dtype.size();
@@ -345,6 +369,15 @@ fn describe(
     let shape = [dim(3), dim(0), dim(1), dim(2)];
     let rank = disk_shape.len();
     let spacing = [1, 2, 3].map(|i| if i <= rank { header.pixdim[i] } else { 1.0 });
+    // NaN or infinite voxel sizes would travel into every transform and
+    // cache entry; refuse them here, naming the file.
+    if let Some(a) = (0..3).find(|&a| !spacing[a].is_finite()) {
+        return Err(bad(format!(
+            "pixdim[{}] = {}: voxel sizes must be finite",
+            a + 1,
+            spacing[a]
+        )));
+    }
 
     let (data_path, data_len, data_compressed) = if header.single_file {
         if header.version != NiftiVersion::Analyze && lower_name(header_path).ends_with(".hdr") {
@@ -389,11 +422,17 @@ fn describe(
     } else {
         header_file_len + data_len
     };
+    let affine = best_affine(&header, opts.fallback_affine);
+    if affine.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(bad(format!(
+            "the affine (sform/qform) holds a non-finite value: {affine:?}"
+        )));
+    }
     Ok(VolumeInfo {
         path: path.to_path_buf(),
         header_path: header_path.to_path_buf(),
         data_path,
-        affine: best_affine(&header, opts.fallback_affine),
+        affine,
         scaling: header.scaling(),
         dtype,
         disk_shape,

@@ -123,6 +123,8 @@ pub struct Plan {
     pub keys: Vec<String>,
     /// Items whose smallest spatial axis is at most this are dropped.
     pub min_axis: Option<u64>,
+    /// Most voxels one volume may hold (`data.max_voxels`).
+    pub max_voxels: u64,
     /// The cache folder, as written (relative to the recipe's folder).
     pub cache_dir: Option<String>,
     /// Codec of new cache entries (`lz4` or `zstd`; None: the cache's default).
@@ -466,6 +468,18 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         ));
     }
     let (cache_codec, cache_chunk) = cache_layout(doc, file, &mut errors);
+    let max_voxels = match doc.data.as_ref().and_then(|d| d.max_voxels.as_ref()) {
+        Some(m) if m.value == 0 => {
+            errors.push(RecipeError::at(
+                file,
+                &m.referenced,
+                "data.max_voxels must be at least 1",
+            ));
+            0
+        }
+        Some(m) => m.value,
+        None => crate::nifti::DEFAULT_MAX_VOXELS,
+    };
     let leading_deterministic = steps.iter().take_while(|s| !s.spec.is_random).count();
     let prefix_len = match doc.cache.as_ref().and_then(|c| c.prefix.as_ref()) {
         None => leading_deterministic,
@@ -525,6 +539,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
             .as_ref()
             .and_then(|d| d.min_axis.as_ref())
             .map(|m| m.value),
+        max_voxels,
         cache_dir: doc.cache.as_ref().map(|c| c.dir.value.clone()),
         cache_codec,
         cache_chunk,

@@ -100,6 +100,10 @@ pub struct DataDoc {
     /// (default: the key `label` if listed).
     #[serde(default)]
     pub label_keys: Option<Spanned<Vec<String>>>,
+    /// Most voxels one volume may hold (all channels); larger volumes are
+    /// refused before their voxels are allocated (default 2^31).
+    #[serde(default)]
+    pub max_voxels: Option<Spanned<u64>>,
 }
 
 /// `cache:`.
