@@ -20,4 +20,4 @@ pub use loader::{DirectSource, LoadedBatch, Loader, LoaderConfig, MemorySource, 
 pub use masks::{Masks, ibot_masks};
 pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, Stored};
 pub use sample::{Prepared, Sample};
-pub use sampler::{InfiniteSampler, epoch_order};
+pub use sampler::{InfiniteSampler, KeyedShuffle, Shuffle, epoch_order};
