@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use dino3d_pipeline::recipe;
 
 /// Recipe subcommands.
 #[derive(Debug, Subcommand)]
@@ -16,17 +15,17 @@ pub(crate) enum RecipeCmd {
         /// The recipe (YAML).
         file: PathBuf,
         #[command(flatten)]
-        overrides: crate::run_cmd::Overrides,
+        overrides: crate::recipe_load::Overrides,
     },
 }
 
 pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         RecipeCmd::Check { file, overrides } => {
-            match recipe::compile_file_with(&file, &overrides.sets) {
-                Ok(plan) => {
+            match dino3d_tasks::compile_file_with(&file, &overrides.sets) {
+                Ok((plan, task)) => {
                     println!("{}: ok", file.display());
-                    print!("{plan}");
+                    print!("{}", dino3d_tasks::describe(&plan, &task));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => {
