@@ -69,9 +69,4 @@ impl Check<'_> {
             out.clone_from(&v.value);
         }
     }
-
-    /// A problem at `at`.
-    pub fn error(&mut self, at: &serde_saphyr::Location, message: impl Into<String>) {
-        self.errors.push(RecipeError::at(self.file, at, message));
-    }
 }
