@@ -15,7 +15,7 @@ use dino3d_pipeline::recipe::Plan;
 use rayon::prelude::*;
 
 use crate::progress;
-use crate::run_cmd::{Overrides, load_plan};
+use crate::recipe_load::{Overrides, load_recipe};
 
 /// Cache subcommands.
 #[derive(Debug, Subcommand)]
@@ -102,7 +102,7 @@ fn cache_of(plan: &Plan, recipe: &Path, allow_uncached: bool) -> anyhow::Result<
     };
     let data = Dataset::open(plan, recipe, keep)
         .with_context(|| format!("opening the data of {}", recipe.display()))?;
-    crate::run_cmd::log_items(&data.items);
+    dino3d_tasks::data::log_items(&data.items);
     data.cache.with_context(|| {
         format!(
             "{}: the recipe names no cache (cache.dir)",
@@ -112,7 +112,7 @@ fn cache_of(plan: &Plan, recipe: &Path, allow_uncached: bool) -> anyhow::Result<
 }
 
 fn warm(args: &WarmArgs) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(&args.recipe, &args.overrides)?;
+    let (plan, _) = load_recipe(&args.recipe, &args.overrides)?;
     let source = cache_of(&plan, &args.recipe, args.allow_uncached)?;
     let (shard, shards) = args.shard.unwrap_or((0, 1));
     let items: Vec<usize> = (0..source.items().len())
@@ -262,7 +262,7 @@ fn verify(dir: &Path, remove: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn gc(recipe: &Path, overrides: &Overrides, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(recipe, overrides)?;
+    let (plan, _) = load_recipe(recipe, overrides)?;
     let source = cache_of(&plan, recipe, false)?;
     let dir = source.dir();
     let live: std::collections::HashSet<PathBuf> = (0..source.items().len())

@@ -1,16 +1,17 @@
 //! `dino-run embed`: normed [CLS] and patch tokens of one volume from a
-//! 3DINO / dino3d backbone, written as safetensors (`cls` [E], `patch` [N, E]);
-//! or, with `--manifest`, of every entry of a manifest as a Parquet table
-//! (see `embed_table`).
+//! 3DINO / dino3d backbone (computed by [`dino3d_tasks::embed`]), written as
+//! safetensors (`cls` [E], `patch` [N, E]); or, with `--manifest`, of every
+//! entry of a manifest as a Parquet table (see `embed_table`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use dino3d_model::ViT3d;
-use dino3d_model::candle_core::{Device, Tensor};
+use dino3d_model::ViT3dConfig;
+use dino3d_model::candle_core::Device;
 use dino3d_model::checkpoint::save_tensors;
+use dino3d_tasks::embed::{Prep, model_input_for};
 
 /// Arguments of `dino-run embed`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +21,7 @@ pub(crate) struct EmbedArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
-    #[arg(long, default_value = "large")]
+    #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
     /// The volume (.nii, .nii.gz, .hdr/.img).
     #[arg(
@@ -53,36 +54,16 @@ pub(crate) struct EmbedArgs {
     out: PathBuf,
 }
 
-/// The model's input for `volume`: its stored voxels (`raw`) or 3DINO's
-/// evaluation preprocessing.
-pub(crate) fn model_input_for(
-    vit: &ViT3d,
-    volume: &dino3d_pipeline::Volume,
-    raw: bool,
-) -> anyhow::Result<Tensor> {
-    let device = Device::Cpu;
-    if raw {
-        crate::backbone::model_input(&volume.to_f32(), volume.shape, &device)
-    } else {
-        let p = crate::visualize::prepare::prepare(volume, 0, vit.config().patch_size)?;
-        crate::backbone::model_input(&p.image.data, p.image.shape, &device)
-    }
-}
-
 pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let device = Device::Cpu;
-    let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
+    let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     if let Some(manifest) = &args.manifest {
         return crate::embed_table::run(
             &vit,
             &crate::embed_table::TableOptions {
                 manifest,
                 out: &args.out,
-                prep: if args.raw {
-                    crate::embed_table::Prep::Raw
-                } else {
-                    crate::embed_table::Prep::Eval
-                },
+                prep: if args.raw { Prep::Raw } else { Prep::Eval },
                 patch_grid: args.patch_grid,
                 row_group: args.row_group,
             },
@@ -124,7 +105,7 @@ mod tests {
         let dev = Device::Cpu;
         // A random tiny backbone saved under a `backbone.` prefix.
         let weights = dir.path().join("w.safetensors");
-        let vit = crate::backbone::testutil::save_random_tiny(&weights);
+        let vit = dino3d_tasks::backbone::testutil::save_random_tiny(&weights);
         // A 16 × 16 × 32 ramp volume (2 tokens at patch 16).
         let shape = [1, 16, 16, 32];
         let voxels: Vec<f32> = (0..16 * 16 * 32).map(|i| (i % 97) as f32 / 97.0).collect();
@@ -154,7 +135,7 @@ mod tests {
         assert_eq!(got["cls"].dims(), &[192]);
         assert_eq!(got["patch"].dims(), &[2, 192]);
         let want = vit
-            .forward(&crate::backbone::model_input(&voxels, shape, &dev).unwrap())
+            .forward(&dino3d_tasks::backbone::model_input(&voxels, shape, &dev).unwrap())
             .unwrap();
         let diff = (&got["patch"] - want.patch_norm.squeeze(0).unwrap())
             .unwrap()
@@ -168,11 +149,15 @@ mod tests {
         // Without --raw: the evaluation preprocessing, then the same forward.
         run(&EmbedArgs { raw: false, ..args }).unwrap();
         let got = load_tensors(&out, &dev).unwrap();
-        let prepared = crate::visualize::prepare::prepare(&vol, 0, 16).unwrap();
+        let prepared = dino3d_tasks::visualize::prepare::prepare(&vol, 0, 16).unwrap();
         let want = vit
             .forward(
-                &crate::backbone::model_input(&prepared.image.data, prepared.image.shape, &dev)
-                    .unwrap(),
+                &dino3d_tasks::backbone::model_input(
+                    &prepared.image.data,
+                    prepared.image.shape,
+                    &dev,
+                )
+                .unwrap(),
             )
             .unwrap();
         assert_eq!(

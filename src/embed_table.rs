@@ -26,14 +26,13 @@ use arrow_array::builder::{
 use arrow_array::types::{Float64Type, UInt64Type};
 use arrow_array::{ArrayRef, ListArray, RecordBatch, StringArray};
 use dino3d_model::ViT3d;
-use dino3d_model::candle_core::Device;
-use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::manifest::{ManifestEntry, read_manifest};
 use dino3d_pipeline::recipe::Plan;
+use dino3d_tasks::embed::config::EmbedConfig;
+use dino3d_tasks::embed::{Embedding, Prep, embed_all};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::progress;
@@ -80,63 +79,6 @@ fn extra_columns(entries: &[ManifestEntry]) -> BTreeMap<String, Kind> {
 struct Row<'a> {
     entry: &'a ManifestEntry,
     emb: Embedding,
-}
-
-/// A volume's embeddings.
-struct Embedding {
-    cls: Vec<f32>,
-    patch_mean: Vec<f32>,
-    grid: [usize; 3],
-    /// `N x E` tokens, when the patch grid is kept.
-    patch: Option<Vec<Vec<f32>>>,
-}
-
-/// How a volume becomes the model's input.
-pub(crate) enum Prep<'a> {
-    /// 3DINO's evaluation preprocessing (`embed` without `--raw`).
-    Eval,
-    /// The stored voxels.
-    Raw,
-    /// A recipe's deterministic pipeline, then an optional resize to `size`³.
-    Recipe { pipeline: &'a Pipeline, size: usize },
-}
-
-/// Embeds one entry: read, prepare, forward.
-fn embed(
-    vit: &ViT3d,
-    entry: &ManifestEntry,
-    manifest: &Path,
-    prep: &Prep,
-    patch_grid: bool,
-) -> anyhow::Result<Embedding> {
-    let x = match prep {
-        Prep::Eval | Prep::Raw => {
-            let volume = dino3d_pipeline::nifti::read_volume(entry.resolve(manifest))?;
-            crate::embed_cmd::model_input_for(vit, &volume, matches!(prep, Prep::Raw))?
-        }
-        Prep::Recipe { pipeline, size } => {
-            let img = crate::linear::features::prepare(pipeline, entry, manifest, *size)?;
-            let p = vit.config().patch_size;
-            anyhow::ensure!(
-                img.shape[1..].iter().all(|s| s % p == 0),
-                "the prepared image is {:?}: its sizes must be multiples of the patch size {p} (set embed.image_size or add a Resize step)",
-                &img.shape[1..]
-            );
-            crate::backbone::model_input(&img.data, img.shape, &Device::Cpu)?
-        }
-    };
-    let out = vit.forward(&x)?;
-    let patch = out.patch_norm.squeeze(0)?;
-    Ok(Embedding {
-        cls: out.cls_norm.squeeze(0)?.to_vec1()?,
-        patch_mean: patch.mean(0)?.to_vec1()?,
-        grid: out.grid,
-        patch: if patch_grid {
-            Some(patch.to_vec2()?)
-        } else {
-            None
-        },
-    })
 }
 
 /// The record batch of `rows`.
@@ -269,39 +211,22 @@ pub(crate) fn run(vit: &ViT3d, o: &TableOptions) -> anyhow::Result<ExitCode> {
 
 /// `task: embed`: the recipe's manifest (filtered by `data.min_axis`)
 /// through its deterministic pipeline and the `embed:` backbone.
-pub(crate) fn run_recipe(plan: &Plan, recipe: &Path) -> anyhow::Result<ExitCode> {
-    let Some(e) = plan.embed.clone() else {
-        bail!(
-            "{}: task `embed` needs an `embed:` section",
-            recipe.display()
-        );
-    };
-    let base = recipe.parent().unwrap_or(Path::new(""));
-    let weights = crate::linear::resolve_weights(&base.join(&e.pretrained_weights))?;
-    let vit = crate::backbone::load(&weights, &e.arch, &Device::Cpu)?;
-    let (manifest, entries) = crate::run_cmd::plan_entries(plan, recipe)?;
-    if plan.prefix_len < plan.steps.len() {
-        tracing::warn!(
-            "{} random step(s) after the deterministic prefix are not applied",
-            plan.steps.len() - plan.prefix_len
-        );
-    }
-    let pipeline = Pipeline::new(plan);
-    let out = base.join(&e.out);
+pub(crate) fn run_recipe(plan: &Plan, e: &EmbedConfig, recipe: &Path) -> anyhow::Result<ExitCode> {
+    let job = dino3d_tasks::embed::open(plan, e, recipe)?;
     eprintln!(
         "embedding {} volumes with {} (ViT-{})",
-        entries.len(),
-        weights.display(),
+        job.entries.len(),
+        job.weights.display(),
         e.arch
     );
     run_entries(
-        &vit,
-        &entries,
+        &job.vit,
+        &job.entries,
         &TableOptions {
-            manifest: &manifest,
-            out: &out,
+            manifest: &job.manifest,
+            out: &job.out,
             prep: Prep::Recipe {
-                pipeline: &pipeline,
+                pipeline: &job.pipeline,
                 size: e.image_size,
             },
             patch_grid: e.patch_grid,
@@ -339,21 +264,16 @@ fn run_entries(
     let mut written = 0usize;
     let bar = progress::bar(entries.len() as u64, "volumes");
     for chunk in entries.chunks(row_group) {
-        // Reading and preprocessing dominate: one volume per thread; the
-        // forward passes use candle's own threads.
-        let results: Vec<_> = chunk
-            .par_iter()
-            .map(|e| embed(vit, e, o.manifest, &o.prep, o.patch_grid))
-            .collect();
+        let results = embed_all(vit, chunk, o.manifest, &o.prep, o.patch_grid);
         let mut rows = Vec::with_capacity(chunk.len());
         for (entry, r) in chunk.iter().zip(results) {
             match r {
                 Ok(emb) => rows.push(Row { entry, emb }),
                 Err(e) => {
                     let path = entry.resolve(o.manifest);
-                    eprintln!("skipped {}: {e:#}", path.display());
+                    eprintln!("skipped {}: {}", path.display(), e.chain());
                     rejects.push(serde_json::json!({
-                        "image": entry.image, "path": path.display().to_string(), "reason": format!("{e:#}")
+                        "image": entry.image, "path": path.display().to_string(), "reason": e.chain()
                     }));
                 }
             }
@@ -418,6 +338,7 @@ mod tests {
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float32Type, UInt32Type};
+    use dino3d_model::candle_core::Device;
     use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -439,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let weights = d.join("w.safetensors");
-        let vit = crate::backbone::testutil::save_random_tiny(&weights);
+        let vit = dino3d_tasks::backbone::testutil::save_random_tiny(&weights);
         write(d, "a.nii.gz", [1, 16, 16, 32], 7);
         write(d, "b.nii.gz", [1, 32, 16, 16], 13);
         write(d, "c.nii", [1, 16, 32, 16], 5);
@@ -463,7 +384,7 @@ mod tests {
             patch_grid: true,
             row_group: 2,
         };
-        let loaded = crate::backbone::load(&weights, "tiny", &Device::Cpu).unwrap();
+        let loaded = dino3d_tasks::backbone::load(&weights, "tiny", &Device::Cpu).unwrap();
         run(&loaded, &opts).unwrap();
         // The broken file is reported and skipped.
         let rejects: Vec<Value> =
@@ -529,7 +450,9 @@ mod tests {
         {
             let v = dino3d_pipeline::nifti::read_volume(d.join(name)).unwrap();
             let want = vit
-                .forward(&crate::backbone::model_input(&v.to_f32(), shape, &Device::Cpu).unwrap())
+                .forward(
+                    &dino3d_tasks::backbone::model_input(&v.to_f32(), shape, &Device::Cpu).unwrap(),
+                )
                 .unwrap();
             let cls: Vec<f32> = want.cls_norm.squeeze(0).unwrap().to_vec1().unwrap();
             let patch: Vec<Vec<f32>> = want.patch_norm.squeeze(0).unwrap().to_vec2().unwrap();

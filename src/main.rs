@@ -1,23 +1,27 @@
 //! `dino-run`: the dino3d command line.
 //!
-//! Glue only: parsing, progress bars and reports live here; the work is done by
-//! the `pipeline`, `cache` and `model` crates.
+//! The edge only: command line, progress bars, pictures, printing and result
+//! files live here; the work is done by the `tasks` crate (training and
+//! evaluation) on the `pipeline`, `cache` and `model` crates.
 
-mod backbone;
+mod atlas_crops_cmd;
 mod cache_cmd;
 mod device;
 mod embed_cmd;
 mod embed_table;
 mod inspect_cmd;
-mod linear;
+mod linear_probe_cmd;
 mod manifest_cmd;
-mod probe;
+mod pipeline_cmd;
+mod plot;
+mod pretrain_cmd;
+mod probe_cmd;
 mod progress;
 mod recipe_cmd;
+mod recipe_load;
 mod run_cmd;
-mod segment;
+mod segment_cmd;
 mod stats;
-mod train;
 mod visualize;
 
 use clap::{Parser, Subcommand};
@@ -39,7 +43,7 @@ struct Cli {
     /// Run the job a recipe's `task:` names (e.g. recipes/prepare.yaml).
     recipe: Option<std::path::PathBuf>,
     #[command(flatten)]
-    overrides: run_cmd::Overrides,
+    overrides: recipe_load::Overrides,
     /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with
     /// `--features candle-cuda`; task pretrain uses it, the others run on CPU).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
@@ -60,7 +64,7 @@ enum Command {
     Recipe(recipe_cmd::RecipeCmd),
     /// Run a recipe's data pipeline (batches, throughput, saved crops).
     #[command(subcommand)]
-    Pipeline(run_cmd::PipelineCmd),
+    Pipeline(pipeline_cmd::PipelineCmd),
     /// Fill, summarise, check and prune the on-disk cache.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCmd),
@@ -69,13 +73,13 @@ enum Command {
     Embed(embed_cmd::EmbedArgs),
     /// Frozen features of a pretrained teacher vs its random initialisation:
     /// kNN tissue and Brodmann-area classification on held-out regions.
-    Probe(probe::ProbeArgs),
+    Probe(probe_cmd::ProbeArgs),
     /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
     Visualize(visualize::VisualizeArgs),
     /// Cut a labelled classification set (Brodmann-area groups, left
     /// hemisphere for training, right for test) from the bundled Colin27
     /// brain: the linear probe's example data.
-    AtlasCrops(linear::crops::CropsArgs),
+    AtlasCrops(atlas_crops_cmd::CropsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,12 +92,12 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Manifest(cmd)), _) => manifest_cmd::run(cmd),
         (Some(Command::Inspect(args)), _) => inspect_cmd::run(&args),
         (Some(Command::Recipe(cmd)), _) => recipe_cmd::run(cmd),
-        (Some(Command::Pipeline(cmd)), _) => run_cmd::run_pipeline(cmd),
+        (Some(Command::Pipeline(cmd)), _) => pipeline_cmd::run_pipeline(cmd),
         (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),
         (Some(Command::Embed(args)), _) => embed_cmd::run(&args),
-        (Some(Command::Probe(args)), _) => probe::run(&args),
+        (Some(Command::Probe(args)), _) => probe_cmd::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
-        (Some(Command::AtlasCrops(args)), _) => linear::crops::run(&args),
+        (Some(Command::AtlasCrops(args)), _) => atlas_crops_cmd::run(&args),
         (None, Some(recipe)) => device::parse(&cli.device)
             .and_then(|device| run_cmd::run_recipe(&recipe, &cli.overrides, &device)),
         (None, None) => {

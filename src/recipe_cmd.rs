@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use dino3d_pipeline::exec::Pipeline;
-use dino3d_pipeline::recipe;
 use dino3d_pipeline::transforms::registry;
 
 /// Recipe subcommands.
@@ -20,7 +19,7 @@ pub(crate) enum RecipeCmd {
         /// The recipe (YAML).
         file: PathBuf,
         #[command(flatten)]
-        overrides: crate::run_cmd::Overrides,
+        overrides: crate::recipe_load::Overrides,
     },
     /// List every transform a recipe may name, with its parameters (kind,
     /// default) and a summary (Markdown, as in the README).
@@ -30,10 +29,10 @@ pub(crate) enum RecipeCmd {
 pub(crate) fn run(cmd: RecipeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         RecipeCmd::Check { file, overrides } => {
-            match recipe::compile_file_with(&file, &overrides.sets) {
-                Ok(plan) => {
+            match dino3d_tasks::compile_file_with(&file, &overrides.sets) {
+                Ok((plan, task)) => {
                     println!("{}: ok", file.display());
-                    print!("{plan}");
+                    print!("{}", dino3d_tasks::describe(&plan, &task));
                     let pipeline = Pipeline::new(&plan);
                     if pipeline.passes_applied().is_empty() {
                         println!("plan passes: none apply");

@@ -1,19 +1,41 @@
 //! Per-iteration schedules (spec §2.3): DINOv2's cosine scheduler and
 //! 3DINO's lr / weight-decay / teacher-momentum / teacher-temperature arrays.
 
-/// A per-iteration array built like DINOv2's `CosineScheduler`: `freeze`
-/// zeros, a linear warmup `start_warmup → base` with the endpoint included
-/// (numpy `linspace`), then `final + ½(base − final)(1 + cos(π·i/len))` for
-/// `i = 0..len`. Indices past the end return `final`.
+/// How a [`CosineSchedule`] warms up, and how its cosine angle is rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmup {
+    /// DINOv2's `CosineScheduler`: numpy `linspace(start, base, warmup)` with
+    /// the endpoint (the last warmup iteration is `base`), then the angle
+    /// `π·i / len`.
+    Linspace,
+    /// MONAI's `WarmupCosineSchedule`: `start + (base − start)·i / warmup`
+    /// (`base` is reached at the first cosine iteration), then the angle
+    /// `π·(i / len)`.
+    Fraction,
+}
+
+/// A per-iteration schedule in closed form: `freeze` zeros, a warmup
+/// `start_warmup → base` ([`Warmup`]), then
+/// `final + ½(base − final)(1 + cos(angle))` for `i = 0..len`; indices past
+/// the end return `final`. The one cosine schedule of dino3d: pretraining's
+/// five schedules (DINOv2's, [`Warmup::Linspace`]), the segmentation task's
+/// learning rate ([`Warmup::Fraction`]) and the linear probe's
+/// `CosineAnnealingLR` (no warmup).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CosineSchedule {
-    values: Vec<f64>,
+    base: f64,
     final_value: f64,
+    total: usize,
+    warmup: usize,
+    start_warmup: f64,
+    freeze: usize,
+    zeroed: usize,
+    style: Warmup,
 }
 
 impl CosineSchedule {
-    /// `total` entries: `warmup` of linear ramp, the rest cosine.
-    /// `warmup > total` is clamped to `total`.
+    /// `total` iterations: `warmup` of linear ramp ([`Warmup::Linspace`]),
+    /// the rest cosine. `warmup > total` is clamped to `total`.
     pub fn new(
         base: f64,
         final_value: f64,
@@ -34,61 +56,77 @@ impl CosineSchedule {
         freeze: usize,
     ) -> Self {
         let freeze = freeze.min(total);
-        let warmup = warmup.min(total - freeze);
-        let mut values = vec![0.0; freeze];
-        values.extend(linspace(start_warmup, base, warmup));
-        let len = total - freeze - warmup;
-        values.extend((0..len).map(|i| {
-            let c = (std::f64::consts::PI * i as f64 / len as f64).cos();
-            final_value + 0.5 * (base - final_value) * (1.0 + c)
-        }));
         Self {
-            values,
+            base,
             final_value,
+            total,
+            warmup: warmup.min(total - freeze),
+            start_warmup,
+            freeze,
+            zeroed: 0,
+            style: Warmup::Linspace,
         }
+    }
+
+    /// The same schedule with another warmup style.
+    pub fn with_warmup(mut self, style: Warmup) -> Self {
+        self.style = style;
+        self
     }
 
     /// The value at iteration `it` (`final` from `total` on).
     pub fn at(&self, it: usize) -> f64 {
-        self.values.get(it).copied().unwrap_or(self.final_value)
+        if it >= self.total {
+            return self.final_value;
+        }
+        if it < self.zeroed || it < self.freeze {
+            return 0.0;
+        }
+        let i = it - self.freeze;
+        if i < self.warmup {
+            return self.warmup_value(i);
+        }
+        let i = i - self.warmup;
+        let len = self.total - self.freeze - self.warmup;
+        let angle = match self.style {
+            Warmup::Linspace => std::f64::consts::PI * i as f64 / len as f64,
+            Warmup::Fraction => std::f64::consts::PI * (i as f64 / len as f64),
+        };
+        self.final_value + 0.5 * (self.base - self.final_value) * (1.0 + angle.cos())
+    }
+
+    /// Warmup iteration `i` of `self.warmup`.
+    fn warmup_value(&self, i: usize) -> f64 {
+        let (start, stop, n) = (self.start_warmup, self.base, self.warmup);
+        match self.style {
+            // numpy `linspace(start, stop, n)`: `start + i·step`, last exactly `stop`.
+            Warmup::Linspace if n == 1 => start,
+            Warmup::Linspace if i == n - 1 => stop,
+            Warmup::Linspace => i as f64 * ((stop - start) / (n - 1) as f64) + start,
+            Warmup::Fraction => start + (stop - start) * i as f64 / n as f64,
+        }
     }
 
     /// Number of scheduled iterations.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.total
     }
 
     /// True when no iteration is scheduled (every index returns `final`).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.total == 0
     }
 
     /// The per-iteration values.
-    pub fn values(&self) -> &[f64] {
-        &self.values
+    pub fn values(&self) -> Vec<f64> {
+        (0..self.total).map(|it| self.at(it)).collect()
     }
 
-    /// Overwrites the first `n` entries with 0 (DINOv2's last-layer freeze:
-    /// the lr schedule itself, zeroed, not shifted).
+    /// Sets the first `n` iterations to 0 (DINOv2's last-layer freeze: the
+    /// lr schedule itself, zeroed, not shifted).
     pub fn zero_first(mut self, n: usize) -> Self {
-        let n = n.min(self.values.len());
-        self.values[..n].fill(0.0);
+        self.zeroed = n.min(self.total);
         self
-    }
-}
-
-/// numpy `linspace(start, stop, n)` with the endpoint: `start + i·step`,
-/// last entry exactly `stop`.
-fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
-    match n {
-        0 => Vec::new(),
-        1 => vec![start],
-        _ => {
-            let step = (stop - start) / (n - 1) as f64;
-            let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step + start).collect();
-            v[n - 1] = stop;
-            v
-        }
     }
 }
 
@@ -348,5 +386,129 @@ mod tests {
         assert_eq!(s.teacher_temp.len(), 3_750);
         assert_eq!(s.teacher_temp.at(3_749), 0.07);
         assert_eq!(s.momentum.at(12_500), 1.0);
+    }
+
+    /// The schedules dino3d had before there was one: DINOv2's precomputed
+    /// array, the segmentation task's MONAI formula and the linear probe's
+    /// `CosineAnnealingLR`, kept as references.
+    mod before {
+        pub(super) fn dinov2(
+            base: f64,
+            final_value: f64,
+            total: usize,
+            warmup: usize,
+            start_warmup: f64,
+            freeze: usize,
+            zero_first: usize,
+        ) -> Vec<f64> {
+            let freeze = freeze.min(total);
+            let warmup = warmup.min(total - freeze);
+            let mut values = vec![0.0; freeze];
+            values.extend(match warmup {
+                0 => Vec::new(),
+                1 => vec![start_warmup],
+                n => {
+                    let step = (base - start_warmup) / (n - 1) as f64;
+                    let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step + start_warmup).collect();
+                    v[n - 1] = base;
+                    v
+                }
+            });
+            let len = total - freeze - warmup;
+            values.extend((0..len).map(|i| {
+                let c = (std::f64::consts::PI * i as f64 / len as f64).cos();
+                final_value + 0.5 * (base - final_value) * (1.0 + c)
+            }));
+            let n = zero_first.min(values.len());
+            values[..n].fill(0.0);
+            values
+        }
+
+        pub(super) fn monai(lr: f64, warmup_iters: usize, iterations: usize, it: usize) -> f64 {
+            let warm = warmup_iters.min(iterations);
+            if it < warm {
+                return lr * it as f64 / warm.max(1) as f64;
+            }
+            let progress = (it - warm) as f64 / (iterations - warm).max(1) as f64;
+            lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+
+        pub(super) fn cosine_annealing(base: f64, it: usize, total: usize) -> f64 {
+            base * 0.5 * (1.0 + (std::f64::consts::PI * it as f64 / total.max(1) as f64).cos())
+        }
+    }
+
+    /// Many settings from a fixed xorshift stream.
+    fn settings(n: usize) -> Vec<(f64, f64, usize, usize, f64)> {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        (0..n)
+            .map(|_| {
+                let base = (next() % 10_000) as f64 * 1.37e-4;
+                let fin = (next() % 1000) as f64 * 3.1e-6;
+                let total = (next() % 400) as usize;
+                let warmup = (next() % 450) as usize;
+                let start = (next() % 100) as f64 * 1e-3;
+                (base, fin, total, warmup, start)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_closed_form_is_bit_identical_to_the_dinov2_array() {
+        for (k, (base, fin, total, warmup, start)) in settings(400).into_iter().enumerate() {
+            let freeze = [0, 1, 7, total / 3][k % 4];
+            let zeroed = [0, 3, total / 2, total + 5][k % 4];
+            let want = before::dinov2(base, fin, total, warmup, start, freeze, zeroed);
+            let s = CosineSchedule::with_freeze(base, fin, total, warmup, start, freeze)
+                .zero_first(zeroed);
+            assert_eq!(s.len(), want.len());
+            for (it, w) in want.iter().enumerate() {
+                assert_eq!(s.at(it).to_bits(), w.to_bits(), "{k}: it {it}");
+            }
+            assert_eq!(s.at(total).to_bits(), fin.to_bits());
+            assert_eq!(s.at(total + 1000).to_bits(), fin.to_bits());
+        }
+        // The shipped stage-1 schedules, every iteration.
+        let cfg = ScheduleConfig::default();
+        let s = Schedules::new(&cfg);
+        let lr = before::dinov2(cfg.peak_lr(), cfg.min_lr, 125_000, 12_500, 0.0, 0, 0);
+        let last = before::dinov2(cfg.peak_lr(), cfg.min_lr, 125_000, 12_500, 0.0, 0, 1250);
+        let temp = before::dinov2(0.07, 0.07, 37_500, 37_500, 0.04, 0, 0);
+        for it in 0..125_000 {
+            assert_eq!(s.lr.at(it).to_bits(), lr[it].to_bits());
+            assert_eq!(s.last_layer_lr.at(it).to_bits(), last[it].to_bits());
+            let t = temp.get(it).copied().unwrap_or(0.07);
+            assert_eq!(s.teacher_temp.at(it).to_bits(), t.to_bits());
+        }
+    }
+
+    #[test]
+    fn the_fraction_warmup_is_bit_identical_to_the_segmentation_schedule() {
+        for (k, (base, _, total, warmup, _)) in settings(400).into_iter().enumerate() {
+            let lr = base.min(1.0);
+            let total = total.max(1);
+            let s = CosineSchedule::new(lr, 0.0, total, warmup, 0.0).with_warmup(Warmup::Fraction);
+            for it in 0..total {
+                let want = before::monai(lr, warmup, total, it);
+                assert_eq!(s.at(it).to_bits(), want.to_bits(), "{k}: it {it}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_warmup_is_bit_identical_to_the_probes_cosine_annealing() {
+        for (k, (base, _, total, _, _)) in settings(400).into_iter().enumerate() {
+            let s = CosineSchedule::new(base, 0.0, total, 0, 0.0);
+            for it in 0..total {
+                let want = before::cosine_annealing(base, it, total);
+                assert_eq!(s.at(it).to_bits(), want.to_bits(), "{k}: it {it}");
+            }
+        }
     }
 }

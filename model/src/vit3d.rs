@@ -38,6 +38,25 @@ pub struct ViT3dConfig {
 }
 
 impl ViT3dConfig {
+    /// The presets [`Self::from_preset`] knows, smallest first: the one list
+    /// recipes and command lines are checked against.
+    pub const PRESETS: [&'static str; 4] = ["tiny", "small", "base", "large"];
+
+    /// The released 3DINO backbone's preset, the default wherever one is
+    /// chosen.
+    pub const THREEDINO_PRESET: &'static str = "large";
+
+    /// 3DINO's student drop-path rate (`student.drop_path_rate`).
+    pub const THREEDINO_DROP_PATH_RATE: f64 = 0.3;
+
+    /// 3DINO's pretraining student: ViT-L with drop path 0.3.
+    pub fn threedino() -> Self {
+        Self {
+            drop_path_rate: Self::THREEDINO_DROP_PATH_RATE,
+            ..Self::large()
+        }
+    }
+
     fn preset(embed_dim: usize, depth: usize, num_heads: usize) -> Self {
         Self {
             embed_dim,

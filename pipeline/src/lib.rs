@@ -12,8 +12,10 @@
 
 pub mod error;
 pub mod exec;
+pub mod layout;
 pub mod manifest;
 pub mod nifti;
+pub mod pos_neg;
 pub mod recipe;
 pub mod transforms;
 pub mod volume;

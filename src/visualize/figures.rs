@@ -9,9 +9,9 @@
 use dino3d_pipeline::transforms::Image;
 
 use super::colormap::{Rgb, blend, gray, jet};
-use super::grid::{Placement, TokenGrid};
 use super::render::{Canvas, grid, table};
 use super::views::{Frame, Plane, SliceRaster, View, plane};
+use dino3d_tasks::visualize::grid::{Placement, TokenGrid};
 
 /// The longest side of a montage panel is at least this many pixels.
 const MONTAGE_MIN_PIXELS: usize = 192;

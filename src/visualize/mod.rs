@@ -7,20 +7,16 @@
 //! * `--vis-type mhsa`: each head's \[CLS\]→patch attention of one block (the
 //!   last by default; `--block 3` is the block 3DINO's code actually uses).
 //!
-//! Steps: [`prepare`] (3DINO's preprocessing), [`features`] (the backbone
-//! under `--input-type`), [`pca`] or the attention maps, then [`nifti_out`]
-//! and [`figures`]. Maps are nearest-upsampled from the token grid onto the
-//! *source* voxel grid and saved with the source's affine (3DINO upsamples
-//! too, onto its cropped grid); outside the cropped box they are 0.
+//! Steps, computed by [`dino3d_tasks::visualize`]: 3DINO's preprocessing,
+//! the backbone under `--input-type`, the PCA or the attention maps; drawn
+//! here by [`nifti_out`] and [`figures`]. Maps are nearest-upsampled from the
+//! token grid onto the *source* voxel grid and saved with the source's affine
+//! (3DINO upsamples too, onto its cropped grid); outside the cropped box they
+//! are 0.
 
 mod colormap;
-mod eigen;
-mod features;
 mod figures;
-mod grid;
 mod nifti_out;
-mod pca;
-pub(crate) mod prepare;
 mod render;
 mod views;
 
@@ -29,12 +25,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
+use dino3d_model::ViT3dConfig;
 use dino3d_model::candle_core::Device;
 use dino3d_pipeline::VoxelData;
+use dino3d_tasks::visualize::features::{self, TokenMaps, Wanted};
+use dino3d_tasks::visualize::prepare::{self, Prepared};
+use dino3d_tasks::visualize::{defaults, grid, pca};
 
-use features::{InputType, TokenMaps, Wanted};
 use figures::Scene;
-use prepare::Prepared;
 
 /// What to draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +41,39 @@ pub(crate) enum VisType {
     Pca,
     /// Per-head [CLS]→patch attention.
     Mhsa,
+}
+
+/// How the image is fed to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InputType {
+    /// The whole (cropped) image in one pass.
+    #[value(name = "full_image", alias = "full-image")]
+    FullImage,
+    /// Resized to `--size`³ first.
+    Resize,
+    /// Windows of `--size`³, stitched at token resolution.
+    #[value(name = "sliding_window", alias = "sliding-window")]
+    SlidingWindow,
+}
+
+impl From<InputType> for features::InputType {
+    fn from(t: InputType) -> Self {
+        match t {
+            InputType::FullImage => Self::FullImage,
+            InputType::Resize => Self::Resize,
+            InputType::SlidingWindow => Self::SlidingWindow,
+        }
+    }
+}
+
+impl From<features::InputType> for InputType {
+    fn from(t: features::InputType) -> Self {
+        match t {
+            features::InputType::FullImage => Self::FullImage,
+            features::InputType::Resize => Self::Resize,
+            features::InputType::SlidingWindow => Self::SlidingWindow,
+        }
+    }
 }
 
 /// Arguments of `dino-run visualize`.
@@ -54,7 +85,7 @@ pub(crate) struct VisualizeArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
-    #[arg(long, default_value = "large")]
+    #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
     /// The volume (.nii, .nii.gz, .hdr/.img).
     #[arg(long)]
@@ -66,27 +97,27 @@ pub(crate) struct VisualizeArgs {
     #[arg(long, value_enum, default_value = "pca")]
     vis_type: VisType,
     /// How the image is fed to the model.
-    #[arg(long, value_enum, default_value = "full_image")]
+    #[arg(long, value_enum, default_value_t = InputType::from(defaults::INPUT_TYPE))]
     input_type: InputType,
     /// Cube side for `resize` and `sliding_window` (default: the checkpoint's
     /// training crop, position grid × patch size).
     #[arg(long)]
     size: Option<usize>,
     /// Window overlap for `sliding_window`, in [0, 1) (3DINO: 0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults::OVERLAP)]
     overlap: f64,
     /// Block whose attention `mhsa` shows, 0-based (default: the last, as the
     /// paper describes; 3 is the block 3DINO's code actually takes).
     #[arg(long)]
     block: Option<usize>,
     /// PCA components to fit and save (3DINO: 10).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::COMPONENTS)]
     components: usize,
     /// Foreground threshold on the jointly normalised component 0.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = defaults::THRESHOLD)]
     threshold: f32,
     /// Frame (4th-axis index) of a 4-D volume.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults::FRAME)]
     frame: usize,
 }
 
@@ -95,7 +126,7 @@ pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
         bail!("--components must be at least 1");
     }
     let device = Device::Cpu;
-    let vit = crate::backbone::load(&args.weights, &args.arch, &device)?;
+    let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     let cfg = vit.config();
     let size = args.size.unwrap_or(cfg.pos_grid * cfg.patch_size);
     let source = dino3d_pipeline::nifti::read_volume(&args.image)
@@ -114,7 +145,7 @@ pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
     let maps = features::extract(
         &vit,
         &prep.image,
-        args.input_type,
+        args.input_type.into(),
         size,
         args.overlap,
         wanted,

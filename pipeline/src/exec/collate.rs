@@ -41,26 +41,6 @@ pub struct Batch {
     pub epochs: Vec<u64>,
 }
 
-/// Appends `img` transposed from x-fastest to z-fastest.
-fn push_z_fastest(out: &mut Vec<f32>, img: &Image) {
-    let [c, x, y, z] = img.shape;
-    let start = out.len();
-    out.resize(start + img.data.len(), 0.0);
-    let dst = &mut out[start..];
-    for ch in 0..c {
-        let base = ch * x * y * z;
-        // Source rows run along x; write each to stride y·z.
-        for k in 0..z {
-            for j in 0..y {
-                let row = &img.data[base + (k * y + j) * x..][..x];
-                for (i, &v) in row.iter().enumerate() {
-                    dst[base + (i * y + j) * z + k] = v;
-                }
-            }
-        }
-    }
-}
-
 /// Why samples could not be put in one batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -104,7 +84,7 @@ pub fn stack(crops: &[&Image]) -> Result<Tensor5, CollateError> {
                 first: shape,
             });
         }
-        push_z_fastest(&mut data, img);
+        crate::layout::extend_z_fastest(&mut data, &img.data, img.shape);
     }
     Ok(Tensor5 {
         data,

@@ -22,4 +22,4 @@ pub use masks::{Masks, ibot_masks};
 pub use passes::{Applied, Passes};
 pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, Stored};
 pub use sample::{Prepared, Sample};
-pub use sampler::{InfiniteSampler, epoch_order};
+pub use sampler::{InfiniteSampler, KeyedShuffle, Shuffle, epoch_order};

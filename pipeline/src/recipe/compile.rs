@@ -98,11 +98,10 @@ impl std::default::Default for BatchPlan {
     }
 }
 
-/// A compiled recipe.
+/// A compiled recipe's sections every task shares (the task and its own
+/// sections are the tasks crate's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The job.
-    pub task: String,
     /// The seed.
     pub seed: u64,
     /// Manifest path, if given.
@@ -131,19 +130,12 @@ pub struct Plan {
     pub cache_codec: Option<String>,
     /// Chunk edge of new cache entries (None: the cache's default).
     pub cache_chunk: Option<usize>,
-    /// Model, optimiser and run settings (training recipes only).
-    pub training: Option<super::training::TrainingPlan>,
-    /// Segmentation finetuning settings (`task: segment`).
-    pub segment: Option<super::segment::SegmentPlan>,
-    /// The frozen linear probe (`task: linear_probe` only).
-    pub probe: Option<super::probe::ProbePlan>,
-    /// Feature export (`task: embed` only).
-    pub embed: Option<super::probe::EmbedPlan>,
 }
 
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "task {}, seed {}", self.task, self.seed)?;
+        // The tasks crate prints "task NAME, " before this line.
+        writeln!(f, "seed {}", self.seed)?;
         if let Some(m) = &self.manifest {
             writeln!(f, "manifest {m}")?;
         }
@@ -186,78 +178,6 @@ impl std::fmt::Display for Plan {
             b.mask_ratio,
             b.patch_size
         )?;
-        if let Some(t) = &self.training {
-            writeln!(
-                f,
-                "model ViT-{} (patch {}, drop path {}), heads {}x{}->{}->{} prototypes, {} centring",
-                t.arch,
-                t.patch_size,
-                t.drop_path_rate,
-                t.head_nlayers,
-                t.head_hidden_dim,
-                t.head_bottleneck_dim,
-                t.head_n_prototypes,
-                t.centering
-            )?;
-            writeln!(
-                f,
-                "optim: {} epochs x {} iterations, base lr {} (batch 1024, sqrt rule), warmup {} epochs, wd {}->{}, clip {}",
-                t.epochs,
-                t.epoch_length,
-                t.base_lr,
-                t.warmup_epochs,
-                t.weight_decay,
-                t.weight_decay_end,
-                t.clip_grad
-            )?;
-            writeln!(
-                f,
-                "teacher: momentum {}->{}, temperature {}->{} over {} epochs",
-                t.momentum_teacher,
-                t.final_momentum_teacher,
-                t.warmup_teacher_temp,
-                t.teacher_temp,
-                t.warmup_teacher_temp_epochs
-            )?;
-            write!(
-                f,
-                "train: output {}, teacher every {} it, checkpoint every {} it (keep {}), world size {}",
-                t.output_dir,
-                t.eval_period_iterations,
-                t.checkpoint_period,
-                t.keep_checkpoints,
-                t.world_size
-            )?;
-            if let Some(m) = t.max_iterations {
-                write!(f, ", stop after {m} it")?;
-            }
-            writeln!(f)?;
-        }
-        if let Some(p) = &self.probe {
-            writeln!(
-                f,
-                "linear probe: ViT-{} from {}, image {}, {} classifiers (n_last_blocks {:?} x avgpool {:?} x {} lrs), {} epochs x {} iterations, batch {}, validation every {} it, output {}",
-                p.arch,
-                p.pretrained_weights,
-                p.image_size,
-                p.n_last_blocks.len() * p.avgpool.len() * p.learning_rates.len(),
-                p.n_last_blocks,
-                p.avgpool,
-                p.learning_rates.len(),
-                p.epochs,
-                p.epoch_length,
-                p.batch_size,
-                p.eval_period_iterations,
-                p.output_dir
-            )?;
-        }
-        if let Some(e) = &self.embed {
-            writeln!(
-                f,
-                "embed: ViT-{} from {}, image {}, patch tokens {}, row groups of {} -> {}",
-                e.arch, e.pretrained_weights, e.image_size, e.patch_grid, e.row_group, e.out
-            )?;
-        }
         Ok(())
     }
 }
@@ -303,13 +223,37 @@ fn canonical(v: &ParamValue) -> String {
     }
 }
 
+/// What a recipe's task sections see of the rest while they are compiled
+/// (see [`compile_doc_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskContext<'a> {
+    /// The recipe file, for error positions.
+    pub file: &'a Path,
+    /// `task:` as written.
+    pub task: &'a Spanned<String>,
+    /// The compiled `batch:` section (its patch size sets the iBOT mask grid).
+    pub batch: &'a BatchPlan,
+}
+
+/// Parses a recipe's text into a document (the pipeline's [`RecipeDoc`], or
+/// a caller's document that holds it); serde's first error becomes a
+/// `FILE:LINE:COLUMN` error with the nearest valid name for an unknown key.
+///
+/// # Errors
+/// The first problem serde meets.
+pub fn parse_str<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, RecipeErrors> {
+    serde_saphyr::from_str(text).map_err(|e| RecipeErrors(vec![parse_error(&e, file)]))
+}
+
 /// Parses and validates a recipe's text.
 ///
 /// # Errors
 /// Every problem found, each with file, line and column.
 pub fn compile_str(text: &str, file: &Path) -> Result<Plan, RecipeErrors> {
-    let doc: RecipeDoc =
-        serde_saphyr::from_str(text).map_err(|e| RecipeErrors(vec![parse_error(&e, file)]))?;
+    let doc: RecipeDoc = parse_str(text, file)?;
     compile_doc(&doc, file)
 }
 
@@ -318,15 +262,7 @@ pub fn compile_str(text: &str, file: &Path) -> Result<Plan, RecipeErrors> {
 /// # Errors
 /// Every problem found, each with file, line and column.
 pub fn compile_file(file: &Path) -> Result<Plan, RecipeErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        RecipeErrors(vec![RecipeError {
-            file: file.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: e.to_string(),
-        }])
-    })?;
-    compile_str(&text, file)
+    read_and_compile(file, &[], compile_str)
 }
 
 /// Reads a recipe, applies `--set` overrides (see [`super::overrides`]) and
@@ -336,9 +272,20 @@ pub fn compile_file(file: &Path) -> Result<Plan, RecipeErrors> {
 /// # Errors
 /// Every problem found.
 pub fn compile_file_with(file: &Path, sets: &[String]) -> Result<Plan, RecipeErrors> {
-    if sets.is_empty() {
-        return compile_file(file);
-    }
+    read_and_compile(file, sets, compile_str)
+}
+
+/// Reads a recipe file, applies `--set` overrides and hands the text to
+/// `compile`, mapping error positions back to the file as written (an error
+/// on an inserted line names its override instead).
+///
+/// # Errors
+/// An unreadable file, a bad override, or what `compile` reports.
+pub fn read_and_compile<T>(
+    file: &Path,
+    sets: &[String],
+    compile: impl FnOnce(&str, &Path) -> Result<T, RecipeErrors>,
+) -> Result<T, RecipeErrors> {
     let at_top = |message: String| {
         RecipeErrors(vec![RecipeError {
             file: file.to_path_buf(),
@@ -348,8 +295,11 @@ pub fn compile_file_with(file: &Path, sets: &[String]) -> Result<Plan, RecipeErr
         }])
     };
     let text = std::fs::read_to_string(file).map_err(|e| at_top(e.to_string()))?;
+    if sets.is_empty() {
+        return compile(&text, file);
+    }
     let (edited, inserted) = super::overrides::apply(&text, sets).map_err(at_top)?;
-    compile_str(&edited, file).map_err(|RecipeErrors(errors)| {
+    compile(&edited, file).map_err(|RecipeErrors(errors)| {
         RecipeErrors(
             errors
                 .into_iter()
@@ -403,7 +353,25 @@ fn parse_error(e: &serde_saphyr::Error, file: &Path) -> RecipeError {
     }
 }
 
-fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
+/// Validates a parsed recipe.
+///
+/// # Errors
+/// Every problem found, sorted by position.
+pub fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
+    compile_doc_with(doc, file, |_, _| ()).map(|(plan, ())| plan)
+}
+
+/// Validates a parsed recipe and, through `sections`, its task's sections
+/// (called once, after `batch:`, with the same error list, so every problem
+/// of the recipe comes out sorted by position together).
+///
+/// # Errors
+/// Every problem found, sorted by position.
+pub fn compile_doc_with<T>(
+    doc: &RecipeDoc,
+    file: &Path,
+    sections: impl FnOnce(&TaskContext<'_>, &mut Vec<RecipeError>) -> T,
+) -> Result<(Plan, T), RecipeErrors> {
     let mut errors = Vec::new();
     let keys: Vec<String> = doc
         .data
@@ -419,27 +387,14 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     }
     let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
-    let training = super::training::compile_training(doc, file, &mut errors);
-    let segment = super::segment::compile_segment(doc, file, &mut errors);
-    let probe = super::probe::compile_probe(doc, file, &mut errors);
-    let embed = super::probe::compile_embed(doc, file, &mut errors);
-    if let Some(t) = &training
-        && t.patch_size != batch.patch_size
-    {
-        let loc = doc
-            .model
-            .as_ref()
-            .and_then(|m| m.patch_size.as_ref())
-            .map_or(&doc.task.referenced, |p| &p.referenced);
-        errors.push(RecipeError::at(
+    let task = sections(
+        &TaskContext {
             file,
-            loc,
-            format!(
-                "model.patch_size {} differs from batch.patch_size {} (the iBOT mask grid)",
-                t.patch_size, batch.patch_size
-            ),
-        ));
-    }
+            task: &doc.task,
+            batch: &batch,
+        },
+        &mut errors,
+    );
     let label_keys = match doc.data.as_ref().and_then(|d| d.label_keys.as_ref()) {
         Some(l) => {
             for k in l.value.iter().filter(|k| !keys.contains(k)) {
@@ -519,8 +474,7 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
     }
     let seed = doc.seed.as_ref().map_or(0, |s| s.value);
     let prefix_hash = prefix_hash(&steps[..prefix_len], seed);
-    Ok(Plan {
-        task: doc.task.value.clone(),
+    let plan = Plan {
         seed,
         manifest: doc
             .data
@@ -543,11 +497,8 @@ fn compile_doc(doc: &RecipeDoc, file: &Path) -> Result<Plan, RecipeErrors> {
         cache_dir: doc.cache.as_ref().map(|c| c.dir.value.clone()),
         cache_codec,
         cache_chunk,
-        training,
-        segment,
-        probe,
-        embed,
-    })
+    };
+    Ok((plan, task))
 }
 
 /// Chunk edges accepted for cache entries: below 4 the index outweighs the

@@ -21,9 +21,11 @@ use serde_saphyr::Spanned;
 
 use super::value::{ParamValue, SpannedMap};
 
-/// A whole recipe.
+/// The sections of a recipe every task shares. A recipe's other top-level
+/// keys are its task's sections (`model:`, `segment:`, ...): the tasks
+/// crate (`dino3d-tasks`) reads them, and rejects unknown keys with the
+/// full list of valid ones; compiled here alone, they are ignored.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RecipeDoc {
     /// The job.
     pub task: Spanned<String>,
@@ -44,27 +46,6 @@ pub struct RecipeDoc {
     /// Batching.
     #[serde(default)]
     pub batch: Option<BatchDoc>,
-    /// The networks and losses (training tasks).
-    #[serde(default)]
-    pub model: Option<super::training::ModelDoc>,
-    /// Optimiser and schedules.
-    #[serde(default)]
-    pub optim: Option<super::training::OptimDoc>,
-    /// Teacher EMA and temperature.
-    #[serde(default)]
-    pub teacher: Option<super::training::TeacherDoc>,
-    /// Outputs, checkpoints and run length.
-    #[serde(default)]
-    pub train: Option<super::training::TrainDoc>,
-    /// `segment:` (task `segment`).
-    #[serde(default)]
-    pub segment: Option<super::segment::SegmentDoc>,
-    /// The frozen linear probe (`task: linear_probe`).
-    #[serde(default)]
-    pub probe: Option<super::probe::ProbeDoc>,
-    /// Feature export (`task: embed`).
-    #[serde(default)]
-    pub embed: Option<super::probe::EmbedDoc>,
 }
 
 /// One entry of `views:`: a family of crops with its own random tail.

@@ -19,7 +19,8 @@ pub struct RecipeError {
 }
 
 impl RecipeError {
-    pub(crate) fn at(file: &Path, loc: &Location, message: impl Into<String>) -> RecipeError {
+    /// A problem at `loc` of `file`.
+    pub fn at(file: &Path, loc: &Location, message: impl Into<String>) -> RecipeError {
         RecipeError {
             file: file.to_path_buf(),
             line: loc.line() as u32,
@@ -77,7 +78,7 @@ pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// " (did you mean `X`?)" or "".
-pub(crate) fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     nearest(name, candidates).map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"))
 }
 

@@ -19,12 +19,15 @@
 //!   (`correct_crop_centers`) and the box is `[c − size / 2, c − size / 2 + size)`:
 //!   always inside the image, always of the full size.
 //!
-//! Every key is cropped with the same boxes. The class scan runs twice over the
-//! label (count, then pick the drawn ranks) and allocates no index lists.
+//! Every key is cropped with the same boxes. The centres come from the one
+//! pos/neg sampler, [`crate::pos_neg`] (two scans over the label, no index
+//! lists).
 
 use std::ops::Range;
 
 use rand::Rng;
+
+use crate::pos_neg::{Class, PosNeg, box_start};
 
 use super::crop_foreground::crop;
 use super::image::Image;
@@ -98,40 +101,18 @@ impl RandCropByPosNegLabel {
     ) -> Vec<([usize; 3], Class)> {
         let dims = [label.shape[1], label.shape[2], label.shape[3]];
         let classes = Classifier::new(label, image, self.image_threshold);
-        let n = label.spatial_len();
-        let (mut n_fg, mut n_bg) = (0usize, 0usize);
-        for s in 0..n {
-            match classes.class(s) {
-                Class::Fg => n_fg += 1,
-                Class::Bg => n_bg += 1,
-                Class::Neither => {}
-            }
-        }
-        if n_fg == 0 && n_bg == 0 {
+        let sampler = PosNeg::monai(self.pos, self.neg);
+        let Some(centres) = sampler.draw(
+            label.spatial_len(),
+            |s| classes.class(s),
+            0..self.num_samples,
+            rng,
+        ) else {
             return vec![(dims.map(|d| d / 2), Class::Neither); self.num_samples];
-        }
-        let ratio = if n_fg == 0 {
-            0.0
-        } else if n_bg == 0 {
-            1.0
-        } else {
-            self.pos / (self.pos + self.neg)
         };
-        // (class, rank within the class) per sample, in draw order.
-        let draws: Vec<(Class, usize)> = (0..self.num_samples)
-            .map(|_| {
-                let (class, count) = if rng.random::<f64>() < ratio {
-                    (Class::Fg, n_fg)
-                } else {
-                    (Class::Bg, n_bg)
-                };
-                (class, rng.random_range(0..count))
-            })
-            .collect();
-        let flat = select_ranks(&classes, n, &draws);
-        flat.into_iter()
-            .zip(&draws)
-            .map(|(s, &(class, _))| {
+        centres
+            .into_iter()
+            .map(|(s, class)| {
                 let voxel = [
                     s % dims[0],
                     (s / dims[0]) % dims[1],
@@ -141,14 +122,6 @@ impl RandCropByPosNegLabel {
             })
             .collect()
     }
-}
-
-/// Which sampling class a voxel belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Fg,
-    Bg,
-    Neither,
 }
 
 /// Classifies voxels by flat spatial index.
@@ -201,45 +174,9 @@ impl<'a> Classifier<'a> {
     }
 }
 
-/// The flat index of the `rank`-th voxel of each drawn class, in one scan.
-fn select_ranks(classes: &Classifier<'_>, n: usize, draws: &[(Class, usize)]) -> Vec<usize> {
-    let mut out = vec![0; draws.len()];
-    // Per class: the draws sorted by rank, and a cursor into them.
-    let mut wanted: [Vec<(usize, usize)>; 2] = [Vec::new(), Vec::new()];
-    for (sample, &(class, rank)) in draws.iter().enumerate() {
-        wanted[usize::from(class == Class::Bg)].push((rank, sample));
-    }
-    for w in &mut wanted {
-        w.sort_unstable();
-    }
-    let mut cursor = [0usize; 2];
-    let mut seen = [0usize; 2];
-    for s in 0..n {
-        if cursor[0] == wanted[0].len() && cursor[1] == wanted[1].len() {
-            break;
-        }
-        let c = match classes.class(s) {
-            Class::Fg => 0,
-            Class::Bg => 1,
-            Class::Neither => continue,
-        };
-        while let Some(&(rank, sample)) = wanted[c].get(cursor[c])
-            && rank == seen[c]
-        {
-            out[sample] = s;
-            cursor[c] += 1;
-        }
-        seen[c] += 1;
-    }
-    out
-}
-
 /// The box of `size` around `centre`, moved inside `dims` (`size <= dims`).
 fn box_around(centre: [usize; 3], size: [usize; 3], dims: [usize; 3]) -> CropBox {
-    let start = [0, 1, 2].map(|a| {
-        let half = size[a] / 2;
-        centre[a].clamp(half, dims[a] - size[a] + half) - half
-    });
+    let start = [0, 1, 2].map(|a| box_start(centre[a], size[a], dims[a]) as usize);
     (start, [0, 1, 2].map(|a| start[a] + size[a]))
 }
 

@@ -1,0 +1,153 @@
+//! `metrics.jsonl`: one JSON object per iteration, appended and flushed as it
+//! happens. On resume the lines of iterations that will be re-run are cut, so
+//! the file always describes one uninterrupted run.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result};
+
+/// One iteration's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// 0-based iteration.
+    pub iteration: usize,
+    /// Total loss.
+    pub loss: f64,
+    /// DINO, student locals vs teacher globals.
+    pub dino_local: f64,
+    /// DINO, student globals vs the other teacher global.
+    pub dino_global: f64,
+    /// KoLeo (weighted).
+    pub koleo: f64,
+    /// iBOT (weighted).
+    pub ibot: f64,
+    /// Learning rate.
+    pub lr: f64,
+    /// Prototype-layer learning rate.
+    pub last_layer_lr: f64,
+    /// Weight decay.
+    pub wd: f64,
+    /// Teacher momentum.
+    pub momentum: f64,
+    /// Teacher temperature.
+    pub teacher_temp: f64,
+    /// Student backbone gradient norm before clipping.
+    pub grad_norm_backbone: f64,
+    /// DINO head gradient norm before clipping.
+    pub grad_norm_dino_head: f64,
+    /// iBOT head gradient norm before clipping.
+    pub grad_norm_ibot_head: f64,
+    /// Masked tokens.
+    pub n_masked: usize,
+    /// Seconds spent waiting for the batch.
+    pub data_wait_s: f64,
+    /// Seconds of model work (forward, backward, update, EMA).
+    pub compute_s: f64,
+    /// Samples per second of this iteration (wait + compute).
+    pub samples_per_s: f64,
+    /// Items skipped while making this batch.
+    pub skipped: usize,
+}
+
+/// The open log.
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens `<out>/metrics.jsonl`, keeping only the records of iterations
+    /// before `resume_at`; returns them too (for the loss curve).
+    pub fn open(out: &Path, resume_at: usize) -> Result<(Self, Vec<Record>)> {
+        let path = out.join("metrics.jsonl");
+        let mut kept = Vec::new();
+        if let Ok(f) = File::open(&path) {
+            for line in BufReader::new(f).lines() {
+                let line = line?;
+                // A torn last line (killed mid-write) is dropped.
+                if let Ok(r) = serde_json::from_str::<Record>(&line)
+                    && r.iteration < resume_at
+                {
+                    kept.push(r);
+                }
+            }
+        }
+        // Rewrite atomically, then append.
+        let tmp = out.join(".metrics.jsonl.tmp");
+        {
+            let mut t =
+                File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            for r in &kept {
+                writeln!(t, "{}", serde_json::to_string(r)?)?;
+            }
+            t.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok((Self { file, path }, kept))
+    }
+
+    /// Appends one record.
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(r)?)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(iteration: usize) -> Record {
+        Record {
+            iteration,
+            loss: iteration as f64,
+            dino_local: 0.0,
+            dino_global: 0.0,
+            koleo: 0.0,
+            ibot: 0.0,
+            lr: 0.0,
+            last_layer_lr: 0.0,
+            wd: 0.0,
+            momentum: 0.0,
+            teacher_temp: 0.0,
+            grad_norm_backbone: 0.0,
+            grad_norm_dino_head: 0.0,
+            grad_norm_ibot_head: 0.0,
+            n_masked: 0,
+            data_wait_s: 0.0,
+            compute_s: 0.0,
+            samples_per_s: 0.0,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn resume_cuts_records_that_will_be_rerun_and_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, old) = MetricsLog::open(dir.path(), 0).unwrap();
+        assert!(old.is_empty());
+        for i in 0..5 {
+            log.write(&rec(i)).unwrap();
+        }
+        drop(log);
+        let path = dir.path().join("metrics.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(f, "{{\"iteration\": 5, \"lo").unwrap();
+        drop(f);
+        let (mut log, kept) = MetricsLog::open(dir.path(), 3).unwrap();
+        assert_eq!(
+            kept.iter().map(|r| r.iteration).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        log.write(&rec(3)).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4);
+    }
+}

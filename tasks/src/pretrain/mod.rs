@@ -1,0 +1,350 @@
+//! `task: pretrain`: 3DINO's training loop (spec §2) over the recipe's
+//! multi-crop pipeline, resumable from its own checkpoints.
+//!
+//! [`config`] reads the recipe's training sections, [`setup`] maps them onto
+//! the model crate, [`checkpoints`] and [`metrics`] keep the run's state;
+//! [`run`] trains.
+
+pub mod checkpoints;
+pub mod config;
+pub mod metrics;
+pub mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dino3d_model::candle_core::{Device, Tensor};
+use dino3d_model::checkpoint::save_tensors;
+use dino3d_model::schedule::Schedules;
+use dino3d_model::ssl::{SslBatch, SslModel};
+use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Tensor5};
+use dino3d_pipeline::recipe::Plan;
+
+use crate::error::{Context, Result, TaskError, bail};
+use crate::progress::Progress;
+use config::PretrainConfig;
+use metrics::{MetricsLog, Record};
+
+/// The output folder of a training recipe (relative to the recipe's folder).
+pub fn output_dir(config: &PretrainConfig, recipe: &Path) -> PathBuf {
+    recipe
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(&config.output_dir)
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every iteration was done before: `done` of `total`.
+    NothingToDo {
+        /// Iterations done.
+        done: usize,
+        /// Iterations of the schedule.
+        total: usize,
+        /// The output folder.
+        out: PathBuf,
+    },
+    /// Iterations `start..end` of `total` ran.
+    Trained {
+        /// First iteration run.
+        start: usize,
+        /// One past the last.
+        end: usize,
+        /// Iterations of the schedule.
+        total: usize,
+        /// The last iteration's loss.
+        last_loss: f64,
+        /// Seconds per iteration, data wait included.
+        seconds_per_iteration: f64,
+        /// Share of the step time spent waiting for data, in percent.
+        data_wait_percent: f64,
+        /// The output folder.
+        out: PathBuf,
+    },
+}
+
+/// Runs (or resumes) the pretraining a recipe describes. `on_checkpoint`
+/// gets the run's records so far each time a resumable checkpoint is written
+/// (the binary redraws its loss curve there).
+///
+/// # Errors
+/// Bad settings, checkpoints of another run, unreadable data or weights, a
+/// model failure.
+pub fn run(
+    plan: &Plan,
+    t: &PretrainConfig,
+    recipe: &Path,
+    device: &Device,
+    progress: &dyn Progress,
+    on_checkpoint: &mut dyn FnMut(&[Record], &Path),
+) -> Result<Outcome> {
+    let device = device.clone();
+    let out = output_dir(t, recipe);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cfg = setup::ssl_config(t, plan)?;
+    let n_global = setup::global_crops_per_sample(plan);
+    let schedules = Schedules::new(&setup::schedule_config(t, plan.batch.size));
+    let total = t.total_iterations();
+    let fingerprint = fingerprint(plan, t, &cfg);
+
+    let mut model = SslModel::new(cfg, &device, plan.seed)?;
+    checkpoints::remove_leftovers(&out);
+    let mut start = 0usize;
+    let mut data_start = (0u64, 0usize, 0u64);
+    match checkpoints::latest(&out, &device)? {
+        Some((meta, state)) => {
+            if meta.fingerprint != fingerprint {
+                bail!(
+                    "{} holds checkpoints of a different model or schedule (fingerprint {} vs {}); use another train.output_dir or remove {}",
+                    out.display(),
+                    meta.fingerprint,
+                    fingerprint,
+                    checkpoints::folder(&out).display()
+                );
+            }
+            model
+                .load_state(state)
+                .context("restoring the checkpoint")?;
+            start = meta.iteration;
+            data_start = (meta.data_epoch, meta.data_position, meta.next_batch);
+            progress.note(&format!(
+                "resuming at iteration {start} from {}",
+                out.display()
+            ));
+        }
+        None => {
+            if let Some(w) = &t.pretrained_weights {
+                let path = recipe.parent().unwrap_or(Path::new("")).join(w);
+                let grid = model.config().backbone.pos_grid;
+                let weights = load_pretrained(&path, &device, grid)?;
+                let loaded = model.load_pretrained(&weights)?;
+                if !loaded.iter().any(|n| n.starts_with("backbone.")) {
+                    bail!(
+                        "{}: no backbone tensor of {} fits this model",
+                        recipe.display(),
+                        path.display()
+                    );
+                }
+                progress.note(&format!(
+                    "loaded {} tensors from {} into student and teacher (position grid {grid}³)",
+                    loaded.len(),
+                    path.display()
+                ));
+            }
+        }
+    }
+    let end = t
+        .max_iterations
+        .map_or(total, |m| start.saturating_add(m).min(total));
+    if t.world_size > 1 {
+        tracing::warn!(
+            "train.world_size {} only scales the learning rate here: this process trains alone on batch {}",
+            t.world_size,
+            plan.batch.size
+        );
+    }
+    if start >= end {
+        return Ok(Outcome::NothingToDo {
+            done: start,
+            total,
+            out,
+        });
+    }
+
+    let (data, note) = open_data(plan, recipe)?;
+    let items = data.source.len();
+    let mut config = LoaderConfig::from_plan(plan);
+    config.start = data_start;
+    let mut loader = Loader::start(data.pipeline, data.source, config).map_err(TaskError::msg)?;
+    let (mut log, mut history) = MetricsLog::open(&out, start)?;
+    progress.note(&format!(
+        "pretraining ViT-{} on {items} items ({note}), batch {}, iterations {start}..{end} of {total}, output {}",
+        t.arch,
+        plan.batch.size,
+        out.display()
+    ));
+    let bar = progress.bar((end - start) as u64, "it");
+    let (mut wait_sum, mut compute_sum) = (0.0f64, 0.0f64);
+    for it in start..end {
+        let t0 = Instant::now();
+        let loaded = loader
+            .next()
+            .context("the data loader stopped")?
+            .map_err(TaskError::msg)?;
+        let data_wait_s = t0.elapsed().as_secs_f64();
+        for s in &loaded.skipped {
+            tracing::warn!("skipped: {s}");
+            bar.note(&format!("skipped: {s}"));
+        }
+        let t1 = Instant::now();
+        let globals = to_tensor(&loaded.batch.global, &device)?;
+        let locals = if loaded.batch.local.data.is_empty() {
+            None
+        } else {
+            Some(to_tensor(&loaded.batch.local, &device)?)
+        };
+        let batch = SslBatch {
+            globals: &globals,
+            locals: locals.as_ref(),
+            n_global_crops: n_global,
+            masks: &loaded.batch.masks.mask,
+        };
+        let values = schedules.at(it);
+        let report = model
+            .step(&batch, values, Some(drop_path_seed(plan.seed, it)))
+            .with_context(|| format!("iteration {it}"))?;
+        let compute_s = t1.elapsed().as_secs_f64();
+        wait_sum += data_wait_s;
+        compute_sum += compute_s;
+        let samples = loaded.batch.items.len();
+        let record = Record {
+            iteration: it,
+            loss: report.losses.total,
+            dino_local: report.losses.dino_local,
+            dino_global: report.losses.dino_global,
+            koleo: report.losses.koleo,
+            ibot: report.losses.ibot,
+            lr: values.lr,
+            last_layer_lr: values.last_layer_lr,
+            wd: values.wd,
+            momentum: values.momentum,
+            teacher_temp: values.teacher_temp,
+            grad_norm_backbone: report.grad_norms[0],
+            grad_norm_dino_head: report.grad_norms[1],
+            grad_norm_ibot_head: report.grad_norms[2],
+            n_masked: report.n_masked,
+            data_wait_s,
+            compute_s,
+            samples_per_s: samples as f64 / (data_wait_s + compute_s),
+            skipped: loaded.skipped.len(),
+        };
+        log.write(&record)?;
+        history.push(record);
+        let done = it + 1;
+        if done % t.eval_period_iterations == 0 || done == total {
+            save_teacher(&model, &out, it)?;
+        }
+        if done % t.checkpoint_period == 0 || done == end {
+            let meta = checkpoints::Meta {
+                iteration: done,
+                data_epoch: loaded.next_position.0,
+                data_position: loaded.next_position.1,
+                next_batch: loaded.index + 1,
+                fingerprint: fingerprint.clone(),
+            };
+            checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints)?;
+            on_checkpoint(&history, &out);
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "loss {:.3}, {:.2} samples/s, data wait {:.0}%",
+            report.losses.total,
+            samples as f64 / (data_wait_s + compute_s),
+            100.0 * wait_sum / (wait_sum + compute_sum)
+        ));
+    }
+    drop(bar);
+    let n = (end - start) as f64;
+    Ok(Outcome::Trained {
+        start,
+        end,
+        total,
+        last_loss: history.last().map_or(f64::NAN, |r| r.loss),
+        seconds_per_iteration: (wait_sum + compute_sum) / n,
+        data_wait_percent: 100.0 * wait_sum / (wait_sum + compute_sum),
+        out,
+    })
+}
+
+/// What a resumed run must share with the one that wrote the checkpoint:
+/// model, schedules, seed, data, the cached prefix (its canonical hash), the
+/// views and the batching (not threads, prefetch or run length).
+fn fingerprint(plan: &Plan, t: &PretrainConfig, cfg: &dino3d_model::ssl::SslConfig) -> String {
+    let views: Vec<String> = plan
+        .views
+        .iter()
+        .map(|v| format!("{}:{:?}:{}:{}", v.name, v.role, v.count, v.steps.len()))
+        .collect();
+    let b = &plan.batch;
+    let text = format!(
+        "{:?}|{:?}|{}|{:?}|{}|{views:?}|{}|{}|{:?}|{}",
+        cfg,
+        setup::schedule_config(t, plan.batch.size),
+        plan.seed,
+        plan.manifest,
+        plan.prefix_hash,
+        b.size,
+        b.mask_sample_probability,
+        b.mask_ratio,
+        b.patch_size
+    );
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// 3DINO's teacher checkpoint: `eval/training_<it>/teacher_checkpoint.safetensors`
+/// with the teacher's `backbone.*`, `dino_head.*`, `ibot_head.*`.
+fn save_teacher(model: &SslModel, out: &Path, it: usize) -> Result<PathBuf> {
+    let dir = out.join("eval").join(format!("training_{it}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("teacher_checkpoint.safetensors");
+    let tensors = model
+        .teacher_vars()
+        .data()
+        .lock()
+        .expect("VarMap lock")
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
+        .collect::<Result<_>>()?;
+    save_tensors(&tensors, &path)?;
+    Ok(path)
+}
+
+/// Weights to start from: ours (safetensors) or a 3DINO `.pth`.
+fn load_pretrained(
+    path: &Path,
+    device: &Device,
+    pos_grid: usize,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let w = dino3d_model::checkpoint::read_weights(path, device)
+        .with_context(|| format!("reading pretrained weights {}", path.display()))?;
+    let mut map = w.to_prefixed();
+    // Stage 2 trains at a larger crop: resize the position grid on load
+    // (6³ → 7³ with the +0.1 rule, spec §2.7).
+    if let Some(pos) = map.get("backbone.pos_embed").cloned()
+        && pos.dim(1)? != 1 + pos_grid.pow(3)
+    {
+        let resized = dino3d_model::pos_embed::resize_checkpoint(&pos, pos_grid)?;
+        map.insert("backbone.pos_embed".into(), resized);
+    }
+    Ok(map)
+}
+
+/// The drop-path seed of an iteration: a function of the run's seed and the
+/// iteration, so a resumed run draws the same masks as an uninterrupted one.
+fn drop_path_seed(seed: u64, it: usize) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&[seed.to_le_bytes(), (it as u64).to_le_bytes()].concat())
+}
+
+fn to_tensor(t: &Tensor5, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&t.data, t.shape.to_vec(), device)?)
+}
+
+/// The recipe's data: its on-disk cache if it names one (serving uncached
+/// items if the folder cannot be written), else prepared samples kept in
+/// memory.
+fn open_data(plan: &Plan, recipe: &Path) -> Result<(Dataset, &'static str)> {
+    let keep = Keep {
+        disk: true,
+        allow_uncached: true,
+        memory: true,
+    };
+    let data = Dataset::open(plan, recipe, keep)?;
+    crate::data::log_items(&data.items);
+    let note = if data.cache.is_some() {
+        "on-disk cache"
+    } else {
+        "prepared in memory"
+    };
+    Ok((data, note))
+}
