@@ -263,7 +263,8 @@ fn verify(dir: &Path, remove: bool) -> anyhow::Result<ExitCode> {
 
 fn gc(recipe: &Path, overrides: &Overrides, dry_run: bool) -> anyhow::Result<ExitCode> {
     let (plan, _) = load_recipe(recipe, overrides)?;
-    let source = cache_of(&plan, recipe, false)?;
+    // gc writes no entries: an unwritable folder is reported when it deletes.
+    let source = cache_of(&plan, recipe, true)?;
     let dir = source.dir();
     let live: std::collections::HashSet<PathBuf> = (0..source.items().len())
         .filter_map(|i| source.key(i).ok())

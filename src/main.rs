@@ -48,6 +48,10 @@ struct Cli {
     /// `--features candle-cuda`; task pretrain uses it, the others run on CPU).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
     device: String,
+    /// Pretrain on uncached samples when the recipe's cache folder cannot be
+    /// written (read-only, full); without it that is an error at start.
+    #[arg(long)]
+    allow_uncached: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -98,8 +102,9 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Probe(args)), _) => probe_cmd::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
         (Some(Command::AtlasCrops(args)), _) => atlas_crops_cmd::run(&args),
-        (None, Some(recipe)) => device::parse(&cli.device)
-            .and_then(|device| run_cmd::run_recipe(&recipe, &cli.overrides, &device)),
+        (None, Some(recipe)) => device::parse(&cli.device).and_then(|device| {
+            run_cmd::run_recipe(&recipe, &cli.overrides, &device, cli.allow_uncached)
+        }),
         (None, None) => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

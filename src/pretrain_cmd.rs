@@ -17,13 +17,22 @@ pub(crate) fn run(
     config: &PretrainConfig,
     recipe: &Path,
     device: &Device,
+    options: &pretrain::Options,
 ) -> anyhow::Result<ExitCode> {
     let mut redraw = |history: &[pretrain::metrics::Record], out: &Path| {
         if let Err(e) = crate::plot::loss::loss_curve(history, &out.join("loss.png")) {
             tracing::warn!("loss curve: {e:#}");
         }
     };
-    match pretrain::run(plan, config, recipe, device, &Terminal, &mut redraw)? {
+    match pretrain::run(
+        plan,
+        config,
+        recipe,
+        device,
+        options,
+        &Terminal,
+        &mut redraw,
+    )? {
         Outcome::NothingToDo { done, total, out } => println!(
             "nothing to do: {done} of {total} iterations done ({})",
             out.display()

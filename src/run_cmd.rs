@@ -14,6 +14,7 @@ pub(crate) fn run_recipe(
     recipe: &Path,
     overrides: &Overrides,
     device: &dino3d_model::candle_core::Device,
+    allow_uncached: bool,
 ) -> anyhow::Result<ExitCode> {
     let (plan, task) = load_recipe(recipe, overrides)?;
     if !matches!(task, Task::Pretrain(_)) {
@@ -21,7 +22,10 @@ pub(crate) fn run_recipe(
     }
     match &task {
         Task::Prepare => prepare(&plan, recipe),
-        Task::Pretrain(config) => crate::pretrain_cmd::run(&plan, config, recipe, device),
+        Task::Pretrain(config) => {
+            let options = dino3d_tasks::pretrain::Options { allow_uncached };
+            crate::pretrain_cmd::run(&plan, config, recipe, device, &options)
+        }
         Task::Segment(config) => crate::segment_cmd::run(&plan, config, recipe),
         Task::LinearProbe(config) => crate::linear_probe_cmd::run(&plan, config, recipe),
         Task::Embed(config) => crate::embed_table::run_recipe(&plan, config, recipe),

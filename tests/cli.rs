@@ -1036,3 +1036,73 @@ fn cache_commands_refuse_missing_folders() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Defect 4 of the reliability issue: a cache folder that cannot be written
+/// stops pretraining and `pipeline run` at start with a clear error; with
+/// `--allow-uncached` pretraining goes on, saying so in its banner and in
+/// metrics.jsonl.
+#[test]
+fn an_unwritable_cache_stops_at_start_or_is_said_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(dir.path(), "demo.yaml");
+    let cache = dir.path().join("cache");
+    // A folder where the write probe goes: unwritable even for root.
+    std::fs::create_dir_all(cache.join(".write-check")).unwrap();
+    let set_cache = format!("cache.dir={}", cache.display());
+    let out = small_demo(&recipe)
+        .args(["--set", &set_cache])
+        .args(["--set", "train.max_iterations=1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot be written") && err.contains("--allow-uncached"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/metrics.jsonl").exists());
+    let run = dino_run()
+        .args(["pipeline", "run"])
+        .arg(&recipe)
+        .args(["--set", &set_cache, "--batches", "1"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("cannot be written"));
+    let ok = run_ok(
+        small_demo(&recipe)
+            .args(["--set", &set_cache])
+            .args(["--set", "train.max_iterations=1"])
+            .arg("--allow-uncached"),
+    );
+    assert!(ok.contains("NOT WRITABLE"), "{ok}");
+    let records = losses(&dir.path().join("out"));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["cache_unwritable"], true);
+    assert!(
+        records[0]["threedino_total_loss"]
+            .as_f64()
+            .unwrap()
+            .is_finite()
+    );
+}
+
+/// Defects 11 and 12: `train.max_iterations` is where the run stops in all
+/// (a resumed run does not add it again), and resuming never rewrites the
+/// lines of iterations already done.
+#[test]
+fn max_iterations_is_a_total_and_resume_keeps_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(dir.path(), "demo.yaml");
+    let first = run_ok(small_demo(&recipe).args(["--set", "train.max_iterations=2"]));
+    assert!(first.contains("iterations 0..2 of 8"), "{first}");
+    let metrics = dir.path().join("out/metrics.jsonl");
+    let before = std::fs::read_to_string(&metrics).unwrap();
+    let again = run_ok(small_demo(&recipe).args(["--set", "train.max_iterations=2"]));
+    assert!(again.contains("nothing to do: 2 of 8"), "{again}");
+    let more = run_ok(small_demo(&recipe).args(["--set", "train.max_iterations=4"]));
+    assert!(more.contains("iterations 2..4 of 8"), "{more}");
+    let after = std::fs::read_to_string(&metrics).unwrap();
+    assert!(after.starts_with(&before), "earlier lines rewritten");
+    assert_eq!(after.lines().count(), 4);
+}

@@ -152,6 +152,26 @@ impl CacheDir {
         CacheDir::new(root)
     }
 
+    /// Checks that new entries can be written here (creates, syncs and
+    /// removes a small probe file): a read-only folder or a full disk is
+    /// found before a run starts, not as one failed write per sample.
+    ///
+    /// # Errors
+    /// The system's refusal, with the probe's path.
+    pub fn check_writable(&self) -> Result<()> {
+        // One fixed name: concurrent probes only overwrite each other's
+        // bytes, and nothing is left behind to collect.
+        let probe = self.root.join(".write-check");
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        result.map_err(|e| CacheError::io(&probe, e))
+    }
+
     /// The same folder with another chunk shape for new entries.
     pub fn with_chunk(mut self, chunk: [usize; 3]) -> CacheDir {
         self.layout.chunk = chunk;

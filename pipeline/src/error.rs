@@ -98,6 +98,14 @@ pub enum Error {
     /// Samples could not be collated into a batch.
     #[error("collating a batch: {0}")]
     Collate(#[from] crate::exec::collate::CollateError),
+    /// The recipe's cache folder cannot be written (read-only, full).
+    #[error("the cache folder {} cannot be written ({source}); fix its permissions or free space, or pass --allow-uncached to serve samples without caching them", dir.display())]
+    CacheUnwritable {
+        /// The cache folder.
+        dir: PathBuf,
+        /// What the system said.
+        source: Box<dino3d_cache::CacheError>,
+    },
     /// A manifest or datalist could not be read or written.
     #[error("manifest {}: {reason}", path.display())]
     Manifest {

@@ -130,7 +130,7 @@ pub struct Keep {
     /// In the recipe's on-disk cache, when it names one (`cache.dir`).
     pub disk: bool,
     /// With `disk`: serve samples uncached when the folder cannot be
-    /// written, instead of failing.
+    /// written, instead of failing at open ([`Dataset::unwritable`] says so).
     pub allow_uncached: bool,
     /// Otherwise in memory, prepared once per item (MONAI's
     /// `CacheDataset`); neither: every use reads and prepares the item again.
@@ -147,6 +147,10 @@ pub struct Dataset {
     pub source: Arc<dyn PreparedSource>,
     /// The on-disk cache behind `source`, if that is where samples are kept.
     pub cache: Option<Arc<CacheSource>>,
+    /// Why the cache folder cannot be written, when `allow_uncached` let the
+    /// data open anyway (samples are then served uncached): for the banner
+    /// and the logs.
+    pub unwritable: Option<String>,
 }
 
 impl Dataset {
@@ -163,6 +167,19 @@ impl Dataset {
         } else {
             None
         };
+        let mut unwritable = None;
+        if let Some(dir) = &dir
+            && let Err(e) = dir.check_writable()
+        {
+            let err = Error::CacheUnwritable {
+                dir: dir.root().to_path_buf(),
+                source: Box::new(e),
+            };
+            if !keep.allow_uncached {
+                return Err(err);
+            }
+            unwritable = Some(err.to_string());
+        }
         let entries = items.entries.clone();
         let (source, cache): (Arc<dyn PreparedSource>, _) = match dir {
             Some(dir) => {
@@ -189,6 +206,7 @@ impl Dataset {
             pipeline,
             source,
             cache,
+            unwritable,
         })
     }
 }

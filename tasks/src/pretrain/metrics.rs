@@ -51,6 +51,60 @@ pub struct Record {
     pub samples_per_s: f64,
     /// Items skipped while making this batch.
     pub skipped: usize,
+    /// The losses as 3DINO's own logs show them (see [`ThreeDinoLosses`]),
+    /// to overlay a 3DINO run's curves.
+    #[serde(flatten)]
+    pub threedino: ThreeDinoLosses,
+    /// The cache folder could not be written: samples were served
+    /// uncached (`--allow-uncached`).
+    #[serde(default)]
+    pub cache_unwritable: bool,
+}
+
+/// 3DINO's (DINOv2's) logged losses, which follow another convention than
+/// the fields above: the DINO terms unweighted, KoLeo and iBOT at half of
+/// what enters the loss (iBOT also unweighted), and `total_loss` the sum of
+/// these four, not the loss that is backpropagated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThreeDinoLosses {
+    /// 3DINO's `dino_local_crops_loss`.
+    #[serde(default, rename = "threedino_dino_local_crops_loss")]
+    pub dino_local_crops_loss: f64,
+    /// 3DINO's `dino_global_crops_loss`.
+    #[serde(default, rename = "threedino_dino_global_crops_loss")]
+    pub dino_global_crops_loss: f64,
+    /// 3DINO's `koleo_loss`.
+    #[serde(default, rename = "threedino_koleo_loss")]
+    pub koleo_loss: f64,
+    /// 3DINO's `ibot_loss`.
+    #[serde(default, rename = "threedino_ibot_loss")]
+    pub ibot_loss: f64,
+    /// 3DINO's `total_loss`.
+    #[serde(default, rename = "threedino_total_loss")]
+    pub total_loss: f64,
+}
+
+impl ThreeDinoLosses {
+    /// From dino3d's terms (`dino_local`, `dino_global`, `koleo`, `ibot`, each
+    /// weighted as it enters the loss) and the DINO and iBOT weights.
+    pub fn new(terms: [f64; 4], dino_weight: f64, ibot_weight: f64) -> ThreeDinoLosses {
+        let unweighted = |v: f64, w: f64| if w == 0.0 { 0.0 } else { v / w };
+        let [dino_local, dino_global, koleo, ibot] = terms;
+        let t = ThreeDinoLosses {
+            dino_local_crops_loss: unweighted(dino_local, dino_weight),
+            dino_global_crops_loss: unweighted(dino_global, dino_weight),
+            koleo_loss: koleo / 2.0,
+            ibot_loss: unweighted(ibot, ibot_weight) / 2.0,
+            total_loss: 0.0,
+        };
+        ThreeDinoLosses {
+            total_loss: t.dino_local_crops_loss
+                + t.dino_global_crops_loss
+                + t.koleo_loss
+                + t.ibot_loss,
+            ..t
+        }
+    }
 }
 
 /// The open log.
@@ -65,6 +119,9 @@ impl MetricsLog {
     pub fn open(out: &Path, resume_at: usize) -> Result<(Self, Vec<Record>)> {
         let path = out.join("metrics.jsonl");
         let mut kept = Vec::new();
+        // The lines of completed iterations, kept byte for byte: history
+        // is never re-serialised (that once moved values by an ulp).
+        let mut lines = Vec::new();
         if let Ok(f) = File::open(&path) {
             for line in BufReader::new(f).lines() {
                 let line = line?;
@@ -73,6 +130,7 @@ impl MetricsLog {
                     && r.iteration < resume_at
                 {
                     kept.push(r);
+                    lines.push(line);
                 }
             }
         }
@@ -81,8 +139,8 @@ impl MetricsLog {
         {
             let mut t =
                 File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            for r in &kept {
-                writeln!(t, "{}", serde_json::to_string(r)?)?;
+            for line in &lines {
+                writeln!(t, "{line}")?;
             }
             t.sync_all()?;
         }
@@ -125,7 +183,56 @@ mod tests {
             compute_s: 0.0,
             samples_per_s: 0.0,
             skipped: 0,
+            threedino: ThreeDinoLosses::default(),
+            cache_unwritable: false,
         }
+    }
+
+    /// 3DINO's convention on a hand-computed case: weights 1 (DINO) and 2
+    /// (iBOT); KoLeo and iBOT halved, iBOT unweighted, total the sum.
+    #[test]
+    fn threedino_losses_follow_its_logging_convention() {
+        let t = ThreeDinoLosses::new([3.0, 5.0, 0.25, 4.0], 1.0, 2.0);
+        assert_eq!(
+            t,
+            ThreeDinoLosses {
+                dino_local_crops_loss: 3.0,
+                dino_global_crops_loss: 5.0,
+                koleo_loss: 0.125,
+                ibot_loss: 1.0,
+                total_loss: 9.125,
+            }
+        );
+        let json = serde_json::to_string(&Record {
+            threedino: t,
+            ..rec(0)
+        })
+        .unwrap();
+        assert!(json.contains("\"threedino_total_loss\":9.125"), "{json}");
+    }
+
+    /// Lines of completed iterations come back byte for byte on resume,
+    /// whatever their number formatting.
+    #[test]
+    fn resume_keeps_earlier_lines_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let mut text = serde_json::to_string(&rec(i)).unwrap();
+            // A number as another writer might print it (not serde's shortest form).
+            text = text.replacen(
+                "\"lr\":0.0",
+                "\"lr\":0.1000000000000000055511151231257827",
+                1,
+            );
+            lines.push(text);
+        }
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (_log, kept) = MetricsLog::open(dir.path(), 2).unwrap();
+        assert_eq!(kept.len(), 2);
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, lines[..2].join("\n") + "\n");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use dino3d_pipeline::recipe::Plan;
 use crate::error::{Context, Result, TaskError, bail};
 use crate::progress::Progress;
 use config::PretrainConfig;
-use metrics::{MetricsLog, Record};
+use metrics::{MetricsLog, Record, ThreeDinoLosses};
 
 /// The output folder of a training recipe (relative to the recipe's folder).
 pub fn output_dir(config: &PretrainConfig, recipe: &Path) -> PathBuf {
@@ -64,6 +64,15 @@ pub enum Outcome {
     },
 }
 
+/// How a run treats its environment (not part of the recipe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Train on uncached samples when the cache folder cannot be written
+    /// (said in the banner and in `metrics.jsonl`); otherwise that is an
+    /// error at start.
+    pub allow_uncached: bool,
+}
+
 /// Runs (or resumes) the pretraining a recipe describes. `on_checkpoint`
 /// gets the run's records so far each time a resumable checkpoint is written
 /// (the binary redraws its loss curve there).
@@ -76,6 +85,7 @@ pub fn run(
     t: &PretrainConfig,
     recipe: &Path,
     device: &Device,
+    options: &Options,
     progress: &dyn Progress,
     on_checkpoint: &mut dyn FnMut(&[Record], &Path),
 ) -> Result<Outcome> {
@@ -134,9 +144,9 @@ pub fn run(
             }
         }
     }
-    let end = t
-        .max_iterations
-        .map_or(total, |m| start.saturating_add(m).min(total));
+    // `train.max_iterations` is where the run stops in all, as in 3DINO,
+    // whatever was done before a resume.
+    let end = t.max_iterations.map_or(total, |m| m.min(total));
     if t.world_size > 1 {
         tracing::warn!(
             "train.world_size {} only scales the learning rate here: this process trains alone on batch {}",
@@ -152,7 +162,11 @@ pub fn run(
         });
     }
 
-    let (data, note) = open_data(plan, recipe)?;
+    let (data, note) = open_data(plan, recipe, options.allow_uncached)?;
+    if let Some(why) = &data.unwritable {
+        progress.note(&format!("warning: {why}"));
+    }
+    let cache_unwritable = data.unwritable.is_some();
     let items = data.source.len();
     let mut config = LoaderConfig::from_plan(plan);
     config.start = data_start;
@@ -218,6 +232,17 @@ pub fn run(
             compute_s,
             samples_per_s: samples as f64 / (data_wait_s + compute_s),
             skipped: loaded.skipped.len(),
+            threedino: ThreeDinoLosses::new(
+                [
+                    report.losses.dino_local,
+                    report.losses.dino_global,
+                    report.losses.koleo,
+                    report.losses.ibot,
+                ],
+                t.dino_loss_weight,
+                t.ibot_loss_weight,
+            ),
+            cache_unwritable,
         };
         log.write(&record)?;
         history.push(record);
@@ -330,21 +355,22 @@ fn to_tensor(t: &Tensor5, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(&t.data, t.shape.to_vec(), device)?)
 }
 
-/// The recipe's data: its on-disk cache if it names one (serving uncached
-/// items if the folder cannot be written), else prepared samples kept in
-/// memory.
-fn open_data(plan: &Plan, recipe: &Path) -> Result<(Dataset, &'static str)> {
+/// The recipe's data: its on-disk cache if it names one (with
+/// `allow_uncached`, samples are served uncached when the folder cannot be
+/// written; otherwise that is an error before training starts), else
+/// prepared samples kept in memory.
+fn open_data(plan: &Plan, recipe: &Path, allow_uncached: bool) -> Result<(Dataset, String)> {
     let keep = Keep {
         disk: true,
-        allow_uncached: true,
+        allow_uncached,
         memory: true,
     };
     let data = Dataset::open(plan, recipe, keep)?;
     crate::data::log_items(&data.items);
-    let note = if data.cache.is_some() {
-        "on-disk cache"
-    } else {
-        "prepared in memory"
+    let note = match (&data.cache, &data.unwritable) {
+        (Some(_), Some(_)) => "on-disk cache NOT WRITABLE: samples served uncached".to_string(),
+        (Some(_), None) => "on-disk cache".to_string(),
+        (None, _) => "prepared in memory".to_string(),
     };
     Ok((data, note))
 }
