@@ -121,12 +121,14 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     };
     bar.finish_and_clear();
     let mut result = result;
+    let unlistable_count = unlistable.len();
     // Entries that could not even be listed are rejects too, reported first.
     result.rejects.splice(0..0, unlistable);
     let secs = started.elapsed().as_secs_f64();
+    // Every entry found is kept, rejected or dropped: the counts add up.
+    let found = files.len() + unlistable_count;
     eprintln!(
-        "scanned {} files in {:.2} s ({:.0} files/s): {} kept, {} rejected, {} dropped by --min-axis",
-        files.len(),
+        "scanned {found} entries in {:.2} s ({:.0} files/s): {} kept, {} rejected, {} dropped by --min-axis",
         secs,
         files.len() as f64 / secs.max(1e-9),
         result.records.len(),
@@ -154,7 +156,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let rejects_path = args
         .rejects
         .clone()
-        .unwrap_or_else(|| suffixed(&args.output, ".rejects.json"));
+        .unwrap_or_else(|| args.output.with_extension("rejects.json"));
     write_atomic(
         &rejects_path,
         serde_json::to_string_pretty(&result.rejects)?.as_bytes(),
@@ -184,12 +186,6 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
         result.too_small
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 fn stats(file: &Path) -> anyhow::Result<ExitCode> {

@@ -107,7 +107,7 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
         for s in &loaded.skipped {
             tracing::warn!("skipped: {s}");
         }
-        skipped += loaded.skipped.len();
+        skipped += loaded.skipped.len() + loaded.skipped_again;
         samples += loaded.batch.items.len();
         if loaded.index == 0
             && let Some(dir) = &args.save_batch

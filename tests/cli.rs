@@ -63,10 +63,9 @@ fn manifest_build_writes_the_3dino_list_and_reports_rejects() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     // 20 files: the 3 header-only pairs and the CIFTI file are rejected, 16 kept.
     assert_eq!(list.len(), 16, "{list:#?}");
-    let rejects: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("m.json.rejects.json")).unwrap(),
-    )
-    .unwrap();
+    let rejects: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.rejects.json")).unwrap())
+            .unwrap();
     assert_eq!(rejects.len(), 4, "{rejects:#?}");
     assert!(
         rejects
@@ -1003,6 +1002,22 @@ fn a_closed_pipe_ends_quietly() {
     assert!(status.success(), "head's status");
     let stderr = std::fs::read_to_string(&err).unwrap();
     assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
+
+/// Defect 14: an error quoting its cause (as I/O errors do) says it once.
+#[test]
+fn os_errors_are_said_once() {
+    let out = dino_run()
+        .args(["inspect", "/nonexistent/dino3d/scan.nii.gz"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("/nonexistent/dino3d/scan.nii.gz"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
 }
 
 /// Defect 9: cache commands on a folder that does not exist, or on a file,

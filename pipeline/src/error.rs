@@ -89,6 +89,11 @@ pub enum Error {
     /// items than ranks).
     #[error("the manifest has no items for this rank")]
     NoItems,
+    /// Every item failed earlier in this run (each was reported then).
+    #[error(
+        "every item of the manifest failed earlier in this run (each was reported when it first failed)"
+    )]
+    EveryItemFailedBefore,
     /// Every item of the manifest failed, so no batch can be made.
     #[error("every item failed; last error: {last}")]
     EveryItemFailed {

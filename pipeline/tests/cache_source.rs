@@ -154,7 +154,11 @@ fn with_views(recipe: &str) -> String {
     let views = views[..views.find("\nbatch:").unwrap_or(views.len())]
         .replace("size: 96", "size: 12")
         .replace("size: 48", "size: 6");
-    format!("{recipe}{}\n", views.trim_start_matches('\n'))
+    // Crop sides must be multiples of the patch size: 6 divides both.
+    format!(
+        "{recipe}{}\nbatch:\n  size: 2\n  patch_size: 6\n",
+        views.trim_start_matches('\n')
+    )
 }
 
 /// The views the loader gets from the cache (cut plane by plane as an entry

@@ -28,7 +28,7 @@ fn small_recipe(manifest: &Path, extra_prefix_step: bool) -> String {
         .replace("size: 128", "size: 2")
         .replace("size: 96", "size: 24")
         .replace("size: 48", "size: 12")
-        .replace("patch_size: 16", "patch_size: 8")
+        .replace("patch_size: 16", "patch_size: 4")
         .replace("../out/volumes.json", &manifest.display().to_string());
     if extra_prefix_step {
         // EnsureChannelFirst is a no-op that defeats the fused 3DINO prefix.
@@ -159,12 +159,12 @@ fn batches_are_identical_for_any_thread_count_and_skip_bad_items() {
     assert_eq!(b.global.shape, [6, 1, 24, 24, 24]);
     assert_eq!(b.local.shape, [24, 1, 12, 12, 12]);
     assert_eq!(b.items.len(), 3);
-    // Masks: 6 global crops x 27 tokens (24 / 8 = 3 per axis), 3 masked.
-    assert_eq!((b.masks.images, b.masks.tokens), (6, 27));
+    // Masks: 6 global crops x 216 tokens (24 / 4 = 6 per axis), 3 masked.
+    assert_eq!((b.masks.images, b.masks.tokens), (6, 216));
     let masked_rows = b
         .masks
         .mask
-        .chunks(27)
+        .chunks(216)
         .filter(|r| r.iter().any(|&m| m))
         .count();
     assert_eq!(masked_rows, 3);
@@ -189,6 +189,22 @@ fn batches_are_identical_for_any_thread_count_and_skip_bad_items() {
     );
     // Different batches, different crops.
     assert_ne!(one[0].batch.global, one[1].batch.global);
+}
+
+/// A bad file is read and reported once per run, then passed over without
+/// reading it again; the batches are those of a loader that retried it.
+#[test]
+fn a_bad_item_is_reported_once_not_every_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 3, true);
+    let text = small_recipe(&manifest, false);
+    // 4 items (one broken), batches of 2: 8 batches are about 5 epochs.
+    let all = batches(&text, &manifest, &entries, 2, 8);
+    let reported: usize = all.iter().map(|b| b.skipped.len()).sum();
+    let again: usize = all.iter().map(|b| b.skipped_again).sum();
+    assert_eq!(reported, 1, "reported once");
+    assert!(again >= 3, "passed over in later epochs: {again}");
+    assert!(all.iter().all(|b| !b.batch.items.contains(&3)));
 }
 
 #[test]

@@ -281,6 +281,21 @@ fn bad_input_gives_clear_errors_naming_the_file() {
         b.extend(vec![0u8; extra]);
         b
     };
+    // A .nii whose magic was damaged is not "a pair missing its .img".
+    for (name, compress) in [("badmagic.nii", false), ("badmagic.nii.gz", true)] {
+        let mut bytes = with(&h, 2000);
+        bytes[344..348].copy_from_slice(b"xyz\0");
+        if compress {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&bytes).unwrap();
+            bytes = e.finish().unwrap();
+        }
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        expect_format_error(&p, "not a NIfTI-1 file: bytes 344..348 are \"xyz\\x00\"");
+    }
+
     // Data shorter than the dims say.
     let p = d.join("short.nii");
     std::fs::write(&p, with(&h, 1999)).unwrap();

@@ -123,6 +123,35 @@ fn errors_name_file_line_column_and_the_nearest_name() {
     assert_eq!(positions, sorted);
 }
 
+/// Parser errors are said for the recipe's author: the key of a bad value,
+/// a repeated key, a document nested beyond reason.
+#[test]
+fn parser_errors_name_the_key_and_speak_plainly() {
+    let e = errors(&GOOD.replace("seed: 3", "seed: -3")).to_string();
+    assert!(e.starts_with("r.yaml:2:7: `seed`: invalid"), "{e}");
+    let e = errors(&GOOD.replace("seed: 3", "seed: 3\nseed: 4")).to_string();
+    assert!(e.contains("`seed` appears twice here"), "{e}");
+    assert!(!e.contains("DuplicateKeyPolicy"), "{e}");
+    let e = errors(&GOOD.replace("data:\n  manifest: volumes.json", "data:\n  manifest: [1]"))
+        .to_string();
+    assert!(e.starts_with("r.yaml:4:13: `manifest`: expected"), "{e}");
+    // Nesting: the scanner's limit inside a flow list, the parser's budget
+    // in block style.
+    let deep = GOOD.replace(
+        "    keys: [image, label]",
+        &format!("    keys: {}{}", "[".repeat(5000), "]".repeat(5000)),
+    );
+    let e = errors(&deep).to_string();
+    assert!(e.contains("too deeply nested for a recipe"), "{e}");
+    let mut block = String::from("    keys:\n");
+    for depth in 0..100 {
+        block.push_str(&format!("{}- \n", "  ".repeat(depth + 3)));
+    }
+    let e = errors(&GOOD.replace("    keys: [image, label]\n", &block)).to_string();
+    assert!(e.contains("too large or too deeply nested"), "{e}");
+    assert!(!e.contains("budget breached"), "{e}");
+}
+
 #[test]
 fn cache_codec_and_chunk_are_read_and_checked() {
     let with = |extra: &str| GOOD.replace("  dir: cache/\n", &format!("  dir: cache/\n{extra}"));
@@ -271,6 +300,53 @@ fn view_and_nesting_errors_point_at_their_lines() {
     assert!(e.contains("LoadImage belongs in `pipeline`"), "{e}");
     let e = errors(&VIEWS.replace("role: global", "role: local")).to_string();
     assert!(e.contains("views need at least one `global` view"), "{e}");
+}
+
+/// What the batch would reject is caught when the recipe compiles: crop
+/// sides that are not multiples of the patch size, and views of one role
+/// with different crop sizes (they are stacked into one tensor).
+#[test]
+fn view_crop_sizes_are_checked_against_the_patch_and_each_other() {
+    let plan = compile_str(VIEWS, Path::new("v.yaml")).unwrap();
+    assert_eq!(plan.views[0].crop_size, Some([96; 3]));
+    assert_eq!(plan.views[1].crop_size, Some([48; 3]));
+    let e = errors(&VIEWS.replace("size: 48", "size: 50")).to_string();
+    assert!(
+        e.contains("r.yaml:31:15: view `local` makes 50x50x50 crops: each side must be a multiple of the patch size 16"),
+        "{e}"
+    );
+    // On a 10-voxel patch grid, 96 is not a multiple either.
+    let e = errors(&VIEWS.replace("size: 4\n", "size: 4\n  patch_size: 10\n")).to_string();
+    assert!(e.contains("view `global` makes 96x96x96 crops"), "{e}");
+    // A second global view of another size.
+    let two = VIEWS.replace(
+        "  - name: local\n",
+        "  - name: other\n    role: global\n    pipeline:\n      - name: RandomResizedCrop3d\n        size: 112\n        in_slice_scale: [0.48, 1.0]\n        cross_slice_scale: [0.5, 1.0]\n  - name: local\n",
+    );
+    let e = errors(&two).to_string();
+    assert!(
+        e.contains(
+            "r.yaml:30:15: view `other` makes 112x112x112 crops but view `global` makes 96x96x96"
+        ),
+        "{e}"
+    );
+    // A size set later by a Resize counts; a choice between sizes is
+    // unknown and left to the run.
+    let resized = VIEWS.replace(
+        "        cross_slice_scale: [0.2, 0.5]\n",
+        "        cross_slice_scale: [0.2, 0.5]\n      - name: Resize\n        spatial_size: [40, 40, 40]\n",
+    );
+    let e = errors(&resized).to_string();
+    assert!(
+        e.contains("r.yaml:35:23: view `local` makes 40x40x40 crops"),
+        "{e}"
+    );
+    let chosen = VIEWS.replace(
+        "        cross_slice_scale: [0.2, 0.5]\n",
+        "        cross_slice_scale: [0.2, 0.5]\n      - name: OneOf\n        transforms:\n          - name: Resize\n            spatial_size: [40, 40, 40]\n          - name: RandFlip\n",
+    );
+    let plan = compile_str(&chosen, Path::new("v.yaml")).unwrap();
+    assert_eq!(plan.views[1].crop_size, None);
 }
 
 #[test]

@@ -40,10 +40,36 @@ pub fn load_with_varmap(weights: &Path, arch: &str, device: &Device) -> Result<(
         cfg.in_chans = w.dim(1)?;
     }
     let (vit, varmap) = ViT3d::with_varmap(cfg, device)?;
-    load_backbone(&varmap, &tensors)?
-        .ensure_complete()
-        .with_context(|| format!("{} does not fit --arch {arch}", weights.display()))?;
+    let misfit = || {
+        let hint = match fitting_preset(&tensors.backbone) {
+            Some(p) if p != arch => format!(": its backbone is ViT-{p}, pass --arch {p}"),
+            _ => String::new(),
+        };
+        format!("{} does not fit --arch {arch}{hint}", weights.display())
+    };
+    load_backbone(&varmap, &tensors)
+        .and_then(|report| report.ensure_complete())
+        .with_context(misfit)?;
     Ok((vit, varmap))
+}
+
+/// The preset whose width and depth the checkpoint's backbone has.
+fn fitting_preset(backbone: &std::collections::HashMap<String, Tensor>) -> Option<&'static str> {
+    let width = backbone.get("cls_token")?.dims().last().copied()?;
+    let depth = backbone
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()?
+        + 1;
+    ViT3dConfig::PRESETS.into_iter().find(|p| {
+        ViT3dConfig::from_preset(p).is_ok_and(|c| c.embed_dim == width && c.depth == depth)
+    })
 }
 
 /// Voxels in NIfTI memory order (`(C, X, Y, Z)` with x fastest) as the
@@ -157,6 +183,23 @@ pub mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint of another width and depth names the preset to pass.
+    #[test]
+    fn a_backbone_of_another_preset_names_the_arch_to_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.safetensors");
+        let vm = VarMap::new();
+        let vb = seeded_var_builder(&vm, 1, DType::F32, &Device::Cpu);
+        ViT3d::new(ViT3dConfig::from_preset("tiny").unwrap(), vb.pp("backbone")).unwrap();
+        dino3d_model::checkpoint::save_varmap(&vm, &path).unwrap();
+        let err = format!("{:#}", load(&path, "small", &Device::Cpu).unwrap_err());
+        assert!(
+            err.contains("does not fit --arch small: its backbone is ViT-tiny, pass --arch tiny"),
+            "{err}"
+        );
+        load(&path, "tiny", &Device::Cpu).unwrap();
+    }
 
     #[test]
     fn input_is_transposed_to_z_fastest() {

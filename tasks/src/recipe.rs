@@ -118,6 +118,9 @@ impl Sections {
         let embed = embed::compile(self.embed.as_ref(), ctx, errors);
         if let Some(p) = &pretrain {
             pretrain::check_patch_size(&training, p, ctx, errors);
+            if ctx.task.value == "pretrain" {
+                pretrain::check_global_crops(ctx, errors);
+            }
         }
         let at = |errors: &mut Vec<RecipeError>, message: String| {
             errors.push(RecipeError::at(ctx.file, &ctx.task.referenced, message));
@@ -247,7 +250,10 @@ batch:
         let head = "data:\n  manifest: m.json\npipeline:\n  - name: LoadImage\n";
         let sections = [
             ("prepare", ""),
-            ("pretrain", "model:\n  arch: tiny\n"),
+            (
+                "pretrain",
+                "views:\n  - name: g\n    role: global\n    pipeline:\n      - name: RandSpatialCrop\n        roi_size: [16, 16, 16]\nmodel:\n  arch: tiny\n",
+            ),
             (
                 "segment",
                 "segment:\n  builtin: mni152_tissue\n  pretrained_weights: random\n",

@@ -106,6 +106,16 @@ fn the_shipped_recipes_compile() {
     assert!(n >= 1, "no recipes in {}", dir.display());
 }
 
+/// Pretraining needs a global view whose crops the model takes.
+const ONE_GLOBAL_VIEW: &str = "\
+views:
+  - name: global
+    role: global
+    pipeline:
+      - name: RandSpatialCrop
+        roi_size: [16, 16, 16]
+";
+
 #[test]
 fn training_sections_default_to_3dino_and_are_validated() {
     let (_, task) = compile_str(GOOD, Path::new("r.yaml")).unwrap();
@@ -116,8 +126,9 @@ fn training_sections_default_to_3dino_and_are_validated() {
 
     // The sections are a pretraining task's.
     let pretrain = GOOD.replace("task: prepare", "task: pretrain");
-    let text =
-        format!("{pretrain}model:\n  arch: tiny\n  head_n_prototypes: 1024\noptim:\n  epochs: 3\n");
+    let text = format!(
+        "{pretrain}{ONE_GLOBAL_VIEW}model:\n  arch: tiny\n  head_n_prototypes: 1024\noptim:\n  epochs: 3\n"
+    );
     let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
     };

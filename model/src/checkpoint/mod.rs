@@ -9,6 +9,7 @@ mod threedino;
 
 pub use pth::read_pth;
 pub use safetensors_io::{
-    LoadReport, load_into_varmap, load_tensors, load_varmap, save_tensors, save_varmap,
+    CHECKSUMS_KEY, LoadReport, load_into_varmap, load_tensors, load_varmap, save_tensors,
+    save_varmap,
 };
 pub use threedino::{ThreeDinoWeights, load_backbone, map_3dino_key, read_weights};

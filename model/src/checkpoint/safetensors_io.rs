@@ -1,4 +1,12 @@
-//! safetensors files: atomic writes, `VarMap` save and load.
+//! safetensors files: atomic writes with a checksum of every tensor,
+//! verified loads, `VarMap` save and load.
+//!
+//! Each file dino3d writes carries, in the safetensors metadata under
+//! [`CHECKSUMS_KEY`], the xxh3-64 of every tensor's stored bytes. A load
+//! checks them all, so a flipped bit in a weight or an optimiser moment is
+//! reported (and a training run falls back to its previous checkpoint)
+//! instead of training on it. Files without the key (written by other
+//! tools, or by dino3d before it) load unchecked.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,7 +39,17 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| -> Result<()> {
-        candle_core::safetensors::save(tensors, &tmp).map_err(|e| ckpt_err(path, e))?;
+        // The safetensors crate writes through a private temporary file
+        // (mode 0600); a plain `File::create` tells which mode the user's
+        // umask gives new files, and the output gets that one.
+        let mode = File::create(&tmp)
+            .and_then(|f| f.metadata())
+            .map_err(|e| ckpt_err(path, e))?
+            .permissions();
+        let metadata = HashMap::from([(CHECKSUMS_KEY.to_string(), checksums(tensors)?)]);
+        safetensors::serialize_to_file(tensors.iter(), Some(metadata), &tmp)
+            .map_err(|e| ckpt_err(path, e))?;
+        std::fs::set_permissions(&tmp, mode).map_err(|e| ckpt_err(path, e))?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| ckpt_err(path, e))?;
@@ -48,9 +66,74 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     result
 }
 
-/// Reads every tensor of a safetensors file onto `device`.
+/// The metadata key holding the tensors' checksums (a JSON object of
+/// tensor name to xxh3-64 hex of its stored bytes).
+pub const CHECKSUMS_KEY: &str = "dino3d.xxh3";
+
+/// The checksum of every tensor, as the JSON text stored in the metadata.
+fn checksums(tensors: &HashMap<String, Tensor>) -> Result<String> {
+    let sums: std::collections::BTreeMap<&str, String> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let bytes = safetensors::View::data(t);
+            (
+                k.as_str(),
+                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+            )
+        })
+        .collect();
+    Ok(serde_json::to_string(&sums).expect("a map of strings serialises"))
+}
+
+/// Reads every tensor of a safetensors file onto `device`, checking each
+/// against its stored checksum when the file has them.
+///
+/// # Errors
+/// An unreadable or malformed file, or a tensor whose bytes do not match
+/// its checksum (named in the message).
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).map_err(|e| ckpt_err(path, e))
+    let bytes = std::fs::read(path).map_err(|e| ckpt_err(path, e))?;
+    verify_checksums(&bytes, path)?;
+    candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| ckpt_err(path, e))
+}
+
+/// Checks the tensors of a safetensors file's `bytes` against the
+/// checksums in its metadata (nothing to check without them).
+fn verify_checksums(bytes: &[u8], path: &Path) -> Result<()> {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ckpt_err(path, e))?;
+    let Some(text) = meta.metadata().as_ref().and_then(|m| m.get(CHECKSUMS_KEY)) else {
+        return Ok(());
+    };
+    let sums: HashMap<String, String> = serde_json::from_str(text)
+        .map_err(|e| ckpt_err(path, format!("{CHECKSUMS_KEY} metadata: {e}")))?;
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ckpt_err(path, e))?;
+    let names = file.names();
+    if names.len() != sums.len() {
+        return Err(ckpt_err(
+            path,
+            format!(
+                "{} tensors for {} checksums: tensors were added or lost",
+                names.len(),
+                sums.len()
+            ),
+        ));
+    }
+    for name in names {
+        let view = file.tensor(name).map_err(|e| ckpt_err(path, e))?;
+        let got = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(view.data()));
+        match sums.get(name) {
+            Some(want) if *want == got => {}
+            Some(_) => {
+                return Err(ckpt_err(
+                    path,
+                    format!("tensor `{name}` does not match its checksum (damaged file)"),
+                ));
+            }
+            None => return Err(ckpt_err(path, format!("tensor `{name}` has no checksum"))),
+        }
+    }
+    Ok(())
 }
 
 /// Saves every variable of `varmap` (atomically).
@@ -134,4 +217,71 @@ pub fn load_varmap(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
         .unwrap_or(Device::Cpu);
     let tensors = load_tensors(path, &device)?;
     load_into_varmap(varmap, &tensors)?.ensure_complete()
+}
+
+#[cfg(test)]
+mod checksum_tests {
+    use super::*;
+
+    fn tensors() -> HashMap<String, Tensor> {
+        [
+            (
+                "a".to_string(),
+                Tensor::arange(0f32, 300.0, &Device::Cpu).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::new(&[7u32, 8, 9], &Device::Cpu).unwrap(),
+            ),
+        ]
+        .into()
+    }
+
+    /// Every tensor is checked: a bit flipped anywhere in any tensor's data
+    /// is an error naming that tensor; the intact file loads the same values.
+    #[test]
+    fn every_flipped_bit_of_tensor_data_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        save_tensors(&tensors(), &path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let back = load_tensors(&path, &Device::Cpu).unwrap();
+        assert_eq!(
+            back["a"].to_vec1::<f32>().unwrap(),
+            tensors()["a"].to_vec1::<f32>().unwrap()
+        );
+        let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        for at in header..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let err = load_tensors(&path, &Device::Cpu).unwrap_err().to_string();
+            assert!(
+                err.contains("does not match its checksum"),
+                "byte {at}: {err}"
+            );
+        }
+    }
+
+    /// Checkpoints get the mode the umask gives any new file (the
+    /// safetensors crate alone leaves them 0600).
+    #[test]
+    fn written_files_follow_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        save_tensors(&tensors(), &path).unwrap();
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions();
+        assert_eq!(mode(&path), mode(&plain));
+    }
+
+    /// Files without checksums (other tools, older dino3d) still load.
+    #[test]
+    fn files_without_checksums_load_unchecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.safetensors");
+        candle_core::safetensors::save(&tensors(), &path).unwrap();
+        assert_eq!(load_tensors(&path, &Device::Cpu).unwrap().len(), 2);
+    }
 }

@@ -170,7 +170,12 @@ pub struct LoadedBatch {
     /// Per-key tensors for pipelines without views.
     pub tensors: Vec<(String, super::collate::Tensor5)>,
     /// Items skipped while making it: their errors (each names its file).
+    /// An item is reported here once, in the batch where it first failed.
     pub skipped: Vec<Error>,
+    /// Items that failed earlier in this run and were passed over without
+    /// reading them again (a bad file is not retried, nor logged, every
+    /// epoch).
+    pub skipped_again: usize,
     /// Its number.
     pub index: u64,
     /// Where the sampler stands after it: `(epoch, position)` (for resuming).
@@ -254,19 +259,32 @@ fn produce(
         at,
     );
     let b = config.batch_size.max(1);
+    // Items that failed once: left out for the rest of the run. Whether an
+    // item is read or passed over, it is skipped the same way, so batches do
+    // not depend on when the loader started.
+    let mut known_bad = std::collections::HashSet::new();
     loop {
         let mut made: Vec<(u64, usize, Made)> = Vec::with_capacity(b);
         let mut skipped = Vec::new();
+        let mut skipped_again = 0;
         // Distinct items that failed since the last success: when that is
         // every item, nothing can succeed (counting picks instead would
         // stop early when one bad item comes up twice across an epoch end).
         let mut failed_since_success = std::collections::HashSet::new();
         while made.len() < b {
-            let picks: Vec<(u64, usize)> = sampler.by_ref().take(b - made.len()).collect();
+            let mut picks: Vec<(u64, usize)> = sampler.by_ref().take(b - made.len()).collect();
             if picks.is_empty() {
                 let _ = tx.send(Err(Error::NoItems));
                 return;
             }
+            picks.retain(|&(_, i)| {
+                let bad = known_bad.contains(&i);
+                if bad {
+                    skipped_again += 1;
+                    failed_since_success.insert(i);
+                }
+                !bad
+            });
             let results: Vec<Result<Output>> = pool.install(|| {
                 picks
                     .par_iter()
@@ -286,11 +304,15 @@ fn produce(
                     Err(err) => {
                         skipped.push(err);
                         failed_since_success.insert(i);
+                        known_bad.insert(i);
                     }
                 }
             }
             if failed_since_success.len() >= source.len().max(1) {
-                let last = skipped.pop().expect("an item failed");
+                let Some(last) = skipped.pop() else {
+                    let _ = tx.send(Err(Error::EveryItemFailedBefore));
+                    return;
+                };
                 let _ = tx.send(Err(Error::EveryItemFailed {
                     last: Box::new(last),
                 }));
@@ -302,6 +324,7 @@ fn produce(
             batch,
             tensors,
             skipped,
+            skipped_again,
             index,
             next_position: sampler.position(),
         }));

@@ -385,6 +385,16 @@ fn describe(
         }
         (header_path.to_path_buf(), header_file_len, header_is_gz)
     } else {
+        // A `.nii` holds its voxels: a header without the single-file magic
+        // there is a damaged or foreign file, not a pair missing its `.img`.
+        let name = lower_name(header_path);
+        if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+            let magic = prefix.get(344..348).unwrap_or_default();
+            return Err(bad(format!(
+                "not a NIfTI-1 file: bytes 344..348 are \"{}\", not the magic \"n+1\\0\" a .nii file carries",
+                magic.escape_ascii()
+            )));
+        }
         let tried = data_candidates(header_path);
         let Some(found) = tried.iter().find(|p| p.is_file()) else {
             return Err(Error::DataFileMissing {

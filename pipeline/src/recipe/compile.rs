@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
+
+use super::view_sizes::{self, SizeSource};
 
 use super::document::RecipeDoc;
 use super::error::{RecipeError, RecipeErrors, hint};
@@ -66,6 +68,8 @@ pub struct ViewPlan {
     pub count: usize,
     /// Its transforms, starting with the crop.
     pub steps: Vec<Step>,
+    /// The spatial size of its crops, when the recipe alone tells it.
+    pub crop_size: Option<[usize; 3]>,
 }
 
 /// Batching and iBOT masking settings, defaults filled.
@@ -233,6 +237,8 @@ pub struct TaskContext<'a> {
     pub task: &'a Spanned<String>,
     /// The compiled `batch:` section (its patch size sets the iBOT mask grid).
     pub batch: &'a BatchPlan,
+    /// The compiled `views:` (their crop sizes set the model's position grid).
+    pub views: &'a [ViewPlan],
 }
 
 /// Parses a recipe's text into a document (the pipeline's [`RecipeDoc`], or
@@ -245,7 +251,28 @@ pub fn parse_str<T: serde::de::DeserializeOwned>(
     text: &str,
     file: &Path,
 ) -> Result<T, RecipeErrors> {
-    serde_saphyr::from_str(text).map_err(|e| RecipeErrors(vec![parse_error(&e, file)]))
+    serde_saphyr::from_str(text).map_err(|e| {
+        let mut error = parse_error(&e, file);
+        // serde says "invalid u64" or "expected string scalar" without the
+        // key: name it from the line.
+        if (error.message.starts_with("invalid") || error.message.starts_with("expected"))
+            && let Some(key) = key_on_line(text, error.line)
+        {
+            error.message = format!("`{key}`: {}", error.message);
+        }
+        RecipeErrors(vec![error])
+    })
+}
+
+/// The mapping key written on `line` (1-based) of `text`, if any.
+fn key_on_line(text: &str, line: u32) -> Option<&str> {
+    let written = text.lines().nth((line as usize).checked_sub(1)?)?;
+    let (key, _) = written
+        .trim_start()
+        .trim_start_matches("- ")
+        .split_once(':')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.contains([' ', '[', '{', '"', '\''])).then_some(key)
 }
 
 /// Parses and validates a recipe's text.
@@ -304,6 +331,9 @@ pub fn read_and_compile<T>(
             errors
                 .into_iter()
                 .map(|mut e| {
+                    if let Some(set) = inserted.replaced_by(e.line) {
+                        e.message = format!("{} (from --set {set})", e.message);
+                    }
                     match inserted.original(e.line) {
                         Ok(line) => e.line = line,
                         Err(set) => {
@@ -331,7 +361,7 @@ fn parse_error(e: &serde_saphyr::Error, file: &Path) -> RecipeError {
         .split_once(": ")
         .filter(|(pre, _)| pre.starts_with("line "))
         .map_or(message, |(_, m)| m);
-    let mut message = message.to_string();
+    let mut message = plain_message(e).unwrap_or_else(|| message.to_string());
     // "unknown field `x`, expected one of a, b": add the nearest name.
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some((name, tail)) = rest.split_once('`')
@@ -350,6 +380,41 @@ fn parse_error(e: &serde_saphyr::Error, file: &Path) -> RecipeError {
         line,
         column,
         message,
+    }
+}
+
+/// serde-saphyr's texts that speak to its API user rather than to a recipe's
+/// author, said for the author.
+fn plain_message(e: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::Error as E;
+    let mut e = e;
+    while let E::WithSnippet { error, .. } | E::AliasError { error, .. } = e {
+        e = error;
+    }
+    match e {
+        E::DuplicateMappingKey { key: Some(k), .. } => Some(format!(
+            "`{k}` appears twice here: each key may be given once"
+        )),
+        E::DuplicateMappingKey { key: None, .. } => {
+            Some("a key appears twice here: each key may be given once".into())
+        }
+        E::Budget { breach, .. } => {
+            // The breach's variant names the limit (events, depth, aliases...).
+            let limit = format!("{breach:?}");
+            let limit = limit
+                .split([' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_lowercase();
+            Some(format!(
+                "the YAML is too large or too deeply nested for a recipe (its {limit} limit)"
+            ))
+        }
+        // The YAML scanner's own limit on `[[[...]]]` nesting.
+        _ if e.to_string().contains("recursion limit exceeded") => {
+            Some("the YAML is too deeply nested for a recipe".into())
+        }
+        _ => None,
     }
 }
 
@@ -385,13 +450,15 @@ pub fn compile_doc_with<T>(
             steps.push(step);
         }
     }
-    let views = compile_views(doc, &keys, file, &mut errors, &mut next_id);
+    let (views, view_sizes) = compile_views(doc, &keys, file, &mut errors, &mut next_id);
     let batch = compile_batch(doc, file, &mut errors);
+    super::view_sizes::check(&views, &view_sizes, batch.patch_size, file, &mut errors);
     let task = sections(
         &TaskContext {
             file,
             task: &doc.task,
             batch: &batch,
+            views: &views,
         },
         &mut errors,
     );
@@ -553,8 +620,9 @@ fn compile_views(
     file: &Path,
     errors: &mut Vec<RecipeError>,
     next_id: &mut u32,
-) -> Vec<ViewPlan> {
+) -> (Vec<ViewPlan>, Vec<SizeSource>) {
     let mut views = Vec::new();
+    let mut sources = Vec::new();
     for v in &doc.views {
         let role = match v.value.role.value.as_str() {
             "global" => ViewRole::Global,
@@ -593,8 +661,15 @@ fn compile_views(
             ));
         }
         let mut steps = Vec::new();
+        let mut size = None;
+        let mut size_at = v.value.name.referenced;
         for entry in &v.value.pipeline {
             if let Some(step) = compile_step(entry, keys, file, errors, next_id) {
+                let after = view_sizes::output_size(std::slice::from_ref(&step), size);
+                if after.is_some() && after != size {
+                    size_at = size_parameter(entry);
+                }
+                size = after;
                 if step.spec.name == "LoadImage" {
                     errors.push(RecipeError::at(
                         file,
@@ -605,11 +680,21 @@ fn compile_views(
                 steps.push(step);
             }
         }
+        let complete = steps.len() == v.value.pipeline.len();
+        if complete && size.is_some() {
+            sources.push(SizeSource {
+                view: views.len(),
+                at: size_at,
+            });
+        }
         views.push(ViewPlan {
             name: v.value.name.value.clone(),
             role,
             count: count as usize,
             steps,
+            crop_size: size
+                .filter(|_| complete)
+                .map(|s| s.map(|side| side as usize)),
         });
     }
     if !views.is_empty() && !views.iter().any(|v| v.role == ViewRole::Global) {
@@ -619,7 +704,17 @@ fn compile_views(
             "views need at least one `global` view",
         ));
     }
-    views
+    (views, sources)
+}
+
+/// The position of a step's size parameter (the step's own without one).
+fn size_parameter(entry: &Spanned<super::value::SpannedMap>) -> Location {
+    entry
+        .value
+        .fields
+        .iter()
+        .find(|(k, _)| matches!(k.value.as_str(), "size" | "spatial_size" | "roi_size"))
+        .map_or(entry.referenced, |(_, v)| v.referenced)
 }
 
 fn compile_batch(doc: &RecipeDoc, file: &Path, errors: &mut Vec<RecipeError>) -> BatchPlan {

@@ -16,6 +16,7 @@ pub mod document;
 pub mod error;
 pub mod overrides;
 pub mod value;
+pub mod view_sizes;
 
 pub use check::Check;
 pub use compile::{

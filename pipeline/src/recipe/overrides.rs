@@ -68,11 +68,23 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// Lines an override inserted: `(first line, count, the --set text)`.
+/// Lines an override inserted: `(first line, count, the --set text)`; and
+/// the lines (of the edited text) whose value an override replaced, with the
+/// `--set` text.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Insertions(pub Vec<(u32, u32, String)>);
+pub struct Insertions(pub Vec<(u32, u32, String)>, pub Vec<(u32, String)>);
 
 impl Insertions {
+    /// The `--set` that replaced the value on `line` of the edited text (an
+    /// error there is about the override, not the file's valid text).
+    pub fn replaced_by(&self, line: u32) -> Option<&str> {
+        self.1
+            .iter()
+            .rev()
+            .find(|(l, _)| *l == line)
+            .map(|(_, set)| set.as_str())
+    }
+
     /// The original line of `line` in the edited text, or the `--set` that
     /// wrote it.
     pub fn original(&self, mut line: u32) -> Result<u32, &str> {
@@ -107,7 +119,11 @@ pub(crate) fn apply(text: &str, sets: &[String]) -> Result<(String, Insertions),
         let root: Spanned<Node> = serde_saphyr::from_str(&text)
             .map_err(|e| format!("--set {set}: the recipe does not parse: {e}"))?;
         match locate(&text, &root, &segments, set)? {
-            Found::Value(start, end) => text.replace_range(start..end, value),
+            Found::Value(start, end) => {
+                let line = text[..start].matches('\n').count() as u32 + 1;
+                text.replace_range(start..end, value);
+                inserted.1.push((line, set.clone()));
+            }
             Found::Missing {
                 line_start,
                 indent,
@@ -124,7 +140,13 @@ pub(crate) fn apply(text: &str, sets: &[String]) -> Result<(String, Insertions),
                     }
                 }
                 text.insert_str(line_start, &block);
-                inserted.0.push((line, rest.len() as u32, set.clone()));
+                let n = rest.len() as u32;
+                for (replaced, _) in &mut inserted.1 {
+                    if *replaced >= line {
+                        *replaced += n;
+                    }
+                }
+                inserted.0.push((line, n, set.clone()));
             }
         }
     }
@@ -270,6 +292,13 @@ batch:
         assert!(t.contains("task: pretrain   # comment kept"));
         assert_eq!(t.lines().count(), TEXT.lines().count());
         assert!(ins.0.is_empty());
+        let seed_line = t.lines().position(|l| l.starts_with("seed")).unwrap() as u32 + 1;
+        assert_eq!(ins.replaced_by(seed_line), Some("seed=7"));
+        assert_eq!(ins.replaced_by(seed_line + 1), None);
+        // A replaced line moves with lines inserted above it.
+        let (t, ins) = set(&["batch.size=3", "batch.threads=1"]);
+        let size_line = t.lines().position(|l| l.contains("size: 3")).unwrap() as u32 + 1;
+        assert_eq!(ins.replaced_by(size_line), Some("batch.size=3"));
     }
 
     #[test]

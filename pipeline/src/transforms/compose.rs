@@ -9,6 +9,7 @@ use super::image::Image;
 use super::rng::DrawKey;
 use crate::exec::Sample;
 use crate::exec::op::{CompiledStep, Context, Op, StepRng, run_nested};
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{Args, ParamDefault, ParamError, ParamKind, TransformSpec, param};
 
 /// `OneOf`: apply one nested step, chosen with probability proportional to
@@ -111,6 +112,7 @@ pub const ONE_OF: TransformSpec = TransformSpec {
     summary: "apply one of `transforms`, chosen with probability proportional to weights",
     check: None,
     nests: true,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         let n = a.n_children();
         let weights = a.numbers("weights")?.unwrap_or(vec![1.0; n]);
@@ -148,6 +150,7 @@ pub const RANDOM_APPLY: TransformSpec = TransformSpec {
     summary: "with probability prob, apply all of `transforms` in order",
     check: None,
     nests: true,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandomApply {
             prob: a.num("prob")?,

@@ -6,6 +6,7 @@
 use super::error::TransformError;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
+use crate::transforms::spec::size_from_data;
 use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`crop_foreground`].
@@ -208,6 +209,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "crop to the box of voxels > threshold (any channel) plus margin; without allow_smaller the box may leave the image (padded with 0)",
     check: None,
     nests: false,
+    output_size: size_from_data,
     build: |a: &Args<'_>| {
         let params = CropForeground {
             threshold: a.num("threshold")? as f32,

@@ -28,6 +28,7 @@ use rand::Rng;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{
     Args, KEYS, POSITIVE_RANGE, PROB, ParamDefault, TransformSpec, param,
 };
@@ -442,6 +443,7 @@ pub const RAND_GAUSSIAN_SMOOTH: TransformSpec = TransformSpec {
     summary: "separable Gaussian blur (erf kernel, zero padding), sigma per axis random",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandGaussianSmooth {
             prob: a.num("prob")?,
@@ -470,6 +472,7 @@ pub const RAND_GAUSSIAN_SHARPEN: TransformSpec = TransformSpec {
     summary: "b = G(s1) x; b + alpha (b - G(s2) b), sigmas and alpha random",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandGaussianSharpen {
             prob: a.num("prob")?,

@@ -31,6 +31,7 @@ use rustfft::num_complex::Complex32;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{Args, FRACTION, KEYS, PROB, ParamDefault, TransformSpec, param};
 
 /// The k-space mask of one spatial shape and α, in exact integers.
@@ -386,6 +387,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "ringing: zero k-space outside a sphere of radius (1 - alpha) max(shape) / sqrt 2",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandGibbsNoise {
             prob: a.num("prob")?,

@@ -6,6 +6,7 @@ use super::error::TransformError;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::spec::{Args, KEYS, TransformSpec};
+use crate::transforms::spec::{same_size, size_from_data};
 
 /// A step that leaves the sample as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,7 @@ pub const LOAD_IMAGE: TransformSpec = TransformSpec {
     summary: "read the volume (NIfTI-1/2, Analyze) channel-first, in its stored type",
     check: None,
     nests: false,
+    output_size: size_from_data,
     build: |_: &Args<'_>| Ok(Box::new(Nothing)),
 };
 
@@ -40,5 +42,6 @@ pub const ENSURE_CHANNEL_FIRST: TransformSpec = TransformSpec {
     summary: "accepted for MONAI recipes: dino3d loads channel-first already",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |_: &Args<'_>| Ok(Box::new(Nothing)),
 };

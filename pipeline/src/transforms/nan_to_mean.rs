@@ -7,6 +7,7 @@
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{Args, KEYS, TransformSpec};
 
 /// Replaces NaN voxels in place; returns how many were replaced.
@@ -54,6 +55,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "replace NaN voxels by the mean of the others",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |_: &Args<'_>| Ok(Box::new(NanToMean)),
 };
 

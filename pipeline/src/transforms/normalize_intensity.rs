@@ -6,6 +6,7 @@
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`normalize_intensity`] (MONAI names).
@@ -85,6 +86,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "(x - mean) / std (population std)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(NormalizeIntensity {
             subtrahend: a.opt_num("subtrahend")?,

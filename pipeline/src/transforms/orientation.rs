@@ -8,6 +8,7 @@ use super::image::Image;
 use super::permute_in_plane_first::permute_spatial;
 use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::axcodes;
+use crate::transforms::spec::size_from_data;
 use crate::transforms::spec::{
     Args, KEYS, ParamDefault, ParamError, ParamKind, TransformSpec, param,
 };
@@ -135,6 +136,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "reorder and flip axes to the given codes (no interpolation)",
     check: None,
     nests: false,
+    output_size: size_from_data,
     build: |a: &Args<'_>| {
         let axcodes =
             parse_axcodes(a.text("axcodes")?).map_err(|e| ParamError::Rule(e.to_string()))?;

@@ -14,6 +14,7 @@ use super::image::Image;
 use crate::exec::op::{Op, Role, StepRng};
 use crate::transforms::TransformError;
 use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
+use crate::transforms::spec::{Params, requested_size};
 
 /// Where `SpatialPad` puts the padding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -123,6 +124,20 @@ impl Op for SpatialPad {
     }
 }
 
+/// At least `spatial_size` on each side.
+fn padded_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    let want = requested_size(params, "spatial_size", input)?;
+    let have = input?;
+    Some([0, 1, 2].map(|a| want[a].max(have[a])))
+}
+
+/// At most `roi_size` on each side.
+fn center_cropped_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    let want = requested_size(params, "roi_size", input)?;
+    let have = input?;
+    Some([0, 1, 2].map(|a| want[a].min(have[a])))
+}
+
 /// The recipe's `SpatialPad`.
 pub const SPATIAL_PAD: TransformSpec = TransformSpec {
     name: "SpatialPad",
@@ -140,6 +155,7 @@ pub const SPATIAL_PAD: TransformSpec = TransformSpec {
     summary: "pad with a constant to at least spatial_size (never crops)",
     check: None,
     nests: false,
+    output_size: padded_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(SpatialPad {
             size: a.int3("spatial_size")?,
@@ -191,6 +207,7 @@ pub const CENTER_SPATIAL_CROP: TransformSpec = TransformSpec {
     summary: "crop the centre roi_size (MONAI's centre rule)",
     check: None,
     nests: false,
+    output_size: center_cropped_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(CenterSpatialCrop {
             roi: a.int3("roi_size")?,

@@ -12,6 +12,7 @@ use super::scale_intensity_range::{ScaleIntensityRange, scale_intensity_range};
 use crate::exec::op::{Op, StepRng};
 use crate::recipe::value::ParamValue;
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{
     ANY, Args, KEYS, PERCENT, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
 };
@@ -202,6 +203,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "ScaleIntensityRange from exact linear percentiles of all voxels",
     check: Some(lower_not_above_upper),
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(ScaleIntensityRangePercentiles {
             lower: a.num("lower")?,

@@ -8,6 +8,7 @@
 use super::error::TransformError;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng, empty_image};
+use crate::transforms::spec::size_from_data;
 use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// The axis order 3DINO chooses for `values` (spacings or sizes).
@@ -115,6 +116,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "3DINO's axis permutation: in-plane axes first, slice axis last",
     check: None,
     nests: false,
+    output_size: size_from_data,
     build: |a: &Args<'_>| {
         Ok(Box::new(PermuteInPlaneFirst {
             use_shape: a.text("from")? == "shape",

@@ -35,6 +35,7 @@ use super::rand_spatial_crop::CropBox;
 use crate::exec::Sample;
 use crate::exec::op::{CompiledStep, Context, Op, StepRng};
 use crate::recipe::value::ParamValue;
+use crate::transforms::spec::requested_size;
 use crate::transforms::spec::{
     ANY, Args, KEYS, POSITIVE, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
 };
@@ -260,6 +261,11 @@ fn pos_or_neg(p: &Params) -> Result<(), ParamError> {
     }
 }
 
+/// The crop MONAI takes: `spatial_size` (a side <= 0 keeps the image's).
+fn crop_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    requested_size(params, "spatial_size", input)
+}
+
 /// The recipe's `RandCropByPosNegLabel`.
 pub const SPEC: TransformSpec = TransformSpec {
     name: "RandCropByPosNegLabel",
@@ -281,6 +287,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "num_samples crops centred on foreground (pos) or background (neg) voxels",
     check: Some(pos_or_neg),
     nests: false,
+    output_size: crop_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandCropByPosNegLabelStep {
             params: RandCropByPosNegLabel {

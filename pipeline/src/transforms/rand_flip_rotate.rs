@@ -17,6 +17,7 @@ use crate::exec::op::{Op, Role, StepRng};
 use crate::recipe::value::ParamValue;
 use crate::transforms::AxisMap;
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{
     Args, KEYS, PROB, ParamDefault, ParamError, ParamKind, Params, TransformSpec, param,
 };
@@ -158,6 +159,20 @@ fn two_axes(p: &Params) -> Result<(), ParamError> {
     }
 }
 
+/// Quarter turns in a plane swap its two sides: known only when they are
+/// equal.
+fn rotated_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    let size = input?;
+    let Some(ParamValue::List(axes)) = params.get("spatial_axes") else {
+        return None;
+    };
+    let side = |v: &ParamValue| v.as_f64().map(|a| size[a as usize]);
+    match &axes[..] {
+        [a, b] if side(a)? == side(b)? => Some(size),
+        _ => None,
+    }
+}
+
 /// The recipe's `RandFlip`.
 pub const RAND_FLIP: TransformSpec = TransformSpec {
     name: "RandFlip",
@@ -170,6 +185,7 @@ pub const RAND_FLIP: TransformSpec = TransformSpec {
     summary: "with probability prob, flip the given axes (all when absent)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandFlip {
             prob: a.num("prob")?,
@@ -197,6 +213,7 @@ pub const RAND_ROTATE90: TransformSpec = TransformSpec {
     summary: "with probability prob, rotate a plane by k quarter turns, k in 1..=max_k",
     check: Some(two_axes),
     nests: false,
+    output_size: rotated_size,
     build: |a: &Args<'_>| {
         let [a0, a1] = a.array::<2>("spatial_axes")?.unwrap_or([0.0, 1.0]);
         Ok(Box::new(RandRotate90 {

@@ -34,6 +34,7 @@ use rand_distr::StandardNormal;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{
     ANY, ANY_RANGE, Args, KEYS, POSITIVE, POSITIVE_RANGE, PROB, ParamDefault, ParamKind,
     TransformSpec, param,
@@ -397,6 +398,7 @@ pub const RAND_ADJUST_CONTRAST: TransformSpec = TransformSpec {
     summary: "gamma curve between the image's min and max, gamma ~ U(gamma)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandAdjustContrast {
             prob: a.num("prob")?,
@@ -421,6 +423,7 @@ pub const RAND_GAUSSIAN_NOISE: TransformSpec = TransformSpec {
     summary: "add N(mean, s) noise, s ~ U(0, std) (or std)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandGaussianNoise {
             prob: a.num("prob")?,
@@ -443,6 +446,7 @@ pub const RAND_SCALE_INTENSITY: TransformSpec = TransformSpec {
     summary: "x * (1 + f), f ~ U(factors)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandScaleIntensity {
             prob: a.num("prob")?,
@@ -463,6 +467,7 @@ pub const RAND_SHIFT_INTENSITY: TransformSpec = TransformSpec {
     summary: "x + o, o ~ U(offsets)",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandShiftIntensity {
             prob: a.num("prob")?,
@@ -487,6 +492,7 @@ pub const RAND_HISTOGRAM_SHIFT: TransformSpec = TransformSpec {
     summary: "piecewise-linear intensity remap through randomly moved control points",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         let n = a.count("num_control_points")?;
         Ok(Box::new(RandHistogramShift {

@@ -20,8 +20,10 @@ use super::crop_foreground::crop;
 use super::image::Image;
 use super::pad_and_center_crop::center_box;
 use crate::exec::op::{Op, Role, StepRng};
+use crate::recipe::value::ParamValue;
 use crate::transforms::TransformError;
 use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
+use crate::transforms::spec::{Params, requested_size};
 
 /// A crop box: `(start, end)` per spatial axis, end exclusive.
 pub type CropBox = ([usize; 3], [usize; 3]);
@@ -109,6 +111,19 @@ impl Op for RandSpatialCrop {
     }
 }
 
+/// `roi_size` as the recipe asks for it (the image may be smaller), or
+/// unknown when the size is drawn.
+fn cropped_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    if matches!(params.get("random_size"), Some(ParamValue::Bool(true))) {
+        return None;
+    }
+    let roi = requested_size(params, "roi_size", input)?;
+    Some(match input {
+        Some(i) => [0, 1, 2].map(|a| roi[a].min(i[a])),
+        None => roi,
+    })
+}
+
 /// The recipe's `RandSpatialCrop`.
 pub const SPEC: TransformSpec = TransformSpec {
     name: "RandSpatialCrop",
@@ -123,6 +138,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "crop a random box of roi_size (never pads)",
     check: None,
     nests: false,
+    output_size: cropped_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandSpatialCrop {
             roi_size: a.int3("roi_size")?,

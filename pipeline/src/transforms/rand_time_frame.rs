@@ -10,6 +10,7 @@ use rand::Rng;
 
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{Args, KEYS, TransformSpec};
 
 /// The channel `key` selects among `channels`.
@@ -62,6 +63,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "keep one uniformly chosen channel (time frame) of 4-D volumes",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |_: &Args<'_>| Ok(Box::new(RandTimeFrame)),
 };
 

@@ -25,6 +25,7 @@ use crate::transforms::TransformError;
 use crate::transforms::spec::{
     Args, FRACTION, KEYS, ParamDefault, ParamKind, TransformSpec, param,
 };
+use crate::transforms::spec::{Params, requested_size};
 
 /// Parameters of one crop family (global or local views).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +146,11 @@ impl Op for RandomResizedCrop3d {
     }
 }
 
+/// Always `size`³.
+fn resized_crop_size(params: &Params, _: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    requested_size(params, "size", None)
+}
+
 /// The recipe's `RandomResizedCrop3d`.
 pub const SPEC: TransformSpec = TransformSpec {
     name: "RandomResizedCrop3d",
@@ -170,6 +176,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "3DINO's crop: random in-plane area, depth and aspect, resized to size^3",
     check: None,
     nests: false,
+    output_size: resized_crop_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(RandomResizedCrop3d {
             size: a.count("size")?,

@@ -19,6 +19,7 @@ use crate::transforms::TransformError;
 use crate::transforms::spec::{
     Args, KEYS, ParamDefault, ParamError, ParamKind, TransformSpec, param,
 };
+use crate::transforms::spec::{Params, requested_size};
 
 /// Interpolation of [`resize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,6 +466,11 @@ impl Op for Resize {
     }
 }
 
+/// `spatial_size` (a side <= 0 keeps the image's).
+fn resized_size(params: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    requested_size(params, "spatial_size", input)
+}
+
 /// The recipe's `Resize`.
 pub const SPEC: TransformSpec = TransformSpec {
     name: "Resize",
@@ -481,6 +487,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "resize to spatial_size (-1 keeps an axis); label keys use nearest",
     check: None,
     nests: false,
+    output_size: resized_size,
     build: |a: &Args<'_>| {
         let mode = a.text("mode")?;
         Ok(Box::new(Resize {

@@ -10,6 +10,7 @@ use dino3d_cache::DecodeMap;
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
+use crate::transforms::spec::same_size;
 use crate::transforms::spec::{ANY, Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Parameters of [`scale_intensity_range`].
@@ -87,6 +88,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "map [a_min, a_max] linearly onto [b_min, b_max]",
     check: None,
     nests: false,
+    output_size: same_size,
     build: |a: &Args<'_>| {
         Ok(Box::new(ScaleIntensityRange {
             a_min: a.num("a_min")?,

@@ -37,6 +37,7 @@ use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::{Affine, column_norms};
 use crate::transforms::TransformError;
+use crate::transforms::spec::size_from_data;
 use crate::transforms::spec::{Args, KEYS, ParamDefault, ParamKind, TransformSpec, param};
 
 /// Interpolation of [`spacing`].
@@ -545,6 +546,7 @@ pub const SPEC: TransformSpec = TransformSpec {
     summary: "resample to voxel size pixdim (<= 0 keeps an axis); label keys use nearest",
     check: None,
     nests: false,
+    output_size: size_from_data,
     build: |a: &Args<'_>| {
         Ok(Box::new(Spacing {
             pixdim: a.float3("pixdim")?,

@@ -221,6 +221,44 @@ pub type ParamsCheck = fn(&Params) -> Result<(), ParamError>;
 /// Builds a step's op from its resolved, validated parameters.
 pub type BuildOp = fn(&Args<'_>) -> Result<Box<dyn Op>, ParamError>;
 
+/// The spatial size a step gives its image, from the size it receives
+/// (`None`: not known before the data is seen). `recipe check` folds a
+/// view's steps through these to know its crop size.
+pub type OutputSize = fn(&Params, Option<[u64; 3]>) -> Option<[u64; 3]>;
+
+/// Intensity, noise and flip steps: the size passes through.
+pub fn same_size(_: &Params, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    input
+}
+
+/// Steps whose output size depends on the data (loading, resampling,
+/// reorienting, cropping to the foreground).
+pub fn size_from_data(_: &Params, _: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    None
+}
+
+/// The three sides a size parameter (one integer, or three) asks for; a
+/// side <= 0 keeps the input's side (MONAI's `-1`), unknown when the input
+/// is.
+pub fn requested_size(params: &Params, name: &str, input: Option<[u64; 3]>) -> Option<[u64; 3]> {
+    let sides: Vec<f64> = match params.get(name)? {
+        ParamValue::List(items) => items
+            .iter()
+            .map(ParamValue::as_f64)
+            .collect::<Option<_>>()?,
+        single => vec![single.as_f64()?; 3],
+    };
+    let mut out = [0u64; 3];
+    for (axis, side) in sides.iter().enumerate().take(3) {
+        out[axis] = if *side > 0.0 {
+            *side as u64
+        } else {
+            input?[axis]
+        };
+    }
+    (sides.len() == 3).then_some(out)
+}
+
 /// One transform as recipes see it.
 #[derive(Debug, Clone, Copy)]
 pub struct TransformSpec {
@@ -236,6 +274,8 @@ pub struct TransformSpec {
     pub check: Option<ParamsCheck>,
     /// Whether the step holds other steps under `transforms:`.
     pub nests: bool,
+    /// The spatial size its output has.
+    pub output_size: OutputSize,
     /// Builds the op.
     pub build: BuildOp,
 }

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use dino3d_model::candle_core::{self as candle_core, Device, Tensor};
+use dino3d_model::candle_core::{Device, Tensor};
+use dino3d_model::checkpoint::{load_tensors, save_tensors};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Result, bail};
@@ -60,9 +61,9 @@ pub fn save(
     fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let write = || -> Result<()> {
         let state_path = tmp.join("state.safetensors");
-        candle_core::safetensors::save(state, &state_path)
+        // With a checksum of every tensor, checked on resume.
+        save_tensors(state, &state_path)
             .with_context(|| format!("writing {}", state_path.display()))?;
-        fs::File::open(&state_path)?.sync_all()?;
         let meta_path = tmp.join("meta.json");
         fs::write(&meta_path, serde_json::to_vec_pretty(meta)?)?;
         fs::File::open(&meta_path)?.sync_all()?;
@@ -152,8 +153,8 @@ pub fn latest(out: &Path, device: &Device) -> Result<Option<(Meta, HashMap<Strin
 fn read(dir: &Path, device: &Device) -> Result<(Meta, HashMap<String, Tensor>)> {
     let meta: Meta =
         serde_json::from_slice(&fs::read(dir.join("meta.json"))?).context("meta.json")?;
-    let state = candle_core::safetensors::load(dir.join("state.safetensors"), device)
-        .context("state.safetensors")?;
+    let state =
+        load_tensors(&dir.join("state.safetensors"), device).context("state.safetensors")?;
     if state.is_empty() {
         bail!("state.safetensors holds no tensors");
     }
@@ -216,5 +217,41 @@ mod tests {
         }
         let err = latest(dir.path(), &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("can be read"), "{err}");
+    }
+
+    /// Defect 3 of the reliability issue: one flipped bit in a tensor of the
+    /// newest checkpoint (an optimiser moment, say) is caught by its
+    /// checksum and the previous checkpoint is used.
+    #[test]
+    fn a_flipped_bit_in_the_newest_checkpoint_falls_back_to_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = |v: f32| -> HashMap<String, Tensor> {
+            [
+                (
+                    "w".to_string(),
+                    Tensor::new(&[v, 2.0, 3.0], &Device::Cpu).unwrap(),
+                ),
+                (
+                    "m".to_string(),
+                    Tensor::new(&[0.5f32; 64], &Device::Cpu).unwrap(),
+                ),
+            ]
+            .into()
+        };
+        save(dir.path(), &state(1.0), &meta(2), 3).unwrap();
+        save(dir.path(), &state(9.0), &meta(4), 3).unwrap();
+        let newest = folder(dir.path())
+            .join(dir_name(4))
+            .join("state.safetensors");
+        let mut bytes = fs::read(&newest).unwrap();
+        // The last byte is inside the last tensor's data: flip one bit.
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        fs::write(&newest, &bytes).unwrap();
+        let err = load_tensors(&newest, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        let (m, s) = latest(dir.path(), &Device::Cpu).unwrap().unwrap();
+        assert_eq!(m, meta(2));
+        assert_eq!(s["w"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
     }
 }

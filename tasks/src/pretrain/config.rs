@@ -570,6 +570,19 @@ pub fn check_patch_size(
     }
 }
 
+/// The global crops set the model's position grid: the run needs their
+/// size from the recipe, one cube for every global view (the pipeline's
+/// checks hold the one size).
+pub fn check_global_crops(ctx: &TaskContext<'_>, errors: &mut Vec<RecipeError>) {
+    if let Err(e) = super::setup::global_crop_size_of(ctx.views) {
+        errors.push(RecipeError::at(
+            ctx.file,
+            &ctx.task.referenced,
+            e.to_string(),
+        ));
+    }
+}
+
 impl std::fmt::Display for PretrainConfig {
     /// The lines `recipe check` prints.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -187,8 +187,8 @@ pub fn run(
             .context("the data loader stopped")?
             .map_err(TaskError::msg)?;
         let data_wait_s = t0.elapsed().as_secs_f64();
+        // Said once, above the bar (a logged copy would print it twice).
         for s in &loaded.skipped {
-            tracing::warn!("skipped: {s}");
             bar.note(&format!("skipped: {s}"));
         }
         let t1 = Instant::now();
@@ -231,7 +231,7 @@ pub fn run(
             data_wait_s,
             compute_s,
             samples_per_s: samples as f64 / (data_wait_s + compute_s),
-            skipped: loaded.skipped.len(),
+            skipped: loaded.skipped.len() + loaded.skipped_again,
             threedino: ThreeDinoLosses::new(
                 [
                     report.losses.dino_local,

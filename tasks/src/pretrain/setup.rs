@@ -4,31 +4,38 @@ use dino3d_model::optim::{AdamWConfig, GroupRules};
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
 use dino3d_model::{DinoHeadConfig, ViT3dConfig};
-use dino3d_pipeline::recipe::{Plan, ViewRole};
+use dino3d_pipeline::recipe::{Plan, ViewPlan, ViewRole};
 
 use super::config::PretrainConfig;
 use crate::error::{Context, Result, bail};
 
-/// The side of the recipe's global crops (the first global view's crop
-/// `size`), which sets the learned position grid (96/16 = 6³).
+/// The side of the recipe's global crops (cubes, one size for every global
+/// view: the recipe's checks hold it), which sets the learned position grid
+/// (96/16 = 6³).
 pub fn global_crop_size(plan: &Plan) -> Result<usize> {
-    let view = plan
-        .views
+    global_crop_size_of(&plan.views)
+}
+
+/// [`global_crop_size`] of compiled views.
+pub fn global_crop_size_of(views: &[ViewPlan]) -> Result<usize> {
+    let view = views
         .iter()
         .find(|v| v.role == ViewRole::Global)
         .context("pretraining needs `views` with at least one global view")?;
-    let crop = view.steps.first().context("a global view has no steps")?;
-    let size = crop
-        .params
-        .get("size")
-        .and_then(|v| v.as_f64())
-        .with_context(|| {
-            format!(
-                "view {}: its first step ({}) has no `size`",
-                view.name, crop.spec.name
-            )
-        })?;
-    Ok(size as usize)
+    match view.crop_size {
+        Some([a, b, c]) if a == b && b == c => Ok(a),
+        Some(s) => bail!(
+            "view {}: global crops must be cubes, not {}x{}x{}",
+            view.name,
+            s[0],
+            s[1],
+            s[2]
+        ),
+        None => bail!(
+            "view {}: the size of its crops is not known from the recipe (end it with a crop or resize to a fixed size)",
+            view.name
+        ),
+    }
 }
 
 /// Global crops per sample (3DINO: 2).

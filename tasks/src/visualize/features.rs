@@ -84,6 +84,17 @@ pub fn extract(
     if !(0.0..1.0).contains(&overlap) {
         bail!("--overlap {overlap} is not in [0, 1)");
     }
+    if input != InputType::FullImage {
+        // Checked in floating point: a huge --size overflows the integers.
+        let tokens = 1.0 + ((size / patch) as f64).powi(3);
+        let gib = vit.config().num_heads as f64 * tokens * tokens * 4.0 / (1u64 << 30) as f64;
+        if gib > (ATTENTION_BYTES_MAX >> 30) as f64 {
+            bail!(
+                "--size {size}: a {size}³ window has {tokens} tokens and needs {gib:.1} GiB per attention matrix (at most {} GiB); pick a smaller --size",
+                ATTENTION_BYTES_MAX >> 30
+            );
+        }
+    }
     if let Some(b) = wanted.attention_block
         && b >= vit.depth()
     {
@@ -367,6 +378,11 @@ mod tests {
             assert!(m.attention.iter().all(|&a| (0.0..=1.0).contains(&a)));
         }
         assert!(extract(&vit, &img, InputType::Resize, 24, 0.0, wanted, &dev).is_err());
+        // A window too large to attend over is refused before any allocation.
+        for input in [InputType::Resize, InputType::SlidingWindow] {
+            let err = extract(&vit, &img, input, 100_000, 0.0, wanted, &dev).unwrap_err();
+            assert!(err.to_string().contains("pick a smaller --size"), "{err}");
+        }
         let bad_block = Wanted {
             features: false,
             attention_block: Some(2),
