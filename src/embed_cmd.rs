@@ -70,7 +70,7 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let image = args.image.as_ref().context("--image or --manifest")?;
-    let volume = dino3d_pipeline::nifti::read_volume(image)
+    let volume = dino3d_pipeline::formats::read_volume(image)
         .with_context(|| format!("reading {}", image.display()))?;
     let x = model_input_for(&vit, &volume, args.raw)
         .with_context(|| format!("preparing {}", image.display()))?;

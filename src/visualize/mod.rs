@@ -129,7 +129,7 @@ pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
     let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     let cfg = vit.config();
     let size = args.size.unwrap_or(cfg.pos_grid * cfg.patch_size);
-    let source = dino3d_pipeline::nifti::read_volume(&args.image)
+    let source = dino3d_pipeline::formats::read_volume(&args.image)
         .with_context(|| format!("reading {}", args.image.display()))?;
     let prep = prepare::prepare(&source, args.frame, cfg.patch_size)?;
     let wanted = match args.vis_type {
