@@ -52,14 +52,16 @@ pub struct Datalist {
     pub test: Vec<DatalistItem>,
 }
 
-/// The name stem without NIfTI extensions (`a/b.nii.gz` -> `b`).
+/// The name stem without volume extensions (`a/b.nii.gz` -> `b`, `c.mha` -> `c`).
 pub fn volume_stem(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
-    for ext in [".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img"] {
+    for ext in [
+        ".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img", ".mha", ".mhd", ".nrrd", ".nhdr",
+    ] {
         if lower.ends_with(ext) {
             return name[..name.len() - ext.len()].to_string();
         }
