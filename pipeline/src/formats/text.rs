@@ -91,20 +91,22 @@ pub(crate) fn expand_pattern(pattern: &str, min: i64, max: i64, step: i64) -> Op
         spec.parse().ok()?
     };
     let (head, tail) = (&pattern[..pct], &rest[d + 1..]);
-    if step == 0 || (max - min) / step < 0 || (max - min) / step > 1_000_000 {
+    // At most a million files, and no arithmetic that can overflow.
+    let count = max.checked_sub(min)?.checked_div(step)?;
+    if !(0..1_000_000).contains(&count) || width > 64 {
         return None;
     }
-    let mut out = Vec::new();
-    let mut i = min;
-    while (step > 0 && i <= max) || (step < 0 && i >= max) {
-        let num = if zero {
-            format!("{i:0width$}")
-        } else {
-            format!("{i:width$}")
-        };
-        out.push(format!("{head}{num}{tail}"));
-        i += step;
-    }
+    let out = (0..=count)
+        .map(|n| {
+            let i = min + n * step;
+            let num = if zero {
+                format!("{i:0width$}")
+            } else {
+                format!("{i:width$}")
+            };
+            format!("{head}{num}{tail}")
+        })
+        .collect();
     Some(out)
 }
 
@@ -121,6 +123,8 @@ mod tests {
         assert_eq!(expand_pattern("a%d", 4, 0, -2).unwrap(), ["a4", "a2", "a0"]);
         assert_eq!(expand_pattern("none", 1, 2, 1), None);
         assert_eq!(expand_pattern("a%d", 1, 2, 0), None);
+        assert_eq!(expand_pattern("a%d", i64::MIN, i64::MAX, 1), None);
+        assert_eq!(expand_pattern("a%d", 1, 2, -1), None);
     }
 
     #[test]
