@@ -267,6 +267,19 @@ pub fn read_csv(path: &Path) -> Result<Vec<DatalistItem>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn stems_drop_every_volume_extension() {
+        for (name, stem) in [
+            ("a/case1.nii.gz", "case1"),
+            ("case1.mha", "case1"),
+            ("case1.MHD", "case1"),
+            ("x/case1.nrrd", "case1"),
+            ("case1.nhdr", "case1"),
+        ] {
+            assert_eq!(volume_stem(Path::new(name)), stem, "{name}");
+        }
+    }
+
     fn items(n: usize) -> Vec<DatalistItem> {
         (0..n)
             .map(|i| DatalistItem {
