@@ -33,3 +33,13 @@ f="$data/nibabel/resampled_anat_moved.nii"
 { head -c 1000 "$f" | gzip -n -c; tail -c +1001 "$f" | gzip -n -c; } > "$out/gzmulti_resampled_anat_moved.nii.gz"
 
 echo "$(ls "$out" | wc -l) files in $out"
+
+# other_formats_read: the attached MetaImage/NRRD fixtures (header and voxels in
+# one file), as is and truncated.
+mf="$here/../data/other_formats/generated"
+out2="$here/corpus/other_formats_read"
+mkdir -p "$out2"
+for f in "$mf"/*.mha "$mf"/*.nrrd "$mf"/types/*.mha; do
+    cp "$f" "$out2/$(basename "$f")"
+    head -c 300 "$f" > "$out2/trunc300_$(basename "$f")"
+done

@@ -23,7 +23,7 @@ pub(crate) struct EmbedArgs {
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
     #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
-    /// The volume (.nii, .nii.gz, .hdr/.img).
+    /// The volume (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr).
     #[arg(
         long,
         required_unless_present = "manifest",
@@ -70,7 +70,7 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let image = args.image.as_ref().context("--image or --manifest")?;
-    let volume = dino3d_pipeline::nifti::read_volume(image)
+    let volume = dino3d_pipeline::formats::read_volume(image)
         .with_context(|| format!("reading {}", image.display()))?;
     let x = model_input_for(&vit, &volume, args.raw)
         .with_context(|| format!("preparing {}", image.display()))?;

@@ -1,14 +1,15 @@
 //! `dino-run inspect FILE...`: a header summary per volume (header-only read).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use dino3d_pipeline::nifti::{self, affine};
+use dino3d_pipeline::formats::{self, Header, VolumeInfo};
+use dino3d_pipeline::nifti::affine;
 
 /// Arguments of `dino-run inspect`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InspectArgs {
-    /// Volumes to describe (.nii, .nii.gz, .hdr/.img).
+    /// Volumes to describe (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Print JSON instead of text.
@@ -19,44 +20,12 @@ pub(crate) struct InspectArgs {
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for file in &args.files {
-        match nifti::read_header(file) {
+        match formats::read_header(file) {
             Ok(info) => {
-                let codes: String = affine::axcodes(&info.affine).iter().collect();
                 if args.json {
-                    let v = serde_json::json!({
-                        "file": file, "format": info.header.version, "dtype": info.dtype,
-                        "shape": info.disk_shape, "channels_first_shape": info.shape,
-                        "spacing": info.spacing, "affine": info.affine, "axcodes": codes,
-                        "scaling": info.scaling, "compressed": info.data_compressed,
-                        "qform_code": info.header.qform_code, "sform_code": info.header.sform_code,
-                    });
-                    println!("{v}");
+                    println!("{}", json(file, &info));
                 } else {
-                    println!("{}", file.display());
-                    println!(
-                        "  format    {:?}, {}",
-                        info.header.version,
-                        if info.data_compressed { "gzip" } else { "raw" }
-                    );
-                    println!("  dtype     {}", info.dtype);
-                    println!(
-                        "  shape     {:?} -> (C, X, Y, Z) {:?}",
-                        info.disk_shape, info.shape
-                    );
-                    println!("  spacing   {:?}", info.spacing);
-                    println!(
-                        "  axcodes   {codes} (qform_code {}, sform_code {})",
-                        info.header.qform_code, info.header.sform_code
-                    );
-                    if let Some((s, i)) = info.scaling {
-                        println!("  scaling   value = stored * {s} + {i}");
-                    }
-                    for row in &info.affine {
-                        println!(
-                            "  affine    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]",
-                            row[0], row[1], row[2], row[3]
-                        );
-                    }
+                    print_text(file, &info);
                 }
             }
             Err(e) => {
@@ -70,4 +39,74 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The NIfTI codes, or the MetaImage/NRRD header fields.
+fn header_facts(info: &VolumeInfo) -> serde_json::Value {
+    match &info.header {
+        Header::Nifti(h) => serde_json::json!({
+            "qform_code": h.qform_code, "sform_code": h.sform_code,
+        }),
+        Header::MetaImage(f) | Header::Nrrd(f) => serde_json::json!({
+            "fields": f.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>(),
+            "data_files": info.data_paths,
+        }),
+    }
+}
+
+fn json(file: &Path, info: &VolumeInfo) -> serde_json::Value {
+    let codes: String = affine::axcodes(&info.affine).iter().collect();
+    let mut v = serde_json::json!({
+        "file": file, "format": info.format, "dtype": info.dtype,
+        "shape": info.disk_shape, "channels_first_shape": info.shape,
+        "spacing": info.spacing, "affine": info.affine, "axcodes": codes,
+        "scaling": info.scaling, "compressed": info.data_compressed,
+        "encoding": info.encoding,
+    });
+    if let (Some(obj), serde_json::Value::Object(facts)) = (v.as_object_mut(), header_facts(info)) {
+        obj.extend(facts);
+    }
+    v
+}
+
+fn print_text(file: &Path, info: &VolumeInfo) {
+    let codes: String = affine::axcodes(&info.affine).iter().collect();
+    println!("{}", file.display());
+    println!(
+        "  format    {}, {}",
+        info.format.name(),
+        info.encoding.name()
+    );
+    println!("  dtype     {}", info.dtype);
+    println!(
+        "  shape     {:?} -> (C, X, Y, Z) {:?}",
+        info.disk_shape, info.shape
+    );
+    println!("  spacing   {:?}", info.spacing);
+    match &info.header {
+        Header::Nifti(h) => println!(
+            "  axcodes   {codes} (qform_code {}, sform_code {})",
+            h.qform_code, h.sform_code
+        ),
+        Header::MetaImage(_) | Header::Nrrd(_) => {
+            println!("  axcodes   {codes} (RAS, from the header's LPS geometry)");
+        }
+    }
+    if let Some((s, i)) = info.scaling {
+        println!("  scaling   value = stored * {s} + {i}");
+    }
+    for row in &info.affine {
+        println!(
+            "  affine    [{:>10.4} {:>10.4} {:>10.4} {:>10.4}]",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+    if info.data_paths.iter().any(|p| p != &info.header_path) {
+        for p in &info.data_paths {
+            println!("  data      {}", p.display());
+        }
+    }
+    for (k, v) in info.header.fields() {
+        println!("  {k:<24} {v}");
+    }
 }

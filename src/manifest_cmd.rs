@@ -97,7 +97,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let (files, unlistable) = manifest::scan::discover_reporting(&args.inputs)?;
     if files.is_empty() && unlistable.is_empty() {
         bail!(
-            "no NIfTI files (.nii, .nii.gz, .hdr) found in {:?}",
+            "no volume files (.nii, .nii.gz, .hdr, .mha, .mhd, .nrrd, .nhdr) found in {:?}",
             args.inputs
         );
     }

@@ -240,6 +240,68 @@ fn inspect_prints_geometry_and_fails_on_bad_files() {
 }
 
 #[test]
+fn metaimage_and_nrrd_are_inspected_and_listed() {
+    let fixtures = data().join("other_formats/generated");
+    let text = run_ok(
+        dino_run()
+            .arg("inspect")
+            .arg(fixtures.join("ct_zlib_oblique.mha"))
+            .arg(fixtures.join("detached_gzip.nhdr")),
+    );
+    assert!(
+        text.contains("metaimage, zlib") && text.contains("nrrd, gzip"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ElementType") && text.contains("detached_gzip.raw.gz"),
+        "{text}"
+    );
+    let json = run_ok(
+        dino_run()
+            .args(["inspect", "--json"])
+            .arg(fixtures.join("rgb_like_3ch.mha")),
+    );
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["format"], "metaimage");
+    assert_eq!(v["channels_first_shape"], serde_json::json!([3, 12, 10, 8]));
+
+    // manifest build keeps headers (never .raw/.zraw data halves), one entry each;
+    // the Parquet manifest names the format.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.json");
+    run_ok(
+        dino_run()
+            .args(["manifest", "build"])
+            .arg(data().join("other_formats"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(list.len(), 27, "{list:#?}");
+    assert!(list.iter().all(|e| {
+        let p = e["image"].as_str().unwrap();
+        [".mha", ".mhd", ".nrrd", ".nhdr"]
+            .iter()
+            .any(|x| p.ends_with(x))
+    }));
+    let pq = dir.path().join("m.parquet");
+    run_ok(
+        dino_run()
+            .args(["manifest", "build"])
+            .arg(data().join("other_formats/itk"))
+            .arg("-o")
+            .arg(&pq),
+    );
+    let rows = dino3d_pipeline::manifest::read_manifest(&pq).unwrap();
+    let formats: Vec<&str> = rows
+        .iter()
+        .map(|r| r.extra["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["metaimage", "metaimage", "nrrd"]);
+}
+
+#[test]
 fn recipe_check_prints_the_plan_or_line_numbered_errors() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let text = run_ok(

@@ -2,8 +2,9 @@
 //! transform graph.
 //!
 //! ```no_run
-//! let info = dino3d_pipeline::nifti::read_header("scan.nii.gz")?; // header only
-//! let vol = dino3d_pipeline::nifti::read_volume("scan.nii.gz")?;  // (C, X, Y, Z)
+//! // Any format (NIfTI, Analyze, MetaImage, NRRD), chosen by name or content.
+//! let info = dino3d_pipeline::formats::read_header("scan.mha")?; // header only
+//! let vol = dino3d_pipeline::formats::read_volume("scan.mha")?;  // (C, X, Y, Z)
 //! assert_eq!(vol.shape, info.shape);
 //! # Ok::<(), dino3d_pipeline::Error>(())
 //! ```
@@ -12,6 +13,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod formats;
 pub mod layout;
 pub mod manifest;
 pub mod nifti;

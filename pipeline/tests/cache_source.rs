@@ -442,3 +442,45 @@ fn lookalike_files_and_restored_mtimes_never_share_an_entry() {
     let want = pipeline.prepare(&entries[0], &manifest).unwrap();
     assert_eq!(*src.prepared(0).unwrap(), want, "the new content is served");
 }
+
+#[test]
+fn detached_data_files_are_part_of_the_key_and_other_formats_are_cached() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/other_formats/generated");
+    let files = [
+        "list_slices.nhdr",
+        "list_slice0.raw",
+        "list_slice1.raw",
+        "list_slice2.raw",
+        "detached_gzip.nhdr",
+        "detached_gzip.raw.gz",
+    ];
+    for n in files {
+        std::fs::copy(fixtures.join(n), data.path().join(n)).unwrap();
+    }
+    let entries: Vec<ManifestEntry> = ["list_slices.nhdr", "detached_gzip.nhdr"]
+        .iter()
+        .map(|n| ManifestEntry {
+            image: n.to_string(),
+            shape: None,
+            spacing: None,
+            extra: Default::default(),
+        })
+        .collect();
+    write_manifest_json(&data.path().join("m.json"), &entries).unwrap();
+    let (src, _) = source(data.path(), cache.path(), RECIPE, false);
+    for i in 0..2 {
+        assert!(matches!(src.ensure(i).unwrap(), Warmed::Built));
+        assert!(matches!(src.ensure(i).unwrap(), Warmed::Hit));
+    }
+    // Rewriting only one slice file (same size, header untouched) misses.
+    let k0 = src.key(0).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let raw = data.path().join("list_slice1.raw");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    bytes.reverse();
+    std::fs::write(&raw, bytes).unwrap();
+    assert_ne!(k0, src.key(0).unwrap(), "a slice file changed");
+}

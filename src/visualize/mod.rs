@@ -87,7 +87,7 @@ pub(crate) struct VisualizeArgs {
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
     #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
-    /// The volume (.nii, .nii.gz, .hdr/.img).
+    /// The volume (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr).
     #[arg(long)]
     image: PathBuf,
     /// Output folder (created if missing).
@@ -129,7 +129,7 @@ pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
     let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     let cfg = vit.config();
     let size = args.size.unwrap_or(cfg.pos_grid * cfg.patch_size);
-    let source = dino3d_pipeline::nifti::read_volume(&args.image)
+    let source = dino3d_pipeline::formats::read_volume(&args.image)
         .with_context(|| format!("reading {}", args.image.display()))?;
     let prep = prepare::prepare(&source, args.frame, cfg.patch_size)?;
     let wanted = match args.vis_type {

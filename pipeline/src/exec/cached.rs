@@ -117,12 +117,24 @@ impl CacheSource {
             .collect()
     }
 
+    /// Every file behind item `i`'s sources: a detached header's data files
+    /// (`.hdr` + `.img`, `.mhd` + `.raw`, `.nhdr` + its data files) count, so
+    /// rewriting the voxels alone still changes the key. A header that
+    /// cannot be read keys on itself (the read then reports the problem).
+    fn key_files(&self, i: usize) -> Vec<PathBuf> {
+        self.sources(i)
+            .into_iter()
+            .flat_map(|p| crate::formats::source_files(&p).unwrap_or_else(|_| vec![p]))
+            .collect()
+    }
+
     /// The entry key of item `i`.
     ///
     /// # Errors
     /// When a source file is missing.
     pub fn key(&self, i: usize) -> Result<String> {
-        entry_key(self.pipeline.prefix_hash(), &self.sources(i)).map_err(|e| self.cache_error(i, e))
+        entry_key(self.pipeline.prefix_hash(), &self.key_files(i))
+            .map_err(|e| self.cache_error(i, e))
     }
 
     fn report(&self, msg: String) {

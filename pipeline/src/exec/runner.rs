@@ -14,8 +14,9 @@ use dino3d_cache::PlaneRect;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::formats::read_volume_with;
 use crate::manifest::ManifestEntry;
-use crate::nifti::{ReadOptions, read_volume_with};
+use crate::nifti::ReadOptions;
 use crate::recipe::{Plan, ViewRole};
 use crate::transforms::{DrawKey, Image, RandomResizedCrop3d, TransformError, threedino_prefix};
 

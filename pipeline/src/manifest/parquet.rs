@@ -154,7 +154,8 @@ pub fn read_entries(path: &Path) -> Result<Vec<ManifestEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nifti::{DType, NiftiVersion};
+    use crate::formats::Format;
+    use crate::nifti::DType;
 
     #[test]
     fn parquet_round_trips_the_3dino_columns() {
@@ -167,7 +168,7 @@ mod tests {
             file_bytes: 1234,
             axcodes: "LAS".into(),
             affine: [1.0; 16],
-            format: NiftiVersion::Nifti2,
+            format: Format::Nifti2,
             compressed: true,
             fingerprint: "00ff".into(),
         };

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nifti::{DType, NiftiVersion};
+use crate::formats::Format;
+use crate::nifti::DType;
 
 /// One entry of a 3DINO pretraining list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,8 +89,8 @@ pub struct ScanRecord {
     pub axcodes: String,
     /// Voxel-to-world affine, row-major 4x4.
     pub affine: [f64; 16],
-    /// Header flavour.
-    pub format: NiftiVersion,
+    /// File format (`analyze`, `nifti1`, `nifti2`, `metaimage`, `nrrd`).
+    pub format: Format,
     /// Whether the voxels are gzip-compressed.
     pub compressed: bool,
     /// Quick fingerprint (xxh3-64 of size, mtime and header), hex.

@@ -11,7 +11,8 @@ use rayon::prelude::*;
 
 use super::record::ScanRecord;
 use crate::error::{Error, Result};
-use crate::nifti::{self, affine};
+use crate::formats;
+use crate::nifti::affine;
 
 /// A file the scanner could not use, and why.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,21 +56,17 @@ pub struct ScanResult {
     pub too_small: usize,
 }
 
-/// Whether a file name looks like a NIfTI/Analyze header or single file.
+/// Whether a file name looks like a volume header or single file (NIfTI,
+/// Analyze, MetaImage, NRRD; see [`formats::is_volume_name`]).
 pub fn is_volume_name(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    [".nii", ".nii.gz", ".hdr", ".hdr.gz"]
-        .iter()
-        .any(|ext| name.ends_with(ext))
+    formats::is_volume_name(path)
 }
 
 /// Expands folders (recursively), glob patterns and plain files into a sorted,
 /// de-duplicated list of volume files. Folders and glob matches keep only
-/// NIfTI/Analyze names (`.nii`, `.nii.gz`, `.hdr`, `.hdr.gz`); a file named
-/// explicitly is always taken.
+/// volume names (`.nii`, `.nii.gz`, `.hdr`, `.hdr.gz`, `.mha`, `.mhd`,
+/// `.nrrd`, `.nhdr`; never data halves such as `.img` or `.raw`); a file
+/// named explicitly is always taken.
 ///
 /// # Errors
 /// When an input names nothing that exists, or a glob pattern is malformed.
@@ -191,7 +188,7 @@ pub fn absolute(p: &Path) -> PathBuf {
 }
 
 fn scan_one(path: &Path, style: PathStyle, base: Option<&Path>) -> Result<ScanRecord> {
-    let info = nifti::read_header(path)?;
+    let info = formats::read_header(path)?;
     // The header read already stat'ed the file: no second stat per file.
     let mtime = info
         .modified
@@ -219,7 +216,7 @@ fn scan_one(path: &Path, style: PathStyle, base: Option<&Path>) -> Result<ScanRe
         file_bytes: info.file_bytes,
         axcodes: affine::axcodes(&info.affine).iter().collect(),
         affine: flat,
-        format: info.header.version,
+        format: info.format,
         compressed: info.data_compressed,
         fingerprint: format!("{:016x}", hasher.digest()),
     })

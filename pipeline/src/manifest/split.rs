@@ -52,14 +52,16 @@ pub struct Datalist {
     pub test: Vec<DatalistItem>,
 }
 
-/// The name stem without NIfTI extensions (`a/b.nii.gz` -> `b`).
+/// The name stem without volume extensions (`a/b.nii.gz` -> `b`, `c.mha` -> `c`).
 pub fn volume_stem(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
-    for ext in [".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img"] {
+    for ext in [
+        ".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img", ".mha", ".mhd", ".nrrd", ".nhdr",
+    ] {
         if lower.ends_with(ext) {
             return name[..name.len() - ext.len()].to_string();
         }
@@ -264,6 +266,19 @@ pub fn read_csv(path: &Path) -> Result<Vec<DatalistItem>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stems_drop_every_volume_extension() {
+        for (name, stem) in [
+            ("a/case1.nii.gz", "case1"),
+            ("case1.mha", "case1"),
+            ("case1.MHD", "case1"),
+            ("x/case1.nrrd", "case1"),
+            ("case1.nhdr", "case1"),
+        ] {
+            assert_eq!(volume_stem(Path::new(name)), stem, "{name}");
+        }
+    }
 
     fn items(n: usize) -> Vec<DatalistItem> {
         (0..n)

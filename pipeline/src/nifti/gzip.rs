@@ -59,7 +59,6 @@ impl Drop for Decompressor {
 ///
 /// # Errors
 /// A message when the stream is corrupt or ends before `out` is full.
-#[cfg(test)]
 pub(crate) fn inflate_into(src: &[u8], out: &mut [u8]) -> Result<(), String> {
     // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `inflate_into_uninit`
     // only ever writes initialised bytes, so `out` stays initialised.

@@ -9,7 +9,7 @@
 
 pub mod affine;
 pub mod dtype;
-mod gzip;
+pub(crate) mod gzip;
 pub mod header;
 mod read;
 mod write;

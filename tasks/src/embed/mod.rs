@@ -78,7 +78,7 @@ pub fn embed(
 ) -> Result<Embedding> {
     let x = match prep {
         Prep::Eval | Prep::Raw => {
-            let volume = dino3d_pipeline::nifti::read_volume(entry.resolve(manifest))?;
+            let volume = dino3d_pipeline::formats::read_volume(entry.resolve(manifest))?;
             model_input_for(vit, &volume, matches!(prep, Prep::Raw))?
         }
         Prep::Recipe { pipeline, size } => {

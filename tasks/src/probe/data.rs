@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use dino3d_pipeline::nifti::read_volume;
+use dino3d_pipeline::formats::read_volume;
 use dino3d_pipeline::transforms::crop_foreground::{crop, foreground_box};
 use dino3d_pipeline::transforms::{
     Image, ResizeMode, ScaleIntensityRangePercentiles, resize, scale_intensity_range_percentiles,
