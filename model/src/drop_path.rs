@@ -55,6 +55,14 @@ impl DropPathMode {
     /// Recipe names, in the order of the variants.
     pub const NAMES: [&'static str; 2] = ["subset", "per_sample"];
 
+    /// Its recipe name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Subset => Self::NAMES[0],
+            Self::PerSample => Self::NAMES[1],
+        }
+    }
+
     /// Looks a mode up by its recipe name.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
