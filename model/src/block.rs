@@ -4,6 +4,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::attention::Attention;
+use crate::drop_path::Subset;
 use crate::mlp::Mlp;
 use crate::norm::LayerNorm;
 
@@ -47,9 +48,18 @@ pub(crate) struct Block {
     ls2: LayerScale,
 }
 
-/// Per-sample branch scales `(B, 1, 1)` for the two residual branches of a
-/// block (drop path); `None` runs both branches on every sample.
-pub(crate) type BranchScales = Option<(Tensor, Tensor)>;
+/// Drop path for the two residual branches of a block (attention, MLP).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum BranchDrop {
+    /// Both branches on every sample.
+    #[default]
+    None,
+    /// Per-sample scales `(B, 1, 1)`.
+    PerSample(Tensor, Tensor),
+    /// A subset per branch (3DINO); the attention maps returned then cover
+    /// the attention branch's subset only.
+    Subset(Subset, Subset),
+}
 
 impl Block {
     pub(crate) fn new(vb: VarBuilder, d: BlockDims) -> candle_core::Result<Self> {
@@ -63,26 +73,39 @@ impl Block {
         })
     }
 
-    /// Returns the block output and the attention probabilities `(B, H, T, T)`.
+    /// Returns the block output and the attention probabilities `(B, H, T, T)`
+    /// (`(k, H, T, T)` for the subset's rows under subset drop path).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
-        drop: &BranchScales,
+        drop: &BranchDrop,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let (a, attn) = self.attn.forward(&self.norm1.forward(x)?)?;
-        let a = self.ls1.forward(&a)?;
-        let a = match drop {
-            Some((s1, _)) => a.broadcast_mul(s1)?,
-            None => a,
+        let attn_branch = |x: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
+            let (a, attn) = self.attn.forward(&self.norm1.forward(x)?)?;
+            Ok((self.ls1.forward(&a)?, attn))
         };
-        let x = (x + a)?;
-        let m = self
-            .ls2
-            .forward(&self.mlp.forward(&self.norm2.forward(&x)?)?)?;
-        let m = match drop {
-            Some((_, s2)) => m.broadcast_mul(s2)?,
-            None => m,
+        let mlp_branch = |x: &Tensor| -> candle_core::Result<(Tensor, ())> {
+            let m = self.mlp.forward(&self.norm2.forward(x)?)?;
+            Ok((self.ls2.forward(&m)?, ()))
         };
-        Ok(((x + m)?, attn))
+        match drop {
+            BranchDrop::Subset(s1, s2) => {
+                let (x, attn) = s1.add_residual(x, attn_branch)?;
+                let (x, ()) = s2.add_residual(&x, mlp_branch)?;
+                Ok((x, attn))
+            }
+            BranchDrop::PerSample(s1, s2) => {
+                let (a, attn) = attn_branch(x)?;
+                let x = (x + a.broadcast_mul(s1)?)?;
+                let m = mlp_branch(&x)?.0;
+                Ok(((&x + m.broadcast_mul(s2)?)?, attn))
+            }
+            BranchDrop::None => {
+                let (a, attn) = attn_branch(x)?;
+                let x = (x + a)?;
+                let m = mlp_branch(&x)?.0;
+                Ok(((&x + m)?, attn))
+            }
+        }
     }
 }

@@ -1,11 +1,17 @@
-//! Stochastic depth ("drop path"), per sample.
+//! Stochastic depth ("drop path") in its two forms.
 //!
-//! 3DINO drops residual branches by running them on a random ⌊0.7·B⌋ subset
-//! of the batch. We use the plain per-sample form instead (as DINOv2 does
-//! for rates ≤ 0.1): each sample's branch is kept with probability
-//! `1 − rate` and rescaled by `1/(1 − rate)`, so its expectation is unchanged.
-//! Masks come from a seeded SplitMix64 because candle's CPU RNG cannot be
-//! seeded.
+//! - Subset (3DINO's, the default): each residual branch runs only on a
+//!   random subset of `max(⌊B·(1 − rate)⌋, 1)` samples (the first entries of
+//!   a random permutation), and its output is added back to those rows times
+//!   `B / subset`; the other rows pass unchanged and cost no compute. 3DINO's
+//!   student gets its crops as a list, so every block takes DINOv2's nested
+//!   path, which uses this form for any rate > 0, drawing a new subset per
+//!   branch and per crop group.
+//! - Per sample (timm's `DropPath`): each sample's branch is kept with
+//!   probability `1 − rate` and rescaled by `1/(1 − rate)`.
+//!
+//! Draws come from a seeded SplitMix64 because candle's CPU RNG cannot be
+//! seeded; nothing depends on the thread count.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -35,6 +41,89 @@ impl SplitMix64 {
     }
 }
 
+/// Which drop-path form a training forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DropPathMode {
+    /// 3DINO's: each branch on a random subset, rescaled by `B / subset`.
+    #[default]
+    Subset,
+    /// timm's: a per-sample keep mask, rescaled by `1/(1 − rate)`.
+    PerSample,
+}
+
+impl DropPathMode {
+    /// Recipe names, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["subset", "per_sample"];
+
+    /// Its recipe name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Subset => Self::NAMES[0],
+            Self::PerSample => Self::NAMES[1],
+        }
+    }
+
+    /// Looks a mode up by its recipe name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "subset" => Some(Self::Subset),
+            "per_sample" => Some(Self::PerSample),
+            _ => None,
+        }
+    }
+}
+
+/// One branch's subset: row indices `(k,)` (u32) and the scale `B / k`.
+#[derive(Debug, Clone)]
+pub(crate) struct Subset {
+    pub(crate) rows: Tensor,
+    pub(crate) scale: f64,
+}
+
+/// Draws the first `max(⌊B·(1 − rate)⌋, 1)` entries of a random permutation
+/// of `0..batch` (partial Fisher–Yates).
+pub(crate) fn subset_rows(batch: usize, rate: f64, rng: &mut SplitMix64) -> Vec<u32> {
+    let k = ((batch as f64 * (1.0 - rate)) as usize).clamp(1, batch.max(1));
+    let mut perm: Vec<u32> = (0..batch as u32).collect();
+    for i in 0..k.min(batch) {
+        let left = (batch - i) as u64;
+        // Multiply-high maps 64 random bits onto 0..left.
+        let j = i + ((u128::from(rng.next_u64()) * u128::from(left)) >> 64) as usize;
+        perm.swap(i, j);
+    }
+    perm.truncate(k.min(batch));
+    perm
+}
+
+impl Subset {
+    /// A subset for a batch of `batch` samples.
+    pub(crate) fn draw(
+        batch: usize,
+        rate: f64,
+        rng: &mut SplitMix64,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let rows = subset_rows(batch, rate, rng);
+        let k = rows.len();
+        Ok(Self {
+            rows: Tensor::from_vec(rows, k, device)?,
+            scale: batch as f64 / k as f64,
+        })
+    }
+
+    /// `x` with `scale · branch(x[rows])` added to `rows`; `branch` sees
+    /// only the subset. Also returns what `branch` returned besides.
+    pub(crate) fn add_residual<A>(
+        &self,
+        x: &Tensor,
+        branch: impl FnOnce(&Tensor) -> candle_core::Result<(Tensor, A)>,
+    ) -> candle_core::Result<(Tensor, A)> {
+        let (r, extra) = branch(&x.index_select(&self.rows, 0)?)?;
+        let r = (r * self.scale)?.to_dtype(x.dtype())?;
+        Ok((x.index_add(&self.rows, &r, 0)?, extra))
+    }
+}
+
 /// Per-sample branch scale `(B, 1, 1)`: `1/keep` with probability `keep`, else 0.
 pub(crate) fn drop_path_scale(
     batch: usize,
@@ -59,6 +148,62 @@ pub(crate) fn drop_path_scale(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subset_sizes_follow_dinov2() {
+        let mut rng = SplitMix64::new(1);
+        for (b, rate, k) in [
+            (4, 0.5, 2),
+            (10, 0.3, 7),
+            (3, 0.3, 2),
+            (1, 0.9, 1),
+            (5, 0.99, 1),
+        ] {
+            let rows = subset_rows(b, rate, &mut rng);
+            assert_eq!(rows.len(), k, "B {b} rate {rate}");
+            let mut sorted = rows.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), k, "distinct rows");
+            assert!(rows.iter().all(|&r| (r as usize) < b));
+        }
+    }
+
+    #[test]
+    fn subset_branch_matches_hand_computation() {
+        // B = 4, rate 0.5: subset of 2 rows, scale 4/2 = 2. Seed 7 draws
+        // rows [1, 0] (pinned: a change of the stream changes runs).
+        let dev = Device::Cpu;
+        let mut rng = SplitMix64::new(7);
+        let s = Subset::draw(4, 0.5, &mut rng, &dev).unwrap();
+        assert_eq!(s.rows.to_vec1::<u32>().unwrap(), vec![1, 0]);
+        assert_eq!(s.scale, 2.0);
+        // Rows i hold (i+1)·[1, 2, 3] as (B, T=1, E=3); branch = 3·x + 1.
+        let x = Tensor::new(
+            &[
+                [[1f32, 2., 3.]],
+                [[2., 4., 6.]],
+                [[3., 6., 9.]],
+                [[4., 8., 12.]],
+            ],
+            &dev,
+        )
+        .unwrap();
+        let mut seen = 0;
+        let (y, ()) = s
+            .add_residual(&x, |sub| {
+                seen = sub.dim(0)?;
+                Ok((sub.affine(3.0, 1.0)?, ()))
+            })
+            .unwrap();
+        assert_eq!(seen, 2, "the branch runs on the subset only");
+        let y: Vec<Vec<Vec<f32>>> = y.to_vec3().unwrap();
+        // Kept rows: x + 2·(3x + 1) = 7x + 2; dropped rows: x exactly.
+        assert_eq!(y[0], vec![vec![9., 16., 23.]]);
+        assert_eq!(y[1], vec![vec![16., 30., 44.]]);
+        assert_eq!(y[2], vec![vec![3., 6., 9.]]);
+        assert_eq!(y[3], vec![vec![4., 8., 12.]]);
+    }
 
     #[test]
     fn keeps_expected_fraction_and_rescales() {

@@ -53,4 +53,4 @@ pub use candle_core;
 pub use candle_nn;
 pub use error::{ModelError, Result};
 pub use head::{DinoHead, DinoHeadConfig};
-pub use vit3d::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};
+pub use vit3d::{AttentionCapture, DropPathMode, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};

@@ -3,8 +3,9 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::block::{Block, BlockDims, BranchScales};
-use crate::drop_path::{SplitMix64, drop_path_scale};
+use crate::block::{Block, BlockDims, BranchDrop};
+pub use crate::drop_path::DropPathMode;
+use crate::drop_path::{SplitMix64, Subset, drop_path_scale};
 use crate::norm::LayerNorm;
 use crate::patch_embed::PatchEmbed3d;
 use crate::{ModelError, Result, pos_embed};
@@ -35,6 +36,8 @@ pub struct ViT3dConfig {
     /// Drop-path rate, the same for every block; used only when a forward
     /// pass is given a drop-path seed.
     pub drop_path_rate: f64,
+    /// Drop-path form: 3DINO's subset form by default.
+    pub drop_path_mode: DropPathMode,
 }
 
 impl ViT3dConfig {
@@ -70,6 +73,7 @@ impl ViT3dConfig {
             layerscale_init: 1e-5,
             ln_eps: 1e-6,
             drop_path_rate: 0.0,
+            drop_path_mode: DropPathMode::Subset,
         }
     }
 
@@ -160,8 +164,9 @@ pub struct ForwardOptions<'a> {
     pub intermediate_layers: &'a [usize],
     /// Attention maps to keep.
     pub attention: AttentionCapture,
-    /// Seed for per-sample drop path at `drop_path_rate`; `None` = no drop
-    /// path (teacher, evaluation).
+    /// Seed for drop path at `drop_path_rate` in `drop_path_mode`; `None` =
+    /// no drop path (teacher, evaluation). Attention maps cannot be captured
+    /// with subset drop path (a branch sees only part of the batch).
     pub drop_path_seed: Option<u64>,
 }
 
@@ -298,15 +303,26 @@ impl ViT3d {
         let b = h.dim(0)?;
         let mut rng = opts.drop_path_seed.map(SplitMix64::new);
         let rate = self.cfg.drop_path_rate;
+        let subset = rate > 0.0 && self.cfg.drop_path_mode == DropPathMode::Subset;
+        if rng.is_some() && subset && opts.attention != AttentionCapture::None {
+            return Err(ModelError::Input(
+                "attention maps cannot be captured under subset drop path".into(),
+            ));
+        }
         let mut layer_out: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         let mut attentions = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
-            let drop: BranchScales = match rng.as_mut() {
-                Some(r) if rate > 0.0 => Some((
+            // Attention's draw first, then the MLP's: a fixed stream order.
+            let drop = match rng.as_mut() {
+                Some(r) if subset => BranchDrop::Subset(
+                    Subset::draw(b, rate, r, h.device())?,
+                    Subset::draw(b, rate, r, h.device())?,
+                ),
+                Some(r) if rate > 0.0 => BranchDrop::PerSample(
                     drop_path_scale(b, rate, r, h.dtype(), h.device())?,
                     drop_path_scale(b, rate, r, h.dtype(), h.device())?,
-                )),
-                _ => None,
+                ),
+                _ => BranchDrop::None,
             };
             let (out, attn) = block.forward(&h, &drop)?;
             h = out;
@@ -527,38 +543,88 @@ mod tests {
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     }
 
-    #[test]
-    fn drop_path_changes_training_forward_only_when_seeded() {
-        let dev = Device::Cpu;
+    fn drop_path_vit(mode: DropPathMode) -> (ViT3d, candle_nn::VarMap) {
         let cfg = ViT3dConfig {
             embed_dim: 24,
             depth: 2,
             num_heads: 2,
             pos_grid: 2,
             drop_path_rate: 0.5,
+            drop_path_mode: mode,
             layerscale_init: 1.0,
             ..ViT3dConfig::tiny()
         };
-        let (vit, _vm) = ViT3d::with_varmap(cfg, &dev).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (8, 1, 32, 32, 32), &dev).unwrap();
-        let eval = vit.forward(&x).unwrap().prenorm;
-        let again = vit.forward(&x).unwrap().prenorm;
-        let d0 = (&eval - &again).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(d0.to_scalar::<f32>().unwrap(), 0.0);
+        ViT3d::with_varmap(cfg, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn drop_path_changes_training_forward_only_when_seeded() {
+        let dev = Device::Cpu;
+        for mode in [DropPathMode::Subset, DropPathMode::PerSample] {
+            let (vit, _vm) = drop_path_vit(mode);
+            let x = Tensor::randn(0f32, 1.0, (8, 1, 32, 32, 32), &dev).unwrap();
+            let eval = vit.forward(&x).unwrap().prenorm;
+            let again = vit.forward(&x).unwrap().prenorm;
+            let d0 = (&eval - &again).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d0.to_scalar::<f32>().unwrap(), 0.0);
+            let opts = ForwardOptions {
+                drop_path_seed: Some(3),
+                ..Default::default()
+            };
+            let train = vit.forward_with(&x, &opts).unwrap().prenorm;
+            let d = (&eval - &train).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() > 1e-3, "{mode:?}");
+            let train2 = vit.forward_with(&x, &opts).unwrap().prenorm;
+            let d2 = (&train - &train2)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(d2.to_scalar::<f32>().unwrap(), 0.0, "same seed, same draws");
+        }
+    }
+
+    #[test]
+    fn subset_drop_path_keeps_every_gradient() {
+        let dev = Device::Cpu;
+        let (vit, vm) = drop_path_vit(DropPathMode::Subset);
+        let x = Tensor::randn(0f32, 1.0, (4, 1, 32, 32, 32), &dev).unwrap();
         let opts = ForwardOptions {
-            drop_path_seed: Some(3),
+            drop_path_seed: Some(9),
             ..Default::default()
         };
-        let train = vit.forward_with(&x, &opts).unwrap().prenorm;
-        let d = (&eval - &train).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() > 1e-3);
-        let train2 = vit.forward_with(&x, &opts).unwrap().prenorm;
-        let d2 = (&train - &train2)
+        let out = vit.forward_with(&x, &opts).unwrap();
+        let grads = out
+            .cls_norm
+            .sqr()
             .unwrap()
-            .abs()
+            .sum_all()
             .unwrap()
-            .max_all()
+            .backward()
             .unwrap();
-        assert_eq!(d2.to_scalar::<f32>().unwrap(), 0.0, "same seed, same masks");
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            if name == "mask_token" {
+                continue; // no masks in this pass
+            }
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: gradient norm² {n}");
+        }
+        // Attention capture is refused under subset drop path.
+        let capture = ForwardOptions {
+            drop_path_seed: Some(9),
+            attention: AttentionCapture::ClsRow,
+            ..Default::default()
+        };
+        assert!(vit.forward_with(&x, &capture).is_err());
     }
 }

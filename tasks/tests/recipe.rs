@@ -147,6 +147,17 @@ fn training_sections_default_to_3dino_and_are_validated() {
         (3.0, 0.9, 0.2)
     );
     assert_eq!(t.total_iterations(), 3750);
+    assert_eq!(t.drop_path_mode, "subset", "3DINO's drop path by default");
+    let text = format!("{pretrain}model:\n  drop_path_mode: per_sample\n");
+    let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
+        panic!("a pretraining task")
+    };
+    assert_eq!(t.drop_path_mode, "per_sample");
+    let e = errors(&format!("{GOOD}model:\n  drop_path_mode: per_batch\n")).to_string();
+    assert!(
+        e.contains("r.yaml:25:19: model.drop_path_mode `per_batch`"),
+        "{e}"
+    );
 
     // GOOD has 23 lines: the sections start on line 24.
     let bad = format!(

@@ -10,9 +10,9 @@
 //! Past the house's 600 lines on purpose: four sections and about forty keys,
 //! each declared, defaulted, checked with its own bounds and printed once.
 
-use dino3d_model::ViT3dConfig;
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
+use dino3d_model::{DropPathMode, ViT3dConfig};
 use dino3d_pipeline::recipe::{Check, RecipeError, Spanned, TaskContext};
 use serde::Deserialize;
 
@@ -29,6 +29,10 @@ pub struct ModelDoc {
     /// `student.drop_path_rate`.
     #[serde(default)]
     pub drop_path_rate: Option<Spanned<f64>>,
+    /// `subset` (3DINO's: each residual branch on a random part of the
+    /// batch) or `per_sample` (timm's keep mask).
+    #[serde(default)]
+    pub drop_path_mode: Option<Spanned<String>>,
     /// `student.layerscale`.
     #[serde(default)]
     pub layerscale: Option<Spanned<f64>>,
@@ -162,6 +166,8 @@ pub struct PretrainConfig {
     pub patch_size: usize,
     /// Student drop-path rate.
     pub drop_path_rate: f64,
+    /// Drop-path form (`subset` or `per_sample`).
+    pub drop_path_mode: String,
     /// LayerScale init.
     pub layerscale: f64,
     /// Prototypes K.
@@ -241,6 +247,7 @@ impl Default for PretrainConfig {
             arch: ViT3dConfig::THREEDINO_PRESET.into(),
             patch_size: backbone.patch_size,
             drop_path_rate: backbone.drop_path_rate,
+            drop_path_mode: backbone.drop_path_mode.name().into(),
             layerscale: backbone.layerscale_init,
             head_n_prototypes: ssl.dino_head.n_prototypes,
             head_hidden_dim: ssl.dino_head.hidden_dim,
@@ -344,6 +351,12 @@ pub fn compile(
             (0.0, 0.99),
             "model.drop_path_rate",
             &mut p.drop_path_rate,
+        );
+        c.choice(
+            &m.drop_path_mode,
+            &DropPathMode::NAMES,
+            "model.drop_path_mode",
+            &mut p.drop_path_mode,
         );
         c.real(
             &m.layerscale,
@@ -589,10 +602,11 @@ impl std::fmt::Display for PretrainConfig {
         let t = self;
         writeln!(
             f,
-            "model ViT-{} (patch {}, drop path {}), heads {}x{}->{}->{} prototypes, {} centring",
+            "model ViT-{} (patch {}, drop path {} {}), heads {}x{}->{}->{} prototypes, {} centring",
             t.arch,
             t.patch_size,
             t.drop_path_rate,
+            t.drop_path_mode,
             t.head_nlayers,
             t.head_hidden_dim,
             t.head_bottleneck_dim,
@@ -646,6 +660,7 @@ mod tests {
         let p = PretrainConfig::default();
         assert_eq!((p.arch.as_str(), p.patch_size), ("large", 16));
         assert_eq!((p.drop_path_rate, p.layerscale), (0.3, 1e-5));
+        assert_eq!(p.drop_path_mode, "subset");
         assert_eq!(
             (
                 p.head_n_prototypes,

@@ -3,7 +3,7 @@
 use dino3d_model::optim::{AdamWConfig, GroupRules};
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
-use dino3d_model::{DinoHeadConfig, ViT3dConfig};
+use dino3d_model::{DinoHeadConfig, DropPathMode, ViT3dConfig};
 use dino3d_pipeline::recipe::{Plan, ViewPlan, ViewRole};
 
 use super::config::PretrainConfig;
@@ -60,6 +60,8 @@ pub fn ssl_config(t: &PretrainConfig, plan: &Plan) -> Result<SslConfig> {
         patch_size: t.patch_size,
         pos_grid: crop / t.patch_size,
         drop_path_rate: t.drop_path_rate,
+        drop_path_mode: DropPathMode::from_name(&t.drop_path_mode)
+            .with_context(|| format!("model.drop_path_mode {:?}", t.drop_path_mode))?,
         layerscale_init: t.layerscale,
         ..ViT3dConfig::from_preset(&t.arch)?
     };

@@ -46,6 +46,7 @@ use super::extractor::Extractor;
 use super::injector::Injector;
 use super::spm::SpatialPriorModule;
 use super::{adapter_conv, adapter_up, channel_mean, volume_to_tokens};
+use crate::block::BranchDrop;
 use crate::drop_path::{SplitMix64, drop_path_scale};
 use crate::seg::batch_norm::BatchNorm3d;
 use crate::seg::conv_transpose3d::ConvTranspose3d;
@@ -351,7 +352,7 @@ impl VitAdapterHead {
                 .reshape((b * c, n, e))?;
             let mut h = Tensor::cat(&[&cls, &xt], 1)?;
             for block in &vit.blocks()[i * per..(i + 1) * per] {
-                h = block.forward(&h, &None)?.0;
+                h = block.forward(&h, &BranchDrop::None)?.0;
             }
             cls = h.narrow(1, 0, 1)?;
             xt = h.narrow(1, 1, n)?;
