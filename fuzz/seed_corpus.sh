@@ -43,3 +43,23 @@ for f in "$mf"/*.mha "$mf"/*.nrrd "$mf"/types/*.mha; do
     cp "$f" "$out2/$(basename "$f")"
     head -c 300 "$f" > "$out2/trunc300_$(basename "$f")"
 done
+
+# recipe_compile: every bundled recipe, as is and with overrides after a
+# `---set---` line (the target's input format).
+out3="$here/corpus/recipe_compile"
+mkdir -p "$out3"
+for f in "$here"/../recipes/*.yaml; do
+    cp "$f" "$out3/$(basename "$f")"
+    { cat "$f"; printf '\n---set---\nseed=7\nbatch.size=2\ncache.codec=lz4\n'; } > "$out3/set_$(basename "$f")"
+done
+
+# pth_read: mode byte 0 + a whole .pth fixture; mode byte 1 + its pickle.
+out4="$here/corpus/pth_read"
+mkdir -p "$out4"
+for f in "$here"/../model/tests/fixtures/*.pth; do
+    name=$(basename "$f" .pth)
+    { printf '\000'; cat "$f"; } > "$out4/file_$name"
+    pkl=$(unzip -Z1 "$f" | grep 'data.pkl$' | head -1)
+    { printf '\001'; unzip -p "$f" "$pkl"; } > "$out4/pickle_$name"
+done
+echo "$(ls "$out3" | wc -l) recipes, $(ls "$out4" | wc -l) pth seeds"

@@ -65,6 +65,14 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// The file system is full (or the user's quota spent): a passing state,
+    /// unlike a folder that cannot be written at all.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(self, CacheError::Io { source, .. }
+            if matches!(source.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded))
+    }
+
     pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> CacheError {
         CacheError::Io {
             path: path.as_ref().to_path_buf(),

@@ -12,6 +12,15 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// The file system refused a checkpoint's read or write (kept as the
+    /// `io::Error`, so a caller can tell a full disk from the rest).
+    #[error("checkpoint {path}: {source}")]
+    CheckpointIo {
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+        /// The file system's error.
+        source: std::io::Error,
+    },
     /// A configuration is inconsistent (e.g. embed dim not divisible by heads).
     #[error("invalid config: {0}")]
     Config(String),

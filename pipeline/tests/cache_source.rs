@@ -321,6 +321,40 @@ fn an_unwritable_cache_fails_clearly_or_serves_uncached() {
     );
 }
 
+/// A full disk while an entry is written costs no sample: the prepared item
+/// is served uncached and reported, even without `allow_uncached` (the folder
+/// was writable at start), and the entry is written once space is back.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_serves_the_item_uncached_and_writes_it_later() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 1);
+    let (src, pipeline) = source(data.path(), cache.path(), RECIPE, false);
+    let key = src.key(0).unwrap();
+    let entry = CacheDir::new(cache.path()).unwrap().entry_path(&key);
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    // The entry's temporary file is /dev/full: every write is ENOSPC.
+    let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+    let tmp = entry.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+    let expected = pipeline.prepare(&entries[0], &manifest).unwrap();
+    assert_eq!(*src.prepared(0).unwrap(), expected);
+    assert_eq!(src.stats.write_failures.load(Relaxed), 1);
+    let reports = src.reports.lock().unwrap().clone();
+    assert!(
+        reports.len() == 1 && reports[0].contains("No space left") && reports[0].contains("uncached"),
+        "{reports:?}"
+    );
+    assert!(!entry.exists() && !tmp.exists(), "nothing half-written is left");
+    // Space is back: the next read builds the entry, the one after hits it.
+    assert_eq!(*src.prepared(0).unwrap(), expected);
+    assert!(entry.exists());
+    assert_eq!(*src.prepared(0).unwrap(), expected);
+    assert_eq!(src.stats.hits.load(Relaxed), 1);
+}
+
 /// With the `cut_views_by_plane` pass off, the cache serves the same views
 /// from the decoded volume, and never by plane.
 #[test]

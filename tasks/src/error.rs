@@ -58,13 +58,43 @@ impl TaskError {
         }
     }
 
+    /// Whether a full file system (or a spent quota) caused this: a passing
+    /// state a long run may wait out, unlike a folder it cannot write at all.
+    pub fn is_out_of_space(&self) -> bool {
+        use std::io::ErrorKind;
+        let full = |e: &std::io::Error| {
+            matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(c) = cause {
+            // `Io` is transparent: its own source skips the io::Error. A
+            // context's cause is a `Box<TaskError>`.
+            let task = c
+                .downcast_ref::<TaskError>()
+                .or_else(|| c.downcast_ref::<Box<TaskError>>().map(|b| &**b));
+            let io = c.downcast_ref::<std::io::Error>().or(match task {
+                Some(TaskError::Io(e)) => Some(e),
+                _ => None,
+            });
+            if io.is_some_and(full) {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
     /// The message and every cause, `outer: inner: ...`.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();
         let mut cause = std::error::Error::source(self);
         while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
+            // Errors that print their source (`io: {source}`) are said once.
+            let said = c.to_string();
+            if !text.ends_with(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
             cause = c.source();
         }
         text
@@ -139,5 +169,39 @@ mod tests {
         assert_eq!(e.chain(), "saving the run: writing a.json: disk full");
         let none: Option<u8> = None;
         assert_eq!(none.context("no value").unwrap_err().chain(), "no value");
+    }
+
+    /// A full disk is recognised through contexts and each crate's error.
+    #[test]
+    fn a_full_disk_is_told_from_other_failures() {
+        use std::io::{Error, ErrorKind};
+        let full = || Error::from(ErrorKind::StorageFull);
+        let ctx = |e: TaskError| e.context("writing x").context("saving");
+        assert!(ctx(TaskError::Io(full())).is_out_of_space());
+        assert!(ctx(TaskError::Io(Error::from(ErrorKind::QuotaExceeded))).is_out_of_space());
+        let model = dino3d_model::ModelError::CheckpointIo {
+            path: "c.safetensors".into(),
+            source: full(),
+        };
+        assert!(ctx(model.into()).is_out_of_space());
+        let cache = dino3d_pipeline::Error::Cache {
+            path: "v.nii".into(),
+            source: Box::new(dino3d_cache::CacheError::Io {
+                path: "e.d3c".into(),
+                source: full(),
+            }),
+        };
+        assert!(ctx(cache.into()).is_out_of_space());
+        assert!(!ctx(TaskError::Io(Error::from(ErrorKind::PermissionDenied))).is_out_of_space());
+        assert!(!ctx(TaskError::msg("No space left on device")).is_out_of_space());
+        // The model error prints its io error: the chain says it once.
+        let model = dino3d_model::ModelError::CheckpointIo {
+            path: "c.safetensors".into(),
+            source: Error::other("disk gone"),
+        };
+        assert_eq!(
+            TaskError::from(model).context("saving").chain(),
+            "saving: checkpoint c.safetensors: disk gone"
+        );
     }
 }

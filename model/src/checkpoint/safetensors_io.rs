@@ -23,6 +23,13 @@ fn ckpt_err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     }
 }
 
+fn io_err(path: &Path, source: std::io::Error) -> ModelError {
+    ModelError::CheckpointIo {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Writes `tensors` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename over `path`, fsync of the directory. A crash
 /// leaves either the old file or the new one, never a torn one.
@@ -44,16 +51,20 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
         // umask gives new files, and the output gets that one.
         let mode = File::create(&tmp)
             .and_then(|f| f.metadata())
-            .map_err(|e| ckpt_err(path, e))?
+            .map_err(|e| io_err(path, e))?
             .permissions();
         let metadata = HashMap::from([(CHECKSUMS_KEY.to_string(), checksums(tensors)?)]);
-        safetensors::serialize_to_file(tensors.iter(), Some(metadata), &tmp)
-            .map_err(|e| ckpt_err(path, e))?;
-        std::fs::set_permissions(&tmp, mode).map_err(|e| ckpt_err(path, e))?;
+        safetensors::serialize_to_file(tensors.iter(), Some(metadata), &tmp).map_err(
+            |e| match e {
+                safetensors::SafeTensorError::IoError(e) => io_err(path, e),
+                e => ckpt_err(path, e),
+            },
+        )?;
+        std::fs::set_permissions(&tmp, mode).map_err(|e| io_err(path, e))?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
-            .map_err(|e| ckpt_err(path, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
+            .map_err(|e| io_err(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
         // Make the rename itself durable (not supported on every platform).
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();

@@ -195,7 +195,11 @@ impl CacheSource {
                 }
                 Ok(stored)
             }
-            Err(e) if self.allow_uncached => {
+            // The item is prepared and right; only its entry could not be
+            // kept. A full disk passes (the folder was writable at start), so
+            // it never costs a sample, nor does an unwritable folder the
+            // user allowed.
+            Err(e) if self.allow_uncached || e.is_out_of_space() => {
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
                 self.report(format!("{e}; serving {source} uncached"));
                 Ok(stored)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Result, TaskError};
 
 /// One iteration's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +111,10 @@ impl ThreeDinoLosses {
 pub struct MetricsLog {
     file: File,
     path: PathBuf,
+    /// Bytes of whole lines in the file (a failed append is cut back to it).
+    len: u64,
+    /// Lines a full disk has not let through yet, oldest first.
+    pending: Vec<String>,
 }
 
 impl MetricsLog {
@@ -146,14 +150,45 @@ impl MetricsLog {
         }
         fs::rename(&tmp, &path)?;
         let file = OpenOptions::new().append(true).open(&path)?;
-        Ok((Self { file, path }, kept))
+        let len = file.metadata()?.len();
+        let log = Self {
+            file,
+            path,
+            len,
+            pending: Vec::new(),
+        };
+        Ok((log, kept))
     }
 
-    /// Appends one record.
-    pub fn write(&mut self, r: &Record) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(r)?)
-            .with_context(|| format!("writing {}", self.path.display()))?;
-        self.file.flush()?;
+    /// Appends one record. On a full disk the line is kept in memory (and
+    /// any torn part cut off) and written, in order, once space returns:
+    /// returns how many lines wait (0 when all are in the file).
+    ///
+    /// # Errors
+    /// Any other write failure.
+    pub fn write(&mut self, r: &Record) -> Result<usize> {
+        self.pending.push(serde_json::to_string(r)?);
+        match self.write_pending() {
+            Err(e) if e.is_out_of_space() => Ok(self.pending.len()),
+            other => other.map(|()| 0),
+        }
+    }
+
+    /// Writes the lines a full disk held back.
+    ///
+    /// # Errors
+    /// When they still cannot be written.
+    pub fn write_pending(&mut self) -> Result<()> {
+        while let Some(line) = self.pending.first() {
+            let bytes = format!("{line}\n");
+            if let Err(e) = self.file.write_all(bytes.as_bytes()) {
+                // A torn line would glue onto the next one: cut it off.
+                let _ = self.file.set_len(self.len);
+                return Err(TaskError::from(e).context(format!("writing {}", self.path.display())));
+            }
+            self.len += bytes.len() as u64;
+            self.pending.remove(0);
+        }
         Ok(())
     }
 }
@@ -186,6 +221,34 @@ mod tests {
             threedino: ThreeDinoLosses::default(),
             cache_unwritable: false,
         }
+    }
+
+    /// Lines a full disk holds back are written, in order and whole, when
+    /// space returns.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lines_wait_out_a_full_disk_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = MetricsLog::open(dir.path(), 0).unwrap();
+        assert_eq!(log.write(&rec(0)).unwrap(), 0);
+        let real = std::mem::replace(
+            &mut log.file,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        assert_eq!(log.write(&rec(1)).unwrap(), 1);
+        assert_eq!(log.write(&rec(2)).unwrap(), 2);
+        assert!(log.write_pending().unwrap_err().is_out_of_space());
+        log.file = real;
+        assert_eq!(log.write(&rec(3)).unwrap(), 0);
+        let text = fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let its: Vec<usize> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().iteration)
+            .collect();
+        assert_eq!(its, [0, 1, 2, 3]);
+        // Other failures are errors at once.
+        log.file = File::open(dir.path().join("metrics.jsonl")).unwrap();
+        assert!(log.write(&rec(4)).is_err());
     }
 
     /// 3DINO's convention on a hand-computed case: weights 1 (DINO) and 2

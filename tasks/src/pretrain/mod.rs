@@ -244,13 +244,34 @@ pub fn run(
             ),
             cache_unwritable,
         };
-        log.write(&record)?;
+        if log.write(&record)? == 1 {
+            bar.note("metrics.jsonl: the disk is full; its lines wait in memory until there is space");
+        }
         history.push(record);
         let done = it + 1;
+        // A full disk mid-run is waited out: training goes on, and what
+        // could not be written is tried again at its next period. The run's
+        // last writes must succeed.
+        let last = done == end;
+        let tolerate = |what: &str, result: Result<()>| -> Result<()> {
+            match result {
+                Err(e) if !last && e.is_out_of_space() => {
+                    bar.note(&format!(
+                        "{what} at iteration {done} not written, the disk is full ({}); training goes on and tries again at the next one",
+                        e.chain()
+                    ));
+                    Ok(())
+                }
+                other => other,
+            }
+        };
         if done % t.eval_period_iterations == 0 || done == total {
-            save_teacher(&model, &out, it)?;
+            tolerate(
+                "teacher checkpoint",
+                save_teacher(&model, &out, it).map(drop),
+            )?;
         }
-        if done % t.checkpoint_period == 0 || done == end {
+        if done % t.checkpoint_period == 0 || last {
             let meta = checkpoints::Meta {
                 iteration: done,
                 data_epoch: loaded.next_position.0,
@@ -258,8 +279,14 @@ pub fn run(
                 next_batch: loaded.index + 1,
                 fingerprint: fingerprint.clone(),
             };
-            checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints)?;
-            on_checkpoint(&history, &out);
+            // A checkpoint never runs ahead of the metrics it resumes after.
+            let saved = log
+                .write_pending()
+                .and_then(|()| checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints));
+            if saved.is_ok() {
+                on_checkpoint(&history, &out);
+            }
+            tolerate("checkpoint", saved.map(drop))?;
         }
         bar.inc(1);
         bar.set_message(format!(
