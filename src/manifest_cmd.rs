@@ -211,7 +211,10 @@ fn stats(file: &Path) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", summarize(&rows)?);
     }
-    let missing = entries.iter().filter(|e| !e.resolve(file).exists()).count();
+    let missing = entries
+        .iter()
+        .filter(|e| !dino3d_pipeline::formats::exists(e.resolve(file)))
+        .count();
     if missing > 0 {
         println!(
             "warning: {missing} listed images do not exist (paths resolved against the manifest's folder)"

@@ -81,16 +81,25 @@ pub(crate) fn dtype(h: &FileHeader) -> DType {
 pub(crate) fn decode_into(h: &FileHeader, frames: &mut [(usize, &mut [u8])]) -> Result<()> {
     check_supported(h)?;
     let obj = open(&h.path, false)?;
-    let pixels = obj.decode_pixel_data().map_err(|e| {
+    // dicom-rs 0.10's RLE decoder indexes past a segment that decodes short
+    // (found by tests/dicom_mutations.rs): a corrupt file must be an error
+    // naming it, not a crash of a 100k-scan run, so a codec panic is caught
+    // here. Nothing outlives it: `obj` is only read and the result dropped.
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()));
+    let cannot = |why: String| {
         Error::format(
             &h.path,
             format!(
-                "cannot decode pixel data ({}): {}",
-                ts_name(&h.transfer_syntax),
-                chain(&e)
+                "cannot decode pixel data ({}): {why}",
+                ts_name(&h.transfer_syntax)
             ),
         )
-    })?;
+    };
+    let pixels = match decoded {
+        Ok(r) => r.map_err(|e| cannot(chain(&e)))?,
+        Err(_) => return Err(cannot("the codec failed on corrupt data".into())),
+    };
     let data = pixels.data();
     let frame_bytes = h.frame_bytes() as usize;
     for (f, dst) in frames.iter_mut() {
