@@ -97,7 +97,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let (files, unlistable) = manifest::scan::discover_reporting(&args.inputs)?;
     if files.is_empty() && unlistable.is_empty() {
         bail!(
-            "no volume files (.nii, .nii.gz, .hdr, .mha, .mhd, .nrrd, .nhdr) found in {:?}",
+            "no volume files (.nii, .nii.gz, .hdr, .mha, .mhd, .nrrd, .nhdr, DICOM series folders) found in {:?}",
             args.inputs
         );
     }

@@ -135,6 +135,32 @@ fn every_dicom_volume_reads_as_simpleitk_and_pydicom_give_it() {
 }
 
 #[test]
+fn every_series_a_folder_scan_finds_has_an_oracle_entry() {
+    let oracle = oracle();
+    let dirs = [
+        "dicom/CT5N_series",
+        "dicom_generated/two_series",
+        "dicom_generated/oblique",
+    ];
+    let inputs: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            data_dir()
+                .join("other_formats")
+                .join(d)
+                .display()
+                .to_string()
+        })
+        .collect();
+    let found = dino3d_pipeline::manifest::discover(&inputs).unwrap();
+    assert_eq!(found.len(), 4, "{found:?}");
+    for p in found {
+        let rel = p.strip_prefix(data_dir()).unwrap().display().to_string();
+        assert!(oracle.contains_key(&rel), "{rel} has no oracle entry");
+    }
+}
+
+#[test]
 fn a_folder_with_two_series_lists_both_and_needs_a_uid() {
     let dir = generated("two_series");
     let series = formats::dicom::series_paths(&dir).unwrap();
