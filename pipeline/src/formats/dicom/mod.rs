@@ -260,10 +260,13 @@ fn describe(path: &Path, headers: &[FileHeader], plan: &Plan) -> Result<VolumeIn
         ("BitsAllocated", first.bits_allocated.to_string()),
         ("BitsStored", first.bits_stored.to_string()),
         ("PixelRepresentation", u8::from(first.signed).to_string()),
-        ("PixelSpacing", format!("{:?}", first.pixel_spacing)),
+        (
+            "PixelSpacing",
+            shown(first.pixel_spacing.as_ref().map(|v| &v[..])),
+        ),
         (
             "ImageOrientationPatient",
-            format!("{:?}", first.orientation),
+            shown(first.orientation.as_ref().map(|v| &v[..])),
         ),
         (
             "RescaleSlope",
@@ -304,6 +307,11 @@ fn describe(path: &Path, headers: &[FileHeader], plan: &Plan) -> Result<VolumeIn
         file_bytes: headers.iter().map(|h| h.file_bytes).sum(),
         modified: headers.iter().filter_map(|h| h.modified).max(),
     })
+}
+
+/// A header's numbers as `[a, b, ...]`, or `absent`.
+fn shown(v: Option<&[f64]>) -> String {
+    v.map_or_else(|| "absent".to_string(), |v| format!("{v:?}"))
 }
 
 /// Every file of the DICOM volume at `path`, in slice order.
