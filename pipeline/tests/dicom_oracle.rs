@@ -97,8 +97,14 @@ fn every_dicom_volume_reads_as_simpleitk_and_pydicom_give_it() {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let sha = format!("{:x}", Sha256::digest(&bytes));
         assert_eq!(sha, want["values_sha256_f64"], "{rel}: values");
-        // The stored integers and the rescale, as pydicom gives them.
+        // The stored integers and the rescale, as pydicom gives them (a series
+        // whose slices disagree on the rescale is float32 values instead).
         let pd = &want["pydicom"];
+        if rel.ends_with("rescale_per_slice") {
+            assert_eq!(vol.data.dtype(), DType::F32, "{rel}");
+            assert_eq!(vol.scaling, None, "{rel}");
+            continue;
+        }
         assert_eq!(
             numpy_name(vol.data.dtype()),
             pd["stored_dtype"],

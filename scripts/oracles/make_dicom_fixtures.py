@@ -10,6 +10,7 @@ MR_small.dcm):
   oblique/             CT5N with rotated ImageOrientationPatient, positions
                        along the slice normal, files in shuffled name order
   rescale/             CT5N with RescaleSlope 0.5, RescaleIntercept -100
+  rescale_per_slice/   CT5N whose slices disagree on RescaleSlope/Intercept
   enhanced_ct.dcm      CT5N as one enhanced multi-frame object (per-frame
                        PlanePositionSequence, shared orientation/spacing)
   deflate.dcm          MR_small as Deflated Explicit VR Little Endian
@@ -115,6 +116,11 @@ def main():
         s.RescaleSlope = "0.5"
         s.RescaleIntercept = "-100"
     series(cts, ["rescale"], UID_ROOT + "4", rescale)
+
+    def per_slice(i, s):
+        s.RescaleSlope = ["0.5", "1", "2", "0.25", "1"][i]
+        s.RescaleIntercept = ["-100", "-1024", "0", "10", "-1024"][i]
+    series(cts, ["rescale_per_slice"], UID_ROOT + "10", per_slice)
 
     # Enhanced multi-frame CT.
     enhanced = copy.deepcopy(cts[0])

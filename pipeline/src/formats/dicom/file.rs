@@ -47,8 +47,8 @@ pub(crate) struct FileHeader {
     pub orientation: Option<[f64; 6]>,
     /// SpacingBetweenSlices.
     pub spacing_between: Option<f64>,
-    /// `(RescaleSlope, RescaleIntercept)`, `(1, 0)` when absent.
-    pub rescale: (f64, f64),
+    /// `(RescaleSlope, RescaleIntercept)` of each frame, `(1, 0)` when absent.
+    pub rescale: Vec<(f64, f64)>,
     /// ImagePositionPatient of each frame (one entry for a single-frame
     /// object; `None` when the file does not give it).
     pub positions: Vec<Option<[f64; 3]>>,
@@ -135,10 +135,23 @@ pub(crate) fn read(path: &Path) -> Result<FileHeader> {
     let spacing_between = floats(&obj, tags::SPACING_BETWEEN_SLICES)
         .or_else(|| in_groups(PIXEL_MEASURES, tags::SPACING_BETWEEN_SLICES, 0))
         .and_then(|v| v.first().copied());
-    let slope = floats(&obj, tags::RESCALE_SLOPE)
-        .or_else(|| in_groups(PIXEL_VALUE_TRANSFORM, tags::RESCALE_SLOPE, 0));
-    let inter = floats(&obj, tags::RESCALE_INTERCEPT)
-        .or_else(|| in_groups(PIXEL_VALUE_TRANSFORM, tags::RESCALE_INTERCEPT, 0));
+    // Enhanced objects may rescale each frame differently.
+    let rescale = |frame: usize| {
+        let slope = floats(&obj, tags::RESCALE_SLOPE)
+            .or_else(|| in_groups(PIXEL_VALUE_TRANSFORM, tags::RESCALE_SLOPE, frame));
+        let inter = floats(&obj, tags::RESCALE_INTERCEPT)
+            .or_else(|| in_groups(PIXEL_VALUE_TRANSFORM, tags::RESCALE_INTERCEPT, frame));
+        (
+            slope
+                .and_then(|v| v.first().copied())
+                .filter(|s| s.is_finite() && *s != 0.0)
+                .unwrap_or(1.0),
+            inter
+                .and_then(|v| v.first().copied())
+                .filter(|s| s.is_finite())
+                .unwrap_or(0.0),
+        )
+    };
     let positions = if frames == 1 {
         vec![
             floats(&obj, tags::IMAGE_POSITION_PATIENT)
@@ -182,16 +195,7 @@ pub(crate) fn read(path: &Path) -> Result<FileHeader> {
         orientation: orientation
             .and_then(|v| (v.len() >= 6).then(|| [v[0], v[1], v[2], v[3], v[4], v[5]])),
         spacing_between: spacing_between.filter(|s| s.is_finite() && *s > 0.0),
-        rescale: (
-            slope
-                .and_then(|v| v.first().copied())
-                .filter(|s| s.is_finite() && *s != 0.0)
-                .unwrap_or(1.0),
-            inter
-                .and_then(|v| v.first().copied())
-                .filter(|s| s.is_finite())
-                .unwrap_or(0.0),
-        ),
+        rescale: (0..positions.len()).map(rescale).collect(),
         positions,
         file_bytes: meta.len(),
         modified: meta.modified().ok(),
@@ -316,7 +320,7 @@ pub(crate) fn tests_header() -> FileHeader {
         pixel_spacing: Some([0.5, 0.25]),
         orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
         spacing_between: None,
-        rescale: (1.0, -1024.0),
+        rescale: vec![(1.0, -1024.0)],
         positions: vec![Some([10.0, 20.0, 0.0])],
         file_bytes: 100,
         modified: None,

@@ -389,7 +389,7 @@ fn rescale_per_slice(data: &VoxelData, plan: &Plan, headers: &[FileHeader]) -> V
         .iter()
         .enumerate()
         .flat_map(|(k, s)| {
-            let (slope, inter) = headers[s.file].rescale;
+            let (slope, inter) = headers[s.file].rescale[s.frame];
             (k * n..(k + 1) * n).map(move |i| (data.get_f64(i) * slope + inter) as f32)
         })
         .collect();

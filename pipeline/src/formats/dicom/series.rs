@@ -161,7 +161,7 @@ pub(crate) fn plan(headers: &[FileHeader], label: &Path) -> Result<Plan> {
         slices = placed.iter().map(|&(s, p, _)| (s, Some(p))).collect();
         (placed[0].1, step)
     };
-    let rescales: Vec<(f64, f64)> = headers.iter().map(|h| h.rescale).collect();
+    let rescales: Vec<(f64, f64)> = headers.iter().flat_map(|h| h.rescale.clone()).collect();
     let rescale = rescales
         .iter()
         .all(|r| *r == rescales[0])
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn slices_that_disagree_on_rescale_give_no_single_scaling() {
         let mut h = vec![slice("a", 0.0), slice("b", 1.0)];
-        h[1].rescale = (2.0, 0.0);
+        h[1].rescale = vec![(2.0, 0.0)];
         assert_eq!(plan(&h, Path::new("s")).unwrap().rescale, None);
     }
 }
