@@ -159,6 +159,19 @@ pub(crate) fn read(path: &Path) -> Result<FileHeader> {
                 .and_then(|v| three(&v)),
         ]
     } else {
+        // Checked before anything is sized by NumberOfFrames (a corrupt count
+        // must not allocate).
+        if per_frame.len() < frames as usize {
+            return Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                what: format!(
+                    "multi-frame object ({frames} frames) with {} per-frame functional groups: \
+                     without a position per frame (PerFrameFunctionalGroupsSequence > \
+                     PlanePositionSequence > ImagePositionPatient) its slices cannot be placed",
+                    per_frame.len()
+                ),
+            });
+        }
         let ps: Vec<_> = (0..frames as usize)
             .map(|f| {
                 per_frame
@@ -210,7 +223,9 @@ fn check(h: &FileHeader) -> Result<()> {
         path: h.path.clone(),
         what,
     };
-    if h.rows == 0 || h.cols == 0 {
+    // Rows and Columns are US (16-bit): larger values are corrupt, and
+    // keeping them small keeps every size product far from overflow.
+    if h.rows == 0 || h.cols == 0 || h.rows > 65535 || h.cols > 65535 {
         return Err(Error::format(
             &h.path,
             format!("image of {}x{} pixels", h.cols, h.rows),

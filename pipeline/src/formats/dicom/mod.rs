@@ -113,10 +113,11 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads the headers of `files` in parallel; the first failure (in path
-/// order) is returned.
+/// Reads the headers of `files` in parallel; the first failure in path order
+/// is returned (so a message does not depend on thread timing).
 fn headers_of(files: &[PathBuf]) -> Result<Vec<FileHeader>> {
-    files.par_iter().map(|p| file::read(p)).collect()
+    let read: Vec<Result<FileHeader>> = files.par_iter().map(|p| file::read(p)).collect();
+    read.into_iter().collect()
 }
 
 /// The headers of `dir`'s DICOM files grouped by SeriesInstanceUID.
@@ -151,7 +152,7 @@ pub fn series_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The headers of the series `path` names, and its label for messages.
+/// The headers of the files of the series (or single file) `path` names.
 fn select(path: &Path) -> Result<Vec<FileHeader>> {
     match folder_target(path) {
         Some(FolderTarget { dir, series }) => {
