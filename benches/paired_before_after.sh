@@ -8,7 +8,8 @@
 # workspace crates by their path inside the workspace, so two checkouts
 # sharing a target dir can silently reuse each other's crates.
 # Data: the CT-like volumes of benches/decode_vs_nibabel.sh (made if missing).
-# ROUNDS (3), BENCH_CPU (1), PAIRED_SAMPLES (40), WORK (/tmp/dino3d-paired).
+# ROUNDS (3), BENCH_CPU (1), PAIRED_SAMPLES (40), WORK (/tmp/dino3d-paired);
+# BIN=DIR skips the builds and runs DIR/{decode,sample,cache,train_step}-{base,new}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE="$1"; NEW="${2:-HEAD}"
@@ -31,15 +32,18 @@ build() { # side rev
     cp "$exe" "$WORK/bin/$2-$side"
   done
 }
-side=base; build base "$BASE"
-side=new; build new "$NEW"
+if [ -z "${BIN:-}" ]; then
+  side=base; build base "$BASE"
+  side=new; build new "$NEW"
+  BIN="$WORK/bin"
+fi
 echo "base $(git rev-parse --short "$BASE"), new $(git rev-parse --short "$NEW"), core $CPU, $(date -u +%FT%TZ)"
 for round in $(seq "$ROUNDS"); do
   for side in base new; do
     echo "== round $round, $side"
-    taskset -c "$CPU" "$WORK/bin/decode-$side" --bench 2>&1 | grep -E '^(├|╰|│).*(read|decode)' | head -4 || true
-    taskset -c "$CPU" "$WORK/bin/sample-$side" --bench one_thread 2>&1 | grep -E 'one_thread' || true
-    DINO3D_PAIRED_SAMPLES="${PAIRED_SAMPLES:-40}" taskset -c "$CPU" "$WORK/bin/cache-$side" --bench 2>&1 | grep -E 'paired' || true
-    ARCH=small BATCH=2 STEPS=3 taskset -c "$CPU" "$WORK/bin/train_step-$side" --bench 2>&1 | grep -Ei 'step|peak' | tail -3 || true
+    taskset -c "$CPU" "$BIN/decode-$side" --bench 2>&1 | grep -E '^(├|╰|│).*(read|decode)' | head -4 || true
+    taskset -c "$CPU" "$BIN/sample-$side" --bench one_thread 2>&1 | grep -A1 one_thread | tail -1 || true
+    DINO3D_PAIRED_SAMPLES="${PAIRED_SAMPLES:-40}" taskset -c "$CPU" "$BIN/cache-$side" --bench 2>&1 | grep -E 'paired' || true
+    ARCH=small BATCH=2 STEPS=3 taskset -c "$CPU" "$BIN/train_step-$side" --bench 2>&1 | grep 'rust step' || true
   done
 done

@@ -52,11 +52,12 @@ impl Codec {
         }
     }
 
+    /// Every codec, in the order error messages list them.
+    pub const ALL: [Codec; 2] = [Codec::Lz4, Codec::Zstd];
+
     /// The codec called `name` (`lz4` or `zstd`).
     pub fn from_name(name: &str) -> Option<Codec> {
-        [Codec::Zstd, Codec::Lz4]
-            .into_iter()
-            .find(|c| c.name() == name)
+        Codec::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// Compresses a chunk's shuffled bytes (`elem` planes of equal size).

@@ -148,7 +148,7 @@ fn training_sections_default_to_3dino_and_are_validated() {
     );
     assert_eq!(t.total_iterations(), 3750);
     assert_eq!(t.drop_path_mode, "subset", "3DINO's drop path by default");
-    let text = format!("{pretrain}model:\n  drop_path_mode: per_sample\n");
+    let text = format!("{pretrain}{ONE_GLOBAL_VIEW}model:\n  drop_path_mode: per_sample\n");
     let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
     };

@@ -581,16 +581,18 @@ fn cache_layout(
     let Some(cache) = doc.cache.as_ref() else {
         return (None, None);
     };
-    const CODECS: [&str; 2] = ["lz4", "zstd"];
+    // The cache crate owns the codec list: a new codec needs no change here.
+    let codecs = dino3d_cache::Codec::ALL.map(dino3d_cache::Codec::name);
     let codec = cache.codec.as_ref().map(|c| {
-        if !CODECS.contains(&c.value.as_str()) {
+        if dino3d_cache::Codec::from_name(&c.value).is_none() {
             errors.push(RecipeError::at(
                 file,
                 &c.referenced,
                 format!(
-                    "unknown cache codec `{}` (lz4 or zstd){}",
+                    "unknown cache codec `{}` ({}){}",
                     c.value,
-                    super::error::hint(&c.value, CODECS)
+                    codecs.join(" or "),
+                    super::error::hint(&c.value, codecs)
                 ),
             ));
         }
