@@ -43,6 +43,12 @@ for f in "$mf"/*.mha "$mf"/*.nrrd "$mf"/types/*.mha; do
     cp "$f" "$out2/$(basename "$f")"
     head -c 300 "$f" > "$out2/trunc300_$(basename "$f")"
 done
+# ... and the single-file DICOM samples (native, big-endian, implicit, RLE,
+# deflate, JPEG lossless, enhanced multi-frame).
+for f in "$here"/../data/other_formats/dicom/*.dcm "$here"/../data/other_formats/dicom_generated/*.dcm; do
+    cp "$f" "$out2/dicom_$(basename "$f")"
+    head -c 300 "$f" > "$out2/trunc300_dicom_$(basename "$f")"
+done
 
 # recipe_compile: every bundled recipe, as is and with overrides after a
 # `---set---` line (the target's input format).

@@ -23,7 +23,8 @@ pub(crate) struct EmbedArgs {
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
     #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
-    /// The volume (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr).
+    /// The volume (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr, a DICOM
+    /// file, series folder or FOLDER#SERIES_UID).
     #[arg(
         long,
         required_unless_present = "manifest",

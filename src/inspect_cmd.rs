@@ -9,7 +9,8 @@ use dino3d_pipeline::nifti::affine;
 /// Arguments of `dino-run inspect`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InspectArgs {
-    /// Volumes to describe (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr).
+    /// Volumes to describe (.nii, .nii.gz, .hdr/.img, .mha, .mhd, .nrrd, .nhdr,
+    /// DICOM files, series folders or FOLDER#SERIES_UID).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Print JSON instead of text.
@@ -47,7 +48,7 @@ fn header_facts(info: &VolumeInfo) -> serde_json::Value {
         Header::Nifti(h) => serde_json::json!({
             "qform_code": h.qform_code, "sform_code": h.sform_code,
         }),
-        Header::MetaImage(f) | Header::Nrrd(f) => serde_json::json!({
+        Header::MetaImage(f) | Header::Nrrd(f) | Header::Dicom(f) => serde_json::json!({
             "fields": f.iter().map(|(k, v)| [k, v]).collect::<Vec<_>>(),
             "data_files": info.data_paths,
         }),
@@ -91,6 +92,9 @@ fn print_text(file: &Path, info: &VolumeInfo) {
         Header::MetaImage(_) | Header::Nrrd(_) => {
             println!("  axcodes   {codes} (RAS, from the header's LPS geometry)");
         }
+        Header::Dicom(_) => println!(
+            "  axcodes   {codes} (RAS, from ImagePositionPatient/ImageOrientationPatient, LPS)"
+        ),
     }
     if let Some((s, i)) = info.scaling {
         println!("  scaling   value = stored * {s} + {i}");
@@ -102,8 +106,14 @@ fn print_text(file: &Path, info: &VolumeInfo) {
         );
     }
     if info.data_paths.iter().any(|p| p != &info.header_path) {
-        for p in &info.data_paths {
-            println!("  data      {}", p.display());
+        // A DICOM series has a file per slice: show its ends only.
+        let n = info.data_paths.len();
+        for (i, p) in info.data_paths.iter().enumerate() {
+            if n <= 6 || i < 2 || i + 2 >= n {
+                println!("  data      {}", p.display());
+            } else if i == 2 {
+                println!("  data      ... {} more files", n - 4);
+            }
         }
     }
     for (k, v) in info.header.fields() {

@@ -6,6 +6,7 @@
 
 mod atlas_crops_cmd;
 mod cache_cmd;
+mod convert_cmd;
 mod device;
 mod embed_cmd;
 mod embed_table;
@@ -63,6 +64,9 @@ enum Command {
     Manifest(manifest_cmd::ManifestCmd),
     /// Print what a volume's header says (shape, type, spacing, affine).
     Inspect(inspect_cmd::InspectArgs),
+    /// Write any readable volume or DICOM series as NIfTI with the same
+    /// voxels, scaling and geometry.
+    Convert(convert_cmd::ConvertArgs),
     /// Validate YAML recipes and show their compiled plan.
     #[command(subcommand)]
     Recipe(recipe_cmd::RecipeCmd),
@@ -95,6 +99,7 @@ fn main() -> std::process::ExitCode {
     let result = match (cli.command, cli.recipe) {
         (Some(Command::Manifest(cmd)), _) => manifest_cmd::run(cmd),
         (Some(Command::Inspect(args)), _) => inspect_cmd::run(&args),
+        (Some(Command::Convert(args)), _) => convert_cmd::run(&args),
         (Some(Command::Recipe(cmd)), _) => recipe_cmd::run(cmd),
         (Some(Command::Pipeline(cmd)), _) => pipeline_cmd::run_pipeline(cmd),
         (Some(Command::Cache(cmd)), _) => cache_cmd::run(cmd),

@@ -97,7 +97,7 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let (files, unlistable) = manifest::scan::discover_reporting(&args.inputs)?;
     if files.is_empty() && unlistable.is_empty() {
         bail!(
-            "no volume files (.nii, .nii.gz, .hdr, .mha, .mhd, .nrrd, .nhdr) found in {:?}",
+            "no volume files (.nii, .nii.gz, .hdr, .mha, .mhd, .nrrd, .nhdr, DICOM series folders) found in {:?}",
             args.inputs
         );
     }
@@ -211,7 +211,10 @@ fn stats(file: &Path) -> anyhow::Result<ExitCode> {
     } else {
         println!("{}", summarize(&rows)?);
     }
-    let missing = entries.iter().filter(|e| !e.resolve(file).exists()).count();
+    let missing = entries
+        .iter()
+        .filter(|e| !dino3d_pipeline::formats::exists(e.resolve(file)))
+        .count();
     if missing > 0 {
         println!(
             "warning: {missing} listed images do not exist (paths resolved against the manifest's folder)"

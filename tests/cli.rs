@@ -33,6 +33,7 @@ fn help_and_version_work_on_every_subcommand() {
         vec!["manifest", "stats", "--help"],
         vec!["manifest", "split", "--help"],
         vec!["inspect", "--help"],
+        vec!["convert", "--help"],
         vec!["recipe", "--help"],
         vec!["recipe", "check", "--help"],
         vec!["pipeline", "run", "--help"],
@@ -272,7 +273,8 @@ fn metaimage_and_nrrd_are_inspected_and_listed() {
     run_ok(
         dino_run()
             .args(["manifest", "build"])
-            .arg(data().join("other_formats"))
+            .arg(data().join("other_formats/itk"))
+            .arg(data().join("other_formats/generated"))
             .arg("-o")
             .arg(&out),
     );
@@ -299,6 +301,81 @@ fn metaimage_and_nrrd_are_inspected_and_listed() {
         .map(|r| r.extra["format"].as_str().unwrap())
         .collect();
     assert_eq!(formats, ["metaimage", "metaimage", "nrrd"]);
+}
+
+#[test]
+fn dicom_series_are_inspected_listed_and_converted() {
+    let generated = data().join("other_formats/dicom_generated");
+    let text = run_ok(
+        dino_run()
+            .arg("inspect")
+            .arg(data().join("other_formats/dicom/CT5N_series")),
+    );
+    assert!(
+        text.contains("dicom, raw")
+            && text.contains("SeriesInstanceUID")
+            && text.contains("value = stored * 1 + -1024")
+            && text.contains("(C, X, Y, Z) [1, 16, 16, 5]"),
+        "{text}"
+    );
+
+    // One entry per series (FOLDER#UID where a folder holds two); bad
+    // series and files are rejects naming the file, and the build goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.parquet");
+    let bad = generated.join("bad");
+    run_ok(
+        dino_run()
+            .args(["manifest", "build"])
+            .arg(generated.join("two_series"))
+            .arg(generated.join("oblique"))
+            .arg(generated.join("rescale"))
+            .arg(bad.join("missing_slice"))
+            .arg(bad.join("mixed_sizes"))
+            .arg(bad.join("truncated.dcm"))
+            .arg("-o")
+            .arg(&out),
+    );
+    let rows = dino3d_pipeline::manifest::read_manifest(&out).unwrap();
+    let images: Vec<&str> = rows.iter().map(|r| r.image.as_str()).collect();
+    assert_eq!(images.len(), 4, "{images:?}");
+    assert!(
+        images[2].ends_with("two_series#1.2.826.0.1.3680043.10.1078.1"),
+        "{images:?}"
+    );
+    assert!(rows.iter().all(|r| r.extra["format"] == "dicom"));
+    let rejects = std::fs::read_to_string(dir.path().join("m.rejects.json")).unwrap();
+    for want in ["gap", "slice02.dcm", "mixed", "truncated.dcm"] {
+        assert!(rejects.contains(want), "{want}: {rejects}");
+    }
+
+    // convert: the same voxels, scaling and affine as NIfTI.
+    let nii = dir.path().join("oblique.nii.gz");
+    let text = run_ok(
+        dino_run()
+            .arg("convert")
+            .arg(generated.join("oblique"))
+            .arg(&nii),
+    );
+    assert!(text.contains("16x16x5"), "{text}");
+    let a = dino3d_pipeline::formats::read_volume(generated.join("oblique")).unwrap();
+    let b = dino3d_pipeline::formats::read_volume(&nii).unwrap();
+    assert_eq!((a.data, a.scaling), (b.data, b.scaling));
+    assert!(
+        a.affine
+            .iter()
+            .flatten()
+            .zip(b.affine.iter().flatten())
+            .all(|(x, y)| (x - y).abs() < 1e-5)
+    );
+    let out = dino_run()
+        .arg("convert")
+        .arg(bad.join("missing_slice"))
+        .arg(dir.path().join("x.nii"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("gap"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Fuzz the MetaImage and NRRD readers (`pipeline/src/formats/`): the bytes go
-//! to a per-process file under /dev/shm named `.mha` or `.nrrd` by the parity
-//! of the first byte, then `read_header` and `read_volume` (with a small voxel
+//! Fuzz the MetaImage, NRRD and DICOM readers (`pipeline/src/formats/`): the
+//! bytes go to a per-process file under /dev/shm named `.dcm` when they hold
+//! the DICOM magic at 128, else `.mha` or `.nrrd` by the parity of the first
+//! byte, then `read_header` and `read_volume` (with a small voxel
 //! budget, so a header claiming a huge array is refused rather than
 //! allocated).
 //!
@@ -16,19 +17,25 @@ use dino3d_pipeline::formats::{read_header_with, read_volume_with};
 use dino3d_pipeline::nifti::ReadOptions;
 use libfuzzer_sys::fuzz_target;
 
-fn paths() -> &'static [PathBuf; 2] {
-    static PATHS: OnceLock<[PathBuf; 2]> = OnceLock::new();
+fn paths() -> &'static [PathBuf; 3] {
+    static PATHS: OnceLock<[PathBuf; 3]> = OnceLock::new();
     PATHS.get_or_init(|| {
         let pid = std::process::id();
         [
             PathBuf::from(format!("/dev/shm/dino3d-fuzz-{pid}.mha")),
             PathBuf::from(format!("/dev/shm/dino3d-fuzz-{pid}.nrrd")),
+            PathBuf::from(format!("/dev/shm/dino3d-fuzz-{pid}.dcm")),
         ]
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let path = &paths()[data.first().map_or(0, |b| (b & 1) as usize)];
+    let kind = if data.get(128..132) == Some(b"DICM") {
+        2
+    } else {
+        data.first().map_or(0, |b| (b & 1) as usize)
+    };
+    let path = &paths()[kind];
     if std::fs::write(path, data).is_err() {
         return;
     }

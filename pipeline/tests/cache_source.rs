@@ -518,3 +518,43 @@ fn detached_data_files_are_part_of_the_key_and_other_formats_are_cached() {
     std::fs::write(&raw, bytes).unwrap();
     assert_ne!(k0, src.key(0).unwrap(), "a slice file changed");
 }
+
+#[test]
+fn every_file_of_a_dicom_series_is_part_of_the_key() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/other_formats/dicom_generated");
+    let series = data.path().join("two");
+    std::fs::create_dir(&series).unwrap();
+    for e in std::fs::read_dir(fixtures.join("two_series")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, series.join(p.file_name().unwrap())).unwrap();
+    }
+    let entries: Vec<ManifestEntry> = dino3d_pipeline::formats::dicom::series_paths(&series)
+        .unwrap()
+        .iter()
+        .map(|p| ManifestEntry {
+            image: p.strip_prefix(data.path()).unwrap().display().to_string(),
+            shape: None,
+            spacing: None,
+            extra: Default::default(),
+        })
+        .collect();
+    assert_eq!(entries.len(), 2);
+    write_manifest_json(&data.path().join("m.json"), &entries).unwrap();
+    let (src, _) = source(data.path(), cache.path(), RECIPE, false);
+    for i in 0..2 {
+        assert!(matches!(src.ensure(i).unwrap(), Warmed::Built));
+        assert!(matches!(src.ensure(i).unwrap(), Warmed::Hit));
+    }
+    // Rewriting one slice of the first series (not the first file) misses;
+    // the other series keeps its key.
+    let (k0, k1) = (src.key(0).unwrap(), src.key(1).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let slice = series.join("slice03.dcm");
+    let bytes = std::fs::read(&slice).unwrap();
+    std::fs::write(&slice, bytes).unwrap();
+    assert_ne!(k0, src.key(0).unwrap(), "a slice file changed");
+    assert_eq!(k1, src.key(1).unwrap(), "the other series is untouched");
+}

@@ -107,10 +107,14 @@ fn every_file_reads_as_simpleitk_and_monai_give_it() {
 #[test]
 fn the_oracle_covers_every_metaimage_and_nrrd_file() {
     let oracle = oracle();
-    let found = dino3d_pipeline::manifest::discover(&[data_dir()
-        .join("other_formats")
-        .display()
-        .to_string()])
+    // (DICOM folders have their own oracle: tests/dicom_oracle.rs.)
+    let found = dino3d_pipeline::manifest::discover(&[
+        data_dir().join("other_formats/itk").display().to_string(),
+        data_dir()
+            .join("other_formats/generated")
+            .display()
+            .to_string(),
+    ])
     .unwrap();
     assert!(!found.is_empty());
     for p in found {

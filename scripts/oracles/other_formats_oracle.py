@@ -10,7 +10,18 @@ as MONAI builds it from ITK's LPS geometry), the sha256 of the voxels as
 little-endian bytes in (C, X, Y, Z) order with x fastest, and sample voxels
 at a few flat indices of that order.
 
-Run from the repo root with SimpleITK and numpy installed:
+DICOM (data/other_formats/dicom/ and dicom_generated/, bad/ left out) goes
+to data/oracles/dicom_oracle.json: single files read with sitk.ReadImage,
+series folders with ImageSeriesReader over GetGDCMSeriesFileNames (one key
+per series; `FOLDER#SERIES_UID` when a folder holds several, the volume path
+syntax dino3d reads). ITK applies RescaleSlope/Intercept, so its values
+are recorded as float64 (`values_sha256_f64`, `samples`) with ITK's own
+`itk_dtype`. When pydicom is installed, each key also gets what pydicom
+gives: the stored integers stacked in ITK's slice order (`pydicom.stored_sha256`
+as little-endian bytes of the stored type, x fastest), the stored dtype and
+RescaleSlope/Intercept.
+
+Run from the repo root with SimpleITK and numpy (and pydicom) installed:
   python3 scripts/oracles/other_formats_oracle.py
 """
 import hashlib
@@ -77,6 +88,84 @@ def describe(path):
     }
 
 
+def dicom_entry(img, datasets):
+    """Oracle entry for a DICOM image read by ITK; `datasets` are the pydicom
+    datasets of its files in ITK's slice order (None without pydicom)."""
+    a = channel_first_zyx(img)
+    c, z, y, x = a.shape
+    flat = a.reshape(-1).astype(np.float64)
+    idx = sorted({0, flat.size // 3, flat.size // 2, (2 * flat.size) // 3, flat.size - 1})
+    e = {
+        "shape": [c, x, y, z],
+        "itk_dtype": a.dtype.name,
+        "spacing": list(img.GetSpacing()[:3]),
+        "itk_direction": list(img.GetDirection()),
+        "itk_origin": list(img.GetOrigin()),
+        "affine_ras": ras_affine(img).tolist(),
+        "values_sha256_f64": hashlib.sha256(flat.astype("<f8").tobytes()).hexdigest(),
+        "samples": [[i, flat[i].item()] for i in idx],
+    }
+    if datasets is not None:
+        try:
+            e["pydicom"] = pydicom_facts(datasets)
+        except Exception as err:  # noqa: BLE001 - a plugin pydicom lacks
+            e["pydicom"] = {"error": str(err).splitlines()[0]}
+    return e
+
+
+def pydicom_facts(datasets):
+    """The stored integers and rescale pydicom gives."""
+    stored = np.concatenate([d.pixel_array.reshape(-1, d.Rows, d.Columns) for d in datasets])
+    shared = datasets[0].get("SharedFunctionalGroupsSequence")
+    pv = shared[0].get("PixelValueTransformationSequence") if shared else None
+    src = pv[0] if pv else datasets[0]
+    le = stored.astype(stored.dtype.newbyteorder("<"))
+    return {
+        "stored_dtype": stored.dtype.name,
+        "stored_sha256": hashlib.sha256(le.tobytes()).hexdigest(),
+        "rescale": [float(src.get("RescaleSlope", 1)), float(src.get("RescaleIntercept", 0))],
+        "transfer_syntax": str(datasets[0].file_meta.TransferSyntaxUID),
+    }
+
+
+def dicom_oracle():
+    try:
+        import pydicom
+    except ImportError:
+        pydicom = None
+    read = (lambda p: pydicom.dcmread(p)) if pydicom else (lambda p: None)
+    out = {}
+    for sub in ("dicom", "dicom_generated"):
+        base = os.path.join(DATA, "other_formats", sub)
+        for dirpath, dirnames, names in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if d != "bad")
+            rel_dir = os.path.relpath(dirpath, DATA)
+            if dirpath != base:
+                uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(dirpath)
+                for uid in uids:
+                    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(dirpath, uid)
+                    r = sitk.ImageSeriesReader()
+                    r.SetFileNames(files)
+                    key = rel_dir if len(uids) == 1 else f"{rel_dir}#{uid}"
+                    ds = [read(f) for f in files] if pydicom else None
+                    out[key] = dicom_entry(r.Execute(), ds)
+                    out[key]["files"] = [os.path.basename(f) for f in files]
+                continue
+            for n in sorted(names):
+                p = os.path.join(dirpath, n)
+                ds = [read(p)] if pydicom else None
+                out[os.path.relpath(p, DATA)] = dicom_entry(sitk.ReadImage(p), ds)
+    gen = f"SimpleITK {sitk.Version.VersionString()}, numpy {np.__version__}, python {sys.version.split()[0]}"
+    if pydicom:
+        gen += f", pydicom {pydicom.__version__}"
+    doc = {"generator": gen, "conventions": "see scripts/oracles/other_formats_oracle.py", "files": out}
+    dest = os.path.join(DATA, "oracles", "dicom_oracle.json")
+    with open(dest, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{len(out)} DICOM volumes -> {dest}")
+
+
 def main():
     files = {}
     base = os.path.join(DATA, "other_formats")
@@ -96,6 +185,7 @@ def main():
         json.dump(out, f, indent=1, sort_keys=True)
         f.write("\n")
     print(f"{len(files)} files -> {dest}")
+    dicom_oracle()
 
 
 if __name__ == "__main__":

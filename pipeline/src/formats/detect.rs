@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::dicom;
 use crate::error::{Error, Result};
 
 /// The reader a file needs.
@@ -15,6 +16,8 @@ pub enum Kind {
     MetaImage,
     /// NRRD.
     Nrrd,
+    /// DICOM (a file, a series folder or `FOLDER#SERIES_UID`).
+    Dicom,
 }
 
 /// Extensions a folder scan keeps (headers and single files; never the
@@ -64,11 +67,15 @@ pub fn is_volume_name(path: &Path) -> bool {
     SCANNED.iter().any(|(ext, _)| name.ends_with(ext))
 }
 
-/// The reader `path` needs: by extension, else by its first bytes.
+/// The reader `path` needs: a folder (or `FOLDER#SERIES_UID`) is a DICOM
+/// series; a file is told by extension, else by its first bytes.
 ///
 /// # Errors
 /// When the file cannot be read, or is in no format dino3d reads.
 pub fn detect(path: &Path) -> Result<Kind> {
+    if dicom::folder_target(path).is_some() || dicom::is_dicom_name(path) {
+        return Ok(Kind::Dicom);
+    }
     if let Some(k) = by_extension(path) {
         return Ok(k);
     }
@@ -78,12 +85,15 @@ pub fn detect(path: &Path) -> Result<Kind> {
         .map_err(|e| Error::io(path, e))?;
     sniff(&head).ok_or_else(|| Error::Unsupported {
         path: path.to_path_buf(),
-        what: "not a volume format dino3d reads (NIfTI, Analyze, MetaImage, NRRD)".into(),
+        what: "not a volume format dino3d reads (NIfTI, Analyze, MetaImage, NRRD, DICOM)".into(),
     })
 }
 
 /// The format the first bytes of a file show.
 fn sniff(head: &[u8]) -> Option<Kind> {
+    if dicom::has_magic(head) {
+        return Some(Kind::Dicom);
+    }
     if super::nrrd::is_nrrd(head) {
         return Some(Kind::Nrrd);
     }
@@ -107,8 +117,9 @@ fn sniff(head: &[u8]) -> Option<Kind> {
 }
 
 /// Every file that makes up the volume at `path`: the header and its data
-/// files (one file for `.nii`, `.nii.gz`, `.nrrd` and `LOCAL` `.mha`), so a
-/// fingerprint over them changes when any of them does.
+/// files (one file for `.nii`, `.nii.gz`, `.nrrd` and `LOCAL` `.mha`; every
+/// file of a DICOM series), so a fingerprint over them changes when any of
+/// them does.
 ///
 /// # Errors
 /// When the header cannot be read.
@@ -116,6 +127,9 @@ pub fn source_files(path: &Path) -> Result<Vec<PathBuf>> {
     let name = lower_name(path);
     if name.ends_with(".nii") || name.ends_with(".nii.gz") {
         return Ok(vec![path.to_path_buf()]);
+    }
+    if detect(path)? == Kind::Dicom {
+        return dicom::source_files(path);
     }
     let info = super::read_header(path)?;
     let mut files = vec![info.header_path];

@@ -3,13 +3,16 @@
 //! * NIfTI-1/2 and Analyze ([`crate::nifti`]): `.nii`, `.nii.gz`, `.hdr`/`.img`.
 //! * MetaImage: `.mha`, `.mhd` (+ `.raw`, `.zraw`, lists of slice files).
 //! * NRRD: `.nrrd`, `.nhdr` (+ detached data files).
+//! * DICOM ([`dicom`]): a file, a series folder, or `FOLDER#SERIES_UID`.
 //!
 //! Volumes come out as MONAI's `LoadImage` gives them: channel-first
 //! `(C, X, Y, Z)` in the stored type, with the RAS affine (ITK's LPS geometry
 //! with x and y negated, as MONAI's `ITKReader` does by default). The format
 //! is chosen by extension, else by the file's first bytes.
 
+mod convert;
 mod detect;
+pub mod dicom;
 mod geometry;
 mod metaimage;
 mod nrrd;
@@ -18,6 +21,7 @@ mod text;
 
 use std::path::{Path, PathBuf};
 
+pub use convert::convert_to_nifti;
 pub use detect::{detect, is_volume_name, source_files};
 
 use crate::error::Result;
@@ -38,6 +42,8 @@ pub enum Format {
     MetaImage,
     /// NRRD (`.nrrd`, `.nhdr`).
     Nrrd,
+    /// DICOM (a file or a series).
+    Dicom,
 }
 
 impl Format {
@@ -49,6 +55,7 @@ impl Format {
             Format::Nifti2 => "nifti2",
             Format::MetaImage => "metaimage",
             Format::Nrrd => "nrrd",
+            Format::Dicom => "dicom",
         }
     }
 }
@@ -73,6 +80,12 @@ pub enum Encoding {
     Gzip,
     /// zlib (MetaImage `CompressedData = True`).
     Zlib,
+    /// Deflate (DICOM Deflated Explicit VR Little Endian).
+    Deflate,
+    /// DICOM RLE Lossless.
+    Rle,
+    /// DICOM JPEG (baseline, extended or lossless).
+    Jpeg,
 }
 
 impl Encoding {
@@ -82,6 +95,9 @@ impl Encoding {
             Encoding::Raw => "raw",
             Encoding::Gzip => "gzip",
             Encoding::Zlib => "zlib",
+            Encoding::Deflate => "deflate",
+            Encoding::Rle => "rle",
+            Encoding::Jpeg => "jpeg",
         }
     }
 }
@@ -95,6 +111,9 @@ pub enum Header {
     MetaImage(Vec<(String, String)>),
     /// NRRD `field: value` lines, in file order.
     Nrrd(Vec<(String, String)>),
+    /// DICOM facts of a series (UID, transfer syntax, sizes, rescale, and a
+    /// digest over every file's name, size and time).
+    Dicom(Vec<(String, String)>),
 }
 
 impl Header {
@@ -103,18 +122,18 @@ impl Header {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Header::Nifti(h) => h.to_bytes(),
-            Header::MetaImage(f) | Header::Nrrd(f) => f
+            Header::MetaImage(f) | Header::Nrrd(f) | Header::Dicom(f) => f
                 .iter()
                 .flat_map(|(k, v)| [k.as_bytes(), b"\0", v.as_bytes(), b"\n"].concat())
                 .collect(),
         }
     }
 
-    /// The text fields of a MetaImage or NRRD header (empty for NIfTI).
+    /// The text fields of a MetaImage, NRRD or DICOM header (empty for NIfTI).
     pub fn fields(&self) -> &[(String, String)] {
         match self {
             Header::Nifti(_) => &[],
-            Header::MetaImage(f) | Header::Nrrd(f) => f,
+            Header::MetaImage(f) | Header::Nrrd(f) | Header::Dicom(f) => f,
         }
     }
 }
@@ -191,6 +210,13 @@ impl From<nifti::VolumeInfo> for VolumeInfo {
     }
 }
 
+/// Whether a volume path names something on disk: a file, a folder, or a
+/// DICOM `FOLDER#SERIES_UID` whose folder exists.
+pub fn exists(path: impl AsRef<Path>) -> bool {
+    let path = path.as_ref();
+    path.exists() || dicom::folder_target(path).is_some()
+}
+
 /// Reads only the header of a volume in any format (and checks that its
 /// data files exist and are large enough). Never decodes voxels.
 ///
@@ -209,6 +235,7 @@ pub fn read_header_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
     let path = path.as_ref();
     match detect(path)? {
         detect::Kind::Nifti => nifti::read_header_with(path, opts).map(VolumeInfo::from),
+        detect::Kind::Dicom => dicom::read_header(path),
         kind => Ok(text_header(path, kind)?.0),
     }
 }
@@ -231,6 +258,7 @@ pub fn read_volume_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Vo
     let path = path.as_ref();
     match detect(path)? {
         detect::Kind::Nifti => nifti::read_volume_with(path, opts),
+        detect::Kind::Dicom => dicom::read_volume(path, opts),
         kind => {
             let (info, layout) = text_header(path, kind)?;
             raw::read(info, &layout, opts)

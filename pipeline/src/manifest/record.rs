@@ -63,7 +63,7 @@ fn resolve_path(path: &str, manifest: &Path) -> PathBuf {
     }
     let base = manifest.parent().unwrap_or(Path::new(""));
     let beside = base.join(&p);
-    if beside.exists() || !p.exists() {
+    if crate::formats::exists(&beside) || !crate::formats::exists(&p) {
         beside
     } else {
         p
@@ -89,7 +89,7 @@ pub struct ScanRecord {
     pub axcodes: String,
     /// Voxel-to-world affine, row-major 4x4.
     pub affine: [f64; 16],
-    /// File format (`analyze`, `nifti1`, `nifti2`, `metaimage`, `nrrd`).
+    /// File format (`analyze`, `nifti1`, `nifti2`, `metaimage`, `nrrd`, `dicom`).
     pub format: Format,
     /// Whether the voxels are gzip-compressed.
     pub compressed: bool,

@@ -66,7 +66,9 @@ pub fn is_volume_name(path: &Path) -> bool {
 /// de-duplicated list of volume files. Folders and glob matches keep only
 /// volume names (`.nii`, `.nii.gz`, `.hdr`, `.hdr.gz`, `.mha`, `.mhd`,
 /// `.nrrd`, `.nhdr`; never data halves such as `.img` or `.raw`); a file
-/// named explicitly is always taken.
+/// named explicitly is always taken. A folder holding DICOM files gives one
+/// volume per series: the folder itself, or `FOLDER#SERIES_UID` for each
+/// series when it holds several (see [`formats::dicom`]).
 ///
 /// # Errors
 /// When an input names nothing that exists, or a glob pattern is malformed.
@@ -86,7 +88,8 @@ pub fn discover_reporting(inputs: &[String]) -> Result<(Vec<PathBuf>, Vec<Reject
         let path = Path::new(input);
         if path.is_dir() {
             walk(path, &mut files, &mut problems);
-        } else if path.is_file() {
+        } else if path.is_file() || formats::dicom::folder_target(path).is_some() {
+            // A file named explicitly, or FOLDER#SERIES_UID.
             files.push(path.to_path_buf());
         } else if input.contains(['*', '?', '[']) {
             let paths = glob::glob(input)
@@ -114,16 +117,49 @@ pub fn discover_reporting(inputs: &[String]) -> Result<(Vec<PathBuf>, Vec<Reject
     Ok((files, problems))
 }
 
+/// Names that are never DICOM (data halves, tables, pictures): not opened
+/// to look for the DICOM magic.
+const NOT_DICOM: [&str; 12] = [
+    ".raw", ".zraw", ".img", ".gz", ".json", ".jsonl", ".csv", ".parquet", ".txt", ".md", ".yaml",
+    ".png",
+];
+
+fn maybe_dicom(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    !name.starts_with('.')
+        && !NOT_DICOM.iter().any(|e| name.ends_with(e))
+        && formats::dicom::is_dicom_file(path)
+}
+
 fn walk(dir: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Reject>) {
+    let mut dicom_dirs = std::collections::BTreeSet::new();
     for entry in walkdir::WalkDir::new(dir).follow_links(true) {
         match entry {
             Ok(e) if e.file_type().is_file() && is_volume_name(e.path()) => {
                 files.push(e.into_path());
             }
+            Ok(e) if e.file_type().is_file() && maybe_dicom(e.path()) => {
+                if let Some(parent) = e.path().parent() {
+                    dicom_dirs.insert(parent.to_path_buf());
+                }
+            }
             Ok(_) => {}
             Err(e) => problems.push(Reject {
                 file: e.path().unwrap_or(dir).display().to_string(),
                 reason: format!("cannot list: {e}"),
+            }),
+        }
+    }
+    // A DICOM folder is one volume per series; its files are not volumes.
+    for d in dicom_dirs {
+        match formats::dicom::series_paths(&d) {
+            Ok(series) => files.extend(series),
+            Err(e) => problems.push(Reject {
+                file: d.display().to_string(),
+                reason: e.to_string(),
             }),
         }
     }

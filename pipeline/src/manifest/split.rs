@@ -61,6 +61,7 @@ pub fn volume_stem(path: &Path) -> String {
     let lower = name.to_ascii_lowercase();
     for ext in [
         ".nii.gz", ".nii", ".hdr.gz", ".hdr", ".img.gz", ".img", ".mha", ".mhd", ".nrrd", ".nhdr",
+        ".dcm", ".dicom",
     ] {
         if lower.ends_with(ext) {
             return name[..name.len() - ext.len()].to_string();

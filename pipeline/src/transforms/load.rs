@@ -27,7 +27,7 @@ pub const LOAD_IMAGE: TransformSpec = TransformSpec {
     name: "LoadImage",
     is_random: false,
     params: &[KEYS],
-    summary: "read the volume (NIfTI-1/2, Analyze, MetaImage, NRRD) channel-first, in its stored type",
+    summary: "read the volume (NIfTI-1/2, Analyze, MetaImage, NRRD, DICOM) channel-first, in its stored type",
     check: None,
     nests: false,
     output_size: size_from_data,

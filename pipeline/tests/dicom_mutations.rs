@@ -1,0 +1,61 @@
+//! The DICOM reader on mutated files: whatever the bytes, an error naming
+//! the file or a consistent volume, never a panic or an out-of-memory abort
+//! (dicom-rs parses untrusted lengths; the in-tree companion of the
+//! `other_formats_read` fuzz target's `.dcm` inputs).
+
+use std::path::PathBuf;
+
+use dino3d_pipeline::formats;
+use dino3d_pipeline::nifti::ReadOptions;
+use proptest::prelude::*;
+
+const SEEDS: [&str; 6] = [
+    "dicom/MR_small.dcm",
+    "dicom/MR_small_bigendian.dcm",
+    "dicom/MR_small_implicit.dcm",
+    "dicom_generated/rle.dcm",
+    "dicom_generated/deflate.dcm",
+    "dicom_generated/enhanced_ct.dcm",
+];
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/other_formats")
+        .join(name);
+    std::fs::read(p).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_dicom_files_never_panic(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec((0usize..2000, any::<u8>()), 0..6),
+        cut in proptest::option::of(0usize..12_000),
+    ) {
+        let mut bytes = fixture(SEEDS[seed]);
+        for (at, b) in edits {
+            // Mostly the meta group and the first elements: tags, VRs, lengths.
+            let at = 128 + at % (bytes.len() - 128);
+            bytes[at] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.dcm");
+        std::fs::write(&path, &bytes).unwrap();
+        let opts = ReadOptions { max_voxels: 1 << 22, ..ReadOptions::default() };
+        let head = formats::read_header_with(&path, &opts);
+        if let Err(e) = &head {
+            prop_assert!(e.to_string().contains("m.dcm"), "{}", e);
+        }
+        if let Ok(vol) = formats::read_volume_with(&path, &opts) {
+            prop_assert_eq!(vol.data.len(), vol.shape.iter().product::<usize>());
+            let info = head.expect("read_volume succeeded, so must read_header");
+            prop_assert_eq!(info.shape, vol.shape);
+            prop_assert_eq!(info.affine, vol.affine);
+        }
+    }
+}
