@@ -28,6 +28,7 @@ mod block;
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dist;
 mod drop_path;
 mod error;
 mod fused;
