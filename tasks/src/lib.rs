@@ -31,6 +31,7 @@
 
 pub mod backbone;
 pub mod data;
+pub mod distributed;
 pub mod embed;
 pub mod error;
 pub mod linear_probe;
