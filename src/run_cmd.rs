@@ -33,15 +33,16 @@ pub(crate) fn run_recipe(
     }
 }
 
-/// Refuses a launch of several ranks: each would run the whole job and
-/// write the same files (the data-parallel loop is not wired to a recipe
-/// yet; README, "Several GPUs").
+/// Refuses a launch of several ranks: without collectives between processes
+/// each would run the whole job and write the same files (README, "Several
+/// GPUs").
 fn single_process_only(env: &dino3d_tasks::distributed::LaunchEnv) -> anyhow::Result<()> {
     if env.world_size > 1 {
         anyhow::bail!(
             "this process is rank {} of {} ({:?} launch variables), but recipes run as one \
-             process so far: data-parallel training exists as a library step, not yet as a \
-             job; unset the launcher's variables (RANK, WORLD_SIZE, ... or run one srun task)",
+             process so far: the data-parallel loop exists in the library, the collectives \
+             between processes (NCCL) do not yet; unset the launcher's variables (RANK, \
+             WORLD_SIZE, ...) or run one srun task",
             env.rank,
             env.world_size,
             env.source
