@@ -64,7 +64,7 @@ impl Data {
         let masks = (0..N_GLOBAL * GLOBAL_B)
             .flat_map(|row| {
                 let sample = row % GLOBAL_B;
-                (0..TOKENS).map(move |t| sample < B && (t + row + seed as usize) % 3 == 0)
+                (0..TOKENS).map(move |t| sample < B && (t + row + seed as usize).is_multiple_of(3))
             })
             .collect();
         Self {

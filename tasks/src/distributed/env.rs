@@ -241,7 +241,7 @@ fn slurm_local_world_size<'a>(
     }
     if let Some(nodes) = get("SLURM_JOB_NUM_NODES").or_else(|| get("SLURM_NNODES")) {
         let nodes = number("SLURM_JOB_NUM_NODES", nodes)?;
-        if nodes > 0 && world_size % nodes == 0 {
+        if nodes > 0 && world_size.is_multiple_of(nodes) {
             return Ok(world_size / nodes);
         }
         return Err(DistError::Env(format!(
