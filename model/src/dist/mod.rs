@@ -3,8 +3,8 @@
 //!
 //! Reductions are over host slices: the sums they carry (Sinkhorn-Knopp's
 //! K prototype sums, a centre, the gradients) are small next to a step's
-//! compute. An NCCL implementation over device buffers is the GPU issue's
-//! work (see the README, "Several GPUs").
+//! compute. The NCCL implementation is `crate::cuda::NcclCollective`
+//! (feature `cuda`); it still copies through the host.
 
 mod grads;
 mod in_process;
@@ -25,8 +25,8 @@ pub enum ReduceOp {
 
 /// The collectives of one rank. Every rank must make the same calls in the
 /// same order with the same lengths (as with NCCL); results are identical
-/// on every rank.
-pub trait Collective: Send + Sync {
+/// on every rank. Not `Sync`: an NCCL communicator serves one thread.
+pub trait Collective {
     /// This rank, `0..world_size`.
     fn rank(&self) -> usize;
     /// Ranks in the group.

@@ -8,7 +8,12 @@
 
 pub mod bootstrap;
 mod env;
+#[cfg(feature = "cuda")]
+mod nccl;
 pub mod nodelist;
+
+#[cfg(feature = "cuda")]
+pub use nccl::join_nccl;
 
 pub use env::{LaunchEnv, LaunchSource, SLURM_PORT_BASE, SLURM_PORT_SPAN, TORCHRUN_VARS};
 
