@@ -181,3 +181,61 @@ fn a_recipe_reads_the_launch_variables() {
     let e = run(&[]);
     assert!(e.contains("no-such-recipe.yaml"), "{e}");
 }
+
+/// recipes/pretrain.yaml reading the bundled volumes, caching in `dir/cache`.
+fn pretrain_recipe(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("recipes/pretrain.yaml"))
+        .unwrap()
+        .replace(
+            "manifest: brain_images.json",
+            &format!(
+                "manifest: {}",
+                root.join("recipes/brain_images.json").display()
+            ),
+        )
+        .replace(
+            "dir: ../out/cache",
+            &format!("dir: {}", dir.join("cache").display()),
+        );
+    let path = dir.join("pretrain.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn launched_ranks_warm_a_cache_in_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = pretrain_recipe(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_dino-run"))
+        .args([
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29616",
+            "cache",
+            "warm",
+        ])
+        .arg(&recipe)
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 items (shard 0/2)"), "{text}");
+    assert!(text.contains("1 items (shard 1/2)"), "{text}");
+    // Together they built everything.
+    let again = Command::new(env!("CARGO_BIN_EXE_dino-run"))
+        .args(["cache", "warm"])
+        .arg(&recipe)
+        .env_remove("RANK")
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(again.contains("3 hits, 0 built"), "{again}");
+}

@@ -92,7 +92,8 @@ impl LaunchEnv {
     }
 
     /// Reads `vars`: the torchrun six if any is set, else SLURM's if
-    /// `SLURM_PROCID` is set (an `srun` task), else one process.
+    /// `SLURM_PROCID` and `SLURM_STEP_NUM_TASKS` are set (an `srun` task;
+    /// a batch script itself is one process), else one process.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, DistError> {
         let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
         let present: Vec<&str> = TORCHRUN_VARS
@@ -124,7 +125,7 @@ impl LaunchEnv {
                 master_port: port("MASTER_PORT", get("MASTER_PORT").unwrap_or_default())?,
                 source: LaunchSource::Torchrun,
             }
-        } else if get("SLURM_PROCID").is_some() {
+        } else if get("SLURM_PROCID").is_some() && get("SLURM_STEP_NUM_TASKS").is_some() {
             from_slurm(&get)?
         } else {
             return Ok(Self::single());
@@ -181,20 +182,24 @@ fn port(name: &str, value: &str) -> Result<u16, DistError> {
     }
 }
 
-/// SLURM's mapping (3DINO's, commented out there): RANK = `SLURM_PROCID`,
-/// WORLD_SIZE = `SLURM_NTASKS`, LOCAL_RANK = `SLURM_LOCALID`, MASTER_ADDR =
-/// the first host of `SLURM_JOB_NODELIST`, MASTER_PORT from the job id.
+/// SLURM's mapping (3DINO's, commented out there, read from the step):
+/// RANK = `SLURM_PROCID`, WORLD_SIZE = `SLURM_STEP_NUM_TASKS`, LOCAL_RANK =
+/// `SLURM_LOCALID`, MASTER_ADDR = the first host of `SLURM_STEP_NODELIST`
+/// (else `SLURM_JOB_NODELIST`), MASTER_PORT from the job id. The step's
+/// variables, not the job's: an srun may use part of the allocation, and a
+/// batch script (which has `SLURM_PROCID=0` and the job's `SLURM_NTASKS`
+/// but no step variables) is one process.
 fn from_slurm<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<LaunchEnv, DistError> {
-    // Older SLURM spells two of them differently.
+    // Older SLURM spells some differently.
     let either = |a: &str, b: &str| get(a).or_else(|| get(b));
+    let nodelist = get("SLURM_STEP_NODELIST")
+        .or_else(|| get("SLURM_JOB_NODELIST"))
+        .or_else(|| get("SLURM_NODELIST"));
     let needed = [
         ("SLURM_PROCID", get("SLURM_PROCID")),
-        ("SLURM_NTASKS", either("SLURM_NTASKS", "SLURM_NPROCS")),
+        ("SLURM_STEP_NUM_TASKS", get("SLURM_STEP_NUM_TASKS")),
         ("SLURM_LOCALID", get("SLURM_LOCALID")),
-        (
-            "SLURM_JOB_NODELIST",
-            either("SLURM_JOB_NODELIST", "SLURM_NODELIST"),
-        ),
+        ("SLURM_STEP_NODELIST", nodelist),
         ("SLURM_JOB_ID", either("SLURM_JOB_ID", "SLURM_JOBID")),
     ];
     let missing: Vec<&str> = needed
@@ -204,13 +209,13 @@ fn from_slurm<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<LaunchEnv, D
         .collect();
     if !missing.is_empty() {
         return Err(DistError::Env(format!(
-            "SLURM_PROCID is set (an srun task) but {} missing; \
-             or set the six torchrun variables instead",
+            "this is an srun task (SLURM_PROCID and SLURM_STEP_NUM_TASKS are set) but {} \
+             missing; or set the six torchrun variables instead",
             missing.join(", ")
         )));
     }
     let value = |i: usize| needed[i].1.unwrap_or_default();
-    let world_size = number("SLURM_NTASKS", value(1))?;
+    let world_size = number("SLURM_STEP_NUM_TASKS", value(1))?;
     let job_id: u64 = value(4)
         .parse()
         .map_err(|_| DistError::Env(format!("SLURM_JOB_ID={} is not a number", value(4))))?;
@@ -225,41 +230,61 @@ fn from_slurm<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<LaunchEnv, D
     })
 }
 
-/// Tasks on this node: `SLURM_NTASKS_PER_NODE` when set (`--ntasks-per-node`),
-/// else this node's count in `SLURM_TASKS_PER_NODE` (`2(x3),1`) at
-/// `SLURM_NODEID`, else `SLURM_NTASKS / SLURM_JOB_NUM_NODES` when it divides.
+/// Tasks on this node: the step's `SLURM_STEP_TASKS_PER_NODE` (`2(x3),1`)
+/// when every node has the same count, else its entry at `SLURM_NODEID`;
+/// else `SLURM_NTASKS_PER_NODE` (`--ntasks-per-node`); else the step's
+/// tasks over `SLURM_STEP_NUM_NODES` when that divides.
 fn slurm_local_world_size<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     world_size: usize,
 ) -> Result<usize, DistError> {
+    if let Some(list) = get("SLURM_STEP_TASKS_PER_NODE") {
+        let counts = tasks_per_node(list)?;
+        if let Some(&c) = counts.first()
+            && counts.iter().all(|&x| x == c)
+        {
+            return Ok(c);
+        }
+        if let Some(node) = get("SLURM_NODEID") {
+            let node = number("SLURM_NODEID", node)?;
+            return counts.get(node).copied().ok_or_else(|| {
+                DistError::Env(format!(
+                    "SLURM_NODEID={node} is beyond the {} nodes of SLURM_STEP_TASKS_PER_NODE={list}",
+                    counts.len()
+                ))
+            });
+        }
+    }
     if let Some(v) = get("SLURM_NTASKS_PER_NODE") {
         return number("SLURM_NTASKS_PER_NODE", v);
     }
-    if let (Some(list), Some(node)) = (get("SLURM_TASKS_PER_NODE"), get("SLURM_NODEID")) {
-        let node = number("SLURM_NODEID", node)?;
-        return tasks_on_node(list, node);
-    }
-    if let Some(nodes) = get("SLURM_JOB_NUM_NODES").or_else(|| get("SLURM_NNODES")) {
-        let nodes = number("SLURM_JOB_NUM_NODES", nodes)?;
+    if let Some(nodes) = get("SLURM_STEP_NUM_NODES") {
+        let nodes = number("SLURM_STEP_NUM_NODES", nodes)?;
         if nodes > 0 && world_size.is_multiple_of(nodes) {
             return Ok(world_size / nodes);
         }
         return Err(DistError::Env(format!(
-            "SLURM_NTASKS={world_size} does not divide over SLURM_JOB_NUM_NODES={nodes}; \
+            "SLURM_STEP_NUM_TASKS={world_size} does not divide over SLURM_STEP_NUM_NODES={nodes}; \
              set --ntasks-per-node"
         )));
     }
     Err(DistError::Env(
-        "cannot tell the tasks per node: none of SLURM_NTASKS_PER_NODE, \
-         SLURM_TASKS_PER_NODE with SLURM_NODEID, SLURM_JOB_NUM_NODES is set"
+        "cannot tell the tasks per node: none of SLURM_STEP_TASKS_PER_NODE, \
+         SLURM_NTASKS_PER_NODE, SLURM_STEP_NUM_NODES is set"
             .into(),
     ))
 }
 
-/// Count for `node` in SLURM's `2(x3),1` syntax.
-fn tasks_on_node(list: &str, node: usize) -> Result<usize, DistError> {
-    let bad = || DistError::Env(format!("SLURM_TASKS_PER_NODE={list} is not like 2(x3),1"));
-    let mut seen = 0usize;
+/// Per-node counts of SLURM's `2(x3),1` syntax, expanded (bounded by the
+/// nodes a job can have).
+fn tasks_per_node(list: &str) -> Result<Vec<usize>, DistError> {
+    const MAX_NODES: usize = 1 << 20;
+    let bad = || {
+        DistError::Env(format!(
+            "SLURM_STEP_TASKS_PER_NODE={list} is not like 2(x3),1"
+        ))
+    };
+    let mut counts = Vec::new();
     for item in list.split(',') {
         let (count, repeat) = match item.split_once("(x") {
             Some((c, r)) => (c, r.strip_suffix(')').ok_or_else(bad)?),
@@ -267,14 +292,12 @@ fn tasks_on_node(list: &str, node: usize) -> Result<usize, DistError> {
         };
         let count: usize = count.parse().map_err(|_| bad())?;
         let repeat: usize = repeat.parse().map_err(|_| bad())?;
-        seen = seen.saturating_add(repeat);
-        if node < seen {
-            return Ok(count);
+        if repeat > MAX_NODES - counts.len() {
+            return Err(bad());
         }
+        counts.extend(std::iter::repeat_n(count, repeat));
     }
-    Err(DistError::Env(format!(
-        "SLURM_NODEID={node} is beyond the {seen} nodes of SLURM_TASKS_PER_NODE={list}"
-    )))
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -299,12 +322,17 @@ mod tests {
         ])
     }
 
+    /// What srun gives task 5 of an 8-task step on 2 nodes of a 5-node job.
     fn slurm() -> HashMap<String, String> {
         vars(&[
             ("SLURM_PROCID", "5"),
+            ("SLURM_STEP_NUM_TASKS", "8"),
             ("SLURM_NTASKS", "8"),
             ("SLURM_LOCALID", "1"),
-            ("SLURM_NTASKS_PER_NODE", "4"),
+            ("SLURM_NODEID", "1"),
+            ("SLURM_STEP_TASKS_PER_NODE", "4(x2)"),
+            ("SLURM_STEP_NUM_NODES", "2"),
+            ("SLURM_STEP_NODELIST", "gpu[03-04]"),
             ("SLURM_JOB_NODELIST", "gpu[01-04,07]"),
             ("SLURM_JOB_ID", "123456"),
         ])
@@ -394,9 +422,24 @@ mod tests {
             (e.rank, e.world_size, e.local_rank, e.local_world_size),
             (5, 8, 1, 4)
         );
-        assert_eq!(e.master_addr, "gpu01");
+        // The step's first node, not the job's.
+        assert_eq!(e.master_addr, "gpu03");
         assert_eq!(e.master_port, 20000 + (123456 % 40000) as u16);
         assert_eq!(e.source, LaunchSource::Slurm);
+    }
+
+    #[test]
+    fn a_batch_script_is_one_process() {
+        // sbatch --ntasks=4 runs the script as task 0 with the job's
+        // variables but no step: it is not one of 4 ranks.
+        let v = vars(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_LOCALID", "0"),
+            ("SLURM_JOB_NODELIST", "gpu[01-04]"),
+            ("SLURM_JOB_ID", "7"),
+        ]);
+        assert_eq!(LaunchEnv::from_vars(&v).unwrap(), LaunchEnv::single());
     }
 
     #[test]
@@ -411,33 +454,37 @@ mod tests {
 
     #[test]
     fn slurm_local_world_size_fallbacks() {
+        let set = |v: &mut HashMap<String, String>, k: &str, x: &str| {
+            v.insert(k.to_string(), x.to_string());
+        };
+        // Uneven step: this node's entry.
         let mut v = slurm();
-        v.remove("SLURM_NTASKS_PER_NODE");
-        v.insert("SLURM_TASKS_PER_NODE".into(), "3(x2),2".into());
-        v.insert("SLURM_NODEID".into(), "2".into());
-        v.insert("SLURM_LOCALID".into(), "1".into());
+        set(&mut v, "SLURM_STEP_TASKS_PER_NODE", "3(x2),2");
+        set(&mut v, "SLURM_STEP_NUM_TASKS", "8");
+        set(&mut v, "SLURM_NODEID", "2");
         assert_eq!(LaunchEnv::from_vars(&v).unwrap().local_world_size, 2);
-        v.insert("SLURM_NODEID".into(), "1".into());
+        set(&mut v, "SLURM_NODEID", "1");
         assert_eq!(LaunchEnv::from_vars(&v).unwrap().local_world_size, 3);
-        v.insert("SLURM_NODEID".into(), "3".into());
+        set(&mut v, "SLURM_NODEID", "3");
         let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
         assert!(e.contains("beyond the 3 nodes"), "{e}");
-        v.insert("SLURM_TASKS_PER_NODE".into(), "3(x2".into());
-        assert!(
-            LaunchEnv::from_vars(&v)
-                .unwrap_err()
-                .to_string()
-                .contains("not like")
-        );
+        set(&mut v, "SLURM_STEP_TASKS_PER_NODE", "3(x2");
+        let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
+        assert!(e.contains("not like"), "{e}");
+        set(&mut v, "SLURM_STEP_TASKS_PER_NODE", "1(x99999999999)");
+        assert!(LaunchEnv::from_vars(&v).is_err());
 
+        // No per-node list: --ntasks-per-node, then tasks over nodes.
         let mut v = slurm();
-        v.remove("SLURM_NTASKS_PER_NODE");
-        v.insert("SLURM_JOB_NUM_NODES".into(), "2".into());
+        v.remove("SLURM_STEP_TASKS_PER_NODE");
+        set(&mut v, "SLURM_NTASKS_PER_NODE", "4");
         assert_eq!(LaunchEnv::from_vars(&v).unwrap().local_world_size, 4);
-        v.insert("SLURM_JOB_NUM_NODES".into(), "3".into());
+        v.remove("SLURM_NTASKS_PER_NODE");
+        assert_eq!(LaunchEnv::from_vars(&v).unwrap().local_world_size, 4);
+        set(&mut v, "SLURM_STEP_NUM_NODES", "3");
         let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
         assert!(e.contains("does not divide"), "{e}");
-        v.remove("SLURM_JOB_NUM_NODES");
+        v.remove("SLURM_STEP_NUM_NODES");
         let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
         assert!(e.contains("tasks per node"), "{e}");
     }
@@ -445,14 +492,19 @@ mod tests {
     #[test]
     fn partial_slurm_names_what_is_missing() {
         let mut v = slurm();
-        v.remove("SLURM_JOB_NODELIST");
-        v.remove("SLURM_JOB_ID");
+        for k in ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_JOB_ID"] {
+            v.remove(k);
+        }
         let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
         assert!(
-            e.contains("SLURM_JOB_NODELIST, SLURM_JOB_ID missing"),
+            e.contains("SLURM_STEP_NODELIST, SLURM_JOB_ID missing"),
             "{e}"
         );
+        v.remove("SLURM_LOCALID");
+        let e = LaunchEnv::from_vars(&v).unwrap_err().to_string();
+        assert!(e.contains("SLURM_LOCALID, SLURM_STEP_NODELIST"), "{e}");
         // The old spellings are accepted.
+        v.insert("SLURM_LOCALID".into(), "1".into());
         v.insert("SLURM_NODELIST".into(), "node-[1,3-5],login1".into());
         v.insert("SLURM_JOBID".into(), "7".into());
         let e = LaunchEnv::from_vars(&v).unwrap();
@@ -462,10 +514,11 @@ mod tests {
     #[test]
     fn bad_slurm_values_are_errors() {
         for (key, value, why) in [
-            ("SLURM_JOB_NODELIST", "gpu[01-", "without ']'"),
+            ("SLURM_STEP_NODELIST", "gpu[01-", "without ']'"),
             ("SLURM_JOB_ID", "abc", "SLURM_JOB_ID=abc"),
             ("SLURM_PROCID", "8", "rank 8 is not below"),
-            ("SLURM_NTASKS_PER_NODE", "x", "SLURM_NTASKS_PER_NODE=x"),
+            ("SLURM_STEP_NUM_TASKS", "x", "SLURM_STEP_NUM_TASKS=x"),
+            ("SLURM_STEP_TASKS_PER_NODE", "x", "is not like"),
         ] {
             let mut v = slurm();
             v.insert(key.into(), value.into());
