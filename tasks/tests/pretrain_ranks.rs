@@ -1,8 +1,8 @@
 //! `pretrain` as two data-parallel ranks (threads over the model crate's
 //! in-process collectives) on the shrunk demo recipe: both ranks agree, only
-//! rank 0 writes, a resume continues each rank's shard, and a resume with
-//! another world size or a recipe with another `train.world_size` is a clear
-//! error.
+//! rank 0 writes, a run moves between 2 ranks and 1 process (the data
+//! position re-sharded), and a recipe whose `train.world_size` is not the
+//! job's is a clear error.
 
 use std::path::{Path, PathBuf};
 
@@ -11,17 +11,26 @@ use dino3d_model::dist::{Collective, InProcess};
 use dino3d_tasks::pretrain::{Options, Outcome, checkpoints, run, run_ranked};
 use dino3d_tasks::{Silent, Task, compile_file_with};
 
-/// The demo recipe reading the bundled volumes, writing under `dir`.
+/// The demo recipe reading four bundled volumes (an even split over two
+/// ranks), writing under `dir`.
 fn recipe(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text = std::fs::read_to_string(root.join("recipes/demo.yaml"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/volumes");
+    let images: Vec<String> = [
+        "colin27_mricron/ch2.nii.gz",
+        "colin27_mricron/ch2bet.nii.gz",
+        "mni152_2009a_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "mni152_2009a_nilearn/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    ]
+    .iter()
+    .map(|p| format!("{{\"image\": {:?}}}", root.join(p).display().to_string()))
+    .collect();
+    let manifest = dir.join("images.json");
+    std::fs::write(&manifest, format!("[{}]", images.join(",\n"))).unwrap();
+    let text = std::fs::read_to_string(root.join("../../recipes/demo.yaml"))
         .unwrap()
         .replace(
             "manifest: brain_images.json",
-            &format!(
-                "manifest: {}",
-                root.join("recipes/brain_images.json").display()
-            ),
+            &format!("manifest: {}", manifest.display()),
         )
         .replace(
             "dir: ../out/cache",
@@ -122,14 +131,41 @@ fn two_ranks_train_agree_write_once_and_resume() {
     let (meta, _) = checkpoints::latest(&out, &Device::Cpu).unwrap().unwrap();
     assert_eq!(meta.iteration, 2);
     assert_eq!(meta.rank_positions.len(), 2);
-    // Each rank read 2 batches of 2 from its own shard.
-    assert!(meta.rank_positions.iter().all(|p| p.2 == 2), "{meta:?}");
+    // Each rank read its 2-item shard twice.
+    assert_eq!(meta.rank_positions, [(1, 2, 2), (1, 2, 2)]);
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2, "one metrics line per iteration");
 
-    let second = run_world(&recipe, 2, &[]);
-    let (a, b) = (last_loss(&second[0]), last_loss(&second[1]));
-    assert_eq!((a.0, a.1), (2, 4));
+    // One process takes over (the two shards' consumed items re-sharded),
+    // then two ranks again.
+    let (plan, task) = compile_file_with(&recipe, &sets(1, &["train.max_iterations=3"])).unwrap();
+    let Task::Pretrain(t) = task else { panic!() };
+    let one = run(
+        &plan,
+        &t,
+        &recipe,
+        &Device::Cpu,
+        &Options::default(),
+        &Silent,
+        &mut |_, _| {},
+    );
+    let (start, end, loss) = last_loss(&one.map_err(|e| e.chain()));
+    assert_eq!((start, end), (2, 3));
+    assert!(loss.is_finite());
+    let (meta, _) = checkpoints::latest(&out, &Device::Cpu).unwrap().unwrap();
+    assert_eq!(meta.iteration, 3);
+    assert!(meta.rank_positions.is_empty());
+    // Each rank read its 2-item shard twice (epochs 0 and 1): epoch 1's 4
+    // items are re-sharded into one shard of 4, so the next batch starts
+    // epoch 2.
+    assert_eq!(
+        (meta.data_epoch, meta.data_position, meta.next_batch),
+        (2, 2, 3)
+    );
+
+    let third = run_world(&recipe, 2, &[]);
+    let (a, b) = (last_loss(&third[0]), last_loss(&third[1]));
+    assert_eq!((a.0, a.1), (3, 4));
     assert_eq!(a, b);
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
@@ -138,9 +174,9 @@ fn two_ranks_train_agree_write_once_and_resume() {
             .exists()
     );
 
-    // One process cannot take over a two-rank run's data positions (same
-    // recipe, so the same fingerprint).
-    let (plan, task) = compile_file_with(&recipe, &sets(2, &[])).unwrap();
+    // A different model is still refused.
+    let (plan, task) =
+        compile_file_with(&recipe, &sets(2, &["model.head_n_prototypes=64"])).unwrap();
     let Task::Pretrain(t) = task else { panic!() };
     let e = run(
         &plan,
@@ -153,10 +189,7 @@ fn two_ranks_train_agree_write_once_and_resume() {
     )
     .unwrap_err()
     .chain();
-    assert!(
-        e.contains("written by a job of 2 rank(s), this one has 1"),
-        "{e}"
-    );
+    assert!(e.contains("different model or schedule"), "{e}");
 }
 
 #[test]

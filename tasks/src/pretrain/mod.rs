@@ -8,6 +8,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod metrics;
+mod ranks;
 pub mod setup;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use dino3d_model::candle_core::{Device, Tensor};
 use dino3d_model::checkpoint::save_tensors;
-use dino3d_model::dist::{Collective, ReduceOp, SingleProcess};
+use dino3d_model::dist::{Collective, SingleProcess};
 use dino3d_model::schedule::Schedules;
 use dino3d_model::ssl::{SslBatch, SslModel};
 use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Tensor5};
@@ -147,7 +148,18 @@ pub fn run_ranked(
     let mut data_start = (0u64, 0usize, 0u64);
     match checkpoints::latest(&out, &device)? {
         Some((meta, state)) => {
-            if meta.fingerprint != fingerprint {
+            let written_by = meta.rank_positions.len().max(1);
+            // A run may continue on another number of ranks: its settings
+            // are then those of the recipe at the old world size.
+            let same_run = meta.fingerprint == fingerprint
+                || (written_by != world && {
+                    let then = PretrainConfig {
+                        world_size: written_by,
+                        ..t.clone()
+                    };
+                    meta.fingerprint == self::fingerprint(plan, &then, model.config())
+                });
+            if !same_run {
                 bail!(
                     "{} holds checkpoints of a different model or schedule (fingerprint {} vs {}); use another train.output_dir or remove {}",
                     out.display(),
@@ -160,7 +172,11 @@ pub fn run_ranked(
                 .load_state(state)
                 .context("restoring the checkpoint")?;
             start = meta.iteration;
-            data_start = resume_position(&meta, rank, world)?;
+            let (position, note) = ranks::resume_position(&meta, rank, world)?;
+            data_start = position;
+            if let Some(note) = note {
+                progress.note(&note);
+            }
             progress.note(&format!(
                 "resuming at iteration {start} from {}",
                 out.display()
@@ -314,7 +330,7 @@ pub fn run_ranked(
                 loaded.index + 1,
             );
             // Every rank takes part: rank 0 writes all ranks' positions.
-            let rank_positions = gather_positions(position, comm)?;
+            let rank_positions = ranks::gather_positions(position, comm)?;
             if main {
                 let meta = checkpoints::Meta {
                     iteration: done,
@@ -422,51 +438,6 @@ fn drop_path_seed(seed: u64, it: usize, rank: usize) -> u64 {
         bytes.extend((rank as u64).to_le_bytes());
     }
     xxhash_rust::xxh3::xxh3_64(&bytes)
-}
-
-/// Where this rank's loader resumes: its own entry of a data-parallel
-/// checkpoint, the single position of a one-process one.
-fn resume_position(
-    meta: &checkpoints::Meta,
-    rank: usize,
-    world: usize,
-) -> Result<(u64, usize, u64)> {
-    let written_by = meta.rank_positions.len().max(1);
-    if written_by != world {
-        bail!(
-            "the checkpoint at iteration {} was written by a job of {written_by} rank(s), this one has {world}: resuming with another world size (re-sharding the data position) is not supported yet; resume with {written_by} rank(s)",
-            meta.iteration
-        );
-    }
-    Ok(match meta.rank_positions.get(rank) {
-        Some(&p) => p,
-        None => (meta.data_epoch, meta.data_position, meta.next_batch),
-    })
-}
-
-/// Every rank's loader position, in rank order (empty for one process):
-/// an all-gather through a sum, each rank filling its own slots (f64 holds
-/// the counts exactly below 2^53).
-fn gather_positions(
-    position: (u64, usize, u64),
-    comm: &dyn Collective,
-) -> Result<Vec<(u64, usize, u64)>> {
-    let world = comm.world_size();
-    if world == 1 {
-        return Ok(Vec::new());
-    }
-    let mut slots = vec![0f64; 3 * world];
-    let r = comm.rank();
-    slots[3 * r..3 * r + 3].copy_from_slice(&[
-        position.0 as f64,
-        position.1 as f64,
-        position.2 as f64,
-    ]);
-    comm.all_reduce_f64(&mut slots, ReduceOp::Sum)?;
-    Ok(slots
-        .chunks(3)
-        .map(|c| (c[0] as u64, c[1] as usize, c[2] as u64))
-        .collect())
 }
 
 fn to_tensor(t: &Tensor5, device: &Device) -> Result<Tensor> {
