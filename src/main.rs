@@ -8,6 +8,7 @@ mod atlas_crops_cmd;
 mod cache_cmd;
 mod device;
 mod embed_cmd;
+mod embed_parts;
 mod embed_table;
 mod inspect_cmd;
 mod launch_cmd;
