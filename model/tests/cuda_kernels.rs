@@ -216,3 +216,17 @@ fn nccl_world_of_one() {
     comm.barrier().unwrap();
     comm.all_reduce_f32(&mut [], ReduceOp::Sum).unwrap();
 }
+
+/// Asking for an NCCL id never panics: without the library it is
+/// `NoCudaDevice` (the dlopen check runs first), with it an id or an error.
+#[test]
+fn nccl_absence_is_an_error_not_a_panic() {
+    match dino3d_model::cuda::nccl_unique_id() {
+        Ok(id) => assert_eq!(id.len(), dino3d_model::cuda::NCCL_ID_BYTES),
+        Err(ModelError::NoCudaDevice(why)) => {
+            assert!(why.contains("NCCL"), "{why}");
+            println!("no NCCL: {why}");
+        }
+        Err(e) => println!("NCCL present, no id here: {e}"),
+    }
+}

@@ -31,8 +31,8 @@ fn require_nccl() -> Result<()> {
     // SAFETY: `is_culib_present` only tries to dlopen the NCCL library under
     // its usual names and drops it again; no symbol is called (as
     // `GpuContext::new` does for the driver). Tested by
-    // `tests/cuda_kernels.rs::nccl_world_of_one`, which also runs where
-    // NCCL is absent.
+    // `tests/cuda_kernels.rs::nccl_absence_is_an_error_not_a_panic`, which
+    // runs with or without NCCL and a GPU.
     if unsafe { cudarc::nccl::sys::is_culib_present() } {
         Ok(())
     } else {
