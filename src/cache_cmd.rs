@@ -57,7 +57,9 @@ pub(crate) struct WarmArgs {
     #[command(flatten)]
     overrides: Overrides,
     /// Warm only shard I of N (items with index % N == I), e.g. `--shard 3/16`
-    /// in a SLURM array job; shards share one cache folder safely.
+    /// in a SLURM array job; shards share one cache folder safely. Without
+    /// it, the launch variables decide (RANK/WORLD_SIZE of torchrun or
+    /// `dino-run launch`, or an srun task's): one srun line warms a cache.
     #[arg(long, value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
     /// Worker threads (default: all cores).
@@ -114,7 +116,15 @@ fn cache_of(plan: &Plan, recipe: &Path, allow_uncached: bool) -> anyhow::Result<
 fn warm(args: &WarmArgs) -> anyhow::Result<ExitCode> {
     let (plan, _) = load_recipe(&args.recipe, &args.overrides)?;
     let source = cache_of(&plan, &args.recipe, args.allow_uncached)?;
-    let (shard, shards) = args.shard.unwrap_or((0, 1));
+    // Without --shard, a launcher's ranks (torchrun, srun, `dino-run
+    // launch`) each warm their share.
+    let (shard, shards) = match args.shard {
+        Some(s) => s,
+        None => {
+            let env = dino3d_tasks::distributed::LaunchEnv::from_process_env()?;
+            (env.rank, env.world_size)
+        }
+    };
     let items: Vec<usize> = (0..source.items().len())
         .filter(|i| i % shards == shard)
         .collect();

@@ -34,7 +34,9 @@ pub(crate) struct EmbedArgs {
     /// Embed every entry of this manifest (JSON list or Parquet) into a
     /// Parquet table (`--out FILE.parquet`): the manifest's columns, `cls`,
     /// `patch_mean`, `grid` and, with `--patch-grid`, `patch_tokens`.
-    /// Unreadable volumes are reported and skipped.
+    /// Unreadable volumes are reported and skipped. Under a launcher
+    /// (torchrun, srun, `dino-run launch`) each rank writes its share as a
+    /// part of the folder `--out`, and the last to finish `_SUCCESS`.
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// With --manifest: also store every patch token.

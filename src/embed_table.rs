@@ -235,12 +235,47 @@ pub(crate) fn run_recipe(plan: &Plan, e: &EmbedConfig, recipe: &Path) -> anyhow:
     )
 }
 
-/// Embeds `entries` into a Parquet table.
+/// Embeds `entries` into a Parquet table; under a launcher (torchrun, srun,
+/// `dino-run launch`), this rank's part of it.
 fn run_entries(
     vit: &ViT3d,
     entries: &[ManifestEntry],
     o: &TableOptions,
 ) -> anyhow::Result<ExitCode> {
+    let env = dino3d_tasks::distributed::LaunchEnv::from_process_env()?;
+    if env.world_size > 1 {
+        return crate::embed_parts::run_part(vit, entries, o, &env);
+    }
+    let (written, skipped) = write_table(vit, entries, o, o.out)?;
+    let rejects_path = o.out.with_extension("rejects.json");
+    println!(
+        "{written} of {} volumes embedded ({} dims{}), {} skipped{} -> {}",
+        entries.len(),
+        vit.config().embed_dim,
+        if o.patch_grid {
+            ", with patch tokens"
+        } else {
+            ""
+        },
+        skipped,
+        if skipped == 0 {
+            String::new()
+        } else {
+            format!(" (listed in {})", rejects_path.display())
+        },
+        o.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the table of `entries` to `out` (and the rejects beside it);
+/// returns the rows written and the entries skipped.
+pub(crate) fn write_table(
+    vit: &ViT3d,
+    entries: &[ManifestEntry],
+    o: &TableOptions,
+    out: &Path,
+) -> anyhow::Result<(usize, usize)> {
     let extras = extra_columns(entries);
     for k in extras.keys() {
         if EMBED_COLUMNS.contains(&k.as_str()) {
@@ -252,7 +287,7 @@ fn run_entries(
     }
     let dim = vit.config().embed_dim;
     let row_group = o.row_group.max(1);
-    let tmp = o.out.with_extension("parquet.partial");
+    let tmp = out.with_extension("parquet.partial");
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -307,29 +342,12 @@ fn run_entries(
             w.close()?;
         }
     }
-    std::fs::rename(&tmp, o.out).with_context(|| format!("writing {}", o.out.display()))?;
-    let rejects_path = o.out.with_extension("rejects.json");
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    let rejects_path = out.with_extension("rejects.json");
     if !rejects.is_empty() {
         std::fs::write(&rejects_path, serde_json::to_vec_pretty(&rejects)?)?;
     }
-    println!(
-        "{written} of {} volumes embedded ({} dims{}), {} skipped{} -> {}",
-        entries.len(),
-        dim,
-        if o.patch_grid {
-            ", with patch tokens"
-        } else {
-            ""
-        },
-        rejects.len(),
-        if rejects.is_empty() {
-            String::new()
-        } else {
-            format!(" (listed in {})", rejects_path.display())
-        },
-        o.out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((written, rejects.len()))
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ mod cache_cmd;
 mod convert_cmd;
 mod device;
 mod embed_cmd;
+mod embed_parts;
 mod embed_table;
 mod inspect_cmd;
+mod launch_cmd;
 mod linear_probe_cmd;
 mod manifest_cmd;
 mod pipeline_cmd;
@@ -84,6 +86,9 @@ enum Command {
     Probe(probe_cmd::ProbeArgs),
     /// PCA and attention maps of one volume, as NIfTI, PNG and GIF.
     Visualize(visualize::VisualizeArgs),
+    /// Start N ranks of a recipe on this node with the torchrun variables
+    /// (RANK, WORLD_SIZE, LOCAL_RANK, ...); a failing rank stops them all.
+    Launch(launch_cmd::LaunchArgs),
     /// Cut a labelled classification set (Brodmann-area groups, left
     /// hemisphere for training, right for test) from the bundled Colin27
     /// brain: the linear probe's example data.
@@ -107,6 +112,7 @@ fn main() -> std::process::ExitCode {
         (Some(Command::Probe(args)), _) => probe_cmd::run(&args),
         (Some(Command::Visualize(args)), _) => visualize::run(&args),
         (Some(Command::AtlasCrops(args)), _) => atlas_crops_cmd::run(&args),
+        (Some(Command::Launch(args)), _) => launch_cmd::run(&args),
         (None, Some(recipe)) => device::parse(&cli.device).and_then(|device| {
             run_cmd::run_recipe(&recipe, &cli.overrides, &device, cli.allow_uncached)
         }),

@@ -16,6 +16,7 @@ pub(crate) fn run_recipe(
     device: &dino3d_model::candle_core::Device,
     allow_uncached: bool,
 ) -> anyhow::Result<ExitCode> {
+    single_process_only(&dino3d_tasks::distributed::LaunchEnv::from_process_env()?)?;
     let (plan, task) = load_recipe(recipe, overrides)?;
     if !matches!(task, Task::Pretrain(_)) {
         crate::device::require_cpu(device, task.name())?;
@@ -30,6 +31,24 @@ pub(crate) fn run_recipe(
         Task::LinearProbe(config) => crate::linear_probe_cmd::run(&plan, config, recipe),
         Task::Embed(config) => crate::embed_table::run_recipe(&plan, config, recipe),
     }
+}
+
+/// Refuses a launch of several ranks: without collectives between processes
+/// each would run the whole job and write the same files (README, "Several
+/// GPUs").
+fn single_process_only(env: &dino3d_tasks::distributed::LaunchEnv) -> anyhow::Result<()> {
+    if env.world_size > 1 {
+        anyhow::bail!(
+            "this process is rank {} of {} ({:?} launch variables), but recipes run as one \
+             process so far: the data-parallel loop exists in the library, the collectives \
+             between processes (NCCL) do not yet; unset the launcher's variables (RANK, \
+             WORLD_SIZE, ...) or run one srun task",
+            env.rank,
+            env.world_size,
+            env.source
+        );
+    }
+    Ok(())
 }
 
 /// `task: prepare`: the deterministic prefix over every item, failures named.

@@ -16,6 +16,11 @@
 //! need no CUDA toolkit to build; [`kernels_ref`] holds their CPU references
 //! in every build.
 //!
+//! For data-parallel training, [`dist`] has the [`dist::Collective`] trait
+//! the losses and [`ssl::SslModel::step_with`] reduce through (Sinkhorn-Knopp
+//! sums, the centre, the gradients), with in-process ranks for tests; the
+//! NCCL implementation is `cuda::NcclCollective`.
+//!
 //! For finetuning, [`seg`] has the 3-D segmentation layers (convolutions as CPU
 //! custom ops with their own backward, norms, upsampling), MONAI's UNETR
 //! blocks, the UNETR and linear decoder heads and the Dice losses, and
@@ -28,6 +33,7 @@ mod block;
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dist;
 mod drop_path;
 mod error;
 mod fused;

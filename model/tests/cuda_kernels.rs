@@ -184,3 +184,49 @@ fn koleo_refuses_mismatched_buffers() {
     let err = koleo_loss(gpu, &x, 2, 4).unwrap_err();
     assert!(matches!(err, ModelError::Input(_)), "{err}");
 }
+
+/// NCCL through the `Collective` trait with one rank (one GPU cannot hold
+/// two: NCCL refuses a duplicate device): the identity, and bad arguments
+/// as errors. Skipped without NCCL.
+#[test]
+fn nccl_world_of_one() {
+    use dino3d_model::cuda::{NcclCollective, nccl_unique_id};
+    use dino3d_model::dist::{Collective, ReduceOp};
+    let Some(gpu) = gpu() else { return };
+    let id = match nccl_unique_id() {
+        Ok(id) => id,
+        Err(ModelError::NoCudaDevice(why)) => {
+            println!("skipped: {why}");
+            return;
+        }
+        Err(e) => panic!("NCCL id: {e}"),
+    };
+    assert!(NcclCollective::new(gpu, 0, 1, &id[..5]).is_err());
+    assert!(NcclCollective::new(gpu, 1, 1, &id).is_err());
+    let comm = NcclCollective::new(gpu, 0, 1, &id).unwrap();
+    assert_eq!((comm.rank(), comm.world_size()), (0, 1));
+    let mut v = vec![1.5f32, -2.0, 3.25];
+    comm.all_reduce_f32(&mut v, ReduceOp::Mean).unwrap();
+    assert_eq!(v, [1.5, -2.0, 3.25]);
+    let mut w = vec![0.1f64; 1000];
+    comm.all_reduce_f64(&mut w, ReduceOp::Sum).unwrap();
+    assert!(w.iter().all(|&x| x == 0.1));
+    comm.broadcast_f32(&mut v, 0).unwrap();
+    assert!(comm.broadcast_f32(&mut v, 1).is_err());
+    comm.barrier().unwrap();
+    comm.all_reduce_f32(&mut [], ReduceOp::Sum).unwrap();
+}
+
+/// Asking for an NCCL id never panics: without the library it is
+/// `NoCudaDevice` (the dlopen check runs first), with it an id or an error.
+#[test]
+fn nccl_absence_is_an_error_not_a_panic() {
+    match dino3d_model::cuda::nccl_unique_id() {
+        Ok(id) => assert_eq!(id.len(), dino3d_model::cuda::NCCL_ID_BYTES),
+        Err(ModelError::NoCudaDevice(why)) => {
+            assert!(why.contains("NCCL"), "{why}");
+            println!("no NCCL: {why}");
+        }
+        Err(e) => println!("NCCL present, no id here: {e}"),
+    }
+}

@@ -33,6 +33,9 @@ pub enum TaskError {
     /// A data-pipeline failure (reading volumes, manifests, transforms).
     #[error(transparent)]
     Pipeline(#[from] dino3d_pipeline::Error),
+    /// A launch or rendezvous failure of a distributed job.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     /// A file-system failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -28,9 +28,14 @@
 //!
 //! Tasks report through [`Progress`] and return what they found; the binary
 //! prints it, draws the pictures and writes the result files.
+//!
+//! [`distributed`] says which rank of a launched job this process is
+//! (torchrun's or SLURM's variables) and hands rank 0's NCCL id to the
+//! others; [`pretrain::run_ranked`] is the training loop as one such rank.
 
 pub mod backbone;
 pub mod data;
+pub mod distributed;
 pub mod embed;
 pub mod error;
 pub mod linear_probe;

@@ -10,6 +10,9 @@
 //! [`crate::kernels_ref`] that defines its result; `tests/cuda_kernels.rs`
 //! compares the two and `benches/cuda_kernels.rs` times them.
 //!
+//! [`NcclCollective`] is the NCCL implementation of
+//! [`crate::dist::Collective`] (NCCL loaded at run time too).
+//!
 //! Buffers are cudarc [`CudaSlice`]s; [`GpuContext::upload`] and
 //! [`GpuContext::download`] move `f32` data. Candle's own CUDA backend
 //! (which needs nvcc to build) is not used here.
@@ -17,10 +20,12 @@
 mod context;
 mod ema;
 mod koleo;
+mod nccl;
 mod sinkhorn_ce;
 
 pub use context::GpuContext;
 pub use cudarc::driver::CudaSlice;
 pub use ema::ema_update;
 pub use koleo::koleo_loss;
+pub use nccl::{NCCL_ID_BYTES, NcclCollective, nccl_unique_id};
 pub use sinkhorn_ce::{SinkhornCeGpu, sinkhorn_ce};

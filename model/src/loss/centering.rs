@@ -52,7 +52,27 @@ pub(super) fn sinkhorn_cpu(
     temp: f64,
     iterations: usize,
 ) -> Vec<f32> {
+    let mut alone = |_: &mut [f64]| Ok::<(), std::convert::Infallible>(());
+    let Ok(q) = sinkhorn_cpu_reduced(logits, n, k, temp, iterations, &mut alone);
+    q
+}
+
+/// [`sinkhorn_cpu`] with every sum over samples passed through `reduce`
+/// (the sample count, the grand total, the prototype sums): an all-reduce
+/// makes this rank's `n` rows part of one Sinkhorn-Knopp over all ranks'
+/// rows, as 3DINO's distributed version. Per-sample sums stay local.
+pub(super) fn sinkhorn_cpu_reduced<E>(
+    logits: &[f32],
+    n: usize,
+    k: usize,
+    temp: f64,
+    iterations: usize,
+    reduce: &mut dyn FnMut(&mut [f64]) -> std::result::Result<(), E>,
+) -> std::result::Result<Vec<f32>, E> {
     use rayon::prelude::*;
+    let mut count = [n as f64];
+    reduce(&mut count)?;
+    let n_total = count[0] as usize;
     let inv_temp = (1.0 / temp) as f32;
     let mut q: Vec<f32> = logits.par_iter().map(|v| (v * inv_temp).exp()).collect();
     let row_sums = |q: &[f32]| -> Vec<f64> {
@@ -60,7 +80,9 @@ pub(super) fn sinkhorn_cpu(
             .map(|r| r.iter().map(|&v| f64::from(v)).sum::<f64>())
             .collect()
     };
-    let total = row_sums(&q).iter().sum::<f64>() as f32;
+    let mut total = [row_sums(&q).iter().sum::<f64>()];
+    reduce(&mut total)?;
+    let total = total[0] as f32;
     q.par_iter_mut().for_each(|v| *v /= total);
     const COLUMN_BLOCK: usize = 1024;
     for _ in 0..iterations {
@@ -76,23 +98,24 @@ pub(super) fn sinkhorn_cpu(
                     }
                 }
             });
+        reduce(&mut cols)?;
         let cols: Vec<f32> = cols.iter().map(|&c| c as f32).collect();
         q.par_chunks_mut(k).for_each(|row| {
             for (v, &c) in row.iter_mut().zip(&cols) {
                 *v = *v / c / k as f32;
             }
         });
-        // Samples (rows) to sum 1/n.
+        // Samples (rows) to sum 1/n_total.
         let rows = row_sums(&q);
         q.par_chunks_mut(k).zip(rows).for_each(|(row, r)| {
             let r = r as f32;
             for v in row.iter_mut() {
-                *v = *v / r / n as f32;
+                *v = *v / r / n_total as f32;
             }
         });
     }
-    q.par_iter_mut().for_each(|v| *v *= n as f32);
-    q
+    q.par_iter_mut().for_each(|v| *v *= n_total as f32);
+    Ok(q)
 }
 
 /// DINO's softmax centring: `softmax((t − c)/temp)` with centre `c` an EMA
@@ -147,6 +170,11 @@ impl SoftmaxCentering {
             .detach()
             .to_dtype(DType::F32)?
             .mean_keepdim(0)?;
+        self.blend(&batch)
+    }
+
+    /// `c ← m·c + (1 − m)·batch` for a batch mean `(1, K)`.
+    pub(super) fn blend(&mut self, batch: &Tensor) -> Result<()> {
         self.center = ((&self.center * self.momentum)? + (batch * (1.0 - self.momentum))?)?;
         Ok(())
     }

@@ -3,9 +3,10 @@
 use candle_core::{DType, Tensor};
 
 use super::model::{Centering, Networks};
+use crate::dist::{Collective, distributed};
 use crate::loss::{
     SINKHORN_ITERATIONS, STUDENT_TEMP, SoftmaxCentering, dino_loss, ibot_loss, koleo_loss,
-    sinkhorn_knopp,
+    sinkhorn_knopp, sinkhorn_knopp_all,
 };
 use crate::{ForwardOptions, ModelError, Result};
 
@@ -112,14 +113,19 @@ impl MaskGather {
     }
 }
 
-/// Teacher forward (no gradients) and centring.
+/// Teacher forward (no gradients) and centring; with `comm` of several
+/// ranks, centred over all ranks' rows (KoLeo and the losses stay per rank).
 pub(super) fn teacher_targets(
     teacher: &Networks,
     batch: &SslBatch,
     gather: &MaskGather,
     temp: f64,
     centering: &mut CenteringState,
+    comm: Option<&dyn Collective>,
 ) -> Result<Targets> {
+    if let Some(comm) = distributed(comm) {
+        return teacher_targets_all(teacher, batch, gather, temp, centering, comm);
+    }
     let out = teacher.backbone.forward(batch.globals)?;
     let cls = out.cls_norm.detach();
     let dino_logits = teacher.dino_head.forward(&cls)?.detach();
@@ -141,6 +147,39 @@ pub(super) fn teacher_targets(
     };
     centering.update(&dino_logits, ibot_logits.as_ref())?;
     Ok(Targets { dino, ibot })
+}
+
+/// [`teacher_targets`] over several ranks. A rank without masked tokens
+/// still takes part in the iBOT centring's collectives, with no rows.
+fn teacher_targets_all(
+    teacher: &Networks,
+    batch: &SslBatch,
+    gather: &MaskGather,
+    temp: f64,
+    centering: &mut CenteringState,
+    comm: &dyn Collective,
+) -> Result<Targets> {
+    let out = teacher.backbone.forward(batch.globals)?;
+    let dino_logits = teacher.dino_head.forward(&out.cls_norm.detach())?.detach();
+    let ibot_logits = if gather.count > 0 {
+        let e = out.patch_norm.dim(2)?;
+        let tokens = out
+            .patch_norm
+            .detach()
+            .reshape(((), e))?
+            .index_select(&gather.indices, 0)?;
+        teacher.ibot_head.forward(&tokens)?.detach()
+    } else {
+        let k = teacher.ibot_head.config().n_prototypes;
+        Tensor::zeros((0, k), dino_logits.dtype(), dino_logits.device())?
+    };
+    let dino = centering.dino_probs_all(&dino_logits, temp, comm)?;
+    let ibot = centering.ibot_probs_all(&ibot_logits, temp, comm)?;
+    centering.update_all(&dino_logits, &ibot_logits, comm)?;
+    Ok(Targets {
+        dino,
+        ibot: (gather.count > 0).then_some(ibot),
+    })
 }
 
 /// Student forward and the loss terms against `targets`.
@@ -257,6 +296,36 @@ impl CenteringState {
             Self::Sinkhorn => sinkhorn_knopp(logits, temp, SINKHORN_ITERATIONS),
             Self::Softmax { ibot, .. } => ibot.probs(logits, temp),
         }
+    }
+
+    fn dino_probs_all(&self, logits: &Tensor, temp: f64, comm: &dyn Collective) -> Result<Tensor> {
+        match self {
+            Self::Sinkhorn => sinkhorn_knopp_all(logits, temp, SINKHORN_ITERATIONS, comm),
+            Self::Softmax { dino, .. } => dino.probs(logits, temp),
+        }
+    }
+
+    fn ibot_probs_all(&self, logits: &Tensor, temp: f64, comm: &dyn Collective) -> Result<Tensor> {
+        match self {
+            Self::Sinkhorn => sinkhorn_knopp_all(logits, temp, SINKHORN_ITERATIONS, comm),
+            // No rows here (candle cannot reduce over none); nothing to share.
+            Self::Softmax { .. } if logits.dim(0)? == 0 => Ok(logits.clone()),
+            Self::Softmax { ibot, .. } => ibot.probs(logits, temp),
+        }
+    }
+
+    /// The centres' update from all ranks' rows (`ibot_logits` may be empty).
+    fn update_all(
+        &mut self,
+        dino_logits: &Tensor,
+        ibot_logits: &Tensor,
+        comm: &dyn Collective,
+    ) -> Result<()> {
+        if let Self::Softmax { dino, ibot } = self {
+            dino.update_all(dino_logits, comm)?;
+            ibot.update_all(ibot_logits, comm)?;
+        }
+        Ok(())
     }
 
     fn update(&mut self, dino_logits: &Tensor, ibot_logits: Option<&Tensor>) -> Result<()> {

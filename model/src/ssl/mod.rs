@@ -6,6 +6,8 @@
 //! networks, the layout 3DINO's checkpoints use, so the optimiser's groups
 //! and the per-module clipping find them by prefix.
 
+#[cfg(test)]
+mod dist_tests;
 mod losses;
 mod model;
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::losses::{
     CenteringState, LossSetup, LossValues, MaskGather, SslBatch, SslLosses, student_losses,
     teacher_targets,
 };
+use crate::dist::{Collective, ReduceOp, average_gradients, distributed};
 use crate::optim::{AdamW, AdamWConfig, GroupRules, clip_per_module, ema_update};
 use crate::schedule::ScheduleValues;
 use crate::{DinoHead, DinoHeadConfig, ModelError, Result, ViT3d, ViT3dConfig};
@@ -100,7 +101,7 @@ pub struct StepReport {
     /// Gradient norm of each clipped module before clipping, in
     /// [`crate::optim::THREEDINO_CLIP_MODULES`] order.
     pub grad_norms: Vec<f64>,
-    /// Masked tokens in the batch.
+    /// Masked tokens in the batch (all ranks' in a data-parallel step).
     pub n_masked: usize,
 }
 
@@ -216,6 +217,18 @@ impl SslModel {
         teacher_temp: f64,
         drop_path_seed: Option<u64>,
     ) -> Result<SslLosses> {
+        self.losses_with(batch, teacher_temp, drop_path_seed, None)
+    }
+
+    /// [`Self::losses`] of this rank's share of a data-parallel batch: the
+    /// teacher targets are centred over all ranks of `comm`.
+    pub fn losses_with(
+        &mut self,
+        batch: &SslBatch,
+        teacher_temp: f64,
+        drop_path_seed: Option<u64>,
+        comm: Option<&dyn Collective>,
+    ) -> Result<SslLosses> {
         let n_tokens = self.tokens_per_global(batch)?;
         let gather = MaskGather::new(batch, n_tokens)?;
         let targets = teacher_targets(
@@ -224,6 +237,7 @@ impl SslModel {
             &gather,
             teacher_temp,
             &mut self.centering,
+            comm,
         )?;
         let setup = LossSetup {
             dino_weight: self.cfg.dino_weight,
@@ -248,9 +262,44 @@ impl SslModel {
         values: ScheduleValues,
         drop_path_seed: Option<u64>,
     ) -> Result<StepReport> {
-        let losses = self.losses(batch, values.teacher_temp, drop_path_seed)?;
-        let n_masked = losses.n_masked;
-        let report_losses = losses.values()?;
+        self.step_with(batch, values, drop_path_seed, None)
+    }
+
+    /// [`Self::step`] as one rank of a data-parallel job over `comm` (3DINO's
+    /// semantics): the targets are centred over all ranks, each rank's loss
+    /// is its own share's (KoLeo per rank), and the gradients are averaged
+    /// before clipping, so every rank applies the same update and the
+    /// replicas stay equal. The reported losses are the ranks' mean. With
+    /// `None` or a world of one this is [`Self::step`] exactly.
+    pub fn step_with(
+        &mut self,
+        batch: &SslBatch,
+        values: ScheduleValues,
+        drop_path_seed: Option<u64>,
+        comm: Option<&dyn Collective>,
+    ) -> Result<StepReport> {
+        let comm = distributed(comm);
+        let losses = self.losses_with(batch, values.teacher_temp, drop_path_seed, comm)?;
+        let mut n_masked = losses.n_masked;
+        let mut report_losses = losses.values()?;
+        if let Some(comm) = comm {
+            // Every rank sees the same (mean) losses, so a non-finite loss
+            // anywhere stops all ranks at the same point instead of leaving
+            // the others waiting in the gradient all-reduce.
+            let l = &mut report_losses;
+            let mut v = [
+                l.dino_local,
+                l.dino_global,
+                l.koleo,
+                l.ibot,
+                l.total,
+                n_masked as f64,
+            ];
+            comm.all_reduce_f64(&mut v, ReduceOp::Mean)?;
+            [l.dino_local, l.dino_global, l.koleo, l.ibot, l.total] =
+                [v[0], v[1], v[2], v[3], v[4]];
+            n_masked = (v[5] * comm.world_size() as f64).round() as usize;
+        }
         if !report_losses.total.is_finite() {
             return Err(ModelError::Input(format!(
                 "the loss is not finite ({report_losses:?}); stopping before the update"
@@ -258,6 +307,9 @@ impl SslModel {
         }
         let mut grads = losses.total.backward()?;
         drop(losses);
+        if let Some(comm) = comm {
+            average_gradients(&mut grads, &self.optimizer.vars_with_prefix(""), comm)?;
+        }
         // Norms are reported even when clipping is off (an infinite bound).
         let bound = if self.cfg.clip_grad > 0.0 {
             self.cfg.clip_grad

@@ -31,6 +31,12 @@ pub struct Meta {
     pub next_batch: u64,
     /// Hash of the settings that must not change across a resume.
     pub fingerprint: String,
+    /// Each rank's loader position (epoch, position, next batch) in a
+    /// data-parallel run, rank order; empty for one process (which uses the
+    /// three fields above). Ranks' shards move apart (skipped items, shards
+    /// one item longer), so each resumes from its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_positions: Vec<(u64, usize, u64)>,
 }
 
 const PREFIX: &str = "iter_";
@@ -172,6 +178,7 @@ mod tests {
             data_position: iteration,
             next_batch: iteration as u64,
             fingerprint: "f".into(),
+            rank_positions: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod metrics;
+mod ranks;
 pub mod setup;
 
 use std::path::{Path, PathBuf};
@@ -15,13 +16,14 @@ use std::time::Instant;
 
 use dino3d_model::candle_core::{Device, Tensor};
 use dino3d_model::checkpoint::save_tensors;
+use dino3d_model::dist::{Collective, SingleProcess};
 use dino3d_model::schedule::Schedules;
 use dino3d_model::ssl::{SslBatch, SslModel};
 use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Tensor5};
 use dino3d_pipeline::recipe::Plan;
 
 use crate::error::{Context, Result, TaskError, bail};
-use crate::progress::Progress;
+use crate::progress::{Progress, Silent};
 use config::PretrainConfig;
 use metrics::{MetricsLog, Record, ThreeDinoLosses};
 
@@ -89,6 +91,44 @@ pub fn run(
     progress: &dyn Progress,
     on_checkpoint: &mut dyn FnMut(&[Record], &Path),
 ) -> Result<Outcome> {
+    run_ranked(
+        plan,
+        t,
+        recipe,
+        device,
+        options,
+        progress,
+        on_checkpoint,
+        &SingleProcess,
+    )
+}
+
+/// [`run`] as one rank of a data-parallel job over `comm`: this rank reads
+/// its shard of every epoch, steps with [`SslModel::step_with`] (targets
+/// centred over all ranks, gradients averaged) and only rank 0 writes
+/// checkpoints, teacher weights and metrics and reports progress. The
+/// recipe's `train.world_size` must be the job's (it sets the global batch
+/// of the learning-rate rule). With a world of one this is [`run`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_ranked(
+    plan: &Plan,
+    t: &PretrainConfig,
+    recipe: &Path,
+    device: &Device,
+    options: &Options,
+    progress: &dyn Progress,
+    on_checkpoint: &mut dyn FnMut(&[Record], &Path),
+    comm: &dyn Collective,
+) -> Result<Outcome> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let main = rank == 0;
+    let progress: &dyn Progress = if main { progress } else { &Silent };
+    if world > 1 && t.world_size != world {
+        bail!(
+            "train.world_size is {} but the job has {world} ranks; set train.world_size={world} (it sets the global batch of the learning-rate rule)",
+            t.world_size
+        );
+    }
     let device = device.clone();
     let out = output_dir(t, recipe);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -99,12 +139,27 @@ pub fn run(
     let fingerprint = fingerprint(plan, t, &cfg);
 
     let mut model = SslModel::new(cfg, &device, plan.seed)?;
-    checkpoints::remove_leftovers(&out);
+    if main {
+        checkpoints::remove_leftovers(&out);
+    }
+    // No rank reads the checkpoints before rank 0 has tidied them.
+    comm.barrier()?;
     let mut start = 0usize;
     let mut data_start = (0u64, 0usize, 0u64);
     match checkpoints::latest(&out, &device)? {
         Some((meta, state)) => {
-            if meta.fingerprint != fingerprint {
+            let written_by = meta.rank_positions.len().max(1);
+            // A run may continue on another number of ranks: its settings
+            // are then those of the recipe at the old world size.
+            let same_run = meta.fingerprint == fingerprint
+                || (written_by != world && {
+                    let then = PretrainConfig {
+                        world_size: written_by,
+                        ..t.clone()
+                    };
+                    meta.fingerprint == self::fingerprint(plan, &then, model.config())
+                });
+            if !same_run {
                 bail!(
                     "{} holds checkpoints of a different model or schedule (fingerprint {} vs {}); use another train.output_dir or remove {}",
                     out.display(),
@@ -117,7 +172,11 @@ pub fn run(
                 .load_state(state)
                 .context("restoring the checkpoint")?;
             start = meta.iteration;
-            data_start = (meta.data_epoch, meta.data_position, meta.next_batch);
+            let (position, note) = ranks::resume_position(&meta, rank, world)?;
+            data_start = position;
+            if let Some(note) = note {
+                progress.note(&note);
+            }
             progress.note(&format!(
                 "resuming at iteration {start} from {}",
                 out.display()
@@ -147,7 +206,7 @@ pub fn run(
     // `train.max_iterations` is where the run stops in all, as in 3DINO,
     // whatever was done before a resume.
     let end = t.max_iterations.map_or(total, |m| m.min(total));
-    if t.world_size > 1 {
+    if t.world_size > 1 && world == 1 {
         tracing::warn!(
             "train.world_size {} only scales the learning rate here: this process trains alone on batch {}",
             t.world_size,
@@ -170,8 +229,14 @@ pub fn run(
     let items = data.source.len();
     let mut config = LoaderConfig::from_plan(plan);
     config.start = data_start;
+    (config.rank, config.world) = (rank, world);
     let mut loader = Loader::start(data.pipeline, data.source, config).map_err(TaskError::msg)?;
-    let (mut log, mut history) = MetricsLog::open(&out, start)?;
+    let (mut log, mut history) = if main {
+        let (log, history) = MetricsLog::open(&out, start)?;
+        (Some(log), history)
+    } else {
+        (None, Vec::new())
+    };
     progress.note(&format!(
         "pretraining ViT-{} on {items} items ({note}), batch {}, iterations {start}..{end} of {total}, output {}",
         t.arch,
@@ -206,12 +271,18 @@ pub fn run(
         };
         let values = schedules.at(it);
         let report = model
-            .step(&batch, values, Some(drop_path_seed(plan.seed, it)))
+            .step_with(
+                &batch,
+                values,
+                Some(drop_path_seed(plan.seed, it, rank)),
+                Some(comm),
+            )
             .with_context(|| format!("iteration {it}"))?;
         let compute_s = t1.elapsed().as_secs_f64();
         wait_sum += data_wait_s;
         compute_sum += compute_s;
-        let samples = loaded.batch.items.len();
+        // All ranks' samples (each rank's batch is the recipe's).
+        let samples = loaded.batch.items.len() * world;
         let record = Record {
             iteration: it,
             loss: report.losses.total,
@@ -244,7 +315,9 @@ pub fn run(
             ),
             cache_unwritable,
         };
-        if log.write(&record)? == 1 {
+        if let Some(log) = &mut log
+            && log.write(&record)? == 1
+        {
             bar.note("metrics.jsonl: the disk is full; its lines wait in memory until there is space");
         }
         history.push(record);
@@ -265,28 +338,38 @@ pub fn run(
                 other => other,
             }
         };
-        if done % t.eval_period_iterations == 0 || done == total {
+        if main && (done % t.eval_period_iterations == 0 || done == total) {
             tolerate(
                 "teacher checkpoint",
                 save_teacher(&model, &out, it).map(drop),
             )?;
         }
         if done % t.checkpoint_period == 0 || last {
-            let meta = checkpoints::Meta {
-                iteration: done,
-                data_epoch: loaded.next_position.0,
-                data_position: loaded.next_position.1,
-                next_batch: loaded.index + 1,
-                fingerprint: fingerprint.clone(),
-            };
-            // A checkpoint never runs ahead of the metrics it resumes after.
-            let saved = log
-                .write_pending()
-                .and_then(|()| checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints));
-            if saved.is_ok() {
-                on_checkpoint(&history, &out);
+            let position = (
+                loaded.next_position.0,
+                loaded.next_position.1,
+                loaded.index + 1,
+            );
+            // Every rank takes part: rank 0 writes all ranks' positions.
+            let rank_positions = ranks::gather_positions(position, comm)?;
+            if let Some(log) = &mut log {
+                let meta = checkpoints::Meta {
+                    iteration: done,
+                    data_epoch: position.0,
+                    data_position: position.1,
+                    next_batch: position.2,
+                    fingerprint: fingerprint.clone(),
+                    rank_positions,
+                };
+                // A checkpoint never runs ahead of the metrics it resumes after.
+                let saved = log.write_pending().and_then(|()| {
+                    checkpoints::save(&out, &model.state()?, &meta, t.keep_checkpoints)
+                });
+                if saved.is_ok() {
+                    on_checkpoint(&history, &out);
+                }
+                tolerate("checkpoint", saved.map(drop))?;
             }
-            tolerate("checkpoint", saved.map(drop))?;
         }
         bar.inc(1);
         bar.set_message(format!(
@@ -373,9 +456,15 @@ fn load_pretrained(
 }
 
 /// The drop-path seed of an iteration: a function of the run's seed and the
-/// iteration, so a resumed run draws the same masks as an uninterrupted one.
-fn drop_path_seed(seed: u64, it: usize) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&[seed.to_le_bytes(), (it as u64).to_le_bytes()].concat())
+/// iteration, so a resumed run draws the same masks as an uninterrupted one;
+/// and of the rank after the first (their samples differ, so should their
+/// draws), rank 0 keeping the single-process seed.
+fn drop_path_seed(seed: u64, it: usize, rank: usize) -> u64 {
+    let mut bytes = [seed.to_le_bytes(), (it as u64).to_le_bytes()].concat();
+    if rank > 0 {
+        bytes.extend((rank as u64).to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 fn to_tensor(t: &Tensor5, device: &Device) -> Result<Tensor> {

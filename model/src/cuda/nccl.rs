@@ -1,0 +1,161 @@
+//! NCCL behind [`Collective`]: one process per GPU, ranks joined by the
+//! 128-byte unique id rank 0 creates and hands the others (the tasks
+//! crate's TCP bootstrap carries it).
+//!
+//! Buffers still travel through the host (upload, all-reduce on the
+//! device, download): the trait takes host slices. Reducing candle's
+//! gradient buffers in place is the next step.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, DeviceRepr};
+use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
+
+use super::GpuContext;
+use super::context::cuda_err;
+use crate::dist::{Collective, ReduceOp};
+use crate::{ModelError, Result};
+
+/// Bytes of an NCCL unique id.
+pub const NCCL_ID_BYTES: usize = 128;
+
+fn nccl_err(op: &str) -> impl FnOnce(cudarc::nccl::result::NcclError) -> ModelError + '_ {
+    move |e| ModelError::Cuda {
+        op: op.to_string(),
+        reason: format!("NCCL {:?}", e.0),
+    }
+}
+
+/// cudarc panics when a library is missing; check first.
+fn require_nccl() -> Result<()> {
+    // SAFETY: `is_culib_present` only tries to dlopen the NCCL library under
+    // its usual names and drops it again; no symbol is called (as
+    // `GpuContext::new` does for the driver). Tested by
+    // `tests/cuda_kernels.rs::nccl_absence_is_an_error_not_a_panic`, which
+    // runs with or without NCCL and a GPU.
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(ModelError::NoCudaDevice(
+            "the NCCL library (libnccl.so.2) cannot be loaded; add its folder to LD_LIBRARY_PATH"
+                .into(),
+        ))
+    }
+}
+
+/// A new unique id (rank 0 calls this once per job).
+///
+/// # Errors
+/// [`ModelError::NoCudaDevice`] without NCCL, [`ModelError::Cuda`] when
+/// NCCL fails.
+pub fn nccl_unique_id() -> Result<[u8; NCCL_ID_BYTES]> {
+    require_nccl()?;
+    let id = Id::new().map_err(nccl_err("ncclGetUniqueId"))?;
+    // c_char is i8 or u8 by platform: the bytes are what matters.
+    Ok(id.internal().map(|c| c as u8))
+}
+
+/// One rank's NCCL communicator on a [`GpuContext`]'s stream.
+#[derive(Debug)]
+pub struct NcclCollective {
+    comm: Comm,
+    stream: Arc<CudaStream>,
+}
+
+impl NcclCollective {
+    /// Joins rank `rank` of `world_size` with the id from rank 0's
+    /// [`nccl_unique_id`]; returns once every rank has joined (NCCL's
+    /// `ncclCommInitRank` blocks until then).
+    ///
+    /// # Errors
+    /// A bad rank, world size or id length; no NCCL; NCCL failures.
+    pub fn new(gpu: &GpuContext, rank: usize, world_size: usize, id: &[u8]) -> Result<Self> {
+        if world_size == 0 || rank >= world_size || i32::try_from(world_size).is_err() {
+            return Err(ModelError::Input(format!(
+                "NCCL rank {rank} of a world of {world_size}"
+            )));
+        }
+        let id: [u8; NCCL_ID_BYTES] = id.try_into().map_err(|_| {
+            ModelError::Input(format!(
+                "an NCCL id has {NCCL_ID_BYTES} bytes, not {}",
+                id.len()
+            ))
+        })?;
+        require_nccl()?;
+        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
+        let stream = gpu.stream().clone();
+        let comm = Comm::from_rank(stream.clone(), rank, world_size, id)
+            .map_err(nccl_err("ncclCommInitRank"))?;
+        Ok(Self { comm, stream })
+    }
+
+    /// Sums `buf` over all ranks through a device buffer.
+    fn sum<T: NcclType + DeviceRepr>(&self, buf: &mut [T]) -> Result<()> {
+        // Every rank has the same length, so every rank skips together.
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut dev = self.stream.clone_htod(buf).map_err(cuda_err("upload"))?;
+        self.comm
+            .all_reduce_in_place(&mut dev, &NcclOp::Sum)
+            .map_err(nccl_err("ncclAllReduce"))?;
+        self.stream
+            .memcpy_dtoh(&dev, buf)
+            .map_err(cuda_err("download"))?;
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+}
+
+impl Collective for NcclCollective {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+        self.sum(buf)?;
+        if op == ReduceOp::Mean {
+            let n = self.world_size() as f32;
+            buf.iter_mut().for_each(|v| *v /= n);
+        }
+        Ok(())
+    }
+
+    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
+        self.sum(buf)?;
+        if op == ReduceOp::Mean {
+            let n = self.world_size() as f64;
+            buf.iter_mut().for_each(|v| *v /= n);
+        }
+        Ok(())
+    }
+
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        let world = self.world_size();
+        let root = i32::try_from(root)
+            .ok()
+            .filter(|&r| (r as usize) < world)
+            .ok_or_else(|| {
+                ModelError::Input(format!("broadcast from rank {root} in a world of {world}"))
+            })?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut dev = self.stream.clone_htod(buf).map_err(cuda_err("upload"))?;
+        self.comm
+            .broadcast_in_place(&mut dev, root)
+            .map_err(nccl_err("ncclBroadcast"))?;
+        self.stream
+            .memcpy_dtoh(&dev, buf)
+            .map_err(cuda_err("download"))?;
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    fn barrier(&self) -> Result<()> {
+        // NCCL has no barrier: a one-value all-reduce, waited for.
+        self.sum(&mut [0f32])
+    }
+}

@@ -1,0 +1,53 @@
+//! Data-parallel gradient averaging: every rank ends with the mean of all
+//! ranks' gradients, so identical optimiser steps keep the replicas equal.
+
+use candle_core::{DType, Tensor, Var, backprop::GradStore};
+
+use super::{Collective, ReduceOp};
+use crate::Result;
+
+/// Averages the gradients of `vars` over all ranks, in one all-reduce (one
+/// bucket: at this crate's sizes the latency of many small calls dominates).
+///
+/// `vars` must be in the same order on every rank (the optimiser's sorted
+/// names). A parameter without a gradient on some rank counts as zero
+/// there; one without a gradient on every rank keeps none, so the optimiser
+/// skips it as a single process would. Gradients are reduced in f32 and
+/// returned in the parameter's dtype.
+pub fn average_gradients(
+    grads: &mut GradStore,
+    vars: &[&Var],
+    comm: &dyn Collective,
+) -> Result<()> {
+    if comm.world_size() <= 1 {
+        return Ok(());
+    }
+    let mut present = Vec::with_capacity(vars.len());
+    let mut bucket = Vec::new();
+    for v in vars {
+        match grads.get(v.as_tensor()) {
+            Some(g) => {
+                present.push(1f32);
+                bucket.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+            None => {
+                present.push(0.0);
+                bucket.extend(std::iter::repeat_n(0f32, v.elem_count()));
+            }
+        }
+    }
+    // Which parameters have a gradient anywhere; then the gradients.
+    comm.all_reduce_f32(&mut present, ReduceOp::Sum)?;
+    comm.all_reduce_f32(&mut bucket, ReduceOp::Mean)?;
+    let mut at = 0;
+    for (v, &anywhere) in vars.iter().zip(&present) {
+        let n = v.elem_count();
+        if anywhere > 0.0 {
+            let g = Tensor::from_slice(&bucket[at..at + n], v.dims(), v.device())?
+                .to_dtype(v.dtype())?;
+            grads.insert(v.as_tensor(), g);
+        }
+        at += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Collectives for data-parallel training: the one trait the losses and the
+//! optimiser step call, a world of one, and N ranks as threads for tests.
+//!
+//! Reductions are over host slices: the sums they carry (Sinkhorn-Knopp's
+//! K prototype sums, a centre, the gradients) are small next to a step's
+//! compute. The NCCL implementation is `crate::cuda::NcclCollective`
+//! (feature `cuda`); it still copies through the host.
+
+mod grads;
+mod in_process;
+
+pub use grads::average_gradients;
+pub use in_process::{InProcess, InProcessRank};
+
+use crate::Result;
+
+/// How values from all ranks combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise sum divided by the world size.
+    Mean,
+}
+
+/// The collectives of one rank. Every rank must make the same calls in the
+/// same order with the same lengths (as with NCCL); results are identical
+/// on every rank. Not `Sync`: an NCCL communicator serves one thread.
+pub trait Collective {
+    /// This rank, `0..world_size`.
+    fn rank(&self) -> usize;
+    /// Ranks in the group.
+    fn world_size(&self) -> usize;
+    /// Combines `buf` over all ranks, in place on each.
+    fn all_reduce_f32(&self, buf: &mut [f32], op: ReduceOp) -> Result<()>;
+    /// [`Self::all_reduce_f32`] for f64 (sums that must not lose digits).
+    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<()>;
+    /// Copies `root`'s `buf` into every rank's `buf`.
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
+}
+
+/// A world of one: every collective is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_f32(&self, _: &mut [f32], _: ReduceOp) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_f64(&self, _: &mut [f64], _: ReduceOp) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast_f32(&self, _: &mut [f32], root: usize) -> Result<()> {
+        check_root(root, 1)
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn check_root(root: usize, world: usize) -> Result<()> {
+    if root >= world {
+        return Err(crate::ModelError::Input(format!(
+            "broadcast from rank {root} in a world of {world}"
+        )));
+    }
+    Ok(())
+}
+
+/// `comm` when it spans more than one rank: the single-process code paths
+/// stay exactly as they were (bit for bit) for a world of one.
+pub(crate) fn distributed(comm: Option<&dyn Collective>) -> Option<&dyn Collective> {
+    comm.filter(|c| c.world_size() > 1)
+}
