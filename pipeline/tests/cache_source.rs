@@ -344,10 +344,19 @@ fn a_full_disk_serves_the_item_uncached_and_writes_it_later() {
     assert_eq!(src.stats.write_failures.load(Relaxed), 1);
     let reports = src.reports.lock().unwrap().clone();
     assert!(
-        reports.len() == 1 && reports[0].contains("No space left") && reports[0].contains("uncached"),
+        reports.len() == 1
+            && reports[0].contains("No space left")
+            && reports[0].contains("uncached"),
         "{reports:?}"
     );
-    assert!(!entry.exists() && !tmp.exists(), "nothing half-written is left");
+    assert!(
+        !entry.exists() && !tmp.exists(),
+        "nothing half-written is left"
+    );
+    // A long run takes each report once, as it happens.
+    let mut seen = 0;
+    assert_eq!(src.new_reports(&mut seen), reports);
+    assert!(src.new_reports(&mut seen).is_empty());
     // Space is back: the next read builds the entry, the one after hits it.
     assert_eq!(*src.prepared(0).unwrap(), expected);
     assert!(entry.exists());

@@ -137,6 +137,17 @@ impl CacheSource {
             .map_err(|e| self.cache_error(i, e))
     }
 
+    /// The reports made since `*seen` of them were taken (a long run says
+    /// each as it happens); moves `*seen` past them.
+    pub fn new_reports(&self, seen: &mut usize) -> Vec<String> {
+        let Ok(r) = self.reports.lock() else {
+            return Vec::new();
+        };
+        let new = r.get(*seen..).map(<[String]>::to_vec).unwrap_or_default();
+        *seen = r.len();
+        new
+    }
+
     fn report(&self, msg: String) {
         if let Ok(mut r) = self.reports.lock() {
             r.push(msg);

@@ -230,6 +230,8 @@ pub fn run_ranked(
     let mut config = LoaderConfig::from_plan(plan);
     config.start = data_start;
     (config.rank, config.world) = (rank, world);
+    let cache = data.cache.clone();
+    let mut cache_reports_seen = 0;
     let mut loader = Loader::start(data.pipeline, data.source, config).map_err(TaskError::msg)?;
     let (mut log, mut history) = if main {
         let (log, history) = MetricsLog::open(&out, start)?;
@@ -255,6 +257,12 @@ pub fn run_ranked(
         // Said once, above the bar (a logged copy would print it twice).
         for s in &loaded.skipped {
             bar.note(&format!("skipped: {s}"));
+        }
+        // Damaged entries (rebuilt) and writes a full disk refused.
+        if let Some(cache) = &cache {
+            for r in cache.new_reports(&mut cache_reports_seen) {
+                bar.note(&format!("cache: {r}"));
+            }
         }
         let t1 = Instant::now();
         let globals = to_tensor(&loaded.batch.global, &device)?;
@@ -318,7 +326,9 @@ pub fn run_ranked(
         if let Some(log) = &mut log
             && log.write(&record)? == 1
         {
-            bar.note("metrics.jsonl: the disk is full; its lines wait in memory until there is space");
+            bar.note(
+                "metrics.jsonl: the disk is full; its lines wait in memory until there is space",
+            );
         }
         history.push(record);
         let done = it + 1;
