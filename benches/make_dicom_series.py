@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Writes the DICOM speed-bench data: a 512x512x300 int16 CT-like volume as a
-DICOM series (one explicit-VR little-endian file per slice, RescaleIntercept
--1024, 0.7 mm pixels, 1 mm slices) and the same voxels as an uncompressed
-NIfTI (vol.nii), into DIR (default /tmp/dino3d-dicom-bench).
+"""Writes the DICOM, MetaImage and NRRD speed-bench data: a 512x512x300 int16
+CT-like volume as a DICOM series (one explicit-VR little-endian file per slice,
+RescaleIntercept -1024, 0.7 mm pixels, 1 mm slices) and the same voxels, written
+by SimpleITK, as an uncompressed NIfTI (vol.nii), MetaImage raw (vol.mha) and
+zlib-compressed (vol_zlib.mha), NRRD raw (vol.nrrd) and gzip (vol_gz.nrrd), into
+DIR (default /tmp/dino3d-dicom-bench). Only the missing outputs are written
+(the volume is the same every time: seeded noise).
 
 Usage: make_dicom_series.py [DIR]   (needs pydicom, numpy, SimpleITK)
 """
@@ -29,11 +32,18 @@ def volume():
     return (hu + 1024).clip(0, 4095).astype(np.int16)  # (z, y, x)
 
 
-def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dino3d-dicom-bench"
-    series = os.path.join(out, "series")
+# Single-file copies of the same voxels: (name, compressed).
+FILES = [
+    ("vol.nii", False),
+    ("vol.mha", False),
+    ("vol_zlib.mha", True),
+    ("vol.nrrd", False),
+    ("vol_gz.nrrd", True),
+]
+
+
+def write_series(series, vol):
     os.makedirs(series, exist_ok=True)
-    vol = volume()
     for k in range(NZ):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -60,11 +70,24 @@ def main():
         ds.RescaleIntercept = "-1024"
         ds.PixelData = vol[k].tobytes()
         ds.save_as(os.path.join(series, f"IM{k:04d}.dcm"), enforce_file_format=True)
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/dino3d-dicom-bench"
+    os.makedirs(out, exist_ok=True)
+    series = os.path.join(out, "series")
+    missing = [(n, c) for n, c in FILES if not os.path.isfile(os.path.join(out, n))]
+    if os.path.isdir(series) and not missing:
+        return
+    vol = volume()
+    if not os.path.isdir(series):
+        write_series(series, vol)
+        print(f"{NZ} slices -> {series}")
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((0.7, 0.7, 1.0))
-    sitk.WriteImage(img, os.path.join(out, "vol.nii"))
-    print(f"{NZ} slices -> {series}; vol.nii beside")
-
+    for name, compressed in missing:
+        sitk.WriteImage(img, os.path.join(out, name), useCompression=compressed)
+        print(f"{name} -> {out}")
 
 if __name__ == "__main__":
     main()
