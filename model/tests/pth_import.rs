@@ -290,3 +290,20 @@ fn varmap_safetensors_round_trip_and_reimport() {
     .unwrap();
     assert!(load_varmap(&vm_c, &path).is_err());
 }
+
+/// The fuzzer's `.pth` whose zip entry declares 2.4 GB in a 47 KB file: an
+/// error naming the entry, without allocating what it declares.
+#[test]
+fn an_entry_declaring_more_than_it_holds_is_refused() {
+    let input = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/pth_read-oom-declared-size"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("evil.pth");
+    // The fuzz target's first byte is its mode (0: the rest is the file).
+    std::fs::write(&path, &input[1..]).unwrap();
+    let e = read_pth(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("declares 2583691296 bytes but holds"), "{e}");
+}
