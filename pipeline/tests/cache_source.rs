@@ -357,11 +357,34 @@ fn a_full_disk_serves_the_item_uncached_and_writes_it_later() {
     let mut seen = 0;
     assert_eq!(src.new_reports(&mut seen), reports);
     assert!(src.new_reports(&mut seen).is_empty());
+    // Still full: served again, but said once per entry.
+    std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+    assert_eq!(*src.prepared(0).unwrap(), expected);
+    assert_eq!(src.stats.write_failures.load(Relaxed), 2);
+    assert!(src.new_reports(&mut seen).is_empty());
     // Space is back: the next read builds the entry, the one after hits it.
     assert_eq!(*src.prepared(0).unwrap(), expected);
     assert!(entry.exists());
     assert_eq!(*src.prepared(0).unwrap(), expected);
     assert_eq!(src.stats.hits.load(Relaxed), 1);
+}
+
+/// A source deleted during a run is that item's error, said as a read says
+/// it (the file and the OS's reason), not as a cache failure.
+#[test]
+fn a_deleted_source_is_said_as_a_missing_file() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (_, entries) = dataset(data.path(), 1);
+    let (src, _) = source(data.path(), cache.path(), RECIPE, false);
+    src.prepared(0).unwrap();
+    let manifest = data.path().join("m.json");
+    std::fs::remove_file(entries[0].resolve(&manifest)).unwrap();
+    let e = src.prepared(0).unwrap_err().to_string();
+    assert!(
+        e.contains("v0.nii.gz") && e.contains("No such file") && !e.contains("cache"),
+        "{e}"
+    );
 }
 
 /// With the `cut_views_by_plane` pass off, the cache serves the same views

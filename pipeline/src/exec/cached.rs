@@ -76,6 +76,8 @@ pub struct CacheSource {
     pub stats: CacheStats,
     /// Messages about damaged entries and failed writes (for the log).
     pub reports: std::sync::Mutex<Vec<String>>,
+    /// Keys whose write was refused (reported once until one succeeds).
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl CacheSource {
@@ -96,6 +98,7 @@ impl CacheSource {
             allow_uncached,
             stats: CacheStats::default(),
             reports: std::sync::Mutex::new(Vec::new()),
+            refused: std::sync::Mutex::default(),
         }
     }
 
@@ -133,8 +136,14 @@ impl CacheSource {
     /// # Errors
     /// When a source file is missing.
     pub fn key(&self, i: usize) -> Result<String> {
-        entry_key(self.pipeline.prefix_hash(), &self.key_files(i))
-            .map_err(|e| self.cache_error(i, e))
+        entry_key(self.pipeline.prefix_hash(), &self.key_files(i)).map_err(|e| match e {
+            // A source the key cannot stat is the source's problem (deleted,
+            // unreadable), not the cache's: say it as a read would.
+            dino3d_cache::CacheError::Io { path, source } if !path.starts_with(self.dir.root()) => {
+                Error::Io { path, source }
+            }
+            e => self.cache_error(i, e),
+        })
     }
 
     /// The reports made since `*seen` of them were taken (a long run says
@@ -198,6 +207,9 @@ impl CacheSource {
             stored.iter().map(|(k, s)| array_to_write(k, s)).collect();
         match self.dir.store(key, &source, &arrays) {
             Ok(written) => {
+                if let Ok(mut keys) = self.refused.lock() {
+                    keys.remove(key);
+                }
                 if written > 0 {
                     self.stats
                         .bytes_in
@@ -212,7 +224,14 @@ impl CacheSource {
             // user allowed.
             Err(e) if self.allow_uncached || e.is_out_of_space() => {
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                self.report(format!("{e}; serving {source} uncached"));
+                // Said once per entry: a full disk refuses it on every read.
+                let first = self
+                    .refused
+                    .lock()
+                    .map_or(true, |mut keys| keys.insert(key.to_string()));
+                if first {
+                    self.report(format!("{e}; serving {source} uncached"));
+                }
                 Ok(stored)
             }
             Err(e) => Err(self.cache_error(i, e)),
