@@ -29,7 +29,17 @@ fn paths() -> &'static [PathBuf; 3] {
     })
 }
 
+/// libfuzzer-sys's panic hook aborts even on a panic the reader catches
+/// (dicom-rs's RLE decoder panics on corrupt data; `formats::dicom` catches
+/// it and reports an error). Print panics instead: one that escapes the
+/// reader still aborts, through libfuzzer-sys's `catch_unwind`.
+fn printing_panic_hook() {
+    static SET: OnceLock<()> = OnceLock::new();
+    SET.get_or_init(|| std::panic::set_hook(Box::new(|info| eprintln!("{info}"))));
+}
+
 fuzz_target!(|data: &[u8]| {
+    printing_panic_hook();
     let kind = if data.get(128..132) == Some(b"DICM") {
         2
     } else {

@@ -59,3 +59,23 @@ proptest! {
         }
     }
 }
+
+/// The fuzzer's 40 KB file whose element (0008,0201) declares 3.4 GB: dicom-rs
+/// would allocate and fill that much; the length check refuses it first.
+#[test]
+fn an_element_declaring_more_than_the_file_holds_is_refused_before_reading() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/other_formats_read-dicom-declared-element-length"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("evil.dcm");
+    std::fs::copy(path, &file).unwrap();
+    let e = dino3d_pipeline::formats::read_header(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("evil.dcm") && e.contains("(0008,0201) declares 3486502868 bytes"),
+        "{e}"
+    );
+}

@@ -88,6 +88,9 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 
 /// Opens a DICOM file; `header_only` stops before the pixel data.
 pub(crate) fn open(path: &Path, header_only: bool) -> Result<DefaultDicomObject> {
+    // dicom-rs allocates what each element declares: check it fits first.
+    super::lengths::check(path, header_only)
+        .map_err(|e| Error::format(path, format!("not a readable DICOM file: {e}")))?;
     let opts = OpenFileOptions::new();
     let opts = if header_only {
         opts.read_until(tags::PIXEL_DATA)

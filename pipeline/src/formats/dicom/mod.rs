@@ -13,6 +13,7 @@
 //! volume's scaling beside the stored integers (as NIfTI's `scl_slope`).
 
 mod file;
+mod lengths;
 mod pixels;
 mod series;
 
