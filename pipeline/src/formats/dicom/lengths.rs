@@ -92,7 +92,10 @@ fn check_deflated(path: &Path, start: u64, header_only: bool) -> Result<(), Stri
         .and_then(|mut d| std::io::copy(&mut d, &mut std::io::sink()))
         .map_err(|e| format!("inflating the data set: {e}"))?;
     let mut r = Walker {
-        r: Forward(inflate().map_err(|e| e.to_string())?),
+        r: Forward {
+            r: inflate().map_err(|e| e.to_string())?,
+            ahead: Vec::new(),
+        },
         pos: 0,
         len,
     };
@@ -133,11 +136,12 @@ fn walk<S: Source>(r: &mut Walker<S>, enc: Encoding, header_only: bool) -> Resul
         }
         r.fits(n, group, element)?;
         // A sequence with a defined length: its items are headers to check.
-        let sequence = if enc.explicit {
-            vr == *b"SQ"
-        } else {
-            r.starts_with_item(enc)?
-        };
+        // dicom-rs also reads an element of unknown VR (`UN`, or implicit VR)
+        // as a sequence when it holds items.
+        let maybe_sequence =
+            !enc.explicit || vr == *b"UN" || !vr.iter().all(u8::is_ascii_uppercase);
+        let sequence =
+            vr == *b"SQ" || (maybe_sequence && tag != PIXEL_DATA && r.starts_with_item(enc)?);
         if !sequence {
             r.skip(n)?;
         }
@@ -167,18 +171,27 @@ impl Source for BufReader<File> {
     }
 }
 
-/// An inflated data set (explicit VR: nothing to peek at).
-struct Forward<R>(R);
+/// An inflated data set, read forward (peeked bytes wait in `ahead`).
+struct Forward<R> {
+    r: R,
+    ahead: Vec<u8>,
+}
 
 impl<R: Read> Read for Forward<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.ahead.is_empty() {
+            return self.r.read(out);
+        }
+        let n = self.ahead.len().min(out.len());
+        out[..n].copy_from_slice(&self.ahead[..n]);
+        self.ahead.drain(..n);
+        Ok(n)
     }
 }
 
 impl<R: Read> Source for Forward<R> {
     fn skip(&mut self, n: u64) -> std::io::Result<()> {
-        let copied = std::io::copy(&mut (&mut self.0).take(n), &mut std::io::sink())?;
+        let copied = std::io::copy(&mut (&mut *self).take(n), &mut std::io::sink())?;
         if copied < n {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -186,7 +199,20 @@ impl<R: Read> Source for Forward<R> {
     }
 
     fn peek4(&mut self) -> std::io::Result<Option<[u8; 4]>> {
-        Ok(None)
+        while self.ahead.len() < 4 {
+            let mut b = [0u8; 4];
+            let n = self.r.read(&mut b[..4 - self.ahead.len()])?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.ahead.extend_from_slice(&b[..n]);
+        }
+        Ok(Some([
+            self.ahead[0],
+            self.ahead[1],
+            self.ahead[2],
+            self.ahead[3],
+        ]))
     }
 }
 
