@@ -25,21 +25,6 @@ fn oracle() -> BTreeMap<String, Value> {
     serde_json::from_value(v["files"].clone()).unwrap()
 }
 
-fn numpy_name(d: DType) -> &'static str {
-    match d {
-        DType::U8 => "uint8",
-        DType::I8 => "int8",
-        DType::U16 => "uint16",
-        DType::I16 => "int16",
-        DType::U32 => "uint32",
-        DType::I32 => "int32",
-        DType::U64 => "uint64",
-        DType::I64 => "int64",
-        DType::F32 => "float32",
-        DType::F64 => "float64",
-    }
-}
-
 fn close(g: f64, w: f64) -> bool {
     (g - w).abs() <= 1e-5 * (1.0 + w.abs())
 }
@@ -106,7 +91,7 @@ fn every_dicom_volume_reads_as_simpleitk_and_pydicom_give_it() {
             continue;
         }
         assert_eq!(
-            numpy_name(vol.data.dtype()),
+            vol.data.dtype().name(),
             pd["stored_dtype"],
             "{rel}: stored dtype"
         );
