@@ -6,6 +6,7 @@
 //! default), negates the first two rows. That is all done here, once for both
 //! formats.
 
+use crate::error::{Error, Result};
 use crate::nifti::affine::{Affine, IDENTITY};
 
 /// Voxel axis vectors and origin in LPS, as a header states them.
@@ -46,6 +47,24 @@ impl LpsGeometry {
             *s = *v;
         }
         (m, spacing)
+    }
+
+    /// [`Self::to_ras`], refused when a value is not finite (a header of
+    /// `path` with NaN or infinite spacing, directions or origin).
+    pub(crate) fn to_finite_ras(&self, path: &std::path::Path) -> Result<(Affine, [f64; 3])> {
+        let (affine, spacing) = self.to_ras();
+        if affine
+            .iter()
+            .flatten()
+            .chain(&spacing)
+            .any(|v| !v.is_finite())
+        {
+            return Err(Error::format(
+                path,
+                format!("the geometry holds a non-finite value: affine {affine:?}"),
+            ));
+        }
+        Ok((affine, spacing))
     }
 }
 

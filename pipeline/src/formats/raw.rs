@@ -137,18 +137,7 @@ pub(crate) fn describe(
                 ),
             )
         })?;
-    let (affine, spacing) = layout.geometry.to_ras();
-    if affine
-        .iter()
-        .flatten()
-        .chain(&spacing)
-        .any(|v| !v.is_finite())
-    {
-        return Err(Error::format(
-            header_path,
-            format!("the geometry holds a non-finite value: affine {affine:?}"),
-        ));
-    }
+    let (affine, spacing) = layout.geometry.to_finite_ras(header_path)?;
     let mut file_bytes = if layout.data.attached { 0 } else { header_len };
     let share = share_of(data_bytes, layout, header_path)?;
     for file in &layout.data.files {

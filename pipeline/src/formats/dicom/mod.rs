@@ -221,18 +221,7 @@ fn describe(path: &Path, headers: &[FileHeader], plan: &Plan) -> Result<VolumeIn
             data_paths.push(p.clone());
         }
     }
-    let (affine, spacing) = plan.geometry.to_ras();
-    if affine
-        .iter()
-        .flatten()
-        .chain(&spacing)
-        .any(|v| !v.is_finite())
-    {
-        return Err(Error::format(
-            &first.path,
-            format!("the geometry holds a non-finite value: affine {affine:?}"),
-        ));
-    }
+    let (affine, spacing) = plan.geometry.to_finite_ras(&first.path)?;
     let (x, y, z) = (first.cols as usize, first.rows as usize, plan.slices.len());
     let scaling = plan.rescale.filter(|&r| r != (1.0, 0.0));
     let dtype = match plan.rescale {
