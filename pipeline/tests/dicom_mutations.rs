@@ -79,3 +79,43 @@ fn an_element_declaring_more_than_the_file_holds_is_refused_before_reading() {
         "{e}"
     );
 }
+
+/// The fuzzer's 6 KB file with a pixel data element inside a sequence item,
+/// followed by garbage declaring 4.1 GB: dicom-rs's header read stops only at
+/// the top-level pixel data, so the length check must walk past nested ones.
+#[test]
+fn pixel_data_inside_a_sequence_does_not_end_the_header_check() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/other_formats_read-dicom-pixel-data-in-sequence"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nested.dcm");
+    std::fs::copy(path, &file).unwrap();
+    let e = dino3d_pipeline::formats::read_header(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nested.dcm") && e.contains("(EA01,C900) declares 4127241216 bytes"),
+        "{e}"
+    );
+}
+
+/// The fuzzer's 8 KB file whose meta group holds two transfer syntaxes and
+/// is followed by group 0002 elements past its group length: dicom-rs reads
+/// those in the data set's encoding (explicit big endian), where they declare
+/// 4.2 GB; the length check must end the meta group where dicom-rs does.
+#[test]
+fn the_length_check_ends_the_meta_group_at_its_group_length() {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/other_formats_read-dicom-meta-group-length"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("meta.dcm");
+    std::fs::copy(path, &file).unwrap();
+    let e = dino3d_pipeline::formats::read_header(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("meta.dcm") && e.contains("declares"), "{e}");
+}

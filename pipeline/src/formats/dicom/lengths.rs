@@ -37,27 +37,36 @@ pub(crate) fn check(path: &Path, header_only: bool) -> Result<(), String> {
     if r.read(&mut magic).is_err() || &magic[128..] != b"DICM" {
         return Ok(());
     }
-    // The file meta group: explicit VR little endian, group 0002.
+    // The file meta group, explicit VR little endian, as dicom-rs reads it:
+    // (0002,0000) first, then elements (of any group) until its group length
+    // is used up; the data set's encoding starts after it. Without that
+    // element dicom-rs refuses the file before reading further.
     let meta = Encoding {
         explicit: true,
         big_endian: false,
     };
+    if r.header(meta)? != Some(((0x0002, 0x0000), *b"UL", 4)) {
+        return Ok(());
+    }
+    let mut group_length = [0u8; 4];
+    r.read(&mut group_length)?;
+    let end = r.pos + u64::from(u32::from_le_bytes(group_length));
     let mut syntax = String::new();
-    while let Some((group, element)) = r.peek_tag(meta)? {
-        if group != 0x0002 {
-            break;
-        }
-        let Some((_, vr, n)) = r.header(meta)? else {
+    while r.pos < end {
+        let Some(((group, element), _, n)) = r.header(meta)? else {
             return Ok(());
         };
+        if n == UNDEFINED {
+            return Ok(()); // refused by dicom-rs
+        }
         r.fits(n, group, element)?;
-        if element == 0x0010 && n <= 64 {
+        if (group, element) == (0x0002, 0x0010) && n <= 64 {
             let mut uid = vec![0u8; n as usize];
             r.read(&mut uid)?;
             syntax = String::from_utf8_lossy(&uid)
                 .trim_end_matches(['\0', ' '])
                 .to_string();
-        } else if vr != *b"SQ" {
+        } else {
             r.skip(n)?;
         }
     }
@@ -106,32 +115,66 @@ fn check_deflated(path: &Path, start: u64, header_only: bool) -> Result<(), Stri
     walk(&mut r, enc, header_only)
 }
 
+/// An open sequence or item: its kind and where it ends (None: at its
+/// delimiter, an undefined length).
+#[derive(Clone, Copy, PartialEq)]
+enum Open {
+    Sequence(Option<u64>),
+    Item(Option<u64>),
+}
+
+impl Open {
+    fn end(self) -> Option<u64> {
+        match self {
+            Open::Sequence(end) | Open::Item(end) => end,
+        }
+    }
+}
+
 /// Walks the data set linearly: sequences and items are entered, values
 /// skipped, and inside encapsulated pixel data the items are fragments.
+/// Nesting is followed so that the header-only walk stops where dicom-rs
+/// does: at the top-level pixel data, not at one inside a sequence.
 fn walk<S: Source>(r: &mut Walker<S>, enc: Encoding, header_only: bool) -> Result<(), String> {
     let mut in_fragments = false;
-    while let Some((tag, vr, n)) = r.header(enc)? {
-        let (group, element) = tag;
-        if group == 0xFFFE {
-            // Items and delimiters.
-            if element == 0xE0DD {
-                in_fragments = false;
+    let mut open: Vec<Open> = Vec::new();
+    loop {
+        while let Some(end) = open.last().and_then(|o| o.end()) {
+            if r.pos < end {
+                break;
             }
+            open.pop();
+        }
+        let Some((tag, vr, n)) = r.header(enc)? else {
+            break;
+        };
+        let (group, element) = tag;
+        let end = (n != UNDEFINED).then(|| r.pos + u64::from(n));
+        if group == 0xFFFE {
             if n != UNDEFINED {
                 r.fits(n, group, element)?;
-                if in_fragments {
-                    r.skip(n)?;
-                }
+            }
+            match element {
+                0xE000 if in_fragments => r.skip(n)?,
+                0xE000 => open.push(Open::Item(end)),
+                0xE00D => close(&mut open, |o| matches!(o, Open::Item(_))),
+                0xE0DD if in_fragments => in_fragments = false,
+                0xE0DD => close(&mut open, |o| matches!(o, Open::Sequence(_))),
+                _ => {}
             }
             continue;
         }
         if tag == PIXEL_DATA {
-            if header_only {
+            if header_only && open.is_empty() {
                 return Ok(());
             }
             in_fragments = n == UNDEFINED;
+            if in_fragments {
+                continue;
+            }
         }
         if n == UNDEFINED {
+            open.push(Open::Sequence(None));
             continue;
         }
         r.fits(n, group, element)?;
@@ -142,11 +185,22 @@ fn walk<S: Source>(r: &mut Walker<S>, enc: Encoding, header_only: bool) -> Resul
             !enc.explicit || vr == *b"UN" || !vr.iter().all(u8::is_ascii_uppercase);
         let sequence =
             vr == *b"SQ" || (maybe_sequence && tag != PIXEL_DATA && r.starts_with_item(enc)?);
-        if !sequence {
+        if sequence {
+            open.push(Open::Sequence(end));
+        } else {
             r.skip(n)?;
         }
     }
     Ok(())
+}
+
+/// Closes open sequences and items up to and including the innermost one
+/// that `is_closed` names (a delimiter with nothing of its kind open is
+/// ignored, as a lenient reader would).
+fn close(open: &mut Vec<Open>, is_closed: impl Fn(Open) -> bool) {
+    if let Some(i) = open.iter().rposition(|&o| is_closed(o)) {
+        open.truncate(i);
+    }
 }
 
 /// What a walk reads from: the file itself, or a deflated data set's
@@ -347,7 +401,8 @@ impl<S: Source> Walker<S> {
 mod tests {
     use super::*;
 
-    /// A minimal Part 10 file: preamble, meta group with `syntax`, `body`.
+    /// A minimal Part 10 file: preamble, meta group (its length, `syntax`),
+    /// `body`.
     fn file(syntax: &str, body: &[u8]) -> tempfile::NamedTempFile {
         let mut uid = syntax.as_bytes().to_vec();
         if uid.len() % 2 == 1 {
@@ -355,9 +410,14 @@ mod tests {
         }
         let mut b = vec![0u8; 128];
         b.extend_from_slice(b"DICM");
-        b.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        b.extend_from_slice(&(uid.len() as u16).to_le_bytes());
-        b.extend_from_slice(&uid);
+        b.extend(short(
+            0x0002,
+            0x0000,
+            b"UL",
+            &(8 + uid.len() as u32).to_le_bytes(),
+            4,
+        ));
+        b.extend(short(0x0002, 0x0010, b"UI", &uid, uid.len() as u16));
         b.extend_from_slice(body);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, &b).unwrap();
@@ -443,6 +503,67 @@ mod tests {
         assert_eq!(check(f.path(), true), Ok(()));
         let e = check(f.path(), false).unwrap_err();
         assert!(e.starts_with("element (FFFE,E000) declares 64"), "{e}");
+    }
+
+    #[test]
+    fn the_header_read_walks_past_pixel_data_nested_in_a_sequence() {
+        // SQ (undefined) > item (undefined, never closed) > pixel data of a
+        // defined length, then an element declaring more than the file has.
+        // dicom-rs reads on past the nested pixel data; so must the check.
+        let mut body = long(0x0049, 0x1001, b"SQ", UNDEFINED);
+        body.extend(item(UNDEFINED));
+        body.extend(long(0x7FE0, 0x0010, b"OW", 4));
+        body.extend_from_slice(&[0; 4]);
+        body.extend(long(0x0009, 0x1001, b"OB", 0x7FFF_0000));
+        body.extend_from_slice(&[0; 8]);
+        let e = check(file(EXPLICIT, &body).path(), true).unwrap_err();
+        assert!(
+            e.starts_with("element (0009,1001) declares 2147418112"),
+            "{e}"
+        );
+        // Closed by its delimiters, the same pixel data is followed by the
+        // top-level one, where the header read stops.
+        let mut body = long(0x0049, 0x1001, b"SQ", UNDEFINED);
+        body.extend(item(UNDEFINED));
+        body.extend(long(0x7FE0, 0x0010, b"OW", 4));
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        body.extend(long(0x7FE0, 0x0010, b"OW", 0x7FFF_0000));
+        body.extend_from_slice(&[0; 8]);
+        let f = file(EXPLICIT, &body);
+        assert_eq!(check(f.path(), true), Ok(()));
+        let e = check(f.path(), false).unwrap_err();
+        assert!(
+            e.starts_with("element (7FE0,0010) declares 2147418112"),
+            "{e}"
+        );
+        // A sequence of defined length ends by position, with no delimiter.
+        let mut inner = item(12);
+        inner.extend(long(0x7FE0, 0x0010, b"OW", 0));
+        let mut body = long(0x0049, 0x1001, b"SQ", inner.len() as u32);
+        body.extend(inner);
+        body.extend(long(0x7FE0, 0x0010, b"OW", 0x7FFF_0000));
+        let f = file(EXPLICIT, &body);
+        assert_eq!(check(f.path(), true), Ok(()));
+    }
+
+    #[test]
+    fn the_meta_group_ends_where_its_group_length_says() {
+        // After the meta group, bytes that read as a group 0002 element in
+        // little endian but, in the data set's big endian, as (0200,1200)
+        // declaring 7168 bytes: dicom-rs reads them as the latter.
+        let mut body = short(0x0002, 0x0012, b"UI", &[b'1'; 28], 28);
+        body.extend_from_slice(&[0; 4]);
+        let e = check(file("1.2.840.10008.1.2.2", &body).path(), true).unwrap_err();
+        assert!(e.starts_with("element (0200,1200) declares 7168"), "{e}");
+        // Without (0002,0000) dicom-rs refuses the file before any value.
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM");
+        b.extend(long(0x0008, 0x0201, b"UN", 3_486_502_868));
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        assert_eq!(check(f.path(), false), Ok(()));
     }
 
     #[test]
