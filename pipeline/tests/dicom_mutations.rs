@@ -105,17 +105,25 @@ fn pixel_data_inside_a_sequence_does_not_end_the_header_check() {
 /// is followed by group 0002 elements past its group length: dicom-rs reads
 /// those in the data set's encoding (explicit big endian), where they declare
 /// 4.2 GB; the length check must end the meta group where dicom-rs does.
+///
+/// And the fuzzer's 9 KB file whose (0002,0000) has VR CS, which dicom-rs
+/// accepts (it checks the tag and the length only), before a deflated data
+/// set with an element declaring 2 GB.
 #[test]
 fn the_length_check_ends_the_meta_group_at_its_group_length() {
-    let path = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fuzz/regressions/other_formats_read-dicom-meta-group-length"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("meta.dcm");
-    std::fs::copy(path, &file).unwrap();
-    let e = dino3d_pipeline::formats::read_header(&file)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("meta.dcm") && e.contains("declares"), "{e}");
+    for (input, declared) in [
+        ("meta-group-length", "(3901,3301) declares 4211151617"),
+        ("group-length-vr", "(0100,7901) declares 2030117558"),
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions")
+            .join(format!("other_formats_read-dicom-{input}"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meta.dcm");
+        std::fs::copy(path, &file).unwrap();
+        let e = dino3d_pipeline::formats::read_header(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("meta.dcm") && e.contains(declared), "{e}");
+    }
 }

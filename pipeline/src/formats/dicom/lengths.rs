@@ -45,9 +45,10 @@ pub(crate) fn check(path: &Path, header_only: bool) -> Result<(), String> {
         explicit: true,
         big_endian: false,
     };
-    if r.header(meta)? != Some(((0x0002, 0x0000), *b"UL", 4)) {
+    // dicom-rs checks its tag and length, not its VR.
+    let Some(((0x0002, 0x0000), _, 4)) = r.header(meta)? else {
         return Ok(());
-    }
+    };
     let mut group_length = [0u8; 4];
     r.read(&mut group_length)?;
     let end = r.pos + u64::from(u32::from_le_bytes(group_length));
@@ -564,6 +565,16 @@ mod tests {
         b.extend(long(0x0008, 0x0201, b"UN", 3_486_502_868));
         std::io::Write::write_all(&mut f, &b).unwrap();
         assert_eq!(check(f.path(), false), Ok(()));
+        // dicom-rs takes a group length of any VR (here CS) if it is 4 bytes.
+        let mut b = vec![0u8; 128];
+        b.extend_from_slice(b"DICM");
+        b.extend(short(0x0002, 0x0000, b"CS", &28u32.to_le_bytes(), 4));
+        b.extend(short(0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.1\0", 20));
+        b.extend(long(0x0008, 0x0201, b"UN", 3_486_502_868));
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        let e = check(f.path(), false).unwrap_err();
+        assert!(e.starts_with("element (0008,0201) declares"), "{e}");
     }
 
     #[test]
