@@ -97,8 +97,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
-    // Decoded volumes are tens of MiB: keep freed ones for the next sample.
-    dino3d_cache::reuse_large_buffers();
+    // Decoded volumes and batches are tens to hundreds of MiB: keep freed
+    // ones for the next sample (DINO3D_DEFAULT_ALLOCATOR=1: glibc's defaults,
+    // to compare).
+    if std::env::var_os("DINO3D_DEFAULT_ALLOCATOR").is_none() {
+        dino3d_cache::reuse_large_buffers();
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match (cli.command, cli.recipe) {

@@ -101,9 +101,12 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     let bar = progress::bar(args.batches as u64, "batches");
     let start = Instant::now();
     let (mut samples, mut skipped) = (0usize, 0usize);
-    let loader = Loader::start(pipeline, source, config).map_err(anyhow::Error::msg)?;
-    for loaded in loader.take(args.batches) {
-        let loaded = loaded.map_err(anyhow::Error::msg)?;
+    let mut loader = Loader::start(pipeline, source, config).map_err(anyhow::Error::msg)?;
+    for _ in 0..args.batches {
+        let Some(loaded) = loader.next() else {
+            break;
+        };
+        let mut loaded = loaded.map_err(anyhow::Error::msg)?;
         for s in &loaded.skipped {
             tracing::warn!("skipped: {s}");
         }
@@ -114,6 +117,7 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
         {
             save_batch(dir, &loaded)?;
         }
+        loader.recycle(&mut loaded.batch);
         bar.inc(1);
         bar.set_message(format!(
             "{:.1} samples/s",

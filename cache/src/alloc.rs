@@ -6,12 +6,18 @@
 //! so every sample read from the cache faults its whole volume in again, page
 //! by page, with the kernel zeroing each page first: about a third of the
 //! decode time of a 256×256×128 volume. Raising the thresholds lets freed
-//! volumes be reused. This is process-wide, so binaries (and benchmarks) opt
-//! in at start-up; the library never changes it by itself.
+//! volumes be reused. That holds in glibc's main arena only: the arenas of
+//! other threads are heaps of at most 64 MiB, so a larger block (a
+//! 512×512×256 CT, a batch of 128 3DINO samples) made on a worker thread is
+//! mapped afresh every time, whatever the thresholds. All threads therefore
+//! share the main arena (small blocks still come from per-thread caches).
+//! This is process-wide, so binaries (and benchmarks) opt in at start-up,
+//! before they start threads; the library never changes it by itself.
 
-/// Serve blocks up to 1 GiB from the heap and never give freed heap memory
-/// back to the kernel, so it is reused. Returns whether the allocator accepted
-/// it (glibc on Linux; elsewhere nothing changes and it returns false).
+/// Serve blocks up to 1 GiB from the heap, from one arena for all threads,
+/// and never give freed heap memory back to the kernel, so it is reused.
+/// Returns whether the allocator accepted it (glibc on Linux; elsewhere
+/// nothing changes and it returns false).
 pub fn reuse_large_buffers() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -22,6 +28,7 @@ pub fn reuse_large_buffers() -> bool {
             // one, so the heap is never trimmed.
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

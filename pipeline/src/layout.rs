@@ -10,28 +10,53 @@
 //! segmentation cases, predictions written back as NIfTI, saved batches)
 //! goes through these functions: pure copies, generic over the voxel type.
 
+use std::mem::MaybeUninit;
+
 /// Appends `src` (`shape` `(C, X, Y, Z)`, x fastest) to `out` in z-fastest
 /// order.
 ///
 /// # Panics
 /// When `src.len()` is not the product of `shape`.
 pub fn extend_z_fastest<T: Copy + Default>(out: &mut Vec<T>, src: &[T], shape: [usize; 4]) {
-    let [c, x, y, z] = shape;
-    assert_eq!(src.len(), c * x * y * z, "layout: data and shape disagree");
     let start = out.len();
     out.resize(start + src.len(), T::default());
-    let dst = &mut out[start..];
+    write_z_fastest(&mut out[start..], src, shape);
+}
+
+/// Writes `src` (`shape` `(C, X, Y, Z)`, x fastest) into `dst` in z-fastest
+/// order.
+///
+/// # Panics
+/// When `src` or `dst` is not the product of `shape` long.
+pub fn write_z_fastest<T: Copy>(dst: &mut [T], src: &[T], shape: [usize; 4]) {
+    assert_eq!(dst.len(), src.len(), "layout: output and shape disagree");
+    each_z_fastest(src, shape, |at, v| dst[at] = v);
+}
+
+/// [`write_z_fastest`] into memory not yet initialised (collation fills each
+/// crop's slot of a batch this way, with no pass that zeroes it first).
+/// Every element of `dst` is written.
+///
+/// # Panics
+/// When `src` or `dst` is not the product of `shape` long.
+pub fn init_z_fastest<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T], shape: [usize; 4]) {
+    assert_eq!(dst.len(), src.len(), "layout: output and shape disagree");
+    each_z_fastest(src, shape, |at, v| {
+        dst[at].write(v);
+    });
+}
+
+/// Calls `put(index in z-fastest order, value)` for every value of `src`
+/// (`shape`, x fastest).
+fn each_z_fastest<T: Copy>(src: &[T], shape: [usize; 4], mut put: impl FnMut(usize, T)) {
+    let [c, x, y, z] = shape;
+    assert_eq!(src.len(), c * x * y * z, "layout: data and shape disagree");
+    let n = x * y * z;
     for ch in 0..c {
-        let base = ch * x * y * z;
-        // Source rows run along x; each lands with stride y·z.
-        for k in 0..z {
-            for j in 0..y {
-                let row = &src[base + (k * y + j) * x..][..x];
-                for (i, &v) in row.iter().enumerate() {
-                    dst[base + (i * y + j) * z + k] = v;
-                }
-            }
-        }
+        // x fastest is a C-order (Z, Y, X) array per channel.
+        reverse_axes(&src[ch * n..(ch + 1) * n], [z, y, x], |at, v| {
+            put(ch * n + at, v);
+        });
     }
 }
 
@@ -53,19 +78,40 @@ pub fn to_x_fastest<T: Copy + Default>(src: &[T], shape: [usize; 4]) -> Vec<T> {
     let [c, x, y, z] = shape;
     assert_eq!(src.len(), c * x * y * z, "layout: data and shape disagree");
     let mut out = vec![T::default(); src.len()];
+    let n = x * y * z;
     for ch in 0..c {
-        let base = ch * x * y * z;
-        // Source rows run along z; each lands with stride x·y.
-        for i in 0..x {
-            for j in 0..y {
-                let row = &src[base + (i * y + j) * z..][..z];
-                for (k, &v) in row.iter().enumerate() {
-                    out[base + (k * y + j) * x + i] = v;
+        let dst = &mut out[ch * n..(ch + 1) * n];
+        reverse_axes(&src[ch * n..(ch + 1) * n], [x, y, z], |at, v| dst[at] = v);
+    }
+    out
+}
+
+/// Gives each value of `src`, a C-order `(outer, mid, inner)` block, to `put`
+/// with its index in the C-order `(inner, mid, outer)` block: both
+/// conversions are this. It runs
+/// in 16 x 16 tiles of (outer, inner), so every cache line read or written is
+/// used whole at once; a row-by-row copy wrote each value a page away from
+/// the last.
+fn reverse_axes<T: Copy>(
+    src: &[T],
+    [outer, mid, inner]: [usize; 3],
+    mut put: impl FnMut(usize, T),
+) {
+    const TILE: usize = 16;
+    for a0 in (0..outer).step_by(TILE) {
+        let a1 = (a0 + TILE).min(outer);
+        for c0 in (0..inner).step_by(TILE) {
+            let width = (c0 + TILE).min(inner) - c0;
+            for b in 0..mid {
+                for a in a0..a1 {
+                    let row = &src[(a * mid + b) * inner + c0..][..width];
+                    for (dc, &v) in row.iter().enumerate() {
+                        put(((c0 + dc) * mid + b) * outer + a, v);
+                    }
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -89,6 +135,9 @@ mod tests {
             [2, 4, 3, 2],
             [3, 5, 1, 7],
             [1, 16, 16, 32],
+            [1, 40, 3, 37],
+            [2, 17, 5, 33],
+            [1, 96, 2, 48],
         ] {
             let n: usize = shape.iter().product();
             let src: Vec<u32> = (0..n as u32).collect();

@@ -123,6 +123,13 @@ fn batches(
     threads: usize,
     n: usize,
 ) -> Vec<dino3d_pipeline::exec::LoadedBatch> {
+    start_loader(text, manifest, entries, threads)
+        .take(n)
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+fn start_loader(text: &str, manifest: &Path, entries: &[ManifestEntry], threads: usize) -> Loader {
     let plan = plan(text);
     let pipeline = Arc::new(Pipeline::new(&plan));
     let source: Arc<dyn PreparedSource> = Arc::new(MemorySource::new(DirectSource::new(
@@ -134,11 +141,35 @@ fn batches(
         threads,
         ..LoaderConfig::from_plan(&plan)
     };
-    Loader::start(pipeline, source, config)
-        .unwrap()
-        .take(n)
-        .map(|b| b.unwrap())
-        .collect()
+    Loader::start(pipeline, source, config).unwrap()
+}
+
+/// Batches written into buffers handed back by `recycle` are those of a
+/// loader whose buffers are all new, and the buffers are used again.
+#[test]
+fn recycled_batch_buffers_are_filled_again_with_the_same_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 3, false);
+    let text = small_recipe(&manifest, false).replace("size: 2 ", "size: 3 ");
+    let expected = batches(&text, &manifest, &entries, 2, 6);
+    let mut loader = start_loader(&text, &manifest, &entries, 2);
+    // Every batch stays alive (as a copy), so no buffer address can come
+    // back from the allocator: only from `recycle`.
+    let (mut kept, mut handed_back, mut reused) = (Vec::new(), Vec::new(), 0);
+    for want in &expected {
+        let mut got = loader.next().unwrap().unwrap();
+        assert_eq!(got.batch, want.batch, "batch {}", want.index);
+        let at = [
+            got.batch.global.data.as_ptr(),
+            got.batch.local.data.as_ptr(),
+        ];
+        reused += at.iter().filter(|p| handed_back.contains(*p)).count();
+        handed_back.extend(at);
+        kept.push(got.batch.clone());
+        loader.recycle(&mut got.batch);
+        assert!(got.batch.global.data.is_empty() && got.batch.local.data.is_empty());
+    }
+    assert!(reused >= 4, "buffers reused {reused} times in 6 batches");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use rayon::prelude::*;
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::ManifestEntry;
 use crate::transforms::DrawKey;
 
-use super::collate::{Batch, collate_crops, collate_samples};
+use super::collate::{Batch, collate_crops_into, collate_samples};
 use super::masks::ibot_masks;
 use super::runner::{Output, Pipeline};
 use super::sample::{Prepared, Sample};
@@ -182,10 +182,46 @@ pub struct LoadedBatch {
     pub next_position: (u64, usize),
 }
 
-/// The running loader; iterate it for batches. Dropping it stops the worker.
+/// The running loader; iterate it for batches, and hand each batch back with
+/// [`Loader::recycle`] once its tensors are copied. Dropping it stops the
+/// worker.
 pub struct Loader {
     rx: Option<Receiver<Result<LoadedBatch>>>,
     worker: Option<JoinHandle<()>>,
+    spare: Arc<SpareBuffers>,
+}
+
+/// Batch buffers the consumer handed back, filled again by the producer. A
+/// batch of 3DINO's 128 samples is 1.4 GB: allocated anew, each batch would
+/// be faulted in page by page (glibc maps blocks that large afresh for every
+/// thread but the main one), a few milliseconds per sample.
+#[derive(Default)]
+struct SpareBuffers(Mutex<Vec<Vec<f32>>>);
+
+impl SpareBuffers {
+    /// Buffers kept: the global and local tensors of two batches.
+    const KEEP: usize = 4;
+
+    /// The largest spare buffer, or a new empty one.
+    fn take(&self) -> Vec<f32> {
+        let Ok(mut spare) = self.0.lock() else {
+            return Vec::new();
+        };
+        let largest = (0..spare.len()).max_by_key(|&i| spare[i].capacity());
+        largest.map_or_else(Vec::new, |i| spare.swap_remove(i))
+    }
+
+    fn give(&self, mut buffer: Vec<f32>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        buffer.clear();
+        if let Ok(mut spare) = self.0.lock()
+            && spare.len() < Self::KEEP
+        {
+            spare.push(buffer);
+        }
+    }
 }
 
 impl Loader {
@@ -206,16 +242,36 @@ impl Loader {
                 reason: e.to_string(),
             })?;
         let (tx, rx) = sync_channel(config.prefetch.max(1) - 1);
+        let spare = Arc::new(SpareBuffers::default());
+        let buffers = Arc::clone(&spare);
         let worker = std::thread::Builder::new()
             .name("dino3d-batcher".into())
-            .spawn(move || produce(&pipeline, source.as_ref(), &config, &pool, &tx))
+            .spawn(move || {
+                let producer = Producer {
+                    pipeline: &pipeline,
+                    source: source.as_ref(),
+                    config: &config,
+                    pool: &pool,
+                    spare: &buffers,
+                };
+                produce(producer, &tx);
+            })
             .map_err(|e| Error::LoaderStart {
                 reason: e.to_string(),
             })?;
         Ok(Loader {
             rx: Some(rx),
             worker: Some(worker),
+            spare,
         })
+    }
+
+    /// Takes a batch's crop tensors (leaving them empty) for a later batch
+    /// to be written into: call it once they are copied (a batch not handed
+    /// back is simply freed).
+    pub fn recycle(&self, batch: &mut Batch) {
+        self.spare.give(std::mem::take(&mut batch.global.data));
+        self.spare.give(std::mem::take(&mut batch.local.data));
     }
 }
 
@@ -242,13 +298,24 @@ enum Made {
     Samples(Vec<Sample>),
 }
 
-fn produce(
-    pipeline: &Pipeline,
-    source: &dyn PreparedSource,
-    config: &LoaderConfig,
-    pool: &rayon::ThreadPool,
-    tx: &SyncSender<Result<LoadedBatch>>,
-) {
+/// What the producer thread works with.
+#[derive(Clone, Copy)]
+struct Producer<'a> {
+    pipeline: &'a Pipeline,
+    source: &'a dyn PreparedSource,
+    config: &'a LoaderConfig,
+    pool: &'a rayon::ThreadPool,
+    spare: &'a SpareBuffers,
+}
+
+fn produce(producer: Producer<'_>, tx: &SyncSender<Result<LoadedBatch>>) {
+    let Producer {
+        pipeline,
+        source,
+        config,
+        pool,
+        spare,
+    } = producer;
     let (epoch, at, mut index) = config.start;
     let mut sampler = InfiniteSampler::new(
         source.len(),
@@ -319,7 +386,8 @@ fn produce(
                 return;
             }
         }
-        let batch = assemble(made, config, index, pipeline);
+        // On the pool: collation writes the crops in parallel.
+        let batch = pool.install(|| assemble(made, config, index, pipeline, spare));
         let sent = tx.send(batch.map(|(batch, tensors)| LoadedBatch {
             batch,
             tensors,
@@ -342,6 +410,7 @@ fn assemble(
     config: &LoaderConfig,
     index: u64,
     pipeline: &Pipeline,
+    spare: &SpareBuffers,
 ) -> Result<Assembled> {
     let items = made.iter().map(|(_, i, _)| *i).collect();
     let epochs = made.iter().map(|(e, _, _)| *e).collect();
@@ -394,7 +463,7 @@ fn assemble(
         config.mask_ratio,
         &mut rng,
     );
-    let mut batch = collate_crops(&crops, masks)?;
+    let mut batch = collate_crops_into(&crops, masks, [spare.take(), spare.take()])?;
     batch.items = items;
     batch.epochs = epochs;
     Ok((batch, Vec::new()))

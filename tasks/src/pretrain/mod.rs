@@ -249,7 +249,7 @@ pub fn run_ranked(
     let (mut wait_sum, mut compute_sum) = (0.0f64, 0.0f64);
     for it in start..end {
         let t0 = Instant::now();
-        let loaded = loader
+        let mut loaded = loader
             .next()
             .context("the data loader stopped")?
             .map_err(TaskError::msg)?;
@@ -271,6 +271,8 @@ pub fn run_ranked(
         } else {
             Some(to_tensor(&loaded.batch.local, &device)?)
         };
+        // Copied: the loader writes a later batch into these buffers.
+        loader.recycle(&mut loaded.batch);
         let batch = SslBatch {
             globals: &globals,
             locals: locals.as_ref(),
