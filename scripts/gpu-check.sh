@@ -15,6 +15,10 @@
 #                                        nvcc on PATH): the training-step
 #                                        benchmark on candle's CUDA backend
 #                                        (`candle-cuda` feature), xz-compressed
+#   scripts/gpu-check.sh --run-loader [DIR]
+#                                        on the GPU machine: the data loader
+#                                        alone (CPU only): `dino-run pipeline
+#                                        run` at 1, 4, 8 and 16 threads
 #   scripts/gpu-check.sh --run-step [DIR]
 #                                        on the GPU machine: the training step
 #                                        alone (ViT-S, then ViT-L at batch 8
@@ -43,7 +47,7 @@ case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 MAX_BYTES=$((50 * 1024 * 1024))
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -87,6 +91,11 @@ for name, exe in sorted(found.items()):
     print(f"  {exe} -> {dst}")
 PY
     rm -f "$json"
+    # The loader's thread scaling runs on the GPU host's cores too (issue 23).
+    echo "== building dino-run (CPU build, stripped and xz-compressed)"
+    cargo build --release -q --bin dino-run
+    strip -o "$DIR/dino-run" "${CARGO_TARGET_DIR:-$ROOT/target}/release/dino-run"
+    xz -T2 -6 -f "$DIR/dino-run"
     {
         echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
         echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
@@ -191,6 +200,24 @@ run_train_step() {
     fi
 }
 
+# The loader on this host's cores (CPU only, issue 23): the bundled brains
+# from a warm cache, batches of 32, at 1, 4, 8 and 16 threads (as many as the
+# host has); the lines go to $OUT/loader_scaling.txt as well.
+run_loader() {
+    [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping the loader"; return 0; }
+    xz -dkf "$DIR/dino-run.xz" && chmod +x "$DIR/dino-run"
+    local cache="${TMPDIR:-/tmp}/dino3d-loader-cache" log="${OUT:-/tmp}/loader_scaling.txt"
+    local recipe="$ROOT/recipes/pretrain.yaml"
+    echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)" | tee -a "$log"
+    step "loader: warm the cache" "$DIR/dino-run" cache warm "$recipe" --set "cache.dir=$cache"
+    local t
+    for t in 1 4 8 16; do
+        [ "$t" -le "$(nproc)" ] || continue
+        step "loader: $t thread(s)" bash -c "'$DIR/dino-run' pipeline run '$recipe' --set 'cache.dir=$cache' \
+            --set batch.size=32 --batches $((8 * t)) --threads $t 2>/dev/null | tee -a '$log'"
+    done
+}
+
 run() {
     if [ ! -d "$DIR" ]; then
         echo "error: no folder $DIR; run scripts/gpu-check.sh --build first" >&2
@@ -221,6 +248,7 @@ run() {
     test_step "GPU kernels vs CPU references" "$DIR/cuda_kernels_test" --test-threads=1 --nocapture
     test_step "kernel benchmark" "$DIR/cuda_kernels_bench"
     run_train_step
+    run_loader
     finish
 }
 
@@ -241,5 +269,6 @@ case "$MODE" in
     --run) run ;;
     --build-step) build_step ;;
     --run-step) step "nvidia-smi" nvidia-smi; run_train_step; finish ;;
+    --run-loader) run_loader; finish ;;
     *) usage ;;
 esac

@@ -289,7 +289,10 @@ impl CacheSource {
         }
         let stored = self.build(i, &key)?;
         Ok(Sample {
-            images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
+            images: stored
+                .into_iter()
+                .map(|(k, s)| (k, s.into_image()))
+                .collect(),
         })
     }
 
@@ -376,7 +379,10 @@ impl PreparedSource for CacheSource {
             ByPlane::Build(key) => {
                 let stored = self.build(index, &key)?;
                 Arc::new(Sample {
-                    images: stored.into_iter().map(|(k, s)| (k, s.to_image())).collect(),
+                    images: stored
+                        .into_iter()
+                        .map(|(k, s)| (k, s.into_image()))
+                        .collect(),
                 })
             }
         };

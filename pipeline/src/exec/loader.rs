@@ -193,8 +193,8 @@ pub struct Loader {
 
 /// Batch buffers the consumer handed back, filled again by the producer. A
 /// batch of 3DINO's 128 samples is 1.4 GB: allocated anew, each batch would
-/// be faulted in page by page (glibc maps blocks that large afresh for every
-/// thread but the main one), a few milliseconds per sample.
+/// be faulted in page by page (about 2,600 pages per sample) unless the
+/// allocator happens to keep so large a block.
 #[derive(Default)]
 struct SpareBuffers(Mutex<Vec<Vec<f32>>>);
 

@@ -73,13 +73,17 @@ pub enum Stored {
 }
 
 impl Stored {
-    /// The float image the prefix produces.
-    pub fn to_image(&self) -> Image {
+    /// The float image the prefix produces, in the stored array's memory (a
+    /// copy would be a third f32 volume in memory while an item is prepared).
+    pub fn into_image(self) -> Image {
         match self {
-            Stored::Float(img) => img.clone(),
-            Stored::Int { raw, window, .. } => {
-                let mut img = raw.clone();
-                crate::transforms::scale_intensity_range(&mut img, window);
+            Stored::Float(img) => img,
+            Stored::Int {
+                raw: mut img,
+                window,
+                ..
+            } => {
+                crate::transforms::scale_intensity_range(&mut img, &window);
                 img
             }
         }
