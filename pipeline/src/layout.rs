@@ -87,8 +87,8 @@ fn simd_reverse(dst: &mut [MaybeUninit<f32>], src: &[f32], dims: [usize; 3]) -> 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps,
-        _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+        __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps,
+        _mm256_unpackhi_ps, _mm256_unpacklo_ps,
     };
 
     /// `reverse_axes` on `f32` for `a < outer / 16 * 16` and `c < inner / 8 * 8`
@@ -171,7 +171,10 @@ mod avx2 {
                 _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
             ];
             for k in 0..4 {
-                _mm256_storeu_ps(dst.add(k * ds), _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]));
+                _mm256_storeu_ps(
+                    dst.add(k * ds),
+                    _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]),
+                );
                 _mm256_storeu_ps(
                     dst.add((k + 4) * ds),
                     _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4]),
@@ -336,7 +339,10 @@ mod tests {
             let mut got = vec![MaybeUninit::new(f32::MAX); n];
             init_z_fastest(&mut got, &src, shape);
             // SAFETY: every element was initialised above.
-            let got: Vec<f32> = got.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+            let got: Vec<f32> = got
+                .into_iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect();
             assert_eq!(got, want, "{shape:?}");
         }
     }
