@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, sys};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
 use crate::{ModelError, Result};
 
@@ -31,6 +31,9 @@ pub(crate) struct KernelSource {
     pub(crate) name: &'static str,
     /// The `.cu` text (without `reduce.cuh`).
     pub(crate) src: &'static str,
+    /// The entry points the Rust side launches (checked in [`compile_all`]'s
+    /// test, so a renamed kernel fails before it reaches a GPU).
+    pub(crate) kernels: &'static [&'static str],
 }
 
 /// A CUDA device with one stream and a cache of compiled kernel modules.
@@ -146,6 +149,11 @@ impl GpuContext {
 
     /// A kernel of `source`, compiling and loading the module on first use.
     pub(crate) fn function(&self, source: KernelSource, kernel: &str) -> Result<CudaFunction> {
+        debug_assert!(
+            source.kernels.contains(&kernel),
+            "kernel {kernel} is not listed in {}'s entry points",
+            source.name
+        );
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             match modules.get(source.name) {
@@ -171,26 +179,61 @@ impl GpuContext {
     }
 
     fn compile(&self, source: KernelSource) -> Result<Arc<CudaModule>> {
-        let (major, minor) = self.compute_capability;
-        let opts = CompileOptions {
-            name: Some(format!("{}.cu", source.name)),
-            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-            ..Default::default()
-        };
-        let text = format!("{REDUCE_CUH}\n{}", source.src);
-        let ptx = catch_unwind(AssertUnwindSafe(|| compile_ptx_with_opts(text, opts)))
-            .map_err(|p| ModelError::Cuda {
-                op: format!("compile {}", source.name),
-                reason: panic_text(p.as_ref()),
-            })?
-            .map_err(|e| ModelError::Cuda {
-                op: format!("compile {}", source.name),
-                reason: compile_error_text(&e),
-            })?;
+        let ptx = compile_ptx(source, self.compute_capability)?;
         self.ctx
             .load_module(ptx)
             .map_err(cuda_err(&format!("load module {}", source.name)))
     }
+}
+
+/// `source` (with `reduce.cuh`) compiled by NVRTC to PTX for a compute
+/// capability; needs NVRTC only, no driver or GPU.
+fn compile_ptx(source: KernelSource, (major, minor): (i32, i32)) -> Result<Ptx> {
+    let opts = CompileOptions {
+        name: Some(format!("{}.cu", source.name)),
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        ..Default::default()
+    };
+    let text = format!("{REDUCE_CUH}\n{}", source.src);
+    catch_unwind(AssertUnwindSafe(|| compile_ptx_with_opts(text, opts)))
+        .map_err(|p| ModelError::Cuda {
+            op: format!("compile {}", source.name),
+            reason: panic_text(p.as_ref()),
+        })?
+        .map_err(|e| ModelError::Cuda {
+            op: format!("compile {}", source.name),
+            reason: compile_error_text(&e),
+        })
+}
+
+/// Every kernel module of [`crate::cuda`] compiled to PTX for compute
+/// capability `(major, minor)` without a GPU: `(module, PTX text, entry
+/// points the Rust side launches)`. Lets a CPU-only machine with NVRTC (a pip
+/// wheel is enough) catch a kernel that does not compile, or an entry point
+/// that is missing, before a GPU is involved (`tests/kernel_sources.rs`).
+///
+/// # Errors
+/// [`ModelError::NoCudaDevice`] when NVRTC cannot be loaded;
+/// [`ModelError::Cuda`] with NVRTC's log when a module does not compile.
+pub fn compile_all(
+    compute_capability: (i32, i32),
+) -> Result<Vec<(&'static str, String, &'static [&'static str])>> {
+    // SAFETY: as in `GpuContext::new`: only a dlopen of NVRTC under its usual
+    // names, no symbol called.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(ModelError::NoCudaDevice(
+            "the NVRTC library (libnvrtc.so) cannot be loaded; add its folder (the \
+             CUDA toolkit's lib64, or a pip wheel's nvidia/.../lib) to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    super::KERNEL_SOURCES
+        .iter()
+        .map(|&source| {
+            let ptx = compile_ptx(source, compute_capability)?;
+            Ok((source.name, ptx.to_src(), source.kernels))
+        })
+        .collect()
 }
 
 /// Maps a cudarc error to [`ModelError::Cuda`] with `op` as context.

@@ -7,9 +7,10 @@ use super::context::{GpuContext, KernelSource, STRIDE_BLOCK, cuda_err};
 use crate::kernels_ref::ema_factors;
 use crate::{ModelError, Result};
 
-const SOURCE: KernelSource = KernelSource {
+pub(crate) const SOURCE: KernelSource = KernelSource {
     name: "ema",
     src: include_str!("ema.cu"),
+    kernels: &["ema_update_f32"],
 };
 
 /// `teacher ← m·teacher + (1 − m)·student` elementwise, queued on the

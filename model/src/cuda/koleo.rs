@@ -6,9 +6,10 @@ use super::context::{GpuContext, KernelSource, ROW_BLOCK, cuda_err};
 use crate::kernels_ref::check_koleo;
 use crate::{ModelError, Result};
 
-const SOURCE: KernelSource = KernelSource {
+pub(crate) const SOURCE: KernelSource = KernelSource {
     name: "koleo",
     src: include_str!("koleo.cu"),
+    kernels: &["koleo_normalize", "koleo_nn_logdist", "koleo_mean"],
 };
 
 /// `eps` of the L2 normalisation, of `PairwiseDistance` and of the log.

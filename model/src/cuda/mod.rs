@@ -23,7 +23,11 @@ mod koleo;
 mod nccl;
 mod sinkhorn_ce;
 
-pub use context::GpuContext;
+pub use context::{GpuContext, compile_all};
+
+/// Every kernel module, for [`compile_all`].
+const KERNEL_SOURCES: [context::KernelSource; 3] =
+    [ema::SOURCE, koleo::SOURCE, sinkhorn_ce::SOURCE];
 pub use cudarc::driver::CudaSlice;
 pub use ema::ema_update;
 pub use koleo::koleo_loss;

@@ -11,9 +11,16 @@ use crate::{ModelError, Result};
 /// groups (see `sinkhorn_ce.cu`).
 const PROTO_BLOCK: (u32, u32) = (32, 8);
 
-const SOURCE: KernelSource = KernelSource {
+pub(crate) const SOURCE: KernelSource = KernelSource {
     name: "sinkhorn_ce",
     src: include_str!("sinkhorn_ce.cu"),
+    kernels: &[
+        "sk_exp",
+        "sk_proto_scale",
+        "sk_sample_scale",
+        "sk_finish_ce_grad",
+        "sk_finish_ce",
+    ],
 };
 
 /// Device outputs of [`sinkhorn_ce`], row-major `(rows, prototypes)` where
