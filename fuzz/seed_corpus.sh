@@ -44,7 +44,7 @@ for f in "$mf"/*.mha "$mf"/*.nrrd "$mf"/types/*.mha; do
     head -c 300 "$f" > "$out2/trunc300_$(basename "$f")"
 done
 # ... and the single-file DICOM samples (native, big-endian, implicit, RLE,
-# deflate, JPEG lossless, enhanced multi-frame).
+# deflate, JPEG lossless, JPEG 2000 lossless, enhanced multi-frame).
 for f in "$here"/../data/other_formats/dicom/*.dcm "$here"/../data/other_formats/dicom_generated/*.dcm; do
     cp "$f" "$out2/dicom_$(basename "$f")"
     head -c 300 "$f" > "$out2/trunc300_dicom_$(basename "$f")"

@@ -9,13 +9,20 @@ use dino3d_pipeline::formats;
 use dino3d_pipeline::nifti::ReadOptions;
 use proptest::prelude::*;
 
-const SEEDS: [&str; 6] = [
+const SEEDS: [&str; 7] = [
     "dicom/MR_small.dcm",
+    "dicom/MR_small_jp2klossless.dcm",
     "dicom/MR_small_bigendian.dcm",
     "dicom/MR_small_implicit.dcm",
     "dicom_generated/rle.dcm",
     "dicom_generated/deflate.dcm",
     "dicom_generated/enhanced_ct.dcm",
+];
+
+const J2K_SEEDS: [&str; 3] = [
+    "dicom/MR_small_jp2klossless.dcm",
+    "dicom_generated/jpeg2000_lossy.dcm",
+    "dicom_generated/htj2k_lossless.dcm",
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -56,6 +63,42 @@ proptest! {
             let info = head.expect("read_volume succeeded, so must read_header");
             prop_assert_eq!(info.shape, vol.shape);
             prop_assert_eq!(info.affine, vol.affine);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// JPEG 2000 goes through openjp2, a translation of OpenJPEG's C: its
+    /// codestream parsing and decoding (reversible, irreversible and
+    /// High-Throughput) on mutated codestreams (edits after the pixel data
+    /// tag, which the test above seldom reaches) must give an error naming
+    /// the file or a volume of the header's size.
+    #[test]
+    fn mutated_jpeg_2000_codestreams_never_panic(
+        seed in 0..J2K_SEEDS.len(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in proptest::option::of(any::<usize>()),
+    ) {
+        let mut bytes = fixture(J2K_SEEDS[seed]);
+        let start = bytes
+            .windows(4)
+            .position(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+            .unwrap();
+        for (at, b) in edits {
+            let at = start + at % (bytes.len() - start);
+            bytes[at] = b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(start + c % (bytes.len() - start));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.dcm");
+        std::fs::write(&path, &bytes).unwrap();
+        match formats::read_volume(&path) {
+            Ok(vol) => prop_assert_eq!(vol.shape, [1, 64, 64, 1]),
+            Err(e) => prop_assert!(e.to_string().contains("j.dcm"), "{}", e),
         }
     }
 }

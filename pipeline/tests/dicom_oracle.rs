@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dino3d_pipeline::formats::{self, Format};
+use dino3d_pipeline::formats::{self, Encoding, Format};
 use dino3d_pipeline::nifti::{DType, ReadOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -33,7 +33,7 @@ fn close(g: f64, w: f64) -> bool {
 fn every_dicom_volume_reads_as_simpleitk_and_pydicom_give_it() {
     let oracle = oracle();
     assert!(
-        oracle.len() >= 13,
+        oracle.len() >= 17,
         "the oracle lists {} volumes",
         oracle.len()
     );
@@ -206,16 +206,117 @@ fn bad_series_and_files_are_errors_naming_the_files() {
         "slice02.dcm",
         &["8x8", "16x16", "mixed"],
     );
-    refused(
-        &generated("bad/jpeg2000.dcm"),
-        "jpeg2000.dcm",
-        &["transfer syntax", "JPEG 2000", "1.2.840.10008.1.2.4.90"],
-    );
     refused(&generated("bad/truncated.dcm"), "truncated.dcm", &[]);
     refused(
         &generated("bad/enhanced_no_positions.dcm"),
         "enhanced_no_positions.dcm",
         &["multi-frame", "PlanePositionSequence"],
+    );
+}
+
+#[test]
+fn jpeg_2000_lossless_reads_exactly_as_the_uncompressed_file() {
+    // pydicom's MR_small_jp2klossless.dcm and the generated HTJ2K file are
+    // MR_small.dcm with its pixels coded losslessly (by OpenJPEG and by
+    // OpenJPH): bit-identical voxels, a check independent of any other reader.
+    let raw = formats::read_volume(data_dir().join("other_formats/dicom/MR_small.dcm")).unwrap();
+    for (path, ts) in [
+        (
+            data_dir().join("other_formats/dicom/MR_small_jp2klossless.dcm"),
+            "JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90)",
+        ),
+        (
+            generated("htj2k_lossless.dcm"),
+            "High-Throughput JPEG 2000 Image Compression (Lossless Only) \
+             (1.2.840.10008.1.2.4.201)",
+        ),
+    ] {
+        let name = path.display();
+        let j2k = formats::read_volume(&path).unwrap();
+        assert_eq!(j2k.shape, raw.shape, "{name}");
+        assert_eq!(j2k.data.dtype(), raw.data.dtype(), "{name}");
+        assert!(j2k.data == raw.data, "{name}: voxels differ");
+        assert_eq!(j2k.spacing, raw.spacing, "{name}");
+        assert_eq!(j2k.affine, raw.affine, "{name}");
+        assert_eq!(j2k.scaling, raw.scaling, "{name}");
+        let info = formats::read_header(&path).unwrap();
+        assert_eq!(info.encoding, Encoding::Jpeg2000, "{name}");
+        assert!(info.data_compressed, "{name}");
+        let got = info
+            .header
+            .fields()
+            .iter()
+            .find(|(k, _)| k == "TransferSyntax");
+        assert_eq!(got.map(|(_, v)| v.as_str()), Some(ts), "{name}");
+    }
+}
+
+#[test]
+fn a_jpeg_2000_file_whose_fragment_is_no_codestream_is_an_error_naming_it() {
+    // The header is fine, so only decoding fails: with the file and the
+    // transfer syntax in the message, never a panic.
+    let path = generated("bad/jpeg2000.dcm");
+    let info = formats::read_header(&path).unwrap();
+    assert_eq!(info.encoding, Encoding::Jpeg2000);
+    let e = formats::read_volume(&path).unwrap_err().to_string();
+    for w in [
+        "jpeg2000.dcm",
+        "cannot decode pixel data",
+        "JPEG 2000",
+        "1.2.840.10008.1.2.4.90",
+    ] {
+        assert!(e.contains(w), "{e} lacks {w}");
+    }
+}
+
+#[test]
+fn a_jpeg_2000_codestream_of_another_size_than_the_header_is_an_error() {
+    // MR_small_jp2klossless.dcm with Columns 64 -> 128: the 64x64 codestream
+    // would otherwise fill half of each 128-wide row and leave zeros.
+    let mut bytes =
+        std::fs::read(data_dir().join("other_formats/dicom/MR_small_jp2klossless.dcm")).unwrap();
+    let columns = [0x28, 0x00, 0x11, 0x00, b'U', b'S', 0x02, 0x00, 64, 0];
+    let at = bytes.windows(10).position(|w| w == columns).unwrap();
+    bytes[at + 8] = 128;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.dcm");
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(formats::read_header(&path).unwrap().shape, [1, 128, 64, 1]);
+    let e = formats::read_volume(&path).unwrap_err().to_string();
+    for w in ["wide.dcm", "JPEG 2000", "64x64", "128x64"] {
+        assert!(e.contains(w), "{e} lacks {w}");
+    }
+}
+
+#[test]
+fn jpeg_ls_is_refused_naming_the_file_and_the_transfer_syntax() {
+    // No pure-Rust JPEG-LS decoder in dicom-rs (CharLS is C++): both JPEG-LS
+    // syntaxes are refused before any decoding, saying which they are.
+    let src = data_dir().join("other_formats/dicom/unsupported/MR_small_jpeg_ls_lossless.dcm");
+    refused(
+        &src,
+        "MR_small_jpeg_ls_lossless.dcm",
+        &[
+            "unsupported",
+            "transfer syntax",
+            "JPEG-LS Lossless",
+            "1.2.840.10008.1.2.4.80",
+            "CharLS",
+        ],
+    );
+    // The same file labelled JPEG-LS near-lossless (a UID of the same length).
+    let bytes = std::fs::read(&src).unwrap();
+    let (from, to) = (b"1.2.840.10008.1.2.4.80", b"1.2.840.10008.1.2.4.81");
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    let mut lossy = bytes.clone();
+    lossy[at..at + to.len()].copy_from_slice(to);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("near_lossless.dcm");
+    std::fs::write(&path, lossy).unwrap();
+    refused(
+        &path,
+        "near_lossless.dcm",
+        &["JPEG-LS Lossy (Near-Lossless)", "1.2.840.10008.1.2.4.81"],
     );
 }
 

@@ -17,21 +17,29 @@ MR_small.dcm):
   rle.dcm              MR_small as RLE Lossless (pydicom's encoder)
   jpeg_lossless.dcm    MR_small as JPEG Lossless (GDCM through SimpleITK),
                        when this SimpleITK can write it
+  jpeg2000_lossy.dcm   MR_small as JPEG 2000 lossy, ratio 10 (pydicom with
+                       pylibjpeg-openjpeg), when installed
+  htj2k_lossless.dcm   MR_small as High-Throughput JPEG 2000 lossless (OpenJPH's
+                       ojph_compress, Debian openjph-tools), when installed
   bad/missing_slice/   CT5N without its middle slice (a gap)
   bad/duplicate/       CT5N with one slice's position repeated
   bad/tilt/            CT5N with positions sheared sideways (gantry tilt)
   bad/mixed_sizes/     CT5N with one slice cut to 8x8 (same series)
-  bad/jpeg2000.dcm     MR_small labelled JPEG 2000 (unsupported syntax)
+  bad/jpeg2000.dcm     MR_small labelled JPEG 2000 lossless, its fragment the
+                       raw pixels: no codestream (a decode error)
   bad/truncated.dcm    MR_small cut in the middle of its pixel data
   bad/enhanced_no_positions.dcm  multi-frame object without positions
 
 Run: python3 scripts/oracles/make_dicom_fixtures.py  (from the repo root;
-needs pydicom, numpy, SimpleITK). Deterministic UIDs; rerunning rewrites the
+needs pydicom, numpy, SimpleITK; pylibjpeg-openjpeg and ojph_compress for the
+JPEG 2000 fixtures). Deterministic UIDs; rerunning rewrites the
 same files.
 """
 import copy
 import os
 import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import pydicom
@@ -40,6 +48,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000,
     JPEG2000Lossless,
     RLELossless,
 )
@@ -80,6 +90,30 @@ def rotation():
     rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
     return rz @ rx
+
+
+def htj2k(ds):
+    """`ds` (one frame, grey) as HTJ2K lossless, coded by OpenJPH's
+    ojph_compress (pydicom has no HTJ2K encoder)."""
+    a = ds.pixel_array
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, j2c = os.path.join(tmp, "in.yuv"), os.path.join(tmp, "out.j2c")
+        with open(raw, "wb") as f:
+            f.write(a.astype(a.dtype.newbyteorder("<")).tobytes())
+        subprocess.run(
+            ["ojph_compress", "-i", raw, "-o", j2c, "-reversible", "true",
+             "-dims", f"{{{ds.Columns},{ds.Rows}}}", "-num_comps", "1",
+             "-signed", "true" if ds.PixelRepresentation else "false",
+             "-bit_depth", str(ds.BitsStored), "-downsamp", "{1,1}"],
+            check=True, stdout=subprocess.DEVNULL)
+        with open(j2c, "rb") as f:
+            stream = f.read()
+    h = copy.deepcopy(ds)
+    h.file_meta.TransferSyntaxUID = HTJ2KLossless
+    h.PixelData = pydicom.encaps.encapsulate([stream])
+    h["PixelData"].VR = "OB"
+    h["PixelData"].is_undefined_length = True
+    return h
 
 
 def main():
@@ -182,6 +216,17 @@ def main():
         w.Execute(img)
     except Exception as e:  # noqa: BLE001 - optional fixture
         print(f"jpeg_lossless.dcm not written: {e}")
+    try:
+        d = copy.deepcopy(mr)
+        d.compress(JPEG2000, encoding_plugin="pylibjpeg", j2k_cr=[10],
+                   generate_instance_uid=False)
+        save(d, "jpeg2000_lossy.dcm")
+    except Exception as e:  # noqa: BLE001 - optional fixture
+        print(f"jpeg2000_lossy.dcm not written: {e}")
+    try:
+        save(htj2k(mr), "htj2k_lossless.dcm")
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"htj2k_lossless.dcm not written: {e}")
 
     # Bad input.
     series(cts[:2] + cts[3:], ["bad", "missing_slice"], UID_ROOT + "6")
@@ -207,7 +252,7 @@ def main():
     j = copy.deepcopy(mr)
     j.file_meta.TransferSyntaxUID = JPEG2000Lossless
     # A well-formed encapsulation of bytes that are no JPEG 2000 stream: the
-    # reader must refuse the syntax before trying to decode.
+    # header reads, decoding must fail with an error naming the file.
     j.PixelData = pydicom.encaps.encapsulate([mr.PixelData])
     j["PixelData"].VR = "OB"
     j["PixelData"].is_undefined_length = True

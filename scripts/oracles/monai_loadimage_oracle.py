@@ -38,7 +38,8 @@ folder given no series. `default_reader` is the reader plain LoadImage()
 picks for the path with the packages installed here.
 
 Run from the repo root with monai, torch, itk, pydicom (and pylibjpeg with
-pylibjpeg-libjpeg for JPEG lossless) installed:
+pylibjpeg-libjpeg for JPEG lossless, pylibjpeg-openjpeg for JPEG 2000)
+installed:
   python3 scripts/oracles/monai_loadimage_oracle.py
 """
 import datetime

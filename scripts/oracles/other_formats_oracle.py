@@ -10,7 +10,8 @@ as MONAI builds it from ITK's LPS geometry), the sha256 of the voxels as
 little-endian bytes in (C, X, Y, Z) order with x fastest, and sample voxels
 at a few flat indices of that order.
 
-DICOM (data/other_formats/dicom/ and dicom_generated/, bad/ left out) goes
+DICOM (data/other_formats/dicom/ and dicom_generated/, bad/ and
+unsupported/ left out: dino3d refuses those files) goes
 to data/oracles/dicom_oracle.json: single files read with sitk.ReadImage,
 series folders with ImageSeriesReader over GetGDCMSeriesFileNames (one key
 per series; `FOLDER#SERIES_UID` when a folder holds several, the volume path
@@ -21,7 +22,9 @@ gives: the stored integers stacked in ITK's slice order (`pydicom.stored_sha256`
 as little-endian bytes of the stored type, x fastest), the stored dtype and
 RescaleSlope/Intercept.
 
-Run from the repo root with SimpleITK and numpy (and pydicom) installed:
+Run from the repo root with SimpleITK and numpy (and pydicom, with
+pylibjpeg-libjpeg and pylibjpeg-openjpeg for its JPEG and JPEG 2000 files)
+installed:
   python3 scripts/oracles/other_formats_oracle.py
 """
 import hashlib
@@ -138,7 +141,7 @@ def dicom_oracle():
     for sub in ("dicom", "dicom_generated"):
         base = os.path.join(DATA, "other_formats", sub)
         for dirpath, dirnames, names in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if d != "bad")
+            dirnames[:] = sorted(d for d in dirnames if d not in ("bad", "unsupported"))
             rel_dir = os.path.relpath(dirpath, DATA)
             if dirpath != base:
                 uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(dirpath)

@@ -86,6 +86,8 @@ pub enum Encoding {
     Rle,
     /// DICOM JPEG (baseline, extended or lossless).
     Jpeg,
+    /// DICOM JPEG 2000 (lossless or lossy, Part 2, High-Throughput).
+    Jpeg2000,
 }
 
 impl Encoding {
@@ -98,6 +100,7 @@ impl Encoding {
             Encoding::Deflate => "deflate",
             Encoding::Rle => "rle",
             Encoding::Jpeg => "jpeg",
+            Encoding::Jpeg2000 => "jpeg2000",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Pixel data: which transfer syntaxes are read, and one file's frames
 //! decoded (dicom-pixeldata) into the slices of the output volume.
 
+use dicom_encoding::adapters::PixelDataObject;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
@@ -19,6 +21,17 @@ const NATIVE: [&str; 3] = [
 ];
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 const RLE: &str = "1.2.840.10008.1.2.5";
+/// JPEG 2000 (lossless, lossy, Part 2 lossless and lossy) and High-Throughput
+/// JPEG 2000 (lossless, RPCL lossless, lossy): all decoded by `openjp2`.
+const JPEG_2000: [&str; 7] = [
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.92",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+];
 
 /// Whether the file stores its pixel data as is (not deflated or encapsulated),
 /// so the file must be at least as long as the pixels.
@@ -32,6 +45,7 @@ pub(crate) fn encoding(ts: &str) -> Encoding {
         t if NATIVE.contains(&t) => Encoding::Raw,
         DEFLATED => Encoding::Deflate,
         RLE => Encoding::Rle,
+        t if JPEG_2000.contains(&t) => Encoding::Jpeg2000,
         _ => Encoding::Jpeg,
     }
 }
@@ -55,9 +69,10 @@ pub(crate) fn check_supported(h: &FileHeader) -> Result<()> {
         Err(Error::Unsupported {
             path: h.path.clone(),
             what: format!(
-                "transfer syntax {}: dino3d decodes uncompressed, deflate, RLE and JPEG \
-                 baseline/extended/lossless DICOM (JPEG 2000, JPEG-LS and others would need C \
-                 libraries; decompress the series first, e.g. with `gdcmconv --raw`)",
+                "transfer syntax {}: dino3d decodes uncompressed, deflate, RLE, JPEG \
+                 baseline/extended/lossless and JPEG 2000 DICOM, not this one (JPEG-LS would \
+                 need the C++ CharLS library); decompress the series first, e.g. with \
+                 `gdcmconv --raw`",
                 ts_name(&h.transfer_syntax)
             ),
         })
@@ -81,12 +96,6 @@ pub(crate) fn dtype(h: &FileHeader) -> DType {
 pub(crate) fn decode_into(h: &FileHeader, frames: &mut [(usize, &mut [u8])]) -> Result<()> {
     check_supported(h)?;
     let obj = open(&h.path, false)?;
-    // dicom-rs 0.10's RLE decoder indexes past a segment that decodes short
-    // (found by tests/dicom_mutations.rs): a corrupt file must be an error
-    // naming it, not a crash of a 100k-scan run, so a codec panic is caught
-    // here. Nothing outlives it: `obj` is only read and the result dropped.
-    let decoded =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()));
     let cannot = |why: String| {
         Error::format(
             &h.path,
@@ -96,8 +105,20 @@ pub(crate) fn decode_into(h: &FileHeader, frames: &mut [(usize, &mut [u8])]) -> 
             ),
         )
     };
+    let wanted: Vec<usize> = frames.iter().map(|(f, _)| *f).collect();
+    // dicom-rs 0.10's RLE decoder indexes past a segment that decodes short
+    // (found by tests/dicom_mutations.rs): a corrupt file must be an error
+    // naming it, not a crash of a 100k-scan run, so a codec panic (openjp2's
+    // header read included) is caught here. Nothing outlives it: `obj` is
+    // only read and the result dropped.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if encoding(&h.transfer_syntax) == Encoding::Jpeg2000 {
+            j2k_frames_match(&obj, h, &wanted).map_err(&cannot)?;
+        }
+        obj.decode_pixel_data().map_err(|e| cannot(chain(&e)))
+    }));
     let pixels = match decoded {
-        Ok(r) => r.map_err(|e| cannot(chain(&e)))?,
+        Ok(r) => r?,
         Err(_) => return Err(cannot("the codec failed on corrupt data".into())),
     };
     let data = pixels.data();
@@ -118,6 +139,51 @@ pub(crate) fn decode_into(h: &FileHeader, frames: &mut [(usize, &mut [u8])]) -> 
             })?;
         dst.copy_from_slice(src);
         keep_stored_bits(dst, h);
+    }
+    Ok(())
+}
+
+/// Checks the codestream header (SIZ) of each wanted JPEG 2000 frame against
+/// the DICOM header. dicom-rs 0.10's JPEG 2000 adapter copies whatever the
+/// codestream holds into a frame sized from Rows x Columns without comparing
+/// the two, so a codestream narrower or shorter than the header says would
+/// decode "fine" into sheared rows and zeros.
+fn j2k_frames_match(
+    obj: &DefaultDicomObject,
+    h: &FileHeader,
+    wanted: &[usize],
+) -> Result<(), String> {
+    for &f in wanted {
+        let bytes = u32::try_from(f)
+            .ok()
+            .and_then(|f| obj.frame_pixel_data(f))
+            .ok_or_else(|| format!("no encoded data for frame {}", f + 1))?;
+        let img = jpeg2k::DumpImage::from_bytes(&bytes)
+            .map_err(|e| format!("frame {}: {e}", f + 1))?
+            .img;
+        let comps = img.components();
+        let fits = |c: &jpeg2k::ImageComponent| {
+            c.width() == h.cols
+                && c.height() == h.rows
+                && c.precision() <= u32::from(h.bits_allocated)
+        };
+        if comps.len() != usize::from(h.samples) || !comps.iter().all(fits) {
+            let got: Vec<String> = comps
+                .iter()
+                .map(|c| format!("{}x{} of {} bits", c.width(), c.height(), c.precision()))
+                .collect();
+            return Err(format!(
+                "frame {}: the JPEG 2000 codestream holds {} component(s) ({}), the header \
+                 says {} sample(s) of {}x{} in {} bits (Columns x Rows, BitsAllocated)",
+                f + 1,
+                comps.len(),
+                got.join(", "),
+                h.samples,
+                h.cols,
+                h.rows,
+                h.bits_allocated
+            ));
+        }
     }
     Ok(())
 }
