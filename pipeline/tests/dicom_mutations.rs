@@ -103,58 +103,24 @@ proptest! {
     }
 }
 
-/// The fuzzer's 40 KB file whose element (0008,0201) declares 3.4 GB: dicom-rs
-/// would allocate and fill that much; the length check refuses it first.
+/// Inputs the fuzzer found (`fuzz/regressions/`), each a small DICOM file on
+/// which dicom-rs would reserve and fill gigabytes that an element declares;
+/// the length check refuses each before dicom-rs reads it:
+/// - `declared-element-length`: 40 KB, element (0008,0201) declares 3.4 GB;
+/// - `pixel-data-in-sequence`: 6 KB, pixel data inside a sequence item, then
+///   garbage declaring 4.1 GB: dicom-rs's header read stops only at the
+///   top-level pixel data, so the check must walk past nested ones;
+/// - `meta-group-length`: 8 KB, two transfer syntaxes and group 0002 elements
+///   past the meta group's length, which dicom-rs reads in the data set's
+///   encoding (explicit big endian), where they declare 4.2 GB;
+/// - `group-length-vr`: 9 KB, (0002,0000) of VR CS, which dicom-rs accepts
+///   (it checks the tag and the length only), before a deflated data set
+///   declaring 2 GB.
 #[test]
-fn an_element_declaring_more_than_the_file_holds_is_refused_before_reading() {
-    let path = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fuzz/regressions/other_formats_read-dicom-declared-element-length"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("evil.dcm");
-    std::fs::copy(path, &file).unwrap();
-    let e = dino3d_pipeline::formats::read_header(&file)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("evil.dcm") && e.contains("(0008,0201) declares 3486502868 bytes"),
-        "{e}"
-    );
-}
-
-/// The fuzzer's 6 KB file with a pixel data element inside a sequence item,
-/// followed by garbage declaring 4.1 GB: dicom-rs's header read stops only at
-/// the top-level pixel data, so the length check must walk past nested ones.
-#[test]
-fn pixel_data_inside_a_sequence_does_not_end_the_header_check() {
-    let path = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fuzz/regressions/other_formats_read-dicom-pixel-data-in-sequence"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("nested.dcm");
-    std::fs::copy(path, &file).unwrap();
-    let e = dino3d_pipeline::formats::read_header(&file)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("nested.dcm") && e.contains("(EA01,C900) declares 4127241216 bytes"),
-        "{e}"
-    );
-}
-
-/// The fuzzer's 8 KB file whose meta group holds two transfer syntaxes and
-/// is followed by group 0002 elements past its group length: dicom-rs reads
-/// those in the data set's encoding (explicit big endian), where they declare
-/// 4.2 GB; the length check must end the meta group where dicom-rs does.
-///
-/// And the fuzzer's 9 KB file whose (0002,0000) has VR CS, which dicom-rs
-/// accepts (it checks the tag and the length only), before a deflated data
-/// set with an element declaring 2 GB.
-#[test]
-fn the_length_check_ends_the_meta_group_at_its_group_length() {
+fn inputs_the_fuzzer_found_are_refused_before_reading() {
     for (input, declared) in [
+        ("declared-element-length", "(0008,0201) declares 3486502868"),
+        ("pixel-data-in-sequence", "(EA01,C900) declares 4127241216"),
         ("meta-group-length", "(3901,3301) declares 4211151617"),
         ("group-length-vr", "(0100,7901) declares 2030117558"),
     ] {
@@ -162,11 +128,12 @@ fn the_length_check_ends_the_meta_group_at_its_group_length() {
             .join("../fuzz/regressions")
             .join(format!("other_formats_read-dicom-{input}"));
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("meta.dcm");
+        let file = dir.path().join("evil.dcm");
         std::fs::copy(path, &file).unwrap();
         let e = dino3d_pipeline::formats::read_header(&file)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("meta.dcm") && e.contains(declared), "{e}");
+        let named = e.contains("evil.dcm") && e.contains(declared);
+        assert!(named, "{input}: {e}");
     }
 }
