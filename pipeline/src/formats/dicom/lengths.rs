@@ -156,7 +156,13 @@ fn walk<S: Source>(r: &mut Walker<S>, enc: Encoding, header_only: bool) -> Resul
                 r.fits(n, group, element)?;
             }
             match element {
-                0xE000 if in_fragments => r.skip(n)?,
+                // A fragment's bytes are data; one of undefined length has
+                // none to skip (dicom-rs refuses it), so the walk goes on.
+                0xE000 if in_fragments => {
+                    if n != UNDEFINED {
+                        r.skip(n)?;
+                    }
+                }
                 0xE000 => open.push(Open::Item(end)),
                 0xE00D => close(&mut open, |o| matches!(o, Open::Item(_))),
                 0xE0DD if in_fragments => in_fragments = false,
@@ -504,6 +510,15 @@ mod tests {
         assert_eq!(check(f.path(), true), Ok(()));
         let e = check(f.path(), false).unwrap_err();
         assert!(e.starts_with("element (FFFE,E000) declares 64"), "{e}");
+        // A fragment item of undefined length is not skipped as 4 GiB of
+        // data: the walk goes on and still checks what follows.
+        let mut body = long(0x7FE0, 0x0010, b"OB", UNDEFINED);
+        body.extend(item(UNDEFINED));
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        body.extend(long(0x0009, 0x1001, b"OB", 0x7FFF_0000));
+        body.extend_from_slice(&[0; 8]);
+        let e = check(file("1.2.840.10008.1.2.4.70", &body).path(), false).unwrap_err();
+        assert!(e.starts_with("element (0009,1001) declares"), "{e}");
     }
 
     #[test]
