@@ -158,11 +158,8 @@ fn walk<S: Source>(r: &mut Walker<S>, enc: Encoding, header_only: bool) -> Resul
             match element {
                 // A fragment's bytes are data; one of undefined length has
                 // none to skip (dicom-rs refuses it), so the walk goes on.
-                0xE000 if in_fragments => {
-                    if n != UNDEFINED {
-                        r.skip(n)?;
-                    }
-                }
+                0xE000 if in_fragments && n != UNDEFINED => r.skip(n)?,
+                0xE000 if in_fragments => {}
                 0xE000 => open.push(Open::Item(end)),
                 0xE00D => close(&mut open, |o| matches!(o, Open::Item(_))),
                 0xE0DD if in_fragments => in_fragments = false,
