@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# GPU checks for the `cuda` feature of dino3d-model, in two halves because
-# the GPU machine has no Rust toolchain and this one has no GPU:
+# GPU checks for the `cuda` feature (candle's CUDA backend, dino3d's kernels
+# as candle ops on its device, NCCL), in two halves because the GPU machine
+# has no Rust toolchain and this one has no GPU:
 #
-#   scripts/gpu-check.sh --build [DIR]   here: build the GPU kernel tests and
-#                                        benchmark (release, stripped) and
-#                                        copy the executables into DIR
+#   scripts/gpu-check.sh --build [DIR]   here: build the GPU unit tests, the
+#                                        kernel tests and benchmark, the
+#                                        training-step benchmark and dino-run
+#                                        with `--features cuda` (release,
+#                                        stripped, xz-compressed) into DIR
 #                                        (default gpu-bin/, git-ignored)
 #   scripts/gpu-check.sh --run [DIR]     on the GPU machine: print the device,
-#                                        run the tests and the benchmark from
-#                                        DIR, then the training step if built;
-#                                        exit 1 if any step failed
-#   scripts/gpu-check.sh --build-step [DIR]
-#                                        here, with a CUDA toolkit (CUDA_HOME,
-#                                        nvcc on PATH): the training-step
-#                                        benchmark on candle's CUDA backend
-#                                        (`candle-cuda` feature), xz-compressed
+#                                        run the tests and the benchmarks from
+#                                        DIR, the training step against
+#                                        PyTorch's, and the loader's thread
+#                                        scaling; exit 1 if any step failed
 #   scripts/gpu-check.sh --run-loader [DIR]
 #                                        on the GPU machine: the data loader
 #                                        alone (CPU only): `dino-run pipeline
@@ -25,16 +24,15 @@
 #                                        and 32, TF32), with PyTorch's same
 #                                        step at batch 32 for comparison
 #
-# --build needs cargo and python3 but no CUDA toolkit (cudarc loads the
-# driver and NVRTC at run time). --run needs an NVIDIA driver and NVRTC
-# (libnvrtc.so.13 or .12; the CUDA toolkit's lib64 folders are added to
-# LD_LIBRARY_PATH). On the GPU machine a "skipped: no CUDA device" test
-# counts as a failure unless DINO3D_ALLOW_SKIP=1.
-#
-# The toolkit can come from pip wheels (nvidia-cuda-nvcc, -runtime, -crt,
-# -cccl, nvidia-nvvm, -cuda-nvrtc, -cublas, -curand of one CUDA release) merged
-# into one folder, plus a libcuda.so stub in lib/stubs for the linker; the
-# real libraries are found at run time (the GPU machine's PyTorch has them).
+# --build needs cargo, python3 and nvcc (CUDA 13.0; without one on PATH it
+# makes one from pip wheels with scripts/cuda-toolkit.sh): candle compiles
+# its kernels to PTX at build time. CUDA_COMPUTE_CAP picks their target
+# (default 90, H100/H200; 80 for A100s, whose PTX also runs on 90).
+# Nothing is linked against CUDA libraries: cudarc opens the driver, cuBLAS,
+# cuRAND, NVRTC and NCCL at run time, and --run finds them on the GPU
+# machine (PyTorch's wheels) and puts their folders on LD_LIBRARY_PATH. On
+# the GPU machine a "skipped: no CUDA device" test counts as a failure
+# unless DINO3D_ALLOW_SKIP=1.
 #
 # Env for --run: STEP_TIMEOUT (seconds per step, default 300),
 # DINO3D_BENCH_EMA_PARAMS, DINO3D_BENCH_ITERS (see the benchmark).
@@ -47,23 +45,28 @@ case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 MAX_BYTES=$((50 * 1024 * 1024))
 
 usage() {
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
 build() {
     set -e
     cd "$ROOT"
-    echo "== building GPU test and bench executables (release, no debug info, stripped)"
+    if ! command -v nvcc >/dev/null; then
+        eval "$("$ROOT/scripts/cuda-toolkit.sh" | tail -1)"
+    fi
+    export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+    local start=$SECONDS
+    echo "== building the GPU executables (--features cuda, release, stripped; sm_$CUDA_COMPUTE_CAP)"
     rm -rf "$DIR"
     mkdir -p "$DIR"
     local json="$DIR/.cargo-messages.json"
-    # The bench target is built by `cargo test` too, so one profile serves all
-    # three executables; both profile names are overridden to be safe.
+    # The bench targets are built by `cargo test` too, so one profile serves
+    # all; both profile names are overridden to be safe.
     CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
     CARGO_PROFILE_BENCH_DEBUG=false CARGO_PROFILE_BENCH_STRIP=true \
         cargo test -p dino3d-model --features cuda --release --no-run \
-        --lib --test cuda_kernels --bench cuda_kernels \
+        --lib --test cuda_kernels --bench cuda_kernels --bench train_step \
         --message-format=json-render-diagnostics >"$json"
     # Pick the executables from cargo's JSON messages (field `executable`).
     python3 - "$json" "$DIR" <<'PY'
@@ -71,7 +74,8 @@ import json, shutil, sys, os
 messages, out = sys.argv[1], sys.argv[2]
 names = {("lib", "dino3d_model"): "model_unit_tests",
          ("test", "cuda_kernels"): "cuda_kernels_test",
-         ("bench", "cuda_kernels"): "cuda_kernels_bench"}
+         ("bench", "cuda_kernels"): "cuda_kernels_bench",
+         ("bench", "train_step"): "train_step_cuda"}
 found = {}
 for line in open(messages):
     m = json.loads(line)
@@ -91,19 +95,24 @@ for name, exe in sorted(found.items()):
     print(f"  {exe} -> {dst}")
 PY
     rm -f "$json"
-    # The loader's thread scaling runs on the GPU host's cores too (issue 23).
-    echo "== building dino-run (CPU build, stripped and xz-compressed)"
-    cargo build --release -q --bin dino-run
+    # dino-run with CUDA: `--device cuda:0` pretraining, and the loader's
+    # thread scaling on the GPU host's cores (issue 23).
+    echo "== building dino-run --features cuda"
+    cargo build --release -q --features cuda --bin dino-run
     strip -o "$DIR/dino-run" "${CARGO_TARGET_DIR:-$ROOT/target}/release/dino-run"
-    xz -T2 -6 -f "$DIR/dino-run"
+    local exe
+    for exe in "$DIR"/*; do
+        xz -T2 -6 -f "$exe"
+    done
     {
         echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
-        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
+        echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m) in $((SECONDS - start)) s, sm_$CUDA_COMPUTE_CAP"
         echo "rustc: $(rustc --version)"
+        echo "nvcc: $(nvcc --version | tail -1)"
         echo "run: scripts/gpu-check.sh --run $(basename "$DIR")"
     } >"$DIR/BUILD_INFO"
     set +e
-    echo "== $DIR"
+    echo "== $DIR (built in $((SECONDS - start)) s)"
     ls -l "$DIR"
     local total
     total=$(du -cb "$DIR"/* | tail -1 | cut -f1)
@@ -114,27 +123,34 @@ PY
     fi
 }
 
-build_step() {
-    set -e
-    cd "$ROOT"
-    command -v nvcc >/dev/null || { echo "error: --build-step needs nvcc on PATH" >&2; exit 2; }
-    echo "== building the training-step benchmark with candle's CUDA backend"
-    mkdir -p "$DIR"
-    local json="$DIR/.cargo-messages.json"
-    CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-cuda}" \
-    CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
-        cargo build --release -p dino3d-model --features candle-cuda --bench train_step \
-        --message-format=json-render-diagnostics >"$json"
-    local exe
-    exe=$(python3 -c 'import json,sys
-for l in open(sys.argv[1]):
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "train_step":
-        print(m["executable"])' "$json" | tail -1)
-    rm -f "$json"
-    cp "$exe" "$DIR/train_step_cuda"
-    xz -T2 -6 -f "$DIR/train_step_cuda"
-    ls -l "$DIR/train_step_cuda.xz"
+# Unpacks DIR's executables (once).
+unpack() {
+    local f
+    for f in "$DIR"/*.xz; do
+        [ -e "$f" ] || continue
+        [ -x "${f%.xz}" ] || { xz -dkf "$f" && chmod +x "${f%.xz}"; }
+    done
+}
+
+# The CUDA libraries cudarc opens (driver aside): cuBLAS(Lt) 13, cuRAND 10,
+# NVRTC 13 and NCCL 2, wherever this machine has them (a toolkit, PyTorch's
+# wheels), their folders put first on LD_LIBRARY_PATH. cudarc asks for
+# `libnccl.so`, which a wheel does not have: a link to `libnccl.so.2` in a
+# folder of its own stands in.
+cuda_libs() {
+    local extra="" lib d
+    for lib in libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2; do
+        d=$(find "${CUDA_HOME:-/nonexistent}" /usr/local/cuda* /usr/lib /opt /root /home \
+            -name "$lib" -print -quit 2>/dev/null)
+        [ -n "$d" ] && extra="$extra:$(dirname "$(readlink -f "$d")")"
+        if [ "$lib" = libnccl.so.2 ] && [ -n "$d" ]; then
+            local link="${TMPDIR:-/tmp}/dino3d-nccl-link"
+            mkdir -p "$link" && ln -sf "$(readlink -f "$d")" "$link/libnccl.so"
+            extra="$extra:$link"
+        fi
+    done
+    export LD_LIBRARY_PATH="${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 }
 
 FAILED=()
@@ -180,12 +196,7 @@ test_step() {
 # The training step on candle's CUDA backend, then PyTorch's at batch 32.
 run_train_step() {
     [ -f "$DIR/train_step_cuda.xz" ] || { echo "no $DIR/train_step_cuda.xz: skipping the training step"; return 0; }
-    xz -dkf "$DIR/train_step_cuda.xz" && chmod +x "$DIR/train_step_cuda"
-    # cuBLAS, cuRAND, NVRTC and the runtime from PyTorch's wheels.
-    local lib
-    lib=$(find /opt /usr -name 'libcublasLt.so.13' 2>/dev/null | head -1)
-    [ -n "$lib" ] && export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    step "step libraries" bash -c "ldd '$DIR/train_step_cuda' | grep -E 'cuda|cublas|curand|nvrtc'"
+    unpack
     local mem_log="${OUT:-/tmp}/gpu_memory.csv"
     nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 250 >"$mem_log" 2>/dev/null &
     local smi=$!
@@ -205,7 +216,7 @@ run_train_step() {
 # host has); the lines go to $OUT/loader_scaling.txt as well.
 run_loader() {
     [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping the loader"; return 0; }
-    xz -dkf "$DIR/dino-run.xz" && chmod +x "$DIR/dino-run"
+    unpack
     local cache="${TMPDIR:-/tmp}/dino3d-loader-cache" log="${OUT:-/tmp}/loader_scaling.txt"
     local recipe="$ROOT/recipes/pretrain.yaml"
     echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)" | tee -a "$log"
@@ -226,30 +237,45 @@ run() {
     echo "== dino3d GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), host $(hostname)"
     [ -f "$DIR/BUILD_INFO" ] && cat "$DIR/BUILD_INFO"
 
-    # NVRTC is found through the loader: add the toolkit's library folders.
-    local extra="" d nvcc_dir
-    nvcc_dir=$(command -v nvcc >/dev/null 2>&1 && dirname "$(readlink -f "$(command -v nvcc)")" || true)
-    for d in "${CUDA_HOME:-}/lib64" "${CUDA_PATH:-}/lib64" ${nvcc_dir:+"$nvcc_dir/../lib64"} \
-        /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 \
-        /usr/local/cuda-12*/lib64; do
-        if [ -d "$d" ] && ls "$d"/libnvrtc.so* >/dev/null 2>&1; then
-            extra="$extra:$(readlink -f "$d")"
-        fi
-    done
-    export LD_LIBRARY_PATH="${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-
+    unpack
+    cuda_libs
     # The executables were linked against glibc 2.34+ (Debian 12).
     step "glibc" bash -c 'ldd --version | head -1'
     step "nvidia-smi" nvidia-smi
     step "nvcc" bash -c 'command -v nvcc && nvcc --version || { echo "no nvcc on PATH (not needed: NVRTC is)"; true; }'
-    step "libraries" bash -c 'ldconfig -p | grep -E "libcuda\.so|libnvrtc" || true; for d in ${LD_LIBRARY_PATH//:/ }; do ls -1 "$d"/libnvrtc.so* 2>/dev/null; done; true'
-    test_step "unit tests (cuda::, kernels_ref::)" "$DIR/model_unit_tests" cuda:: kernels_ref:: --test-threads=1 --nocapture
+    step "libraries" bash -c 'ldconfig -p | grep -E "libcuda\.so" || true; for d in ${LD_LIBRARY_PATH//:/ }; do ls -1 "$d"/lib{cublas,curand,nvrtc,nccl}.so* 2>/dev/null; done; true'
+    test_step "unit tests (cuda::, kernels_ref::, fused GPU twins)" "$DIR/model_unit_tests" cuda:: kernels_ref:: fused::on_gpu:: --test-threads=1 --nocapture
     test_step "GPU kernels vs CPU references" "$DIR/cuda_kernels_test" --test-threads=1 --nocapture
     test_step "kernel benchmark" "$DIR/cuda_kernels_bench"
     run_train_step
+    run_pretrain
     run_loader
     finish
+}
+
+# `dino-run recipes/demo.yaml` for 60 iterations on cuda:0 and on the CPU
+# from the same binary and cache, then both loss curves side by side.
+run_pretrain() {
+    [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping pretraining"; return 0; }
+    local out="${OUT:-/tmp}" cache="${TMPDIR:-/tmp}/dino3d-demo-cache" dev
+    for dev in cuda:0 cpu; do
+        step "dino-run demo, 60 iterations, $dev" "$DIR/dino-run" "$ROOT/recipes/demo.yaml" \
+            --device "$dev" --set optim.epochs=2 --set "cache.dir=$cache" \
+            --set "train.output_dir=$out/demo-${dev%%:*}"
+    done
+    step "demo losses, cuda:0 vs cpu" python3 - "$out/demo-cuda/metrics.jsonl" "$out/demo-cpu/metrics.jsonl" <<'PY'
+import json, sys
+def losses(path):
+    rows = [json.loads(l) for l in open(path)]
+    return {r["iteration"]: r["loss"] for r in rows if "loss" in r and "iteration" in r}
+gpu, cpu = (losses(p) for p in sys.argv[1:3])
+common = sorted(set(gpu) & set(cpu))
+if not common:
+    sys.exit("no common iterations in the two metrics files")
+for it in common[:3] + common[-3:]:
+    print(f"iteration {it}: cuda {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
+print(f"max |diff| over {len(common)} iterations: {max(abs(gpu[i] - cpu[i]) for i in common):.3e}")
+PY
 }
 
 # The summary: every step passed (exit 0) or the failed ones (exit 1).
@@ -267,8 +293,7 @@ finish() {
 case "$MODE" in
     --build) build ;;
     --run) run ;;
-    --build-step) build_step ;;
-    --run-step) step "nvidia-smi" nvidia-smi; run_train_step; finish ;;
+    --run-step) cuda_libs; step "nvidia-smi" nvidia-smi; run_train_step; finish ;;
     --run-loader) run_loader; finish ;;
     *) usage ;;
 esac

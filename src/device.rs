@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use dino3d_model::candle_core::Device;
 
 /// The device named on the command line: `cpu`, `cuda` (GPU 0) or `cuda:N`.
-/// CUDA needs a build with `--features candle-cuda` and a GPU.
+/// CUDA needs a build with `--features cuda` and a GPU.
 pub(crate) fn parse(name: &str) -> anyhow::Result<Device> {
     let name = name.trim();
     if name == "cpu" {
@@ -20,13 +20,19 @@ pub(crate) fn parse(name: &str) -> anyhow::Result<Device> {
             .with_context(|| format!("--device {name}: `{n}` is not a GPU number"))?,
         None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
     };
-    if !cfg!(feature = "candle-cuda") {
-        bail!(
-            "--device {name}: this dino-run was built without CUDA; rebuild with \
-             `cargo build --release --features candle-cuda` (needs the CUDA toolkit)"
-        );
+    #[cfg(feature = "cuda")]
+    {
+        // Through dino3d's context: a missing driver or NVRTC is an error
+        // here, where candle's loader would panic.
+        let gpu = dino3d_model::cuda::GpuContext::new(ordinal)
+            .with_context(|| format!("--device {name}: no usable CUDA device"))?;
+        Ok(gpu.device())
     }
-    Device::new_cuda(ordinal).with_context(|| format!("--device {name}: no usable CUDA device"))
+    #[cfg(not(feature = "cuda"))]
+    bail!(
+        "--device {name}: this dino-run was built without CUDA (GPU {ordinal}); rebuild with \
+         `cargo build --release --features cuda` (needs nvcc: scripts/cuda-toolkit.sh)"
+    )
 }
 
 /// Refuses a GPU for tasks whose layers are CPU-only so far.
@@ -51,7 +57,7 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("--device {bad}")), "{e}");
         }
-        if !cfg!(feature = "candle-cuda") {
+        if !cfg!(feature = "cuda") {
             let e = parse("cuda:1").unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }

@@ -20,6 +20,7 @@ mod plot;
 mod pretrain_cmd;
 mod probe_cmd;
 mod progress;
+mod ranks;
 mod recipe_cmd;
 mod recipe_load;
 mod run_cmd;
@@ -48,7 +49,7 @@ struct Cli {
     #[command(flatten)]
     overrides: recipe_load::Overrides,
     /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with
-    /// `--features candle-cuda`; task pretrain uses it, the others run on CPU).
+    /// `--features cuda`; task pretrain uses it, the others run on CPU).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
     device: String,
     /// Pretrain on uncached samples when the recipe's cache folder cannot be

@@ -5,26 +5,29 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use dino3d_model::candle_core::Device;
+use dino3d_model::dist::Collective;
 use dino3d_pipeline::recipe::Plan;
 use dino3d_tasks::pretrain::config::PretrainConfig;
 use dino3d_tasks::pretrain::{self, Outcome};
 
 use crate::progress::Terminal;
 
-/// Runs (or resumes) the pretraining a recipe describes.
+/// Runs (or resumes) the pretraining a recipe describes, as rank
+/// `comm.rank()` of `comm.world_size()` (`SingleProcess` for one).
 pub(crate) fn run(
     plan: &Plan,
     config: &PretrainConfig,
     recipe: &Path,
     device: &Device,
     options: &pretrain::Options,
+    comm: &dyn Collective,
 ) -> anyhow::Result<ExitCode> {
     let mut redraw = |history: &[pretrain::metrics::Record], out: &Path| {
         if let Err(e) = crate::plot::loss::loss_curve(history, &out.join("loss.png")) {
             tracing::warn!("loss curve: {e:#}");
         }
     };
-    match pretrain::run(
+    match pretrain::run_ranked(
         plan,
         config,
         recipe,
@@ -32,6 +35,7 @@ pub(crate) fn run(
         options,
         &Terminal,
         &mut redraw,
+        comm,
     )? {
         Outcome::NothingToDo { done, total, out } => println!(
             "nothing to do: {done} of {total} iterations done ({})",

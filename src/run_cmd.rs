@@ -16,16 +16,23 @@ pub(crate) fn run_recipe(
     device: &dino3d_model::candle_core::Device,
     allow_uncached: bool,
 ) -> anyhow::Result<ExitCode> {
-    single_process_only(&dino3d_tasks::distributed::LaunchEnv::from_process_env()?)?;
+    let env = dino3d_tasks::distributed::LaunchEnv::from_process_env()?;
     let (plan, task) = load_recipe(recipe, overrides)?;
     if !matches!(task, Task::Pretrain(_)) {
+        single_process_only(&env, task.name())?;
         crate::device::require_cpu(device, task.name())?;
     }
     match &task {
         Task::Prepare => prepare(&plan, recipe),
         Task::Pretrain(config) => {
             let options = dino3d_tasks::pretrain::Options { allow_uncached };
-            crate::pretrain_cmd::run(&plan, config, recipe, device, &options)
+            if env.world_size > 1 {
+                return crate::ranks::pretrain_across_gpus(
+                    &env, &plan, config, recipe, device, &options,
+                );
+            }
+            let single = dino3d_model::dist::SingleProcess;
+            crate::pretrain_cmd::run(&plan, config, recipe, device, &options, &single)
         }
         Task::Segment(config) => crate::segment_cmd::run(&plan, config, recipe),
         Task::LinearProbe(config) => crate::linear_probe_cmd::run(&plan, config, recipe),
@@ -33,16 +40,18 @@ pub(crate) fn run_recipe(
     }
 }
 
-/// Refuses a launch of several ranks: without collectives between processes
-/// each would run the whole job and write the same files (README, "Several
+/// Refuses a launch of several ranks for tasks other than pretraining: each
+/// rank would run the whole job and write the same files (README, "Several
 /// GPUs").
-fn single_process_only(env: &dino3d_tasks::distributed::LaunchEnv) -> anyhow::Result<()> {
+fn single_process_only(
+    env: &dino3d_tasks::distributed::LaunchEnv,
+    task: &str,
+) -> anyhow::Result<()> {
     if env.world_size > 1 {
         anyhow::bail!(
-            "this process is rank {} of {} ({:?} launch variables), but recipes run as one \
-             process so far: the data-parallel loop exists in the library, the collectives \
-             between processes (NCCL) do not yet; unset the launcher's variables (RANK, \
-             WORLD_SIZE, ...) or run one srun task",
+            "this process is rank {} of {} ({:?} launch variables), but task `{task}` runs \
+             as one process (only `pretrain` runs across GPUs); unset the launcher's \
+             variables (RANK, WORLD_SIZE, ...) or run one srun task",
             env.rank,
             env.world_size,
             env.source

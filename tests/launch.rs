@@ -165,16 +165,38 @@ fn a_recipe_reads_the_launch_variables() {
         e.contains("LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT missing"),
         "{e}"
     );
-    let e = run(&[
+    let full = [
         ("RANK", "1"),
         ("WORLD_SIZE", "2"),
         ("LOCAL_RANK", "1"),
         ("LOCAL_WORLD_SIZE", "2"),
         ("MASTER_ADDR", "127.0.0.1"),
         ("MASTER_PORT", "29500"),
-    ]);
+    ];
+    let e = run(&full);
+    assert!(e.contains("no-such-recipe.yaml"), "{e}");
+    // A pretraining recipe: one GPU per rank through NCCL, so the CPU is
+    // refused, naming the rank.
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = pretrain_recipe(dir.path());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dino-run"));
+    c.arg(&recipe).env_remove("SLURM_PROCID").envs(full);
+    let out = c.output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
-        e.contains("rank 1 of 2") && e.contains("one process so far"),
+        e.contains("rank 1 of 2") && e.contains("--device cuda") && e.contains("LOCAL_RANK = 1"),
+        "{e}"
+    );
+    // Other tasks run as one process.
+    let seg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/prepare.yaml");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dino-run"));
+    c.arg(&seg).env_remove("SLURM_PROCID").envs(full);
+    let out = c.output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("rank 1 of 2") && e.contains("only `pretrain` runs across GPUs"),
         "{e}"
     );
     // One process: on to the recipe (which does not exist here).

@@ -7,7 +7,7 @@
 //! Settings from the environment: ARCH (small), BATCH (2), STEPS (3),
 //! WARMUP (1), GLOBAL (96), LOCAL (48), LOCALS (8), PROTOTYPES (65536),
 //! HIDDEN (2048), BOTTLENECK (256), DEVICE (cpu, or cuda:N with the
-//! `candle-cuda` feature), TF32 (1: f32 matmuls on tensor cores in TF32).
+//! `cuda` feature), TF32 (1: f32 matmuls on tensor cores in TF32).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -41,7 +41,7 @@ fn device() -> Device {
         None => Device::Cpu,
         Some(rest) => {
             let ordinal = rest.trim_start_matches(':').parse().unwrap_or(0);
-            Device::new_cuda(ordinal).expect("DEVICE=cuda needs the candle-cuda feature and a GPU")
+            Device::new_cuda(ordinal).expect("DEVICE=cuda needs the cuda feature and a GPU")
         }
     }
 }

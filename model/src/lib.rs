@@ -31,7 +31,7 @@ mod attention;
 mod backprop_tests;
 mod block;
 pub mod checkpoint;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "nvrtc"))]
 pub mod cuda;
 pub mod dist;
 mod drop_path;

@@ -9,6 +9,7 @@
 use std::sync::OnceLock;
 
 use dino3d_model::ModelError;
+use dino3d_model::candle_core::{Device, Tensor, Var};
 use dino3d_model::cuda::{GpuContext, ema_update, koleo_loss, sinkhorn_ce};
 use dino3d_model::kernels_ref::testing::{max_rel_err, normal, uniform};
 use dino3d_model::kernels_ref::{self, SinkhornCeConfig};
@@ -215,6 +216,69 @@ fn nccl_world_of_one() {
     assert!(comm.broadcast_f32(&mut v, 1).is_err());
     comm.barrier().unwrap();
     comm.all_reduce_f32(&mut [], ReduceOp::Sum).unwrap();
+
+    // A CUDA tensor reduced where it lies (candle's stream), and a CPU one
+    // through the host: both the identity in a world of one.
+    let values: Vec<f32> = (0..10_000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    for dev in [gpu.device(), Device::Cpu] {
+        let t = Tensor::from_slice(&values, (100, 100), &dev).unwrap();
+        for op in [ReduceOp::Sum, ReduceOp::Mean] {
+            let r = comm.all_reduce_tensor(&t, op).unwrap();
+            assert_eq!(r.dims(), [100, 100]);
+            assert!(r.device().same_device(&dev));
+            assert_eq!(r.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
+        }
+    }
+}
+
+/// The teacher EMA of the model (`optim::ema_update_var`) on CUDA tensors
+/// runs our kernel on candle's buffers, in place: bit-identical to the CPU
+/// pass, and the variable stays the same buffer.
+#[test]
+fn model_ema_on_cuda_tensors_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let (t0, s0) = (uniform(70_001, 5, 1.0), uniform(70_001, 6, 1.0));
+    let run = |dev: &Device| {
+        let t = Var::from_tensor(&Tensor::from_slice(&t0, (7, 10_001), dev).unwrap()).unwrap();
+        let s = Var::from_tensor(&Tensor::from_slice(&s0, (7, 10_001), dev).unwrap()).unwrap();
+        for m in [0.996, 0.9995] {
+            dino3d_model::optim::ema_update_var(&t, &s, m).unwrap();
+        }
+        t.as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (cpu, cuda) = (run(&Device::Cpu), run(&gpu.device()));
+    let differing = cpu.iter().zip(&cuda).filter(|(a, b)| a != b).count();
+    println!(
+        "model EMA on CUDA: {differing} of {} values differ from the CPU",
+        cpu.len()
+    );
+    assert_eq!(differing, 0);
+}
+
+/// `loss::sinkhorn_knopp` on a CUDA tensor (our kernels as a candle op)
+/// against the CPU path, at 3DINO's head size.
+#[test]
+fn model_sinkhorn_on_cuda_tensors_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    for (rows, k) in [(16, 4096), (128, 65_536)] {
+        let logits: Vec<f32> = normal(rows * k, 7).iter().map(|v| 3.0 * v).collect();
+        let on = |dev: &Device| {
+            let t = Tensor::from_slice(&logits, (rows, k), dev).unwrap();
+            let q = dino3d_model::loss::sinkhorn_knopp(&t, 0.07, 3).unwrap();
+            assert!(q.device().same_device(dev));
+            q.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let err = max_rel_err(&on(&gpu.device()), &on(&Device::Cpu));
+        println!("model Sinkhorn-Knopp {rows}x{k} on CUDA: rel err {err:.3e}");
+        assert!(
+            err <= 1e-4,
+            "Sinkhorn-Knopp {rows}x{k}: rel err {err:.3e} > 1e-4"
+        );
+    }
 }
 
 /// Asking for an NCCL id never panics: without the library it is

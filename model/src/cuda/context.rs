@@ -1,17 +1,20 @@
-//! [`GpuContext`]: one CUDA device, one stream, and the kernel modules
-//! compiled for it by NVRTC on first use.
+//! [`GpuContext`]: candle's CUDA device seen from dino3d's kernels: its
+//! stream, its compute capability, and our kernel modules loaded into its
+//! context.
 //!
-//! The driver (`libcuda`) and NVRTC (`libnvrtc`) are loaded at run time by
-//! cudarc, so building needs no CUDA toolkit; a machine without them gets
-//! [`ModelError::NoCudaDevice`] from [`GpuContext::new`], never a panic.
+//! There is one CUDA runtime in a process: candle's. Our kernels are
+//! compiled by NVRTC (once per process and compute capability) and loaded
+//! through candle's `CudaDevice`, so they run on the stream every candle op
+//! of that device runs on, in order with them, on the same buffers.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, sys};
-use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use candle_core::{CudaDevice, Device};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, sys};
 
+use super::sources::{KernelSource, compile_ptx, panic_text};
 use crate::{ModelError, Result};
 
 /// Threads per block of the elementwise grid-stride kernels.
@@ -21,66 +24,56 @@ pub(crate) const STRIDE_BLOCK: u32 = 256;
 /// most `D3_MAX_BLOCK` in `reduce.cuh` (their reductions' buffer size).
 pub(crate) const ROW_BLOCK: u32 = 1024;
 
-/// Block reductions prepended to every kernel source.
-const REDUCE_CUH: &str = include_str!("reduce.cuh");
-
-/// CUDA C source of one kernel module, compiled once per [`GpuContext`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KernelSource {
-    /// Module name (cache key and NVRTC program name).
-    pub(crate) name: &'static str,
-    /// The `.cu` text (without `reduce.cuh`).
-    pub(crate) src: &'static str,
-    /// The entry points the Rust side launches (checked in [`compile_all`]'s
-    /// test, so a renamed kernel fails before it reaches a GPU).
-    pub(crate) kernels: &'static [&'static str],
-}
-
-/// A CUDA device with one stream and a cache of compiled kernel modules.
+/// A CUDA device (candle's) as our kernels use it.
 ///
-/// All kernels of [`crate::cuda`] are queued on [`GpuContext::stream`];
-/// results are ready after [`GpuContext::synchronize`] or a download.
-#[derive(Debug)]
+/// Cheap to make from a candle device ([`GpuContext::from_device`]): it
+/// holds candle's `CudaDevice` handle and three numbers.
+#[derive(Debug, Clone)]
 pub struct GpuContext {
-    ctx: Arc<CudaContext>,
+    device: CudaDevice,
     stream: Arc<CudaStream>,
     name: String,
     compute_capability: (i32, i32),
     sm_count: u32,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
 }
 
 impl GpuContext {
-    /// Opens device `ordinal` (its primary context) and a new stream.
+    /// Opens device `ordinal` as candle's `Device::new_cuda` does.
     ///
     /// # Errors
     /// [`ModelError::NoCudaDevice`] when the CUDA driver or NVRTC library
     /// cannot be loaded, the driver does not initialise, or no device has
     /// this ordinal; [`ModelError::Cuda`] when a later driver call fails.
     pub fn new(ordinal: usize) -> Result<Self> {
-        // SAFETY: `is_culib_present` only tries to dlopen the driver library
-        // under its usual names and drops it again; no symbol is called. The
-        // library's initialisers are the vendor's and expect to be run by
-        // any process. Tested by `tests::missing_devices_are_reported`.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(ModelError::NoCudaDevice(
-                "the CUDA driver library (libcuda.so) cannot be loaded".into(),
-            ));
-        }
-        // SAFETY: as above, for the NVRTC library.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(ModelError::NoCudaDevice(
-                "the NVRTC library (libnvrtc.so) cannot be loaded; add the CUDA \
-                 toolkit's lib64 folder to LD_LIBRARY_PATH"
-                    .into(),
-            ));
-        }
-        // cudarc panics (rather than erring) on a missing driver symbol; turn
-        // that into an error so callers can fall back to the CPU.
-        let ctx = catch_unwind(AssertUnwindSafe(|| CudaContext::new(ordinal)))
+        require_driver()?;
+        // cudarc panics (rather than erring) on a missing library or driver
+        // symbol; turn that into an error so callers can fall back to the CPU.
+        let device = catch_unwind(AssertUnwindSafe(|| Device::new_cuda(ordinal)))
             .map_err(|p| ModelError::NoCudaDevice(panic_text(p.as_ref())))?
             .map_err(|e| ModelError::NoCudaDevice(format!("device {ordinal}: {e}")))?;
-        let stream = ctx.new_stream().map_err(cuda_err("create stream"))?;
+        Self::from_device(&device)
+    }
+
+    /// The context of a candle device (`Device::Cuda`).
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] for a CPU or Metal device; [`ModelError::Cuda`]
+    /// when the driver cannot describe the device.
+    pub fn from_device(device: &Device) -> Result<Self> {
+        match device {
+            Device::Cuda(d) => Self::from_cuda(d),
+            other => Err(ModelError::Input(format!(
+                "a CUDA device was expected, not {:?}",
+                other.location()
+            ))),
+        }
+    }
+
+    /// The context of candle's `CudaDevice` (e.g. a storage's device inside
+    /// a custom op).
+    pub(crate) fn from_cuda(device: &CudaDevice) -> Result<Self> {
+        let stream = device.cuda_stream();
+        let ctx = stream.context();
         let name = ctx.name().map_err(cuda_err("device name"))?;
         let compute_capability = ctx
             .compute_capability()
@@ -89,18 +82,23 @@ impl GpuContext {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("multiprocessor count"))?;
         Ok(Self {
-            ctx,
+            device: device.clone(),
             stream,
             name,
             compute_capability,
             sm_count: u32::try_from(sm_count.max(1)).unwrap_or(1),
-            modules: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The candle device: tensors made on it live in this context, and
+    /// candle's ops on them run on [`GpuContext::stream`].
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.device.clone())
     }
 
     /// The device ordinal.
     pub fn ordinal(&self) -> usize {
-        self.ctx.ordinal()
+        self.stream.context().ordinal()
     }
 
     /// The device's name, e.g. `NVIDIA H100 80GB HBM3`.
@@ -118,7 +116,7 @@ impl GpuContext {
         self.sm_count
     }
 
-    /// The stream every kernel is queued on.
+    /// candle's stream for this device: every kernel is queued on it.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -147,27 +145,20 @@ impl GpuContext {
         self.stream.synchronize().map_err(cuda_err("synchronize"))
     }
 
-    /// A kernel of `source`, compiling and loading the module on first use.
+    /// A kernel of `source`, loaded into candle's context on first use (its
+    /// module cache, keyed by module name) from PTX compiled once per
+    /// process and compute capability.
     pub(crate) fn function(&self, source: KernelSource, kernel: &str) -> Result<CudaFunction> {
         debug_assert!(
             source.kernels.contains(&kernel),
             "kernel {kernel} is not listed in {}'s entry points",
             source.name
         );
-        let module = {
-            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-            match modules.get(source.name) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = self.compile(source)?;
-                    modules.insert(source.name, m.clone());
-                    m
-                }
-            }
-        };
-        module
-            .load_function(kernel)
-            .map_err(cuda_err(&format!("load kernel {}::{kernel}", source.name)))
+        let ptx = cached_ptx(source, self.compute_capability)?;
+        Ok(self
+            .device
+            .get_or_load_custom_func(kernel, &module_name(source), &ptx)?
+            .into_cuda_function())
     }
 
     /// Grid size for a grid-stride loop over `len` elements: enough blocks
@@ -177,63 +168,52 @@ impl GpuContext {
         let cap = self.sm_count as usize * 16;
         needed.min(cap) as u32
     }
+}
 
-    fn compile(&self, source: KernelSource) -> Result<Arc<CudaModule>> {
-        let ptx = compile_ptx(source, self.compute_capability)?;
-        self.ctx
-            .load_module(ptx)
-            .map_err(cuda_err(&format!("load module {}", source.name)))
+/// Our modules' names in candle's module cache, apart from candle's own.
+fn module_name(source: KernelSource) -> String {
+    format!("dino3d_{}", source.name)
+}
+
+/// PTX of `source` for a compute capability, compiled on first request.
+fn cached_ptx(source: KernelSource, cc: (i32, i32)) -> Result<Arc<String>> {
+    type Cache = Mutex<HashMap<(&'static str, (i32, i32)), Arc<String>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(ptx) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(source.name, cc))
+    {
+        return Ok(ptx.clone());
     }
+    // Compiled outside the lock: a race compiles twice and keeps one.
+    let ptx = Arc::new(compile_ptx(source, cc)?.to_src());
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(cache.entry((source.name, cc)).or_insert(ptx).clone())
 }
 
-/// `source` (with `reduce.cuh`) compiled by NVRTC to PTX for a compute
-/// capability; needs NVRTC only, no driver or GPU.
-fn compile_ptx(source: KernelSource, (major, minor): (i32, i32)) -> Result<Ptx> {
-    let opts = CompileOptions {
-        name: Some(format!("{}.cu", source.name)),
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-        ..Default::default()
-    };
-    let text = format!("{REDUCE_CUH}\n{}", source.src);
-    catch_unwind(AssertUnwindSafe(|| compile_ptx_with_opts(text, opts)))
-        .map_err(|p| ModelError::Cuda {
-            op: format!("compile {}", source.name),
-            reason: panic_text(p.as_ref()),
-        })?
-        .map_err(|e| ModelError::Cuda {
-            op: format!("compile {}", source.name),
-            reason: compile_error_text(&e),
-        })
-}
-
-/// Every kernel module of [`crate::cuda`] compiled to PTX for compute
-/// capability `(major, minor)` without a GPU: `(module, PTX text, entry
-/// points the Rust side launches)`. Lets a CPU-only machine with NVRTC (a pip
-/// wheel is enough) catch a kernel that does not compile, or an entry point
-/// that is missing, before a GPU is involved (`tests/kernel_sources.rs`).
-///
-/// # Errors
-/// [`ModelError::NoCudaDevice`] when NVRTC cannot be loaded;
-/// [`ModelError::Cuda`] with NVRTC's log when a module does not compile.
-pub fn compile_all(
-    compute_capability: (i32, i32),
-) -> Result<Vec<(&'static str, String, &'static [&'static str])>> {
-    // SAFETY: as in `GpuContext::new`: only a dlopen of NVRTC under its usual
-    // names, no symbol called.
+/// The driver and NVRTC are opened at run time (cudarc's dynamic loading):
+/// check that they exist before cudarc would panic on them.
+fn require_driver() -> Result<()> {
+    // SAFETY: `is_culib_present` only tries to dlopen the library under its
+    // usual names and drops it again; no symbol is called. The library's
+    // initialisers are the vendor's and expect to be run by any process.
+    // Tested by `tests::missing_devices_are_reported` on every machine.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(ModelError::NoCudaDevice(
+            "the CUDA driver library (libcuda.so) cannot be loaded".into(),
+        ));
+    }
+    // SAFETY: as above, for the NVRTC library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(ModelError::NoCudaDevice(
-            "the NVRTC library (libnvrtc.so) cannot be loaded; add its folder (the \
-             CUDA toolkit's lib64, or a pip wheel's nvidia/.../lib) to LD_LIBRARY_PATH"
+            "the NVRTC library (libnvrtc.so) cannot be loaded; add the CUDA \
+             toolkit's lib64 folder (or PyTorch's nvidia/cu13/lib) to LD_LIBRARY_PATH"
                 .into(),
         ));
     }
-    super::KERNEL_SOURCES
-        .iter()
-        .map(|&source| {
-            let ptx = compile_ptx(source, compute_capability)?;
-            Ok((source.name, ptx.to_src(), source.kernels))
-        })
-        .collect()
+    Ok(())
 }
 
 /// Maps a cudarc error to [`ModelError::Cuda`] with `op` as context.
@@ -242,27 +222,6 @@ pub(crate) fn cuda_err<E: std::fmt::Debug>(op: &str) -> impl FnOnce(E) -> ModelE
         op: op.to_string(),
         reason: format!("{e:?}"),
     }
-}
-
-fn compile_error_text(e: &cudarc::nvrtc::CompileError) -> String {
-    match e {
-        cudarc::nvrtc::CompileError::CompileError {
-            nvrtc,
-            options,
-            log,
-        } => format!(
-            "{nvrtc:?} with options {options:?}:\n{}",
-            log.to_string_lossy()
-        ),
-        other => format!("{other:?}"),
-    }
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic in the CUDA loader".into())
 }
 
 #[cfg(test)]
@@ -278,10 +237,13 @@ mod tests {
                 assert!(gpu.compute_capability().0 >= 3);
                 assert!(gpu.sm_count() >= 1);
                 assert!(!gpu.name().is_empty());
+                assert!(matches!(gpu.device(), Device::Cuda(_)));
             }
             Err(e) => assert!(matches!(e, ModelError::NoCudaDevice(_)), "{e}"),
         }
         let err = GpuContext::new(100_000).unwrap_err();
         assert!(matches!(err, ModelError::NoCudaDevice(_)), "{err}");
+        let err = GpuContext::from_device(&Device::Cpu).unwrap_err();
+        assert!(matches!(err, ModelError::Input(_)), "{err}");
     }
 }

@@ -1,17 +1,12 @@
-//! Fused teacher EMA on the GPU: one launch over a flat buffer holding
-//! every parameter.
+//! Fused teacher EMA on the GPU: one launch over a flat buffer (or one
+//! parameter tensor, in place, from [`crate::optim::ema_update_var`]).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::context::{GpuContext, KernelSource, STRIDE_BLOCK, cuda_err};
+use super::context::{GpuContext, STRIDE_BLOCK, cuda_err};
+use super::sources::EMA;
 use crate::kernels_ref::ema_factors;
 use crate::{ModelError, Result};
-
-pub(crate) const SOURCE: KernelSource = KernelSource {
-    name: "ema",
-    src: include_str!("ema.cu"),
-    kernels: &["ema_update_f32"],
-};
 
 /// `teacher ← m·teacher + (1 − m)·student` elementwise, queued on the
 /// context's stream; bit-identical to [`crate::kernels_ref::ema_update_flat`].
@@ -25,6 +20,21 @@ pub fn ema_update(
     student: &CudaSlice<f32>,
     momentum: f64,
 ) -> Result<()> {
+    ema_update_view(
+        gpu,
+        &mut teacher.as_view_mut(),
+        &student.as_view(),
+        momentum,
+    )
+}
+
+/// [`ema_update`] on views (a tensor's elements inside its storage).
+pub(crate) fn ema_update_view(
+    gpu: &GpuContext,
+    teacher: &mut CudaViewMut<'_, f32>,
+    student: &CudaView<'_, f32>,
+    momentum: f64,
+) -> Result<()> {
     let len = teacher.len();
     if student.len() != len {
         return Err(ModelError::Input(format!(
@@ -35,7 +45,7 @@ pub fn ema_update(
     if len == 0 {
         return Ok(());
     }
-    let f = gpu.function(SOURCE, "ema_update_f32")?;
+    let f = gpu.function(EMA, "ema_update_f32")?;
     let (m, one_minus) = ema_factors(momentum);
     let len_u64 = len as u64;
     let cfg = LaunchConfig {
@@ -51,7 +61,7 @@ pub fn ema_update(
         .arg(&one_minus)
         .arg(&len_u64);
     // SAFETY: the arguments match `ema_update_f32(float*, const float*,
-    // float, float, unsigned long long)` in type and order; both buffers
+    // float, float, unsigned long long)` in type and order; both views
     // hold `len` f32 and the kernel's grid-stride loop stops at `len`.
     unsafe { launch.launch(cfg) }.map_err(cuda_err("launch ema_update_f32"))?;
     Ok(())

@@ -2,15 +2,10 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::context::{GpuContext, KernelSource, ROW_BLOCK, cuda_err};
+use super::context::{GpuContext, ROW_BLOCK, cuda_err};
+use super::sources::KOLEO;
 use crate::kernels_ref::check_koleo;
 use crate::{ModelError, Result};
-
-pub(crate) const SOURCE: KernelSource = KernelSource {
-    name: "koleo",
-    src: include_str!("koleo.cu"),
-    kernels: &["koleo_normalize", "koleo_nn_logdist", "koleo_mean"],
-};
 
 /// `eps` of the L2 normalisation, of `PairwiseDistance` and of the log.
 const EPS: f32 = 1e-8;
@@ -54,21 +49,21 @@ pub fn koleo_loss(
         shared_mem_bytes: 0,
     };
 
-    let f = gpu.function(SOURCE, "koleo_normalize")?;
+    let f = gpu.function(KOLEO, "koleo_normalize")?;
     let mut launch = stream.launch_builder(&f);
     launch.arg(x).arg(&mut xn).arg(&d).arg(&EPS);
     // SAFETY: matches `koleo_normalize(const float*, float*, int, float)`;
     // x and xn hold rows·dim f32 and the grid has one block per row.
     unsafe { launch.launch(per_row) }.map_err(cuda_err("launch koleo_normalize"))?;
 
-    let f = gpu.function(SOURCE, "koleo_nn_logdist")?;
+    let f = gpu.function(KOLEO, "koleo_nn_logdist")?;
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xn).arg(&mut logd).arg(&n).arg(&d).arg(&EPS);
     // SAFETY: matches `koleo_nn_logdist(const float*, float*, int, int,
     // float)`; xn holds rows·dim f32, logd `rows`, one block per row.
     unsafe { launch.launch(per_row) }.map_err(cuda_err("launch koleo_nn_logdist"))?;
 
-    let f = gpu.function(SOURCE, "koleo_mean")?;
+    let f = gpu.function(KOLEO, "koleo_mean")?;
     let mut launch = stream.launch_builder(&f);
     launch.arg(&logd).arg(&mut out).arg(&n);
     let one_block = LaunchConfig {

@@ -2,18 +2,20 @@
 //! 128-byte unique id rank 0 creates and hands the others (the tasks
 //! crate's TCP bootstrap carries it).
 //!
-//! Buffers still travel through the host (upload, all-reduce on the
-//! device, download): the trait takes host slices. Reducing candle's
-//! gradient buffers in place is the next step.
+//! The communicator runs on candle's stream ([`GpuContext::stream`]), so a
+//! CUDA tensor is reduced where it lies ([`Collective::all_reduce_tensor`],
+//! in order with the candle ops that made it); the trait's host slices go
+//! through a device buffer.
 
 use std::sync::Arc;
 
+use candle_core::{CpuStorage, CudaStorage, DType, InplaceOp1, Layout, Tensor};
 use cudarc::driver::{CudaStream, DeviceRepr};
 use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
 
 use super::GpuContext;
 use super::context::cuda_err;
-use crate::dist::{Collective, ReduceOp};
+use crate::dist::{Collective, ReduceOp, all_reduce_tensor_via_host};
 use crate::{ModelError, Result};
 
 /// Bytes of an NCCL unique id.
@@ -37,7 +39,7 @@ fn require_nccl() -> Result<()> {
         Ok(())
     } else {
         Err(ModelError::NoCudaDevice(
-            "the NCCL library (libnccl.so.2) cannot be loaded; add its folder to LD_LIBRARY_PATH"
+            "the NCCL library cannot be loaded (looked for as libnccl.so: a wheel's libnccl.so.2 needs a link of that name); add its folder to LD_LIBRARY_PATH"
                 .into(),
         ))
     }
@@ -157,5 +159,53 @@ impl Collective for NcclCollective {
     fn barrier(&self) -> Result<()> {
         // NCCL has no barrier: a one-value all-reduce, waited for.
         self.sum(&mut [0f32])
+    }
+
+    fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        if !t.device().is_cuda() {
+            return all_reduce_tensor_via_host(self, t, op);
+        }
+        // A fresh contiguous f32 copy that this call owns, reduced in place.
+        let out = t.to_dtype(DType::F32)?.flatten_all()?.copy()?;
+        if out.elem_count() > 0 {
+            out.inplace_op1(&DeviceAllReduce {
+                comm: &self.comm,
+                op,
+            })?;
+        }
+        Ok(out.reshape(t.dims())?)
+    }
+}
+
+/// NCCL's all-reduce of a CUDA tensor's elements, in place on the device
+/// (Mean as NCCL's `Avg`).
+struct DeviceAllReduce<'a> {
+    comm: &'a Comm,
+    op: ReduceOp,
+}
+
+impl InplaceOp1 for DeviceAllReduce<'_> {
+    fn name(&self) -> &'static str {
+        "nccl-all-reduce"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+        candle_core::bail!("nccl-all-reduce: CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("nccl-all-reduce: contiguous tensors only");
+        };
+        let slice = storage.as_cuda_slice_mut::<f32>()?;
+        let mut view = slice.slice_mut(start..end);
+        let op = match self.op {
+            ReduceOp::Sum => NcclOp::Sum,
+            ReduceOp::Mean => NcclOp::Avg,
+        };
+        self.comm
+            .all_reduce_in_place(&mut view, &op)
+            .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {:?}", e.0)))?;
+        Ok(())
     }
 }

@@ -16,7 +16,8 @@
 // one block per row); sk_finish_ce or sk_finish_ce_grad (one block per
 // row), which turns E into t in place and computes, per row,
 // ce = -sum_c t log_softmax(s / tau) (and optionally the gradient of
-// mean_i ce_i w.r.t. s). Per-row blocks have a power-of-two size <= 1024.
+// mean_i ce_i w.r.t. s); or sk_targets (grid-stride) when only the
+// targets are wanted. Per-row blocks have a power-of-two size <= 1024.
 
 // e[j] = exp(logits[j] * inv_temp) for j < len (grid-stride).
 extern "C" __global__ void sk_exp(const float* __restrict__ logits,
@@ -152,4 +153,22 @@ sk_finish_ce_grad(float* __restrict__ e_t,
                   float inv_tau,
                   float grad_scale) {
     sk_finish<true>(e_t, u, v, student, ce, grad, k, n_f, inv_tau, grad_scale);
+}
+
+// The targets alone (no student): t[i][c] = e[i][c] u[c] (v[i] n), in place
+// over e_t, for `len` = n k values (grid-stride). The same products in the
+// same order as sk_finish, so both give the same targets.
+extern "C" __global__ void sk_targets(float* __restrict__ e_t,
+                                      const float* __restrict__ u,
+                                      const float* __restrict__ v,
+                                      int k,
+                                      float n_f,
+                                      unsigned long long len) {
+    unsigned long long stride = (unsigned long long)blockDim.x * gridDim.x;
+    for (unsigned long long j = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         j < len; j += stride) {
+        unsigned long long i = j / (unsigned long long)k;
+        int c = (int)(j - i * (unsigned long long)k);
+        e_t[j] = e_t[j] * u[c] * (v[i] * n_f);
+    }
 }

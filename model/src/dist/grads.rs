@@ -19,31 +19,34 @@ pub fn average_gradients(
     vars: &[&Var],
     comm: &dyn Collective,
 ) -> Result<()> {
-    if comm.world_size() <= 1 {
+    if comm.world_size() <= 1 || vars.is_empty() {
         return Ok(());
     }
     let mut present = Vec::with_capacity(vars.len());
-    let mut bucket = Vec::new();
+    let mut parts = Vec::with_capacity(vars.len());
     for v in vars {
         match grads.get(v.as_tensor()) {
             Some(g) => {
                 present.push(1f32);
-                bucket.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+                parts.push(g.to_dtype(DType::F32)?.flatten_all()?);
             }
             None => {
                 present.push(0.0);
-                bucket.extend(std::iter::repeat_n(0f32, v.elem_count()));
+                parts.push(Tensor::zeros(v.elem_count(), DType::F32, v.device())?);
             }
         }
     }
-    // Which parameters have a gradient anywhere; then the gradients.
+    // Which parameters have a gradient anywhere; then the gradients, as one
+    // bucket on the parameters' device (NCCL reduces it there).
     comm.all_reduce_f32(&mut present, ReduceOp::Sum)?;
-    comm.all_reduce_f32(&mut bucket, ReduceOp::Mean)?;
+    let bucket = comm.all_reduce_tensor(&Tensor::cat(&parts, 0)?, ReduceOp::Mean)?;
     let mut at = 0;
     for (v, &anywhere) in vars.iter().zip(&present) {
         let n = v.elem_count();
         if anywhere > 0.0 {
-            let g = Tensor::from_slice(&bucket[at..at + n], v.dims(), v.device())?
+            let g = bucket
+                .narrow(0, at, n)?
+                .reshape(v.dims())?
                 .to_dtype(v.dtype())?;
             grads.insert(v.as_tensor(), g);
         }

@@ -12,6 +12,8 @@ mod in_process;
 pub use grads::average_gradients;
 pub use in_process::{InProcess, InProcessRank};
 
+use candle_core::{DType, Tensor};
+
 use crate::Result;
 
 /// How values from all ranks combine.
@@ -39,6 +41,13 @@ pub trait Collective {
     fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// `op` of a tensor's values over all ranks, as a new f32 tensor of the
+    /// same shape on the same device (every rank passes the same shape).
+    /// By default through the host and [`Collective::all_reduce_f32`];
+    /// NCCL reduces a CUDA tensor where it lies.
+    fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        all_reduce_tensor_via_host(self, t, op)
+    }
 }
 
 /// A world of one: every collective is the identity.
@@ -64,6 +73,17 @@ impl Collective for SingleProcess {
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// [`Collective::all_reduce_tensor`] through a host copy.
+pub(crate) fn all_reduce_tensor_via_host<C: Collective + ?Sized>(
+    comm: &C,
+    t: &Tensor,
+    op: ReduceOp,
+) -> Result<Tensor> {
+    let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    comm.all_reduce_f32(&mut host, op)?;
+    Ok(Tensor::from_vec(host, t.dims(), t.device())?)
 }
 
 fn check_root(root: usize, world: usize) -> Result<()> {

@@ -8,14 +8,14 @@ use std::f64::consts::{FRAC_1_SQRT_2, PI};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Float, cpu_rows, cpu_slice, fusable};
+use super::{Float, cpu_rows, cpu_slice, fusable_anywhere};
 
 /// Elements per parallel task: an elementwise op needs no row structure.
 const CHUNK: usize = 1 << 14;
 
 /// `gelu_erf(x)`; fused on the CPU, candle's `gelu_erf` elsewhere.
 pub(crate) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    if fusable(x) {
+    if fusable_anywhere(x) {
         return x.contiguous()?.apply_op1(GeluOp);
     }
     x.gelu_erf()
@@ -86,7 +86,22 @@ impl CustomOp1 for GeluOp {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let gpu = super::on_gpu::gpu_of(s)?;
+        let out = crate::cuda::fused::gelu_fwd(&gpu, &super::on_gpu::view(s, l)?);
+        Ok((super::on_gpu::wrap(out, s)?, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return Ok(Some(super::on_gpu::gelu_grad(x, g)?));
+        }
         Ok(Some(match x.dtype() {
             DType::F32 => Self::grad::<f32>(x, g)?,
             DType::F64 => Self::grad::<f64>(x, g)?,

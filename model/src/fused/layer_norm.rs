@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Float, cpu_rows, cpu_slice, fusable, sum_f64, sum3_f64};
+use super::{Float, cpu_rows, cpu_slice, fusable_anywhere, sum_f64, sum3_f64};
 
 /// Rows per partial sum of the weight and bias gradients: a constant, so the
 /// partial sums, and the order they are added in, do not depend on how many
@@ -25,8 +25,13 @@ pub(crate) fn layer_norm(
     eps: f64,
 ) -> candle_core::Result<Tensor> {
     let d = x.dim(D::Minus1)?;
-    let same = |t: &Tensor| fusable(t) && t.dtype() == x.dtype() && t.dims() == [d];
-    if fusable(x) && d > 0 && same(weight) && same(bias) {
+    let same = |t: &Tensor| {
+        fusable_anywhere(t)
+            && t.device().same_device(x.device())
+            && t.dtype() == x.dtype()
+            && t.dims() == [d]
+    };
+    if fusable_anywhere(x) && d > 0 && same(weight) && same(bias) {
         return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -175,6 +180,28 @@ impl CustomOp3 for LayerNormOp {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::on_gpu::view;
+        let gpu = super::on_gpu::gpu_of(s1)?;
+        let out = crate::cuda::fused::layer_norm_fwd(
+            &gpu,
+            &view(s1, l1)?,
+            &view(s2, l2)?,
+            &view(s3, l3)?,
+            self.eps,
+        );
+        Ok((super::on_gpu::wrap(out, s1)?, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -183,6 +210,11 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw, db) = super::on_gpu::layer_norm_grads(x, w, g, self.eps)?;
+            return Ok((Some(dx), Some(dw), Some(db)));
+        }
         let (dx, dw, db) = match x.dtype() {
             DType::F32 => self.grads::<f32>(x, w, g)?,
             DType::F64 => self.grads::<f64>(x, w, g)?,

@@ -11,13 +11,17 @@
 //! Each row is computed by one thread with a fixed order of operations, and the
 //! only cross-row reductions (LayerNorm's weight and bias gradients) sum fixed
 //! blocks of rows in block order, so results do not depend on the thread count.
-//! The ops run on CPU tensors of f32 or f64; anything else (other devices,
-//! other dtypes) takes candle's composed, differentiable path.
+//! The ops run on CPU tensors of f32 or f64; with the `cuda` feature, GELU,
+//! softmax and LayerNorm also run on CUDA f32 tensors through their GPU
+//! twins (`on_gpu.rs`, kernels in `cuda/fused.cu`). Anything else (other
+//! devices, other dtypes) takes candle's composed, differentiable path.
 
 mod cross_terms;
 mod fast_math;
 mod gelu;
 mod layer_norm;
+#[cfg(feature = "cuda")]
+mod on_gpu;
 mod softmax;
 mod weight_norm;
 
@@ -70,6 +74,16 @@ impl Float for f64 {
 /// Whether `t` can take the fused CPU path.
 fn fusable(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Whether `t` can take the fused CPU path or (feature `cuda`; GELU,
+/// softmax and LayerNorm only) their CUDA twins.
+fn fusable_anywhere(t: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    if on_gpu::fusable_on_gpu(t) {
+        return true;
+    }
+    fusable(t)
 }
 
 /// The elements of a contiguous CPU storage under `layout`.

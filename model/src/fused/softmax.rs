@@ -7,12 +7,12 @@
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Float, cpu_rows, cpu_slice, fusable, sum_f64, sum3_f64};
+use super::{Float, cpu_rows, cpu_slice, fusable_anywhere, sum_f64, sum3_f64};
 
 /// `softmax(scale·x)` over the last axis; fused on the CPU, candle's composed
 /// (differentiable) softmax elsewhere.
 pub(crate) fn softmax_last_dim(x: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    if fusable(x) && x.rank() > 0 && x.dim(D::Minus1)? > 0 {
+    if fusable_anywhere(x) && x.rank() > 0 && x.dim(D::Minus1)? > 0 {
         return x.contiguous()?.apply_op1(SoftmaxOp { scale });
     }
     if scale == 1.0 {
@@ -99,7 +99,27 @@ impl CustomOp1 for SoftmaxOp {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let gpu = super::on_gpu::gpu_of(s)?;
+        let out = crate::cuda::fused::softmax_fwd(
+            &gpu,
+            &super::on_gpu::view(s, l)?,
+            *l.dims().last().unwrap_or(&1),
+            self.scale,
+        );
+        Ok((super::on_gpu::wrap(out, s)?, l.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        #[cfg(feature = "cuda")]
+        if y.device().is_cuda() {
+            return Ok(Some(super::on_gpu::softmax_grad(y, g, self.scale)?));
+        }
         Ok(Some(match y.dtype() {
             DType::F32 => self.grad::<f32>(y, g)?,
             DType::F64 => self.grad::<f64>(y, g)?,

@@ -52,9 +52,12 @@ pub fn ema_update_var(teacher: &Var, student: &Var, momentum: f64) -> Result<()>
     Ok(())
 }
 
-/// CPU f32, both contiguous and of one length: the in-place pass applies.
+/// f32 on the CPU (or, with the `cuda` feature, on one CUDA device), both
+/// contiguous and of one length: the in-place pass applies.
 fn fusable(t: &Tensor, s: &Tensor) -> bool {
-    t.device().is_cpu()
+    let device_ok = t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda());
+    device_ok
+        && t.device().same_device(s.device())
         && t.dtype() == DType::F32
         && s.dtype() == DType::F32
         && t.is_contiguous()
@@ -103,5 +106,32 @@ impl InplaceOp2 for EmaInPlace {
                 }
             });
         Ok(())
+    }
+
+    /// The fused GPU kernel on the tensors' own buffers (same rounding as
+    /// the CPU pass: bit-identical, `tests/cuda_kernels.rs`).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::backend::BackendStorage;
+        let (Some(tr), Some(sr)) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("ema-in-place: contiguous tensors only");
+        };
+        let gpu = crate::cuda::GpuContext::from_cuda(s1.device())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let student = s2.as_cuda_slice::<f32>()?.slice(sr.0..sr.1);
+        let teacher = s1.as_cuda_slice_mut::<f32>()?;
+        crate::cuda::ema_update_view(
+            &gpu,
+            &mut teacher.slice_mut(tr.0..tr.1),
+            &student,
+            self.momentum,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }

@@ -1,0 +1,91 @@
+//! `dino-run RECIPE` as one rank of a job of several (torchrun, SLURM or
+//! `dino-run launch` set the variables): pretraining across GPUs, one
+//! process per GPU, joined through NCCL.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use dino3d_model::candle_core::Device;
+use dino3d_pipeline::recipe::Plan;
+use dino3d_tasks::distributed::LaunchEnv;
+use dino3d_tasks::pretrain::{Options, config::PretrainConfig};
+
+/// How long rank 0 waits for the others at the bootstrap (seconds), unless
+/// `DINO3D_BOOTSTRAP_TIMEOUT` says otherwise.
+#[cfg(feature = "cuda")]
+const BOOTSTRAP_TIMEOUT_S: u64 = 300;
+
+/// Pretrains as rank `env.rank` of `env.world_size` on GPU `env.local_rank`:
+/// rank 0 makes the NCCL id, the bootstrap hands it to the others over TCP
+/// (`MASTER_ADDR:MASTER_PORT`), every rank joins on its GPU, and the
+/// library's data-parallel loop runs with NCCL as its collectives.
+pub(crate) fn pretrain_across_gpus(
+    env: &LaunchEnv,
+    plan: &Plan,
+    config: &PretrainConfig,
+    recipe: &Path,
+    device: &Device,
+    options: &Options,
+) -> anyhow::Result<ExitCode> {
+    if device.is_cpu() {
+        anyhow::bail!(
+            "this process is rank {} of {} ({:?} launch variables): pretraining across \
+             processes runs one GPU per rank through NCCL; pass --device cuda (each rank \
+             takes GPU LOCAL_RANK = {})",
+            env.rank,
+            env.world_size,
+            env.source,
+            env.local_rank
+        );
+    }
+    join_and_train(env, plan, config, recipe, options)
+}
+
+#[cfg(feature = "cuda")]
+fn join_and_train(
+    env: &LaunchEnv,
+    plan: &Plan,
+    config: &PretrainConfig,
+    recipe: &Path,
+    options: &Options,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    // Each rank takes GPU LOCAL_RANK, whatever `cuda:N` said (as torchrun's
+    // scripts do with `torch.cuda.set_device(LOCAL_RANK)`).
+    let gpu = dino3d_model::cuda::GpuContext::new(env.local_rank).with_context(|| {
+        format!(
+            "rank {} of {}: GPU LOCAL_RANK = {}",
+            env.rank, env.world_size, env.local_rank
+        )
+    })?;
+    let timeout = std::env::var("DINO3D_BOOTSTRAP_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(BOOTSTRAP_TIMEOUT_S);
+    let comm =
+        dino3d_tasks::distributed::join_nccl(env, &gpu, std::time::Duration::from_secs(timeout))?;
+    eprintln!(
+        "rank {} of {}: joined NCCL on GPU {} ({})",
+        env.rank,
+        env.world_size,
+        gpu.ordinal(),
+        gpu.name()
+    );
+    crate::pretrain_cmd::run(plan, config, recipe, &gpu.device(), options, &comm)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn join_and_train(
+    env: &LaunchEnv,
+    _: &Plan,
+    _: &PretrainConfig,
+    _: &Path,
+    _: &Options,
+) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this process is rank {} of {}: pretraining across GPUs needs NCCL, which this \
+         dino-run was built without; rebuild with `cargo build --release --features cuda`",
+        env.rank,
+        env.world_size
+    )
+}
