@@ -38,7 +38,7 @@ pub(crate) fn pretrain_across_gpus(
             env.local_rank
         );
     }
-    join_and_train(env, plan, config, recipe, options)
+    join_and_train(env, plan, config, recipe, device, options)
 }
 
 #[cfg(feature = "cuda")]
@@ -47,12 +47,24 @@ fn join_and_train(
     plan: &Plan,
     config: &PretrainConfig,
     recipe: &Path,
+    device: &Device,
     options: &Options,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
+    use dino3d_model::candle_core::DeviceLocation;
+    use dino3d_model::cuda::GpuContext;
     // Each rank takes GPU LOCAL_RANK, whatever `cuda:N` said (as torchrun's
-    // scripts do with `torch.cuda.set_device(LOCAL_RANK)`).
-    let gpu = dino3d_model::cuda::GpuContext::new(env.local_rank).with_context(|| {
+    // scripts do with `torch.cuda.set_device(LOCAL_RANK)`); the device already
+    // open is reused when it is that GPU.
+    let local = DeviceLocation::Cuda {
+        gpu_id: env.local_rank,
+    };
+    let gpu = if device.location() == local {
+        GpuContext::from_device(device)
+    } else {
+        GpuContext::new(env.local_rank)
+    }
+    .with_context(|| {
         format!(
             "rank {} of {}: GPU LOCAL_RANK = {}",
             env.rank, env.world_size, env.local_rank
@@ -80,6 +92,7 @@ fn join_and_train(
     _: &Plan,
     _: &PretrainConfig,
     _: &Path,
+    _: &Device,
     _: &Options,
 ) -> anyhow::Result<ExitCode> {
     anyhow::bail!(

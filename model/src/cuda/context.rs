@@ -73,20 +73,13 @@ impl GpuContext {
     /// a custom op).
     pub(crate) fn from_cuda(device: &CudaDevice) -> Result<Self> {
         let stream = device.cuda_stream();
-        let ctx = stream.context();
-        let name = ctx.name().map_err(cuda_err("device name"))?;
-        let compute_capability = ctx
-            .compute_capability()
-            .map_err(cuda_err("compute capability"))?;
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(cuda_err("multiprocessor count"))?;
+        let (name, compute_capability, sm_count) = describe(&stream)?;
         Ok(Self {
             device: device.clone(),
             stream,
             name,
             compute_capability,
-            sm_count: u32::try_from(sm_count.max(1)).unwrap_or(1),
+            sm_count,
         })
     }
 
@@ -168,6 +161,35 @@ impl GpuContext {
         let cap = self.sm_count as usize * 16;
         needed.min(cap) as u32
     }
+}
+
+/// `(name, compute capability, SM count)` of a stream's device, asked of the
+/// driver once per ordinal (custom ops make a context for every launch).
+fn describe(stream: &CudaStream) -> Result<(String, (i32, i32), u32)> {
+    type Facts = (String, (i32, i32), u32);
+    static KNOWN: OnceLock<Mutex<HashMap<usize, Facts>>> = OnceLock::new();
+    let ctx = stream.context();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(f) = known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&ctx.ordinal())
+    {
+        return Ok(f.clone());
+    }
+    let name = ctx.name().map_err(cuda_err("device name"))?;
+    let cc = ctx
+        .compute_capability()
+        .map_err(cuda_err("compute capability"))?;
+    let sm = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(cuda_err("multiprocessor count"))?;
+    let facts = (name, cc, u32::try_from(sm.max(1)).unwrap_or(1));
+    known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(ctx.ordinal(), facts.clone());
+    Ok(facts)
 }
 
 /// Our modules' names in candle's module cache, apart from candle's own.
