@@ -21,8 +21,8 @@
 #   scripts/gpu-check.sh --run-step [DIR]
 #                                        on the GPU machine: the training step
 #                                        alone (ViT-S, then ViT-L at batch 8
-#                                        and 32, TF32), with PyTorch's same
-#                                        step at batch 32 for comparison
+#                                        and 32 in TF32, at 32 in bf16), with
+#                                        PyTorch's same step at batch 32
 #
 # --build needs cargo, python3 and nvcc (CUDA 13.0; without one on PATH it
 # makes one from pip wheels with scripts/cuda-toolkit.sh): candle compiles
@@ -203,6 +203,7 @@ run_train_step() {
     step "train step ViT-S b2 f32" env DEVICE=cuda:0 ARCH=small BATCH=2 "$DIR/train_step_cuda"
     step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$DIR/train_step_cuda"
     step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$DIR/train_step_cuda"
+    step "train step ViT-L b32 bf16" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 "$DIR/train_step_cuda"
     kill "$smi" 2>/dev/null
     echo "peak GPU memory in use (MiB): $(cut -d, -f2 "$mem_log" | grep -o '[0-9]*' | sort -n | tail -1)"
     if command -v python3 >/dev/null && [ -f "$ROOT/benches/train_step_torch.py" ]; then

@@ -7,7 +7,8 @@
 //! Settings from the environment: ARCH (small), BATCH (2), STEPS (3),
 //! WARMUP (1), GLOBAL (96), LOCAL (48), LOCALS (8), PROTOTYPES (65536),
 //! HIDDEN (2048), BOTTLENECK (256), DEVICE (cpu, or cuda:N with the
-//! `cuda` feature), TF32 (1: f32 matmuls on tensor cores in TF32).
+//! `cuda` feature), PRECISION (f32, tf32 or bf16: matmuls in bf16, the rest
+//! f32, as `train.precision`), TF32 (1: the same as PRECISION=tf32).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -17,6 +18,7 @@ mod common;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use dino3d_model::precision::{Precision, autocast};
 use dino3d_model::schedule::ScheduleValues;
 use dino3d_model::ssl::{SslBatch, SslConfig, SslModel};
 use dino3d_model::{DinoHeadConfig, ViT3dConfig};
@@ -107,9 +109,13 @@ fn main() {
         ..SslConfig::threedino(backbone)
     };
     let dev = device();
-    if env("TF32", 0) == 1 {
-        candle_core::cuda::set_gemm_reduced_precision_f32(true);
-    }
+    let precision = match std::env::var("PRECISION") {
+        Ok(name) => Precision::from_name(&name)
+            .unwrap_or_else(|| panic!("PRECISION={name}: one of {:?}", Precision::NAMES)),
+        Err(_) if env("TF32", 0) == 1 => Precision::Tf32,
+        Err(_) => Precision::F32,
+    };
+    let _precision = autocast(precision);
     let m = masks(b, (gs / 16).pow(3));
     let masked = m.iter().filter(|&&x| x).count();
     let flops = step_flops(&cfg.backbone, &cfg.ibot_head, [b, gs, ls, nl, masked]);
@@ -152,9 +158,9 @@ fn main() {
         let peak = env("PEAK_TFLOPS", 989) as f64 * 1e12;
         let tokens = (2 * b * ((gs / 16).pow(3) + 1) + nl * b * ((ls / 16).pow(3) + 1)) as f64;
         println!(
-            "gpu step: device={:?} tf32={} model_tflop_per_step={:.2} tflops={:.1} mfu_pct={:.1} student_tokens_per_s={:.0}",
+            "gpu step: device={:?} precision={} model_tflop_per_step={:.2} tflops={:.1} mfu_pct={:.1} student_tokens_per_s={:.0}",
             dev.location(),
-            env("TF32", 0),
+            precision.name(),
             flops / 1e12,
             flops / min / 1e12,
             100.0 * flops / min / peak,

@@ -42,11 +42,10 @@ impl Attention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let logits = q.matmul(&k.t()?)?;
+        let logits = crate::precision::matmul(&q, &k.t()?)?;
         // The 1/√d scale is folded into the fused softmax (no pass over q).
         let attn = crate::fused::softmax_last_dim(&logits, (hd as f64).powf(-0.5))?;
-        let out = attn
-            .matmul(&v)?
+        let out = crate::precision::matmul(&attn, &v)?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, e))?;

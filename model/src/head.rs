@@ -131,9 +131,7 @@ impl DinoHead {
         let w = self.last_layer.weight()?;
         let dims = z.dims().to_vec();
         let rows = z.elem_count() / self.cfg.bottleneck_dim;
-        let y = z
-            .reshape((rows, self.cfg.bottleneck_dim))?
-            .matmul(&w.t()?)?;
+        let y = crate::precision::matmul(&z.reshape((rows, self.cfg.bottleneck_dim))?, &w.t()?)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.cfg.n_prototypes;
         Ok(y.reshape(out)?)

@@ -48,6 +48,7 @@ mod norm;
 pub mod optim;
 mod patch_embed;
 pub mod pos_embed;
+pub mod precision;
 pub mod schedule;
 pub mod seg;
 pub mod ssl;

@@ -40,7 +40,7 @@ impl Module for Linear {
         // Flatten leading axes into one 2-D matmul: faster than broadcast_matmul.
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = crate::precision::matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

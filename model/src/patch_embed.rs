@@ -77,7 +77,7 @@ impl PatchEmbed3d {
             .contiguous()?
             .reshape((n * gx * gy * gz, cols))?;
         let w = self.weight.reshape((self.dim, cols))?;
-        let tokens = patches.matmul(&w.t()?)?.broadcast_add(&self.bias)?;
+        let tokens = crate::precision::matmul(&patches, &w.t()?)?.broadcast_add(&self.bias)?;
         Ok(tokens.reshape((n, gx * gy * gz, self.dim))?)
     }
 }

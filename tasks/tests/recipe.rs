@@ -158,6 +158,18 @@ fn training_sections_default_to_3dino_and_are_validated() {
         e.contains("r.yaml:25:19: model.drop_path_mode `per_batch`"),
         "{e}"
     );
+    // train.precision: auto by default (bf16 on a GPU, f32 on the CPU).
+    use dino3d_model::candle_core::Device;
+    use dino3d_model::precision::Precision;
+    assert_eq!(t.precision, "auto");
+    assert_eq!(t.precision_on(&Device::Cpu), Precision::F32);
+    let text = format!("{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n");
+    let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
+        panic!("a pretraining task")
+    };
+    assert_eq!(t.precision_on(&Device::Cpu), Precision::Bf16);
+    let e = errors(&format!("{GOOD}train:\n  precision: fp16\n")).to_string();
+    assert!(e.contains("r.yaml:25:14: train.precision `fp16`"), "{e}");
 
     // GOOD has 23 lines: the sections start on line 24.
     let bad = format!(

@@ -10,6 +10,7 @@
 //! Past the house's 600 lines on purpose: four sections and about forty keys,
 //! each declared, defaulted, checked with its own bounds and printed once.
 
+use dino3d_model::precision::Precision;
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
 use dino3d_model::{DropPathMode, ViT3dConfig};
@@ -155,6 +156,11 @@ pub struct TrainDoc {
     /// to `epochs · epoch_length`); for demos and tests.
     #[serde(default)]
     pub max_iterations: Option<Spanned<u64>>,
+    /// Compute precision: `auto` (bf16 on a GPU, f32 on the CPU), `f32`,
+    /// `tf32` or `bf16` (matmuls in bf16, the rest f32, as 3DINO's mixed
+    /// precision).
+    #[serde(default)]
+    pub precision: Option<Spanned<String>>,
 }
 
 /// The checked training sections, defaults filled (3DINO stage 1).
@@ -236,6 +242,8 @@ pub struct PretrainConfig {
     pub world_size: usize,
     /// Iterations this run stops after (None: to the end).
     pub max_iterations: Option<usize>,
+    /// Compute precision's recipe name (`auto` or a [`Precision`] name).
+    pub precision: String,
 }
 
 impl Default for PretrainConfig {
@@ -282,6 +290,7 @@ impl Default for PretrainConfig {
             keep_checkpoints: 3,
             world_size: 1,
             max_iterations: None,
+            precision: PRECISIONS[0].into(),
         }
     }
 }
@@ -291,7 +300,21 @@ impl PretrainConfig {
     pub fn total_iterations(&self) -> usize {
         self.epochs * self.epoch_length
     }
+
+    /// The precision the step runs in on `device`: `auto` is bf16 on a GPU
+    /// (3DINO trains in bf16 mixed precision) and f32 on the CPU (where bf16
+    /// matmuls are no faster).
+    pub fn precision_on(&self, device: &dino3d_model::candle_core::Device) -> Precision {
+        match Precision::from_name(&self.precision) {
+            Some(p) => p,
+            None if device.is_cpu() => Precision::F32,
+            None => Precision::Bf16,
+        }
+    }
 }
+
+/// `train.precision` names: `auto`, then [`Precision::NAMES`].
+pub const PRECISIONS: [&str; 4] = ["auto", "f32", "tf32", "bf16"];
 
 /// The recipe's names of the centring methods.
 const CENTERINGS: [&str; 2] = ["sinkhorn_knopp", "centering"];
@@ -539,6 +562,12 @@ pub fn compile(
             c.count(&t.max_iterations, 1, "train.max_iterations", &mut n);
             p.max_iterations = Some(n);
         }
+        c.choice(
+            &t.precision,
+            &PRECISIONS,
+            "train.precision",
+            &mut p.precision,
+        );
     }
     // Schedules hold one value per iteration: refuse absurd run lengths.
     const MAX_ITERATIONS: usize = 1 << 32;
@@ -635,12 +664,13 @@ impl std::fmt::Display for PretrainConfig {
         )?;
         write!(
             f,
-            "train: output {}, teacher every {} it, checkpoint every {} it (keep {}), world size {}",
+            "train: output {}, teacher every {} it, checkpoint every {} it (keep {}), world size {}, precision {}",
             t.output_dir,
             t.eval_period_iterations,
             t.checkpoint_period,
             t.keep_checkpoints,
-            t.world_size
+            t.world_size,
+            t.precision
         )?;
         if let Some(m) = t.max_iterations {
             write!(f, ", stop after {m} it")?;

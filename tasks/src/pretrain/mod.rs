@@ -130,6 +130,9 @@ pub fn run_ranked(
         );
     }
     let device = device.clone();
+    // The step's compute precision, on this thread for the whole run (the
+    // model, losses and optimiser all run here).
+    let _precision = dino3d_model::precision::autocast(t.precision_on(&device));
     let out = output_dir(t, recipe);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cfg = setup::ssl_config(t, plan)?;
