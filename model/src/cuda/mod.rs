@@ -26,6 +26,8 @@ mod sources;
 pub use sources::compile_all;
 
 #[cfg(feature = "cuda")]
+pub(crate) mod adamw;
+#[cfg(feature = "cuda")]
 mod context;
 #[cfg(feature = "cuda")]
 mod ema;

@@ -70,8 +70,15 @@ pub(crate) const FUSED: KernelSource = KernelSource {
     ],
 };
 
+/// The AdamW update, in place (`adamw.cu`).
+pub(crate) const ADAMW: KernelSource = KernelSource {
+    name: "adamw",
+    src: include_str!("adamw.cu"),
+    kernels: &["adamw_f32"],
+};
+
 /// Every kernel module, for [`compile_all`].
-pub(crate) const ALL: [KernelSource; 4] = [EMA, KOLEO, SINKHORN_CE, FUSED];
+pub(crate) const ALL: [KernelSource; 5] = [EMA, KOLEO, SINKHORN_CE, FUSED, ADAMW];
 
 /// `source` (with `reduce.cuh`) compiled by NVRTC to PTX for a compute
 /// capability; needs NVRTC only, no driver or GPU.

@@ -26,6 +26,24 @@ pub(super) struct Scalars {
     pub bc2_sqrt: f64,
 }
 
+impl Scalars {
+    /// The f32 factors of the update, `[b1, 1 − b1, b2, 1 − b2, √bc2, eps,
+    /// lr/bc1, 1 − lr·wd]`, each computed in f64 and rounded once (the CPU
+    /// pass and its CUDA twin use these same values).
+    fn factors(&self) -> [f32; 8] {
+        [
+            self.b1 as f32,
+            (1.0 - self.b1) as f32,
+            self.b2 as f32,
+            (1.0 - self.b2) as f32,
+            self.bc2_sqrt as f32,
+            self.eps as f32,
+            (self.lr / self.bc1) as f32,
+            (1.0 - self.lr * self.wd) as f32,
+        ]
+    }
+}
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
@@ -90,14 +108,14 @@ pub(super) fn adamw_in_place(
     k: Scalars,
 ) -> Result<bool> {
     let n = p.elem_count();
+    #[cfg(feature = "cuda")]
+    if on_gpu::adamw_in_place(p, g, m, v, k)? {
+        return Ok(true);
+    }
     if ![p, g, m, v].iter().all(|t| is_cpu_f32(t, n)) {
         return Ok(false);
     }
-    let (b1, b2) = (k.b1 as f32, k.b2 as f32);
-    let (one_b1, one_b2) = ((1.0 - k.b1) as f32, (1.0 - k.b2) as f32);
-    let (bc2_sqrt, eps) = (k.bc2_sqrt as f32, k.eps as f32);
-    let step = (k.lr / k.bc1) as f32;
-    let decay = (1.0 - k.lr * k.wd) as f32;
+    let [b1, one_b1, b2, one_b2, bc2_sqrt, eps, step, decay] = k.factors();
     let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks_mut(CHUNK))
@@ -123,4 +141,109 @@ pub(super) fn adamw_in_place(
         })
     })?;
     Ok(true)
+}
+
+/// The same update on CUDA tensors (feature `cuda`): `adamw.cu`, in place on
+/// the tensors' own buffers, bit-identical to the CPU pass.
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use std::cell::RefCell;
+
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CpuStorage, CudaStorage, InplaceOp1, Layout, Storage, Tensor};
+    use cudarc::driver::CudaViewMut;
+
+    use super::Scalars;
+    use crate::Result;
+    use crate::cuda::GpuContext;
+    use crate::cuda::adamw::{AdamWFactors, adamw_update_view};
+
+    fn is_cuda_f32(t: &Tensor, like: &Tensor) -> bool {
+        t.device().is_cuda()
+            && t.device().same_device(like.device())
+            && t.dtype() == candle_core::DType::F32
+            && t.is_contiguous()
+            && t.elem_count() == like.elem_count()
+    }
+
+    type Body<'f> = dyn for<'a, 'b> FnOnce(&'a mut CudaViewMut<'b, f32>, &'a GpuContext) -> candle_core::Result<()>
+        + 'f;
+
+    /// A closure on a CUDA tensor's own f32 buffer, mutably, through
+    /// candle's in-place hook (the storage's write lock is held meanwhile).
+    struct WithMutCuda<'f>(RefCell<Option<Box<Body<'f>>>>);
+
+    impl InplaceOp1 for WithMutCuda<'_> {
+        fn name(&self) -> &'static str {
+            "with-mut-cuda-f32"
+        }
+
+        fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+            candle_core::bail!("with-mut-cuda-f32: CUDA tensors only")
+        }
+
+        fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("with-mut-cuda-f32: a contiguous tensor only");
+            };
+            let gpu = GpuContext::from_cuda(storage.device())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let f = self.0.borrow_mut().take().expect("called once");
+            let mut view = storage.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
+            f(&mut view, &gpu)
+        }
+    }
+
+    fn with_mut_cuda<'f>(
+        t: &Tensor,
+        f: impl for<'a, 'b> FnOnce(
+            &'a mut CudaViewMut<'b, f32>,
+            &'a GpuContext,
+        ) -> candle_core::Result<()>
+        + 'f,
+    ) -> candle_core::Result<()> {
+        t.inplace_op1(&WithMutCuda(RefCell::new(Some(Box::new(f)))))
+    }
+
+    /// [`super::adamw_in_place`] for four contiguous f32 tensors on one CUDA
+    /// device; `false` (nothing touched) for anything else.
+    pub(super) fn adamw_in_place(
+        p: &Tensor,
+        g: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        k: Scalars,
+    ) -> Result<bool> {
+        if ![p, g, m, v].iter().all(|t| is_cuda_f32(t, p)) {
+            return Ok(false);
+        }
+        let [b1, one_b1, b2, one_b2, bc2_sqrt, eps, step, decay] = k.factors();
+        let factors = AdamWFactors {
+            b1,
+            one_b1,
+            b2,
+            one_b2,
+            bc2_sqrt,
+            eps,
+            step,
+            decay,
+        };
+        with_mut_cuda(p, |ps, gpu| {
+            with_mut_cuda(m, |ms, _| {
+                with_mut_cuda(v, |vs, _| {
+                    let (gs, gl) = g.storage_and_layout();
+                    let Storage::Cuda(gc) = &*gs else {
+                        candle_core::bail!("adamw: the gradient is not on the GPU");
+                    };
+                    let Some((a, b)) = gl.contiguous_offsets() else {
+                        candle_core::bail!("adamw: a non-contiguous gradient");
+                    };
+                    let gview = gc.as_cuda_slice::<f32>()?.slice(a..b);
+                    adamw_update_view(gpu, ps, ms, vs, &gview, factors)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                })
+            })
+        })?;
+        Ok(true)
+    }
 }
