@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use dino3d_model::ViT3dConfig;
-use dino3d_model::candle_core::Device;
 use dino3d_model::checkpoint::save_tensors;
 use dino3d_tasks::embed::{Prep, model_input_for};
 
@@ -55,10 +54,14 @@ pub(crate) struct EmbedArgs {
     /// Output safetensors file (--image) or Parquet file (--manifest).
     #[arg(long)]
     out: PathBuf,
+    /// Where the backbone runs: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+    device: String,
 }
 
 pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
-    let device = Device::Cpu;
+    let device = crate::device::parse(&args.device)?;
     let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     if let Some(manifest) = &args.manifest {
         return crate::embed_table::run(
@@ -97,6 +100,8 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use dino3d_model::candle_core::Device;
+
     use super::*;
 
     #[test]
@@ -132,6 +137,7 @@ mod tests {
             row_group: 64,
             raw: true,
             out: out.clone(),
+            device: "cpu".into(),
         };
         run(&args).unwrap();
         let got = load_tensors(&out, &dev).unwrap();

@@ -211,8 +211,13 @@ pub(crate) fn run(vit: &ViT3d, o: &TableOptions) -> anyhow::Result<ExitCode> {
 
 /// `task: embed`: the recipe's manifest (filtered by `data.min_axis`)
 /// through its deterministic pipeline and the `embed:` backbone.
-pub(crate) fn run_recipe(plan: &Plan, e: &EmbedConfig, recipe: &Path) -> anyhow::Result<ExitCode> {
-    let job = dino3d_tasks::embed::open(plan, e, recipe)?;
+pub(crate) fn run_recipe(
+    plan: &Plan,
+    e: &EmbedConfig,
+    recipe: &Path,
+    device: &dino3d_model::candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let job = dino3d_tasks::embed::open(plan, e, recipe, device)?;
     eprintln!(
         "embedding {} volumes with {} (ViT-{})",
         job.entries.len(),

@@ -20,6 +20,8 @@ pub(crate) fn run_recipe(
     let (plan, task) = load_recipe(recipe, overrides)?;
     if !matches!(task, Task::Pretrain(_)) {
         single_process_only(&env, task.name())?;
+    }
+    if !matches!(task, Task::Pretrain(_) | Task::Embed(_)) {
         crate::device::require_cpu(device, task.name())?;
     }
     match &task {
@@ -36,7 +38,7 @@ pub(crate) fn run_recipe(
         }
         Task::Segment(config) => crate::segment_cmd::run(&plan, config, recipe),
         Task::LinearProbe(config) => crate::linear_probe_cmd::run(&plan, config, recipe),
-        Task::Embed(config) => crate::embed_table::run_recipe(&plan, config, recipe),
+        Task::Embed(config) => crate::embed_table::run_recipe(&plan, config, recipe, device),
     }
 }
 

@@ -1119,6 +1119,51 @@ fn embed_recipe_writes_a_parquet_row_per_volume() {
     assert_eq!(rows, 3);
 }
 
+/// `--device` on the recipe runner's embed task and on the `embed` and
+/// `visualize` commands: `cpu` runs (as above), a bad name is refused naming
+/// it, and CUDA in a build without it says how to get it.
+#[test]
+fn device_is_parsed_by_embed_and_visualize_and_refused_where_cpu_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("tiny.safetensors");
+    random_tiny_checkpoint(&weights);
+    let image = data().join("volumes/colin27_mricron/ch2bet.nii.gz");
+    let fail = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{cmd:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let w = weights.display().to_string();
+    let im = image.display().to_string();
+    let o = dir.path().join("o").display().to_string();
+    for sub in ["embed", "visualize"] {
+        let args = [
+            "--weights",
+            &w,
+            "--arch",
+            "tiny",
+            "--image",
+            &im,
+            "--out",
+            &o,
+        ];
+        let e = fail(dino_run().arg(sub).args(args).args(["--device", "gpu1"]));
+        assert!(
+            e.contains("--device gpu1: expected cpu, cuda or cuda:N"),
+            "{sub}: {e}"
+        );
+        if !cfg!(feature = "cuda") {
+            let e = fail(dino_run().arg(sub).args(args).args(["--device", "cuda:0"]));
+            assert!(e.contains("built without CUDA"), "{sub}: {e}");
+        }
+    }
+    let recipe = recipe_copy(dir.path(), "embed.yaml");
+    if !cfg!(feature = "cuda") {
+        let e = fail(dino_run().arg(&recipe).args(["--device", "cuda"]));
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+}
+
 /// Defect 8 of the reliability issue: output into a pipe that closes early
 /// (`| head`) ends the process quietly instead of panicking.
 #[cfg(unix)]

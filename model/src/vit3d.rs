@@ -200,6 +200,11 @@ pub struct ViT3d {
 }
 
 impl ViT3d {
+    /// The device its parameters (and so its inputs) live on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.cls_token.device()
+    }
+
     /// Builds (or loads, depending on the `VarBuilder`) the backbone.
     /// Names: `cls_token (1,1,E)`, `pos_embed (1,1+g³,E)`, `mask_token (1,E)`,
     /// `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`.

@@ -346,3 +346,90 @@ fn adamw_on_cuda_tensors_matches_the_cpu_bit_for_bit() {
         assert_eq!(differing, 0, "AdamW {name}");
     }
 }
+
+/// The backbone on the GPU (what `embed`, `visualize` and pretraining run
+/// there: candle's CUDA ops plus our LayerNorm, GELU and softmax twins)
+/// against the CPU with the same weights: the normed [CLS] and patch
+/// tokens, the last block's attention, and every parameter's gradient of a
+/// weighted sum of the outputs.
+#[test]
+fn vit_forward_and_backward_on_cuda_match_the_cpu() {
+    use dino3d_model::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig};
+    let Some(gpu) = gpu() else { return };
+    let cfg = ViT3dConfig {
+        pos_grid: 2,
+        ..ViT3dConfig::tiny()
+    };
+    let (cpu_vit, cpu_vm) = ViT3d::with_varmap(cfg.clone(), &Device::Cpu).unwrap();
+    let (gpu_vit, gpu_vm) = ViT3d::with_varmap(cfg, &gpu.device()).unwrap();
+    {
+        let cpu_vars = cpu_vm.data().lock().unwrap();
+        for (name, var) in gpu_vm.data().lock().unwrap().iter() {
+            let src = cpu_vars[name].as_tensor().to_device(&gpu.device()).unwrap();
+            var.set(&src).unwrap();
+        }
+    }
+    let x = normal(2 * 32 * 32 * 32, 31);
+    let run = |vit: &ViT3d, vm: &dino3d_model::candle_nn::VarMap, dev: &Device| {
+        let input = Tensor::from_slice(&x, (2, 1, 32, 32, 32), dev).unwrap();
+        let opts = ForwardOptions {
+            attention: AttentionCapture::Full,
+            ..Default::default()
+        };
+        let out = vit.forward_with(&input, &opts).unwrap();
+        let w = |t: &Tensor, seed| {
+            Tensor::from_vec(normal(t.elem_count(), seed), t.shape(), dev).unwrap()
+        };
+        let loss = ((&out.cls_norm * w(&out.cls_norm, 1))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (&out.patch_norm * w(&out.patch_norm, 2))
+                .unwrap()
+                .sum_all()
+                .unwrap())
+        .unwrap();
+        let grads = loss.backward().unwrap();
+        let v = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let mut named: Vec<(String, Vec<f32>)> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, var)| (n.clone(), v(grads.get(var.as_tensor()).expect(n))))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let attn = v(out.attentions.last().unwrap());
+        (v(&out.cls_norm), v(&out.patch_norm), attn, named)
+    };
+    let cpu = run(&cpu_vit, &cpu_vm, &Device::Cpu);
+    let cuda = run(&gpu_vit, &gpu_vm, &gpu.device());
+    for (name, a, b) in [
+        ("cls", &cuda.0, &cpu.0),
+        ("patch", &cuda.1, &cpu.1),
+        ("attention", &cuda.2, &cpu.2),
+    ] {
+        let err = max_rel_err(a, b);
+        println!("ViT on CUDA, {name}: rel err {err:.3e}");
+        assert!(err <= 1e-4, "{name}: {err:.3e}");
+    }
+    let mut worst = (0.0f64, String::new());
+    for ((name, a), (_, b)) in cuda.3.iter().zip(&cpu.3) {
+        let err = max_rel_err(a, b);
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    println!(
+        "ViT on CUDA, gradients: worst rel err {:.3e} ({})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 <= 1e-3, "gradient of {}: {:.3e}", worst.1, worst.0);
+}

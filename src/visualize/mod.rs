@@ -26,7 +26,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use dino3d_model::ViT3dConfig;
-use dino3d_model::candle_core::Device;
 use dino3d_pipeline::VoxelData;
 use dino3d_tasks::visualize::features::{self, TokenMaps, Wanted};
 use dino3d_tasks::visualize::prepare::{self, Prepared};
@@ -120,13 +119,17 @@ pub(crate) struct VisualizeArgs {
     /// Frame (4th-axis index) of a 4-D volume.
     #[arg(long, default_value_t = defaults::FRAME)]
     frame: usize,
+    /// Where the backbone runs: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+    device: String,
 }
 
 pub(crate) fn run(args: &VisualizeArgs) -> anyhow::Result<ExitCode> {
     if args.components == 0 {
         bail!("--components must be at least 1");
     }
-    let device = Device::Cpu;
+    let device = crate::device::parse(&args.device)?;
     let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
     let cfg = vit.config();
     let size = args.size.unwrap_or(cfg.pos_grid * cfg.patch_size);

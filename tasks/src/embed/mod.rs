@@ -55,12 +55,12 @@ pub enum Prep<'a> {
 /// # Errors
 /// A volume the preprocessing cannot crop, or a candle failure.
 pub fn model_input_for(vit: &ViT3d, volume: &dino3d_pipeline::Volume, raw: bool) -> Result<Tensor> {
-    let device = Device::Cpu;
+    let device = vit.device();
     if raw {
-        model_input(&volume.to_f32(), volume.shape, &device)
+        model_input(&volume.to_f32(), volume.shape, device)
     } else {
         let p = crate::visualize::prepare::prepare(volume, 0, vit.config().patch_size)?;
-        model_input(&p.image.data, p.image.shape, &device)
+        model_input(&p.image.data, p.image.shape, device)
     }
 }
 
@@ -89,7 +89,7 @@ pub fn embed(
                 "the prepared image is {:?}: its sizes must be multiples of the patch size {p} (set embed.image_size or add a Resize step)",
                 &img.shape[1..]
             );
-            model_input(&img.data, img.shape, &Device::Cpu)?
+            model_input(&img.data, img.shape, vit.device())?
         }
     };
     let out = vit.forward(&x)?;
@@ -137,15 +137,15 @@ pub struct Job {
     pub out: PathBuf,
 }
 
-/// Opens `task: embed`: the backbone the `embed:` section names and the
-/// recipe's items.
+/// Opens `task: embed`: the backbone the `embed:` section names, on
+/// `device`, and the recipe's items.
 ///
 /// # Errors
 /// Missing weights, a backbone that does not fit, an unreadable manifest.
-pub fn open(plan: &Plan, e: &EmbedConfig, recipe: &Path) -> Result<Job> {
+pub fn open(plan: &Plan, e: &EmbedConfig, recipe: &Path, device: &Device) -> Result<Job> {
     let base = recipe.parent().unwrap_or(Path::new(""));
     let weights = crate::backbone::resolve_weights(&base.join(&e.pretrained_weights))?;
-    let vit = crate::backbone::load(&weights, &e.arch, &Device::Cpu)?;
+    let vit = crate::backbone::load(&weights, &e.arch, device)?;
     let (manifest, entries) = crate::data::plan_entries(plan, recipe)?;
     if plan.prefix_len < plan.steps.len() {
         tracing::warn!(
