@@ -277,6 +277,40 @@ for it in common[:3] + common[-3:]:
     print(f"iteration {it}: cuda {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
 print(f"max |diff| over {len(common)} iterations: {max(abs(gpu[i] - cpu[i]) for i in common):.3e}")
 PY
+    # The demo's teacher embeds a volume and the bundled manifest on cuda:0
+    # and on the CPU: the features side by side, and the manifest's rate.
+    local teacher
+    teacher=$(ls -d "$out"/demo-cuda/eval/training_*/teacher_checkpoint.safetensors 2>/dev/null | tail -1)
+    [ -n "$teacher" ] || { echo "no demo teacher: skipping embed"; return 0; }
+    for dev in cuda:0 cpu; do
+        step "embed --image, $dev" "$DIR/dino-run" embed --weights "$teacher" --arch tiny \
+            --image "$ROOT/data/volumes/colin27_mricron/ch2bet.nii.gz" --device "$dev" \
+            --out "$out/embed-${dev%%:*}.safetensors"
+        step "embed --manifest, $dev" bash -c "time '$DIR/dino-run' embed --weights '$teacher' --arch tiny \
+            --manifest '$ROOT/recipes/brain_images.json' --device $dev --out '$out/embed-${dev%%:*}.parquet'"
+    done
+    step "embed features, cuda:0 vs cpu" python3 - "$out/embed-cuda.safetensors" "$out/embed-cpu.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(v["shape"])
+    return out
+gpu, cpu = (load(p) for p in sys.argv[1:3])
+worst = 0.0
+for k in sorted(cpu):
+    err = float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-12))
+    worst = max(worst, err)
+    print(f"{k} {cpu[k].shape}: max rel err {err:.3e}")
+sys.exit(0 if worst <= 1e-3 else f"cuda and cpu features differ by {worst:.3e} (bound 1e-3)")
+PY
 }
 
 # The summary: every step passed (exit 0) or the failed ones (exit 1).

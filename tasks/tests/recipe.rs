@@ -158,11 +158,16 @@ fn training_sections_default_to_3dino_and_are_validated() {
         e.contains("r.yaml:25:19: model.drop_path_mode `per_batch`"),
         "{e}"
     );
-    // train.precision: auto by default (bf16 on a GPU, f32 on the CPU).
+    // train.precision: f32 by default; auto is bf16 on a GPU, f32 on the CPU.
     use dino3d_model::candle_core::Device;
     use dino3d_model::precision::Precision;
-    assert_eq!(t.precision, "auto");
+    assert_eq!(t.precision, "f32");
     assert_eq!(t.precision_on(&Device::Cpu), Precision::F32);
+    let auto = dino3d_tasks::pretrain::config::PretrainConfig {
+        precision: "auto".into(),
+        ..t.clone()
+    };
+    assert_eq!(auto.precision_on(&Device::Cpu), Precision::F32);
     let text = format!("{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n");
     let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
