@@ -40,8 +40,8 @@ pub(crate) fn require_cpu(device: &Device, task: &str) -> anyhow::Result<()> {
     if !device.is_cpu() {
         bail!(
             "task `{task}` runs on the CPU only for now (its custom layers have no CUDA \
-             kernels); --device cuda is supported by tasks `pretrain` and `embed`, and by \
-             the `embed` and `visualize` commands"
+             kernels); --device cuda is supported by tasks `pretrain`, `embed` and \
+             `linear_probe`, and by the `embed` and `visualize` commands"
         );
     }
     Ok(())

@@ -13,8 +13,13 @@ use dino3d_tasks::linear_probe::{Report, TestLogits};
 use crate::progress::Terminal;
 
 /// Runs `task: linear_probe`.
-pub(crate) fn run(plan: &Plan, p: &LinearProbeConfig, recipe: &Path) -> anyhow::Result<ExitCode> {
-    let report = dino3d_tasks::linear_probe::run(plan, p, recipe, &Terminal)?;
+pub(crate) fn run(
+    plan: &Plan,
+    p: &LinearProbeConfig,
+    recipe: &Path,
+    device: &dino3d_model::candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let report = dino3d_tasks::linear_probe::run(plan, p, recipe, &Terminal, device)?;
     let out = &report.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut results = serde_json::Map::new();

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use dino3d_model::ViT3d;
-use dino3d_model::candle_core::{Device, Tensor};
+use dino3d_model::candle_core::Tensor;
 use dino3d_pipeline::exec::Pipeline;
 use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::transforms::{Image, ResizeMode, resize};
@@ -81,7 +81,7 @@ pub(crate) fn extract(vit: &ViT3d, images: &[&Image], blocks: usize) -> Result<V
     );
     let inputs = images
         .iter()
-        .map(|img| model_input(&img.data, img.shape, &Device::Cpu))
+        .map(|img| model_input(&img.data, img.shape, vit.device()))
         .collect::<Result<Vec<Tensor>>>()?;
     let x = Tensor::cat(&inputs, 0)?;
     let depth = vit.depth();
@@ -109,6 +109,7 @@ pub(crate) fn extract(vit: &ViT3d, images: &[&Image], blocks: usize) -> Result<V
 mod tests {
     use super::*;
     use dino3d_model::ViT3dConfig;
+    use dino3d_model::candle_core::Device;
 
     #[test]
     fn inputs_concatenate_the_last_blocks_then_the_mean_patch() {

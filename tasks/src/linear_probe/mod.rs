@@ -170,6 +170,7 @@ pub fn run(
     p: &LinearProbeConfig,
     recipe: &Path,
     progress: &dyn Progress,
+    device: &dino3d_model::candle_core::Device,
 ) -> Result<Report> {
     let base = recipe.parent().unwrap_or(Path::new(""));
     let Some(m) = &plan.manifest else {
@@ -217,8 +218,9 @@ pub fn run(
         .max(2);
 
     let weights = crate::backbone::resolve_weights(&base.join(&p.pretrained_weights))?;
-    let device = dino3d_model::candle_core::Device::Cpu;
-    let trained = crate::backbone::load(&weights, &p.arch, &device)?;
+    // The backbones run on `device`; their features come back to the host,
+    // where the linear classifiers are trained.
+    let trained = crate::backbone::load(&weights, &p.arch, device)?;
     let depth = trained.depth();
     let blocks = p.n_last_blocks.iter().copied().max().unwrap_or(1);
     if blocks > depth {
@@ -233,7 +235,7 @@ pub fn run(
         let cfg = models[0].1.config().clone();
         models.push((
             "random_init",
-            crate::backbone::random_backbone(&cfg, plan.seed, &device)?,
+            crate::backbone::random_backbone(&cfg, plan.seed, device)?,
         ));
     }
     if plan.prefix_len < plan.steps.len() {
