@@ -41,7 +41,7 @@ pub(crate) fn require_cpu(device: &Device, task: &str) -> anyhow::Result<()> {
         bail!(
             "task `{task}` runs on the CPU only for now (its custom layers have no CUDA \
              kernels); --device cuda is supported by tasks `pretrain`, `embed` and \
-             `linear_probe`, and by the `embed` and `visualize` commands"
+             `linear_probe`, and by the `embed`, `visualize` and `probe` commands"
         );
     }
     Ok(())

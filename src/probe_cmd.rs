@@ -38,6 +38,10 @@ pub(crate) struct ProbeArgs {
     /// The bundled data folder.
     #[arg(long, default_value = Options::DATA)]
     data: PathBuf,
+    /// Where the backbones run: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+    device: String,
 }
 
 pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
@@ -52,7 +56,9 @@ pub(crate) fn run(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         stride: args.stride,
         data: args.data.clone(),
     };
-    let report = dino3d_tasks::probe::run(&plan, &config, &args.recipe, &options, &Terminal)?;
+    let device = crate::device::parse(&args.device)?;
+    let report =
+        dino3d_tasks::probe::run(&plan, &config, &args.recipe, &options, &Terminal, &device)?;
     for r in &report.results {
         println!(
             "{}: {} train / {} test tokens; kNN (k={}) accuracy {:.3} pretrained vs {:.3} random init; balanced {:.3} vs {:.3}",

@@ -106,16 +106,16 @@ pub fn run(
     recipe: &Path,
     o: &Options,
     progress: &dyn Progress,
+    device: &Device,
 ) -> Result<Report> {
     let cfg = crate::pretrain::setup::ssl_config(t, plan)?.backbone;
-    let device = Device::Cpu;
     let out = crate::pretrain::output_dir(t, recipe);
     let weights = match &o.weights {
         Some(w) => w.clone(),
         None => newest_weights(&out)?,
     };
-    let trained = crate::backbone::load(&weights, &t.arch, &device)?;
-    let random = random_backbone(&cfg, plan.seed, &device)?;
+    let trained = crate::backbone::load(&weights, &t.arch, device)?;
+    let random = random_backbone(&cfg, plan.seed, device)?;
     progress.note(&format!(
         "probing {} against the random initialisation (seed {})",
         weights.display(),
@@ -179,7 +179,8 @@ fn tokens(vit: &ViT3d, vol: &LabelledVolume, p: usize, stride: usize) -> Result<
                     continue;
                 }
                 let start = [ox, oy, oz];
-                let input = model_input(&vol.image, start, [n[0] * p, n[1] * p, n[2] * p])?;
+                let size = [n[0] * p, n[1] * p, n[2] * p];
+                let input = model_input(&vol.image, start, size, vit.device())?;
                 let feats = vit.forward(&input)?.patch_norm.squeeze(0)?;
                 let feats: Vec<Vec<f32>> = feats.to_vec2()?;
                 for (t, f) in feats.into_iter().enumerate() {
@@ -240,6 +241,7 @@ fn model_input(
     img: &dino3d_pipeline::transforms::Image,
     start: [usize; 3],
     size: [usize; 3],
+    device: &Device,
 ) -> Result<Tensor> {
     let end = [0, 1, 2].map(|a| start[a] + size[a]);
     let cut = crop(img, start, end);
@@ -248,6 +250,6 @@ fn model_input(
     Ok(Tensor::from_vec(
         to_z_fastest(&cut.data[..n], shape),
         (1, 1, size[0], size[1], size[2]),
-        &Device::Cpu,
+        device,
     )?)
 }
