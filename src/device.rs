@@ -35,13 +35,13 @@ pub(crate) fn parse(name: &str) -> anyhow::Result<Device> {
     )
 }
 
-/// Refuses a GPU for tasks whose layers are CPU-only so far.
+/// Refuses a GPU for a task that has no model to put on one (`prepare`:
+/// decoding and the deterministic prefix, on the CPU's threads).
 pub(crate) fn require_cpu(device: &Device, task: &str) -> anyhow::Result<()> {
     if !device.is_cpu() {
         bail!(
-            "task `{task}` runs on the CPU only for now (its custom layers have no CUDA \
-             kernels); --device cuda is supported by tasks `pretrain`, `embed` and \
-             `linear_probe`, and by the `embed`, `visualize` and `probe` commands"
+            "task `{task}` has no model to run on a GPU (it decodes and transforms volumes \
+             on the CPU's threads); drop --device"
         );
     }
     Ok(())
@@ -62,6 +62,6 @@ mod tests {
             let e = parse("cuda:1").unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }
-        assert!(require_cpu(&Device::Cpu, "segment").is_ok());
+        assert!(require_cpu(&Device::Cpu, "prepare").is_ok());
     }
 }

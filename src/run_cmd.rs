@@ -21,10 +21,7 @@ pub(crate) fn run_recipe(
     if !matches!(task, Task::Pretrain(_)) {
         single_process_only(&env, task.name())?;
     }
-    if !matches!(
-        task,
-        Task::Pretrain(_) | Task::Embed(_) | Task::LinearProbe(_)
-    ) {
+    if matches!(task, Task::Prepare) {
         crate::device::require_cpu(device, task.name())?;
     }
     match &task {
@@ -39,7 +36,7 @@ pub(crate) fn run_recipe(
             let single = dino3d_model::dist::SingleProcess;
             crate::pretrain_cmd::run(&plan, config, recipe, device, &options, &single)
         }
-        Task::Segment(config) => crate::segment_cmd::run(&plan, config, recipe),
+        Task::Segment(config) => crate::segment_cmd::run(&plan, config, recipe, device),
         Task::LinearProbe(config) => crate::linear_probe_cmd::run(&plan, config, recipe, device),
         Task::Embed(config) => crate::embed_table::run_recipe(&plan, config, recipe, device),
     }

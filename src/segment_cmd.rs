@@ -12,8 +12,13 @@ use dino3d_tasks::segment::config::SegmentConfig;
 use crate::progress::Terminal;
 
 /// `task: segment`.
-pub(crate) fn run(plan: &Plan, config: &SegmentConfig, recipe: &Path) -> anyhow::Result<ExitCode> {
-    let report = dino3d_tasks::segment::run(plan, config, recipe, &Terminal)?;
+pub(crate) fn run(
+    plan: &Plan,
+    config: &SegmentConfig,
+    recipe: &Path,
+    device: &dino3d_model::candle_core::Device,
+) -> anyhow::Result<ExitCode> {
+    let report = dino3d_tasks::segment::run(plan, config, recipe, &Terminal, device)?;
     for (path, volume) in &report.predictions {
         dino3d_pipeline::nifti::write_volume(path, volume, &Default::default())
             .with_context(|| format!("writing {}", path.display()))?;

@@ -111,6 +111,7 @@ pub fn run(
     s: &SegmentConfig,
     recipe: &Path,
     progress: &dyn Progress,
+    device: &Device,
 ) -> Result<Report> {
     let base = recipe.parent().unwrap_or(Path::new(""));
     let out = base.join(&s.output_dir);
@@ -137,14 +138,20 @@ pub fn run(
         data.val.len(),
         data.test.len()
     ));
-    let device = Device::Cpu;
+    if s.head == "vit_adapter" && !device.is_cpu() {
+        bail!(
+            "{}: segment.head vit_adapter runs on the CPU only for now (its deformable \
+             attention sampling has no CUDA kernel); use --device cpu, or head unetr or linear",
+            recipe.display()
+        );
+    }
     let (model, mut vars) = build_model(
         plan,
         s,
         base,
         data.train[0].shape[0],
         target,
-        &device,
+        device,
         progress,
     )?;
     let roi = s.image_size;
@@ -190,7 +197,7 @@ pub fn run(
     for it in 0..s.iterations {
         let t0 = Instant::now();
         opt.set_learning_rate(lr.at(it));
-        let (x, y) = training_batch(&data.train, s, &mut rng)?;
+        let (x, y) = training_batch(&data.train, s, &mut rng, device)?;
         let loss_t = target.loss(&model.logits_t(&x, true)?, &y)?;
         // Checked before stepping: a non-finite loss never reaches the weights.
         let loss = f64::from(loss_t.to_scalar::<f32>()?);
@@ -342,6 +349,7 @@ fn training_batch(
     cases: &[SegCase],
     s: &SegmentConfig,
     rng: &mut ChaCha8Rng,
+    device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let r = s.image_size;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
@@ -357,8 +365,8 @@ fn training_batch(
     let n = s.batch_size * s.crops_per_volume;
     let c = cases[0].shape[0];
     Ok((
-        Tensor::from_vec(images, (n, c, r, r, r), &Device::Cpu)?,
-        Tensor::from_vec(labels, (n, r * r * r), &Device::Cpu)?,
+        Tensor::from_vec(images, (n, c, r, r, r), device)?,
+        Tensor::from_vec(labels, (n, r * r * r), device)?,
     ))
 }
 

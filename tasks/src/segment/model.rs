@@ -187,7 +187,7 @@ impl Model {
     /// region masks `(3, X, Y, Z)`.
     pub(crate) fn predict(&self, case: &SegCase, sw: &SlidingWindow) -> Result<Prediction> {
         let [c, x, y, z] = case.shape;
-        let input = Tensor::from_slice(&case.image, (1, c, x, y, z), &Device::Cpu)?;
+        let input = Tensor::from_slice(&case.image, (1, c, x, y, z), self.backbone.device())?;
         let logits = sw.run(&input, |w| {
             self.logits(w)
                 .map(|t| t.detach())
