@@ -277,6 +277,13 @@ for it in common[:3] + common[-3:]:
     print(f"iteration {it}: cuda {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
 print(f"max |diff| over {len(common)} iterations: {max(abs(gpu[i] - cpu[i]) for i in common):.3e}")
 PY
+    # Segmentation (UNETR head) from the demo's output folder, on cuda:0 and
+    # on the CPU: the printed Dice side by side.
+    for dev in cuda:0 cpu; do
+        step "segment demo, $dev" "$DIR/dino-run" "$ROOT/recipes/segment_demo.yaml" \
+            --device "$dev" --set "segment.pretrained_weights=$out/demo-cuda" \
+            --set "segment.output_dir=$out/segment-${dev%%:*}"
+    done
     # The demo's teacher embeds a volume and the bundled manifest on cuda:0
     # and on the CPU: the features side by side, and the manifest's rate.
     local teacher
