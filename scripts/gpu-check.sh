@@ -14,6 +14,13 @@
 #                                        DIR, the training step against
 #                                        PyTorch's, and the loader's thread
 #                                        scaling; exit 1 if any step failed
+#   scripts/gpu-check.sh --run-tests|--run-tasks [DIR]
+#                                        on the GPU machine: only the tests and
+#                                        the kernel benchmark, or only the
+#                                        tasks (demo pretraining, embed,
+#                                        segmentation on cuda:0 vs the CPU);
+#                                        --run is all of them (one call may
+#                                        not fit the device's 10 minutes)
 #   scripts/gpu-check.sh --run-loader [DIR]
 #                                        on the GPU machine: the data loader
 #                                        alone (CPU only): `dino-run pipeline
@@ -45,7 +52,7 @@ case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 MAX_BYTES=$((50 * 1024 * 1024))
 
 usage() {
-    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -230,24 +237,33 @@ run_loader() {
     done
 }
 
-run() {
+# What every run mode starts with: the folder, the device, the libraries.
+prelude() {
     if [ ! -d "$DIR" ]; then
         echo "error: no folder $DIR; run scripts/gpu-check.sh --build first" >&2
         exit 2
     fi
     echo "== dino3d GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), host $(hostname)"
     [ -f "$DIR/BUILD_INFO" ] && cat "$DIR/BUILD_INFO"
-
     unpack
     cuda_libs
+    step "nvidia-smi" nvidia-smi
+}
+
+# Every GPU test against its CPU reference, then the kernel benchmark.
+run_tests() {
     # The executables were linked against glibc 2.34+ (Debian 12).
     step "glibc" bash -c 'ldd --version | head -1'
-    step "nvidia-smi" nvidia-smi
     step "nvcc" bash -c 'command -v nvcc && nvcc --version || { echo "no nvcc on PATH (not needed: NVRTC is)"; true; }'
     step "libraries" bash -c 'ldconfig -p | grep -E "libcuda\.so" || true; for d in ${LD_LIBRARY_PATH//:/ }; do ls -1 "$d"/lib{cublas,curand,nvrtc,nccl}.so* 2>/dev/null; done; true'
     test_step "unit tests (cuda::, kernels_ref::, fused GPU twins)" "$DIR/model_unit_tests" cuda:: kernels_ref:: fused::on_gpu:: --test-threads=1 --nocapture
     test_step "GPU kernels vs CPU references" "$DIR/cuda_kernels_test" --test-threads=1 --nocapture
     test_step "kernel benchmark" "$DIR/cuda_kernels_bench"
+}
+
+run() {
+    prelude
+    run_tests
     run_train_step
     run_pretrain
     run_loader
@@ -335,7 +351,9 @@ finish() {
 case "$MODE" in
     --build) build ;;
     --run) run ;;
-    --run-step) cuda_libs; step "nvidia-smi" nvidia-smi; run_train_step; finish ;;
-    --run-loader) run_loader; finish ;;
+    --run-tests) prelude; run_tests; finish ;;
+    --run-step) prelude; run_train_step; finish ;;
+    --run-tasks) prelude; run_pretrain; finish ;;
+    --run-loader) unpack; run_loader; finish ;;
     *) usage ;;
 esac
