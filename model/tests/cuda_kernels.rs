@@ -433,3 +433,55 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
     );
     assert!(worst.0 <= 1e-3, "gradient of {}: {:.3e}", worst.1, worst.0);
 }
+
+/// The ViT-Adapter's deformable sampling (`seg::adapter::deform_sample`) on
+/// CUDA tensors against the CPU op: the samples and both gradients, on two
+/// levels with locations partly outside (zero padding).
+#[test]
+fn deform_sample_on_cuda_matches_the_cpu() {
+    use dino3d_model::seg::adapter::deform_sample;
+    let Some(gpu) = gpu() else { return };
+    let shapes = [[6, 5, 4], [3, 3, 2]];
+    let voxels: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    let (groups, queries, levels, points, dim) = (4, 37, 2, 4, 48);
+    let values = normal(groups * voxels * dim, 41);
+    // In [-0.1, 1.1]: some samples fall partly or wholly outside.
+    let locations: Vec<f32> = uniform(groups * queries * levels * points * 3, 42, 0.6)
+        .iter()
+        .map(|v| v + 0.5)
+        .collect();
+    let run = |dev: &Device| {
+        let v = Var::from_tensor(&Tensor::from_slice(&values, (groups, voxels, dim), dev).unwrap())
+            .unwrap();
+        let l = Var::from_tensor(
+            &Tensor::from_slice(&locations, (groups, queries, levels, points, 3), dev).unwrap(),
+        )
+        .unwrap();
+        let out = deform_sample(v.as_tensor(), l.as_tensor(), &shapes).unwrap();
+        let w = Tensor::from_vec(normal(out.elem_count(), 43), out.shape(), dev).unwrap();
+        let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let host = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        [
+            host(&out),
+            host(grads.get(v.as_tensor()).unwrap()),
+            host(grads.get(l.as_tensor()).unwrap()),
+        ]
+    };
+    let (cpu, cuda) = (run(&Device::Cpu), run(&gpu.device()));
+    for (name, a, b) in [
+        ("samples", &cuda[0], &cpu[0]),
+        ("d values", &cuda[1], &cpu[1]),
+        ("d locations", &cuda[2], &cpu[2]),
+    ] {
+        let err = max_rel_err(a, b);
+        println!("deform_sample on CUDA, {name}: rel err {err:.3e}");
+        assert!(err <= 1e-4, "{name}: rel err {err:.3e} > 1e-4");
+    }
+}

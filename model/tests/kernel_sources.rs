@@ -23,7 +23,11 @@ fn every_kernel_module_compiles_and_has_its_entry_points() {
         let modules = dino3d_model::cuda::compile_all(arch).unwrap_or_else(|e| {
             panic!("compute capability {arch:?}: {e}");
         });
-        assert_eq!(modules.len(), 5, "ema, koleo, sinkhorn_ce, fused, adamw");
+        assert_eq!(
+            modules.len(),
+            6,
+            "ema, koleo, sinkhorn_ce, fused, adamw, deform"
+        );
         for (name, ptx, kernels) in modules {
             let target = format!(".target sm_{}{}", arch.0, arch.1);
             assert!(ptx.contains(&target), "{name}: no `{target}` in its PTX");

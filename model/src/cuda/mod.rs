@@ -30,6 +30,8 @@ pub(crate) mod adamw;
 #[cfg(feature = "cuda")]
 mod context;
 #[cfg(feature = "cuda")]
+pub(crate) mod deform;
+#[cfg(feature = "cuda")]
 mod ema;
 #[cfg(feature = "cuda")]
 pub(crate) mod fused;

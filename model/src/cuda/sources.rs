@@ -77,8 +77,20 @@ pub(crate) const ADAMW: KernelSource = KernelSource {
     kernels: &["adamw_f32"],
 };
 
+/// The ViT-Adapter's trilinear deformable sampling, forward and backward
+/// (`deform.cu`).
+pub(crate) const DEFORM: KernelSource = KernelSource {
+    name: "deform",
+    src: include_str!("deform.cu"),
+    kernels: &[
+        "deform_fwd_f32",
+        "deform_bwd_values_f32",
+        "deform_bwd_loc_f32",
+    ],
+};
+
 /// Every kernel module, for [`compile_all`].
-pub(crate) const ALL: [KernelSource; 5] = [EMA, KOLEO, SINKHORN_CE, FUSED, ADAMW];
+pub(crate) const ALL: [KernelSource; 6] = [EMA, KOLEO, SINKHORN_CE, FUSED, ADAMW, DEFORM];
 
 /// `source` (with `reduce.cuh`) compiled by NVRTC to PTX for a compute
 /// capability; needs NVRTC only, no driver or GPU.

@@ -138,13 +138,6 @@ pub fn run(
         data.val.len(),
         data.test.len()
     ));
-    if s.head == "vit_adapter" && !device.is_cpu() {
-        bail!(
-            "{}: segment.head vit_adapter runs on the CPU only for now (its deformable \
-             attention sampling has no CUDA kernel); use --device cpu, or head unetr or linear",
-            recipe.display()
-        );
-    }
     let (model, mut vars) = build_model(
         plan,
         s,

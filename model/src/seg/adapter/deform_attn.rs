@@ -221,6 +221,102 @@ impl DeformSample {
     }
 }
 
+/// The sampling on CUDA tensors (feature `cuda`): the geometry in the
+/// kernels' terms and the backward as a candle op.
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape};
+    use cudarc::driver::{CudaSlice, CudaView};
+
+    use super::DeformSample;
+    use crate::cuda::GpuContext;
+    use crate::cuda::deform::{DeformGeometry, deform_bwd};
+
+    pub(super) fn to_candle(e: crate::ModelError) -> candle_core::Error {
+        candle_core::Error::Msg(e.to_string())
+    }
+
+    pub(super) fn context(s: &CudaStorage) -> candle_core::Result<GpuContext> {
+        GpuContext::from_cuda(s.device()).map_err(to_candle)
+    }
+
+    pub(super) fn view<'a>(
+        s: &'a CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CudaView<'a, f32>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("deform_sample: non-contiguous operand");
+        };
+        Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    }
+
+    pub(super) fn wrap(out: CudaSlice<f32>, like: &CudaStorage) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(out, like.device().clone())
+    }
+
+    impl DeformSample {
+        pub(super) fn geometry(&self) -> DeformGeometry {
+            DeformGeometry {
+                levels: self
+                    .shapes
+                    .iter()
+                    .zip(&self.starts)
+                    .map(|(s, &start)| [s[0] as i32, s[1] as i32, s[2] as i32, start as i32])
+                    .collect(),
+                groups: self.groups,
+                voxels: self.voxels,
+                dim: self.dim,
+                samples: self.samples(),
+                points: self.points,
+            }
+        }
+    }
+
+    /// `(values, locations, upstream gradient)` → `[d values | d locations]`.
+    pub(super) struct DeformGrad(pub(super) DeformSample);
+
+    impl CustomOp3 for DeformGrad {
+        fn name(&self) -> &'static str {
+            "deform-sample-3d-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("deform-sample-3d-grad: CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            vs: &CudaStorage,
+            vl: &Layout,
+            ls: &CudaStorage,
+            ll: &Layout,
+            gs: &CudaStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let gpu = context(vs)?;
+            let out = deform_bwd(
+                &gpu,
+                &self.0.geometry(),
+                &view(vs, vl)?,
+                &view(ls, ll)?,
+                &view(gs, gl)?,
+            )
+            .map_err(to_candle)?;
+            let len = vl.shape().elem_count() + ll.shape().elem_count();
+            Ok((wrap(out, vs), Shape::from(len)))
+        }
+    }
+}
+
 /// The contiguous data of a CPU storage.
 fn data<'a, T: WithDType>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
@@ -260,6 +356,30 @@ impl CustomOp2 for DeformSample {
         Ok((out, shape))
     }
 
+    /// `deform.cu` on candle's buffers (f32).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use on_gpu::{context, to_candle, view};
+        let gpu = context(s1)?;
+        let out =
+            crate::cuda::deform::deform_fwd(&gpu, &self.geometry(), &view(s1, l1)?, &view(s2, l2)?)
+                .map_err(to_candle)?;
+        let shape = Shape::from(vec![
+            self.groups,
+            self.queries,
+            self.shapes.len(),
+            self.points,
+            self.dim,
+        ]);
+        Ok((on_gpu::wrap(out, s1), shape))
+    }
+
     fn bwd(
         &self,
         v: &Tensor,
@@ -268,6 +388,15 @@ impl CustomOp2 for DeformSample {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         type Grads = (Option<Tensor>, Option<Tensor>);
+        #[cfg(feature = "cuda")]
+        if v.device().is_cuda() {
+            let packed =
+                v.apply_op3_no_bwd(loc, &g.contiguous()?, &on_gpu::DeformGrad(self.clone()))?;
+            let (nv, nl) = (v.elem_count(), loc.elem_count());
+            let dv = packed.narrow(0, 0, nv)?.reshape(v.shape())?;
+            let dl = packed.narrow(0, nv, nl)?.reshape(loc.shape())?;
+            return Ok((v.track_op().then_some(dv), loc.track_op().then_some(dl)));
+        }
         fn run<T: WithDType>(
             op: &DeformSample,
             (v, loc, g): (&Tensor, &Tensor, &Tensor),
