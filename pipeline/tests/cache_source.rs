@@ -295,6 +295,40 @@ fn concurrent_warmers_build_each_entry_once() {
     assert!(dir.leftovers().is_empty());
 }
 
+/// Threads of one source that miss the same entry at once prepare it once:
+/// the others wait for the builder and read its entry (a second build would
+/// cost the work and a volume's memory again). What they get is what the
+/// pipeline prepares.
+#[test]
+fn threads_missing_one_entry_build_it_once() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(data.path(), 2);
+    let (src, pipeline) = source(data.path(), cache.path(), RECIPE, false);
+    let want: Vec<_> = entries
+        .iter()
+        .map(|e| pipeline.prepare(e, &manifest).unwrap())
+        .collect();
+    let barrier = std::sync::Barrier::new(6);
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let (src, want, barrier) = (&src, &want, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let i = t % 2;
+                assert_eq!(*src.prepared(i).unwrap(), want[i], "thread {t}, item {i}");
+            });
+        }
+    });
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &src.stats;
+    assert_eq!(
+        (s.misses.load(Relaxed), s.hits.load(Relaxed)),
+        (2, 4),
+        "each entry built once, read by the other threads"
+    );
+}
+
 #[test]
 fn an_unwritable_cache_fails_clearly_or_serves_uncached() {
     let data = tempfile::tempdir().unwrap();

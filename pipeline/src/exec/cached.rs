@@ -78,6 +78,11 @@ pub struct CacheSource {
     pub reports: std::sync::Mutex<Vec<String>>,
     /// Keys whose write was refused (reported once until one succeeds).
     refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Keys being built now, each with the lock its builder holds: a thread
+    /// that misses an entry another is building waits for it and reads the
+    /// result, instead of preparing the same volume a second time (twice the
+    /// work, and twice a volume's memory at once).
+    building: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
 
 impl CacheSource {
@@ -99,6 +104,7 @@ impl CacheSource {
             stats: CacheStats::default(),
             reports: std::sync::Mutex::new(Vec::new()),
             refused: std::sync::Mutex::default(),
+            building: std::sync::Mutex::default(),
         }
     }
 
@@ -188,6 +194,57 @@ impl CacheSource {
 
     /// Prepares item `i` and writes its entry under `key`.
     fn build(&self, i: usize, key: &str) -> Result<Vec<(String, Stored)>> {
+        let gate = {
+            let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+            building.entry(key.to_string()).or_default().clone()
+        };
+        let held = gate.lock().unwrap_or_else(|e| e.into_inner());
+        // Built by another thread while this one waited: read it.
+        let done = match self.hit(i, key) {
+            Some(entry) => self.read_entry(i, key, entry),
+            None => None,
+        };
+        let result = match done {
+            Some(images) => Ok(images
+                .into_iter()
+                .map(|(k, img)| (k, Stored::Float(img)))
+                .collect()),
+            None => self.build_now(i, key),
+        };
+        drop(held);
+        let mut building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        // The last thread through removes the gate (the map's own Arc and
+        // this one are the two left).
+        if Arc::strong_count(&gate) <= 2 {
+            building.remove(key);
+        }
+        result
+    }
+
+    /// An open entry's arrays, counted as a hit; None (the entry removed and
+    /// reported) when one is damaged.
+    fn read_entry(&self, i: usize, key: &str, entry: Entry) -> Option<Vec<(String, Image)>> {
+        let read: std::result::Result<Vec<(String, Image)>, CacheError> = entry
+            .header
+            .arrays
+            .iter()
+            .enumerate()
+            .map(|(a, meta)| Ok((meta.key.clone(), image(entry.read_all(a)?))))
+            .collect();
+        match read {
+            Ok(images) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Some(images)
+            }
+            Err(err) => {
+                self.discard_damaged(i, key, entry, &err);
+                None
+            }
+        }
+    }
+
+    /// Prepares item `i` and writes its entry (the caller holds its gate).
+    fn build_now(&self, i: usize, key: &str) -> Result<Vec<(String, Stored)>> {
         let stored = self
             .pipeline
             .prepare_for_cache(&self.entries[i], &self.manifest)
@@ -271,21 +328,10 @@ impl CacheSource {
 
     fn read(&self, i: usize) -> Result<Sample> {
         let key = self.key(i)?;
-        if let Some(entry) = self.hit(i, &key) {
-            let read: std::result::Result<Vec<(String, Image)>, CacheError> = entry
-                .header
-                .arrays
-                .iter()
-                .enumerate()
-                .map(|(a, meta)| Ok((meta.key.clone(), image(entry.read_all(a)?))))
-                .collect();
-            match read {
-                Ok(images) => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Sample { images });
-                }
-                Err(err) => self.discard_damaged(i, &key, entry, &err),
-            }
+        if let Some(entry) = self.hit(i, &key)
+            && let Some(images) = self.read_entry(i, &key, entry)
+        {
+            return Ok(Sample { images });
         }
         let stored = self.build(i, &key)?;
         Ok(Sample {

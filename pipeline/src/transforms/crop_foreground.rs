@@ -21,6 +21,15 @@ pub struct CropForeground {
 /// The foreground box `[start, end)` per spatial axis, or None if nothing is
 /// selected.
 pub fn foreground_box(img: &Image, threshold: f32) -> Option<([usize; 3], [usize; 3])> {
+    foreground_box_by(img, |v| v > threshold)
+}
+
+/// [`foreground_box`] of the voxels `selected` picks (e.g. by a value they
+/// would have after an elementwise map, without making the mapped copy).
+pub fn foreground_box_by(
+    img: &Image,
+    selected: impl Fn(f32) -> bool,
+) -> Option<([usize; 3], [usize; 3])> {
     let [c, x, y, z] = img.shape;
     let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
     for ch in 0..c {
@@ -28,8 +37,8 @@ pub fn foreground_box(img: &Image, threshold: f32) -> Option<([usize; 3], [usize
             for j in 0..y {
                 let row = &img.data[img.index(ch, 0, j, k)..][..x];
                 let (Some(first), Some(last)) = (
-                    row.iter().position(|&v| v > threshold),
-                    row.iter().rposition(|&v| v > threshold),
+                    row.iter().position(|&v| selected(v)),
+                    row.iter().rposition(|&v| selected(v)),
                 ) else {
                     continue;
                 };
@@ -64,6 +73,15 @@ pub fn crop(img: &Image, start: [usize; 3], end: [usize; 3]) -> Image {
         spacing: img.spacing,
         affine,
     }
+}
+
+/// [`crop`] of an image the caller gives up: the image itself, without a
+/// copy, when the box is all of it.
+pub fn crop_owned(img: Image, start: [usize; 3], end: [usize; 3]) -> Image {
+    if start == [0; 3] && end == [img.shape[1], img.shape[2], img.shape[3]] {
+        return img;
+    }
+    crop(&img, start, end)
 }
 
 /// Crops `img` to its foreground.
@@ -224,6 +242,33 @@ pub const SPEC: TransformSpec = TransformSpec {
 
 #[cfg(test)]
 mod tests {
+
+    /// `crop_owned` gives the image back untouched for the whole box and
+    /// equals `crop` otherwise; `foreground_box_by` with `v > t` is
+    /// `foreground_box`.
+    #[test]
+    fn owned_crops_and_predicate_boxes_agree_with_the_plain_ones() {
+        let data: Vec<f32> = (0..4 * 3 * 2).map(|i| (i % 7) as f32 - 3.0).collect();
+        let img = Image {
+            data,
+            shape: [1, 4, 3, 2],
+            spacing: [1.0; 3],
+            affine: crate::nifti::affine::IDENTITY,
+        };
+        let whole = crop_owned(img.clone(), [0; 3], [4, 3, 2]);
+        assert_eq!(whole, img);
+        assert_eq!(
+            crop_owned(img.clone(), [1, 0, 1], [3, 2, 2]),
+            crop(&img, [1, 0, 1], [3, 2, 2])
+        );
+        for t in [-4.0, -1.0, 0.5, 2.0, 3.0] {
+            assert_eq!(
+                foreground_box_by(&img, |v| v > t),
+                foreground_box(&img, t),
+                "threshold {t}"
+            );
+        }
+    }
     use super::*;
 
     #[test]

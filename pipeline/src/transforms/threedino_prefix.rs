@@ -3,7 +3,7 @@
 //! converting to float, and 8/16-bit volumes get their percentiles from a
 //! histogram of the stored integers.
 
-use super::crop_foreground::{CropForeground, crop, crop_foreground, foreground_box};
+use super::crop_foreground::{CropForeground, crop_foreground, crop_owned, foreground_box_by};
 use super::error::TransformError;
 use super::image::Image;
 use super::nan_to_mean::nan_to_mean;
@@ -87,15 +87,17 @@ pub fn threedino_prefix_int(vol: &Volume, key: u64) -> Option<Result<IntPrefix, 
         percentiles_f32(&raw.data, &[p.lower, p.upper])
     };
     let window = p.range(q[0], q[1]);
-    let mut scaled = raw.clone();
-    scale_intensity_range(&mut scaled, &window);
+    // The foreground is where the scaled value exceeds -1: the scaling is
+    // applied voxel by voxel inside the box search (the same map, so the same
+    // box bit for bit) instead of to a scaled copy of the volume, which with
+    // its permuted copy held two more f32 volumes per preparing thread.
+    let map = window.decode_map();
     let run = || -> Result<IntPrefix, TransformError> {
-        let scaled = permute_in_plane_first(scaled, false)?;
         let raw = permute_in_plane_first(raw, false)?;
-        let (lo, hi) = foreground_box(&scaled, -1.0)
+        let (lo, hi) = foreground_box_by(&raw, |v| map.apply(v) > -1.0)
             .ok_or(TransformError::EmptyForeground { threshold: -1.0 })?;
         Ok(IntPrefix {
-            raw: crop(&raw, lo, hi),
+            raw: crop_owned(raw, lo, hi),
             dtype,
             window,
         })
