@@ -41,7 +41,9 @@
 # the GPU machine a "skipped: no CUDA device" test counts as a failure
 # unless DINO3D_ALLOW_SKIP=1.
 #
-# Env for --run: STEP_TIMEOUT (seconds per step, default 300),
+# Env for --run: STEP_TIMEOUT (seconds per step, default 300), GPU_DEVICE
+# (the device the tasks compare with the CPU, default cuda:0; `cpu` checks
+# the script itself on a machine without a GPU),
 # DINO3D_BENCH_EMA_PARAMS, DINO3D_BENCH_ITERS (see the benchmark).
 set -u
 
@@ -274,13 +276,16 @@ run() {
 # from the same binary and cache, then both loss curves side by side.
 run_pretrain() {
     [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping pretraining"; return 0; }
-    local out="${OUT:-/tmp}" cache="${TMPDIR:-/tmp}/dino3d-demo-cache" dev
-    for dev in cuda:0 cpu; do
+    local out="${OUT:-/tmp}" cache="${TMPDIR:-/tmp}/dino3d-demo-cache" gpu="${GPU_DEVICE:-cuda:0}"
+    # Each pair runs as label:device, gpu first; outputs are named by label.
+    local pairs=("gpu:$gpu" "cpu:cpu") pair label dev
+    for pair in "${pairs[@]}"; do
+        label=${pair%%:*} dev=${pair#*:}
         step "dino-run demo, 60 iterations, $dev" "$DIR/dino-run" "$ROOT/recipes/demo.yaml" \
             --device "$dev" --set optim.epochs=2 --set "cache.dir=$cache" \
-            --set "train.output_dir=$out/demo-${dev%%:*}"
+            --set train.eval_period_iterations=30 --set "train.output_dir=$out/demo-$label"
     done
-    step "demo losses, cuda:0 vs cpu" python3 - "$out/demo-cuda/metrics.jsonl" "$out/demo-cpu/metrics.jsonl" <<'PY'
+    step "demo losses, $gpu vs cpu" python3 - "$out/demo-gpu/metrics.jsonl" "$out/demo-cpu/metrics.jsonl" <<'PY'
 import json, sys
 def losses(path):
     rows = [json.loads(l) for l in open(path)]
@@ -290,31 +295,33 @@ common = sorted(set(gpu) & set(cpu))
 if not common:
     sys.exit("no common iterations in the two metrics files")
 for it in common[:3] + common[-3:]:
-    print(f"iteration {it}: cuda {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
+    print(f"iteration {it}: gpu {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
 print(f"max |diff| over {len(common)} iterations: {max(abs(gpu[i] - cpu[i]) for i in common):.3e}")
 PY
     # Segmentation (UNETR head) from the demo's output folder, on cuda:0 and
     # on the CPU: the printed Dice side by side.
-    for dev in cuda:0 cpu; do
+    for pair in "${pairs[@]}"; do
+        label=${pair%%:*} dev=${pair#*:}
         step "segment demo, $dev" "$DIR/dino-run" "$ROOT/recipes/segment_demo.yaml" \
-            --device "$dev" --set "segment.pretrained_weights=$out/demo-cuda" \
-            --set "segment.output_dir=$out/segment-${dev%%:*}"
+            --device "$dev" --set "segment.pretrained_weights=$out/demo-gpu" \
+            --set "segment.output_dir=$out/segment-$label"
     done
     # The demo's teacher embeds a volume and the bundled manifest on cuda:0
     # and on the CPU: the features side by side, and the manifest's rate.
     local teacher
-    teacher=$(ls -d "$out"/demo-cuda/eval/training_*/teacher_checkpoint.safetensors 2>/dev/null | tail -1)
+    teacher=$(ls -d "$out"/demo-gpu/eval/training_*/teacher_checkpoint.safetensors 2>/dev/null | sort -V | tail -1)
     [ -n "$teacher" ] || { echo "no demo teacher: skipping embed"; return 0; }
-    for dev in cuda:0 cpu; do
+    for pair in "${pairs[@]}"; do
+        label=${pair%%:*} dev=${pair#*:}
         step "embed --image, $dev" "$DIR/dino-run" embed --weights "$teacher" --arch tiny \
             --image "$ROOT/data/volumes/colin27_mricron/ch2bet.nii.gz" --device "$dev" \
-            --out "$out/embed-${dev%%:*}.safetensors"
+            --out "$out/embed-$label.safetensors"
         step "embed --manifest, $dev" bash -c "time '$DIR/dino-run' embed --weights '$teacher' --arch tiny \
-            --manifest '$ROOT/recipes/brain_images.json' --device $dev --out '$out/embed-${dev%%:*}.parquet'"
+            --manifest '$ROOT/recipes/brain_images.json' --device $dev --out '$out/embed-$label.parquet'"
     done
-    step "embed features, cuda:0 vs cpu" python3 - "$out/embed-cuda.safetensors" "$out/embed-cpu.safetensors" <<'PY'
+    step "embed features, $gpu vs cpu" python3 - "$out/embed-gpu.safetensors" "$out/embed-cpu.safetensors" <<'PY'
 import json, struct, sys
-import numpy as np
+from array import array
 def load(path):
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
@@ -324,15 +331,16 @@ def load(path):
         if k == "__metadata__":
             continue
         a, b = v["data_offsets"]
-        out[k] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(v["shape"])
+        out[k] = (array("f", raw[8 + n + a:8 + n + b]), v["shape"])
     return out
 gpu, cpu = (load(p) for p in sys.argv[1:3])
 worst = 0.0
 for k in sorted(cpu):
-    err = float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-12))
+    (g, _), (c, shape) = gpu[k], cpu[k]
+    err = max(abs(x - y) for x, y in zip(g, c)) / max(max(abs(y) for y in c), 1e-12)
     worst = max(worst, err)
-    print(f"{k} {cpu[k].shape}: max rel err {err:.3e}")
-sys.exit(0 if worst <= 1e-3 else f"cuda and cpu features differ by {worst:.3e} (bound 1e-3)")
+    print(f"{k} {shape}: max rel err {err:.3e}")
+sys.exit(0 if worst <= 1e-3 else f"gpu and cpu features differ by {worst:.3e} (bound 1e-3)")
 PY
 }
 
