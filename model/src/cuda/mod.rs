@@ -41,6 +41,8 @@ mod koleo;
 mod nccl;
 #[cfg(feature = "cuda")]
 mod sinkhorn_ce;
+#[cfg(feature = "cuda")]
+pub(crate) mod storage;
 
 #[cfg(feature = "cuda")]
 pub use context::GpuContext;

@@ -1,12 +1,12 @@
 //! Sinkhorn-Knopp teacher targets fused with the student cross-entropy on
 //! the GPU (see `sinkhorn_ce.cu` for the scaling-vector formulation).
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::context::{GpuContext, ROW_BLOCK, STRIDE_BLOCK, cuda_err};
 use super::sources::SINKHORN_CE;
+use super::storage::{gpu_of, wrap};
 use crate::kernels_ref::SinkhornCeConfig;
 use crate::{ModelError, Result};
 
@@ -194,14 +194,10 @@ impl CustomOp1 for SinkhornTargets {
             student_temp: 1.0,
             iterations: self.iterations,
         };
-        let to_candle = |e: ModelError| candle_core::Error::Msg(e.to_string());
-        let gpu = GpuContext::from_cuda(storage.device()).map_err(to_candle)?;
+        let gpu = gpu_of(storage)?;
         let logits = storage.as_cuda_slice::<f32>()?.slice(start..end);
-        let probs = sinkhorn_targets(&gpu, &cfg, &logits).map_err(to_candle)?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(probs, storage.device().clone()),
-            layout.shape().clone(),
-        ))
+        let probs = sinkhorn_targets(&gpu, &cfg, &logits);
+        Ok((wrap(probs, storage)?, layout.shape().clone()))
     }
 }
 

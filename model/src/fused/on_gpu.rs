@@ -4,43 +4,14 @@
 //! kernels beside this file are their references (`tests` below run on a
 //! GPU and print "skipped: no CUDA device" elsewhere).
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use cudarc::driver::{CudaSlice, CudaView};
 
-use crate::cuda::{GpuContext, fused as kernels};
+use crate::cuda::fused as kernels;
+pub(super) use crate::cuda::storage::{gpu_of, view, wrap};
 
 /// f32 on a CUDA device: the GPU twins apply.
 pub(super) fn fusable_on_gpu(t: &Tensor) -> bool {
     t.device().is_cuda() && t.dtype() == candle_core::DType::F32
-}
-
-fn to_candle(e: crate::ModelError) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
-/// candle's device of a storage as our kernels' context.
-pub(super) fn gpu_of(s: &CudaStorage) -> candle_core::Result<GpuContext> {
-    GpuContext::from_cuda(s.device()).map_err(to_candle)
-}
-
-/// The f32 elements of a contiguous CUDA storage under `layout`.
-pub(super) fn view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused op: non-contiguous input");
-    };
-    Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
-}
-
-/// A kernel's output as a storage of `like`'s device.
-pub(super) fn wrap(
-    out: crate::Result<CudaSlice<f32>>,
-    like: &CudaStorage,
-) -> candle_core::Result<CudaStorage> {
-    Ok(CudaStorage::wrap_cuda_slice(
-        out.map_err(to_candle)?,
-        like.device().clone(),
-    ))
 }
 
 /// GELU's input gradient on the GPU.

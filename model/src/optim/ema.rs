@@ -118,12 +118,11 @@ impl InplaceOp2 for EmaInPlace {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        use candle_core::backend::BackendStorage;
+        use crate::cuda::storage::{gpu_of, to_candle};
         let (Some(tr), Some(sr)) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             candle_core::bail!("ema-in-place: contiguous tensors only");
         };
-        let gpu = crate::cuda::GpuContext::from_cuda(s1.device())
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let gpu = gpu_of(s1)?;
         let student = s2.as_cuda_slice::<f32>()?.slice(sr.0..sr.1);
         let teacher = s1.as_cuda_slice_mut::<f32>()?;
         crate::cuda::ema_update_view(
@@ -132,6 +131,6 @@ impl InplaceOp2 for EmaInPlace {
             &student,
             self.momentum,
         )
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        .map_err(to_candle)
     }
 }

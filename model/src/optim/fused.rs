@@ -149,7 +149,6 @@ pub(super) fn adamw_in_place(
 mod on_gpu {
     use std::cell::RefCell;
 
-    use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CudaStorage, InplaceOp1, Layout, Storage, Tensor};
     use cudarc::driver::CudaViewMut;
 
@@ -157,6 +156,7 @@ mod on_gpu {
     use crate::Result;
     use crate::cuda::GpuContext;
     use crate::cuda::adamw::{AdamWFactors, adamw_update_view};
+    use crate::cuda::storage::{gpu_of, to_candle};
 
     fn is_cuda_f32(t: &Tensor, like: &Tensor) -> bool {
         t.device().is_cuda()
@@ -186,8 +186,7 @@ mod on_gpu {
             let Some((start, end)) = layout.contiguous_offsets() else {
                 candle_core::bail!("with-mut-cuda-f32: a contiguous tensor only");
             };
-            let gpu = GpuContext::from_cuda(storage.device())
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let gpu = gpu_of(storage)?;
             let f = self.0.borrow_mut().take().expect("called once");
             let mut view = storage.as_cuda_slice_mut::<f32>()?.slice_mut(start..end);
             f(&mut view, &gpu)
@@ -239,8 +238,7 @@ mod on_gpu {
                         candle_core::bail!("adamw: a non-contiguous gradient");
                     };
                     let gview = gc.as_cuda_slice::<f32>()?.slice(a..b);
-                    adamw_update_view(gpu, ps, ms, vs, &gview, factors)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                    adamw_update_view(gpu, ps, ms, vs, &gview, factors).map_err(to_candle)
                 })
             })
         })?;

@@ -225,35 +225,11 @@ impl DeformSample {
 /// kernels' terms and the backward as a candle op.
 #[cfg(feature = "cuda")]
 mod on_gpu {
-    use candle_core::backend::BackendStorage;
     use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape};
-    use cudarc::driver::{CudaSlice, CudaView};
 
     use super::DeformSample;
-    use crate::cuda::GpuContext;
     use crate::cuda::deform::{DeformGeometry, deform_bwd};
-
-    pub(super) fn to_candle(e: crate::ModelError) -> candle_core::Error {
-        candle_core::Error::Msg(e.to_string())
-    }
-
-    pub(super) fn context(s: &CudaStorage) -> candle_core::Result<GpuContext> {
-        GpuContext::from_cuda(s.device()).map_err(to_candle)
-    }
-
-    pub(super) fn view<'a>(
-        s: &'a CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<CudaView<'a, f32>> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("deform_sample: non-contiguous operand");
-        };
-        Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
-    }
-
-    pub(super) fn wrap(out: CudaSlice<f32>, like: &CudaStorage) -> CudaStorage {
-        CudaStorage::wrap_cuda_slice(out, like.device().clone())
-    }
+    pub(super) use crate::cuda::storage::{gpu_of, view, wrap};
 
     impl DeformSample {
         pub(super) fn geometry(&self) -> DeformGeometry {
@@ -302,17 +278,16 @@ mod on_gpu {
             gs: &CudaStorage,
             gl: &Layout,
         ) -> candle_core::Result<(CudaStorage, Shape)> {
-            let gpu = context(vs)?;
+            let gpu = gpu_of(vs)?;
             let out = deform_bwd(
                 &gpu,
                 &self.0.geometry(),
                 &view(vs, vl)?,
                 &view(ls, ll)?,
                 &view(gs, gl)?,
-            )
-            .map_err(to_candle)?;
+            );
             let len = vl.shape().elem_count() + ll.shape().elem_count();
-            Ok((wrap(out, vs), Shape::from(len)))
+            Ok((wrap(out, vs)?, Shape::from(len)))
         }
     }
 }
@@ -365,11 +340,10 @@ impl CustomOp2 for DeformSample {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use on_gpu::{context, to_candle, view};
-        let gpu = context(s1)?;
+        use on_gpu::{gpu_of, view};
+        let gpu = gpu_of(s1)?;
         let out =
-            crate::cuda::deform::deform_fwd(&gpu, &self.geometry(), &view(s1, l1)?, &view(s2, l2)?)
-                .map_err(to_candle)?;
+            crate::cuda::deform::deform_fwd(&gpu, &self.geometry(), &view(s1, l1)?, &view(s2, l2)?);
         let shape = Shape::from(vec![
             self.groups,
             self.queries,
@@ -377,7 +351,7 @@ impl CustomOp2 for DeformSample {
             self.points,
             self.dim,
         ]);
-        Ok((on_gpu::wrap(out, s1), shape))
+        Ok((on_gpu::wrap(out, s1)?, shape))
     }
 
     fn bwd(
