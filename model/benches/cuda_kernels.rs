@@ -134,6 +134,48 @@ fn bench_koleo(gpu: &GpuContext, iters: usize) {
     );
 }
 
+/// Attention at a ViT-L global-crop size (DINO3D_BENCH_ATTN_GROUPS groups of
+/// batch x heads, default 32 x 16, 217 tokens, head 64), forward and
+/// backward: `flash_attention` against candle's composed attention (scores,
+/// softmax, values) on the same GPU, time and the memory the forward keeps.
+fn bench_attention(gpu: &GpuContext, iters: usize) {
+    use dino3d_model::candle_core::{D, Tensor, Var};
+    use dino3d_model::cuda::{HEAD_DIM, flash_attention};
+    let groups = env_usize("DINO3D_BENCH_ATTN_GROUPS", 32 * 16);
+    let t = 217;
+    let dev = gpu.device();
+    let n = groups * t * HEAD_DIM;
+    let var = |seed| {
+        Var::from_tensor(&Tensor::from_vec(normal(n, seed), (groups, t, HEAD_DIM), &dev).unwrap())
+            .unwrap()
+    };
+    let (q, k, v) = (var(61), var(62), var(63));
+    let scale = (HEAD_DIM as f64).powf(-0.5);
+    let step = |fused: bool| {
+        let o = if fused {
+            flash_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale).unwrap()
+        } else {
+            let s = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap() * scale).unwrap();
+            dino3d_model::candle_nn::ops::softmax(&s, D::Minus1)
+                .unwrap()
+                .matmul(v.as_tensor())
+                .unwrap()
+        };
+        let _ = o.sum_all().unwrap().backward().unwrap();
+    };
+    let fused_s = time_gpu(gpu, iters, || step(true));
+    let composed_s = time_gpu(gpu, iters, || step(false));
+    let scores_mib = (groups * t * t * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "attention fwd+bwd {groups}x{t}x{HEAD_DIM}: flash {:.3} ms, composed {:.3} ms (x{:.2}); the composed forward keeps {:.0} MiB of scores and probabilities, flash {:.2} MiB of log-sum-exps",
+        fused_s * 1e3,
+        composed_s * 1e3,
+        composed_s / fused_s,
+        2.0 * scores_mib,
+        (groups * t * 4) as f64 / (1 << 20) as f64
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let gpu = match GpuContext::new(0) {
@@ -170,6 +212,7 @@ fn main() {
         start.elapsed().as_secs_f64() * 1e3
     );
     println!("GB/s = effective bytes (inputs read once + outputs written once) / time");
+    bench_attention(&gpu, iters);
     bench_koleo(&gpu, iters);
     bench_sinkhorn(&gpu, iters, false);
     bench_sinkhorn(&gpu, iters, true);

@@ -485,3 +485,80 @@ fn deform_sample_on_cuda_matches_the_cpu() {
         assert!(err <= 1e-4, "{name}: rel err {err:.3e} > 1e-4");
     }
 }
+
+/// Attention without a score matrix (`cuda::flash_attention`) against the
+/// CPU reference of its algorithm and against candle's composed attention on
+/// the same GPU: the output and the gradients of q, k and v, for token
+/// counts below, at and above one tile (32) and a 3DINO global crop (217).
+#[test]
+fn flash_attention_matches_its_reference_and_the_composed_attention() {
+    use dino3d_model::cuda::{HEAD_DIM, flash_attention};
+    use dino3d_model::kernels_ref::{AttentionShape, attention_bwd, attention_fwd};
+    let Some(gpu) = gpu() else { return };
+    let dev = gpu.device();
+    for (b, h, t) in [(1, 1, 1), (2, 3, 32), (2, 2, 37), (2, 16, 217)] {
+        let shape = AttentionShape {
+            groups: b * h,
+            tokens: t,
+            dim: HEAD_DIM,
+        };
+        let n = shape.len();
+        let q: Vec<f32> = normal(n, 51).iter().map(|v| 2.0 * v).collect();
+        let (k, v, w) = (normal(n, 52), normal(n, 53), normal(n, 54));
+        let scale = (HEAD_DIM as f32).powf(-0.5);
+        let (want_o, lse) = attention_fwd(shape, &q, &k, &v, scale).unwrap();
+        let (want_dq, want_dk, want_dv) =
+            attention_bwd(shape, &q, &k, &v, &want_o, &lse, &w, scale).unwrap();
+        let var = |x: &[f32]| {
+            Var::from_tensor(&Tensor::from_slice(x, (b, h, t, HEAD_DIM), &dev).unwrap()).unwrap()
+        };
+        let (qv, kv, vv) = (var(&q), var(&k), var(&v));
+        let wt = Tensor::from_slice(&w, (b, h, t, HEAD_DIM), &dev).unwrap();
+        let host = |x: &Tensor| {
+            x.flatten_all()
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let run = |o: Tensor| {
+            let grads = (&o * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                host(&o),
+                host(grads.get(qv.as_tensor()).unwrap()),
+                host(grads.get(kv.as_tensor()).unwrap()),
+                host(grads.get(vv.as_tensor()).unwrap()),
+            ]
+        };
+        let fused = run(flash_attention(
+            qv.as_tensor(),
+            kv.as_tensor(),
+            vv.as_tensor(),
+            f64::from(scale),
+        )
+        .unwrap());
+        let scores = (qv.as_tensor().matmul(&kv.as_tensor().t().unwrap()).unwrap()
+            * f64::from(scale))
+        .unwrap();
+        let composed = run(dino3d_model::candle_nn::ops::softmax(
+            &scores,
+            dino3d_model::candle_core::D::Minus1,
+        )
+        .unwrap()
+        .matmul(vv.as_tensor())
+        .unwrap());
+        let reference = [want_o, want_dq, want_dk, want_dv];
+        for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            let err_ref = max_rel_err(&fused[i], &reference[i]);
+            let err_comp = max_rel_err(&fused[i], &composed[i]);
+            println!(
+                "flash attention {b}x{h}x{t}, {name}: rel err {err_ref:.3e} (reference), {err_comp:.3e} (composed)"
+            );
+            assert!(
+                err_ref <= 1e-4 && err_comp <= 1e-4,
+                "{b}x{h}x{t} {name}: {err_ref:.3e} / {err_comp:.3e}"
+            );
+        }
+    }
+}

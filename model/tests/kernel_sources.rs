@@ -25,8 +25,8 @@ fn every_kernel_module_compiles_and_has_its_entry_points() {
         });
         assert_eq!(
             modules.len(),
-            6,
-            "ema, koleo, sinkhorn_ce, fused, adamw, deform"
+            7,
+            "ema, koleo, sinkhorn_ce, fused, adamw, deform, attention"
         );
         for (name, ptx, kernels) in modules {
             let target = format!(".target sm_{}{}", arch.0, arch.1);

@@ -28,6 +28,8 @@ pub use sources::compile_all;
 #[cfg(feature = "cuda")]
 pub(crate) mod adamw;
 #[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
 mod context;
 #[cfg(feature = "cuda")]
 pub(crate) mod deform;
@@ -44,6 +46,8 @@ mod sinkhorn_ce;
 #[cfg(feature = "cuda")]
 pub(crate) mod storage;
 
+#[cfg(feature = "cuda")]
+pub use attention::{HEAD_DIM, flash_attention};
 #[cfg(feature = "cuda")]
 pub use context::GpuContext;
 #[cfg(feature = "cuda")]

@@ -89,8 +89,22 @@ pub(crate) const DEFORM: KernelSource = KernelSource {
     ],
 };
 
+/// Attention without a stored score matrix, head dimension 64, forward and
+/// backward (`attention.cu`).
+pub(crate) const ATTENTION: KernelSource = KernelSource {
+    name: "attention",
+    src: include_str!("attention.cu"),
+    kernels: &[
+        "attn_fwd_f32",
+        "attn_bwd_dot_f32",
+        "attn_bwd_dq_f32",
+        "attn_bwd_dkv_f32",
+    ],
+};
+
 /// Every kernel module, for [`compile_all`].
-pub(crate) const ALL: [KernelSource; 6] = [EMA, KOLEO, SINKHORN_CE, FUSED, ADAMW, DEFORM];
+pub(crate) const ALL: [KernelSource; 7] =
+    [EMA, KOLEO, SINKHORN_CE, FUSED, ADAMW, DEFORM, ATTENTION];
 
 /// `source` (with `reduce.cuh`) compiled by NVRTC to PTX for a compute
 /// capability; needs NVRTC only, no driver or GPU.
