@@ -48,8 +48,8 @@ struct Cli {
     recipe: Option<std::path::PathBuf>,
     #[command(flatten)]
     overrides: recipe_load::Overrides,
-    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with
-    /// `--features cuda`; task pretrain uses it, the others run on CPU).
+    /// Where the recipe's model runs: cpu, cuda or cuda:N (CUDA needs a build
+    /// with `--features cuda`; task prepare has no model and stays on the CPU).
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
     device: String,
     /// Pretrain on uncached samples when the recipe's cache folder cannot be

@@ -62,9 +62,15 @@ impl Flash {
 
     fn grid(&self) -> Result<LaunchConfig> {
         let (x, y) = (self.tokens.div_ceil(WARPS), self.groups);
+        // The grid's y axis holds at most 65,535 blocks.
         let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) else {
             return Err(ModelError::Input("flash_attention: too many rows".into()));
         };
+        if y > 65_535 {
+            return Err(ModelError::Input(format!(
+                "flash_attention: {y} batch x head groups, at most 65,535"
+            )));
+        }
         Ok(LaunchConfig {
             grid_dim: (x.max(1), y.max(1), 1),
             block_dim: (32 * WARPS as u32, 1, 1),
@@ -82,7 +88,7 @@ impl Flash {
         let n = self.len();
         let mut out = gpu
             .stream()
-            .alloc_zeros::<f32>(n + self.groups * self.tokens)
+            .alloc_zeros::<f32>((n + self.groups * self.tokens).max(1))
             .map_err(cuda_err("attention alloc"))?;
         if n == 0 {
             return Ok(out);

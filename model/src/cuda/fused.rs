@@ -232,7 +232,15 @@ pub(crate) fn layer_norm_bwd(
         let cfg = LaunchConfig {
             grid_dim: (
                 d.div_ceil(STRIDE_BLOCK as usize) as u32,
-                u32::try_from(chunks).map_err(|_| ModelError::Input("too many rows".into()))?,
+                u32::try_from(chunks)
+                    .ok()
+                    .filter(|&c| c <= 65_535)
+                    .ok_or_else(|| {
+                        ModelError::Input(format!(
+                            "LayerNorm backward: {rows} rows, at most {} on the GPU",
+                            65_535 * WB_CHUNK_ROWS
+                        ))
+                    })?,
                 1,
             ),
             block_dim: (STRIDE_BLOCK, 1, 1),

@@ -86,6 +86,11 @@ impl NcclCollective {
         require_nccl()?;
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
         let stream = gpu.stream().clone();
+        // ncclCommInitRank takes the thread's current device: make it this one.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda_err("bind the device to this thread"))?;
         let comm = Comm::from_rank(stream.clone(), rank, world_size, id)
             .map_err(nccl_err("ncclCommInitRank"))?;
         Ok(Self { comm, stream })

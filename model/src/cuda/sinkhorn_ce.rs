@@ -36,7 +36,7 @@ pub struct SinkhornCeGpu {
 ///
 /// # Errors
 /// [`ModelError::Input`] on empty or mis-sized buffers, a non-positive
-/// temperature or sizes past `i32`; [`ModelError::Cuda`] when compilation,
+/// temperature, zero iterations or sizes past `i32`; [`ModelError::Cuda`] when compilation,
 /// allocation or a launch fails.
 pub fn sinkhorn_ce(
     gpu: &GpuContext,
@@ -217,6 +217,13 @@ fn exp_and_scale(
     cfg: &SinkhornCeConfig,
     teacher_logits: &CudaView<'_, f32>,
 ) -> Result<Scaled> {
+    // With u = 0 before the first prototype step, no iteration would give
+    // all-zero targets (the CPU's 0-iteration result is E/ΣE·n).
+    if cfg.iterations == 0 {
+        return Err(ModelError::Input(
+            "Sinkhorn-Knopp on the GPU needs at least one iteration".into(),
+        ));
+    }
     let (n, k) = match (i32::try_from(cfg.rows), i32::try_from(cfg.prototypes)) {
         (Ok(n), Ok(k)) => (n, k),
         _ => {

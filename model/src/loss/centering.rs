@@ -26,7 +26,7 @@ pub fn sinkhorn_knopp(teacher_logits: &Tensor, temp: f64, iterations: usize) -> 
         return Ok(Tensor::from_vec(q, (n, k), logits.device())?.to_dtype(dtype)?);
     }
     #[cfg(feature = "cuda")]
-    if logits.device().is_cuda() {
+    if logits.device().is_cuda() && iterations > 0 {
         // Our kernels on candle's stream: 2 + 2·iterations launches instead
         // of a dozen composed passes per iteration.
         return Ok(crate::cuda::sinkhorn_knopp_tensor(&logits, temp, iterations)?.to_dtype(dtype)?);

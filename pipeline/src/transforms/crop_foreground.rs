@@ -242,6 +242,7 @@ pub const SPEC: TransformSpec = TransformSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// `crop_owned` gives the image back untouched for the whole box and
     /// equals `crop` otherwise; `foreground_box_by` with `v > t` is
@@ -269,7 +270,6 @@ mod tests {
             );
         }
     }
-    use super::*;
 
     #[test]
     fn allow_smaller_false_pads_outside_with_zero() {

@@ -232,20 +232,30 @@ mod on_gpu {
     pub(super) use crate::cuda::storage::{gpu_of, view, wrap};
 
     impl DeformSample {
-        pub(super) fn geometry(&self) -> DeformGeometry {
-            DeformGeometry {
-                levels: self
-                    .shapes
-                    .iter()
-                    .zip(&self.starts)
-                    .map(|(s, &start)| [s[0] as i32, s[1] as i32, s[2] as i32, start as i32])
-                    .collect(),
+        /// The geometry in the kernels' `int`s (an error past them, never a
+        /// silently wrapped size).
+        pub(super) fn geometry(&self) -> candle_core::Result<DeformGeometry> {
+            let int = |v: usize| {
+                i32::try_from(v).map_err(|_| {
+                    candle_core::Error::Msg(format!(
+                        "deform_sample: size {v} too large for the GPU"
+                    ))
+                })
+            };
+            let levels = self
+                .shapes
+                .iter()
+                .zip(&self.starts)
+                .map(|(s, &start)| Ok([int(s[0])?, int(s[1])?, int(s[2])?, int(start)?]))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(DeformGeometry {
+                levels,
                 groups: self.groups,
                 voxels: self.voxels,
                 dim: self.dim,
                 samples: self.samples(),
                 points: self.points,
-            }
+            })
         }
     }
 
@@ -281,7 +291,7 @@ mod on_gpu {
             let gpu = gpu_of(vs)?;
             let out = deform_bwd(
                 &gpu,
-                &self.0.geometry(),
+                &self.0.geometry()?,
                 &view(vs, vl)?,
                 &view(ls, ll)?,
                 &view(gs, gl)?,
@@ -342,8 +352,12 @@ impl CustomOp2 for DeformSample {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use on_gpu::{gpu_of, view};
         let gpu = gpu_of(s1)?;
-        let out =
-            crate::cuda::deform::deform_fwd(&gpu, &self.geometry(), &view(s1, l1)?, &view(s2, l2)?);
+        let out = crate::cuda::deform::deform_fwd(
+            &gpu,
+            &self.geometry()?,
+            &view(s1, l1)?,
+            &view(s2, l2)?,
+        );
         let shape = Shape::from(vec![
             self.groups,
             self.queries,
