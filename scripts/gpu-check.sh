@@ -28,8 +28,11 @@
 #   scripts/gpu-check.sh --run-step [DIR]
 #                                        on the GPU machine: the training step
 #                                        alone (ViT-S, then ViT-L at batch 8
-#                                        and 32 in TF32, at 32 in bf16), with
-#                                        PyTorch's same step at batch 32
+#                                        and 32 in TF32, at 32 in bf16, at 32
+#                                        and 64 in bf16 with activation
+#                                        checkpointing), with PyTorch's step
+#                                        at 32 and 64 and each step's peak
+#                                        GPU memory
 #
 # --build needs cargo, python3 and nvcc (CUDA 13.0; without one on PATH it
 # makes one from pip wheels with scripts/cuda-toolkit.sh): candle compiles
@@ -54,7 +57,7 @@ case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac
 MAX_BYTES=$((50 * 1024 * 1024))
 
 usage() {
-    sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -206,19 +209,36 @@ test_step() {
 run_train_step() {
     [ -f "$DIR/train_step_cuda.xz" ] || { echo "no $DIR/train_step_cuda.xz: skipping the training step"; return 0; }
     unpack
-    local mem_log="${OUT:-/tmp}/gpu_memory.csv"
-    nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 250 >"$mem_log" 2>/dev/null &
-    local smi=$!
-    step "train step ViT-S b2 f32" env DEVICE=cuda:0 ARCH=small BATCH=2 "$DIR/train_step_cuda"
-    step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$DIR/train_step_cuda"
-    step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$DIR/train_step_cuda"
-    step "train step ViT-L b32 bf16" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 "$DIR/train_step_cuda"
-    kill "$smi" 2>/dev/null
-    echo "peak GPU memory in use (MiB): $(cut -d, -f2 "$mem_log" | grep -o '[0-9]*' | sort -n | tail -1)"
+    local bin="$DIR/train_step_cuda"
+    gpu_step "train step ViT-S b2 f32" env DEVICE=cuda:0 ARCH=small BATCH=2 "$bin"
+    gpu_step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$bin"
+    gpu_step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$bin"
+    gpu_step "train step ViT-L b32 bf16" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 "$bin"
+    # Activation checkpointing (train.activation_checkpointing): the memory
+    # it saves at 32, and whether batch 64 fits (PyTorch: 54 GiB at 64).
+    gpu_step "train step ViT-L b32 bf16 checkpointed" env DEVICE=cuda:0 PRECISION=bf16 CHECKPOINT=1 ARCH=large BATCH=32 "$bin"
+    gpu_step "train step ViT-L b64 bf16 checkpointed" env DEVICE=cuda:0 PRECISION=bf16 CHECKPOINT=1 ARCH=large BATCH=64 STEPS=2 "$bin"
     if command -v python3 >/dev/null && [ -f "$ROOT/benches/train_step_torch.py" ]; then
-        step "torch ViT-L b32 tf32" python3 "$ROOT/benches/train_step_torch.py" --device cuda --tf32 --arch large --batch 32 --steps 3 --warmup 1
-        step "torch ViT-L b32 bf16" python3 "$ROOT/benches/train_step_torch.py" --device cuda --bf16 --arch large --batch 32 --steps 3 --warmup 1
+        local torch=(python3 "$ROOT/benches/train_step_torch.py" --device cuda --arch large --steps 3 --warmup 1)
+        gpu_step "torch ViT-L b32 tf32" "${torch[@]}" --tf32 --batch 32
+        gpu_step "torch ViT-L b32 bf16" "${torch[@]}" --bf16 --batch 32
+        gpu_step "torch ViT-L b64 bf16" "${torch[@]}" --bf16 --batch 64
     fi
+}
+
+# Like step, with the GPU memory in use sampled every 250 ms (nvidia-smi:
+# the whole process, context included) and its peak printed.
+gpu_step() {
+    local name="$1" log
+    log=$(mktemp)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 >"$log" 2>/dev/null &
+    local smi=$!
+    step "$@"
+    kill "$smi" 2>/dev/null
+    wait "$smi" 2>/dev/null
+    echo "=== [$name] peak GPU memory in use: $(grep -o '[0-9]*' "$log" | sort -n | tail -1) MiB" \
+        | tee -a "${OUT:-/tmp}/gpu_memory.txt"
+    rm -f "$log"
 }
 
 # The loader on this host's cores (CPU only, issue 23): the bundled brains

@@ -8,7 +8,9 @@
 //! WARMUP (1), GLOBAL (96), LOCAL (48), LOCALS (8), PROTOTYPES (65536),
 //! HIDDEN (2048), BOTTLENECK (256), DEVICE (cpu, or cuda:N with the
 //! `cuda` feature), PRECISION (f32, tf32 or bf16: matmuls in bf16, the rest
-//! f32, as `train.precision`), TF32 (1: the same as PRECISION=tf32).
+//! f32, as `train.precision`), TF32 (1: the same as PRECISION=tf32),
+//! CHECKPOINT (1: recompute each block in the backward, as
+//! `train.activation_checkpointing`).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -103,9 +105,11 @@ fn main() {
         n_prototypes: env("PROTOTYPES", 65_536),
         ..DinoHeadConfig::new(backbone.embed_dim)
     };
+    let checkpoint = env("CHECKPOINT", 0) == 1;
     let cfg = SslConfig {
         dino_head: head.clone(),
         ibot_head: head,
+        activation_checkpointing: checkpoint,
         ..SslConfig::threedino(backbone)
     };
     let dev = device();
@@ -149,7 +153,7 @@ fn main() {
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "rust step: arch={arch} batch={b} mean_s={mean:.4} min_s={min:.4} samples_per_s={:.4} peak_rss_mib={:.1} threads={}",
+        "rust step: arch={arch} batch={b} checkpoint={checkpoint} mean_s={mean:.4} min_s={min:.4} samples_per_s={:.4} peak_rss_mib={:.1} threads={}",
         b as f64 / mean,
         common::peak_rss_mib(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())

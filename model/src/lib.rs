@@ -49,6 +49,7 @@ pub mod optim;
 mod patch_embed;
 pub mod pos_embed;
 pub mod precision;
+mod recompute;
 pub mod schedule;
 pub mod seg;
 pub mod ssl;
@@ -60,4 +61,7 @@ pub use candle_core;
 pub use candle_nn;
 pub use error::{ModelError, Result};
 pub use head::{DinoHead, DinoHeadConfig};
-pub use vit3d::{AttentionCapture, DropPathMode, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};
+pub use vit3d::{
+    Activations, AttentionCapture, BlockTape, DropPathMode, ForwardOptions, ViT3d, ViT3dConfig,
+    ViT3dOutput,
+};

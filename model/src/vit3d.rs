@@ -8,6 +8,7 @@ pub use crate::drop_path::DropPathMode;
 use crate::drop_path::{SplitMix64, Subset, drop_path_scale};
 use crate::norm::LayerNorm;
 use crate::patch_embed::PatchEmbed3d;
+pub use crate::recompute::{Activations, BlockTape};
 use crate::{ModelError, Result, pos_embed};
 
 /// Backbone hyper-parameters.
@@ -168,6 +169,10 @@ pub struct ForwardOptions<'a> {
     /// no drop path (teacher, evaluation). Attention maps cannot be captured
     /// with subset drop path (a branch sees only part of the batch).
     pub drop_path_seed: Option<u64>,
+    /// What the pass keeps of each block's activations for a backward
+    /// (activation checkpointing, or none for inference). Under anything
+    /// but `Keep` the attention maps carry no gradient.
+    pub activations: Activations,
 }
 
 /// What a forward pass returns.
@@ -185,6 +190,9 @@ pub struct ViT3dOutput {
     pub attentions: Vec<Tensor>,
     /// Token grid `(X/p, Y/p, Z/p)`; N is its product, last axis fastest.
     pub grid: [usize; 3],
+    /// Under [`Activations::Recompute`], what [`ViT3d::backward_tape`] needs
+    /// to bring the gradients through the blocks.
+    pub tape: Option<BlockTape>,
 }
 
 /// 3DINO's pre-norm ViT for `(N, C, X, Y, Z)` volumes.
@@ -305,6 +313,12 @@ impl ViT3d {
             )));
         }
         let mut h = self.prepare_tokens(x, opts.masks)?;
+        let mut tape = None;
+        if opts.activations == Activations::Recompute {
+            let (t, leaf) = BlockTape::start(h)?;
+            tape = Some(t);
+            h = leaf;
+        }
         let b = h.dim(0)?;
         let mut rng = opts.drop_path_seed.map(SplitMix64::new);
         let rate = self.cfg.drop_path_rate;
@@ -330,7 +344,15 @@ impl ViT3d {
                 _ => BranchDrop::None,
             };
             let (out, attn) = block.forward(&h, &drop)?;
-            h = out;
+            h = match (opts.activations, tape.as_mut()) {
+                (Activations::Recompute, Some(t)) => t.record(&out, drop)?,
+                (Activations::Discard, _) => out.detach(),
+                _ => out,
+            };
+            let attn = match opts.activations {
+                Activations::Keep => attn,
+                _ => attn.detach(),
+            };
             match opts.attention {
                 AttentionCapture::None => {}
                 AttentionCapture::ClsRow => attentions.push(attn.narrow(2, 0, 1)?.squeeze(2)?),
@@ -354,7 +376,20 @@ impl ViT3d {
             intermediates,
             attentions,
             grid,
+            tape,
         })
+    }
+
+    /// Completes `grads`, the backward of a loss computed from a
+    /// [`Activations::Recompute`] pass of this backbone, by recomputing the
+    /// blocks one at a time: afterwards it holds every parameter's gradient,
+    /// as the backward of a `Keep` pass would.
+    pub fn backward_tape(
+        &self,
+        tape: BlockTape,
+        grads: &mut candle_core::backprop::GradStore,
+    ) -> Result<()> {
+        tape.backward(&self.blocks, grads)
     }
 
     /// Plain forward pass (no masks, no drop path, no captures).

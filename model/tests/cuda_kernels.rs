@@ -351,10 +351,11 @@ fn adamw_on_cuda_tensors_matches_the_cpu_bit_for_bit() {
 /// there: candle's CUDA ops plus our LayerNorm, GELU and softmax twins)
 /// against the CPU with the same weights: the normed [CLS] and patch
 /// tokens, the last block's attention, and every parameter's gradient of a
-/// weighted sum of the outputs.
+/// weighted sum of the outputs; on the GPU also with activation
+/// checkpointing (the blocks recomputed in the backward).
 #[test]
 fn vit_forward_and_backward_on_cuda_match_the_cpu() {
-    use dino3d_model::{AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig};
+    use dino3d_model::{Activations, AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig};
     let Some(gpu) = gpu() else { return };
     let cfg = ViT3dConfig {
         pos_grid: 2,
@@ -370,13 +371,18 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
         }
     }
     let x = normal(2 * 32 * 32 * 32, 31);
-    let run = |vit: &ViT3d, vm: &dino3d_model::candle_nn::VarMap, dev: &Device| {
+    let run = |vit: &ViT3d,
+               vm: &dino3d_model::candle_nn::VarMap,
+               dev: &Device,
+               activations: Activations| {
         let input = Tensor::from_slice(&x, (2, 1, 32, 32, 32), dev).unwrap();
         let opts = ForwardOptions {
             attention: AttentionCapture::Full,
+            activations,
             ..Default::default()
         };
-        let out = vit.forward_with(&input, &opts).unwrap();
+        let mut out = vit.forward_with(&input, &opts).unwrap();
+        let tape = out.tape.take();
         let w = |t: &Tensor, seed| {
             Tensor::from_vec(normal(t.elem_count(), seed), t.shape(), dev).unwrap()
         };
@@ -389,7 +395,10 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
                 .sum_all()
                 .unwrap())
         .unwrap();
-        let grads = loss.backward().unwrap();
+        let mut grads = loss.backward().unwrap();
+        if let Some(tape) = tape {
+            vit.backward_tape(tape, &mut grads).unwrap();
+        }
         let v = |t: &Tensor| {
             t.flatten_all()
                 .unwrap()
@@ -409,29 +418,37 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
         let attn = v(out.attentions.last().unwrap());
         (v(&out.cls_norm), v(&out.patch_norm), attn, named)
     };
-    let cpu = run(&cpu_vit, &cpu_vm, &Device::Cpu);
-    let cuda = run(&gpu_vit, &gpu_vm, &gpu.device());
-    for (name, a, b) in [
-        ("cls", &cuda.0, &cpu.0),
-        ("patch", &cuda.1, &cpu.1),
-        ("attention", &cuda.2, &cpu.2),
-    ] {
-        let err = max_rel_err(a, b);
-        println!("ViT on CUDA, {name}: rel err {err:.3e}");
-        assert!(err <= 1e-4, "{name}: {err:.3e}");
-    }
-    let mut worst = (0.0f64, String::new());
-    for ((name, a), (_, b)) in cuda.3.iter().zip(&cpu.3) {
-        let err = max_rel_err(a, b);
-        if err > worst.0 {
-            worst = (err, name.clone());
+    let cpu = run(&cpu_vit, &cpu_vm, &Device::Cpu, Activations::Keep);
+    for activations in [Activations::Keep, Activations::Recompute] {
+        let cuda = run(&gpu_vit, &gpu_vm, &gpu.device(), activations);
+        for (name, a, b) in [
+            ("cls", &cuda.0, &cpu.0),
+            ("patch", &cuda.1, &cpu.1),
+            ("attention", &cuda.2, &cpu.2),
+        ] {
+            let err = max_rel_err(a, b);
+            println!("ViT on CUDA ({activations:?}), {name}: rel err {err:.3e}");
+            assert!(err <= 1e-4, "{activations:?} {name}: {err:.3e}");
         }
+        assert_eq!(cuda.3.len(), cpu.3.len());
+        let mut worst = (0.0f64, String::new());
+        for ((name, a), (_, b)) in cuda.3.iter().zip(&cpu.3) {
+            let err = max_rel_err(a, b);
+            if err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+        println!(
+            "ViT on CUDA ({activations:?}), gradients: worst rel err {:.3e} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= 1e-3,
+            "{activations:?} gradient of {}: {:.3e}",
+            worst.1,
+            worst.0
+        );
     }
-    println!(
-        "ViT on CUDA, gradients: worst rel err {:.3e} ({})",
-        worst.0, worst.1
-    );
-    assert!(worst.0 <= 1e-3, "gradient of {}: {:.3e}", worst.1, worst.0);
 }
 
 /// The ViT-Adapter's deformable sampling (`seg::adapter::deform_sample`) on

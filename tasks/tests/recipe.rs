@@ -168,11 +168,20 @@ fn training_sections_default_to_3dino_and_are_validated() {
         ..t.clone()
     };
     assert_eq!(auto.precision_on(&Device::Cpu), Precision::F32);
-    let text = format!("{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n");
-    let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
+    assert!(!t.activation_checkpointing, "kept activations by default");
+    let text = format!(
+        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n"
+    );
+    let (plan, task) = compile_str(&text, Path::new("r.yaml")).unwrap();
+    let Task::Pretrain(t) = task else {
         panic!("a pretraining task")
     };
     assert_eq!(t.precision_on(&Device::Cpu), Precision::Bf16);
+    let ssl = dino3d_tasks::pretrain::setup::ssl_config(&t, &plan).unwrap();
+    assert!(ssl.activation_checkpointing, "the key reaches the model");
+    assert!(t.to_string().contains("activation checkpointing"), "{t}");
+    let e = errors(&format!("{GOOD}train:\n  activation_checkpointing: 1\n")).to_string();
+    assert!(e.contains("r.yaml:25:29"), "{e}");
     let e = errors(&format!("{GOOD}train:\n  precision: fp16\n")).to_string();
     assert!(e.contains("r.yaml:25:14: train.precision `fp16`"), "{e}");
 

@@ -8,7 +8,7 @@ use crate::loss::{
     SINKHORN_ITERATIONS, STUDENT_TEMP, SoftmaxCentering, dino_loss, ibot_loss, koleo_loss,
     sinkhorn_knopp, sinkhorn_knopp_all,
 };
-use crate::{ForwardOptions, ModelError, Result};
+use crate::{Activations, BlockTape, ForwardOptions, ModelError, Result, ViT3d, ViT3dOutput};
 
 /// One multi-crop batch as the model sees it.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,8 @@ pub struct SslLosses {
     pub total: Tensor,
     /// Masked tokens in the batch.
     pub n_masked: usize,
+    /// The student passes' tapes under activation checkpointing.
+    tapes: Vec<BlockTape>,
 }
 
 /// The loss terms as numbers, for logs.
@@ -67,6 +69,18 @@ impl SslLosses {
             total: v(&self.total)?,
         })
     }
+
+    /// The gradients of the total with respect to every student parameter.
+    /// Under activation checkpointing the blocks are recomputed from their
+    /// tapes after the loss's own graph is freed.
+    pub fn backward(self, backbone: &ViT3d) -> Result<candle_core::backprop::GradStore> {
+        let mut grads = self.total.backward()?;
+        let tapes = self.tapes;
+        for tape in tapes {
+            backbone.backward_tape(tape, &mut grads)?;
+        }
+        Ok(grads)
+    }
 }
 
 /// Teacher targets: centred probabilities of the global \[CLS\] and of the
@@ -81,6 +95,20 @@ pub(super) struct LossSetup {
     pub dino_weight: f64,
     pub ibot_weight: f64,
     pub koleo_weight: f64,
+    /// What the student's passes keep for the backward.
+    pub activations: Activations,
+}
+
+/// The teacher's backbone pass: no gradient, so each block's graph is
+/// dropped as soon as its output exists.
+fn teacher_forward(teacher: &Networks, globals: &Tensor) -> Result<ViT3dOutput> {
+    teacher.backbone.forward_with(
+        globals,
+        &ForwardOptions {
+            activations: Activations::Discard,
+            ..Default::default()
+        },
+    )
 }
 
 /// The masked-token gather: flat indices into `(G·B·N, E)` and weights.
@@ -126,7 +154,7 @@ pub(super) fn teacher_targets(
     if let Some(comm) = distributed(comm) {
         return teacher_targets_all(teacher, batch, gather, temp, centering, comm);
     }
-    let out = teacher.backbone.forward(batch.globals)?;
+    let out = teacher_forward(teacher, batch.globals)?;
     let cls = out.cls_norm.detach();
     let dino_logits = teacher.dino_head.forward(&cls)?.detach();
     let ibot_logits = if gather.count > 0 {
@@ -159,7 +187,7 @@ fn teacher_targets_all(
     centering: &mut CenteringState,
     comm: &dyn Collective,
 ) -> Result<Targets> {
-    let out = teacher.backbone.forward(batch.globals)?;
+    let out = teacher_forward(teacher, batch.globals)?;
     let dino_logits = teacher.dino_head.forward(&out.cls_norm.detach())?.detach();
     let ibot_logits = if gather.count > 0 {
         let e = out.patch_norm.dim(2)?;
@@ -191,25 +219,29 @@ pub(super) fn student_losses(
     setup: &LossSetup,
     drop_path_seed: Option<u64>,
 ) -> Result<SslLosses> {
-    let g = student.backbone.forward_with(
+    let mut g = student.backbone.forward_with(
         batch.globals,
         &ForwardOptions {
             masks: Some(&gather.mask_tensor),
             drop_path_seed,
+            activations: setup.activations,
             ..Default::default()
         },
     )?;
+    let mut tapes: Vec<BlockTape> = g.tape.take().into_iter().collect();
     let s_global = student.dino_head.forward(&g.cls_norm)?;
     let s_local = match batch.locals {
         Some(l) => {
-            let out = student.backbone.forward_with(
+            let mut out = student.backbone.forward_with(
                 l,
                 &ForwardOptions {
                     // A different stream for the locals' drop path.
                     drop_path_seed: drop_path_seed.map(|s| s ^ 0x5EED_10CA_1000_0001),
+                    activations: setup.activations,
                     ..Default::default()
                 },
             )?;
+            tapes.extend(out.tape.take());
             Some(student.dino_head.forward(&out.cls_norm)?)
         }
         None => None,
@@ -255,6 +287,7 @@ pub(super) fn student_losses(
         ibot,
         total,
         n_masked: gather.count,
+        tapes,
     })
 }
 

@@ -12,7 +12,7 @@ use super::losses::{
 use crate::dist::{Collective, ReduceOp, average_gradients, distributed};
 use crate::optim::{AdamW, AdamWConfig, GroupRules, clip_per_module, ema_update};
 use crate::schedule::ScheduleValues;
-use crate::{DinoHead, DinoHeadConfig, ModelError, Result, ViT3d, ViT3dConfig};
+use crate::{Activations, DinoHead, DinoHeadConfig, ModelError, Result, ViT3d, ViT3dConfig};
 
 /// How teacher outputs become targets.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +49,10 @@ pub struct SslConfig {
     pub rules: GroupRules,
     /// AdamW constants.
     pub adamw: AdamWConfig,
+    /// Recompute each student block's activations in the backward instead
+    /// of keeping them (activation checkpointing): one extra forward of the
+    /// blocks for a fraction of the memory.
+    pub activation_checkpointing: bool,
 }
 
 impl SslConfig {
@@ -67,6 +71,7 @@ impl SslConfig {
             clip_grad: crate::optim::THREEDINO_CLIP_GRAD,
             rules: GroupRules::threedino(depth),
             adamw: AdamWConfig::default(),
+            activation_checkpointing: false,
         }
     }
 }
@@ -243,6 +248,11 @@ impl SslModel {
             dino_weight: self.cfg.dino_weight,
             ibot_weight: self.cfg.ibot_weight,
             koleo_weight: self.cfg.koleo_weight,
+            activations: if self.cfg.activation_checkpointing {
+                Activations::Recompute
+            } else {
+                Activations::Keep
+            },
         };
         student_losses(
             &self.student,
@@ -305,8 +315,7 @@ impl SslModel {
                 "the loss is not finite ({report_losses:?}); stopping before the update"
             )));
         }
-        let mut grads = losses.total.backward()?;
-        drop(losses);
+        let mut grads = losses.backward(&self.student.backbone)?;
         if let Some(comm) = comm {
             average_gradients(&mut grads, &self.optimizer.vars_with_prefix(""), comm)?;
         }

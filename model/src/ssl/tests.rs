@@ -256,3 +256,52 @@ fn a_bf16_step_matches_the_f32_step_to_bf16_accuracy() {
         moved(&t16, &t32)
     );
 }
+
+#[test]
+fn activation_checkpointing_takes_the_same_step() {
+    let d = data(9);
+    let mut kept = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
+    let mut recomputed = SslModel::new(
+        SslConfig {
+            activation_checkpointing: true,
+            ..cfg()
+        },
+        &Device::Cpu,
+        0,
+    )
+    .unwrap();
+    for it in 0..2 {
+        let a = kept.step(&batch(&d), values(0.9, 1e-3), Some(it)).unwrap();
+        let b = recomputed
+            .step(&batch(&d), values(0.9, 1e-3), Some(it))
+            .unwrap();
+        assert_eq!(a.losses, b.losses, "the forward is the same pass");
+        for (x, y) in a.grad_norms.iter().zip(&b.grad_norms) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x,
+                "{:?} vs {:?}",
+                a.grad_norms,
+                b.grad_norms
+            );
+        }
+    }
+    let names: Vec<String> = kept
+        .student_vars()
+        .data()
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for name in names {
+        for (x, y) in get(kept.student_vars(), &name)
+            .iter()
+            .zip(get(recomputed.student_vars(), &name))
+        {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+}

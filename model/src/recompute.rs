@@ -1,0 +1,235 @@
+//! Activation checkpointing per transformer block: a forward pass that keeps
+//! only each block's input, and a backward that recomputes the blocks one at
+//! a time from those inputs.
+//!
+//! candle's autograd keeps every intermediate of the graph alive until the
+//! backward: for a ViT-L block that is about twenty `(B, T, E)`-sized tensors
+//! plus the `(B, H, T, T)` scores and probabilities. Under
+//! [`Activations::Recompute`] the forward detaches each block's output, so
+//! the block's graph is freed at once, and continues from a copy of it made a
+//! leaf variable, which the [`BlockTape`] records. The loss's own backward
+//! then stops at those leaves, and [`BlockTape::backward`] walks the blocks
+//! from the last: recompute block `i` from its recorded input with its
+//! recorded drop path, and backpropagate `sum(out · grad_out)`, whose
+//! gradient with respect to `out` is exactly `grad_out`. One block's
+//! intermediates are alive at a time, for one extra forward of the blocks.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+use crate::block::{Block, BranchDrop};
+
+/// What a forward pass keeps of each block's activations for a backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Everything, as candle's autograd does (the default).
+    #[default]
+    Keep,
+    /// Only each block's input; the backward recomputes the rest
+    /// ([`BlockTape::backward`]). Gradients are those of `Keep` up to the
+    /// order of float additions.
+    Recompute,
+    /// Nothing: each block's graph is dropped as soon as its output exists,
+    /// so no gradient reaches the blocks (teacher and inference passes).
+    Discard,
+}
+
+/// The record of one [`Activations::Recompute`] forward pass.
+#[derive(Debug, Clone)]
+pub struct BlockTape {
+    /// Block 0's input with its graph (patch embedding, tokens, positions).
+    tokens: Tensor,
+    /// Leaf variables: `inputs[i]` is block `i`'s input, the last one the
+    /// last block's output.
+    inputs: Vec<Tensor>,
+    /// Each block's drop-path draw, replayed by the recomputation.
+    drops: Vec<BranchDrop>,
+}
+
+impl BlockTape {
+    /// Starts a tape at block 0's input `tokens`; returns it with the leaf
+    /// the first block reads.
+    pub(crate) fn start(tokens: Tensor) -> Result<(Self, Tensor)> {
+        let leaf = leaf_copy(&tokens)?;
+        let tape = Self {
+            tokens,
+            inputs: vec![leaf.clone()],
+            drops: Vec::new(),
+        };
+        Ok((tape, leaf))
+    }
+
+    /// Records a block's output (graph dropped) and its drop path; returns
+    /// the leaf the next block reads.
+    pub(crate) fn record(&mut self, out: &Tensor, drop: BranchDrop) -> Result<Tensor> {
+        let leaf = leaf_copy(out)?;
+        self.inputs.push(leaf.clone());
+        self.drops.push(drop);
+        Ok(leaf)
+    }
+
+    /// Completes `grads`, the loss's backward, through the recorded blocks:
+    /// adds every block parameter's and the token parameters' gradients and
+    /// removes the tape's leaves. `blocks` must be the blocks that ran.
+    pub(crate) fn backward(self, blocks: &[Block], grads: &mut GradStore) -> Result<()> {
+        let Self {
+            tokens,
+            mut inputs,
+            drops,
+        } = self;
+        debug_assert_eq!(drops.len(), blocks.len());
+        for (block, branch_drop) in blocks.iter().zip(&drops).rev() {
+            let output = inputs.pop().expect("one leaf per block output");
+            let Some(grad_out) = grads.remove(&output) else {
+                continue;
+            };
+            drop(output);
+            let input = inputs.last().expect("one leaf per block input");
+            let (out, _) = block.forward(input, branch_drop)?;
+            grads.extend(seeded_backward(&out, &grad_out)?)?;
+        }
+        let first = inputs.pop().expect("block 0's input");
+        if let Some(grad) = grads.remove(&first) {
+            grads.extend(seeded_backward(&tokens, &grad)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A detached copy of `t` that is a leaf variable, so the loss's backward
+/// stops at it and leaves its gradient in the store.
+fn leaf_copy(t: &Tensor) -> Result<Tensor> {
+    Ok(Var::from_tensor(&t.detach())?.into_inner())
+}
+
+/// The backward of `out` given its gradient: that of `sum(out · grad)`.
+fn seeded_backward(out: &Tensor, grad: &Tensor) -> Result<GradStore> {
+    let mut grads = (out * grad)?.sum_all()?.backward()?;
+    // candle also stores the product's gradient with respect to the
+    // untracked `grad` (a copy of `out`); it must not pile up per block.
+    grads.remove(grad);
+    Ok(grads)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::{DropPathMode, ForwardOptions, ViT3d, ViT3dConfig, ViT3dOutput};
+
+    fn vit(mode: DropPathMode) -> (ViT3d, candle_nn::VarMap) {
+        let cfg = ViT3dConfig {
+            embed_dim: 24,
+            depth: 3,
+            num_heads: 2,
+            pos_grid: 2,
+            drop_path_rate: 0.25,
+            drop_path_mode: mode,
+            // Large enough that every branch carries real gradient.
+            layerscale_init: 0.5,
+            ..ViT3dConfig::tiny()
+        };
+        ViT3d::with_varmap(cfg, &Device::Cpu).unwrap()
+    }
+
+    fn noise(seed: u64, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let v = crate::kernels_ref::testing::uniform(n, seed, 1.0);
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn pass(vit: &ViT3d, x: &Tensor, masks: &Tensor, activations: Activations) -> ViT3dOutput {
+        let opts = ForwardOptions {
+            masks: Some(masks),
+            intermediate_layers: &[1],
+            drop_path_seed: Some(11),
+            activations,
+            ..Default::default()
+        };
+        vit.forward_with(x, &opts).unwrap()
+    }
+
+    /// A loss reading the \[CLS\], the patch tokens and an intermediate
+    /// block output, so gradients enter the blocks at two depths.
+    fn loss(out: &ViT3dOutput) -> Tensor {
+        let w = |seed, t: &Tensor| (t * noise(seed, t.dims())).unwrap().sum_all().unwrap();
+        let cls = w(1, &out.cls_norm);
+        let patches = w(2, &out.patch_norm);
+        let mid = w(3, &out.intermediates[0]);
+        ((cls + patches).unwrap() + mid).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn recomputed_gradients_equal_kept_ones() {
+        for mode in [DropPathMode::Subset, DropPathMode::PerSample] {
+            let (vit, vm) = vit(mode);
+            let x = noise(5, &[4, 1, 32, 32, 32]);
+            let masks = noise(6, &[4, 8]).gt(0.3).unwrap();
+            let kept = pass(&vit, &x, &masks, Activations::Keep);
+            let grads_kept = loss(&kept).backward().unwrap();
+            let mut re = pass(&vit, &x, &masks, Activations::Recompute);
+            assert_eq!(max_abs_diff(&kept.prenorm, &re.prenorm), 0.0, "{mode:?}");
+            let tape = re.tape.take().expect("a tape under Recompute");
+            assert_eq!(tape.inputs.len(), 4, "block 0's input and 3 outputs");
+            let leaves: Vec<_> = tape.inputs.iter().map(Tensor::id).collect();
+            let mut grads_re = loss(&re).backward().unwrap();
+            vit.backward_tape(tape, &mut grads_re).unwrap();
+            let vars = vm.data().lock().unwrap();
+            // candle also stores gradients of untracked operands (the loss's
+            // weights, the patches); both stores must hold the same entries
+            // in number, and no tape leaf may be left.
+            assert_eq!(
+                grads_re.get_ids().count(),
+                grads_kept.get_ids().count(),
+                "{mode:?}"
+            );
+            assert!(leaves.iter().all(|id| grads_re.get_id(*id).is_none()));
+            for (name, v) in vars.iter() {
+                let a = grads_kept.get(v.as_tensor()).expect("kept gradient");
+                let b = grads_re
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{mode:?} {name}: no recomputed gradient"));
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(scale > 0.0, "{mode:?} {name}: the loss must reach it");
+                let d = max_abs_diff(a, b);
+                assert!(d <= 1e-5 * scale, "{mode:?} {name}: {d} (scale {scale})");
+            }
+        }
+    }
+
+    #[test]
+    fn discarded_activations_give_the_same_outputs_and_no_block_gradient() {
+        let (vit, vm) = vit(DropPathMode::Subset);
+        let x = noise(7, &[2, 1, 32, 32, 32]);
+        let masks = noise(8, &[2, 8]).gt(0.0).unwrap();
+        let kept = pass(&vit, &x, &masks, Activations::Keep);
+        let out = pass(&vit, &x, &masks, Activations::Discard);
+        assert!(out.tape.is_none());
+        assert_eq!(max_abs_diff(&kept.cls_norm, &out.cls_norm), 0.0);
+        assert_eq!(max_abs_diff(&kept.patch_norm, &out.patch_norm), 0.0);
+        let grads = loss(&out).backward().unwrap();
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            let reached = grads.get(v.as_tensor()).is_some();
+            assert_eq!(reached, name.starts_with("norm."), "{name}");
+        }
+    }
+}
