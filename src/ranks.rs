@@ -15,6 +15,22 @@ use dino3d_tasks::pretrain::{Options, config::PretrainConfig};
 #[cfg(feature = "cuda")]
 const BOOTSTRAP_TIMEOUT_S: u64 = 300;
 
+/// How long one collective may wait for the other ranks (seconds), unless
+/// `DINO3D_COLLECTIVE_TIMEOUT` says otherwise: PyTorch's NCCL default.
+#[cfg(feature = "cuda")]
+const COLLECTIVE_TIMEOUT_S: u64 = 600;
+
+/// Seconds from the variable `name`, else `default`.
+#[cfg(feature = "cuda")]
+fn seconds(name: &str, default: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// Pretrains as rank `env.rank` of `env.world_size` on GPU `env.local_rank`:
 /// rank 0 makes the NCCL id, the bootstrap hands it to the others over TCP
 /// (`MASTER_ADDR:MASTER_PORT`), every rank joins on its GPU, and the
@@ -70,12 +86,20 @@ fn join_and_train(
             env.rank, env.world_size, env.local_rank
         )
     })?;
-    let timeout = std::env::var("DINO3D_BOOTSTRAP_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(BOOTSTRAP_TIMEOUT_S);
-    let comm =
-        dino3d_tasks::distributed::join_nccl(env, &gpu, std::time::Duration::from_secs(timeout))?;
+    // A blocked NCCL call cannot be interrupted: a stuck or lost rank ends
+    // this process, and the launcher (torchrun, srun --kill-on-bad-exit,
+    // dino-run launch) stops the others.
+    let on_failure: dino3d_tasks::distributed::progress::OnFailure = std::sync::Arc::new(|m| {
+        eprintln!("error: {m}; stopping this rank");
+        std::process::abort();
+    });
+    let comm = dino3d_tasks::distributed::join_nccl(
+        env,
+        &gpu,
+        seconds("DINO3D_BOOTSTRAP_TIMEOUT", BOOTSTRAP_TIMEOUT_S),
+        seconds("DINO3D_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT_S),
+        on_failure,
+    )?;
     eprintln!(
         "rank {} of {}: joined NCCL on GPU {} ({})",
         env.rank,

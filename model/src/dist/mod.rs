@@ -1,5 +1,6 @@
 //! Collectives for data-parallel training: the one trait the losses and the
-//! optimiser step call, a world of one, and N ranks as threads for tests.
+//! optimiser step call, a world of one, N ranks as threads for tests, and a
+//! deadline on every collective ([`Watchdog`]).
 //!
 //! Reductions are over host slices: the sums they carry (Sinkhorn-Knopp's
 //! K prototype sums, a centre, the gradients) are small next to a step's
@@ -8,9 +9,11 @@
 
 mod grads;
 mod in_process;
+mod watchdog;
 
 pub use grads::average_gradients;
 pub use in_process::{InProcess, InProcessRank};
+pub use watchdog::{Hang, OnHang, ProgressBoard, Watchdog};
 
 use candle_core::{DType, Tensor};
 

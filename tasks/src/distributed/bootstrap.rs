@@ -27,8 +27,25 @@ fn fail(m: impl Into<String>) -> DistError {
 /// ranks: connect to `env.master_addr:master_port` (retrying until `timeout`,
 /// rank 0 may start later) and return what rank 0 sent.
 pub fn exchange(env: &LaunchEnv, blob: &[u8], timeout: Duration) -> Result<Vec<u8>, DistError> {
+    Ok(join(env, blob, timeout)?.0)
+}
+
+/// The connections the bootstrap leaves open, for the job's progress board
+/// ([`super::progress`]).
+#[derive(Debug)]
+pub enum Link {
+    /// A job of one process.
+    Single,
+    /// Rank 0: the connection of every other rank, at its rank's index.
+    Main(Vec<Option<TcpStream>>),
+    /// Another rank: its connection to rank 0.
+    Other(TcpStream),
+}
+
+/// [`exchange`], keeping the connections open.
+pub fn join(env: &LaunchEnv, blob: &[u8], timeout: Duration) -> Result<(Vec<u8>, Link), DistError> {
     if env.world_size <= 1 {
-        return Ok(blob.to_vec());
+        return Ok((blob.to_vec(), Link::Single));
     }
     if env.rank == 0 {
         let listener = TcpListener::bind(("0.0.0.0", env.master_port)).map_err(|e| {
@@ -37,21 +54,23 @@ pub fn exchange(env: &LaunchEnv, blob: &[u8], timeout: Duration) -> Result<Vec<u
                 env.master_port
             ))
         })?;
-        serve(&listener, env.world_size, blob, timeout)?;
-        Ok(blob.to_vec())
+        let streams = serve(&listener, env.world_size, blob, timeout)?;
+        Ok((blob.to_vec(), Link::Main(streams)))
     } else {
         let addr = format!("{}:{}", env.master_addr, env.master_port);
-        fetch(&addr, env.rank, env.world_size, timeout)
+        let (blob, stream) = fetch_link(&addr, env.rank, env.world_size, timeout)?;
+        Ok((blob, Link::Other(stream)))
     }
 }
 
-/// Rank 0's side on a bound listener (tests bind port 0).
+/// Rank 0's side on a bound listener (tests bind port 0); returns the
+/// other ranks' connections, at their ranks' indices.
 pub fn serve(
     listener: &TcpListener,
     world_size: usize,
     blob: &[u8],
     timeout: Duration,
-) -> Result<(), DistError> {
+) -> Result<Vec<Option<TcpStream>>, DistError> {
     if blob.len() > MAX_BLOB {
         return Err(fail(format!("a blob of {} bytes is too large", blob.len())));
     }
@@ -112,9 +131,11 @@ pub fn serve(
             msg.extend_from_slice(blob);
             s.write_all(&msg)
                 .map_err(|e| fail(format!("sending to rank {rank}: {e}")))?;
+            s.set_read_timeout(None)
+                .map_err(|e| fail(format!("rank {rank}'s connection: {e}")))?;
         }
     }
-    Ok(())
+    Ok(arrived)
 }
 
 enum Hello {
@@ -167,6 +188,16 @@ pub fn fetch(
     world_size: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, DistError> {
+    Ok(fetch_link(addr, rank, world_size, timeout)?.0)
+}
+
+/// [`fetch`], keeping the connection to rank 0.
+pub fn fetch_link(
+    addr: &str,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+) -> Result<(Vec<u8>, TcpStream), DistError> {
     let deadline = Instant::now() + timeout;
     let mut stream = connect(addr, deadline)?;
     let mut hello = MAGIC.to_vec();
@@ -195,7 +226,7 @@ pub fn fetch(
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).map_err(lost)?;
     match head[0] {
-        0 => Ok(body),
+        0 => Ok((body, stream)),
         _ => Err(fail(format!(
             "rank 0 stopped the job: {}",
             String::from_utf8_lossy(&body)

@@ -1,6 +1,7 @@
 //! Several processes, one job: who this process is ([`LaunchEnv`], from
 //! torchrun's or SLURM's variables) and how rank 0 hands the others a blob
-//! before the collectives exist ([`bootstrap`], e.g. the NCCL unique id).
+//! before the collectives exist ([`bootstrap`], e.g. the NCCL unique id),
+//! and how a stuck or lost rank stops the job ([`progress`]).
 //!
 //! The collectives themselves (the [`Collective`](dino3d_model::dist::Collective)
 //! trait and its in-process implementation) live in the model crate, whose
@@ -11,6 +12,7 @@ mod env;
 #[cfg(feature = "cuda")]
 mod nccl;
 pub mod nodelist;
+pub mod progress;
 
 #[cfg(feature = "cuda")]
 pub use nccl::join_nccl;

@@ -4,26 +4,38 @@
 use std::time::Duration;
 
 use dino3d_model::cuda::{GpuContext, NcclCollective, nccl_unique_id};
+use dino3d_model::dist::Watchdog;
 
+use super::progress::{OnFailure, watched};
 use super::{LaunchEnv, bootstrap};
 use crate::error::{Context, Result};
 
 /// Joins this process's rank of the job `env` describes, on `gpu` (the
-/// device `env.local_rank`); `timeout` bounds the wait for the other ranks
-/// at the bootstrap (NCCL's own init then waits for all of them too).
-pub fn join_nccl(env: &LaunchEnv, gpu: &GpuContext, timeout: Duration) -> Result<NcclCollective> {
+/// device `env.local_rank`). `bootstrap_timeout` bounds the wait for the
+/// other ranks at the bootstrap (NCCL's own init then waits for all of them
+/// too); every collective afterwards has `collective_timeout`, and a stuck
+/// collective or (seen from rank 0) a vanished rank goes to `on_failure`
+/// with the ranks named ([`watched`]).
+pub fn join_nccl(
+    env: &LaunchEnv,
+    gpu: &GpuContext,
+    bootstrap_timeout: Duration,
+    collective_timeout: Duration,
+    on_failure: OnFailure,
+) -> Result<Watchdog<NcclCollective>> {
     let id = if env.rank == 0 {
         nccl_unique_id()?.to_vec()
     } else {
         Vec::new()
     };
-    let id = bootstrap::exchange(env, &id, timeout)?;
-    NcclCollective::new(gpu, env.rank, env.world_size, &id).with_context(|| {
+    let (id, link) = bootstrap::join(env, &id, bootstrap_timeout)?;
+    let comm = NcclCollective::new(gpu, env.rank, env.world_size, &id).with_context(|| {
         format!(
             "joining NCCL as rank {} of {} on GPU {}",
             env.rank,
             env.world_size,
             gpu.ordinal()
         )
-    })
+    })?;
+    Ok(watched(comm, link, collective_timeout, on_failure))
 }

@@ -1,0 +1,327 @@
+//! The job's progress board over the bootstrap's connections: every rank
+//! tells rank 0 the number of each collective it enters, so that rank 0's
+//! [`Watchdog`](dino3d_model::dist::Watchdog) can name the ranks that never
+//! arrived, and so that a rank whose process vanished (killed, crashed,
+//! out of memory) is noticed at once instead of leaving the others waiting
+//! inside NCCL.
+//!
+//! Wire format: a stream of big-endian u64 from each rank to rank 0, one per
+//! collective entered; [`FINISHED`] before a rank closes its connection in
+//! order. A connection that ends without it is a lost rank.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dino3d_model::dist::{Collective, Hang, ProgressBoard, Watchdog};
+
+use super::bootstrap::Link;
+
+/// Sent by a rank that closes its connection in order.
+const FINISHED: u64 = u64::MAX;
+
+/// Called on rank 0 with a lost rank and the last collective it entered.
+pub type OnLost = Arc<dyn Fn(usize, u64) + Send + Sync>;
+
+/// One rank's side of the board.
+pub struct TcpProgressBoard {
+    side: Side,
+}
+
+enum Side {
+    Single,
+    /// Rank 0: the last collective each rank entered (its own at 0).
+    Main {
+        last: Arc<Vec<AtomicU64>>,
+    },
+    /// Another rank: its connection to rank 0.
+    Other {
+        stream: Mutex<TcpStream>,
+    },
+}
+
+impl TcpProgressBoard {
+    /// Starts the board on the bootstrap's connections. On rank 0 one
+    /// thread per rank reads its announcements and calls `on_lost` if its
+    /// connection ends before it finished.
+    pub fn new(link: Link, on_lost: OnLost) -> Self {
+        let side = match link {
+            Link::Single => Side::Single,
+            Link::Other(stream) => Side::Other {
+                stream: Mutex::new(stream),
+            },
+            Link::Main(streams) => {
+                let last: Arc<Vec<AtomicU64>> =
+                    Arc::new((0..streams.len()).map(|_| AtomicU64::new(0)).collect());
+                for (rank, stream) in streams.into_iter().enumerate() {
+                    let Some(stream) = stream else { continue };
+                    let (last, on_lost) = (last.clone(), on_lost.clone());
+                    std::thread::Builder::new()
+                        .name(format!("dino3d-progress-{rank}"))
+                        .spawn(move || follow(rank, stream, &last, &*on_lost))
+                        .expect("spawning a progress reader");
+                }
+                Side::Main { last }
+            }
+        };
+        Self { side }
+    }
+}
+
+/// Reads one rank's announcements until it finishes or is lost.
+fn follow(rank: usize, mut stream: TcpStream, last: &[AtomicU64], on_lost: &dyn Fn(usize, u64)) {
+    let mut word = [0u8; 8];
+    loop {
+        match stream.read_exact(&mut word) {
+            Ok(()) => match u64::from_be_bytes(word) {
+                FINISHED => return,
+                seq => last[rank].store(seq, Ordering::Relaxed),
+            },
+            Err(_) => {
+                on_lost(rank, last[rank].load(Ordering::Relaxed));
+                return;
+            }
+        }
+    }
+}
+
+impl ProgressBoard for TcpProgressBoard {
+    fn entered(&self, seq: u64) {
+        match &self.side {
+            Side::Single => {}
+            Side::Main { last } => last[0].store(seq, Ordering::Relaxed),
+            Side::Other { stream } => {
+                // Best effort: if rank 0 is gone the launcher stops this rank.
+                if let Ok(mut s) = stream.lock() {
+                    let _ = s.write_all(&seq.to_be_bytes());
+                }
+            }
+        }
+    }
+
+    fn behind(&self, seq: u64) -> Vec<(usize, u64)> {
+        match &self.side {
+            Side::Main { last } => last
+                .iter()
+                .enumerate()
+                .map(|(rank, l)| (rank, l.load(Ordering::Relaxed)))
+                .filter(|&(_, l)| l < seq)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for TcpProgressBoard {
+    fn drop(&mut self) {
+        if let Side::Other { stream } = &self.side
+            && let Ok(mut s) = stream.lock()
+        {
+            let _ = s.write_all(&FINISHED.to_be_bytes());
+        }
+    }
+}
+
+/// Called with the message when the job must stop (a stuck collective, a
+/// lost rank); `dino-run` prints it and aborts the process.
+pub type OnFailure = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// `comm` with a deadline of `timeout` on every collective and the progress
+/// board on the bootstrap's `link`: a collective stuck past its deadline,
+/// or (on rank 0) a rank whose process vanished, goes to `on_failure` with
+/// the ranks named.
+pub fn watched<C: Collective>(
+    comm: C,
+    link: Link,
+    timeout: Duration,
+    on_failure: OnFailure,
+) -> Watchdog<C> {
+    let world = comm.world_size();
+    let lost = on_failure.clone();
+    let board = TcpProgressBoard::new(
+        link,
+        Arc::new(move |rank, last| {
+            lost(&format!(
+                "rank {rank} of {world} is gone: its connection to rank 0 closed after \
+                 collective #{last} without finishing (killed, crashed or out of memory)"
+            ))
+        }),
+    );
+    let secs = timeout.as_secs_f64();
+    Watchdog::new(
+        comm,
+        timeout,
+        Some(Arc::new(board)),
+        Box::new(move |hang: &Hang| {
+            on_failure(&format!(
+                "{hang} (the deadline is {secs:.0} s: DINO3D_COLLECTIVE_TIMEOUT)"
+            ))
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use dino3d_model::dist::{InProcess, ReduceOp};
+
+    use super::super::bootstrap::{fetch_link, serve};
+    use super::*;
+
+    /// A world of `n` on loopback: rank 0's board and the others' links.
+    fn world(
+        n: usize,
+    ) -> (
+        TcpProgressBoard,
+        Vec<TcpStream>,
+        mpsc::Receiver<(usize, u64)>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let others: Vec<_> = (1..n)
+            .map(|r| {
+                let a = addr.clone();
+                std::thread::spawn(move || fetch_link(&a, r, n, Duration::from_secs(20)).unwrap())
+            })
+            .collect();
+        let streams = serve(&l, n, b"id", Duration::from_secs(20)).unwrap();
+        let links = others.into_iter().map(|t| t.join().unwrap().1).collect();
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let on_lost: OnLost = Arc::new(move |rank, last| {
+            let _ = tx.lock().unwrap().send((rank, last));
+        });
+        (
+            TcpProgressBoard::new(Link::Main(streams), on_lost),
+            links,
+            rx,
+        )
+    }
+
+    fn other(stream: TcpStream) -> TcpProgressBoard {
+        TcpProgressBoard::new(Link::Other(stream), Arc::new(|_, _| {}))
+    }
+
+    /// Waits until rank 0's board has seen what the others sent.
+    fn settled(board: &TcpProgressBoard, seq: u64, expected: &[(usize, u64)]) {
+        for _ in 0..200 {
+            if board.behind(seq) == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(board.behind(seq), expected);
+    }
+
+    #[test]
+    fn rank_0_sees_who_has_not_arrived() {
+        let (main, mut links, lost) = world(3);
+        let two = other(links.pop().unwrap());
+        let one = other(links.pop().unwrap());
+        for seq in 1..=4 {
+            main.entered(seq);
+            two.entered(seq);
+        }
+        one.entered(1);
+        one.entered(2);
+        settled(&main, 4, &[(1, 2)]);
+        assert!(main.behind(2).is_empty());
+        assert!(one.behind(4).is_empty(), "only rank 0 knows");
+        // Ranks that finish in order are not lost.
+        drop((one, two));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(lost.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_vanished_rank_is_reported_with_its_last_collective() {
+        let (main, mut links, lost) = world(3);
+        let two = other(links.pop().unwrap());
+        let one = links.pop().unwrap();
+        two.entered(1);
+        {
+            let mut s = &one;
+            s.write_all(&7u64.to_be_bytes()).unwrap();
+        }
+        settled(&main, 8, &[(0, 0), (1, 7), (2, 1)]);
+        // Rank 1's process dies: its socket closes without FINISHED.
+        drop(one);
+        let (rank, last) = lost
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the loss is reported");
+        assert_eq!((rank, last), (1, 7));
+        drop(two);
+        assert!(lost.recv_timeout(Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn a_stuck_collective_names_the_rank_that_never_arrived() {
+        // Three ranks with in-process collectives and a loopback board.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let fetchers: Vec<_> = (1..3)
+            .map(|r| {
+                let a = addr.clone();
+                std::thread::spawn(move || fetch_link(&a, r, 3, Duration::from_secs(20)).unwrap())
+            })
+            .collect();
+        let streams = serve(&l, 3, b"id", Duration::from_secs(20)).unwrap();
+        let mut links: Vec<TcpStream> = fetchers.into_iter().map(|t| t.join().unwrap().1).collect();
+        let (tx, failures) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let report: OnFailure = Arc::new(move |m: &str| {
+            let _ = tx.lock().unwrap().send(m.to_string());
+        });
+        let mut comms = InProcess::group(3).into_iter();
+        let c0 = comms.next().unwrap();
+        let c1 = comms.next().unwrap();
+        let c2 = comms.next().unwrap();
+        let two_link = links.pop().unwrap();
+        let one_link = links.pop().unwrap();
+        let quiet: OnFailure = Arc::new(|_: &str| {});
+        let w1 = watched(
+            c1,
+            Link::Other(one_link),
+            Duration::from_secs(60),
+            quiet.clone(),
+        );
+        let w2 = watched(c2, Link::Other(two_link), Duration::from_secs(60), quiet);
+        let w0 = watched(c0, Link::Main(streams), Duration::from_millis(300), report);
+        // Ranks 0 and 2 reach the second collective; rank 1 stalls after
+        // the first (alive: its handle is kept).
+        let two = std::thread::spawn(move || {
+            w2.barrier().unwrap();
+            let mut v = [1.0f32];
+            let _ = w2.all_reduce_f32(&mut v, ReduceOp::Sum);
+            w2
+        });
+        let one = std::thread::spawn(move || {
+            w1.barrier().unwrap();
+            w1
+        });
+        w0.barrier().unwrap();
+        let w1 = one.join().unwrap();
+        let stuck = std::thread::spawn(move || {
+            let mut v = [1.0f32];
+            let _ = w0.all_reduce_f32(&mut v, ReduceOp::Sum);
+            w0
+        });
+        let m = failures
+            .recv_timeout(Duration::from_secs(30))
+            .expect("rank 0 reports the stuck collective");
+        assert!(
+            m.contains("rank 0 of 3: collective #2 (all_reduce_f32)")
+                && m.contains("not arrived: rank 1 (last entered #1)")
+                && m.contains("DINO3D_COLLECTIVE_TIMEOUT"),
+            "{m}"
+        );
+        // Releasing rank 1 ends the stuck collectives with an error.
+        drop(w1);
+        drop((stuck.join().unwrap(), two.join().unwrap()));
+        assert!(failures.try_recv().is_err(), "one report");
+    }
+}
