@@ -30,7 +30,8 @@
 #                                        alone (ViT-S, then ViT-L at batch 8
 #                                        and 32 in TF32, at 32 in bf16, at 32
 #                                        and 64 in bf16 with activation
-#                                        checkpointing), with PyTorch's step
+#                                        checkpointing, at 32 with the fused
+#                                        attention), with PyTorch's step
 #                                        at 32 and 64 and each step's peak
 #                                        GPU memory
 #
@@ -218,6 +219,9 @@ run_train_step() {
     # it saves at 32, and whether batch 64 fits (PyTorch: 54 GiB at 64).
     gpu_step "train step ViT-L b32 bf16 checkpointed" env DEVICE=cuda:0 PRECISION=bf16 CHECKPOINT=1 ARCH=large BATCH=32 "$bin"
     gpu_step "train step ViT-L b64 bf16 checkpointed" env DEVICE=cuda:0 PRECISION=bf16 CHECKPOINT=1 ARCH=large BATCH=64 STEPS=2 "$bin"
+    # The fused attention kernel (train.attention: fused) against the above.
+    gpu_step "train step ViT-L b32 tf32 fused attention" env DEVICE=cuda:0 TF32=1 ATTENTION=fused ARCH=large BATCH=32 "$bin"
+    gpu_step "train step ViT-L b32 bf16 fused attention" env DEVICE=cuda:0 PRECISION=bf16 ATTENTION=fused ARCH=large BATCH=32 "$bin"
     if command -v python3 >/dev/null && [ -f "$ROOT/benches/train_step_torch.py" ]; then
         local torch=(python3 "$ROOT/benches/train_step_torch.py" --device cuda --arch large --steps 3 --warmup 1)
         gpu_step "torch ViT-L b32 tf32" "${torch[@]}" --tf32 --batch 32

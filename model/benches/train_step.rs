@@ -10,7 +10,8 @@
 //! `cuda` feature), PRECISION (f32, tf32 or bf16: matmuls in bf16, the rest
 //! f32, as `train.precision`), TF32 (1: the same as PRECISION=tf32),
 //! CHECKPOINT (1: recompute each block in the backward, as
-//! `train.activation_checkpointing`).
+//! `train.activation_checkpointing`), ATTENTION (composed or fused, as
+//! `train.attention`).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -23,7 +24,7 @@ use candle_core::{Device, Tensor};
 use dino3d_model::precision::{Precision, autocast};
 use dino3d_model::schedule::ScheduleValues;
 use dino3d_model::ssl::{SslBatch, SslConfig, SslModel};
-use dino3d_model::{DinoHeadConfig, ViT3dConfig};
+use dino3d_model::{AttentionKernel, DinoHeadConfig, ViT3dConfig, use_attention_kernel};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -109,7 +110,6 @@ fn main() {
     let cfg = SslConfig {
         dino_head: head.clone(),
         ibot_head: head,
-        activation_checkpointing: checkpoint,
         ..SslConfig::threedino(backbone)
     };
     let dev = device();
@@ -120,10 +120,16 @@ fn main() {
         Err(_) => Precision::F32,
     };
     let _precision = autocast(precision);
+    let attention = std::env::var("ATTENTION").map_or(AttentionKernel::Composed, |name| {
+        AttentionKernel::from_name(&name)
+            .unwrap_or_else(|| panic!("ATTENTION={name}: one of {:?}", AttentionKernel::NAMES))
+    });
+    let _attention = use_attention_kernel(attention);
     let m = masks(b, (gs / 16).pow(3));
     let masked = m.iter().filter(|&&x| x).count();
     let flops = step_flops(&cfg.backbone, &cfg.ibot_head, [b, gs, ls, nl, masked]);
     let mut model = SslModel::new(cfg, &dev, 0).expect("model");
+    model.set_activation_checkpointing(checkpoint);
     let globals = noise(1, &[2 * b, 1, gs, gs, gs], &dev);
     let locals = noise(2, &[nl * b, 1, ls, ls, ls], &dev);
     let batch = SslBatch {
@@ -153,7 +159,8 @@ fn main() {
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "rust step: arch={arch} batch={b} checkpoint={checkpoint} mean_s={mean:.4} min_s={min:.4} samples_per_s={:.4} peak_rss_mib={:.1} threads={}",
+        "rust step: arch={arch} batch={b} checkpoint={checkpoint} attention={} mean_s={mean:.4} min_s={min:.4} samples_per_s={:.4} peak_rss_mib={:.1} threads={}",
+        attention.name(),
         b as f64 / mean,
         common::peak_rss_mib(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())

@@ -1,9 +1,91 @@
 //! Multi-head self-attention with a fused qkv projection.
 
+use std::cell::Cell;
+
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::linear::Linear;
+
+/// How `softmax(q kᵀ/√d) v` is computed (recipe key `train.attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// Two matmuls around the fused softmax, the `T × T` probabilities
+    /// stored for the backward (the default, every device).
+    #[default]
+    Composed,
+    /// On CUDA f32 tensors with head dimension 64, when no attention map is
+    /// asked for: `cuda::flash_attention`, which stores no `T × T` matrix;
+    /// elsewhere the composed path.
+    Fused,
+}
+
+impl AttentionKernel {
+    /// Recipe names, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["composed", "fused"];
+
+    /// Its recipe name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Composed => Self::NAMES[0],
+            Self::Fused => Self::NAMES[1],
+        }
+    }
+
+    /// Looks a kernel up by its recipe name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "composed" => Some(Self::Composed),
+            "fused" => Some(Self::Fused),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    static KERNEL: Cell<AttentionKernel> = const { Cell::new(AttentionKernel::Composed) };
+}
+
+/// Restores the previous attention kernel when dropped.
+#[derive(Debug)]
+#[must_use = "the kernel holds only while the guard lives"]
+pub struct AttentionKernelGuard {
+    previous: AttentionKernel,
+}
+
+impl Drop for AttentionKernelGuard {
+    fn drop(&mut self) {
+        KERNEL.with(|k| k.set(self.previous));
+    }
+}
+
+/// Uses `kernel` on this thread until the guard is dropped (scoped and per
+/// thread, as [`crate::precision::autocast`]).
+pub fn use_attention_kernel(kernel: AttentionKernel) -> AttentionKernelGuard {
+    let previous = KERNEL.with(|k| k.replace(kernel));
+    AttentionKernelGuard { previous }
+}
+
+/// The fused kernel's output when it applies to `q` (same shape for k, v).
+#[cfg(feature = "cuda")]
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Option<Tensor>> {
+    use crate::cuda::{HEAD_DIM, flash_attention};
+    let applies = KERNEL.with(Cell::get) == AttentionKernel::Fused
+        && q.device().is_cuda()
+        && q.dtype() == candle_core::DType::F32
+        && q.dim(candle_core::D::Minus1)? == HEAD_DIM;
+    if !applies {
+        return Ok(None);
+    }
+    flash_attention(q, k, v, scale)
+        .map(Some)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn fused(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> candle_core::Result<Option<Tensor>> {
+    Ok(None)
+}
 
 /// `proj(softmax(q kᵀ / √d_head) v)`; names `qkv` and `proj` as in DINOv2.
 #[derive(Debug, Clone)]
@@ -27,9 +109,14 @@ impl Attention {
         })
     }
 
-    /// `x (B, T, E)` → output `(B, T, E)` and the attention probabilities
-    /// `(B, heads, T, T)`.
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    /// `x (B, T, E)` → output `(B, T, E)` and, if `probs`, the attention
+    /// probabilities `(B, heads, T, T)` (without them the fused kernel may
+    /// run, see [`AttentionKernel`]).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, t, e) = x.dims3()?;
         let h = self.num_heads;
         let hd = e / h;
@@ -42,13 +129,22 @@ impl Attention {
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let logits = crate::precision::matmul(&q, &k.t()?)?;
-        // The 1/√d scale is folded into the fused softmax (no pass over q).
-        let attn = crate::fused::softmax_last_dim(&logits, (hd as f64).powf(-0.5))?;
-        let out = crate::precision::matmul(&attn, &v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, e))?;
-        Ok((self.proj.forward(&out)?, attn))
+        let scale = (hd as f64).powf(-0.5);
+        let fused_out = if probs {
+            None
+        } else {
+            fused(&q, &k, &v, scale)?
+        };
+        let (out, attn) = match fused_out {
+            Some(out) => (out, None),
+            None => {
+                let logits = crate::precision::matmul(&q, &k.t()?)?;
+                // The 1/√d scale is folded into the fused softmax (no pass over q).
+                let attn = crate::fused::softmax_last_dim(&logits, scale)?;
+                (crate::precision::matmul(&attn, &v)?, Some(attn))
+            }
+        };
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, e))?;
+        Ok((self.proj.forward(&out)?, attn.filter(|_| probs)))
     }
 }

@@ -73,15 +73,17 @@ impl Block {
         })
     }
 
-    /// Returns the block output and the attention probabilities `(B, H, T, T)`
-    /// (`(k, H, T, T)` for the subset's rows under subset drop path).
+    /// Returns the block output and, if `probs`, the attention probabilities
+    /// `(B, H, T, T)` (`(k, H, T, T)` for the subset's rows under subset drop
+    /// path).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         drop: &BranchDrop,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let attn_branch = |x: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
-            let (a, attn) = self.attn.forward(&self.norm1.forward(x)?)?;
+        probs: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let attn_branch = |x: &Tensor| -> candle_core::Result<(Tensor, Option<Tensor>)> {
+            let (a, attn) = self.attn.forward(&self.norm1.forward(x)?, probs)?;
             Ok((self.ls1.forward(&a)?, attn))
         };
         let mlp_branch = |x: &Tensor| -> candle_core::Result<(Tensor, ())> {

@@ -55,6 +55,7 @@ pub mod seg;
 pub mod ssl;
 mod vit3d;
 
+pub use attention::{AttentionKernel, AttentionKernelGuard, use_attention_kernel};
 /// The candle version this crate is built on, for callers that build inputs.
 pub use candle_core;
 /// The candle-nn version this crate is built on (`VarMap`, `VarBuilder`).

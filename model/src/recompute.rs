@@ -86,7 +86,7 @@ impl BlockTape {
             };
             drop(output);
             let input = inputs.last().expect("one leaf per block input");
-            let (out, _) = block.forward(input, branch_drop)?;
+            let (out, _) = block.forward(input, branch_drop, false)?;
             grads.extend(seeded_backward(&out, &grad_out)?)?;
         }
         let first = inputs.pop().expect("block 0's input");

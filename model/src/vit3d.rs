@@ -343,20 +343,23 @@ impl ViT3d {
                 ),
                 _ => BranchDrop::None,
             };
-            let (out, attn) = block.forward(&h, &drop)?;
+            let probs = opts.attention != AttentionCapture::None;
+            let (out, attn) = block.forward(&h, &drop, probs)?;
             h = match (opts.activations, tape.as_mut()) {
                 (Activations::Recompute, Some(t)) => t.record(&out, drop)?,
                 (Activations::Discard, _) => out.detach(),
                 _ => out,
             };
-            let attn = match opts.activations {
-                Activations::Keep => attn,
-                _ => attn.detach(),
-            };
-            match opts.attention {
-                AttentionCapture::None => {}
-                AttentionCapture::ClsRow => attentions.push(attn.narrow(2, 0, 1)?.squeeze(2)?),
-                AttentionCapture::Full => attentions.push(attn),
+            if let Some(attn) = attn {
+                let attn = match opts.activations {
+                    Activations::Keep => attn,
+                    _ => attn.detach(),
+                };
+                match opts.attention {
+                    AttentionCapture::None => {}
+                    AttentionCapture::ClsRow => attentions.push(attn.narrow(2, 0, 1)?.squeeze(2)?),
+                    AttentionCapture::Full => attentions.push(attn),
+                }
             }
             if opts.intermediate_layers.contains(&i) {
                 layer_out[i] = Some(h.clone());

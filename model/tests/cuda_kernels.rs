@@ -355,7 +355,10 @@ fn adamw_on_cuda_tensors_matches_the_cpu_bit_for_bit() {
 /// checkpointing (the blocks recomputed in the backward).
 #[test]
 fn vit_forward_and_backward_on_cuda_match_the_cpu() {
-    use dino3d_model::{Activations, AttentionCapture, ForwardOptions, ViT3d, ViT3dConfig};
+    use dino3d_model::{
+        Activations, AttentionCapture, AttentionKernel, ForwardOptions, ViT3d, ViT3dConfig,
+        use_attention_kernel,
+    };
     let Some(gpu) = gpu() else { return };
     let cfg = ViT3dConfig {
         pos_grid: 2,
@@ -374,10 +377,17 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
     let run = |vit: &ViT3d,
                vm: &dino3d_model::candle_nn::VarMap,
                dev: &Device,
-               activations: Activations| {
+               activations: Activations,
+               kernel: AttentionKernel| {
+        let _kernel = use_attention_kernel(kernel);
         let input = Tensor::from_slice(&x, (2, 1, 32, 32, 32), dev).unwrap();
+        // The fused kernel runs only where no map is asked for.
+        let attention = match kernel {
+            AttentionKernel::Composed => AttentionCapture::Full,
+            AttentionKernel::Fused => AttentionCapture::None,
+        };
         let opts = ForwardOptions {
-            attention: AttentionCapture::Full,
+            attention,
             activations,
             ..Default::default()
         };
@@ -415,20 +425,32 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
             .map(|(n, var)| (n.clone(), v(grads.get(var.as_tensor()).expect(n))))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let attn = v(out.attentions.last().unwrap());
+        let attn = out.attentions.last().map(v).unwrap_or_default();
         (v(&out.cls_norm), v(&out.patch_norm), attn, named)
     };
-    let cpu = run(&cpu_vit, &cpu_vm, &Device::Cpu, Activations::Keep);
-    for activations in [Activations::Keep, Activations::Recompute] {
-        let cuda = run(&gpu_vit, &gpu_vm, &gpu.device(), activations);
-        for (name, a, b) in [
-            ("cls", &cuda.0, &cpu.0),
-            ("patch", &cuda.1, &cpu.1),
-            ("attention", &cuda.2, &cpu.2),
-        ] {
+    let cpu = run(
+        &cpu_vit,
+        &cpu_vm,
+        &Device::Cpu,
+        Activations::Keep,
+        AttentionKernel::Composed,
+    );
+    for (activations, kernel) in [
+        (Activations::Keep, AttentionKernel::Composed),
+        (Activations::Recompute, AttentionKernel::Composed),
+        (Activations::Keep, AttentionKernel::Fused),
+        (Activations::Recompute, AttentionKernel::Fused),
+    ] {
+        let cuda = run(&gpu_vit, &gpu_vm, &gpu.device(), activations, kernel);
+        let activations = format!("{activations:?}, {kernel:?} attention");
+        let mut compared = vec![("cls", &cuda.0, &cpu.0), ("patch", &cuda.1, &cpu.1)];
+        if kernel == AttentionKernel::Composed {
+            compared.push(("attention", &cuda.2, &cpu.2));
+        }
+        for (name, a, b) in compared {
             let err = max_rel_err(a, b);
-            println!("ViT on CUDA ({activations:?}), {name}: rel err {err:.3e}");
-            assert!(err <= 1e-4, "{activations:?} {name}: {err:.3e}");
+            println!("ViT on CUDA ({activations}), {name}: rel err {err:.3e}");
+            assert!(err <= 1e-4, "{activations} {name}: {err:.3e}");
         }
         assert_eq!(cuda.3.len(), cpu.3.len());
         let mut worst = (0.0f64, String::new());
@@ -439,12 +461,12 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
             }
         }
         println!(
-            "ViT on CUDA ({activations:?}), gradients: worst rel err {:.3e} ({})",
+            "ViT on CUDA ({activations}), gradients: worst rel err {:.3e} ({})",
             worst.0, worst.1
         );
         assert!(
             worst.0 <= 1e-3,
-            "{activations:?} gradient of {}: {:.3e}",
+            "{activations} gradient of {}: {:.3e}",
             worst.1,
             worst.0
         );

@@ -236,3 +236,29 @@ fn run_world_with(
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     })
 }
+
+/// `train.activation_checkpointing` and `train.attention` change how the
+/// step is computed, not what: the same losses (to float rounding), and a
+/// run may resume with them switched (they are not part of its identity).
+#[test]
+fn how_the_step_is_computed_does_not_change_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let plain = run_world(&recipe, 1, &["train.max_iterations=2"]);
+    assert_eq!(last_loss(&plain[0]).1, 2);
+    let switched = [
+        "train.activation_checkpointing=true",
+        "train.attention=fused",
+    ];
+    let resumed = run_world(&recipe, 1, &switched);
+    let (start, end, resumed_loss) = last_loss(&resumed[0]);
+    assert_eq!((start, end), (2, 4), "resumed with the keys switched");
+
+    let other = tempfile::tempdir().unwrap();
+    let recipe = self::recipe(other.path());
+    let (_, _, straight_loss) = last_loss(&run_world(&recipe, 1, &[])[0]);
+    assert!(
+        (resumed_loss - straight_loss).abs() <= 1e-4 * straight_loss.abs(),
+        "{resumed_loss} vs {straight_loss}"
+    );
+}

@@ -169,17 +169,23 @@ fn training_sections_default_to_3dino_and_are_validated() {
     };
     assert_eq!(auto.precision_on(&Device::Cpu), Precision::F32);
     assert!(!t.activation_checkpointing, "kept activations by default");
-    let text = format!(
-        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n"
+    assert_eq!(
+        t.attention_kernel(),
+        dino3d_model::AttentionKernel::Composed
     );
-    let (plan, task) = compile_str(&text, Path::new("r.yaml")).unwrap();
-    let Task::Pretrain(t) = task else {
+    let text = format!(
+        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n  attention: fused\n"
+    );
+    let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
     };
     assert_eq!(t.precision_on(&Device::Cpu), Precision::Bf16);
-    let ssl = dino3d_tasks::pretrain::setup::ssl_config(&t, &plan).unwrap();
-    assert!(ssl.activation_checkpointing, "the key reaches the model");
+    assert!(t.activation_checkpointing);
     assert!(t.to_string().contains("activation checkpointing"), "{t}");
+    assert_eq!(t.attention_kernel(), dino3d_model::AttentionKernel::Fused);
+    assert!(t.to_string().contains("fused attention"), "{t}");
+    let e = errors(&format!("{GOOD}train:\n  attention: flash\n")).to_string();
+    assert!(e.contains("r.yaml:25:14: train.attention `flash`"), "{e}");
     let e = errors(&format!("{GOOD}train:\n  activation_checkpointing: 1\n")).to_string();
     assert!(e.contains("r.yaml:25:29"), "{e}");
     let e = errors(&format!("{GOOD}train:\n  precision: fp16\n")).to_string();

@@ -49,10 +49,6 @@ pub struct SslConfig {
     pub rules: GroupRules,
     /// AdamW constants.
     pub adamw: AdamWConfig,
-    /// Recompute each student block's activations in the backward instead
-    /// of keeping them (activation checkpointing): one extra forward of the
-    /// blocks for a fraction of the memory.
-    pub activation_checkpointing: bool,
 }
 
 impl SslConfig {
@@ -71,7 +67,6 @@ impl SslConfig {
             clip_grad: crate::optim::THREEDINO_CLIP_GRAD,
             rules: GroupRules::threedino(depth),
             adamw: AdamWConfig::default(),
-            activation_checkpointing: false,
         }
     }
 }
@@ -119,6 +114,8 @@ pub struct SslModel {
     teacher: Networks,
     optimizer: AdamW,
     centering: CenteringState,
+    /// What the student's passes keep for the backward.
+    student_activations: Activations,
 }
 
 impl std::fmt::Debug for SslModel {
@@ -154,7 +151,20 @@ impl SslModel {
             teacher,
             optimizer,
             centering,
+            student_activations: Activations::Keep,
         })
+    }
+
+    /// Recompute each student block's activations in the backward instead
+    /// of keeping them (activation checkpointing): one extra forward of the
+    /// blocks for a fraction of the memory, the same step up to float
+    /// rounding. How the step is computed, not what: not in [`SslConfig`].
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        self.student_activations = if on {
+            Activations::Recompute
+        } else {
+            Activations::Keep
+        };
     }
 
     /// The configuration.
@@ -248,11 +258,7 @@ impl SslModel {
             dino_weight: self.cfg.dino_weight,
             ibot_weight: self.cfg.ibot_weight,
             koleo_weight: self.cfg.koleo_weight,
-            activations: if self.cfg.activation_checkpointing {
-                Activations::Recompute
-            } else {
-                Activations::Keep
-            },
+            activations: self.student_activations,
         };
         student_losses(
             &self.student,

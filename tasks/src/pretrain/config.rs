@@ -10,6 +10,7 @@
 //! Past the house's 600 lines on purpose: four sections and about forty keys,
 //! each declared, defaulted, checked with its own bounds and printed once.
 
+use dino3d_model::AttentionKernel;
 use dino3d_model::precision::Precision;
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
@@ -166,6 +167,10 @@ pub struct TrainDoc {
     /// activation memory (larger batches on one GPU).
     #[serde(default)]
     pub activation_checkpointing: Option<Spanned<bool>>,
+    /// Attention kernel: `composed` (the default) or `fused` (on CUDA, no
+    /// stored `T × T` probabilities; the composed path elsewhere).
+    #[serde(default)]
+    pub attention: Option<Spanned<String>>,
 }
 
 /// The checked training sections, defaults filled (3DINO stage 1).
@@ -251,6 +256,8 @@ pub struct PretrainConfig {
     pub precision: String,
     /// Recompute block activations in the backward.
     pub activation_checkpointing: bool,
+    /// Attention kernel's recipe name ([`AttentionKernel::NAMES`]).
+    pub attention: String,
 }
 
 impl Default for PretrainConfig {
@@ -301,7 +308,9 @@ impl Default for PretrainConfig {
             // are kept beside the f32 activations for the backward, so bf16
             // may need more memory than f32 (README, "The GPU").
             precision: PRECISIONS[1].into(),
-            activation_checkpointing: ssl.activation_checkpointing,
+            activation_checkpointing: false,
+            // Composed until the fused kernel is measured on a GPU.
+            attention: AttentionKernel::default().name().into(),
         }
     }
 }
@@ -321,6 +330,13 @@ impl PretrainConfig {
             None if device.is_cpu() => Precision::F32,
             None => Precision::Bf16,
         }
+    }
+}
+
+impl PretrainConfig {
+    /// The attention kernel the recipe names.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        AttentionKernel::from_name(&self.attention).unwrap_or_default()
     }
 }
 
@@ -582,6 +598,12 @@ pub fn compile(
         if let Some(a) = &t.activation_checkpointing {
             p.activation_checkpointing = a.value;
         }
+        c.choice(
+            &t.attention,
+            &AttentionKernel::NAMES,
+            "train.attention",
+            &mut p.attention,
+        );
     }
     // Schedules hold one value per iteration: refuse absurd run lengths.
     const MAX_ITERATIONS: usize = 1 << 32;
@@ -688,6 +710,9 @@ impl std::fmt::Display for PretrainConfig {
         )?;
         if t.activation_checkpointing {
             write!(f, ", activation checkpointing")?;
+        }
+        if t.attention_kernel() != AttentionKernel::default() {
+            write!(f, ", {} attention", t.attention)?;
         }
         if let Some(m) = t.max_iterations {
             write!(f, ", stop after {m} it")?;

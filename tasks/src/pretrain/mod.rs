@@ -133,6 +133,7 @@ pub fn run_ranked(
     // The step's compute precision, on this thread for the whole run (the
     // model, losses and optimiser all run here).
     let _precision = dino3d_model::precision::autocast(t.precision_on(&device));
+    let _attention = dino3d_model::use_attention_kernel(t.attention_kernel());
     let out = output_dir(t, recipe);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cfg = setup::ssl_config(t, plan)?;
@@ -142,6 +143,7 @@ pub fn run_ranked(
     let fingerprint = fingerprint(plan, t, &cfg);
 
     let mut model = SslModel::new(cfg, &device, plan.seed)?;
+    model.set_activation_checkpointing(t.activation_checkpointing);
     if main {
         checkpoints::remove_leftovers(&out);
     }

@@ -96,7 +96,6 @@ pub fn ssl_config(t: &PretrainConfig, plan: &Plan) -> Result<SslConfig> {
             beta2: t.adamw_beta2,
             ..AdamWConfig::default()
         },
-        activation_checkpointing: t.activation_checkpointing,
         ..SslConfig::threedino(backbone)
     })
 }

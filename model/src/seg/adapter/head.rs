@@ -352,7 +352,7 @@ impl VitAdapterHead {
                 .reshape((b * c, n, e))?;
             let mut h = Tensor::cat(&[&cls, &xt], 1)?;
             for block in &vit.blocks()[i * per..(i + 1) * per] {
-                h = block.forward(&h, &BranchDrop::None)?.0;
+                h = block.forward(&h, &BranchDrop::None, false)?.0;
             }
             cls = h.narrow(1, 0, 1)?;
             xt = h.narrow(1, 1, n)?;
