@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use dino3d_model::ModelError;
-use dino3d_model::candle_core::{Device, Tensor, Var};
+use dino3d_model::candle_core::{DType, Device, Tensor, Var};
 use dino3d_model::cuda::{GpuContext, ema_update, koleo_loss, sinkhorn_ce};
 use dino3d_model::kernels_ref::testing::{max_rel_err, normal, uniform};
 use dino3d_model::kernels_ref::{self, SinkhornCeConfig};
@@ -228,6 +228,19 @@ fn nccl_world_of_one() {
             assert!(r.device().same_device(&dev));
             assert_eq!(r.flatten_all().unwrap().to_vec1::<f32>().unwrap(), values);
         }
+        // bf16 (train.gradient_reduce: bf16) stays bf16, unchanged.
+        let b = t.to_dtype(DType::BF16).unwrap();
+        let r = comm.all_reduce_tensor(&b, ReduceOp::Mean).unwrap();
+        assert_eq!(r.dtype(), DType::BF16);
+        let f32s = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(f32s(&r), f32s(&b));
     }
 }
 

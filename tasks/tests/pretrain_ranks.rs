@@ -237,9 +237,10 @@ fn run_world_with(
     })
 }
 
-/// `train.activation_checkpointing` and `train.attention` change how the
-/// step is computed, not what: the same losses (to float rounding), and a
-/// run may resume with them switched (they are not part of its identity).
+/// `train.activation_checkpointing`, `train.attention` and
+/// `train.gradient_reduce` change how the step is computed, not what: the
+/// same losses (to float rounding, bf16's for the gradients), and a run may
+/// resume with them switched (they are not part of its identity).
 #[test]
 fn how_the_step_is_computed_does_not_change_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +250,7 @@ fn how_the_step_is_computed_does_not_change_the_run() {
     let switched = [
         "train.activation_checkpointing=true",
         "train.attention=fused",
+        "train.gradient_reduce=bf16",
     ];
     let resumed = run_world(&recipe, 1, &switched);
     let (start, end, resumed_loss) = last_loss(&resumed[0]);
@@ -260,5 +262,18 @@ fn how_the_step_is_computed_does_not_change_the_run() {
     assert!(
         (resumed_loss - straight_loss).abs() <= 1e-4 * straight_loss.abs(),
         "{resumed_loss} vs {straight_loss}"
+    );
+
+    // Two ranks reducing in bf16 agree with each other and, to bf16's
+    // rounding of the gradients, with two ranks reducing in f32.
+    let bf16_dir = tempfile::tempdir().unwrap();
+    let bf16 = run_world(&self::recipe(bf16_dir.path()), 2, &[switched[2]]);
+    assert_eq!(last_loss(&bf16[0]), last_loss(&bf16[1]));
+    let f32_dir = tempfile::tempdir().unwrap();
+    let f32_run = run_world(&self::recipe(f32_dir.path()), 2, &[]);
+    let (bf16_loss, f32_loss) = (last_loss(&bf16[0]).2, last_loss(&f32_run[0]).2);
+    assert!(
+        (bf16_loss - f32_loss).abs() <= 1e-2 * f32_loss.abs(),
+        "{bf16_loss} vs {f32_loss}"
     );
 }

@@ -174,7 +174,7 @@ fn training_sections_default_to_3dino_and_are_validated() {
         dino3d_model::AttentionKernel::Composed
     );
     let text = format!(
-        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n  attention: fused\n"
+        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n  attention: fused\n  gradient_reduce: bf16\n"
     );
     let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
@@ -184,6 +184,16 @@ fn training_sections_default_to_3dino_and_are_validated() {
     assert!(t.to_string().contains("activation checkpointing"), "{t}");
     assert_eq!(t.attention_kernel(), dino3d_model::AttentionKernel::Fused);
     assert!(t.to_string().contains("fused attention"), "{t}");
+    assert_eq!(
+        t.gradient_reduce_dtype(),
+        dino3d_model::candle_core::DType::BF16
+    );
+    assert!(t.to_string().contains("gradients reduced in bf16"), "{t}");
+    let e = errors(&format!("{GOOD}train:\n  gradient_reduce: f16\n")).to_string();
+    assert!(
+        e.contains("r.yaml:25:20: train.gradient_reduce `f16`"),
+        "{e}"
+    );
     let e = errors(&format!("{GOOD}train:\n  attention: flash\n")).to_string();
     assert!(e.contains("r.yaml:25:14: train.attention `flash`"), "{e}");
     let e = errors(&format!("{GOOD}train:\n  activation_checkpointing: 1\n")).to_string();

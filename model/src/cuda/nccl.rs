@@ -15,7 +15,7 @@ use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
 
 use super::GpuContext;
 use super::context::cuda_err;
-use crate::dist::{Collective, ReduceOp, all_reduce_tensor_via_host};
+use crate::dist::{Collective, ReduceOp, all_reduce_tensor_via_host, reduced_dtype};
 use crate::{ModelError, Result};
 
 /// Bytes of an NCCL unique id.
@@ -170,8 +170,8 @@ impl Collective for NcclCollective {
         if !t.device().is_cuda() {
             return all_reduce_tensor_via_host(self, t, op);
         }
-        // A fresh contiguous f32 copy that this call owns, reduced in place.
-        let out = t.to_dtype(DType::F32)?.flatten_all()?.copy()?;
+        // A fresh contiguous copy that this call owns, reduced in place.
+        let out = t.to_dtype(reduced_dtype(t))?.flatten_all()?.copy()?;
         if out.elem_count() > 0 {
             out.inplace_op1(&DeviceAllReduce {
                 comm: &self.comm,
@@ -202,15 +202,30 @@ impl InplaceOp1 for DeviceAllReduce<'_> {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("nccl-all-reduce: contiguous tensors only");
         };
-        let slice = storage.as_cuda_slice_mut::<f32>()?;
-        let mut view = slice.slice_mut(start..end);
         let op = match self.op {
             ReduceOp::Sum => NcclOp::Sum,
             ReduceOp::Mean => NcclOp::Avg,
         };
-        self.comm
-            .all_reduce_in_place(&mut view, &op)
-            .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {:?}", e.0)))?;
+        let failed = |e: cudarc::nccl::result::NcclError| {
+            candle_core::Error::Msg(format!("ncclAllReduce: {:?}", e.0))
+        };
+        use candle_core::backend::BackendStorage;
+        match storage.dtype() {
+            DType::BF16 => {
+                let slice = storage.as_cuda_slice_mut::<half::bf16>()?;
+                let mut view = slice.slice_mut(start..end);
+                self.comm
+                    .all_reduce_in_place(&mut view, &op)
+                    .map_err(failed)?;
+            }
+            _ => {
+                let slice = storage.as_cuda_slice_mut::<f32>()?;
+                let mut view = slice.slice_mut(start..end);
+                self.comm
+                    .all_reduce_in_place(&mut view, &op)
+                    .map_err(failed)?;
+            }
+        }
         Ok(())
     }
 }

@@ -12,13 +12,23 @@ use crate::Result;
 /// `vars` must be in the same order on every rank (the optimiser's sorted
 /// names). A parameter without a gradient on some rank counts as zero
 /// there; one without a gradient on every rank keeps none, so the optimiser
-/// skips it as a single process would. Gradients are reduced in f32 and
-/// returned in the parameter's dtype.
+/// skips it as a single process would. Gradients travel and are reduced
+/// in `wire` (f32, or bf16 for half the bytes, as DINOv2's backbone reduces
+/// in 16 bits) and are returned in the parameter's dtype.
+///
+/// # Errors
+/// A `wire` other than f32 or bf16; a failed collective.
 pub fn average_gradients(
     grads: &mut GradStore,
     vars: &[&Var],
     comm: &dyn Collective,
+    wire: DType,
 ) -> Result<()> {
+    if !matches!(wire, DType::F32 | DType::BF16) {
+        return Err(crate::ModelError::Config(format!(
+            "gradients are reduced in f32 or bf16, not {wire:?}"
+        )));
+    }
     if comm.world_size() <= 1 || vars.is_empty() {
         return Ok(());
     }
@@ -28,11 +38,11 @@ pub fn average_gradients(
         match grads.get(v.as_tensor()) {
             Some(g) => {
                 present.push(1f32);
-                parts.push(g.to_dtype(DType::F32)?.flatten_all()?);
+                parts.push(g.to_dtype(wire)?.flatten_all()?);
             }
             None => {
                 present.push(0.0);
-                parts.push(Tensor::zeros(v.elem_count(), DType::F32, v.device())?);
+                parts.push(Tensor::zeros(v.elem_count(), wire, v.device())?);
             }
         }
     }

@@ -44,10 +44,12 @@ pub trait Collective {
     fn broadcast_f32(&self, buf: &mut [f32], root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
-    /// `op` of a tensor's values over all ranks, as a new f32 tensor of the
-    /// same shape on the same device (every rank passes the same shape).
-    /// By default through the host and [`Collective::all_reduce_f32`];
-    /// NCCL reduces a CUDA tensor where it lies.
+    /// `op` of a tensor's values over all ranks, as a new tensor of the
+    /// same shape on the same device: bf16 for a bf16 tensor (NCCL reduces
+    /// it in bf16), f32 for any other (every rank passes the same shape and
+    /// dtype). By default through the host and
+    /// [`Collective::all_reduce_f32`]; NCCL reduces a CUDA tensor where it
+    /// lies.
     fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
         all_reduce_tensor_via_host(self, t, op)
     }
@@ -86,7 +88,15 @@ pub(crate) fn all_reduce_tensor_via_host<C: Collective + ?Sized>(
 ) -> Result<Tensor> {
     let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     comm.all_reduce_f32(&mut host, op)?;
-    Ok(Tensor::from_vec(host, t.dims(), t.device())?)
+    Ok(Tensor::from_vec(host, t.dims(), t.device())?.to_dtype(reduced_dtype(t))?)
+}
+
+/// The dtype [`Collective::all_reduce_tensor`] returns for `t`.
+pub(crate) fn reduced_dtype(t: &Tensor) -> DType {
+    match t.dtype() {
+        DType::BF16 => DType::BF16,
+        _ => DType::F32,
+    }
 }
 
 fn check_root(root: usize, world: usize) -> Result<()> {

@@ -11,6 +11,7 @@
 //! each declared, defaulted, checked with its own bounds and printed once.
 
 use dino3d_model::AttentionKernel;
+use dino3d_model::candle_core::DType;
 use dino3d_model::precision::Precision;
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
@@ -171,6 +172,10 @@ pub struct TrainDoc {
     /// stored `T × T` probabilities; the composed path elsewhere).
     #[serde(default)]
     pub attention: Option<Spanned<String>>,
+    /// The dtype data-parallel gradients are all-reduced in: `f32` (the
+    /// default) or `bf16` (half the bytes; DINOv2 reduces in 16 bits).
+    #[serde(default)]
+    pub gradient_reduce: Option<Spanned<String>>,
 }
 
 /// The checked training sections, defaults filled (3DINO stage 1).
@@ -258,6 +263,8 @@ pub struct PretrainConfig {
     pub activation_checkpointing: bool,
     /// Attention kernel's recipe name ([`AttentionKernel::NAMES`]).
     pub attention: String,
+    /// Gradient all-reduce dtype's recipe name ([`GRADIENT_REDUCE`]).
+    pub gradient_reduce: String,
 }
 
 impl Default for PretrainConfig {
@@ -311,6 +318,7 @@ impl Default for PretrainConfig {
             activation_checkpointing: false,
             // Composed until the fused kernel is measured on a GPU.
             attention: AttentionKernel::default().name().into(),
+            gradient_reduce: GRADIENT_REDUCE[0].into(),
         }
     }
 }
@@ -338,7 +346,18 @@ impl PretrainConfig {
     pub fn attention_kernel(&self) -> AttentionKernel {
         AttentionKernel::from_name(&self.attention).unwrap_or_default()
     }
+
+    /// The dtype data-parallel gradients are all-reduced in.
+    pub fn gradient_reduce_dtype(&self) -> DType {
+        match self.gradient_reduce.as_str() {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        }
+    }
 }
+
+/// `train.gradient_reduce` names, the default first.
+pub const GRADIENT_REDUCE: [&str; 2] = ["f32", "bf16"];
 
 /// `train.precision` names: `auto`, then [`Precision::NAMES`].
 pub const PRECISIONS: [&str; 4] = ["auto", "f32", "tf32", "bf16"];
@@ -604,6 +623,12 @@ pub fn compile(
             "train.attention",
             &mut p.attention,
         );
+        c.choice(
+            &t.gradient_reduce,
+            &GRADIENT_REDUCE,
+            "train.gradient_reduce",
+            &mut p.gradient_reduce,
+        );
     }
     // Schedules hold one value per iteration: refuse absurd run lengths.
     const MAX_ITERATIONS: usize = 1 << 32;
@@ -713,6 +738,9 @@ impl std::fmt::Display for PretrainConfig {
         }
         if t.attention_kernel() != AttentionKernel::default() {
             write!(f, ", {} attention", t.attention)?;
+        }
+        if t.gradient_reduce != GRADIENT_REDUCE[0] {
+            write!(f, ", gradients reduced in {}", t.gradient_reduce)?;
         }
         if let Some(m) = t.max_iterations {
             write!(f, ", stop after {m} it")?;

@@ -144,6 +144,7 @@ pub fn run_ranked(
 
     let mut model = SslModel::new(cfg, &device, plan.seed)?;
     model.set_activation_checkpointing(t.activation_checkpointing);
+    model.set_gradient_reduce_dtype(t.gradient_reduce_dtype())?;
     if main {
         checkpoints::remove_leftovers(&out);
     }
