@@ -80,7 +80,7 @@ pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading {}", image.display()))?;
     let x = model_input_for(&vit, &volume, args.raw)
         .with_context(|| format!("preparing {}", image.display()))?;
-    let out = vit.forward(&x)?;
+    let out = vit.infer(&x)?;
     let tensors = HashMap::from([
         ("cls".to_string(), out.cls_norm.squeeze(0)?),
         ("patch".to_string(), out.patch_norm.squeeze(0)?),

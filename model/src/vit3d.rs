@@ -400,6 +400,20 @@ impl ViT3d {
         self.forward_with(x, &ForwardOptions::default())
     }
 
+    /// [`Self::forward`] for inference: each block's graph is dropped as
+    /// soon as its output exists ([`Activations::Discard`]), so a backbone
+    /// whose weights are variables holds one block's intermediates at a
+    /// time instead of all of them; no gradient reaches the blocks.
+    pub fn infer(&self, x: &Tensor) -> Result<ViT3dOutput> {
+        self.forward_with(
+            x,
+            &ForwardOptions {
+                activations: Activations::Discard,
+                ..Default::default()
+            },
+        )
+    }
+
     /// Applies the final LayerNorm (e.g. to an intermediate layer).
     pub fn apply_norm(&self, tokens: &Tensor) -> Result<Tensor> {
         Ok(self.norm.forward(tokens)?)
@@ -413,10 +427,31 @@ impl ViT3d {
         indices: &[usize],
         norm: bool,
     ) -> Result<Vec<(Tensor, Tensor)>> {
+        self.layers_with(x, indices, norm, Activations::Keep)
+    }
+
+    /// [`Self::intermediate_layers`] for inference (see [`Self::infer`]).
+    pub fn infer_intermediate_layers(
+        &self,
+        x: &Tensor,
+        indices: &[usize],
+        norm: bool,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        self.layers_with(x, indices, norm, Activations::Discard)
+    }
+
+    fn layers_with(
+        &self,
+        x: &Tensor,
+        indices: &[usize],
+        norm: bool,
+        activations: Activations,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
         let out = self.forward_with(
             x,
             &ForwardOptions {
                 intermediate_layers: indices,
+                activations,
                 ..Default::default()
             },
         )?;

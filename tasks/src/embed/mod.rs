@@ -92,7 +92,7 @@ pub fn embed(
             model_input(&img.data, img.shape, vit.device())?
         }
     };
-    let out = vit.forward(&x)?;
+    let out = vit.infer(&x)?;
     let patch = out.patch_norm.squeeze(0)?;
     Ok(Embedding {
         cls: out.cls_norm.squeeze(0)?.to_vec1()?,

@@ -86,7 +86,7 @@ pub(crate) fn extract(vit: &ViT3d, images: &[&Image], blocks: usize) -> Result<V
     let x = Tensor::cat(&inputs, 0)?;
     let depth = vit.depth();
     let indices: Vec<usize> = (depth - blocks..depth).collect();
-    let layers = vit.intermediate_layers(&x, &indices, true)?;
+    let layers = vit.infer_intermediate_layers(&x, &indices, true)?;
     let dim = vit.config().embed_dim;
     let cls: Vec<Vec<Vec<f32>>> = layers
         .iter()

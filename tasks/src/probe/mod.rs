@@ -181,7 +181,7 @@ fn tokens(vit: &ViT3d, vol: &LabelledVolume, p: usize, stride: usize) -> Result<
                 let start = [ox, oy, oz];
                 let size = [n[0] * p, n[1] * p, n[2] * p];
                 let input = model_input(&vol.image, start, size, vit.device())?;
-                let feats = vit.forward(&input)?.patch_norm.squeeze(0)?;
+                let feats = vit.infer(&input)?.patch_norm.squeeze(0)?;
                 let feats: Vec<Vec<f32>> = feats.to_vec2()?;
                 for (t, f) in feats.into_iter().enumerate() {
                     // Token order: last grid axis fastest.

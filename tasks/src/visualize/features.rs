@@ -15,7 +15,7 @@
 //!   token comes from exactly one window.
 
 use dino3d_model::candle_core::{Device, Tensor};
-use dino3d_model::{AttentionCapture, ForwardOptions, ViT3d};
+use dino3d_model::{Activations, AttentionCapture, ForwardOptions, ViT3d};
 use dino3d_pipeline::transforms::crop_foreground::crop;
 use dino3d_pipeline::transforms::{Image, ResizeMode, resize};
 
@@ -169,6 +169,8 @@ fn forward_batch(
         } else {
             AttentionCapture::None
         },
+        // Inference: one block's intermediates alive at a time.
+        activations: Activations::Discard,
         ..Default::default()
     };
     let out = vit
