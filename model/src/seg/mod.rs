@@ -48,7 +48,7 @@ pub use loss::{brats_regions, brats_regions_tensor, dice_ce, one_hot, sigmoid_di
 pub use out_block::UnetOutBlock;
 pub use pr_up_block::UnetrPrUpBlock;
 pub use res_block::UnetResBlock;
-pub use tokens::{last_levels, unetr_levels, vit_levels};
+pub use tokens::{last_levels, unetr_levels, vit_levels, vit_levels_frozen};
 pub use unetr::{UnetrConfig, UnetrHead};
 pub use up_block::UnetrUpBlock;
 pub use upsample::upsample_trilinear;

@@ -81,13 +81,29 @@ pub fn last_levels(depth: usize) -> [usize; 4] {
 /// # Errors
 /// Inputs the ViT refuses.
 pub fn vit_levels(vit: &ViT3d, x: &Tensor, indices: &[usize]) -> Result<Vec<Tensor>> {
+    levels_with(vit, x, indices, true)
+}
+
+/// [`vit_levels`] of a frozen backbone: no gradient reaches it, and each
+/// block's graph is dropped as soon as its output exists
+/// ([`ViT3d::infer_intermediate_layers`]), so one block's intermediates are
+/// alive at a time.
+///
+/// # Errors
+/// Inputs the ViT refuses.
+pub fn vit_levels_frozen(vit: &ViT3d, x: &Tensor, indices: &[usize]) -> Result<Vec<Tensor>> {
+    levels_with(vit, x, indices, false)
+}
+
+fn levels_with(vit: &ViT3d, x: &Tensor, indices: &[usize], train: bool) -> Result<Vec<Tensor>> {
     let (b, c, sx, sy, sz) = x.dims5()?;
     let per_channel = x.reshape((b * c, 1, sx, sy, sz))?;
-    Ok(vit
-        .intermediate_layers(&per_channel, indices, true)?
-        .into_iter()
-        .map(|(patch, _cls)| patch)
-        .collect())
+    let layers = if train {
+        vit.intermediate_layers(&per_channel, indices, true)?
+    } else {
+        vit.infer_intermediate_layers(&per_channel, indices, true)?
+    };
+    Ok(layers.into_iter().map(|(patch, _cls)| patch).collect())
 }
 
 #[cfg(test)]
@@ -129,5 +145,34 @@ mod tests {
         assert!(tokens_to_volume(&cat, [2, 1, 1]).is_err());
         assert!(token_grid([32, 32, 48], 16).unwrap() == [2, 2, 3]);
         assert!(token_grid([32, 30, 48], 16).is_err());
+    }
+
+    #[test]
+    fn frozen_levels_equal_the_tracked_ones_without_gradient() {
+        let dev = Device::Cpu;
+        let cfg = crate::ViT3dConfig {
+            embed_dim: 24,
+            depth: 4,
+            num_heads: 2,
+            pos_grid: 2,
+            ..crate::ViT3dConfig::tiny()
+        };
+        let (vit, vm) = ViT3d::with_varmap(cfg, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 32, 32, 32), &dev).unwrap();
+        let levels = [1, 3];
+        let tracked = vit_levels(&vit, &x, &levels).unwrap();
+        let frozen = vit_levels_frozen(&vit, &x, &levels).unwrap();
+        for (a, b) in tracked.iter().zip(&frozen) {
+            assert_eq!(f64s(a), f64s(b));
+        }
+        // Only the final norm (applied to the taps) is still in the graph.
+        let grads = frozen[0].sum_all().unwrap().backward().unwrap();
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            assert_eq!(
+                grads.get(v.as_tensor()).is_some(),
+                name.starts_with("norm."),
+                "{name}"
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ use dino3d_model::seg::adapter::frozen_backbone;
 use dino3d_model::seg::{
     LinearDecoderHead, LinearHeadConfig, UnetrConfig, UnetrHead, VitAdapterConfig, VitAdapterHead,
     brats_regions_tensor, dice_ce, last_levels, sigmoid_dice, unetr_levels, vit_levels,
+    vit_levels_frozen,
 };
 use dino3d_model::{ViT3d, ViT3dConfig};
 use dino3d_pipeline::recipe::Plan;
@@ -164,10 +165,15 @@ impl Model {
             // a copy with detached weights instead (see `build_model`).
             Head::Adapter(h) => return Ok(h.forward_t(&self.backbone, x, train)?),
         };
-        let mut levels = vit_levels(&self.backbone, x, &indices)?;
-        if !self.train_backbone {
-            levels = levels.into_iter().map(|t| t.detach()).collect();
-        }
+        let levels = if self.train_backbone {
+            vit_levels(&self.backbone, x, &indices)?
+        } else {
+            // Detached, one block's activations alive at a time.
+            vit_levels_frozen(&self.backbone, x, &indices)?
+                .into_iter()
+                .map(|t| t.detach())
+                .collect()
+        };
         Ok(match &self.head {
             Head::Unetr(h) => h.forward(x, &levels)?,
             Head::Adapter(_) => unreachable!("returned above"),
