@@ -210,7 +210,10 @@ test_step() {
 run_train_step() {
     [ -f "$DIR/train_step_cuda.xz" ] || { echo "no $DIR/train_step_cuda.xz: skipping the training step"; return 0; }
     unpack
+    # PHASES=1: each step's phases too (teacher, student, backward, clip,
+    # adamw, ema; six device waits per step, microseconds each).
     local bin="$DIR/train_step_cuda"
+    export PHASES=1
     gpu_step "train step ViT-S b2 f32" env DEVICE=cuda:0 ARCH=small BATCH=2 "$bin"
     gpu_step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$bin"
     gpu_step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$bin"
@@ -228,6 +231,7 @@ run_train_step() {
         gpu_step "torch ViT-L b32 bf16" "${torch[@]}" --bf16 --batch 32
         gpu_step "torch ViT-L b64 bf16" "${torch[@]}" --bf16 --batch 64
     fi
+    unset PHASES
 }
 
 # Like step, with the GPU memory in use sampled every 250 ms (nvidia-smi:

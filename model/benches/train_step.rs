@@ -11,7 +11,9 @@
 //! f32, as `train.precision`), TF32 (1: the same as PRECISION=tf32),
 //! CHECKPOINT (1: recompute each block in the backward, as
 //! `train.activation_checkpointing`), ATTENTION (composed or fused, as
-//! `train.attention`).
+//! `train.attention`), PHASES (1: also the mean seconds of each phase of
+//! the step: teacher, student, backward, clip, adamw, ema; the device is
+//! waited for at each boundary, which costs a little).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -130,6 +132,7 @@ fn main() {
     let flops = step_flops(&cfg.backbone, &cfg.ibot_head, [b, gs, ls, nl, masked]);
     let mut model = SslModel::new(cfg, &dev, 0).expect("model");
     model.set_activation_checkpointing(checkpoint);
+    model.set_phase_timing(env("PHASES", 0) == 1);
     let globals = noise(1, &[2 * b, 1, gs, gs, gs], &dev);
     let locals = noise(2, &[nl * b, 1, ls, ls, ls], &dev);
     let batch = SslBatch {
@@ -146,6 +149,7 @@ fn main() {
         teacher_temp: 0.07,
     };
     let mut times = Vec::new();
+    let mut phases: Vec<(&'static str, f64)> = Vec::new();
     for i in 0..warmup + steps {
         let t = Instant::now();
         let r = model.step(&batch, values, Some(i as u64)).expect("step");
@@ -154,6 +158,12 @@ fn main() {
         if i >= warmup {
             println!("step {}: {s:.3} s, loss {:.4}", i - warmup, r.losses.total);
             times.push(s);
+            if phases.is_empty() {
+                phases = r.phases.iter().map(|&(n, _)| (n, 0.0)).collect();
+            }
+            for (sum, (_, t)) in phases.iter_mut().zip(&r.phases) {
+                sum.1 += t / steps as f64;
+            }
         }
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
@@ -165,6 +175,10 @@ fn main() {
         common::peak_rss_mib(),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into())
     );
+    if !phases.is_empty() {
+        let line: Vec<String> = phases.iter().map(|(n, t)| format!("{n}={t:.4}")).collect();
+        println!("step phases (mean s): {}", line.join(" "));
+    }
     if !dev.is_cpu() {
         let peak = env("PEAK_TFLOPS", 989) as f64 * 1e12;
         let tokens = (2 * b * ((gs / 16).pow(3) + 1) + nl * b * ((ls / 16).pow(3) + 1)) as f64;

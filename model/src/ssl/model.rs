@@ -103,6 +103,42 @@ pub struct StepReport {
     pub grad_norms: Vec<f64>,
     /// Masked tokens in the batch (all ranks' in a data-parallel step).
     pub n_masked: usize,
+    /// Seconds per phase of the step, in order, when phase timing is on
+    /// ([`SslModel::set_phase_timing`]); empty otherwise.
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+/// Times the phases of a step, waiting for the device at each boundary
+/// (so a GPU's queued work is counted where it was enqueued); does nothing
+/// when off.
+struct PhaseTimer {
+    device: Option<Device>,
+    last: std::time::Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl PhaseTimer {
+    fn new(device: Option<&Device>) -> Result<Self> {
+        if let Some(d) = device {
+            d.synchronize()?;
+        }
+        Ok(Self {
+            device: device.cloned(),
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        })
+    }
+
+    /// Ends phase `name`.
+    fn mark(&mut self, name: &'static str) -> Result<()> {
+        if let Some(d) = &self.device {
+            d.synchronize()?;
+            let now = std::time::Instant::now();
+            self.phases.push((name, (now - self.last).as_secs_f64()));
+            self.last = now;
+        }
+        Ok(())
+    }
 }
 
 /// Student, teacher, optimiser and centring state.
@@ -118,6 +154,8 @@ pub struct SslModel {
     student_activations: Activations,
     /// The dtype gradients are all-reduced in (f32 or bf16).
     gradient_wire: DType,
+    /// Whether steps time their phases.
+    phase_timing: bool,
 }
 
 impl std::fmt::Debug for SslModel {
@@ -155,6 +193,7 @@ impl SslModel {
             centering,
             student_activations: Activations::Keep,
             gradient_wire: DType::F32,
+            phase_timing: false,
         })
     }
 
@@ -184,6 +223,13 @@ impl SslModel {
         }
         self.gradient_wire = dtype;
         Ok(())
+    }
+
+    /// Times each step's phases (teacher, student, backward, all_reduce,
+    /// clip, adamw, ema) into [`StepReport::phases`], waiting for the device
+    /// at every boundary: for profiles, not for training (the waits cost).
+    pub fn set_phase_timing(&mut self, on: bool) {
+        self.phase_timing = on;
     }
 
     /// The configuration.
@@ -263,6 +309,18 @@ impl SslModel {
         drop_path_seed: Option<u64>,
         comm: Option<&dyn Collective>,
     ) -> Result<SslLosses> {
+        let mut timer = PhaseTimer::new(None)?;
+        self.losses_timed(batch, teacher_temp, drop_path_seed, comm, &mut timer)
+    }
+
+    fn losses_timed(
+        &mut self,
+        batch: &SslBatch,
+        teacher_temp: f64,
+        drop_path_seed: Option<u64>,
+        comm: Option<&dyn Collective>,
+        timer: &mut PhaseTimer,
+    ) -> Result<SslLosses> {
         let n_tokens = self.tokens_per_global(batch)?;
         let gather = MaskGather::new(batch, n_tokens)?;
         let targets = teacher_targets(
@@ -273,6 +331,7 @@ impl SslModel {
             &mut self.centering,
             comm,
         )?;
+        timer.mark("teacher")?;
         let setup = LossSetup {
             dino_weight: self.cfg.dino_weight,
             ibot_weight: self.cfg.ibot_weight,
@@ -314,7 +373,13 @@ impl SslModel {
         comm: Option<&dyn Collective>,
     ) -> Result<StepReport> {
         let comm = distributed(comm);
-        let losses = self.losses_with(batch, values.teacher_temp, drop_path_seed, comm)?;
+        let device = self
+            .phase_timing
+            .then(|| self.student.backbone.device().clone());
+        let mut timer = PhaseTimer::new(device.as_ref())?;
+        let losses =
+            self.losses_timed(batch, values.teacher_temp, drop_path_seed, comm, &mut timer)?;
+        timer.mark("student")?;
         let mut n_masked = losses.n_masked;
         let mut report_losses = losses.values()?;
         if let Some(comm) = comm {
@@ -341,6 +406,7 @@ impl SslModel {
             )));
         }
         let mut grads = losses.backward(&self.student.backbone)?;
+        timer.mark("backward")?;
         if let Some(comm) = comm {
             average_gradients(
                 &mut grads,
@@ -348,6 +414,7 @@ impl SslModel {
                 comm,
                 self.gradient_wire,
             )?;
+            timer.mark("all_reduce")?;
         }
         // Norms are reported even when clipping is off (an infinite bound).
         let bound = if self.cfg.clip_grad > 0.0 {
@@ -366,13 +433,17 @@ impl SslModel {
                 "a gradient norm is not finite ({n}); stopping before the update"
             )));
         }
+        timer.mark("clip")?;
         self.optimizer.step(&grads, values.into())?;
         drop(grads);
+        timer.mark("adamw")?;
         ema_update(&self.teacher_vars, &self.student_vars, values.momentum)?;
+        timer.mark("ema")?;
         Ok(StepReport {
             losses: report_losses,
             grad_norms,
             n_masked,
+            phases: timer.phases,
         })
     }
 

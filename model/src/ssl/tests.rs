@@ -298,3 +298,23 @@ fn activation_checkpointing_takes_the_same_step() {
         }
     }
 }
+
+#[test]
+fn phase_timing_reports_every_phase_in_order_only_when_on() {
+    let d = data(11);
+    let mut m = SslModel::new(cfg(), &Device::Cpu, 0).unwrap();
+    let plain = m.step(&batch(&d), values(0.9, 1e-3), Some(1)).unwrap();
+    assert!(plain.phases.is_empty());
+    m.set_phase_timing(true);
+    let start = std::time::Instant::now();
+    let timed = m.step(&batch(&d), values(0.9, 1e-3), Some(2)).unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    let names: Vec<&str> = timed.phases.iter().map(|p| p.0).collect();
+    assert_eq!(
+        names,
+        ["teacher", "student", "backward", "clip", "adamw", "ema"]
+    );
+    let sum: f64 = timed.phases.iter().map(|p| p.1).sum();
+    assert!(timed.phases.iter().all(|p| p.1 >= 0.0));
+    assert!(sum > 0.0 && sum <= wall, "{sum} of {wall}");
+}
