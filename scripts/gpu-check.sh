@@ -263,7 +263,7 @@ run_loader() {
     for t in 1 4 8 16; do
         [ "$t" -le "$(nproc)" ] || continue
         step "loader: $t thread(s)" bash -c "'$DIR/dino-run' pipeline run '$recipe' --set 'cache.dir=$cache' \
-            --set batch.size=32 --batches $((8 * t)) --threads $t 2>/dev/null | tee -a '$log'"
+            --set batch.size=32 --batches $((8 * t)) --threads $t --batch-order x 2>/dev/null | tee -a '$log'"
     done
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Tensor5};
+use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Order, Tensor5};
 use dino3d_pipeline::layout::to_x_fastest;
 use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
 use dino3d_pipeline::{Volume, VolumeMeta, VoxelData, Voxels};
@@ -53,6 +53,11 @@ pub(crate) struct PipelineRunArgs {
     /// back into volumes) with its masks as JSON.
     #[arg(long)]
     save_batch: Option<PathBuf>,
+    /// Memory order of the batches' crops: `z` (PyTorch's layout, what CPU
+    /// training takes) or `x` (as pretraining on a GPU takes them, the GPU
+    /// turning them).
+    #[arg(long, default_value = "z", value_parser = ["z", "x"])]
+    batch_order: String,
 }
 
 pub(crate) fn run_pipeline(cmd: PipelineCmd) -> anyhow::Result<ExitCode> {
@@ -81,6 +86,9 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     let mut config = LoaderConfig::from_plan(&plan);
     if let Some(t) = args.threads {
         config.threads = t;
+    }
+    if args.batch_order == "x" {
+        config.order = Order::XFastest;
     }
     let threads = if config.threads == 0 {
         rayon::current_num_threads()
@@ -145,11 +153,15 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes crop `n` of `t` as a NIfTI volume (back to x-fastest).
+/// Writes crop `n` of `t` as a NIfTI volume (x fastest).
 fn tensor_volume(t: &Tensor5, n: usize) -> Volume {
     let [_, c, x, y, z] = t.shape;
     let len = c * x * y * z;
-    let data = to_x_fastest(&t.data[n * len..(n + 1) * len], [c, x, y, z]);
+    let crop = &t.data[n * len..(n + 1) * len];
+    let data = match t.order {
+        Order::ZFastest => to_x_fastest(crop, [c, x, y, z]),
+        Order::XFastest => crop.to_vec(),
+    };
     Volume {
         data: VoxelData::F32(Voxels::from(data)),
         shape: [c, x, y, z],

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use dino3d_pipeline::exec::op::{CompiledStep, Context, run_steps};
 use dino3d_pipeline::exec::passes::compose_flips;
 use dino3d_pipeline::exec::{
-    DirectSource, Loader, LoaderConfig, MemorySource, Output, Passes, Pipeline, PreparedSource,
-    Sample,
+    DirectSource, Loader, LoaderConfig, MemorySource, Order, Output, Passes, Pipeline,
+    PreparedSource, Sample,
 };
 use dino3d_pipeline::manifest::ManifestEntry;
 use dino3d_pipeline::nifti::{WriteOptions, affine::IDENTITY, write_volume};
@@ -130,6 +130,16 @@ fn batches(
 }
 
 fn start_loader(text: &str, manifest: &Path, entries: &[ManifestEntry], threads: usize) -> Loader {
+    start_loader_in(text, manifest, entries, threads, Order::ZFastest)
+}
+
+fn start_loader_in(
+    text: &str,
+    manifest: &Path,
+    entries: &[ManifestEntry],
+    threads: usize,
+    order: Order,
+) -> Loader {
     let plan = plan(text);
     let pipeline = Arc::new(Pipeline::new(&plan));
     let source: Arc<dyn PreparedSource> = Arc::new(MemorySource::new(DirectSource::new(
@@ -139,9 +149,51 @@ fn start_loader(text: &str, manifest: &Path, entries: &[ManifestEntry], threads:
     )));
     let config = LoaderConfig {
         threads,
+        order,
         ..LoaderConfig::from_plan(&plan)
     };
     Loader::start(pipeline, source, config).unwrap()
+}
+
+/// Batches with their crops left x fastest (for a GPU) hold the values of
+/// the z-fastest batches, crop by crop, and the same masks.
+#[test]
+fn x_fastest_batches_hold_the_z_fastest_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, entries) = dataset(dir.path(), 3, false);
+    let text = small_recipe(&manifest, false).replace("size: 2 ", "size: 3 ");
+    let z = batches(&text, &manifest, &entries, 2, 2);
+    let x: Vec<_> = start_loader_in(&text, &manifest, &entries, 2, Order::XFastest)
+        .take(2)
+        .map(|b| b.unwrap())
+        .collect();
+    for (z, x) in z.iter().zip(&x) {
+        assert_eq!(
+            (z.batch.masks.clone(), &z.batch.items),
+            (x.batch.masks.clone(), &x.batch.items)
+        );
+        for (tz, tx) in [
+            (&z.batch.global, &x.batch.global),
+            (&z.batch.local, &x.batch.local),
+        ] {
+            assert_eq!(
+                (tz.shape, tz.order, tx.order),
+                (tx.shape, Order::ZFastest, Order::XFastest)
+            );
+            let [n, c, sx, sy, sz] = tz.shape;
+            for i in 0..n {
+                for ch in 0..c {
+                    for a in 0..sx {
+                        for b in 0..sy {
+                            for d in 0..sz {
+                                assert_eq!(tz.at(i, ch, a, b, d), tx.at(i, ch, a, b, d));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Batches written into buffers handed back by `recycle` are those of a

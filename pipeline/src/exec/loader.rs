@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::ManifestEntry;
 use crate::transforms::DrawKey;
 
-use super::collate::{Batch, collate_crops_into, collate_samples};
+use super::collate::{Batch, Order, collate_crops_into, collate_samples};
 use super::masks::ibot_masks;
 use super::runner::{Output, Pipeline};
 use super::sample::{Prepared, Sample};
@@ -142,6 +142,9 @@ pub struct LoaderConfig {
     pub mask_ratio: (f64, f64),
     /// Model patch size (token grid).
     pub patch_size: usize,
+    /// Memory order of the crops in a multi-crop batch (z fastest unless the
+    /// consumer turns them itself, as a GPU does).
+    pub order: Order,
 }
 
 impl LoaderConfig {
@@ -158,6 +161,7 @@ impl LoaderConfig {
             mask_sample_probability: plan.batch.mask_sample_probability,
             mask_ratio: plan.batch.mask_ratio,
             patch_size: plan.batch.patch_size,
+            order: Order::ZFastest,
         }
     }
 }
@@ -463,7 +467,7 @@ fn assemble(
         config.mask_ratio,
         &mut rng,
     );
-    let mut batch = collate_crops_into(&crops, masks, [spare.take(), spare.take()])?;
+    let mut batch = collate_crops_into(&crops, masks, [spare.take(), spare.take()], config.order)?;
     batch.items = items;
     batch.epochs = epochs;
     Ok((batch, Vec::new()))

@@ -15,7 +15,7 @@ pub mod sample;
 pub mod sampler;
 
 pub use cached::{CacheSource, CacheStats, Warmed};
-pub use collate::{Batch, Tensor5};
+pub use collate::{Batch, Order, Tensor5};
 pub use dataset::{Dataset, Items, Keep, plan_cache_dir, plan_items};
 pub use loader::{DirectSource, LoadedBatch, Loader, LoaderConfig, MemorySource, PreparedSource};
 pub use masks::{Masks, ibot_masks};
