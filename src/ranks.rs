@@ -20,15 +20,18 @@ const BOOTSTRAP_TIMEOUT_S: u64 = 300;
 #[cfg(feature = "cuda")]
 const COLLECTIVE_TIMEOUT_S: u64 = 600;
 
-/// Seconds from the variable `name`, else `default`.
+/// Seconds from the variable `name` (a positive whole number), else
+/// `default`.
 #[cfg(feature = "cuda")]
-fn seconds(name: &str, default: u64) -> std::time::Duration {
-    std::time::Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default),
-    )
+fn seconds(name: &str, default: u64) -> anyhow::Result<std::time::Duration> {
+    let secs = match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => s,
+            _ => anyhow::bail!("{name}={v}: a positive number of seconds is expected"),
+        },
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Pretrains as rank `env.rank` of `env.world_size` on GPU `env.local_rank`:
@@ -96,8 +99,8 @@ fn join_and_train(
     let comm = dino3d_tasks::distributed::join_nccl(
         env,
         &gpu,
-        seconds("DINO3D_BOOTSTRAP_TIMEOUT", BOOTSTRAP_TIMEOUT_S),
-        seconds("DINO3D_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT_S),
+        seconds("DINO3D_BOOTSTRAP_TIMEOUT", BOOTSTRAP_TIMEOUT_S)?,
+        seconds("DINO3D_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT_S)?,
         on_failure,
     )?;
     eprintln!(
@@ -107,7 +110,10 @@ fn join_and_train(
         gpu.ordinal(),
         gpu.name()
     );
-    crate::pretrain_cmd::run(plan, config, recipe, &gpu.device(), options, &comm)
+    let code = crate::pretrain_cmd::run(plan, config, recipe, &gpu.device(), options, &comm)?;
+    // In order: rank 0 does not report this rank as lost.
+    comm.finish();
+    Ok(code)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -59,6 +59,11 @@ impl Drop for AttentionKernelGuard {
     }
 }
 
+/// The kernel in force on this thread.
+pub(crate) fn current_kernel() -> AttentionKernel {
+    KERNEL.with(Cell::get)
+}
+
 /// Uses `kernel` on this thread until the guard is dropped (scoped and per
 /// thread, as [`crate::precision::autocast`]).
 pub fn use_attention_kernel(kernel: AttentionKernel) -> AttentionKernelGuard {
@@ -77,9 +82,9 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<
     if !applies {
         return Ok(None);
     }
-    flash_attention(q, k, v, scale)
-        .map(Some)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    // A shape the kernel refuses (too many rows for its grid) takes the
+    // composed path.
+    Ok(flash_attention(q, k, v, scale).ok())
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -18,6 +18,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::Result;
+use crate::attention::{AttentionKernel, current_kernel, use_attention_kernel};
 use crate::block::{Block, BranchDrop};
 
 /// What a forward pass keeps of each block's activations for a backward.
@@ -45,17 +46,27 @@ pub struct BlockTape {
     inputs: Vec<Tensor>,
     /// Each block's drop-path draw, replayed by the recomputation.
     drops: Vec<BranchDrop>,
+    /// The attention kernel the forward ran, replayed too (the same
+    /// function, whatever the thread's setting at backward time).
+    kernel: AttentionKernel,
 }
 
 impl BlockTape {
     /// Starts a tape at block 0's input `tokens`; returns it with the leaf
-    /// the first block reads.
-    pub(crate) fn start(tokens: Tensor) -> Result<(Self, Tensor)> {
+    /// the first block reads. `probs`: the forward asks for attention maps
+    /// (which only the composed kernel gives).
+    pub(crate) fn start(tokens: Tensor, probs: bool) -> Result<(Self, Tensor)> {
         let leaf = leaf_copy(&tokens)?;
+        let kernel = if probs {
+            AttentionKernel::Composed
+        } else {
+            current_kernel()
+        };
         let tape = Self {
             tokens,
             inputs: vec![leaf.clone()],
             drops: Vec::new(),
+            kernel,
         };
         Ok((tape, leaf))
     }
@@ -77,8 +88,10 @@ impl BlockTape {
             tokens,
             mut inputs,
             drops,
+            kernel,
         } = self;
         debug_assert_eq!(drops.len(), blocks.len());
+        let _kernel = use_attention_kernel(kernel);
         for (block, branch_drop) in blocks.iter().zip(&drops).rev() {
             let output = inputs.pop().expect("one leaf per block output");
             let Some(grad_out) = grads.remove(&output) else {

@@ -315,7 +315,8 @@ impl ViT3d {
         let mut h = self.prepare_tokens(x, opts.masks)?;
         let mut tape = None;
         if opts.activations == Activations::Recompute {
-            let (t, leaf) = BlockTape::start(h)?;
+            let probs = opts.attention != AttentionCapture::None;
+            let (t, leaf) = BlockTape::start(h, probs)?;
             tape = Some(t);
             h = leaf;
         }

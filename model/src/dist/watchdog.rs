@@ -25,6 +25,9 @@ pub trait ProgressBoard: Send + Sync {
     /// The ranks known not to have entered collective `seq`, with the last
     /// one each did enter (0: none); empty where this rank cannot know.
     fn behind(&self, seq: u64) -> Vec<(usize, u64)>;
+    /// This rank is done with the job, in order: a rank that leaves without
+    /// saying so is a lost one.
+    fn finish(&self) {}
 }
 
 /// What a rank stuck in a collective knows.
@@ -87,9 +90,11 @@ struct Shared {
 
 /// A [`Collective`] whose every call has a deadline.
 pub struct Watchdog<C: Collective> {
+    // Dropped first: the board must not outlive its say on this rank, and
+    // the communicator's teardown comes after.
+    board: Option<Arc<dyn ProgressBoard>>,
     inner: C,
     shared: Arc<Shared>,
-    board: Option<Arc<dyn ProgressBoard>>,
     seq: std::cell::Cell<u64>,
     monitor: Option<JoinHandle<()>>,
 }
@@ -129,11 +134,20 @@ impl<C: Collective> Watchdog<C> {
                 .expect("spawning the collective watchdog")
         };
         Self {
+            board,
             inner,
             shared,
-            board,
             seq: std::cell::Cell::new(0),
             monitor: Some(monitor),
+        }
+    }
+
+    /// Tells the progress board this rank is done, in order (call once the
+    /// job succeeded; a rank that drops the watchdog without it counts as
+    /// lost to rank 0).
+    pub fn finish(&self) {
+        if let Some(b) = &self.board {
+            b.finish();
         }
     }
 
@@ -141,13 +155,14 @@ impl<C: Collective> Watchdog<C> {
     fn timed<T>(&self, name: &'static str, call: impl FnOnce(&C) -> Result<T>) -> Result<T> {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
-        if let Some(b) = &self.board {
-            b.entered(seq);
-        }
         {
             let mut s = self.shared.state.lock().expect("watchdog state");
             s.call = Some((name, seq, Instant::now()));
             self.shared.wake.notify_all();
+        }
+        // Under the deadline too: announcing may block on the network.
+        if let Some(b) = &self.board {
+            b.entered(seq);
         }
         let out = call(&self.inner);
         self.shared.state.lock().expect("watchdog state").call = None;
@@ -216,7 +231,13 @@ impl<C: Collective> Collective for Watchdog<C> {
         self.timed("barrier", |c| c.barrier())
     }
     fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
-        self.timed("all_reduce_tensor", |c| c.all_reduce_tensor(t, op))
+        // NCCL only queues a device reduction: wait for it here, where the
+        // deadline applies, not in whatever reads the result next.
+        self.timed("all_reduce_tensor", |c| {
+            let out = c.all_reduce_tensor(t, op)?;
+            out.device().synchronize()?;
+            Ok(out)
+        })
     }
 }
 

@@ -72,10 +72,19 @@ impl SslLosses {
 
     /// The gradients of the total with respect to every student parameter.
     /// Under activation checkpointing the blocks are recomputed from their
-    /// tapes after the loss's own graph is freed.
+    /// tapes once the loss's own graph (heads, logits) is freed.
     pub fn backward(self, backbone: &ViT3d) -> Result<candle_core::backprop::GradStore> {
-        let mut grads = self.total.backward()?;
-        let tapes = self.tapes;
+        let Self {
+            dino_local,
+            dino_global,
+            koleo,
+            ibot,
+            total,
+            tapes,
+            ..
+        } = self;
+        let mut grads = total.backward()?;
+        drop((dino_local, dino_global, koleo, ibot, total));
         for tape in tapes {
             backbone.backward_tape(tape, &mut grads)?;
         }

@@ -309,8 +309,17 @@ impl SslModel {
         drop_path_seed: Option<u64>,
         comm: Option<&dyn Collective>,
     ) -> Result<SslLosses> {
+        // Evaluation keeps the activations: a caller's `total.backward()`
+        // then reaches every parameter, with no tape to replay.
         let mut timer = PhaseTimer::new(None)?;
-        self.losses_timed(batch, teacher_temp, drop_path_seed, comm, &mut timer)
+        self.losses_timed(
+            batch,
+            teacher_temp,
+            drop_path_seed,
+            comm,
+            Activations::Keep,
+            &mut timer,
+        )
     }
 
     fn losses_timed(
@@ -319,6 +328,7 @@ impl SslModel {
         teacher_temp: f64,
         drop_path_seed: Option<u64>,
         comm: Option<&dyn Collective>,
+        activations: Activations,
         timer: &mut PhaseTimer,
     ) -> Result<SslLosses> {
         let n_tokens = self.tokens_per_global(batch)?;
@@ -336,7 +346,7 @@ impl SslModel {
             dino_weight: self.cfg.dino_weight,
             ibot_weight: self.cfg.ibot_weight,
             koleo_weight: self.cfg.koleo_weight,
-            activations: self.student_activations,
+            activations,
         };
         student_losses(
             &self.student,
@@ -377,9 +387,14 @@ impl SslModel {
             .phase_timing
             .then(|| self.student.backbone.device().clone());
         let mut timer = PhaseTimer::new(device.as_ref())?;
-        let losses =
-            self.losses_timed(batch, values.teacher_temp, drop_path_seed, comm, &mut timer)?;
-        timer.mark("student")?;
+        let losses = self.losses_timed(
+            batch,
+            values.teacher_temp,
+            drop_path_seed,
+            comm,
+            self.student_activations,
+            &mut timer,
+        )?;
         let mut n_masked = losses.n_masked;
         let mut report_losses = losses.values()?;
         if let Some(comm) = comm {
@@ -400,6 +415,7 @@ impl SslModel {
                 [v[0], v[1], v[2], v[3], v[4]];
             n_masked = (v[5] * comm.world_size() as f64).round() as usize;
         }
+        timer.mark("student")?;
         if !report_losses.total.is_finite() {
             return Err(ModelError::Input(format!(
                 "the loss is not finite ({report_losses:?}); stopping before the update"

@@ -131,7 +131,11 @@ pub fn stack_into(
         .for_each(|(slot, img)| match order {
             Order::ZFastest => crate::layout::init_z_fastest(slot, &img.data, shape),
             Order::XFastest => {
-                assert_eq!(slot.len(), img.data.len(), "collate: data and shape disagree");
+                assert_eq!(
+                    slot.len(),
+                    img.data.len(),
+                    "collate: data and shape disagree"
+                );
                 for (d, &v) in slot.iter_mut().zip(&img.data) {
                     d.write(v);
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dino3d_model::cuda::{GpuContext, NcclCollective, nccl_unique_id};
 use dino3d_model::dist::Watchdog;
 
-use super::progress::{OnFailure, watched};
+use super::progress::{OnFailure, start_board, watch};
 use super::{LaunchEnv, bootstrap};
 use crate::error::{Context, Result};
 
@@ -15,7 +15,8 @@ use crate::error::{Context, Result};
 /// other ranks at the bootstrap (NCCL's own init then waits for all of them
 /// too); every collective afterwards has `collective_timeout`, and a stuck
 /// collective or (seen from rank 0) a vanished rank goes to `on_failure`
-/// with the ranks named ([`watched`]).
+/// with the ranks named ([`watch`]). Call `finish` on the result when the
+/// job succeeded.
 pub fn join_nccl(
     env: &LaunchEnv,
     gpu: &GpuContext,
@@ -29,6 +30,9 @@ pub fn join_nccl(
         Vec::new()
     };
     let (id, link) = bootstrap::join(env, &id, bootstrap_timeout)?;
+    // Before NCCL's init, which waits for every rank: a rank lost there is
+    // reported by rank 0 instead of holding it forever.
+    let board = start_board(link, env.world_size, on_failure.clone());
     let comm = NcclCollective::new(gpu, env.rank, env.world_size, &id).with_context(|| {
         format!(
             "joining NCCL as rank {} of {} on GPU {}",
@@ -37,5 +41,5 @@ pub fn join_nccl(
             gpu.ordinal()
         )
     })?;
-    Ok(watched(comm, link, collective_timeout, on_failure))
+    Ok(watch(comm, board, collective_timeout, on_failure))
 }

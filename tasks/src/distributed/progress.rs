@@ -11,7 +11,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +25,14 @@ const FINISHED: u64 = u64::MAX;
 /// Called on rank 0 with a lost rank and the last collective it entered.
 pub type OnLost = Arc<dyn Fn(usize, u64) + Send + Sync>;
 
+/// How long a rank's announcement may block before it is given up (rank 0
+/// has stopped reading; the collective's deadline takes over).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One rank's side of the board.
 pub struct TcpProgressBoard {
     side: Side,
+    finished: AtomicBool,
 }
 
 enum Side {
@@ -49,9 +54,13 @@ impl TcpProgressBoard {
     pub fn new(link: Link, on_lost: OnLost) -> Self {
         let side = match link {
             Link::Single => Side::Single,
-            Link::Other(stream) => Side::Other {
-                stream: Mutex::new(stream),
-            },
+            Link::Other(stream) => {
+                // Best effort: the announcement is then given up.
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                Side::Other {
+                    stream: Mutex::new(stream),
+                }
+            }
             Link::Main(streams) => {
                 let last: Arc<Vec<AtomicU64>> =
                     Arc::new((0..streams.len()).map(|_| AtomicU64::new(0)).collect());
@@ -66,7 +75,10 @@ impl TcpProgressBoard {
                 Side::Main { last }
             }
         };
-        Self { side }
+        Self {
+            side,
+            finished: AtomicBool::new(false),
+        }
     }
 }
 
@@ -112,10 +124,11 @@ impl ProgressBoard for TcpProgressBoard {
             _ => Vec::new(),
         }
     }
-}
 
-impl Drop for TcpProgressBoard {
-    fn drop(&mut self) {
+    fn finish(&self) {
+        if self.finished.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if let Side::Other { stream } = &self.side
             && let Ok(mut s) = stream.lock()
         {
@@ -128,38 +141,54 @@ impl Drop for TcpProgressBoard {
 /// lost rank); `dino-run` prints it and aborts the process.
 pub type OnFailure = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// `comm` with a deadline of `timeout` on every collective and the progress
-/// board on the bootstrap's `link`: a collective stuck past its deadline,
-/// or (on rank 0) a rank whose process vanished, goes to `on_failure` with
-/// the ranks named.
-pub fn watched<C: Collective>(
+/// Starts the progress board on the bootstrap's `link` (rank 0's readers
+/// at once, so a rank lost while the communicator is being set up is
+/// noticed too); a lost rank goes to `on_failure`, named.
+pub fn start_board(link: Link, world: usize, on_failure: OnFailure) -> Arc<TcpProgressBoard> {
+    Arc::new(TcpProgressBoard::new(
+        link,
+        Arc::new(move |rank, last| {
+            on_failure(&format!(
+                "rank {rank} of {world} is gone: its connection to rank 0 closed after \
+                 collective #{last} without finishing (it failed, was killed, crashed or ran \
+                 out of memory)"
+            ))
+        }),
+    ))
+}
+
+/// `comm` with a deadline of `timeout` on every collective, announcing each
+/// on `board`: a collective stuck past its deadline goes to `on_failure`
+/// with the ranks that never arrived (as rank 0 knows them). Call
+/// [`Watchdog::finish`] when the job succeeded.
+pub fn watch<C: Collective>(
     comm: C,
-    link: Link,
+    board: Arc<TcpProgressBoard>,
     timeout: Duration,
     on_failure: OnFailure,
 ) -> Watchdog<C> {
-    let world = comm.world_size();
-    let lost = on_failure.clone();
-    let board = TcpProgressBoard::new(
-        link,
-        Arc::new(move |rank, last| {
-            lost(&format!(
-                "rank {rank} of {world} is gone: its connection to rank 0 closed after \
-                 collective #{last} without finishing (killed, crashed or out of memory)"
-            ))
-        }),
-    );
     let secs = timeout.as_secs_f64();
     Watchdog::new(
         comm,
         timeout,
-        Some(Arc::new(board)),
+        Some(board),
         Box::new(move |hang: &Hang| {
             on_failure(&format!(
                 "{hang} (the deadline is {secs:.0} s: DINO3D_COLLECTIVE_TIMEOUT)"
             ))
         }),
     )
+}
+
+/// [`start_board`] and [`watch`] at once, for a communicator already set up.
+pub fn watched<C: Collective>(
+    comm: C,
+    link: Link,
+    timeout: Duration,
+    on_failure: OnFailure,
+) -> Watchdog<C> {
+    let board = start_board(link, comm.world_size(), on_failure.clone());
+    watch(comm, board, timeout, on_failure)
 }
 
 #[cfg(test)]
@@ -232,6 +261,8 @@ mod tests {
         assert!(main.behind(2).is_empty());
         assert!(one.behind(4).is_empty(), "only rank 0 knows");
         // Ranks that finish in order are not lost.
+        one.finish();
+        two.finish();
         drop((one, two));
         std::thread::sleep(Duration::from_millis(100));
         assert!(lost.try_recv().is_err());
@@ -254,8 +285,18 @@ mod tests {
             .recv_timeout(Duration::from_secs(20))
             .expect("the loss is reported");
         assert_eq!((rank, last), (1, 7));
+        two.finish();
         drop(two);
         assert!(lost.recv_timeout(Duration::from_millis(200)).is_err());
+        // A rank that leaves without finishing (an error, a panic) is lost
+        // too, however its process ends.
+        let (main, mut links, lost) = world(2);
+        let one = other(links.pop().unwrap());
+        one.entered(1);
+        drop(one);
+        let (rank, _) = lost.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(rank, 1);
+        drop(main);
     }
 
     #[test]
@@ -297,6 +338,7 @@ mod tests {
             w2.barrier().unwrap();
             let mut v = [1.0f32];
             let _ = w2.all_reduce_f32(&mut v, ReduceOp::Sum);
+            w2.finish();
             w2
         });
         let one = std::thread::spawn(move || {
@@ -319,9 +361,16 @@ mod tests {
                 && m.contains("DINO3D_COLLECTIVE_TIMEOUT"),
             "{m}"
         );
-        // Releasing rank 1 ends the stuck collectives with an error.
+        // Rank 1 now leaves without finishing: the stuck collectives end
+        // with an error, and rank 0 names it as lost.
         drop(w1);
-        drop((stuck.join().unwrap(), two.join().unwrap()));
-        assert!(failures.try_recv().is_err(), "one report");
+        let m = failures
+            .recv_timeout(Duration::from_secs(30))
+            .expect("rank 0 reports the lost rank");
+        assert!(m.contains("rank 1 of 3 is gone"), "{m}");
+        let (w0, w2) = (stuck.join().unwrap(), two.join().unwrap());
+        w0.finish();
+        drop((w0, w2));
+        assert!(failures.try_recv().is_err(), "two reports in all");
     }
 }
