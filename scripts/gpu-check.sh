@@ -313,19 +313,28 @@ run_pretrain() {
             --device "$dev" --set optim.epochs=2 --set "cache.dir=$cache" \
             --set train.eval_period_iterations=30 --set "train.output_dir=$out/demo-$label"
     done
-    step "demo losses, $gpu vs cpu" python3 - "$out/demo-gpu/metrics.jsonl" "$out/demo-cpu/metrics.jsonl" <<'PY'
+    # The same GPU run with the blocks recomputed in the backward and the
+    # fused attention kernel: the loss curve must not move beyond f32 noise.
+    step "dino-run demo, 60 iterations, $gpu, checkpointed + fused attention" "$DIR/dino-run" \
+        "$ROOT/recipes/demo.yaml" --device "$gpu" --set optim.epochs=2 --set "cache.dir=$cache" \
+        --set train.eval_period_iterations=30 --set train.activation_checkpointing=true \
+        --set train.attention=fused --set "train.output_dir=$out/demo-gpu-fused"
+    local compare='
 import json, sys
 def losses(path):
     rows = [json.loads(l) for l in open(path)]
     return {r["iteration"]: r["loss"] for r in rows if "loss" in r and "iteration" in r}
-gpu, cpu = (losses(p) for p in sys.argv[1:3])
-common = sorted(set(gpu) & set(cpu))
+a, b = (losses(p) for p in sys.argv[1:3])
+common = sorted(set(a) & set(b))
 if not common:
     sys.exit("no common iterations in the two metrics files")
 for it in common[:3] + common[-3:]:
-    print(f"iteration {it}: gpu {gpu[it]:.5f}  cpu {cpu[it]:.5f}  diff {gpu[it] - cpu[it]:+.2e}")
-print(f"max |diff| over {len(common)} iterations: {max(abs(gpu[i] - cpu[i]) for i in common):.3e}")
-PY
+    print(f"iteration {it}: {a[it]:.5f}  {b[it]:.5f}  diff {a[it] - b[it]:+.2e}")
+print(f"max |diff| over {len(common)} iterations: {max(abs(a[i] - b[i]) for i in common):.3e}")
+'
+    step "demo losses, $gpu vs cpu" python3 -c "$compare" "$out/demo-gpu/metrics.jsonl" "$out/demo-cpu/metrics.jsonl"
+    step "demo losses, $gpu: checkpointed + fused vs plain" python3 -c "$compare" \
+        "$out/demo-gpu-fused/metrics.jsonl" "$out/demo-gpu/metrics.jsonl"
     # Segmentation (UNETR head) from the demo's output folder, on cuda:0 and
     # on the CPU: the printed Dice side by side.
     for pair in "${pairs[@]}"; do
