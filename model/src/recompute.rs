@@ -174,15 +174,12 @@ mod tests {
         ((cls + patches).unwrap() + mid).unwrap()
     }
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    }
+
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        max_abs(&(a - b).unwrap())
     }
 
     #[test]
@@ -215,13 +212,7 @@ mod tests {
                 let b = grads_re
                     .get(v.as_tensor())
                     .unwrap_or_else(|| panic!("{mode:?} {name}: no recomputed gradient"));
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let scale = max_abs(a);
                 assert!(scale > 0.0, "{mode:?} {name}: the loss must reach it");
                 let d = max_abs_diff(a, b);
                 assert!(d <= 1e-5 * scale, "{mode:?} {name}: {d} (scale {scale})");
