@@ -18,7 +18,9 @@
 # (the built `sample` bench; default: built with cargo), VENV (torch + MONAI,
 # default /tmp/mvenv), ROUNDS (3), BATCH (32), BATCHES (8), SIZES
 # ("256 512"), BENCH_CPU (0), WORK (/tmp/dino3d-loader-bench), MONAI (1: run
-# MONAI's peer, 0: skip it).
+# MONAI's peer, 0: skip it), ORDERS (the batch orders dino-run runs in against
+# MONAI, "z" by default; "z x" adds the x-fastest batches pretraining on a
+# GPU takes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -30,6 +32,7 @@ BENCH_CPU="${BENCH_CPU:-0}"
 WORK="${WORK:-/tmp/dino3d-loader-bench}"
 VENV="${VENV:-/tmp/mvenv}"
 MONAI="${MONAI:-1}"
+ORDERS="${ORDERS:-z}"
 PEER="$ROOT/../shared/bench/monai/pipeline_peer.py"
 SMALL="${DINO3D_BENCH_DATA:-/tmp/dino3d-bench-data}"
 LARGE="${DINO3D_LARGE_DATA:-/tmp/dino3d-large}"
@@ -50,11 +53,11 @@ manifest() { # dir -> manifest path of its .nii.gz volumes
 }
 
 # dino-run pipeline run; prints "rate cpu_s rss_mib" (samples/s, CPU seconds, peak MiB).
-run_dino() { # cpus threads manifest cache
+run_dino() { # cpus threads manifest cache [batch order]
   local out
   out=$(/usr/bin/time -f "%U %S %M" -o "$TIME_LOG" taskset -c "$1" "$BIN" pipeline run recipes/pretrain.yaml \
     --set "data.manifest=$3" --set "cache.dir=$4" --set "batch.size=$BATCH" \
-    --threads "$2" --batches "$BATCHES" 2>/dev/null | grep "samples/s")
+    --threads "$2" --batches "$BATCHES" --batch-order "${5:-z}" 2>/dev/null | grep "samples/s")
   local rate
   rate=$(echo "$out" | sed -E 's/.*: ([0-9.]+) samples\/s.*/\1/')
   read -r user sys rss <"$TIME_LOG"
@@ -81,9 +84,11 @@ cache="$WORK/cache-256"
 rm -rf "$cache"
 run_dino "$BENCH_CPU" 1 "$small_manifest" "$cache" >/dev/null # warm the cache
 for r in $(seq "$ROUNDS"); do
-  read -r rate cpu rss < <(run_dino "$BENCH_CPU" 1 "$small_manifest" "$cache")
   read -r fast median < <(run_bench "$BENCH_CPU" one_thread)
-  echo "round $r, 1 thread:  pipeline run $rate samples/s ($cpu CPU-s, $rss MiB) | sample bench one_thread $median median, $fast fastest | ratio $(python3 -c "print(f'{$rate / $median:.1%} of the median, {$rate / $fast:.1%} of the fastest')")"
+  for order in $ORDERS; do
+    read -r rate cpu rss < <(run_dino "$BENCH_CPU" 1 "$small_manifest" "$cache" "$order")
+    echo "round $r, 1 thread, batch order $order:  pipeline run $rate samples/s ($cpu CPU-s, $rss MiB) | sample bench one_thread $median median, $fast fastest | ratio $(python3 -c "print(f'{$rate / $median:.1%} of the median, {$rate / $fast:.1%} of the fastest')")"
+  done
 done
 if [ "$(nproc)" -ge 2 ]; then
   for r in $(seq "$ROUNDS"); do
@@ -103,11 +108,13 @@ for size in $SIZES; do
   m=$(manifest "$data")
   echo "== ${size}: dino-run (2 threads) vs MONAI's peer (2 workers), cold then warm cache, batch $BATCH x $BATCHES"
   cache="$WORK/cache-dino-$size"
-  for state in cold warm; do
-    [ "$state" = cold ] && rm -rf "$cache" && sync && { echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
-    read -r rate cpu rss < <(run_dino "0,1" 2 "$m" "$cache")
-    per_cpu=$(python3 -c "print(round($BATCH * $BATCHES / $cpu, 2))")
-    echo "dino-run $state: $rate samples/s, $per_cpu samples per CPU-s, peak $rss MiB"
+  for order in $ORDERS; do
+    for state in cold warm; do
+      [ "$state" = cold ] && rm -rf "$cache" && sync && { echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+      read -r rate cpu rss < <(run_dino "0,1" 2 "$m" "$cache" "$order")
+      per_cpu=$(python3 -c "print(round($BATCH * $BATCHES / $cpu, 2))")
+      echo "dino-run $state, batch order $order: $rate samples/s, $per_cpu samples per CPU-s, peak $rss MiB"
+    done
   done
   mcache="$WORK/cache-monai-$size"
   for state in cold warm; do

@@ -41,9 +41,11 @@ enum Side {
     Main {
         last: Arc<Vec<AtomicU64>>,
     },
-    /// Another rank: its connection to rank 0.
+    /// Another rank: its connection to rank 0, and whether a write failed
+    /// (a word cut short would misalign every later one, so none follows;
+    /// the connection stays open, as this rank is not gone).
     Other {
-        stream: Mutex<TcpStream>,
+        stream: Mutex<(TcpStream, bool)>,
     },
 }
 
@@ -58,7 +60,7 @@ impl TcpProgressBoard {
                 // Best effort: the announcement is then given up.
                 let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
                 Side::Other {
-                    stream: Mutex::new(stream),
+                    stream: Mutex::new((stream, false)),
                 }
             }
             Link::Main(streams) => {
@@ -104,12 +106,8 @@ impl ProgressBoard for TcpProgressBoard {
         match &self.side {
             Side::Single => {}
             Side::Main { last } => last[0].store(seq, Ordering::Relaxed),
-            Side::Other { stream } => {
-                // Best effort: if rank 0 is gone the launcher stops this rank.
-                if let Ok(mut s) = stream.lock() {
-                    let _ = s.write_all(&seq.to_be_bytes());
-                }
-            }
+            // Best effort: if rank 0 is gone the launcher stops this rank.
+            Side::Other { stream } => send(stream, seq),
         }
     }
 
@@ -129,11 +127,18 @@ impl ProgressBoard for TcpProgressBoard {
         if self.finished.swap(true, Ordering::Relaxed) {
             return;
         }
-        if let Side::Other { stream } = &self.side
-            && let Ok(mut s) = stream.lock()
-        {
-            let _ = s.write_all(&FINISHED.to_be_bytes());
+        if let Side::Other { stream } = &self.side {
+            send(stream, FINISHED);
         }
+    }
+}
+
+/// Writes one word to rank 0; after a failed write nothing more is sent.
+fn send(stream: &Mutex<(TcpStream, bool)>, word: u64) {
+    let Ok(mut guard) = stream.lock() else { return };
+    let (s, failed) = &mut *guard;
+    if !*failed && s.write_all(&word.to_be_bytes()).is_err() {
+        *failed = true;
     }
 }
 
