@@ -29,6 +29,7 @@
 //!   [min, max]. A constant image is left as it is.
 
 use rand::Rng;
+use rand::SeedableRng;
 use rand_distr::StandardNormal;
 
 use super::image::Image;
@@ -256,8 +257,11 @@ impl RandGaussianNoise {
         } else {
             self.std
         };
+        // One draw of the step's stream seeds a PCG stream for the voxels:
+        // as deterministic, and several times faster than ChaCha8 per value.
+        let mut voxels = rand_pcg::Pcg64Mcg::seed_from_u64(rng.random());
         for v in &mut img.data {
-            let z: f64 = rng.sample(StandardNormal);
+            let z: f64 = voxels.sample(StandardNormal);
             *v += (self.mean + sigma * z) as f32;
         }
         true
