@@ -1,9 +1,9 @@
 //! The AdamW update on the GPU: one launch per parameter, in place on the
 //! parameter and its two moments (from [`crate::optim`]'s fused pass).
 
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{GpuContext, STRIDE_BLOCK, cuda_err};
+use super::context::{GpuContext, cuda_err};
 use super::sources::ADAMW;
 use crate::{ModelError, Result};
 
@@ -44,11 +44,7 @@ pub(crate) fn adamw_update_view(
     }
     let f = gpu.function(ADAMW, "adamw_f32")?;
     let len_u64 = len as u64;
-    let cfg = LaunchConfig {
-        grid_dim: (gpu.stride_grid(len), 1, 1),
-        block_dim: (STRIDE_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = gpu.stride_config(len);
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(p)

@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CudaDevice, Device};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, sys};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, sys};
 
 use super::sources::{KernelSource, compile_ptx, panic_text};
 use crate::{ModelError, Result};
@@ -154,12 +154,17 @@ impl GpuContext {
             .into_cuda_function())
     }
 
-    /// Grid size for a grid-stride loop over `len` elements: enough blocks
-    /// to fill every SM several times, never more than the work needs.
-    pub(crate) fn stride_grid(&self, len: usize) -> u32 {
+    /// Launch shape of a grid-stride loop over `len` elements: blocks of
+    /// `STRIDE_BLOCK` threads, enough to fill every SM several times, never
+    /// more than the work needs.
+    pub(crate) fn stride_config(&self, len: usize) -> LaunchConfig {
         let needed = len.div_ceil(STRIDE_BLOCK as usize).max(1);
         let cap = self.sm_count as usize * 16;
-        needed.min(cap) as u32
+        LaunchConfig {
+            grid_dim: (needed.min(cap) as u32, 1, 1),
+            block_dim: (STRIDE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }
 

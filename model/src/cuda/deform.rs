@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
-use super::context::{GpuContext, STRIDE_BLOCK, cuda_err};
+use super::context::{GpuContext, cuda_err};
 use super::sources::DEFORM;
 use crate::{ModelError, Result};
 
@@ -43,14 +43,6 @@ impl DeformGeometry {
     }
 }
 
-fn stride_cfg(gpu: &GpuContext, len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (gpu.stride_grid(len), 1, 1),
-        block_dim: (STRIDE_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// Samples `(G, S, D)` of `values (G, V, D)` at `locations (G, S, 3)`.
 pub(crate) fn deform_fwd(
     gpu: &GpuContext,
@@ -87,7 +79,8 @@ pub(crate) fn deform_fwd(
     // long)`; values hold G·V·D f32, locations G·S·3, levels 4·L ints, out
     // G·S·D = total; every corner row is inside its level (checked in the
     // kernel) and so inside V.
-    unsafe { launch.launch(stride_cfg(gpu, total)) }.map_err(cuda_err("launch deform_fwd_f32"))?;
+    unsafe { launch.launch(gpu.stride_config(total)) }
+        .map_err(cuda_err("launch deform_fwd_f32"))?;
     Ok(out)
 }
 
@@ -134,7 +127,7 @@ pub(crate) fn deform_bwd(
         // const int*, float*, int, int, long long, long long, int, unsigned
         // long long)`; grad holds total f32, dv G·V·D (zeroed), locations
         // G·S·3; corner rows are inside their level.
-        unsafe { launch.launch(stride_cfg(gpu, total)) }
+        unsafe { launch.launch(gpu.stride_config(total)) }
             .map_err(cuda_err("launch deform_bwd_values_f32"))?;
     }
     {

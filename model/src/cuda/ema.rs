@@ -1,9 +1,9 @@
 //! Fused teacher EMA on the GPU: one launch over a flat buffer (or one
 //! parameter tensor, in place, from [`crate::optim::ema_update_var`]).
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{GpuContext, STRIDE_BLOCK, cuda_err};
+use super::context::{GpuContext, cuda_err};
 use super::sources::EMA;
 use crate::kernels_ref::ema_factors;
 use crate::{ModelError, Result};
@@ -48,11 +48,7 @@ pub(crate) fn ema_update_view(
     let f = gpu.function(EMA, "ema_update_f32")?;
     let (m, one_minus) = ema_factors(momentum);
     let len_u64 = len as u64;
-    let cfg = LaunchConfig {
-        grid_dim: (gpu.stride_grid(len), 1, 1),
-        block_dim: (STRIDE_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = gpu.stride_config(len);
     let mut launch = gpu.stream().launch_builder(&f);
     launch
         .arg(teacher)

@@ -30,14 +30,6 @@ fn alloc(gpu: &GpuContext, len: usize) -> Result<CudaSlice<f32>> {
     unsafe { gpu.stream().alloc::<f32>(len.max(1)) }.map_err(cuda_err("fused alloc"))
 }
 
-fn stride_cfg(gpu: &GpuContext, len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (gpu.stride_grid(len), 1, 1),
-        block_dim: (STRIDE_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 fn rows_cfg(rows: usize, n: usize) -> Result<LaunchConfig> {
     let rows = u32::try_from(rows)
         .map_err(|_| ModelError::Input(format!("{rows} rows exceed one grid")))?;
@@ -59,7 +51,8 @@ pub(crate) fn gelu_fwd(gpu: &GpuContext, x: &CudaView<'_, f32>) -> Result<CudaSl
         launch.arg(x).arg(&mut y).arg(&len_u64);
         // SAFETY: matches `gelu_fwd_f32(const float*, float*, unsigned long
         // long)`; x and y hold `len` f32, grid-stride to `len`.
-        unsafe { launch.launch(stride_cfg(gpu, len)) }.map_err(cuda_err("launch gelu_fwd_f32"))?;
+        unsafe { launch.launch(gpu.stride_config(len)) }
+            .map_err(cuda_err("launch gelu_fwd_f32"))?;
     }
     Ok(y)
 }
@@ -85,7 +78,8 @@ pub(crate) fn gelu_bwd(
         launch.arg(x).arg(g).arg(&mut dx).arg(&len_u64);
         // SAFETY: matches `gelu_bwd_f32(const float*, const float*, float*,
         // unsigned long long)`; all three hold `len` f32.
-        unsafe { launch.launch(stride_cfg(gpu, len)) }.map_err(cuda_err("launch gelu_bwd_f32"))?;
+        unsafe { launch.launch(gpu.stride_config(len)) }
+            .map_err(cuda_err("launch gelu_bwd_f32"))?;
     }
     Ok(dx)
 }

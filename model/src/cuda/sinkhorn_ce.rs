@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
-use super::context::{GpuContext, ROW_BLOCK, STRIDE_BLOCK, cuda_err};
+use super::context::{GpuContext, ROW_BLOCK, cuda_err};
 use super::sources::SINKHORN_CE;
 use super::storage::{gpu_of, wrap};
 use crate::kernels_ref::SinkhornCeConfig;
@@ -145,7 +145,7 @@ pub(crate) fn sinkhorn_targets(
     // SAFETY: matches `sk_targets(float*, const float*, const float*, int,
     // float, unsigned long long)`; probs holds len = n·k f32, u k, v n;
     // grid-stride to `len`.
-    unsafe { launch.launch(stride_launch(gpu, len)) }.map_err(cuda_err("launch sk_targets"))?;
+    unsafe { launch.launch(gpu.stride_config(len)) }.map_err(cuda_err("launch sk_targets"))?;
     Ok(probs)
 }
 
@@ -255,7 +255,7 @@ fn exp_and_scale(
         .arg(&len_u64);
     // SAFETY: matches `sk_exp(const float*, float*, float, unsigned long
     // long)`; both buffers hold `len` f32 (checked), grid-stride to `len`.
-    unsafe { launch.launch(stride_launch(gpu, len)) }.map_err(cuda_err("launch sk_exp"))?;
+    unsafe { launch.launch(gpu.stride_config(len)) }.map_err(cuda_err("launch sk_exp"))?;
 
     let proto = gpu.function(SINKHORN_CE, "sk_proto_scale")?;
     let sample = gpu.function(SINKHORN_CE, "sk_sample_scale")?;
@@ -286,15 +286,6 @@ fn row_launch(rows: i32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (ROW_BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// A grid-stride launch over `len` elements.
-fn stride_launch(gpu: &GpuContext, len: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (gpu.stride_grid(len), 1, 1),
-        block_dim: (STRIDE_BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
 }
