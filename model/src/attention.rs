@@ -74,17 +74,22 @@ pub fn use_attention_kernel(kernel: AttentionKernel) -> AttentionKernelGuard {
 /// The fused kernel's output when it applies to `q` (same shape for k, v).
 #[cfg(feature = "cuda")]
 fn fused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Option<Tensor>> {
-    use crate::cuda::{HEAD_DIM, flash_attention};
+    use crate::cuda::{HEAD_DIM, MAX_GROUPS, flash_attention};
+    let tokens = q.dim(candle_core::D::Minus2)?;
     let applies = KERNEL.with(Cell::get) == AttentionKernel::Fused
         && q.device().is_cuda()
         && q.dtype() == candle_core::DType::F32
-        && q.dim(candle_core::D::Minus1)? == HEAD_DIM;
+        && q.dim(candle_core::D::Minus1)? == HEAD_DIM
+        // Shapes past the kernel's grid take the composed path; any other
+        // failure of the kernel is an error, not hidden by a fallback.
+        && q.elem_count() / (tokens * HEAD_DIM).max(1) <= MAX_GROUPS
+        && i32::try_from(tokens).is_ok();
     if !applies {
         return Ok(None);
     }
-    // A shape the kernel refuses (too many rows for its grid) takes the
-    // composed path.
-    Ok(flash_attention(q, k, v, scale).ok())
+    flash_attention(q, k, v, scale)
+        .map(Some)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -16,6 +16,8 @@ use crate::{ModelError, Result};
 
 /// The kernels' head dimension.
 pub const HEAD_DIM: usize = 64;
+/// Most batch x head groups one call takes (the grid's y axis).
+pub const MAX_GROUPS: usize = 65_535;
 /// Rows (warps) per block, as `D3_WARPS` in `attention.cu`.
 const WARPS: usize = 8;
 
@@ -66,9 +68,9 @@ impl Flash {
         let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) else {
             return Err(ModelError::Input("flash_attention: too many rows".into()));
         };
-        if y > 65_535 {
+        if y as usize > MAX_GROUPS {
             return Err(ModelError::Input(format!(
-                "flash_attention: {y} batch x head groups, at most 65,535"
+                "flash_attention: {y} batch x head groups, at most {MAX_GROUPS}"
             )));
         }
         Ok(LaunchConfig {
