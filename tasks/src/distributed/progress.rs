@@ -185,23 +185,23 @@ pub fn watch<C: Collective>(
     )
 }
 
-/// [`start_board`] and [`watch`] at once, for a communicator already set up.
-pub fn watched<C: Collective>(
-    comm: C,
-    link: Link,
-    timeout: Duration,
-    on_failure: OnFailure,
-) -> Watchdog<C> {
-    let board = start_board(link, comm.world_size(), on_failure.clone());
-    watch(comm, board, timeout, on_failure)
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
     use std::sync::mpsc;
 
     use dino3d_model::dist::{InProcess, ReduceOp};
+
+    /// [`start_board`] and [`watch`] at once, as `join_nccl` does.
+    fn watched<C: Collective>(
+        comm: C,
+        link: Link,
+        timeout: Duration,
+        on_failure: OnFailure,
+    ) -> Watchdog<C> {
+        let board = start_board(link, comm.world_size(), on_failure.clone());
+        watch(comm, board, timeout, on_failure)
+    }
 
     use super::super::bootstrap::{fetch_link, serve};
     use super::*;
