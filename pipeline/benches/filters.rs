@@ -1,6 +1,9 @@
 //! Gaussian smooth/sharpen and Gibbs noise on one-channel 96³ (and 48³) images
 //! of pseudo-random values in [−1, 1], one call at a time (MONAI on 96³:
-//! `GaussianSmooth(σ=1)` 73.6 ms, `RandGibbsNoise` 61.9 ms).
+//! `GaussianSmooth(σ=1)` 73.6 ms, `RandGibbsNoise` 61.9 ms); and the
+//! trilinear resize of `RandomResizedCrop3d`'s boxes: a global view's
+//! (200x200x100 of a 256³ image to 96³) and a local view's (110x110x40 to
+//! 48³).
 //!
 //! ```text
 //! DIVAN_THREADS=1 taskset -c 0 cargo bench -p dino3d-pipeline --bench filters
@@ -10,6 +13,7 @@ use dino3d_pipeline::nifti::affine::IDENTITY;
 use dino3d_pipeline::transforms::Image;
 use dino3d_pipeline::transforms::gaussian_filter::{gaussian_sharpen, gaussian_smooth};
 use dino3d_pipeline::transforms::gibbs_noise::gibbs_noise;
+use dino3d_pipeline::transforms::resize::{ResizeMode, resize_box};
 use divan::Bencher;
 
 fn main() {
@@ -68,4 +72,34 @@ fn gibbs_96_alpha_0_5(bencher: Bencher) {
 #[divan::bench(sample_count = 50)]
 fn smooth_48_sigma_1(bencher: Bencher) {
     run(bencher, 48, |im| gaussian_smooth(im, [1.0; 3]));
+}
+
+/// A global view's box resized (trilinear), as `RandomResizedCrop3d` does.
+#[divan::bench(sample_count = 50)]
+fn resize_global_box_to_96(bencher: Bencher) {
+    let img = image(256);
+    bencher.bench_local(|| {
+        resize_box(
+            &img,
+            [30, 20, 60],
+            [200, 200, 100],
+            [96; 3],
+            ResizeMode::Trilinear,
+        )
+    });
+}
+
+/// A local view's box resized (trilinear).
+#[divan::bench(sample_count = 50)]
+fn resize_local_box_to_48(bencher: Bencher) {
+    let img = image(256);
+    bencher.bench_local(|| {
+        resize_box(
+            &img,
+            [70, 90, 100],
+            [110, 110, 40],
+            [48; 3],
+            ResizeMode::Trilinear,
+        )
+    });
 }

@@ -12,6 +12,7 @@ pub mod axis_map;
 pub mod compose;
 pub mod crop_foreground;
 pub mod error;
+pub mod fast_pow;
 pub mod gaussian_filter;
 pub mod gibbs_noise;
 pub mod image;
