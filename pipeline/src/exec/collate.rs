@@ -136,8 +136,16 @@ pub fn stack_into(
                     img.data.len(),
                     "collate: data and shape disagree"
                 );
-                for (d, &v) in slot.iter_mut().zip(&img.data) {
-                    d.write(v);
+                // SAFETY: `slot` and `img.data` are the same length
+                // (asserted) and cannot overlap (a fresh `&mut` and a `&`).
+                // One memcpy: the loop of element writes cost 1.4% more of
+                // `pipeline run`. (`write_copy_of_slice` needs Rust 1.93.)
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        img.data.as_ptr(),
+                        slot.as_mut_ptr().cast::<f32>(),
+                        slot.len(),
+                    );
                 }
             }
         });

@@ -2,8 +2,50 @@
 //! reorders composed into one map and applied as one gather, so a view's
 //! `RandFlip` x3 + `RandRotate90` x3 copy the voxels once instead of six times.
 
+use std::mem::MaybeUninit;
+
 use super::image::Image;
 use crate::nifti::affine::Affine;
+
+/// Writes `values` into `row`, one for one.
+fn write_run<'a>(row: &mut [MaybeUninit<f32>], values: impl Iterator<Item = &'a f32>) {
+    for (d, &v) in row.iter_mut().zip(values) {
+        d.write(v);
+    }
+}
+
+/// Side of the tiles of [`gather_tiled`].
+const TILE: usize = 16;
+
+/// One channel of [`AxisMap::gather`] when output axis `unit` (1 or 2) walks
+/// input x: tiles over output x and `unit`, output x innermost.
+fn gather_tiled(
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    out: [usize; 3],
+    origin: isize,
+    step: [isize; 3],
+    unit: usize,
+) {
+    let other = 3 - unit;
+    let out_stride = [1, out[0], out[0] * out[1]];
+    for m in 0..out[other] {
+        let (m_in, m_out) = (origin + m as isize * step[other], m * out_stride[other]);
+        for u0 in (0..out[unit]).step_by(TILE) {
+            for i0 in (0..out[0]).step_by(TILE) {
+                let i_end = (i0 + TILE).min(out[0]);
+                for u in u0..(u0 + TILE).min(out[unit]) {
+                    let (u_in, u_out) =
+                        (m_in + u as isize * step[unit], m_out + u * out_stride[unit]);
+                    let row = &mut dst[u_out + i0..u_out + i_end];
+                    for (i, d) in (i0..i_end).zip(row) {
+                        d.write(src[(u_in + i as isize * step[0]) as usize]);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Output spatial axis `a` reads input axis `perm[a]`, reversed if `flip[a]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +125,57 @@ impl AxisMap {
         }
     }
 
-    /// The voxels of [`Self::apply`] (one gather).
+    /// The voxels of [`Self::apply`] (one gather). Where the input's x axis
+    /// stays the output's x axis, rows are copied (reversed if flipped);
+    /// otherwise the copy goes in 16 x 16 tiles of the two output axes that
+    /// read input x and write output x, so both the reads and the writes
+    /// stay within a few cache lines (voxel by voxel, the reads of a 96³
+    /// view strode 36 KiB apart).
     pub fn gather(&self, img: &Image) -> Vec<f32> {
-        let [c, x, y, z] = img.shape;
+        let [_, x, y, z] = img.shape;
         let dims = [x, y, z];
-        let strides = [1isize, x as isize, (x * y) as isize];
+        let len = x * y * z;
         let out = self.out_dims(dims);
-        // Start offset and signed stride of each output axis in the input.
+        let (origin, step) = self.walk(dims);
+        let mut data = Vec::with_capacity(img.data.len());
+        if len == 0 {
+            return data;
+        }
+        // The output axis that walks input x (stride ±1).
+        let unit = self
+            .perm
+            .iter()
+            .position(|&p| p == 0)
+            .expect("a permutation");
+        let fill = &mut data.spare_capacity_mut()[..img.data.len()];
+        for (src, dst) in img.data.chunks_exact(len).zip(fill.chunks_exact_mut(len)) {
+            if unit == 0 {
+                for (r, row) in dst.chunks_exact_mut(out[0]).enumerate() {
+                    let (j, k) = ((r % out[1]) as isize, (r / out[1]) as isize);
+                    let at = (origin + j * step[1] + k * step[2]) as usize;
+                    if step[0] == 1 {
+                        write_run(row, src[at..at + out[0]].iter());
+                    } else {
+                        write_run(row, src[at + 1 - out[0]..=at].iter().rev());
+                    }
+                }
+            } else {
+                gather_tiled(src, dst, out, origin, step, unit);
+            }
+        }
+        // SAFETY: every channel's `len` values were written (not zeroed
+        // first: that memset was 2% of the loader): the rows of the first
+        // branch cover its chunk, the tiles of `gather_tiled` every
+        // (x, unit, other) index; the tests compare every voxel with a
+        // voxel-by-voxel gather.
+        unsafe { data.set_len(img.data.len()) };
+        data
+    }
+
+    /// Where output voxel 0 reads in the input, and the signed input stride
+    /// of each output axis.
+    fn walk(&self, dims: [usize; 3]) -> (isize, [isize; 3]) {
+        let strides = [1isize, dims[0] as isize, (dims[0] * dims[1]) as isize];
         let mut origin = 0isize;
         let step = [0, 1, 2].map(|a| {
             let s = strides[self.perm[a]];
@@ -100,19 +186,7 @@ impl AxisMap {
                 s
             }
         });
-        let mut data = Vec::with_capacity(img.data.len());
-        for ch in 0..c {
-            let base = (ch * x * y * z) as isize + origin;
-            for k in 0..out[2] as isize {
-                for j in 0..out[1] as isize {
-                    let row = base + k * step[2] + j * step[1];
-                    data.extend(
-                        (0..out[0] as isize).map(|i| img.data[(row + i * step[0]) as usize]),
-                    );
-                }
-            }
-        }
-        data
+        (origin, step)
     }
 
     /// The shape, spacing and affine of [`Self::apply`]'s output for an
@@ -157,6 +231,59 @@ mod tests {
     use crate::transforms::orientation::flip_spatial;
     use crate::transforms::permute_in_plane_first::permute_spatial;
     use crate::transforms::rand_flip_rotate::rot90;
+
+    /// Voxel by voxel, as the gather was first written.
+    fn gather_voxelwise(map: &AxisMap, img: &Image) -> Vec<f32> {
+        let [c, x, y, z] = img.shape;
+        let out = map.out_dims([x, y, z]);
+        let (origin, step) = map.walk([x, y, z]);
+        let mut data = Vec::new();
+        for ch in 0..c {
+            let base = (ch * x * y * z) as isize + origin;
+            for k in 0..out[2] as isize {
+                for j in 0..out[1] as isize {
+                    let row = base + k * step[2] + j * step[1];
+                    data.extend(
+                        (0..out[0] as isize).map(|i| img.data[(row + i * step[0]) as usize]),
+                    );
+                }
+            }
+        }
+        data
+    }
+
+    /// All 48 signed permutations, on shapes that leave partial tiles.
+    #[test]
+    fn row_and_tiled_gathers_equal_the_voxelwise_one() {
+        let perms = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for shape in [[2, 37, 20, 18], [1, 16, 33, 5], [1, 1, 7, 3]] {
+            let mut img = Image::ramp(shape);
+            img.data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i * 31 % 1013) as f32);
+            for perm in perms {
+                for f in 0..8 {
+                    let map = AxisMap {
+                        perm,
+                        flip: [f & 1 == 1, f & 2 == 2, f & 4 == 4],
+                    };
+                    assert_eq!(
+                        map.gather(&img),
+                        gather_voxelwise(&map, &img),
+                        "{map:?} {shape:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn maps_equal_the_step_by_step_transforms_and_compose() {

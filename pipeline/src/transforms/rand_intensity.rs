@@ -29,11 +29,10 @@
 //!   [min, max]. A constant image is left as it is.
 
 use rand::Rng;
-use rand::SeedableRng;
-use rand_distr::StandardNormal;
 
-use super::fast_pow::pow_nonneg;
+use super::fast_math::pow_nonneg;
 use super::image::Image;
+use super::normal_noise::add_gaussian_noise;
 use crate::exec::op::{Op, StepRng};
 use crate::transforms::TransformError;
 use crate::transforms::spec::same_size;
@@ -277,11 +276,7 @@ impl RandGaussianNoise {
         };
         // One draw of the step's stream seeds a PCG stream for the voxels:
         // as deterministic, and several times faster than ChaCha8 per value.
-        let mut voxels = rand_pcg::Pcg64Mcg::seed_from_u64(rng.random());
-        for v in &mut img.data {
-            let z: f64 = voxels.sample(StandardNormal);
-            *v += (self.mean + sigma * z) as f32;
-        }
+        add_gaussian_noise(&mut img.data, self.mean as f32, sigma as f32, rng.random());
         true
     }
 }

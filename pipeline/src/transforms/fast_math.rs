@@ -1,5 +1,6 @@
-//! A branch-free f32 `x^γ` for `x ≥ 0`, the inner loop of
-//! `RandAdjustContrast` (x in [0, 1]).
+//! Branch-free f32 `x^γ` for `x ≥ 0` (the inner loop of
+//! `RandAdjustContrast`, x in [0, 1]), `ln x` and `sin`/`cos` of a fraction of
+//! a turn (Box–Muller's, for `RandGaussianNoise`).
 //!
 //! libm's `powf` is a scalar call: in a profile of `pipeline run` on the
 //! 3DINO recipe it was 11% of the loader's time. This version uses only
@@ -30,21 +31,7 @@ const T_MAX: f64 = 129.0;
 /// negative `x` gives NaN.
 #[inline(always)]
 pub fn pow_nonneg(x: f32, g: f32) -> f32 {
-    // Subnormal x: scale into the normal range first (exact).
-    let tiny = x < f32::MIN_POSITIVE;
-    let xs = if tiny { x * 8_388_608.0 } else { x };
-    let bits = xs.to_bits() as i32;
-    let e = ((bits >> 23) & 0xff).wrapping_sub(if tiny { 127 + 23 } else { 127 });
-    let m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32);
-    // m in [1, 2) → [√½, √2), so that ln m is small and symmetric.
-    let big = m > std::f32::consts::SQRT_2;
-    let m = if big { m * 0.5 } else { m };
-    let e = if big { e.wrapping_add(1) } else { e };
-    let f = m - 1.0; // exact (Sterbenz)
-    let s = f / (2.0 + f);
-    let s2 = s * s;
-    let ln_m =
-        2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
+    let (e, ln_m) = split_log(x);
     // t = γ·e + γ·log₂m, summed in f64: in f32 the rounding of t (an ulp of
     // |t|, up to 150) would cost several ulp of the result.
     let t = f64::from(g) * (f64::from(e) + f64::from(ln_m) * std::f64::consts::LOG2_E);
@@ -69,6 +56,69 @@ pub fn pow_nonneg(x: f32, g: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// `x = m·2ᵉ` with m in [√½, √2): `(e, ln m)`, for x > 0 (subnormals
+/// included). Other x give garbage the callers select away.
+#[inline(always)]
+fn split_log(x: f32) -> (i32, f32) {
+    // Subnormal x: scale into the normal range first (exact).
+    let tiny = x < f32::MIN_POSITIVE;
+    let xs = if tiny { x * 8_388_608.0 } else { x };
+    let bits = xs.to_bits() as i32;
+    let e = ((bits >> 23) & 0xff).wrapping_sub(if tiny { 127 + 23 } else { 127 });
+    let m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32);
+    // m in [1, 2) → [√½, √2), so that ln m is small and symmetric.
+    let big = m > std::f32::consts::SQRT_2;
+    let m = if big { m * 0.5 } else { m };
+    let e = if big { e.wrapping_add(1) } else { e };
+    let f = m - 1.0; // exact (Sterbenz)
+    let s = f / (2.0 + f);
+    let s2 = s * s;
+    let ln_m =
+        2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
+    (e, ln_m)
+}
+
+/// ln x for x > 0 (finite), within 2 ulp or 1e-7 absolute (tested).
+#[inline(always)]
+pub fn ln_positive(x: f32) -> f32 {
+    let (e, ln_m) = split_log(x);
+    // ln 2 split so that e·LN2_HI is exact for |e| < 2⁹.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let e = e as f32;
+    e * LN2_HI + (ln_m + e * LN2_LO)
+}
+
+/// `(sin 2πt, cos 2πt)` for t in [0, 1) (a fraction of a turn), within
+/// 2e-7 absolute (tested): the quadrant from round(4t), then Taylor
+/// polynomials on |x| ≤ π/4.
+#[inline(always)]
+pub fn sincos_turns(t: f32) -> (f32, f32) {
+    // q = round(4t) by the 1.5·2²³ trick (a float-to-int `as` would be a
+    // saturating conversion, which kept the loops scalar); its low bits
+    // are the quadrant.
+    const ROUND_F32: f32 = 12_582_912.0;
+    let shifted = t * 4.0 + ROUND_F32;
+    let q = shifted.to_bits();
+    let x = (t - (shifted - ROUND_F32) * 0.25) * std::f32::consts::TAU;
+    let x2 = x * x;
+    let s = x
+        * (1.0
+            + x2 * (-1.0 / 6.0
+                + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0 + x2 * (1.0 / 362_880.0)))));
+    let c = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40_320.0))));
+    // Quadrants 0..3: (s, c), (c, −s), (−s, −c), (−c, s).
+    let odd = q & 1 == 1;
+    let (sin, cos) = if odd { (c, s) } else { (s, c) };
+    let sin = if q & 2 == 2 { -sin } else { sin };
+    let cos = if q.wrapping_add(1) & 2 == 2 {
+        -cos
+    } else {
+        cos
+    };
+    (sin, cos)
 }
 
 /// 2ᵗ for t in [T_MIN, T_MAX].
@@ -129,6 +179,35 @@ mod tests {
             assert!(worst_ulp <= 1.0 + f64::from(g), "γ = {g}: {worst_ulp} ulp");
             assert!(worst_abs <= 1e-7, "γ = {g}: {worst_abs:e} absolute");
         }
+    }
+
+    #[test]
+    fn ln_and_sincos_against_f64() {
+        let mut worst = 0.0f64;
+        for i in 1..=1_000_000u32 {
+            let x = i as f32 * 2f32.powi(-20);
+            let want = f64::from(x).ln();
+            let err = (f64::from(ln_positive(x)) - want).abs();
+            worst = worst.max(err / want.abs().max(1.0));
+        }
+        for x in [1e-40f32, 1.2e-38, 3e-20, 1e10, 3e38] {
+            let want = f64::from(x).ln();
+            assert!(
+                (f64::from(ln_positive(x)) - want).abs() <= 2.5e-7 * want.abs(),
+                "{x}"
+            );
+        }
+        assert!(worst <= 2.5e-7, "ln: {worst:e}");
+        let mut worst = 0.0f64;
+        for i in 0..(1u32 << 20) {
+            let t = i as f32 / (1u32 << 20) as f32;
+            let (s, c) = sincos_turns(t);
+            let a = std::f64::consts::TAU * f64::from(t);
+            worst = worst
+                .max((f64::from(s) - a.sin()).abs())
+                .max((f64::from(c) - a.cos()).abs());
+        }
+        assert!(worst <= 2e-7, "sincos: {worst:e}");
     }
 
     #[test]
