@@ -130,12 +130,17 @@ impl Attention {
         let (b, t, e) = x.dims3()?;
         let h = self.num_heads;
         let hd = e / h;
+        // Under bf16 autocast the composed path keeps q, k, v and the heads'
+        // output in bf16 only, as autocast does (the fused kernel takes f32).
+        let may_fuse = !probs && current_kernel() == AttentionKernel::Fused && x.device().is_cuda();
+        let bf16 = crate::precision::current() == crate::precision::Precision::Bf16 && !may_fuse;
+        let qkv = if bf16 {
+            self.qkv.forward_bf16(x)?
+        } else {
+            self.qkv.forward(x)?
+        };
         // (B, T, 3, H, hd) → (3, B, H, T, hd)
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, h, hd))?
-            .permute((2, 0, 3, 1, 4))?;
+        let qkv = qkv.reshape((b, t, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -151,7 +156,12 @@ impl Attention {
                 let logits = crate::precision::matmul(&q, &k.t()?)?;
                 // The 1/√d scale is folded into the fused softmax (no pass over q).
                 let attn = crate::fused::softmax_last_dim(&logits, scale)?;
-                (crate::precision::matmul(&attn, &v)?, Some(attn))
+                let out = if bf16 {
+                    crate::precision::matmul_bf16(&attn, &v)?
+                } else {
+                    crate::precision::matmul(&attn, &v)?
+                };
+                (out, Some(attn))
             }
         };
         let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, e))?;

@@ -35,6 +35,24 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x Wᵀ + b` with bf16 operands and a bf16 result (bias added in bf16),
+    /// as autocast's `linear`: for a layer whose output is stored in bf16.
+    pub(crate) fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let in_dim = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / in_dim;
+        let y = crate::precision::matmul_bf16(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(candle_core::DType::BF16)?)?,
+            None => y,
+        };
+        let mut out_dims = x.dims().to_vec();
+        out_dims.pop();
+        out_dims.push(self.weight.dim(0)?);
+        y.reshape(out_dims)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // Flatten leading axes into one 2-D matmul: faster than broadcast_matmul.

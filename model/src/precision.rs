@@ -89,12 +89,25 @@ fn set(p: Precision) {
 /// accumulation, and the product is cast back to `a`'s dtype. The casts have
 /// gradients, so the backward's matmuls run in bf16 too and the parameters
 /// receive f32 gradients.
+///
+/// A bf16 `a` (an activation kept in bf16, such as the MLP's hidden layer)
+/// gives an f32 product, so the residual stream stays f32.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if current() == Precision::Bf16 && matches!(a.dtype(), DType::F32 | DType::F64) {
-        let out = a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?)?;
-        return out.to_dtype(a.dtype());
+    if current() == Precision::Bf16 && matches!(a.dtype(), DType::F32 | DType::F64 | DType::BF16) {
+        let out_dtype = if a.dtype() == DType::BF16 {
+            DType::F32
+        } else {
+            a.dtype()
+        };
+        return matmul_bf16(a, b)?.to_dtype(out_dtype);
     }
     a.matmul(b)
+}
+
+/// `a · b` with bf16 operands and f32 accumulation, the product left in
+/// bf16: autocast's matmul output, for a layer whose consumer takes bf16.
+pub(crate) fn matmul_bf16(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    a.to_dtype(DType::BF16)?.matmul(&b.to_dtype(DType::BF16)?)
 }
 
 #[cfg(test)]
