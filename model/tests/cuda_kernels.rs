@@ -366,13 +366,18 @@ fn adamw_on_cuda_tensors_matches_the_cpu_bit_for_bit() {
 /// tokens, the last block's attention, and every parameter's gradient of a
 /// weighted sum of the outputs; on the GPU also with activation
 /// checkpointing (the blocks recomputed in the backward).
-#[test]
-fn vit_forward_and_backward_on_cuda_match_the_cpu() {
-    use dino3d_model::{
-        Activations, AttentionCapture, AttentionKernel, ForwardOptions, ViT3d, ViT3dConfig,
-        use_attention_kernel,
-    };
-    let Some(gpu) = gpu() else { return };
+/// Outputs, last attention map and named parameter gradients of a ViT's
+/// forward and backward (weighted sums of its normalised tokens as the loss).
+type VitRun = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>);
+
+/// A tiny ViT on the CPU and a copy of it on the GPU, with the same weights.
+fn tiny_vit_pair(
+    gpu: &GpuContext,
+) -> (
+    (dino3d_model::ViT3d, dino3d_model::candle_nn::VarMap),
+    (dino3d_model::ViT3d, dino3d_model::candle_nn::VarMap),
+) {
+    use dino3d_model::{ViT3d, ViT3dConfig};
     let cfg = ViT3dConfig {
         pos_grid: 2,
         ..ViT3dConfig::tiny()
@@ -386,65 +391,124 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
             var.set(&src).unwrap();
         }
     }
-    let x = normal(2 * 32 * 32 * 32, 31);
-    let run = |vit: &ViT3d,
-               vm: &dino3d_model::candle_nn::VarMap,
-               dev: &Device,
-               activations: Activations,
-               kernel: AttentionKernel| {
-        let _kernel = use_attention_kernel(kernel);
-        let input = Tensor::from_slice(&x, (2, 1, 32, 32, 32), dev).unwrap();
-        // The fused kernel runs only where no map is asked for.
-        let attention = match kernel {
-            AttentionKernel::Composed => AttentionCapture::Full,
-            AttentionKernel::Fused => AttentionCapture::None,
-        };
-        let opts = ForwardOptions {
-            attention,
-            activations,
-            ..Default::default()
-        };
-        let mut out = vit.forward_with(&input, &opts).unwrap();
-        let tape = out.tape.take();
-        let w = |t: &Tensor, seed| {
-            Tensor::from_vec(normal(t.elem_count(), seed), t.shape(), dev).unwrap()
-        };
-        let loss = ((&out.cls_norm * w(&out.cls_norm, 1))
+    ((cpu_vit, cpu_vm), (gpu_vit, gpu_vm))
+}
+
+/// One forward and backward of `vit` on `x` (2 volumes of 32³).
+fn vit_run(
+    vit: &dino3d_model::ViT3d,
+    vm: &dino3d_model::candle_nn::VarMap,
+    dev: &Device,
+    x: &[f32],
+    activations: dino3d_model::Activations,
+    kernel: dino3d_model::AttentionKernel,
+) -> VitRun {
+    use dino3d_model::{AttentionCapture, AttentionKernel, ForwardOptions, use_attention_kernel};
+    let _kernel = use_attention_kernel(kernel);
+    let input = Tensor::from_slice(x, (2, 1, 32, 32, 32), dev).unwrap();
+    // The fused kernel runs only where no map is asked for.
+    let attention = match kernel {
+        AttentionKernel::Composed => AttentionCapture::Full,
+        AttentionKernel::Fused => AttentionCapture::None,
+    };
+    let opts = ForwardOptions {
+        attention,
+        activations,
+        ..Default::default()
+    };
+    let mut out = vit.forward_with(&input, &opts).unwrap();
+    let tape = out.tape.take();
+    let w =
+        |t: &Tensor, seed| Tensor::from_vec(normal(t.elem_count(), seed), t.shape(), dev).unwrap();
+    let loss = ((&out.cls_norm * w(&out.cls_norm, 1))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        + (&out.patch_norm * w(&out.patch_norm, 2))
             .unwrap()
             .sum_all()
+            .unwrap())
+    .unwrap();
+    let mut grads = loss.backward().unwrap();
+    if let Some(tape) = tape {
+        vit.backward_tape(tape, &mut grads).unwrap();
+    }
+    let v = |t: &Tensor| {
+        t.flatten_all()
             .unwrap()
-            + (&out.patch_norm * w(&out.patch_norm, 2))
-                .unwrap()
-                .sum_all()
-                .unwrap())
-        .unwrap();
-        let mut grads = loss.backward().unwrap();
-        if let Some(tape) = tape {
-            vit.backward_tape(tape, &mut grads).unwrap();
-        }
-        let v = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_device(&Device::Cpu)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        let mut named: Vec<(String, Vec<f32>)> = vm
-            .data()
-            .lock()
+            .to_dtype(dino3d_model::candle_core::DType::F32)
             .unwrap()
-            .iter()
-            .map(|(n, var)| (n.clone(), v(grads.get(var.as_tensor()).expect(n))))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let attn = out.attentions.last().map(v).unwrap_or_default();
-        (v(&out.cls_norm), v(&out.patch_norm), attn, named)
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
-    let cpu = run(
+    let mut named: Vec<(String, Vec<f32>)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, var)| (n.clone(), v(grads.get(var.as_tensor()).expect(n))))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let attn = out.attentions.last().map(v).unwrap_or_default();
+    (v(&out.cls_norm), v(&out.patch_norm), attn, named)
+}
+
+/// Compares a GPU run with the CPU's: outputs (and the attention map if
+/// `with_map`) within `out_tol`, every gradient within `grad_tol`; returns
+/// the worst relative error seen.
+fn compare_vit_runs(
+    label: &str,
+    cuda: &VitRun,
+    cpu: &VitRun,
+    with_map: bool,
+    out_tol: f64,
+    grad_tol: f64,
+) -> f64 {
+    let mut compared = vec![("cls", &cuda.0, &cpu.0), ("patch", &cuda.1, &cpu.1)];
+    if with_map {
+        compared.push(("attention", &cuda.2, &cpu.2));
+    }
+    let mut worst_all = 0.0f64;
+    for (name, a, b) in compared {
+        let err = max_rel_err(a, b);
+        println!("ViT on CUDA ({label}), {name}: rel err {err:.3e}");
+        assert!(err <= out_tol, "{label} {name}: {err:.3e}");
+        worst_all = worst_all.max(err);
+    }
+    assert_eq!(cuda.3.len(), cpu.3.len());
+    let mut worst = (0.0f64, String::new());
+    for ((name, a), (_, b)) in cuda.3.iter().zip(&cpu.3) {
+        let err = max_rel_err(a, b);
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    println!(
+        "ViT on CUDA ({label}), gradients: worst rel err {:.3e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 <= grad_tol,
+        "{label} gradient of {}: {:.3e}",
+        worst.1,
+        worst.0
+    );
+    worst_all.max(worst.0)
+}
+
+#[test]
+fn vit_forward_and_backward_on_cuda_match_the_cpu() {
+    use dino3d_model::{Activations, AttentionKernel};
+    let Some(gpu) = gpu() else { return };
+    let ((cpu_vit, cpu_vm), (gpu_vit, gpu_vm)) = tiny_vit_pair(gpu);
+    let x = normal(2 * 32 * 32 * 32, 31);
+    let cpu = vit_run(
         &cpu_vit,
         &cpu_vm,
         &Device::Cpu,
+        &x,
         Activations::Keep,
         AttentionKernel::Composed,
     );
@@ -454,34 +518,53 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
         (Activations::Keep, AttentionKernel::Fused),
         (Activations::Recompute, AttentionKernel::Fused),
     ] {
-        let cuda = run(&gpu_vit, &gpu_vm, &gpu.device(), activations, kernel);
-        let activations = format!("{activations:?}, {kernel:?} attention");
-        let mut compared = vec![("cls", &cuda.0, &cpu.0), ("patch", &cuda.1, &cpu.1)];
-        if kernel == AttentionKernel::Composed {
-            compared.push(("attention", &cuda.2, &cpu.2));
-        }
-        for (name, a, b) in compared {
-            let err = max_rel_err(a, b);
-            println!("ViT on CUDA ({activations}), {name}: rel err {err:.3e}");
-            assert!(err <= 1e-4, "{activations} {name}: {err:.3e}");
-        }
-        assert_eq!(cuda.3.len(), cpu.3.len());
-        let mut worst = (0.0f64, String::new());
-        for ((name, a), (_, b)) in cuda.3.iter().zip(&cpu.3) {
-            let err = max_rel_err(a, b);
-            if err > worst.0 {
-                worst = (err, name.clone());
-            }
-        }
-        println!(
-            "ViT on CUDA ({activations}), gradients: worst rel err {:.3e} ({})",
-            worst.0, worst.1
+        let cuda = vit_run(&gpu_vit, &gpu_vm, &gpu.device(), &x, activations, kernel);
+        let label = format!("{activations:?}, {kernel:?} attention");
+        compare_vit_runs(
+            &label,
+            &cuda,
+            &cpu,
+            kernel == AttentionKernel::Composed,
+            1e-4,
+            1e-3,
         );
+    }
+}
+
+/// Under bf16 autocast on CUDA (bf16 matmuls, the MLP's hidden layer and the
+/// attention's q, k, v kept in bf16, candle's bf16 GELU), kept and
+/// recomputed: the CPU's f32 outputs and gradients to bf16 accuracy, and
+/// bf16 really used.
+#[test]
+fn vit_in_bf16_on_cuda_matches_the_cpu_f32_to_bf16_accuracy() {
+    use dino3d_model::precision::{Precision, autocast};
+    use dino3d_model::{Activations, AttentionKernel};
+    let Some(gpu) = gpu() else { return };
+    let ((cpu_vit, cpu_vm), (gpu_vit, gpu_vm)) = tiny_vit_pair(gpu);
+    let x = normal(2 * 32 * 32 * 32, 32);
+    let cpu = vit_run(
+        &cpu_vit,
+        &cpu_vm,
+        &Device::Cpu,
+        &x,
+        Activations::Keep,
+        AttentionKernel::Composed,
+    );
+    for activations in [Activations::Keep, Activations::Recompute] {
+        let _bf16 = autocast(Precision::Bf16);
+        let cuda = vit_run(
+            &gpu_vit,
+            &gpu_vm,
+            &gpu.device(),
+            &x,
+            activations,
+            AttentionKernel::Composed,
+        );
+        let label = format!("bf16, {activations:?}");
+        let worst = compare_vit_runs(&label, &cuda, &cpu, true, 5e-2, 1e-1);
         assert!(
-            worst.0 <= 1e-3,
-            "{activations} gradient of {}: {:.3e}",
-            worst.1,
-            worst.0
+            worst > 1e-5,
+            "{label}: rel err {worst:.3e}, so bf16 was not used"
         );
     }
 }
