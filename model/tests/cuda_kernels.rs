@@ -532,7 +532,7 @@ fn vit_forward_and_backward_on_cuda_match_the_cpu() {
 }
 
 /// Under bf16 autocast on CUDA (bf16 matmuls, the MLP's hidden layer and the
-/// attention's q, k, v kept in bf16, candle's bf16 GELU), kept and
+/// attention's q, k, v kept in bf16, the fused bf16 GELU kernel), kept and
 /// recomputed: the CPU's f32 outputs and gradients to bf16 accuracy, and
 /// bf16 really used.
 #[test]

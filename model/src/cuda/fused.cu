@@ -2,7 +2,7 @@
 // references): exact GELU, softmax over the last axis with a folded-in
 // scale, and affine LayerNorm over the last axis, each forward and backward,
 // in f32 with f32 block reductions (the CPU sums rows in f64; the tests
-// bound the difference).
+// bound the difference); GELU also on bf16 values, computed in f32.
 //
 // Row kernels run one block of D3_MAX_BLOCK or fewer threads (a power of
 // two) per row; elementwise kernels are grid-stride loops.
@@ -34,6 +34,49 @@ extern "C" __global__ void gelu_bwd_f32(const float* __restrict__ x,
         float cdf = 0.5f * (1.0f + erff(v * D3_INV_SQRT2));
         float pdf = expf(-0.5f * v * v) * D3_INV_SQRT_2PI;
         dx[i] = g[i] * (cdf + v * pdf);
+    }
+}
+
+// bf16 carried as its 16 bits (no header): widened to f32 exactly, and
+// rounded back to nearest even with NaN kept quiet, as the `half` crate's
+// bf16::from_f32 (the CPU path's rounding).
+__device__ __forceinline__ float d3_bf16_to_f32(unsigned short b) {
+    return __uint_as_float(((unsigned int)b) << 16);
+}
+
+__device__ __forceinline__ unsigned short d3_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (unsigned short)((u >> 16) | 0x0040u);
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// gelu_fwd_f32 on bf16 values: computed in f32, rounded once.
+extern "C" __global__ void gelu_fwd_bf16(const unsigned short* __restrict__ x,
+                                         unsigned short* __restrict__ y,
+                                         unsigned long long len) {
+    unsigned long long stride = (unsigned long long)blockDim.x * gridDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < len; i += stride) {
+        float v = d3_bf16_to_f32(x[i]);
+        y[i] = d3_f32_to_bf16(0.5f * v * (1.0f + erff(v * D3_INV_SQRT2)));
+    }
+}
+
+// gelu_bwd_f32 on bf16 values: computed in f32, rounded once.
+extern "C" __global__ void gelu_bwd_bf16(const unsigned short* __restrict__ x,
+                                         const unsigned short* __restrict__ g,
+                                         unsigned short* __restrict__ dx,
+                                         unsigned long long len) {
+    unsigned long long stride = (unsigned long long)blockDim.x * gridDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < len; i += stride) {
+        float v = d3_bf16_to_f32(x[i]);
+        float cdf = 0.5f * (1.0f + erff(v * D3_INV_SQRT2));
+        float pdf = expf(-0.5f * v * v) * D3_INV_SQRT_2PI;
+        dx[i] = d3_f32_to_bf16(d3_bf16_to_f32(g[i]) * (cdf + v * pdf));
     }
 }
 

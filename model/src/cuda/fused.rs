@@ -4,6 +4,7 @@
 //! are the references (`fused_gpu_tests` below, run on a GPU).
 
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use half::bf16;
 
 use super::context::{GpuContext, ROW_BLOCK, STRIDE_BLOCK, cuda_err};
 use super::sources::FUSED;
@@ -22,12 +23,15 @@ fn as_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| ModelError::Input(format!("{what} {v} exceeds the kernel's i32")))
 }
 
-fn alloc(gpu: &GpuContext, len: usize) -> Result<CudaSlice<f32>> {
+fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &GpuContext,
+    len: usize,
+) -> Result<CudaSlice<T>> {
     // SAFETY: every caller's kernel writes all `len` values before anything
     // reads them (elementwise and row kernels cover the whole buffer). At
     // least one value: the driver refuses an empty allocation, and an empty
     // tensor never reads it.
-    unsafe { gpu.stream().alloc::<f32>(len.max(1)) }.map_err(cuda_err("fused alloc"))
+    unsafe { gpu.stream().alloc::<T>(len.max(1)) }.map_err(cuda_err("fused alloc"))
 }
 
 fn rows_cfg(rows: usize, n: usize) -> Result<LaunchConfig> {
@@ -80,6 +84,52 @@ pub(crate) fn gelu_bwd(
         // unsigned long long)`; all three hold `len` f32.
         unsafe { launch.launch(gpu.stride_config(len)) }
             .map_err(cuda_err("launch gelu_bwd_f32"))?;
+    }
+    Ok(dx)
+}
+
+/// [`gelu_fwd`] on bf16 values (computed in f32, rounded once).
+pub(crate) fn gelu_fwd_bf16(gpu: &GpuContext, x: &CudaView<'_, bf16>) -> Result<CudaSlice<bf16>> {
+    let len = x.len();
+    let mut y = alloc(gpu, len)?;
+    if len > 0 {
+        let f = gpu.function(FUSED, "gelu_fwd_bf16")?;
+        let len_u64 = len as u64;
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(x).arg(&mut y).arg(&len_u64);
+        // SAFETY: matches `gelu_fwd_bf16(const unsigned short*, unsigned
+        // short*, unsigned long long)` (bf16 is 16 bits); x and y hold `len`
+        // values, grid-stride to `len`.
+        unsafe { launch.launch(gpu.stride_config(len)) }
+            .map_err(cuda_err("launch gelu_fwd_bf16"))?;
+    }
+    Ok(y)
+}
+
+/// [`gelu_bwd`] on bf16 values (computed in f32, rounded once).
+pub(crate) fn gelu_bwd_bf16(
+    gpu: &GpuContext,
+    x: &CudaView<'_, bf16>,
+    g: &CudaView<'_, bf16>,
+) -> Result<CudaSlice<bf16>> {
+    let len = x.len();
+    if g.len() != len {
+        return Err(ModelError::Input(format!(
+            "GELU backward: {len} vs {} values",
+            g.len()
+        )));
+    }
+    let mut dx = alloc(gpu, len)?;
+    if len > 0 {
+        let f = gpu.function(FUSED, "gelu_bwd_bf16")?;
+        let len_u64 = len as u64;
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(x).arg(g).arg(&mut dx).arg(&len_u64);
+        // SAFETY: matches `gelu_bwd_bf16(const unsigned short*, const
+        // unsigned short*, unsigned short*, unsigned long long)`; all three
+        // hold `len` 16-bit values.
+        unsafe { launch.launch(gpu.stride_config(len)) }
+            .map_err(cuda_err("launch gelu_bwd_bf16"))?;
     }
     Ok(dx)
 }
@@ -191,7 +241,7 @@ pub(crate) fn layer_norm_bwd(
     }
     let (d_i, e) = (as_i32(d, "LayerNorm width")?, eps as f32);
     let rows_i = as_i32(rows, "LayerNorm rows")?;
-    let mut stats = alloc(gpu, 2 * rows)?;
+    let mut stats = alloc::<f32>(gpu, 2 * rows)?;
     {
         let f = gpu.function(FUSED, "ln_bwd_dx_f32")?;
         let mut dx = out.slice_mut(..x.len());
@@ -210,7 +260,7 @@ pub(crate) fn layer_norm_bwd(
         unsafe { launch.launch(rows_cfg(rows, d)?) }.map_err(cuda_err("launch ln_bwd_dx_f32"))?;
     }
     let chunks = rows.div_ceil(WB_CHUNK_ROWS);
-    let mut partial = alloc(gpu, chunks * 2 * d)?;
+    let mut partial = alloc::<f32>(gpu, chunks * 2 * d)?;
     {
         let f = gpu.function(FUSED, "ln_bwd_wb_partial_f32")?;
         let chunk_i = WB_CHUNK_ROWS as i32;

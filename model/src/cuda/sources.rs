@@ -53,14 +53,16 @@ pub(crate) const SINKHORN_CE: KernelSource = KernelSource {
     ],
 };
 
-/// The CUDA twins of the fused CPU ops: GELU, softmax, LayerNorm, forward
-/// and backward (`fused.cu`).
+/// The CUDA twins of the fused CPU ops: GELU (f32 and bf16), softmax,
+/// LayerNorm, forward and backward (`fused.cu`).
 pub(crate) const FUSED: KernelSource = KernelSource {
     name: "fused",
     src: include_str!("fused.cu"),
     kernels: &[
         "gelu_fwd_f32",
         "gelu_bwd_f32",
+        "gelu_fwd_bf16",
+        "gelu_bwd_bf16",
         "softmax_fwd_f32",
         "softmax_bwd_f32",
         "ln_fwd_f32",

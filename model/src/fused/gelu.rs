@@ -15,9 +15,13 @@ use super::{Float, cpu_rows, cpu_slice, fusable_anywhere};
 const CHUNK: usize = 1 << 14;
 
 /// `gelu_erf(x)`; fused on the CPU (f32, f64, and bf16 computed in f32)
-/// and for CUDA f32, candle's `gelu_erf` elsewhere (CUDA bf16 included).
+/// and on CUDA (f32, bf16), candle's `gelu_erf` elsewhere.
 pub(crate) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     if fusable_anywhere(x) || (x.device().is_cpu() && x.dtype() == DType::BF16) {
+        return x.contiguous()?.apply_op1(GeluOp);
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_gpu::gelu_fusable_on_gpu(x) {
         return x.contiguous()?.apply_op1(GeluOp);
     }
     x.gelu_erf()
@@ -125,9 +129,18 @@ impl CustomOp1 for GeluOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let gpu = super::on_gpu::gpu_of(s)?;
-        let out = crate::cuda::fused::gelu_fwd(&gpu, &super::on_gpu::view(s, l)?);
-        Ok((super::on_gpu::wrap(out, s)?, l.shape().clone()))
+        use super::on_gpu::{gpu_of, view, view_bf16, wrap};
+        use candle_core::backend::BackendStorage;
+        let gpu = gpu_of(s)?;
+        let out = if s.dtype() == DType::BF16 {
+            wrap(
+                crate::cuda::fused::gelu_fwd_bf16(&gpu, &view_bf16(s, l)?),
+                s,
+            )?
+        } else {
+            wrap(crate::cuda::fused::gelu_fwd(&gpu, &view(s, l)?), s)?
+        };
+        Ok((out, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {

@@ -4,10 +4,21 @@
 //! kernels beside this file are their references (`tests` below run on a
 //! GPU and print "skipped: no CUDA device" elsewhere).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use crate::cuda::fused as kernels;
-pub(super) use crate::cuda::storage::{gpu_of, view, wrap};
+pub(super) use crate::cuda::storage::{gpu_of, view, view_bf16, wrap};
+
+/// f32 or bf16 on a CUDA device: the GELU's GPU twin applies (bf16 computed
+/// in f32, as on the CPU).
+pub(super) fn gelu_fusable_on_gpu(t: &Tensor) -> bool {
+    t.device().is_cuda()
+        && matches!(
+            t.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16
+        )
+}
 
 /// f32 on a CUDA device: the GPU twins apply.
 pub(super) fn fusable_on_gpu(t: &Tensor) -> bool {
@@ -63,8 +74,13 @@ impl CustomOp2 for GeluGrad {
         gl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let gpu = gpu_of(xs)?;
-        let dx = kernels::gelu_bwd(&gpu, &view(xs, xl)?, &view(gs, gl)?);
-        Ok((wrap(dx, xs)?, xl.shape().clone()))
+        let dx = if xs.dtype() == candle_core::DType::BF16 {
+            let dx = kernels::gelu_bwd_bf16(&gpu, &view_bf16(xs, xl)?, &view_bf16(gs, gl)?);
+            wrap(dx, xs)?
+        } else {
+            wrap(kernels::gelu_bwd(&gpu, &view(xs, xl)?, &view(gs, gl)?), xs)?
+        };
+        Ok((dx, xl.shape().clone()))
     }
 }
 
@@ -219,6 +235,61 @@ mod tests {
             &|t| super::super::gelu_erf(&t[0]).unwrap(),
             1e-5,
         );
+    }
+
+    /// bf16 GELU (the MLP's hidden layer under bf16 autocast): the GPU's
+    /// forward and input gradient against the CPU's bf16 path, both
+    /// computed in f32 and rounded once; their erf differ by under 4e-7, so
+    /// a value may round to the neighbouring bf16 (2⁻⁸ relative), no more.
+    #[test]
+    fn bf16_gelu_on_the_gpu_matches_the_cpu_kernel() {
+        use candle_core::DType;
+        let Some(dev) = gpu() else { return };
+        let n = 100_003;
+        let run = |dev: &Device| {
+            let x = Tensor::from_vec(normal(n, 3), n, &Device::Cpu)
+                .unwrap()
+                .affine(3.0, 0.0)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_device(dev)
+                .unwrap();
+            let x = Var::from_tensor(&x).unwrap();
+            let y = super::super::gelu_erf(x.as_tensor()).unwrap();
+            assert_eq!(y.dtype(), DType::BF16);
+            let w = Tensor::from_vec(normal(n, 4), n, &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_device(dev)
+                .unwrap();
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(x.as_tensor()).unwrap();
+            assert_eq!(dx.dtype(), DType::BF16);
+            let f = |t: &Tensor| {
+                t.to_dtype(DType::F32)
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            (f(&y), f(dx))
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&dev));
+        for (name, a, b) in [("forward", &cuda.0, &cpu.0), ("dx", &cuda.1, &cpu.1)] {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| f64::from((x - y).abs()) / f64::from(y.abs()).max(1e-3))
+                .fold(0.0, f64::max);
+            println!("bf16 gelu on the GPU, {name}: worst rel err {worst:.3e}");
+            assert!(
+                worst <= 2f64.powi(-8) * 1.01,
+                "bf16 gelu {name}: {worst:.3e}"
+            );
+        }
     }
 
     #[test]
