@@ -115,10 +115,18 @@ impl DinoHead {
 
     /// L2-normalised bottleneck features `(…, bottleneck_dim)`.
     pub fn bottleneck(&self, x: &Tensor) -> Result<Tensor> {
+        // Under bf16 autocast the hidden layers are kept in bf16 only, as in
+        // the backbone's MLP; the bottleneck comes out f32.
+        let bf16 = crate::precision::current() == crate::precision::Precision::Bf16;
         let mut h = x.clone();
         for (i, layer) in self.mlp.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i + 1 < self.mlp.len() {
+            let hidden = i + 1 < self.mlp.len();
+            h = if hidden && bf16 {
+                layer.forward_bf16(&h)?
+            } else {
+                layer.forward(&h)?
+            };
+            if hidden {
                 h = crate::fused::gelu_erf(&h)?;
             }
         }
