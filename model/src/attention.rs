@@ -71,23 +71,44 @@ pub fn use_attention_kernel(kernel: AttentionKernel) -> AttentionKernelGuard {
     AttentionKernelGuard { previous }
 }
 
+/// Whether the fused kernel takes attention over `groups` (batch × heads)
+/// of `tokens` tokens with head dimension `head_dim` on `device` (its
+/// operands f32), with no probabilities asked for.
+#[cfg(feature = "cuda")]
+fn fused_applies(
+    device: &candle_core::Device,
+    groups: usize,
+    tokens: usize,
+    head_dim: usize,
+) -> bool {
+    use crate::cuda::{HEAD_DIM, MAX_GROUPS};
+    KERNEL.with(Cell::get) == AttentionKernel::Fused
+        && device.is_cuda()
+        && head_dim == HEAD_DIM
+        // Shapes past the kernel's grid take the composed path; any other
+        // failure of the kernel is an error, not hidden by a fallback.
+        && groups <= MAX_GROUPS
+        && i32::try_from(tokens).is_ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn fused_applies(_: &candle_core::Device, _: usize, _: usize, _: usize) -> bool {
+    false
+}
+
 /// The fused kernel's output when it applies to `q` (same shape for k, v).
 #[cfg(feature = "cuda")]
 fn fused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Option<Tensor>> {
-    use crate::cuda::{HEAD_DIM, MAX_GROUPS, flash_attention};
-    let tokens = q.dim(candle_core::D::Minus2)?;
-    let applies = KERNEL.with(Cell::get) == AttentionKernel::Fused
-        && q.device().is_cuda()
-        && q.dtype() == candle_core::DType::F32
-        && q.dim(candle_core::D::Minus1)? == HEAD_DIM
-        // Shapes past the kernel's grid take the composed path; any other
-        // failure of the kernel is an error, not hidden by a fallback.
-        && q.elem_count() / (tokens * HEAD_DIM).max(1) <= MAX_GROUPS
-        && i32::try_from(tokens).is_ok();
-    if !applies {
+    let (tokens, head_dim) = (
+        q.dim(candle_core::D::Minus2)?,
+        q.dim(candle_core::D::Minus1)?,
+    );
+    let groups = q.elem_count() / (tokens * head_dim).max(1);
+    if q.dtype() != candle_core::DType::F32 || !fused_applies(q.device(), groups, tokens, head_dim)
+    {
         return Ok(None);
     }
-    flash_attention(q, k, v, scale)
+    crate::cuda::flash_attention(q, k, v, scale)
         .map(Some)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
@@ -132,7 +153,7 @@ impl Attention {
         let hd = e / h;
         // Under bf16 autocast the composed path keeps q, k, v and the heads'
         // output in bf16 only, as autocast does (the fused kernel takes f32).
-        let may_fuse = !probs && current_kernel() == AttentionKernel::Fused && x.device().is_cuda();
+        let may_fuse = !probs && fused_applies(x.device(), b * h, t, hd);
         let bf16 = crate::precision::current() == crate::precision::Precision::Bf16 && !may_fuse;
         let qkv = if bf16 {
             self.qkv.forward_bf16(x)?

@@ -142,3 +142,27 @@ fn leading_axis_sums_match_the_generic_path_bit_for_bit() {
         assert_close(&fast, &want, 1e-6, "f64 sum");
     }
 }
+
+/// bf16 rows (a bf16 layer's bias gradient) are summed in f32 and rounded
+/// once: within one bf16 rounding of the f64 sum over 4096 rows, where
+/// adding in bf16 would drift by far more (and lose the small terms).
+#[test]
+fn leading_axis_bf16_sums_are_accumulated_in_f32() {
+    let (rows, cols) = (4096, 5);
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|i| 1.0 + ((i * 7919) % 101) as f32 / 1000.0)
+        .collect();
+    let x = Tensor::from_vec(v, (rows, cols), &candle_core::Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let xv = f64s(&x);
+    let got = f64s(&x.sum_keepdim(0).unwrap());
+    for (c, g) in got.iter().enumerate() {
+        let want: f64 = (0..rows).map(|r| xv[r * cols + c]).sum();
+        assert!(
+            (g - want).abs() <= want * 2f64.powi(-8),
+            "column {c}: {g} vs {want}"
+        );
+    }
+}

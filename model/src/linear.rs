@@ -36,8 +36,10 @@ impl Linear {
 }
 
 impl Linear {
-    /// `x Wᵀ + b` with bf16 operands and a bf16 result (bias added in bf16),
-    /// as autocast's `linear`: for a layer whose output is stored in bf16.
+    /// `x Wᵀ + b` with bf16 operands and a bf16 result, for a layer whose
+    /// output is stored in bf16 (autocast's `linear`; unlike its fused
+    /// epilogue, the product is rounded to bf16 before the bias is added).
+    /// The bias gradient is summed in f32 (the vendored candle's row sum).
     pub(crate) fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim;

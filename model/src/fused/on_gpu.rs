@@ -239,8 +239,9 @@ mod tests {
 
     /// bf16 GELU (the MLP's hidden layer under bf16 autocast): the GPU's
     /// forward and input gradient against the CPU's bf16 path, both
-    /// computed in f32 and rounded once; their erf differ by under 4e-7, so
-    /// a value may round to the neighbouring bf16 (2⁻⁸ relative), no more.
+    /// computed in f32 and rounded once; their erf and exp differ in the
+    /// last f32 bits, so a value may round to the neighbouring bf16 (one
+    /// bf16 step: 2⁻⁸ to 2⁻⁷ of the value), no further.
     #[test]
     fn bf16_gelu_on_the_gpu_matches_the_cpu_kernel() {
         use candle_core::DType;
@@ -286,7 +287,7 @@ mod tests {
                 .fold(0.0, f64::max);
             println!("bf16 gelu on the GPU, {name}: worst rel err {worst:.3e}");
             assert!(
-                worst <= 2f64.powi(-8) * 1.01,
+                worst <= 2f64.powi(-7) * 1.01,
                 "bf16 gelu {name}: {worst:.3e}"
             );
         }

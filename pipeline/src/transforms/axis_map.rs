@@ -132,11 +132,16 @@ impl AxisMap {
     /// stay within a few cache lines (voxel by voxel, the reads of a 96³
     /// view strode 36 KiB apart).
     pub fn gather(&self, img: &Image) -> Vec<f32> {
-        let [_, x, y, z] = img.shape;
+        let [c, x, y, z] = img.shape;
         let dims = [x, y, z];
         let len = x * y * z;
         let out = self.out_dims(dims);
         let (origin, step) = self.walk(dims);
+        // What the unchecked fill below relies on (both fields are public).
+        let mut sorted = self.perm;
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2], "AxisMap: perm must be a permutation");
+        assert_eq!(img.data.len(), c * len, "AxisMap: data and shape disagree");
         let mut data = Vec::with_capacity(img.data.len());
         if len == 0 {
             return data;

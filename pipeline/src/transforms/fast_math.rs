@@ -8,7 +8,7 @@
 //!
 //! Method: `x = m·2ᵉ` with m in [√½, √2); `ln m = 2·atanh(s)`,
 //! `s = (m − 1)/(m + 1)`, by its odd series to s⁹ (|s| ≤ 0.172, truncation
-//! under 1e-9 relative); `t = γ·(e + ln m·log₂e)` summed in f64; then
+//! about 2e-9 relative); `t = γ·(e + ln m·log₂e)` summed in f64; then
 //! `2ᵗ = 2ⁿ·2ʳ`, n = round(t), a degree-7 Taylor polynomial for 2ʳ (|r| ≤ ½), and 2ⁿ
 //! applied as two normal powers of two, so results in the subnormal range
 //! round once, as they should.

@@ -352,6 +352,22 @@ impl ReduceSum<'_> {
                     self.reduce_dims.iter().enumerate().all(|(i, &v)| v == i);
                 if reduce_over_first_dims && !dst.is_empty() {
                     let row = dst.len();
+                    // dino3d patch: 16-bit floats (a bf16 layer's bias
+                    // gradient, thousands of rows) are summed in f32 and
+                    // rounded once, as candle's CUDA sum and PyTorch do; in
+                    // bf16 each addition rounded to 8 bits.
+                    if matches!(T::DTYPE, crate::DType::BF16 | crate::DType::F16) {
+                        let mut acc = vec![0f32; row];
+                        for chunk in src.chunks_exact(row) {
+                            for (a, &s) in acc.iter_mut().zip(chunk) {
+                                *a += s.to_f64() as f32;
+                            }
+                        }
+                        for (d, a) in dst.iter_mut().zip(acc) {
+                            *d = T::from_f64(f64::from(a));
+                        }
+                        return Ok(dst);
+                    }
                     for chunk in src.chunks_exact(row) {
                         for (d, &s) in dst.iter_mut().zip(chunk) {
                             *d += s;
