@@ -44,29 +44,54 @@ fn rows_cfg(rows: usize, n: usize) -> Result<LaunchConfig> {
     })
 }
 
+/// The element types of the GELU kernels: each has its own entry points.
+pub(crate) trait GeluElement:
+    cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
+{
+    /// `gelu_fwd_*(const T*, T*, unsigned long long)`.
+    const FORWARD: &'static str;
+    /// `gelu_bwd_*(const T*, const T*, T*, unsigned long long)`.
+    const BACKWARD: &'static str;
+}
+
+impl GeluElement for f32 {
+    const FORWARD: &'static str = "gelu_fwd_f32";
+    const BACKWARD: &'static str = "gelu_bwd_f32";
+}
+
+/// bf16 values, computed in f32 and rounded once (the kernels take them as
+/// `unsigned short`, the same 16 bits).
+impl GeluElement for bf16 {
+    const FORWARD: &'static str = "gelu_fwd_bf16";
+    const BACKWARD: &'static str = "gelu_bwd_bf16";
+}
+
 /// Exact GELU of every element.
-pub(crate) fn gelu_fwd(gpu: &GpuContext, x: &CudaView<'_, f32>) -> Result<CudaSlice<f32>> {
+pub(crate) fn gelu_fwd<T: GeluElement>(
+    gpu: &GpuContext,
+    x: &CudaView<'_, T>,
+) -> Result<CudaSlice<T>> {
     let len = x.len();
     let mut y = alloc(gpu, len)?;
     if len > 0 {
-        let f = gpu.function(FUSED, "gelu_fwd_f32")?;
+        let f = gpu.function(FUSED, T::FORWARD)?;
         let len_u64 = len as u64;
         let mut launch = gpu.stream().launch_builder(&f);
         launch.arg(x).arg(&mut y).arg(&len_u64);
-        // SAFETY: matches `gelu_fwd_f32(const float*, float*, unsigned long
-        // long)`; x and y hold `len` f32, grid-stride to `len`.
-        unsafe { launch.launch(gpu.stride_config(len)) }
-            .map_err(cuda_err("launch gelu_fwd_f32"))?;
+        // SAFETY: matches `T::FORWARD(const T*, T*, unsigned long long)`
+        // (bf16 as its 16 bits); x and y hold `len` values, grid-stride to
+        // `len`.
+        unsafe { launch.launch(gpu.stride_config(len)) }.map_err(cuda_err(T::FORWARD))?;
     }
     Ok(y)
 }
 
 /// GELU's input gradient for upstream gradient `g`.
-pub(crate) fn gelu_bwd(
+pub(crate) fn gelu_bwd<T: GeluElement>(
     gpu: &GpuContext,
-    x: &CudaView<'_, f32>,
-    g: &CudaView<'_, f32>,
-) -> Result<CudaSlice<f32>> {
+    x: &CudaView<'_, T>,
+    g: &CudaView<'_, T>,
+) -> Result<CudaSlice<T>> {
     let len = x.len();
     if g.len() != len {
         return Err(ModelError::Input(format!(
@@ -76,60 +101,13 @@ pub(crate) fn gelu_bwd(
     }
     let mut dx = alloc(gpu, len)?;
     if len > 0 {
-        let f = gpu.function(FUSED, "gelu_bwd_f32")?;
+        let f = gpu.function(FUSED, T::BACKWARD)?;
         let len_u64 = len as u64;
         let mut launch = gpu.stream().launch_builder(&f);
         launch.arg(x).arg(g).arg(&mut dx).arg(&len_u64);
-        // SAFETY: matches `gelu_bwd_f32(const float*, const float*, float*,
-        // unsigned long long)`; all three hold `len` f32.
-        unsafe { launch.launch(gpu.stride_config(len)) }
-            .map_err(cuda_err("launch gelu_bwd_f32"))?;
-    }
-    Ok(dx)
-}
-
-/// [`gelu_fwd`] on bf16 values (computed in f32, rounded once).
-pub(crate) fn gelu_fwd_bf16(gpu: &GpuContext, x: &CudaView<'_, bf16>) -> Result<CudaSlice<bf16>> {
-    let len = x.len();
-    let mut y = alloc(gpu, len)?;
-    if len > 0 {
-        let f = gpu.function(FUSED, "gelu_fwd_bf16")?;
-        let len_u64 = len as u64;
-        let mut launch = gpu.stream().launch_builder(&f);
-        launch.arg(x).arg(&mut y).arg(&len_u64);
-        // SAFETY: matches `gelu_fwd_bf16(const unsigned short*, unsigned
-        // short*, unsigned long long)` (bf16 is 16 bits); x and y hold `len`
-        // values, grid-stride to `len`.
-        unsafe { launch.launch(gpu.stride_config(len)) }
-            .map_err(cuda_err("launch gelu_fwd_bf16"))?;
-    }
-    Ok(y)
-}
-
-/// [`gelu_bwd`] on bf16 values (computed in f32, rounded once).
-pub(crate) fn gelu_bwd_bf16(
-    gpu: &GpuContext,
-    x: &CudaView<'_, bf16>,
-    g: &CudaView<'_, bf16>,
-) -> Result<CudaSlice<bf16>> {
-    let len = x.len();
-    if g.len() != len {
-        return Err(ModelError::Input(format!(
-            "GELU backward: {len} vs {} values",
-            g.len()
-        )));
-    }
-    let mut dx = alloc(gpu, len)?;
-    if len > 0 {
-        let f = gpu.function(FUSED, "gelu_bwd_bf16")?;
-        let len_u64 = len as u64;
-        let mut launch = gpu.stream().launch_builder(&f);
-        launch.arg(x).arg(g).arg(&mut dx).arg(&len_u64);
-        // SAFETY: matches `gelu_bwd_bf16(const unsigned short*, const
-        // unsigned short*, unsigned short*, unsigned long long)`; all three
-        // hold `len` 16-bit values.
-        unsafe { launch.launch(gpu.stride_config(len)) }
-            .map_err(cuda_err("launch gelu_bwd_bf16"))?;
+        // SAFETY: matches `T::BACKWARD(const T*, const T*, T*, unsigned long
+        // long)`; all three hold `len` values.
+        unsafe { launch.launch(gpu.stride_config(len)) }.map_err(cuda_err(T::BACKWARD))?;
     }
     Ok(dx)
 }

@@ -133,10 +133,7 @@ impl CustomOp1 for GeluOp {
         use candle_core::backend::BackendStorage;
         let gpu = gpu_of(s)?;
         let out = if s.dtype() == DType::BF16 {
-            wrap(
-                crate::cuda::fused::gelu_fwd_bf16(&gpu, &view_bf16(s, l)?),
-                s,
-            )?
+            wrap(crate::cuda::fused::gelu_fwd(&gpu, &view_bf16(s, l)?), s)?
         } else {
             wrap(crate::cuda::fused::gelu_fwd(&gpu, &view(s, l)?), s)?
         };

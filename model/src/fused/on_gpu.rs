@@ -75,7 +75,7 @@ impl CustomOp2 for GeluGrad {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let gpu = gpu_of(xs)?;
         let dx = if xs.dtype() == candle_core::DType::BF16 {
-            let dx = kernels::gelu_bwd_bf16(&gpu, &view_bf16(xs, xl)?, &view_bf16(gs, gl)?);
+            let dx = kernels::gelu_bwd(&gpu, &view_bf16(xs, xl)?, &view_bf16(gs, gl)?);
             wrap(dx, xs)?
         } else {
             wrap(kernels::gelu_bwd(&gpu, &view(xs, xl)?, &view(gs, gl)?), xs)?
