@@ -117,17 +117,12 @@ impl DinoHead {
     pub fn bottleneck(&self, x: &Tensor) -> Result<Tensor> {
         // Under bf16 autocast the hidden layers are kept in bf16 only, as in
         // the backbone's MLP; the bottleneck comes out f32.
-        let bf16 = crate::precision::current() == crate::precision::Precision::Bf16;
         let mut h = x.clone();
         for (i, layer) in self.mlp.iter().enumerate() {
-            let hidden = i + 1 < self.mlp.len();
-            h = if hidden && bf16 {
-                layer.forward_bf16(&h)?
+            if i + 1 < self.mlp.len() {
+                h = crate::fused::gelu_erf(&layer.forward_hidden(&h)?)?;
             } else {
-                layer.forward(&h)?
-            };
-            if hidden {
-                h = crate::fused::gelu_erf(&h)?;
+                h = layer.forward(&h)?;
             }
         }
         Ok(l2_normalize(&h, L2_EPS)?)

@@ -1,6 +1,6 @@
 //! Fully connected layer with PyTorch's weight layout `(out, in)`.
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// `y = x Wᵀ + b` on the last axis; any number of leading axes.
@@ -41,12 +41,35 @@ impl Linear {
     /// epilogue, the product is rounded to bf16 before the bias is added).
     /// The bias gradient is summed in f32 (the vendored candle's row sum).
     pub(crate) fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, crate::precision::matmul_bf16, Some(DType::BF16))
+    }
+
+    /// [`Self::forward_bf16`] under bf16 autocast, else `forward`: for a
+    /// hidden layer that autocast keeps in bf16.
+    pub(crate) fn forward_hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if crate::precision::current() == crate::precision::Precision::Bf16 {
+            self.forward_bf16(x)
+        } else {
+            self.forward(x)
+        }
+    }
+
+    /// `x Wᵀ + b` by `matmul` on the leading axes flattened into rows (one
+    /// 2-D matmul: faster than broadcast_matmul), the bias cast to
+    /// `bias_dtype` if given.
+    fn apply(
+        &self,
+        x: &Tensor,
+        matmul: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+        bias_dtype: Option<DType>,
+    ) -> candle_core::Result<Tensor> {
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.elem_count() / in_dim;
-        let y = crate::precision::matmul_bf16(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(candle_core::DType::BF16)?)?,
-            None => y,
+        let y = matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
+        let y = match (&self.bias, bias_dtype) {
+            (Some(b), Some(dt)) => y.broadcast_add(&b.to_dtype(dt)?)?,
+            (Some(b), None) => y.broadcast_add(b)?,
+            (None, _) => y,
         };
         let mut out_dims = x.dims().to_vec();
         out_dims.pop();
@@ -57,17 +80,6 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Flatten leading axes into one 2-D matmul: faster than broadcast_matmul.
-        let in_dim = x.dim(D::Minus1)?;
-        let rows = x.elem_count() / in_dim;
-        let y = crate::precision::matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = x.dims().to_vec();
-        out_dims.pop();
-        out_dims.push(self.weight.dim(0)?);
-        y.reshape(out_dims)
+        self.apply(x, crate::precision::matmul, None)
     }
 }

@@ -4,7 +4,6 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::linear::Linear;
-use crate::precision::Precision;
 
 /// `fc2(gelu_erf(fc1(x)))`, hidden width `hidden`.
 #[derive(Debug, Clone)]
@@ -24,16 +23,12 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // As autocast, under bf16 the hidden layer (4x the width: the step's
+        // largest activation) exists in bf16 only, before and after the
+        // GELU; kept in f32 next to its bf16 copies it took 2.5x the memory.
+        let hidden = self.fc1.forward_hidden(x)?;
         // PyTorch's default GELU is the exact erf form, not the tanh approximation.
-        if crate::precision::current() == Precision::Bf16 {
-            // As autocast: the hidden layer (4x the width: the step's largest
-            // activation) exists in bf16 only, before and after the GELU;
-            // kept in f32 next to its bf16 copies it took 2.5x the memory.
-            let hidden = crate::fused::gelu_erf(&self.fc1.forward_bf16(x)?)?;
-            return self.fc2.forward(&hidden);
-        }
-        self.fc2
-            .forward(&crate::fused::gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&crate::fused::gelu_erf(&hidden)?)
     }
 }
 
@@ -45,7 +40,7 @@ mod tests {
     use super::*;
     use crate::attention::Attention;
     use crate::kernels_ref::testing::{max_rel_err, normal};
-    use crate::precision::autocast;
+    use crate::precision::{Precision, autocast};
 
     /// The MLP and the attention with their bf16 activations: outputs and
     /// every gradient (input and parameters) f32 and equal to the f32
