@@ -34,11 +34,9 @@ impl AttentionKernel {
 
     /// Looks a kernel up by its recipe name.
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "composed" => Some(Self::Composed),
-            "fused" => Some(Self::Fused),
-            _ => None,
-        }
+        [Self::Composed, Self::Fused]
+            .into_iter()
+            .find(|k| k.name() == name)
     }
 }
 
@@ -81,14 +79,11 @@ fn fused_applies(
     tokens: usize,
     head_dim: usize,
 ) -> bool {
-    use crate::cuda::{HEAD_DIM, MAX_GROUPS};
-    KERNEL.with(Cell::get) == AttentionKernel::Fused
+    // Shapes past the kernel's grid take the composed path; any other
+    // failure of the kernel is an error, not hidden by a fallback.
+    current_kernel() == AttentionKernel::Fused
         && device.is_cuda()
-        && head_dim == HEAD_DIM
-        // Shapes past the kernel's grid take the composed path; any other
-        // failure of the kernel is an error, not hidden by a fallback.
-        && groups <= MAX_GROUPS
-        && i32::try_from(tokens).is_ok()
+        && crate::cuda::attention_fits(groups, tokens, head_dim)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -313,9 +313,9 @@ impl ViT3d {
             )));
         }
         let mut h = self.prepare_tokens(x, opts.masks)?;
+        let probs = opts.attention != AttentionCapture::None;
         let mut tape = None;
         if opts.activations == Activations::Recompute {
-            let probs = opts.attention != AttentionCapture::None;
             let (t, leaf) = BlockTape::start(h, probs)?;
             tape = Some(t);
             h = leaf;
@@ -324,7 +324,7 @@ impl ViT3d {
         let mut rng = opts.drop_path_seed.map(SplitMix64::new);
         let rate = self.cfg.drop_path_rate;
         let subset = rate > 0.0 && self.cfg.drop_path_mode == DropPathMode::Subset;
-        if rng.is_some() && subset && opts.attention != AttentionCapture::None {
+        if rng.is_some() && subset && probs {
             return Err(ModelError::Input(
                 "attention maps cannot be captured under subset drop path".into(),
             ));
@@ -344,23 +344,23 @@ impl ViT3d {
                 ),
                 _ => BranchDrop::None,
             };
-            let probs = opts.attention != AttentionCapture::None;
             let (out, attn) = block.forward(&h, &drop, probs)?;
-            h = match (opts.activations, tape.as_mut()) {
-                (Activations::Recompute, Some(t)) => t.record(&out, drop)?,
-                (Activations::Discard, _) => out.detach(),
-                _ => out,
+            // The tape exists exactly under `Recompute`.
+            h = match tape.as_mut() {
+                Some(t) => t.record(&out, drop)?,
+                None if opts.activations == Activations::Discard => out.detach(),
+                None => out,
             };
+            // A map comes back only when one was asked for (`probs`).
             if let Some(attn) = attn {
                 let attn = match opts.activations {
                     Activations::Keep => attn,
                     _ => attn.detach(),
                 };
-                match opts.attention {
-                    AttentionCapture::None => {}
-                    AttentionCapture::ClsRow => attentions.push(attn.narrow(2, 0, 1)?.squeeze(2)?),
-                    AttentionCapture::Full => attentions.push(attn),
-                }
+                attentions.push(match opts.attention {
+                    AttentionCapture::ClsRow => attn.narrow(2, 0, 1)?.squeeze(2)?,
+                    _ => attn,
+                });
             }
             if opts.intermediate_layers.contains(&i) {
                 layer_out[i] = Some(h.clone());

@@ -18,6 +18,12 @@ use crate::{ModelError, Result};
 pub const HEAD_DIM: usize = 64;
 /// Most batch x head groups one call takes (the grid's y axis).
 pub const MAX_GROUPS: usize = 65_535;
+
+/// Whether the kernel takes `groups` (batch × heads) of `tokens` tokens with
+/// head dimension `head_dim`: the limits `flash_attention` checks.
+pub fn fits(groups: usize, tokens: usize, head_dim: usize) -> bool {
+    head_dim == HEAD_DIM && groups <= MAX_GROUPS && i32::try_from(tokens).is_ok()
+}
 /// Rows (warps) per block, as `D3_WARPS` in `attention.cu`.
 const WARPS: usize = 8;
 

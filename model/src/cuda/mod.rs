@@ -47,7 +47,7 @@ mod sinkhorn_ce;
 pub(crate) mod storage;
 
 #[cfg(feature = "cuda")]
-pub use attention::{HEAD_DIM, MAX_GROUPS, flash_attention};
+pub use attention::{HEAD_DIM, MAX_GROUPS, fits as attention_fits, flash_attention};
 #[cfg(feature = "cuda")]
 pub use context::GpuContext;
 #[cfg(feature = "cuda")]

@@ -6,6 +6,20 @@ use candle_core::{DType, Tensor, Var, backprop::GradStore};
 use super::{Collective, ReduceOp};
 use crate::Result;
 
+/// The dtypes gradients may cross the ranks in: f32, or bf16 (half the bytes).
+///
+/// # Errors
+/// Any other dtype.
+pub(crate) fn check_wire(wire: DType) -> Result<()> {
+    if matches!(wire, DType::F32 | DType::BF16) {
+        Ok(())
+    } else {
+        Err(crate::ModelError::Config(format!(
+            "gradients are reduced in f32 or bf16, not {wire:?}"
+        )))
+    }
+}
+
 /// Averages the gradients of `vars` over all ranks, in one all-reduce (one
 /// bucket: at this crate's sizes the latency of many small calls dominates).
 ///
@@ -24,11 +38,7 @@ pub fn average_gradients(
     comm: &dyn Collective,
     wire: DType,
 ) -> Result<()> {
-    if !matches!(wire, DType::F32 | DType::BF16) {
-        return Err(crate::ModelError::Config(format!(
-            "gradients are reduced in f32 or bf16, not {wire:?}"
-        )));
-    }
+    check_wire(wire)?;
     if comm.world_size() <= 1 || vars.is_empty() {
         return Ok(());
     }

@@ -12,6 +12,7 @@ mod in_process;
 mod watchdog;
 
 pub use grads::average_gradients;
+pub(crate) use grads::check_wire;
 pub use in_process::{InProcess, InProcessRank};
 pub use watchdog::{Hang, OnHang, ProgressBoard, Watchdog};
 

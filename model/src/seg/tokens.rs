@@ -81,29 +81,30 @@ pub fn last_levels(depth: usize) -> [usize; 4] {
 /// # Errors
 /// Inputs the ViT refuses.
 pub fn vit_levels(vit: &ViT3d, x: &Tensor, indices: &[usize]) -> Result<Vec<Tensor>> {
-    levels_with(vit, x, indices, true)
+    let layers = vit.intermediate_layers(&per_channel(x)?, indices, true)?;
+    Ok(layers.into_iter().map(|(patch, _cls)| patch).collect())
 }
 
-/// [`vit_levels`] of a frozen backbone: no gradient reaches it, and each
-/// block's graph is dropped as soon as its output exists
+/// [`vit_levels`] of a frozen backbone: detached (no gradient reaches any of
+/// its weights, the final norm's included), and each block's graph is
+/// dropped as soon as its output exists
 /// ([`ViT3d::infer_intermediate_layers`]), so one block's intermediates are
 /// alive at a time.
 ///
 /// # Errors
 /// Inputs the ViT refuses.
 pub fn vit_levels_frozen(vit: &ViT3d, x: &Tensor, indices: &[usize]) -> Result<Vec<Tensor>> {
-    levels_with(vit, x, indices, false)
+    let layers = vit.infer_intermediate_layers(&per_channel(x)?, indices, true)?;
+    Ok(layers
+        .into_iter()
+        .map(|(patch, _cls)| patch.detach())
+        .collect())
 }
 
-fn levels_with(vit: &ViT3d, x: &Tensor, indices: &[usize], train: bool) -> Result<Vec<Tensor>> {
+/// `(B, C, …)` as `B·C` one-channel volumes: each channel through the ViT.
+fn per_channel(x: &Tensor) -> Result<Tensor> {
     let (b, c, sx, sy, sz) = x.dims5()?;
-    let per_channel = x.reshape((b * c, 1, sx, sy, sz))?;
-    let layers = if train {
-        vit.intermediate_layers(&per_channel, indices, true)?
-    } else {
-        vit.infer_intermediate_layers(&per_channel, indices, true)?
-    };
-    Ok(layers.into_iter().map(|(patch, _cls)| patch).collect())
+    Ok(x.reshape((b * c, 1, sx, sy, sz))?)
 }
 
 #[cfg(test)]
@@ -165,14 +166,15 @@ mod tests {
         for (a, b) in tracked.iter().zip(&frozen) {
             assert_eq!(f64s(a), f64s(b));
         }
-        // Only the final norm (applied to the taps) is still in the graph.
+        // Detached: no weight, the final norm's included, gets a gradient
+        // (the tracked taps reach them all).
         let grads = frozen[0].sum_all().unwrap().backward().unwrap();
+        let tracked_grads = tracked[0].sum_all().unwrap().backward().unwrap();
         for (name, v) in vm.data().lock().unwrap().iter() {
-            assert_eq!(
-                grads.get(v.as_tensor()).is_some(),
-                name.starts_with("norm."),
-                "{name}"
-            );
+            assert!(grads.get(v.as_tensor()).is_none(), "{name}");
+            if name.starts_with("norm.") {
+                assert!(tracked_grads.get(v.as_tensor()).is_some(), "{name}");
+            }
         }
     }
 }

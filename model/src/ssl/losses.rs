@@ -8,7 +8,7 @@ use crate::loss::{
     SINKHORN_ITERATIONS, STUDENT_TEMP, SoftmaxCentering, dino_loss, ibot_loss, koleo_loss,
     sinkhorn_knopp, sinkhorn_knopp_all,
 };
-use crate::{Activations, BlockTape, ForwardOptions, ModelError, Result, ViT3d, ViT3dOutput};
+use crate::{Activations, BlockTape, ForwardOptions, ModelError, Result, ViT3d};
 
 /// One multi-crop batch as the model sees it.
 #[derive(Debug, Clone, Copy)]
@@ -108,18 +108,6 @@ pub(super) struct LossSetup {
     pub activations: Activations,
 }
 
-/// The teacher's backbone pass: no gradient, so each block's graph is
-/// dropped as soon as its output exists.
-fn teacher_forward(teacher: &Networks, globals: &Tensor) -> Result<ViT3dOutput> {
-    teacher.backbone.forward_with(
-        globals,
-        &ForwardOptions {
-            activations: Activations::Discard,
-            ..Default::default()
-        },
-    )
-}
-
 /// The masked-token gather: flat indices into `(G·B·N, E)` and weights.
 pub(super) struct MaskGather {
     pub indices: Tensor,
@@ -163,7 +151,8 @@ pub(super) fn teacher_targets(
     if let Some(comm) = distributed(comm) {
         return teacher_targets_all(teacher, batch, gather, temp, centering, comm);
     }
-    let out = teacher_forward(teacher, batch.globals)?;
+    // No gradient: each block's graph is dropped at once (`infer`).
+    let out = teacher.backbone.infer(batch.globals)?;
     let cls = out.cls_norm.detach();
     let dino_logits = teacher.dino_head.forward(&cls)?.detach();
     let ibot_logits = if gather.count > 0 {
@@ -196,7 +185,8 @@ fn teacher_targets_all(
     centering: &mut CenteringState,
     comm: &dyn Collective,
 ) -> Result<Targets> {
-    let out = teacher_forward(teacher, batch.globals)?;
+    // No gradient: each block's graph is dropped at once (`infer`).
+    let out = teacher.backbone.infer(batch.globals)?;
     let dino_logits = teacher.dino_head.forward(&out.cls_norm.detach())?.detach();
     let ibot_logits = if gather.count > 0 {
         let e = out.patch_norm.dim(2)?;

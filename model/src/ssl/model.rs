@@ -216,11 +216,7 @@ impl SslModel {
     /// # Errors
     /// Any other dtype.
     pub fn set_gradient_reduce_dtype(&mut self, dtype: DType) -> Result<()> {
-        if !matches!(dtype, DType::F32 | DType::BF16) {
-            return Err(ModelError::Config(format!(
-                "gradients are reduced in f32 or bf16, not {dtype:?}"
-            )));
-        }
+        crate::dist::check_wire(dtype)?;
         self.gradient_wire = dtype;
         Ok(())
     }

@@ -170,9 +170,6 @@ impl Model {
         } else {
             // Detached, one block's activations alive at a time.
             vit_levels_frozen(&self.backbone, x, &indices)?
-                .into_iter()
-                .map(|t| t.detach())
-                .collect()
         };
         Ok(match &self.head {
             Head::Unetr(h) => h.forward(x, &levels)?,
