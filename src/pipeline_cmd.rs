@@ -56,8 +56,26 @@ pub(crate) struct PipelineRunArgs {
     /// Memory order of the batches' crops: `z` (PyTorch's layout, what CPU
     /// training takes) or `x` (as pretraining on a GPU takes them, the GPU
     /// turning them).
-    #[arg(long, default_value = "z", value_parser = ["z", "x"])]
-    batch_order: String,
+    #[arg(long, value_enum, default_value_t = BatchOrder::Z)]
+    batch_order: BatchOrder,
+}
+
+/// `--batch-order`: which spatial axis runs fastest in a batch's crops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BatchOrder {
+    /// z fastest (PyTorch's layout).
+    Z,
+    /// x fastest (the stored order; a GPU turns it).
+    X,
+}
+
+impl From<BatchOrder> for Order {
+    fn from(order: BatchOrder) -> Order {
+        match order {
+            BatchOrder::Z => Order::ZFastest,
+            BatchOrder::X => Order::XFastest,
+        }
+    }
 }
 
 pub(crate) fn run_pipeline(cmd: PipelineCmd) -> anyhow::Result<ExitCode> {
@@ -87,9 +105,7 @@ fn pipeline_run(args: &PipelineRunArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = args.threads {
         config.threads = t;
     }
-    if args.batch_order == "x" {
-        config.order = Order::XFastest;
-    }
+    config.order = args.batch_order.into();
     let threads = if config.threads == 0 {
         rayon::current_num_threads()
     } else {

@@ -445,6 +445,19 @@ fn recipe_copy(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// The small pretraining run of the `pipeline run` test: two local crops,
+/// batches of two, a zstd cache of 16³ chunks.
+const SMALL_RUN: [&str; 8] = [
+    "--set",
+    "views.2.count=2",
+    "--set",
+    "batch.size=2",
+    "--set",
+    "cache.codec=zstd",
+    "--set",
+    "cache.chunk=16",
+];
+
 #[test]
 fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,18 +466,8 @@ fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
         dino_run()
             .args(["pipeline", "run"])
             .arg(&recipe)
-            .args([
-                "--batches",
-                "3",
-                "--set",
-                "views.2.count=2",
-                "--set",
-                "batch.size=2",
-                "--set",
-                "cache.codec=zstd",
-                "--set",
-                "cache.chunk=16",
-            ])
+            .args(["--batches", "3"])
+            .args(SMALL_RUN)
             .arg("--save-batch")
             .arg(dir.path().join("b0")),
     );
@@ -483,6 +486,30 @@ fn pipeline_run_streams_batches_through_the_cache_and_saves_crops() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("b0/masks.json")).unwrap())
             .unwrap();
     assert_eq!(masks["tokens"], 216);
+    // x-fastest batches (what a GPU takes) hold the same crops: saved as
+    // volumes, byte for byte the same files; an unknown order is refused.
+    let x_order = |order: &str, to: &str| {
+        let mut cmd = dino_run();
+        cmd.args(["pipeline", "run"]).arg(&recipe);
+        cmd.args(["--batches", "1"]).args(SMALL_RUN);
+        cmd.args(["--batch-order", order]);
+        cmd.arg("--save-batch").arg(dir.path().join(to));
+        cmd
+    };
+    run_ok(&mut x_order("x", "b0x"));
+    for entry in std::fs::read_dir(dir.path().join("b0")).unwrap() {
+        let path = entry.unwrap().path();
+        let twin = dir.path().join("b0x").join(path.file_name().unwrap());
+        assert!(
+            std::fs::read(&path).unwrap() == std::fs::read(&twin).unwrap(),
+            "{} differs in x order",
+            path.display()
+        );
+    }
+    let refused = x_order("y", "b0y").output().unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("possible values: z, x"), "{err}");
     let stats = run_ok(
         dino_run()
             .args(["cache", "stats"])

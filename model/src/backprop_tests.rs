@@ -166,3 +166,61 @@ fn leading_axis_bf16_sums_are_accumulated_in_f32() {
         );
     }
 }
+
+/// `backward_from(seed)` gives the gradients of `sum(out · seed)` (here
+/// against central differences of that sum), stores none for the seed, and
+/// refuses a seed of another shape.
+#[test]
+fn seeded_backward_is_the_gradient_of_the_seeded_sum() {
+    let x0 = tensor(&[3, 4, 5], 3, DType::F64);
+    let w = tensor(&[5], 4, DType::F64);
+    let seed = tensor(&[3, 4, 5], 5, DType::F64);
+    let x = Var::from_tensor(&x0).unwrap();
+    let out = |x: &Tensor| x.sqr()?.broadcast_mul(&w)?.tanh();
+    let grads = out(x.as_tensor())
+        .unwrap()
+        .backward_from(seed.clone())
+        .unwrap();
+    assert!(grads.get(&seed).is_none(), "the seed gets no gradient");
+    let g = grads.get(x.as_tensor()).expect("x has a gradient");
+    check_fd(
+        &f64s(&x0),
+        &[3, 4, 5],
+        &f64s(g),
+        |x: &Tensor| (out(x)? * &seed)?.sum_all(),
+        1e-6,
+    );
+    let wrong = tensor(&[3, 4, 4], 6, DType::F64);
+    assert!(out(x.as_tensor()).unwrap().backward_from(wrong).is_err());
+}
+
+/// `detach_as_leaf` shares the values (no copy), starts a new leaf: a
+/// backward stops there and leaves the leaf its gradient, and nothing
+/// reaches the variables behind it.
+#[test]
+fn a_leaf_detached_in_place_stops_the_backward_and_keeps_its_gradient() {
+    let x = Var::from_tensor(&tensor(&[4, 6], 7, DType::F64)).unwrap();
+    let y = x.as_tensor().sqr().unwrap();
+    let leaf = y.detach_as_leaf();
+    assert!(leaf.is_variable());
+    assert_eq!(f64s(&leaf), f64s(&y));
+    let (a, b) = (leaf.storage_and_layout().0, y.storage_and_layout().0);
+    assert!(std::ptr::eq(&*a, &*b), "the storage is shared, not copied");
+    drop((a, b));
+    let grads = (&leaf * 3.0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_close(
+        &f64s(grads.get(&leaf).expect("the leaf's gradient")),
+        &[3.0; 24],
+        0.0,
+        "the leaf's gradient",
+    );
+    assert!(
+        grads.get(x.as_tensor()).is_none(),
+        "the backward stops at the leaf"
+    );
+}

@@ -24,6 +24,11 @@ impl LayerScale {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.broadcast_mul(&self.gamma)
     }
+
+    /// `x + γ ⊙ branch`, as one graph node (`fused::add_scaled_branch`).
+    fn add_to(&self, x: &Tensor, branch: &Tensor) -> candle_core::Result<Tensor> {
+        crate::fused::add_scaled_branch(x, branch, &self.gamma, None, 1.0)
+    }
 }
 
 /// Shape of one block as built by the ViT.
@@ -82,31 +87,30 @@ impl Block {
         drop: &BranchDrop,
         probs: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        // The branches before LayerScale, which the residual adds apply.
         let attn_branch = |x: &Tensor| -> candle_core::Result<(Tensor, Option<Tensor>)> {
-            let (a, attn) = self.attn.forward(&self.norm1.forward(x)?, probs)?;
-            Ok((self.ls1.forward(&a)?, attn))
+            self.attn.forward(&self.norm1.forward(x)?, probs)
         };
         let mlp_branch = |x: &Tensor| -> candle_core::Result<(Tensor, ())> {
-            let m = self.mlp.forward(&self.norm2.forward(x)?)?;
-            Ok((self.ls2.forward(&m)?, ()))
+            Ok((self.mlp.forward(&self.norm2.forward(x)?)?, ()))
         };
         match drop {
             BranchDrop::Subset(s1, s2) => {
-                let (x, attn) = s1.add_residual(x, attn_branch)?;
-                let (x, ()) = s2.add_residual(&x, mlp_branch)?;
+                let (x, attn) = s1.add_residual(x, &self.ls1.gamma, attn_branch)?;
+                let (x, ()) = s2.add_residual(&x, &self.ls2.gamma, mlp_branch)?;
                 Ok((x, attn))
             }
             BranchDrop::PerSample(s1, s2) => {
                 let (a, attn) = attn_branch(x)?;
-                let x = (x + a.broadcast_mul(s1)?)?;
+                let x = (x + self.ls1.forward(&a)?.broadcast_mul(s1)?)?;
                 let m = mlp_branch(&x)?.0;
-                Ok(((&x + m.broadcast_mul(s2)?)?, attn))
+                Ok(((&x + self.ls2.forward(&m)?.broadcast_mul(s2)?)?, attn))
             }
             BranchDrop::None => {
                 let (a, attn) = attn_branch(x)?;
-                let x = (x + a)?;
+                let x = self.ls1.add_to(x, &a)?;
                 let m = mlp_branch(&x)?.0;
-                Ok(((&x + m)?, attn))
+                Ok((self.ls2.add_to(&x, &m)?, attn))
             }
         }
     }

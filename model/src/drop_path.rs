@@ -111,16 +111,19 @@ impl Subset {
         })
     }
 
-    /// `x` with `scale · branch(x[rows])` added to `rows`; `branch` sees
-    /// only the subset. Also returns what `branch` returned besides.
+    /// `x` with `scale · γ ⊙ branch(x[rows])` added to `rows` (LayerScale
+    /// `gamma` and the add are one graph node, `fused::add_scaled_branch`);
+    /// `branch` sees only the subset. Also returns what `branch` returned
+    /// besides.
     pub(crate) fn add_residual<A>(
         &self,
         x: &Tensor,
+        gamma: &Tensor,
         branch: impl FnOnce(&Tensor) -> candle_core::Result<(Tensor, A)>,
     ) -> candle_core::Result<(Tensor, A)> {
         let (r, extra) = branch(&x.index_select(&self.rows, 0)?)?;
-        let r = (r * self.scale)?.to_dtype(x.dtype())?;
-        Ok((x.index_add(&self.rows, &r, 0)?, extra))
+        let out = crate::fused::add_scaled_branch(x, &r, gamma, Some(&self.rows), self.scale)?;
+        Ok((out, extra))
     }
 }
 
@@ -190,8 +193,9 @@ mod tests {
         )
         .unwrap();
         let mut seen = 0;
+        let gamma = Tensor::new(&[1f32, 1., 1.], &dev).unwrap();
         let (y, ()) = s
-            .add_residual(&x, |sub| {
+            .add_residual(&x, &gamma, |sub| {
                 seen = sub.dim(0)?;
                 Ok((sub.affine(3.0, 1.0)?, ()))
             })

@@ -3,6 +3,9 @@
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::fused::{self, Product};
+use crate::precision::{self, Precision};
+
 /// `y = x Wᵀ + b` on the last axis; any number of leading axes.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
@@ -41,35 +44,32 @@ impl Linear {
     /// epilogue, the product is rounded to bf16 before the bias is added).
     /// The bias gradient is summed in f32 (the vendored candle's row sum).
     pub(crate) fn forward_bf16(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, crate::precision::matmul_bf16, Some(DType::BF16))
+        self.apply(x, Product::Bf16 { out: DType::BF16 })
     }
 
     /// [`Self::forward_bf16`] under bf16 autocast, else `forward`: for a
     /// hidden layer that autocast keeps in bf16.
     pub(crate) fn forward_hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if crate::precision::current() == crate::precision::Precision::Bf16 {
+        if precision::current() == Precision::Bf16 {
             self.forward_bf16(x)
         } else {
             self.forward(x)
         }
     }
 
-    /// `x Wᵀ + b` by `matmul` on the leading axes flattened into rows (one
-    /// 2-D matmul: faster than broadcast_matmul), the bias cast to
-    /// `bias_dtype` if given.
-    fn apply(
-        &self,
-        x: &Tensor,
-        matmul: fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-        bias_dtype: Option<DType>,
-    ) -> candle_core::Result<Tensor> {
+    /// `x Wᵀ + b` by one 2-D matmul on the leading axes flattened into rows
+    /// (faster than broadcast_matmul). With a bias, the product and the add
+    /// are one graph node ([`fused::linear_bias`]: the graph keeps neither
+    /// the product nor autocast's copies).
+    fn apply(&self, x: &Tensor, product: Product) -> candle_core::Result<Tensor> {
         let in_dim = x.dim(D::Minus1)?;
-        let rows = x.elem_count() / in_dim;
-        let y = matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
-        let y = match (&self.bias, bias_dtype) {
-            (Some(b), Some(dt)) => y.broadcast_add(&b.to_dtype(dt)?)?,
-            (Some(b), None) => y.broadcast_add(b)?,
-            (None, _) => y,
+        let rows = x.reshape((x.elem_count() / in_dim, in_dim))?;
+        let y = match (&self.bias, product) {
+            (Some(b), product) => fused::linear_bias(&rows, &self.weight, b, product)?,
+            (None, Product::Plain) => rows.matmul(&self.weight.t()?)?,
+            (None, Product::Bf16 { out }) => {
+                precision::matmul_bf16(&rows, &self.weight.t()?)?.to_dtype(out)?
+            }
         };
         let mut out_dims = x.dims().to_vec();
         out_dims.pop();
@@ -80,6 +80,6 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, crate::precision::matmul, None)
+        self.apply(x, Product::autocast(x.dtype()))
     }
 }

@@ -77,7 +77,9 @@ impl PatchEmbed3d {
             .contiguous()?
             .reshape((n * gx * gy * gz, cols))?;
         let w = self.weight.reshape((self.dim, cols))?;
-        let tokens = crate::precision::matmul(&patches, &w.t()?)?.broadcast_add(&self.bias)?;
+        // As a Linear: one graph node, so the graph keeps no product.
+        let product = crate::fused::Product::autocast(patches.dtype());
+        let tokens = crate::fused::linear_bias(&patches, &w, &self.bias, product)?;
         Ok(tokens.reshape((n, gx * gy * gz, self.dim))?)
     }
 }

@@ -93,15 +93,24 @@ fn set(p: Precision) {
 /// A bf16 `a` (an activation kept in bf16, such as the MLP's hidden layer)
 /// gives an f32 product, so the residual stream stays f32.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if current() == Precision::Bf16 && matches!(a.dtype(), DType::F32 | DType::F64 | DType::BF16) {
-        let out_dtype = if a.dtype() == DType::BF16 {
-            DType::F32
-        } else {
-            a.dtype()
-        };
-        return matmul_bf16(a, b)?.to_dtype(out_dtype);
+    match bf16_product_dtype(a.dtype()) {
+        Some(out) => matmul_bf16(a, b)?.to_dtype(out),
+        None => a.matmul(b),
     }
-    a.matmul(b)
+}
+
+/// The dtype [`matmul`] casts its bf16 product to for a left operand of
+/// dtype `a`, or `None` when it multiplies in `a`'s own dtype (no bf16
+/// autocast in force, or a non-float operand).
+pub(crate) fn bf16_product_dtype(a: DType) -> Option<DType> {
+    if current() != Precision::Bf16 {
+        return None;
+    }
+    match a {
+        DType::F32 | DType::F64 => Some(a),
+        DType::BF16 => Some(DType::F32),
+        _ => None,
+    }
 }
 
 /// `a · b` with bf16 operands and f32 accumulation, the product left in

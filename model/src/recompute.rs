@@ -14,12 +14,13 @@
 //! gradient with respect to `out` is exactly `grad_out`. One block's
 //! intermediates are alive at a time, for one extra forward of the blocks.
 
+use candle_core::Tensor;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
 
 use crate::Result;
 use crate::attention::{AttentionKernel, current_kernel, use_attention_kernel};
 use crate::block::{Block, BranchDrop};
+use crate::precision::{self, Precision};
 
 /// What a forward pass keeps of each block's activations for a backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +50,8 @@ pub struct BlockTape {
     /// The attention kernel the forward ran, replayed too (the same
     /// function, whatever the thread's setting at backward time).
     kernel: AttentionKernel,
+    /// The precision the forward ran in (autocast), replayed likewise.
+    precision: Precision,
 }
 
 impl BlockTape {
@@ -56,7 +59,7 @@ impl BlockTape {
     /// the first block reads. `probs`: the forward asks for attention maps
     /// (which only the composed kernel gives).
     pub(crate) fn start(tokens: Tensor, probs: bool) -> Result<(Self, Tensor)> {
-        let leaf = leaf_copy(&tokens)?;
+        let leaf = shared_leaf(&tokens)?;
         let kernel = if probs {
             AttentionKernel::Composed
         } else {
@@ -67,6 +70,7 @@ impl BlockTape {
             inputs: vec![leaf.clone()],
             drops: Vec::new(),
             kernel,
+            precision: precision::current(),
         };
         Ok((tape, leaf))
     }
@@ -74,7 +78,7 @@ impl BlockTape {
     /// Records a block's output (graph dropped) and its drop path; returns
     /// the leaf the next block reads.
     pub(crate) fn record(&mut self, out: &Tensor, drop: BranchDrop) -> Result<Tensor> {
-        let leaf = leaf_copy(out)?;
+        let leaf = shared_leaf(out)?;
         self.inputs.push(leaf.clone());
         self.drops.push(drop);
         Ok(leaf)
@@ -89,9 +93,11 @@ impl BlockTape {
             mut inputs,
             drops,
             kernel,
+            precision,
         } = self;
         debug_assert_eq!(drops.len(), blocks.len());
         let _kernel = use_attention_kernel(kernel);
+        let _precision = precision::autocast(precision);
         for (block, branch_drop) in blocks.iter().zip(&drops).rev() {
             let output = inputs.pop().expect("one leaf per block output");
             let Some(grad_out) = grads.remove(&output) else {
@@ -110,19 +116,17 @@ impl BlockTape {
     }
 }
 
-/// A detached copy of `t` that is a leaf variable, so the loss's backward
-/// stops at it and leaves its gradient in the store.
-fn leaf_copy(t: &Tensor) -> Result<Tensor> {
-    Ok(Var::from_tensor(&t.detach())?.into_inner())
+/// `t` as a leaf variable (its values shared, not copied: block outputs are
+/// never changed in place), so the loss's backward stops at it and leaves
+/// its gradient in the store.
+fn shared_leaf(t: &Tensor) -> Result<Tensor> {
+    Ok(t.detach_as_leaf())
 }
 
-/// The backward of `out` given its gradient: that of `sum(out · grad)`.
+/// The backward of `out` given its gradient (that of `sum(out · grad)`),
+/// seeded with `grad` directly.
 fn seeded_backward(out: &Tensor, grad: &Tensor) -> Result<GradStore> {
-    let mut grads = (out * grad)?.sum_all()?.backward()?;
-    // candle also stores the product's gradient with respect to the
-    // untracked `grad` (a copy of `out`); it must not pile up per block.
-    grads.remove(grad);
-    Ok(grads)
+    Ok(out.backward_from(grad.clone())?)
 }
 
 #[cfg(test)]
@@ -226,6 +230,32 @@ mod tests {
                 let d = max_abs_diff(a, b);
                 assert!(d <= tol * scale, "{mode_name} {name}: {d} (scale {scale})");
             }
+        }
+    }
+
+    /// The backward recomputes the blocks in the forward's precision and
+    /// attention kernel, whatever the thread's settings when it runs.
+    #[test]
+    fn the_tape_replays_the_forward_s_precision() {
+        use crate::precision::{Precision, autocast};
+        let (vit, vm) = vit(DropPathMode::Subset);
+        let x = noise(9, &[2, 1, 32, 32, 32]);
+        let masks = noise(10, &[2, 8]).gt(0.3).unwrap();
+        let grads = |backward_in: Precision| {
+            let guard = autocast(Precision::Bf16);
+            let mut out = pass(&vit, &x, &masks, Activations::Recompute);
+            let tape = out.tape.take().expect("a tape under Recompute");
+            let mut grads = loss(&out).backward().unwrap();
+            drop(guard);
+            let _backward = autocast(backward_in);
+            vit.backward_tape(tape, &mut grads).unwrap();
+            grads
+        };
+        let (same, other) = (grads(Precision::Bf16), grads(Precision::F32));
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            let (a, b) = (same.get(v.as_tensor()), other.get(v.as_tensor()));
+            let (a, b) = (a.expect("a gradient"), b.expect("a gradient"));
+            assert_eq!(max_abs_diff(a, b), 0.0, "{name}");
         }
     }
 

@@ -1,6 +1,10 @@
 //! Fused CPU kernels with hand-written backward passes for the ViT's
 //! elementwise layers: LayerNorm, softmax, exact GELU, the heads' weight
-//! normalisation and the DINO/iBOT cross terms.
+//! normalisation and the DINO/iBOT cross terms; and, as single graph nodes
+//! on any device (composed ops on detached inputs, a written-out backward),
+//! LayerScale with its residual add (`residual.rs`) and a linear layer's
+//! product with its bias add (`linear_bias.rs`), so that the graph keeps
+//! none of their intermediates (`attached.rs`).
 //!
 //! candle composes these from primitive ops (LayerNorm and softmax because its
 //! fused kernels have no backward, GELU's backward always), and every primitive
@@ -16,18 +20,23 @@
 //! twins (`on_gpu.rs`, kernels in `cuda/fused.cu`). Anything else (other
 //! devices, other dtypes) takes candle's composed, differentiable path.
 
+mod attached;
 mod cross_terms;
 mod fast_math;
 mod gelu;
 mod layer_norm;
+mod linear_bias;
 #[cfg(feature = "cuda")]
 mod on_gpu;
+mod residual;
 mod softmax;
 mod weight_norm;
 
 pub(crate) use cross_terms::cross_terms;
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
+pub(crate) use linear_bias::{Product, linear_bias};
+pub(crate) use residual::add_scaled_branch;
 pub(crate) use softmax::softmax_last_dim;
 pub(crate) use weight_norm::weight_norm;
 

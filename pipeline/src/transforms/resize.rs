@@ -12,6 +12,8 @@
 //! Passes run y, x, then z (see `resize_box`); the order only changes float
 //! rounding (≤ 1e-6 relative), not the result.
 
+use std::mem::MaybeUninit;
+
 use super::image::Image;
 use crate::exec::op::{Op, StepRng};
 use crate::nifti::affine::Affine;
@@ -195,9 +197,9 @@ pub fn box_spacing(spacing: [f64; 3], extent: [usize; 3], size: [usize; 3]) -> [
 }
 
 thread_local! {
-    /// The x pass of [`PlaneResize::finish_into`], kept per thread: a fresh
-    /// buffer per crop cost a memset and page faults each time.
-    static PASS_X: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One plane's y pass in [`PlaneResize::feed`] (`ex × oy` values), kept
+    /// per thread and read back at once by the x pass while it is in cache.
+    static PASS_Y: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One channel of [`resize_box`], fed the input one z-plane at a time (in
@@ -206,7 +208,9 @@ thread_local! {
 ///
 /// Order of the passes: y, x, z. The y pass weights whole box rows
 /// (vectorised) while reading each input plane once, as it arrives; the
-/// scalar gather along x then runs on `oy` rows per plane instead of `ey`;
+/// gather along x then runs on the plane's `oy` rows instead of `ey`, while
+/// they are still in cache (the y pass of a whole 96³ view kept until the
+/// end went out to memory and back: the gather was a fifth of the loader);
 /// the z pass weights whole planes.
 #[derive(Debug, Clone)]
 pub struct PlaneResize {
@@ -215,8 +219,10 @@ pub struct PlaneResize {
     extent: [usize; 3],
     size: [usize; 3],
     taps: [AxisTaps; 3],
-    /// The y pass of the planes fed so far: `ex × oy` per plane.
-    pass_y: Vec<f32>,
+    /// The x pass's taps in loop form.
+    x_taps: RowTaps,
+    /// The y and x passes of the planes fed so far: `ox × oy` per plane.
+    pass_xy: Vec<f32>,
     /// The next input z this expects.
     next_z: usize,
 }
@@ -238,14 +244,16 @@ impl PlaneResize {
             assert!(extent[a] > 0 && size[a] > 0, "empty resize on axis {a}");
             assert!(start[a] + extent[a] <= dims[a], "box leaves the image");
         }
+        let taps = [0, 1, 2].map(|a| AxisTaps::new(extent[a], size[a], mode));
         PlaneResize {
             dims,
             start,
             extent,
             size,
-            taps: [0, 1, 2].map(|a| AxisTaps::new(extent[a], size[a], mode)),
-            // Filled by `extend` (never zeroed first).
-            pass_y: Vec::with_capacity(extent[0] * size[1] * extent[2]),
+            x_taps: RowTaps::new(&taps[0]),
+            taps,
+            // Filled plane by plane (never zeroed first).
+            pass_xy: Vec::with_capacity(size[0] * size[1] * extent[2]),
             next_z: start[2],
         }
     }
@@ -275,38 +283,24 @@ impl PlaneResize {
         let [nx, ny, _] = self.dims;
         assert!(plane.len() >= nx * ny, "plane too short");
         let [ex, _, _] = self.extent;
-        let oy = self.size[1];
+        let [ox, oy, _] = self.size;
         // The box's rows in this plane, each `ex` long.
         let plane_at = self.start[1] * nx + self.start[0];
         let row = |j: usize| &plane[plane_at + j * nx..][..ex];
-        let yt = &self.taps[1];
-        let w_len = yt.width;
-        let pass_y = &mut self.pass_y;
-        for j in 0..oy {
-            let (idx, w) = (
-                &yt.index[w_len * j..][..w_len],
-                &yt.weight[w_len * j..][..w_len],
-            );
-            if let ([i0, i1], [w0, w1]) = (idx, w) {
-                pass_y.extend(
-                    row(*i0)
-                        .iter()
-                        .zip(row(*i1))
-                        .map(|(&a, &b)| w0 * a + w1 * b),
-                );
-            } else {
-                let at = pass_y.len();
-                pass_y.extend(row(idx[0]).iter().map(|&a| w[0] * a));
-                for (&i, &wt) in idx.iter().zip(w).skip(1).filter(|(_, w)| **w != 0.0) {
-                    for (d, &a) in pass_y[at..].iter_mut().zip(row(i)) {
-                        *d += wt * a;
-                    }
-                }
-            }
-        }
+        PASS_Y.with_borrow_mut(|pass_y| {
+            pass_y.clear();
+            y_pass(row, &self.taps[1], oy, pass_y);
+            let (at, n) = (self.pass_xy.len(), ox * oy);
+            self.pass_xy.reserve(n);
+            self.x_taps
+                .gather_rows(pass_y, ex, &mut self.pass_xy.spare_capacity_mut()[..n]);
+            // SAFETY: `gather_rows` initialised all `n` values it was given
+            // (it asserts `oy` rows of `ex` in and `oy` rows of `ox` out).
+            unsafe { self.pass_xy.set_len(at + n) };
+        });
     }
 
-    /// Runs the x and z passes and appends the `size` voxels to `out`.
+    /// Runs the z pass and appends the `size` voxels to `out`.
     ///
     /// # Panics
     /// If some plane of the box was not fed.
@@ -317,23 +311,11 @@ impl PlaneResize {
             "every plane of the box must be fed"
         );
         let [ox, oy, oz] = self.size;
-        let ex = self.extent[0];
-        // x: a two-tap gather along each row.
-        let x_taps = RowTaps::new(&self.taps[0]);
-        PASS_X.with_borrow_mut(|scratch| {
-            let n = ox * oy * self.extent[2];
-            // Only grown, never cleared: the gather writes all of [..n].
-            if scratch.len() < n {
-                scratch.resize(n, 0.0);
-            }
-            let pass_x = &mut scratch[..n];
-            x_taps.gather_rows(&self.pass_y, ex, pass_x);
-            // z: each output plane is a weighted sum of whole planes.
-            out.reserve(ox * oy * oz);
-            for k in 0..oz {
-                combine_rows(pass_x, ox * oy, &self.taps[2], k, out);
-            }
-        });
+        // z: each output plane is a weighted sum of whole planes.
+        out.reserve(ox * oy * oz);
+        for k in 0..oz {
+            combine_rows(&self.pass_xy, ox * oy, &self.taps[2], k, out);
+        }
     }
 
     /// The resized box as a one-channel image, given the input's spacing and
@@ -354,23 +336,52 @@ impl PlaneResize {
     }
 }
 
+/// The y pass of one plane: appends `oy` rows, row `j` the taps of output
+/// `j` weighting whole input rows (`row(i)`, each `ex` long; vectorisable).
+fn y_pass<'r>(row: impl Fn(usize) -> &'r [f32], taps: &AxisTaps, oy: usize, dst: &mut Vec<f32>) {
+    let width = taps.width;
+    for j in 0..oy {
+        let (idx, w) = (
+            &taps.index[width * j..][..width],
+            &taps.weight[width * j..][..width],
+        );
+        if let ([i0, i1], [w0, w1]) = (idx, w) {
+            dst.extend(
+                row(*i0)
+                    .iter()
+                    .zip(row(*i1))
+                    .map(|(&a, &b)| w0 * a + w1 * b),
+            );
+        } else {
+            let at = dst.len();
+            dst.extend(row(idx[0]).iter().map(|&a| w[0] * a));
+            for (&i, &wt) in idx.iter().zip(w).skip(1).filter(|(_, w)| **w != 0.0) {
+                for (d, &a) in dst[at..].iter_mut().zip(row(i)) {
+                    *d += wt * a;
+                }
+            }
+        }
+    }
+}
+
 /// The taps of the contiguous (x) pass in a loop-friendly form: for linear
 /// taps, the pair `(i, i + 1)` with weights `(a, b)`; a clamped last pair
 /// `(n − 1, n − 1)` becomes `(n − 2, n − 1)` with weights `(0, 1)`.
-enum RowTaps<'a> {
+#[derive(Debug, Clone)]
+enum RowTaps {
     Pairs {
         lo: Vec<u32>,
         a: Vec<f32>,
         b: Vec<f32>,
     },
-    General(&'a AxisTaps),
+    General(AxisTaps),
 }
 
-impl<'a> RowTaps<'a> {
-    fn new(taps: &'a AxisTaps) -> RowTaps<'a> {
+impl RowTaps {
+    fn new(taps: &AxisTaps) -> RowTaps {
         let n = taps.index.iter().max().map_or(0, |&m| m + 1);
         if taps.width != 2 || n < 2 || u32::try_from(n).is_err() {
-            return RowTaps::General(taps);
+            return RowTaps::General(taps.clone());
         }
         let (mut lo, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
         for (i, w) in taps.index.chunks(2).zip(taps.weight.chunks(2)) {
@@ -388,9 +399,24 @@ impl<'a> RowTaps<'a> {
         RowTaps::Pairs { lo, a, b }
     }
 
-    /// `dst` row by row: `Σ_t w[o, t] · row[i[o, t]]` for every output `o`
-    /// of every `len`-long row of `src`.
-    fn gather_rows(&self, src: &[f32], len: usize, dst: &mut [f32]) {
+    /// Outputs per row.
+    fn len(&self) -> usize {
+        match self {
+            RowTaps::Pairs { lo, .. } => lo.len(),
+            RowTaps::General(taps) => taps.len(),
+        }
+    }
+
+    /// Initialises all of `dst`, row by row: `Σ_t w[o, t] · row[i[o, t]]`
+    /// for every output `o` of every `len`-long row of `src`.
+    ///
+    /// # Panics
+    /// Unless `src` is whole rows and `dst` holds exactly their outputs.
+    fn gather_rows(&self, src: &[f32], len: usize, dst: &mut [MaybeUninit<f32>]) {
+        assert!(
+            len > 0 && src.len().is_multiple_of(len) && dst.len() == src.len() / len * self.len(),
+            "the gather's rows do not match"
+        );
         match self {
             RowTaps::Pairs { lo, a, b } => gather_pairs(src, len, lo, a, b, dst),
             RowTaps::General(taps) => {
@@ -398,7 +424,7 @@ impl<'a> RowTaps<'a> {
                 for (row, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(taps.len())) {
                     let taps = taps.index.chunks(width).zip(taps.weight.chunks(width));
                     for (o, (i, w)) in out.iter_mut().zip(taps) {
-                        *o = i.iter().zip(w).map(|(&i, &w)| w * row[i]).sum::<f32>();
+                        o.write(i.iter().zip(w).map(|(&i, &w)| w * row[i]).sum::<f32>());
                     }
                 }
             }
@@ -415,12 +441,26 @@ impl<'a> RowTaps<'a> {
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
 ))]
-fn gather_pairs(src: &[f32], len: usize, lo: &[u32], a: &[f32], b: &[f32], dst: &mut [f32]) {
+fn gather_pairs(
+    src: &[f32],
+    len: usize,
+    lo: &[u32],
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
     gather_pairs_body(src, len, lo, a, b, dst);
 }
 
 #[inline(always)]
-fn gather_pairs_body(src: &[f32], len: usize, lo: &[u32], a: &[f32], b: &[f32], dst: &mut [f32]) {
+fn gather_pairs_body(
+    src: &[f32],
+    len: usize,
+    lo: &[u32],
+    a: &[f32],
+    b: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
     let ox = lo.len();
     if ox == 0 {
         return;
@@ -436,7 +476,7 @@ fn gather_pairs_body(src: &[f32], len: usize, lo: &[u32], a: &[f32], b: &[f32], 
             // SAFETY: l + 1 < len = row.len() for every tap (asserted above);
             // `box_resize_matches_a_float64_reference` covers this path.
             let (p, q) = unsafe { (*row.get_unchecked(l), *row.get_unchecked(l + 1)) };
-            *o = wa * p + wb * q;
+            o.write(wa * p + wb * q);
         }
     }
 }
@@ -738,11 +778,16 @@ mod tests {
             let RowTaps::Pairs { lo, a, b } = RowTaps::new(&taps) else {
                 panic!("linear taps are pairs");
             };
-            let mut fast = vec![0.0; out_len * rows];
-            let mut base = vec![1.0; out_len * rows];
+            let mut fast = vec![MaybeUninit::new(0.0); out_len * rows];
+            let mut base = vec![MaybeUninit::new(1.0); out_len * rows];
             gather_pairs(&src, len, &lo, &a, &b, &mut fast);
             gather_pairs_body(&src, len, &lo, &a, &b, &mut base);
-            let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            // SAFETY: every value was initialised (by `new` above, and again by the gathers).
+            let bits = |d: &[MaybeUninit<f32>]| {
+                d.iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(bits(&fast), bits(&base), "{len} -> {out_len}");
         }
     }

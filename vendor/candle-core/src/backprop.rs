@@ -163,9 +163,27 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_from(self.ones_like()?)
+    }
+
+    /// The backward pass given `seed`, the gradient of some scalar with
+    /// respect to `self` (same shape and dtype): the gradients `backward`
+    /// gives for `sum(self · seed)`, without that product and its own
+    /// backward. (dino3d patch: the recomputed blocks of activation
+    /// checkpointing are seeded with their output's gradient.)
+    pub fn backward_from(&self, seed: Tensor) -> Result<GradStore> {
+        if seed.shape() != self.shape() || seed.dtype() != self.dtype() {
+            crate::bail!(
+                "backward seed of shape {:?} {:?} for a tensor of shape {:?} {:?}",
+                seed.shape(),
+                seed.dtype(),
+                self.shape(),
+                self.dtype()
+            )
+        }
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
-        grads.insert(self, self.ones_like()?.contiguous()?);
+        grads.insert(self, seed.detach().contiguous()?);
         for node in sorted_nodes.iter() {
             if node.is_variable() {
                 continue;

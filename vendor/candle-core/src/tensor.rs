@@ -2392,6 +2392,55 @@ impl Tensor {
         }
     }
 
+    /// A leaf variable with `self`'s values, sharing its storage (no copy,
+    /// unlike `Var::from_tensor`): a backward through it stops there and
+    /// leaves its gradient in the store. (dino3d patch.) The storage is
+    /// shared, so neither may be changed in place afterwards (`Var::set`,
+    /// `slice_set`): dino3d uses it for read-only block boundaries.
+    pub fn detach_as_leaf(&self) -> Tensor {
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op: BackpropOp::none(),
+            is_variable: true,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        Tensor(Arc::new(tensor_))
+    }
+
+    /// `value` recorded in the graph as the output of `c` applied to `self`,
+    /// `t2` and `t3`, without running `c`'s forward: the result shares
+    /// `value`'s storage (no copy) and its backward is `c.bwd`. (dino3d
+    /// patch.) `value` must be what `c` computes from the three; the caller
+    /// computes it, for instance with ordinary ops on detached inputs, so
+    /// that the graph keeps none of those ops' intermediates.
+    pub fn attach_op3_arc(
+        &self,
+        t2: &Tensor,
+        t3: &Tensor,
+        value: &Tensor,
+        c: Arc<Box<dyn crate::CustomOp3 + Send + Sync>>,
+    ) -> Result<Tensor> {
+        if !value.device().same_device(self.device()) {
+            bail!("attach_op3: the value is on another device than the arguments")
+        }
+        let op = BackpropOp::new3(self, t2, t3, |t1, t2, t3| {
+            Op::CustomOp3(t1, t2, t3, c.clone())
+        });
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: value.storage.clone(),
+            layout: value.layout.clone(),
+            op,
+            is_variable: false,
+            dtype: value.dtype,
+            device: value.device.clone(),
+        };
+        Ok(Tensor(Arc::new(tensor_)))
+    }
+
     /// If the target device is the same as the tensor device, only a shallow copy is performed.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same_device(device) {
