@@ -16,7 +16,7 @@ use super::attached::{Backward, attach};
 
 /// `x` with `scale · (γ ⊙ branch)` added to its rows `rows` (the rows of
 /// `branch`, in order), or `x + γ ⊙ branch` when `rows` is `None` (then
-/// `scale` must be 1). `gamma` is `(E,)`, `branch` `(k, …, E)`.
+/// `scale` must be 1: another is an error). `gamma` is `(E,)`, `branch` `(k, …, E)`.
 ///
 /// Falls back to the composed ops when no operand is tracked (inference) or
 /// the dtypes differ.
@@ -27,7 +27,9 @@ pub(crate) fn add_scaled_branch(
     rows: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    debug_assert!(rows.is_some() || scale == 1.0, "a scale needs rows");
+    if rows.is_none() && scale != 1.0 {
+        candle_core::bail!("layerscale-residual: a scale of {scale} needs a row subset")
+    }
     let composed = |x: &Tensor, branch: &Tensor, gamma: &Tensor| -> Result<Tensor> {
         let r = branch.broadcast_mul(gamma)?;
         match rows {
@@ -59,20 +61,25 @@ impl Backward for ScaledBranch {
     fn backward(
         &self,
         [_x, branch, gamma]: [&Tensor; 3],
-        _tracked: [bool; 3],
+        [want_x, want_branch, want_gamma]: [bool; 3],
         grad: &Tensor,
     ) -> Result<[Option<Tensor>; 3]> {
         let g_rows = match &self.rows {
             Some(rows) => (grad.index_select(rows, 0)? * self.scale)?,
             None => grad.clone(),
         };
-        let d_branch = g_rows.broadcast_mul(gamma)?;
-        let e = gamma.elem_count();
-        let d_gamma = (&g_rows * branch)?
-            .reshape(((), e))?
-            .sum(0)?
-            .reshape(gamma.shape())?;
-        Ok([Some(grad.clone()), Some(d_branch), Some(d_gamma)])
+        let d_branch = want_branch
+            .then(|| g_rows.broadcast_mul(gamma))
+            .transpose()?;
+        let d_gamma = want_gamma
+            .then(|| {
+                (&g_rows * branch)?
+                    .reshape(((), gamma.elem_count()))?
+                    .sum(0)?
+                    .reshape(gamma.shape())
+            })
+            .transpose()?;
+        Ok([want_x.then(|| grad.clone()), d_branch, d_gamma])
     }
 }
 
@@ -185,5 +192,6 @@ mod tests {
         let out = add_scaled_branch(&x, &b, &g, None, 1.0).unwrap();
         assert!(!out.track_op());
         assert_eq!(f64s(&out), f64s(&composed(&x, &b, &g, None, 1.0)));
+        assert!(add_scaled_branch(&x, &b, &g, None, 2.0).is_err());
     }
 }
