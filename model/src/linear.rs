@@ -64,12 +64,9 @@ impl Linear {
     fn apply(&self, x: &Tensor, product: Product) -> candle_core::Result<Tensor> {
         let in_dim = x.dim(D::Minus1)?;
         let rows = x.reshape((x.elem_count() / in_dim, in_dim))?;
-        let y = match (&self.bias, product) {
-            (Some(b), product) => fused::linear_bias(&rows, &self.weight, b, product)?,
-            (None, Product::Plain) => rows.matmul(&self.weight.t()?)?,
-            (None, Product::Bf16 { out }) => {
-                precision::matmul_bf16(&rows, &self.weight.t()?)?.to_dtype(out)?
-            }
+        let y = match &self.bias {
+            Some(b) => fused::linear_bias(&rows, &self.weight, b, product)?,
+            None => product.matmul(&rows, &self.weight)?,
         };
         let mut out_dims = x.dims().to_vec();
         out_dims.pop();

@@ -35,17 +35,22 @@ impl Product {
         crate::precision::bf16_product_dtype(x).map_or(Product::Plain, |out| Product::Bf16 { out })
     }
 
+    /// `x·Wᵀ` with ordinary (differentiable) ops, for a layer without a
+    /// bias too. Under bf16 the weight is cast after its transpose, as
+    /// `precision::matmul` casts its right operand (the same bits).
+    pub(crate) fn matmul(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            Product::Plain => x.matmul(&w.t()?),
+            Product::Bf16 { out } => crate::precision::matmul_bf16(x, &w.t()?)?.to_dtype(out),
+        }
+    }
+
     /// The product and bias add with ordinary (differentiable) ops.
     fn composed(self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let y = self.matmul(x, w)?;
         match self {
-            Product::Plain => x.matmul(&w.t()?)?.broadcast_add(b),
-            // The weight is cast after its transpose, as `precision::matmul`
-            // casts its right operand: the same layout, so the same bits.
-            Product::Bf16 { out } => x
-                .to_dtype(DType::BF16)?
-                .matmul(&w.t()?.to_dtype(DType::BF16)?)?
-                .to_dtype(out)?
-                .broadcast_add(&b.to_dtype(out)?),
+            Product::Plain => y.broadcast_add(b),
+            Product::Bf16 { out } => y.broadcast_add(&b.to_dtype(out)?),
         }
     }
 
