@@ -1,6 +1,8 @@
 //! GPU kernels vs their CPU references at 3DINO sizes (feature `cuda`):
 //! fused EMA over ~300M parameters (ViT-L + heads), Sinkhorn-Knopp + CE
-//! over (2B = 128) × 65,536 logits, KoLeo over 64 × 1024. Prints the mean
+//! over (2B = 128) × 65,536 logits, KoLeo over 64 × 1024, and the bucketed
+//! gradient average of a data-parallel step over ViT-L-sized gradients
+//! (NCCL, a world of one). Prints the mean
 //! time per call, effective bandwidth and the GPU-vs-CPU error.
 //!
 //! `cargo bench -p dino3d-model --features cuda --bench cuda_kernels`, or
@@ -176,6 +178,84 @@ fn bench_attention(gpu: &GpuContext, iters: usize) {
     );
 }
 
+/// The data-parallel step's gradient average over ViT-L-sized gradients
+/// (24 blocks of 12.6 M parameters) through NCCL in a world of one: what
+/// the bucketing itself costs on the GPU (the buckets' assembly, the
+/// presence flags, the averages written back), since NCCL has nothing to
+/// send with one rank. Several ranks' link time is on paper in
+/// BENCHMARKS.md.
+fn bench_gradient_sync(gpu: &GpuContext, iters: usize) {
+    use dino3d_model::candle_core::{DType, Tensor, Var};
+    use dino3d_model::cuda::{NcclCollective, nccl_unique_id};
+    use dino3d_model::dist::{BucketPlan, DEFAULT_BUCKET_BYTES, GradientSync};
+    let id = match nccl_unique_id() {
+        Ok(id) => id,
+        Err(e) => {
+            println!("gradient all-reduce: skipped ({e})");
+            return;
+        }
+    };
+    let comm = NcclCollective::new(gpu, 0, 1, &id).expect("NCCL, a world of one");
+    let (e, h) = (1024usize, 4096usize);
+    let block = [
+        3 * e * e,
+        3 * e,
+        e * e,
+        e,
+        e * h,
+        h,
+        h * e,
+        e,
+        e,
+        e,
+        e,
+        e,
+        e,
+        e,
+    ];
+    let sizes: Vec<usize> = (0..24).flat_map(|_| block).collect();
+    let device = gpu.device();
+    let vars: Vec<Var> = sizes
+        .iter()
+        .map(|&n| Var::zeros(n, DType::F32, &device).expect("a parameter"))
+        .collect();
+    let refs: Vec<&Var> = vars.iter().collect();
+    let mut loss = Tensor::zeros((), DType::F32, &device).expect("zero");
+    for v in &vars {
+        loss = (loss + v.as_tensor().sum_all().expect("sum")).expect("add");
+    }
+    let mut grads = loss.backward().expect("gradients");
+    let total: usize = sizes.iter().sum();
+    let order: Vec<usize> = (0..sizes.len()).rev().collect();
+    for (wire, bucketed) in [(DType::F32, true), (DType::BF16, true), (DType::F32, false)] {
+        let plan = if bucketed {
+            BucketPlan::new(
+                &order,
+                &sizes,
+                wire.size_in_bytes(),
+                DEFAULT_BUCKET_BYTES,
+                true,
+            )
+        } else {
+            Ok(BucketPlan::single(sizes.len()))
+        }
+        .expect("a plan");
+        let s = time_gpu(gpu, iters, || {
+            let mut sync = GradientSync::new(&refs, &plan, &comm, wire).expect("sync");
+            sync.settle_stored(&grads).expect("settle");
+            sync.finish(&mut grads).expect("finish");
+        });
+        let bytes = (total * wire.size_in_bytes()) as f64;
+        println!(
+            "gradient average, {:.0} M params, {wire:?}, {:>3} buckets: {:>8.2} ms ({:.0} GB/s of wire bytes; NCCL world of one)",
+            total as f64 / 1e6,
+            plan.buckets().len(),
+            s * 1e3,
+            bytes / s / 1e9
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let gpu = match GpuContext::new(0) {
@@ -217,4 +297,5 @@ fn main() {
     bench_sinkhorn(&gpu, iters, false);
     bench_sinkhorn(&gpu, iters, true);
     bench_ema(&gpu, iters);
+    bench_gradient_sync(&gpu, iters);
 }

@@ -224,3 +224,58 @@ fn a_leaf_detached_in_place_stops_the_backward_and_keeps_its_gradient() {
         "the backward stops at the leaf"
     );
 }
+
+/// `backward_from_with` reports each variable once, when its gradient is
+/// final: at that moment it equals the gradient the whole backward ends
+/// with, also for a variable read by several ops far apart in the graph
+/// (a weight shared by two "layers", as the global and local passes share
+/// the blocks) and one that no gradient reaches.
+#[test]
+fn each_variable_is_reported_once_with_its_final_gradient() {
+    let x0 = tensor(&[4, 5], 8, DType::F64);
+    let w = Var::from_tensor(&tensor(&[5, 5], 9, DType::F64)).unwrap();
+    let b = Var::from_tensor(&tensor(&[5], 10, DType::F64)).unwrap();
+    let unused = Var::from_tensor(&tensor(&[3], 11, DType::F64)).unwrap();
+    let x = Var::from_tensor(&x0).unwrap();
+    let layer = |h: &Tensor| -> candle_core::Result<Tensor> {
+        h.matmul(w.as_tensor())?
+            .broadcast_add(b.as_tensor())?
+            .tanh()
+    };
+    let out = layer(&layer(x.as_tensor()).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    // `unused` is in the graph but multiplied by zero: no gradient flows.
+    let out = (out + (unused.as_tensor().sum_all().unwrap() * 0.0).unwrap()).unwrap();
+    let mut seen: Vec<(candle_core::TensorId, Option<Vec<f64>>)> = Vec::new();
+    let grads = out
+        .backward_from_with(out.ones_like().unwrap(), &mut |leaf, grads| {
+            seen.push((leaf.id(), grads.get(leaf).map(f64s)));
+            Ok(())
+        })
+        .unwrap();
+    let plain = out.backward().unwrap();
+    for v in [&w, &b, &x] {
+        let reports: Vec<_> = seen.iter().filter(|(id, _)| *id == v.id()).collect();
+        assert_eq!(reports.len(), 1, "reported once");
+        let final_grad = f64s(grads.get(v.as_tensor()).unwrap());
+        assert_eq!(
+            reports[0].1.as_ref(),
+            Some(&final_grad),
+            "final when reported"
+        );
+        assert_eq!(f64s(plain.get(v.as_tensor()).unwrap()), final_grad);
+    }
+    // An affine by zero stops the walk: `unused` is not even in the graph.
+    assert!(seen.iter().all(|(id, _)| *id != unused.id()));
+    // The hook's error stops the backward.
+    let err = out
+        .backward_from_with(out.ones_like().unwrap(), &mut |_, _| {
+            candle_core::bail!("stop here")
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("stop here"), "{err}");
+}

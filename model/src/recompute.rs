@@ -88,29 +88,52 @@ impl BlockTape {
     /// adds every block parameter's and the token parameters' gradients and
     /// removes the tape's leaves. `blocks` must be the blocks that ran.
     pub(crate) fn backward(self, blocks: &[Block], grads: &mut GradStore) -> Result<()> {
-        let Self {
-            tokens,
-            mut inputs,
-            drops,
-            kernel,
-            precision,
-        } = self;
-        debug_assert_eq!(drops.len(), blocks.len());
-        let _kernel = use_attention_kernel(kernel);
-        let _precision = precision::autocast(precision);
-        for (block, branch_drop) in blocks.iter().zip(&drops).rev() {
-            let output = inputs.pop().expect("one leaf per block output");
-            let Some(grad_out) = grads.remove(&output) else {
-                continue;
-            };
-            drop(output);
-            let input = inputs.last().expect("one leaf per block input");
-            let (out, _) = block.forward(input, branch_drop, false)?;
-            grads.extend(seeded_backward(&out, &grad_out)?)?;
+        Self::backward_all(vec![self], blocks, grads, &mut |_| Ok(()))
+    }
+
+    /// [`Self::backward`] of several passes through the same `blocks` (the
+    /// student's global and local passes), block by block: block `i` is
+    /// recomputed for every tape before block `i - 1`, so once it is done
+    /// its parameters' gradients are final, and `after_block(grads)` is
+    /// called (every parameter with a gradient in `grads` then has its final
+    /// gradient: the earlier blocks and the tokens have none yet). Each
+    /// parameter's gradient adds the tapes' parts in the tapes' order, as
+    /// running the tapes one after another does.
+    pub(crate) fn backward_all(
+        tapes: Vec<Self>,
+        blocks: &[Block],
+        grads: &mut GradStore,
+        after_block: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<()> {
+        let mut tapes = tapes;
+        for tape in &tapes {
+            debug_assert_eq!(tape.drops.len(), blocks.len());
         }
-        let first = inputs.pop().expect("block 0's input");
-        if let Some(grad) = grads.remove(&first) {
-            grads.extend(seeded_backward(&tokens, &grad)?)?;
+        for (i, block) in blocks.iter().enumerate().rev() {
+            for tape in &mut tapes {
+                let _kernel = use_attention_kernel(tape.kernel);
+                let _precision = precision::autocast(tape.precision);
+                let output = tape.inputs.pop().expect("one leaf per block output");
+                let Some(grad_out) = grads.remove(&output) else {
+                    continue;
+                };
+                drop(output);
+                let input = tape.inputs.last().expect("one leaf per block input");
+                let (out, _) = block.forward(input, &tape.drops[i], false)?;
+                grads.extend(seeded_backward(&out, &grad_out)?)?;
+            }
+            after_block(grads)?;
+        }
+        for tape in tapes {
+            let _kernel = use_attention_kernel(tape.kernel);
+            let _precision = precision::autocast(tape.precision);
+            let Self {
+                tokens, mut inputs, ..
+            } = tape;
+            let first = inputs.pop().expect("block 0's input");
+            if let Some(grad) = grads.remove(&first) {
+                grads.extend(seeded_backward(&tokens, &grad)?)?;
+            }
         }
         Ok(())
     }
@@ -254,6 +277,76 @@ mod tests {
         let (same, other) = (grads(Precision::Bf16), grads(Precision::F32));
         for (name, v) in vm.data().lock().unwrap().iter() {
             let (a, b) = (same.get(v.as_tensor()), other.get(v.as_tensor()));
+            let (a, b) = (a.expect("a gradient"), b.expect("a gradient"));
+            assert_eq!(max_abs_diff(a, b), 0.0, "{name}");
+        }
+    }
+
+    /// Two passes' tapes (the student's global and local crops) recomputed
+    /// block by block give the gradients of recomputing one tape after the
+    /// other, bit for bit; after each block, every gradient in the store is
+    /// already final, and the earlier blocks have none yet.
+    #[test]
+    fn tapes_recomputed_block_by_block_equal_tapes_in_turn() {
+        let (vit, vm) = vit(DropPathMode::Subset);
+        let passes = [
+            (noise(11, &[2, 1, 32, 32, 32]), noise(12, &[2, 8])),
+            (noise(13, &[3, 1, 32, 32, 32]), noise(14, &[3, 8])),
+        ];
+        let run = || {
+            let outs: Vec<ViT3dOutput> = passes
+                .iter()
+                .map(|(x, m)| pass(&vit, x, &m.gt(0.3).unwrap(), Activations::Recompute))
+                .collect();
+            let total = (loss(&outs[0]) + loss(&outs[1])).unwrap();
+            let tapes: Vec<BlockTape> = outs
+                .into_iter()
+                .map(|mut o| o.tape.take().unwrap())
+                .collect();
+            (total.backward().unwrap(), tapes)
+        };
+        let (mut in_turn, tapes) = run();
+        for tape in tapes {
+            vit.backward_tape(tape, &mut in_turn).unwrap();
+        }
+        let (mut interleaved, tapes) = run();
+        let vars = vm.data().lock().unwrap();
+        let mut seen: Vec<Vec<(String, Vec<f32>)>> = Vec::new();
+        vit.backward_tapes(tapes, &mut interleaved, &mut |grads| {
+            let mut now = Vec::new();
+            for (name, v) in vars.iter() {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    now.push((name.clone(), g.flatten_all()?.to_vec1()?));
+                }
+            }
+            seen.push(now);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 3, "once per block");
+        assert!(seen[0].iter().any(|(n, _)| n.starts_with("blocks.2.")));
+        assert!(seen[2].iter().any(|(n, _)| n.starts_with("blocks.0.")));
+        for (after, now) in seen.iter().enumerate() {
+            let done = 3 - after;
+            for (name, g) in now {
+                let block = name
+                    .strip_prefix("blocks.")
+                    .map(|rest| rest.split('.').next().unwrap().parse::<usize>().unwrap());
+                assert!(
+                    block.is_none_or(|b| b >= done - 1),
+                    "{name} has a gradient before its block ran"
+                );
+                assert!(!name.starts_with("patch_embed"), "{name} before the tokens");
+                let want = in_turn.get(vars.get(name).unwrap().as_tensor()).unwrap();
+                assert_eq!(
+                    g,
+                    &want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "{name} final"
+                );
+            }
+        }
+        for (name, v) in vars.iter() {
+            let (a, b) = (in_turn.get(v.as_tensor()), interleaved.get(v.as_tensor()));
             let (a, b) = (a.expect("a gradient"), b.expect("a gradient"));
             assert_eq!(max_abs_diff(a, b), 0.0, "{name}");
         }

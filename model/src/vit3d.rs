@@ -396,6 +396,21 @@ impl ViT3d {
         tape.backward(&self.blocks, grads)
     }
 
+    /// [`Self::backward_tape`] for several passes of this backbone (the
+    /// student's global and local crops), block by block from the last:
+    /// after each block, `after_block(grads)` sees every parameter with a
+    /// gradient in `grads` holding its final gradient (so data-parallel
+    /// training can start reducing it). The gradients equal those of
+    /// [`Self::backward_tape`] on each tape in turn, bit for bit.
+    pub fn backward_tapes(
+        &self,
+        tapes: Vec<BlockTape>,
+        grads: &mut candle_core::backprop::GradStore,
+        after_block: &mut dyn FnMut(&candle_core::backprop::GradStore) -> Result<()>,
+    ) -> Result<()> {
+        BlockTape::backward_all(tapes, &self.blocks, grads, after_block)
+    }
+
     /// Plain forward pass (no masks, no drop path, no captures).
     pub fn forward(&self, x: &Tensor) -> Result<ViT3dOutput> {
         self.forward_with(x, &ForwardOptions::default())

@@ -242,6 +242,75 @@ fn nccl_world_of_one() {
         };
         assert_eq!(f32s(&r), f32s(&b));
     }
+
+    // Started right after a large product on candle's stream (the
+    // communicator's stream must wait for it), read after more work there
+    // (candle's stream must wait for the reduction): still the identity.
+    let a =
+        Tensor::from_slice(&uniform(2048 * 2048, 21, 1.0), (2048, 2048), &gpu.device()).unwrap();
+    let product = a.matmul(&a).unwrap();
+    let want = product.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let product = a.matmul(&a).unwrap();
+    let pending = comm
+        .start_all_reduce_tensor(&product, ReduceOp::Sum)
+        .unwrap();
+    let busy = a.matmul(&a).unwrap().sum_all().unwrap();
+    let got = comm.wait_all_reduce(pending).unwrap();
+    assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    drop(busy);
+    // Dropped unwaited: no error, and the next reduction still works.
+    drop(
+        comm.start_all_reduce_tensor(&product, ReduceOp::Sum)
+            .unwrap(),
+    );
+
+    // The training step's bucketed gradient average on CUDA tensors, with
+    // many buckets: in a world of one, each gradient unchanged.
+    use dino3d_model::dist::{BucketPlan, GradientSync};
+    let sizes = [3000usize, 70_000, 5, 300_000, 1];
+    let vars: Vec<Var> = sizes
+        .iter()
+        .map(|&n| Var::zeros(n, DType::F32, &gpu.device()).unwrap())
+        .collect();
+    let refs: Vec<&Var> = vars.iter().collect();
+    let mut loss = Tensor::zeros((), DType::F32, &gpu.device()).unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let w = Tensor::from_slice(
+            &uniform(sizes[i], 30 + i as u64, 1.0),
+            sizes[i],
+            &gpu.device(),
+        )
+        .unwrap();
+        loss = (loss + (v.as_tensor() * w).unwrap().sum_all().unwrap()).unwrap();
+    }
+    let mut grads = loss.backward().unwrap();
+    let before: Vec<Vec<f32>> = refs
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap())
+        .collect();
+    for wire in [DType::F32, DType::BF16] {
+        let order: Vec<usize> = (0..sizes.len()).rev().collect();
+        let plan = BucketPlan::new(&order, &sizes, 4, 64 << 10, true).unwrap();
+        let mut sync = GradientSync::new(&refs, &plan, &comm, wire).unwrap();
+        sync.settle_stored(&grads).unwrap();
+        let report = sync.finish(&mut grads).unwrap();
+        assert_eq!(report.started_in_backward, report.buckets);
+        for (v, b) in refs.iter().zip(&before) {
+            let g = grads.get(v.as_tensor()).unwrap();
+            assert!(g.device().same_device(&gpu.device()));
+            let g = g.to_vec1::<f32>().unwrap();
+            if wire == DType::F32 {
+                assert_eq!(&g, b);
+            } else {
+                let rounded: Vec<f32> = b
+                    .iter()
+                    .map(|x| half::bf16::from_f32(*x).to_f32())
+                    .collect();
+                assert_eq!(g, rounded);
+            }
+        }
+        grads = loss.backward().unwrap();
+    }
 }
 
 /// The teacher EMA of the model (`optim::ema_update_var`) on CUDA tensors

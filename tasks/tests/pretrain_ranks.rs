@@ -237,8 +237,9 @@ fn run_world_with(
     })
 }
 
-/// `train.activation_checkpointing`, `train.attention` and
-/// `train.gradient_reduce` change how the step is computed, not what: the
+/// `train.activation_checkpointing`, `train.attention`,
+/// `train.gradient_reduce` and `train.gradient_bucket_mb` change how the
+/// step is computed, not what: the
 /// same losses (to float rounding, bf16's for the gradients), and a run may
 /// resume with them switched (they are not part of its identity).
 #[test]
@@ -251,6 +252,7 @@ fn how_the_step_is_computed_does_not_change_the_run() {
         "train.activation_checkpointing=true",
         "train.attention=fused",
         "train.gradient_reduce=bf16",
+        "train.gradient_bucket_mb=1",
     ];
     let resumed = run_world(&recipe, 1, &switched);
     let (start, end, resumed_loss) = last_loss(&resumed[0]);

@@ -174,7 +174,7 @@ fn training_sections_default_to_3dino_and_are_validated() {
         dino3d_model::AttentionKernel::Composed
     );
     let text = format!(
-        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n  attention: fused\n  gradient_reduce: bf16\n"
+        "{pretrain}{ONE_GLOBAL_VIEW}train:\n  precision: bf16\n  activation_checkpointing: true\n  attention: fused\n  gradient_reduce: bf16\n  gradient_bucket_mb: 4\n"
     );
     let Task::Pretrain(t) = compile_str(&text, Path::new("r.yaml")).unwrap().1 else {
         panic!("a pretraining task")
@@ -189,6 +189,13 @@ fn training_sections_default_to_3dino_and_are_validated() {
         dino3d_model::candle_core::DType::BF16
     );
     assert!(t.to_string().contains("gradients reduced in bf16"), "{t}");
+    assert_eq!(t.gradient_bucket_mb, 4);
+    assert!(t.to_string().contains(", 4 MiB gradient buckets"), "{t}");
+    let e = errors(&format!("{GOOD}train:\n  gradient_bucket_mb: 0\n")).to_string();
+    assert!(
+        e.contains("r.yaml:25:23: train.gradient_bucket_mb must be at least 1"),
+        "{e}"
+    );
     let e = errors(&format!("{GOOD}train:\n  gradient_reduce: f16\n")).to_string();
     assert!(
         e.contains("r.yaml:25:20: train.gradient_reduce `f16`"),

@@ -2,9 +2,13 @@
 //! 128-byte unique id rank 0 creates and hands the others (the tasks
 //! crate's TCP bootstrap carries it).
 //!
-//! The communicator runs on candle's stream ([`GpuContext::stream`]), so a
-//! CUDA tensor is reduced where it lies ([`Collective::all_reduce_tensor`],
-//! in order with the candle ops that made it); the trait's host slices go
+//! The communicator runs on a stream of its own beside candle's
+//! ([`GpuContext::stream`]), so a gradient bucket's all-reduce
+//! ([`Collective::start_all_reduce_tensor`]) overlaps the rest of the
+//! backward: the communicator's stream waits for candle's work up to the
+//! call (the bucket is written by then), and candle's stream waits for the
+//! reduction only where the result is read ([`Collective::wait_all_reduce`]).
+//! A CUDA tensor is reduced where it lies; the trait's host slices go
 //! through a device buffer.
 
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
 
 use super::GpuContext;
 use super::context::cuda_err;
-use crate::dist::{Collective, ReduceOp, all_reduce_tensor_via_host, reduced_dtype};
+use crate::dist::{Collective, PendingReduce, ReduceOp, all_reduce_tensor_via_host, reduced_dtype};
 use crate::{ModelError, Result};
 
 /// Bytes of an NCCL unique id.
@@ -57,11 +61,15 @@ pub fn nccl_unique_id() -> Result<[u8; NCCL_ID_BYTES]> {
     Ok(id.internal().map(|c| c as u8))
 }
 
-/// One rank's NCCL communicator on a [`GpuContext`]'s stream.
+/// One rank's NCCL communicator on a stream of its own, next to a
+/// [`GpuContext`]'s.
 #[derive(Debug)]
 pub struct NcclCollective {
     comm: Comm,
+    /// The communicator's stream.
     stream: Arc<CudaStream>,
+    /// candle's stream, where the tensors reduced here are made and read.
+    compute: Arc<CudaStream>,
 }
 
 impl NcclCollective {
@@ -85,15 +93,33 @@ impl NcclCollective {
         })?;
         require_nccl()?;
         let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
-        let stream = gpu.stream().clone();
+        let compute = gpu.stream().clone();
         // ncclCommInitRank takes the thread's current device: make it this one.
-        stream
+        compute
             .context()
             .bind_to_thread()
             .map_err(cuda_err("bind the device to this thread"))?;
+        // SAFETY: with a second stream cudarc would record and wait on
+        // events around every buffer use of every kernel (its multi-stream
+        // mode); we order the two streams ourselves instead. The only
+        // buffers both streams touch are the tensors of
+        // `start_all_reduce_tensor`: the communicator's stream waits for
+        // candle's before it reads one (`join`), and candle's waits for the
+        // reduction's event before anything reads or frees the result
+        // (`PendingReduce`, also when dropped unwaited). Host-slice
+        // collectives allocate, use and free their buffers on the
+        // communicator's stream alone. Tested on a GPU by
+        // `tests/cuda_kernels.rs::nccl_world_of_one` (a reduction started
+        // right after a large product, read after more work).
+        unsafe { compute.context().disable_event_tracking() };
+        let stream = compute.fork().map_err(cuda_err("create the NCCL stream"))?;
         let comm = Comm::from_rank(stream.clone(), rank, world_size, id)
             .map_err(nccl_err("ncclCommInitRank"))?;
-        Ok(Self { comm, stream })
+        Ok(Self {
+            comm,
+            stream,
+            compute,
+        })
     }
 
     /// Sums `buf` over all ranks through a device buffer.
@@ -167,18 +193,42 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
+        let pending = self.start_all_reduce_tensor(t, op)?;
+        self.wait_all_reduce(pending)
+    }
+
+    fn start_all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<PendingReduce> {
         if !t.device().is_cuda() {
-            return all_reduce_tensor_via_host(self, t, op);
+            return Ok(PendingReduce::done(all_reduce_tensor_via_host(
+                self, t, op,
+            )?));
         }
         // A fresh contiguous copy that this call owns, reduced in place.
         let out = t.to_dtype(reduced_dtype(t))?.flatten_all()?.copy()?;
-        if out.elem_count() > 0 {
-            out.inplace_op1(&DeviceAllReduce {
-                comm: &self.comm,
-                op,
-            })?;
+        if out.elem_count() == 0 {
+            return Ok(PendingReduce::done(out.reshape(t.dims())?));
         }
-        Ok(out.reshape(t.dims())?)
+        // The reduction starts after candle's work so far (the copy).
+        self.stream
+            .join(&self.compute)
+            .map_err(cuda_err("order the all-reduce after its input"))?;
+        out.inplace_op1(&DeviceAllReduce {
+            comm: &self.comm,
+            op,
+        })?;
+        let reduced = self
+            .stream
+            .record_event(None)
+            .map_err(cuda_err("record the all-reduce's end"))?;
+        let compute = self.compute.clone();
+        Ok(PendingReduce::in_flight(
+            out.reshape(t.dims())?,
+            move || {
+                compute
+                    .wait(&reduced)
+                    .map_err(cuda_err("order the all-reduce before its readers"))
+            },
+        ))
     }
 }
 

@@ -1,9 +1,9 @@
 //! Data-parallel gradient averaging: every rank ends with the mean of all
 //! ranks' gradients, so identical optimiser steps keep the replicas equal.
 
-use candle_core::{DType, Tensor, Var, backprop::GradStore};
+use candle_core::{DType, Var, backprop::GradStore};
 
-use super::{Collective, ReduceOp};
+use super::{BucketPlan, Collective, GradientSync};
 use crate::Result;
 
 /// The dtypes gradients may cross the ranks in: f32, or bf16 (half the bytes).
@@ -20,8 +20,9 @@ pub(crate) fn check_wire(wire: DType) -> Result<()> {
     }
 }
 
-/// Averages the gradients of `vars` over all ranks, in one all-reduce (one
-/// bucket: at this crate's sizes the latency of many small calls dominates).
+/// Averages the gradients of `vars` over all ranks, after the backward, in
+/// one all-reduce ([`GradientSync`] with a single bucket; the training step
+/// uses the bucketed form that starts during the backward).
 ///
 /// `vars` must be in the same order on every rank (the optimiser's sorted
 /// names). A parameter without a gradient on some rank counts as zero
@@ -42,35 +43,7 @@ pub fn average_gradients(
     if comm.world_size() <= 1 || vars.is_empty() {
         return Ok(());
     }
-    let mut present = Vec::with_capacity(vars.len());
-    let mut parts = Vec::with_capacity(vars.len());
-    for v in vars {
-        match grads.get(v.as_tensor()) {
-            Some(g) => {
-                present.push(1f32);
-                parts.push(g.to_dtype(wire)?.flatten_all()?);
-            }
-            None => {
-                present.push(0.0);
-                parts.push(Tensor::zeros(v.elem_count(), wire, v.device())?);
-            }
-        }
-    }
-    // Which parameters have a gradient anywhere; then the gradients, as one
-    // bucket on the parameters' device (NCCL reduces it there).
-    comm.all_reduce_f32(&mut present, ReduceOp::Sum)?;
-    let bucket = comm.all_reduce_tensor(&Tensor::cat(&parts, 0)?, ReduceOp::Mean)?;
-    let mut at = 0;
-    for (v, &anywhere) in vars.iter().zip(&present) {
-        let n = v.elem_count();
-        if anywhere > 0.0 {
-            let g = bucket
-                .narrow(0, at, n)?
-                .reshape(v.dims())?
-                .to_dtype(v.dtype())?;
-            grads.insert(v.as_tensor(), g);
-        }
-        at += n;
-    }
+    let plan = BucketPlan::single(vars.len());
+    GradientSync::new(vars, &plan, comm, wire)?.finish(grads)?;
     Ok(())
 }

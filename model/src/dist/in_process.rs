@@ -226,26 +226,28 @@ impl Collective for InProcessRank {
     }
 }
 
+/// Runs `f` on every rank of a fresh group, one thread each; the results
+/// in rank order.
+#[cfg(test)]
+pub(crate) fn on_ranks<T: Send + 'static>(
+    world: usize,
+    f: impl Fn(InProcessRank) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let handles: Vec<_> = InProcess::group(world)
+        .into_iter()
+        .map(|r| {
+            let f = f.clone();
+            std::thread::spawn(move || f(r))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dist::SingleProcess;
-
-    /// Runs `f` on every rank of a fresh group, one thread each.
-    fn on_ranks<T: Send + 'static>(
-        world: usize,
-        f: impl Fn(InProcessRank) -> T + Send + Sync + 'static,
-    ) -> Vec<T> {
-        let f = Arc::new(f);
-        let handles: Vec<_> = InProcess::group(world)
-            .into_iter()
-            .map(|r| {
-                let f = f.clone();
-                std::thread::spawn(move || f(r))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    }
 
     #[test]
     fn all_reduce_is_identical_on_every_rank() {

@@ -1,19 +1,27 @@
 //! Collectives for data-parallel training: the one trait the losses and the
-//! optimiser step call, a world of one, N ranks as threads for tests, and a
-//! deadline on every collective ([`Watchdog`]).
+//! optimiser step call, a world of one, N ranks as threads for tests, a
+//! deadline on every collective ([`Watchdog`]), and the gradients' bucketed
+//! all-reduce that starts while the backward still runs ([`GradientSync`]).
 //!
-//! Reductions are over host slices: the sums they carry (Sinkhorn-Knopp's
-//! K prototype sums, a centre, the gradients) are small next to a step's
-//! compute. The NCCL implementation is `crate::cuda::NcclCollective`
-//! (feature `cuda`); it still copies through the host.
+//! The small sums (Sinkhorn-Knopp's K prototype sums, a centre, the loss
+//! values) are reduced over host slices; the gradients as tensors, where
+//! they lie. The NCCL implementation is `crate::cuda::NcclCollective`
+//! (feature `cuda`): it reduces CUDA tensors on the GPU, on a stream of its
+//! own.
 
+mod buckets;
 mod grads;
 mod in_process;
+mod sync;
 mod watchdog;
 
+pub use buckets::{BucketPlan, DEFAULT_BUCKET_BYTES};
 pub use grads::average_gradients;
 pub(crate) use grads::check_wire;
+#[cfg(test)]
+pub(crate) use in_process::on_ranks;
 pub use in_process::{InProcess, InProcessRank};
+pub use sync::{GradientSync, SyncReport};
 pub use watchdog::{Hang, OnHang, ProgressBoard, Watchdog};
 
 use candle_core::{DType, Tensor};
@@ -53,6 +61,77 @@ pub trait Collective {
     /// lies.
     fn all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
         all_reduce_tensor_via_host(self, t, op)
+    }
+    /// Starts [`Collective::all_reduce_tensor`] and returns before it ends
+    /// where the implementation can: NCCL queues the reduction on its own
+    /// stream, so the caller's next kernels (the rest of a backward) run
+    /// meanwhile. Hand the result to [`Collective::wait_all_reduce`] before
+    /// reading it. Every rank starts the same reductions in the same order.
+    /// By default the reduction is done by the time this returns.
+    fn start_all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<PendingReduce> {
+        Ok(PendingReduce::done(self.all_reduce_tensor(t, op)?))
+    }
+    /// The tensor of a reduction this rank started, ordered before
+    /// whatever reads it next.
+    fn wait_all_reduce(&self, pending: PendingReduce) -> Result<Tensor> {
+        pending.wait()
+    }
+}
+
+/// A reduction [`Collective::start_all_reduce_tensor`] started: its result
+/// and what makes the result safe to read.
+pub struct PendingReduce {
+    out: Tensor,
+    complete: Option<Box<dyn FnOnce() -> Result<()>>>,
+}
+
+impl std::fmt::Debug for PendingReduce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReduce")
+            .field("shape", self.out.shape())
+            .field("in_flight", &self.complete.is_some())
+            .finish()
+    }
+}
+
+impl PendingReduce {
+    /// A reduction that has finished.
+    pub fn done(out: Tensor) -> Self {
+        Self {
+            out,
+            complete: None,
+        }
+    }
+
+    /// A reduction still in flight into `out`; `complete` orders it before
+    /// the next reader (e.g. makes the compute stream wait for it).
+    pub fn in_flight(out: Tensor, complete: impl FnOnce() -> Result<()> + 'static) -> Self {
+        Self {
+            out,
+            complete: Some(Box::new(complete)),
+        }
+    }
+
+    /// The reduced tensor, safe to read.
+    ///
+    /// # Errors
+    /// What completing the reduction reports.
+    pub fn wait(mut self) -> Result<Tensor> {
+        if let Some(complete) = self.complete.take() {
+            complete()?;
+        }
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for PendingReduce {
+    /// A reduction dropped unwaited (an error elsewhere) is still ordered
+    /// before its buffer is freed: the buffer is not reused while the
+    /// reduction may still write it.
+    fn drop(&mut self) {
+        if let Some(complete) = self.complete.take() {
+            let _ = complete();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
-use super::{Collective, ReduceOp};
+use super::{Collective, PendingReduce, ReduceOp};
 use crate::Result;
 
 /// Where every rank's progress through the collectives is visible (on
@@ -239,6 +239,20 @@ impl<C: Collective> Collective for Watchdog<C> {
             Ok(out)
         })
     }
+    fn start_all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<PendingReduce> {
+        // Queuing returns at once (the deadline covers a blocked network);
+        // the wait below is where a missing rank shows.
+        self.timed("start_all_reduce_tensor", |c| {
+            c.start_all_reduce_tensor(t, op)
+        })
+    }
+    fn wait_all_reduce(&self, pending: PendingReduce) -> Result<Tensor> {
+        self.timed("wait_all_reduce", |c| {
+            let out = c.wait_all_reduce(pending)?;
+            out.device().synchronize()?;
+            Ok(out)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -291,14 +305,30 @@ mod tests {
             let mut v = [2.0f32, 4.0];
             r1.all_reduce_f32(&mut v, ReduceOp::Mean).unwrap();
             r1.barrier().unwrap();
-            v
+            let t = Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu).unwrap();
+            let pending = r1.start_all_reduce_tensor(&t, ReduceOp::Sum).unwrap();
+            (
+                v,
+                r1.wait_all_reduce(pending)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
         });
         let w = Watchdog::new(r0, Duration::from_secs(30), None, on_hang);
         let mut v = [4.0f32, 8.0];
         w.all_reduce_f32(&mut v, ReduceOp::Mean).unwrap();
         w.barrier().unwrap();
+        let t = Tensor::new(&[10f32, 20.0], &candle_core::Device::Cpu).unwrap();
+        let pending = w.start_all_reduce_tensor(&t, ReduceOp::Sum).unwrap();
+        let sum = w
+            .wait_all_reduce(pending)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(v, [3.0, 6.0]);
-        assert_eq!(other.join().unwrap(), [3.0, 6.0]);
+        assert_eq!(sum, [11.0, 22.0]);
+        assert_eq!(other.join().unwrap(), ([3.0, 6.0], vec![11.0, 22.0]));
         drop(w);
         assert!(reports.try_recv().is_err(), "nothing was stuck");
     }

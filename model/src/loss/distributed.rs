@@ -106,7 +106,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::dist::{Collective, InProcess, InProcessRank};
+    use crate::dist::{Collective, InProcessRank};
 
     /// Cosine-like logits, `rows` × `k`.
     fn logits(rows: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -118,16 +118,7 @@ mod tests {
         world: usize,
         f: impl Fn(usize, &InProcessRank) -> T + Send + Sync + 'static,
     ) -> Vec<T> {
-        let f = Arc::new(f);
-        let threads: Vec<_> = InProcess::group(world)
-            .into_iter()
-            .enumerate()
-            .map(|(r, c)| {
-                let f = f.clone();
-                std::thread::spawn(move || f(r, &c))
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
+        crate::dist::on_ranks(world, move |c| f(c.rank(), &c))
     }
 
     /// Rows 0..3 on rank 0, none on rank 1, 3..7 on rank 2: the ranks'

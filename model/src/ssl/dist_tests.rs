@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::*;
-use crate::dist::{Collective, InProcess};
+use crate::dist::{Collective, InProcess, SyncReport};
 use crate::schedule::ScheduleValues;
 use crate::{DinoHeadConfig, ViT3dConfig};
 
@@ -156,27 +156,37 @@ fn run_ranks_reducing_in(
     data: &Arc<Vec<Data>>,
     wire: candle_core::DType,
 ) -> Vec<Run> {
-    let threads: Vec<_> = InProcess::group(WORLD)
-        .into_iter()
-        .map(|comm| {
-            let (cfg, data) = (cfg.clone(), data.clone());
-            std::thread::spawn(move || {
-                let mut m = SslModel::new(cfg, &Device::Cpu, 3).unwrap();
-                m.set_gradient_reduce_dtype(wire).unwrap();
-                let reports = data
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| {
-                        let shard = d.shard(comm.rank());
-                        m.step_with(&shard.batch(), values(i), None, Some(&comm))
-                            .unwrap()
-                    })
-                    .collect();
-                (params(&m), reports)
+    run_ranks_set_up(cfg, data, move |m| {
+        m.set_gradient_reduce_dtype(wire).unwrap()
+    })
+    .into_iter()
+    .map(|(run, _)| run)
+    .collect()
+}
+
+/// Every rank's run, and its last step's gradient synchronisation, with
+/// each rank's model set up by `set_up` first.
+fn run_ranks_set_up(
+    cfg: &SslConfig,
+    data: &Arc<Vec<Data>>,
+    set_up: impl Fn(&mut SslModel) + Send + Sync + 'static,
+) -> Vec<(Run, SyncReport)> {
+    let (cfg, data) = (cfg.clone(), data.clone());
+    crate::dist::on_ranks(WORLD, move |comm| {
+        let mut m = SslModel::new(cfg.clone(), &Device::Cpu, 3).unwrap();
+        set_up(&mut m);
+        let reports = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let shard = d.shard(comm.rank());
+                m.step_with(&shard.batch(), values(i), None, Some(&comm))
+                    .unwrap()
             })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).collect()
+            .collect();
+        let sync = m.last_gradient_sync().expect("a distributed step").clone();
+        ((params(&m), reports), sync)
+    })
 }
 
 fn assert_close(a: &Run, b: &Run, tol: f32) {
@@ -360,4 +370,49 @@ fn gradients_reduced_in_bf16_keep_the_replicas_equal() {
         m.set_gradient_reduce_dtype(candle_core::DType::F16)
             .is_err()
     );
+}
+
+/// Gradient buckets started during the backward (small buckets, so there
+/// are many) end where one bucket after the backward ends, bit for bit,
+/// with the blocks' activations kept and recomputed; and the checkpointed
+/// ranks match one process too. From the second step on the buckets follow
+/// the order the backward finished the gradients in, and start before it
+/// ends.
+#[test]
+fn buckets_started_during_the_backward_change_nothing() {
+    let cfg = cfg(Centering::SinkhornKnopp, 0.0);
+    let data: Arc<Vec<Data>> = Arc::new((0..STEPS as u64).map(|s| Data::new(70 + s)).collect());
+    let one = run_one(&cfg, &data);
+    for checkpointing in [false, true] {
+        let set_up = move |bytes: usize| {
+            move |m: &mut SslModel| {
+                m.set_activation_checkpointing(checkpointing);
+                m.set_gradient_bucket_bytes(bytes).unwrap();
+            }
+        };
+        let many = run_ranks_set_up(&cfg, &data, set_up(2 << 10));
+        let single = run_ranks_set_up(&cfg, &data, set_up(usize::MAX / 2));
+        let (many_run, many_sync) = &many[0];
+        assert_eq!(many_run, &many[1].0, "replicas equal");
+        assert_eq!(many_run, &single[0].0, "checkpointing {checkpointing}");
+        assert_eq!(single[0].1.buckets, 1);
+        assert!(many_sync.buckets > 4, "{many_sync:?}");
+        // Rank 1 has no masked token, so its iBOT head has no gradient: it
+        // is settled before the backward, not awaited. Kept activations:
+        // every bucket starts during the backward (the last when it
+        // reaches the patch embedding). Recomputed: all but the token
+        // parameters' buckets, which the last recomputation reaches.
+        for (rank, (_, sync)) in many.iter().enumerate() {
+            let expect = if checkpointing {
+                sync.buckets * 3 / 4..sync.buckets
+            } else {
+                sync.buckets..sync.buckets + 1
+            };
+            assert!(
+                expect.contains(&sync.started_in_backward),
+                "checkpointing {checkpointing}, rank {rank}: {sync:?}"
+            );
+        }
+        assert_close(many_run, &one, 3e-4);
+    }
 }

@@ -1,9 +1,10 @@
 //! The summed SSL loss of one batch (spec §2.5).
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
 use super::model::{Centering, Networks};
-use crate::dist::{Collective, distributed};
+use crate::dist::{Collective, GradientSync, distributed};
 use crate::loss::{
     SINKHORN_ITERATIONS, STUDENT_TEMP, SoftmaxCentering, dino_loss, ibot_loss, koleo_loss,
     sinkhorn_knopp, sinkhorn_knopp_all,
@@ -73,7 +74,23 @@ impl SslLosses {
     /// The gradients of the total with respect to every student parameter.
     /// Under activation checkpointing the blocks are recomputed from their
     /// tapes once the loss's own graph (heads, logits) is freed.
-    pub fn backward(self, backbone: &ViT3d) -> Result<candle_core::backprop::GradStore> {
+    pub fn backward(self, backbone: &ViT3d) -> Result<GradStore> {
+        self.backward_synced(backbone, None)
+    }
+
+    /// [`Self::backward`], telling `sync` each student parameter's gradient
+    /// as soon as it is final, so its bucket's all-reduce starts while the
+    /// backward goes on: from candle's backward as it reaches each
+    /// parameter, and after each recomputed block under checkpointing
+    /// (then `sync` must know the backbone's parameters as
+    /// [`GradientSync::reached_later`]).
+    /// The gradients are those of [`Self::backward`]; `sync` still has to
+    /// [`GradientSync::finish`].
+    pub fn backward_synced(
+        self,
+        backbone: &ViT3d,
+        mut sync: Option<&mut GradientSync<'_>>,
+    ) -> Result<GradStore> {
         let Self {
             dino_local,
             dino_global,
@@ -83,10 +100,41 @@ impl SslLosses {
             tapes,
             ..
         } = self;
-        let mut grads = total.backward()?;
+        if let Some(sync) = sync.as_deref_mut() {
+            // A parameter outside the loss's graph (and not behind the
+            // tapes) gets no gradient on this rank: settled now, its bucket
+            // need not wait to the end (the walk over the graph's nodes that
+            // candle's backward starts with, once more; no tensor work).
+            let graph = total
+                .sorted_nodes()
+                .iter()
+                .filter(|n| n.is_variable())
+                .map(|n| n.id())
+                .collect();
+            sync.settle_outside(&graph)?;
+        }
+        let mut failed = None;
+        let seed = total.ones_like()?;
+        let grads = total.backward_from_with(seed, &mut |leaf, grads| {
+            let Some(sync) = sync.as_deref_mut() else {
+                return Ok(());
+            };
+            sync.on_final(leaf, grads.get(leaf)).map_err(|e| {
+                let stop = candle_core::Error::Msg(format!("gradient all-reduce: {e}"));
+                failed = Some(e);
+                stop
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut grads = grads?;
         drop((dino_local, dino_global, koleo, ibot, total));
-        for tape in tapes {
-            backbone.backward_tape(tape, &mut grads)?;
+        if !tapes.is_empty() {
+            backbone.backward_tapes(tapes, &mut grads, &mut |grads| match sync.as_deref_mut() {
+                Some(sync) => sync.settle_stored(grads),
+                None => Ok(()),
+            })?;
         }
         Ok(grads)
     }

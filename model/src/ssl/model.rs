@@ -9,7 +9,9 @@ use super::losses::{
     CenteringState, LossSetup, LossValues, MaskGather, SslBatch, SslLosses, student_losses,
     teacher_targets,
 };
-use crate::dist::{Collective, ReduceOp, average_gradients, distributed};
+use crate::dist::{
+    BucketPlan, Collective, DEFAULT_BUCKET_BYTES, GradientSync, ReduceOp, SyncReport, distributed,
+};
 use crate::optim::{AdamW, AdamWConfig, GroupRules, clip_per_module, ema_update};
 use crate::schedule::ScheduleValues;
 use crate::{Activations, DinoHead, DinoHeadConfig, ModelError, Result, ViT3d, ViT3dConfig};
@@ -154,6 +156,14 @@ pub struct SslModel {
     student_activations: Activations,
     /// The dtype gradients are all-reduced in (f32 or bf16).
     gradient_wire: DType,
+    /// Wire bytes per gradient bucket of a data-parallel step.
+    gradient_bucket_bytes: usize,
+    /// The buckets of data-parallel steps: the optimiser's order (reversed:
+    /// the heads first) until a step has seen the order in which the
+    /// backward finishes the gradients, then rank 0's observed order.
+    gradient_buckets: Option<BucketPlan>,
+    /// What the last data-parallel step's gradient all-reduce did.
+    last_gradient_sync: Option<SyncReport>,
     /// Whether steps time their phases.
     phase_timing: bool,
 }
@@ -193,6 +203,9 @@ impl SslModel {
             centering,
             student_activations: Activations::Keep,
             gradient_wire: DType::F32,
+            gradient_bucket_bytes: DEFAULT_BUCKET_BYTES,
+            gradient_buckets: None,
+            last_gradient_sync: None,
             phase_timing: false,
         })
     }
@@ -218,7 +231,32 @@ impl SslModel {
     pub fn set_gradient_reduce_dtype(&mut self, dtype: DType) -> Result<()> {
         crate::dist::check_wire(dtype)?;
         self.gradient_wire = dtype;
+        self.gradient_buckets = None;
         Ok(())
+    }
+
+    /// The wire bytes of each gradient all-reduce of a data-parallel step
+    /// after the first, smaller one (default [`DEFAULT_BUCKET_BYTES`], as
+    /// PyTorch DDP's): smaller buckets start earlier in the backward, larger
+    /// ones pay the per-call latency fewer times. The averages are the same.
+    ///
+    /// # Errors
+    /// Zero bytes.
+    pub fn set_gradient_bucket_bytes(&mut self, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Err(ModelError::Config(
+                "a gradient bucket needs a positive size".into(),
+            ));
+        }
+        self.gradient_bucket_bytes = bytes;
+        self.gradient_buckets = None;
+        Ok(())
+    }
+
+    /// What the last data-parallel step's gradient all-reduce did: its
+    /// buckets and how many started while the backward ran.
+    pub fn last_gradient_sync(&self) -> Option<&SyncReport> {
+        self.last_gradient_sync.as_ref()
     }
 
     /// Times each step's phases (teacher, student, backward, all_reduce,
@@ -417,17 +455,54 @@ impl SslModel {
                 "the loss is not finite ({report_losses:?}); stopping before the update"
             )));
         }
-        let mut grads = losses.backward(&self.student.backbone)?;
-        timer.mark("backward")?;
-        if let Some(comm) = comm {
-            average_gradients(
-                &mut grads,
-                &self.optimizer.vars_with_prefix(""),
-                comm,
-                self.gradient_wire,
-            )?;
-            timer.mark("all_reduce")?;
-        }
+        let mut grads = match comm {
+            None => {
+                let grads = losses.backward(&self.student.backbone)?;
+                timer.mark("backward")?;
+                grads
+            }
+            Some(comm) => {
+                // Buckets start while the backward runs; what is left of
+                // the all-reduce after it is the exposed communication.
+                let vars = self.optimizer.vars_with_prefix("");
+                let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+                let elem_bytes = self.gradient_wire.size_in_bytes();
+                let plan = match &self.gradient_buckets {
+                    Some(plan) if plan.len() == vars.len() => plan.clone(),
+                    _ => {
+                        let reversed: Vec<usize> = (0..vars.len()).rev().collect();
+                        BucketPlan::new(
+                            &reversed,
+                            &sizes,
+                            elem_bytes,
+                            self.gradient_bucket_bytes,
+                            false,
+                        )?
+                    }
+                };
+                let mut sync = GradientSync::new(&vars, &plan, comm, self.gradient_wire)?;
+                if self.student_activations == Activations::Recompute {
+                    // The tapes reach the backbone after the loss's graph.
+                    let backbone = self.optimizer.vars_with_prefix("backbone.");
+                    sync.reached_later(backbone.iter().map(|v| v.id()));
+                }
+                let mut grads = losses.backward_synced(&self.student.backbone, Some(&mut sync))?;
+                timer.mark("backward")?;
+                let report = sync.finish(&mut grads)?;
+                timer.mark("all_reduce")?;
+                if !plan.is_observed() {
+                    self.gradient_buckets = Some(BucketPlan::agreed(
+                        &report.order,
+                        &sizes,
+                        elem_bytes,
+                        self.gradient_bucket_bytes,
+                        comm,
+                    )?);
+                }
+                self.last_gradient_sync = Some(report);
+                grads
+            }
+        };
         // Norms are reported even when clipping is off (an infinite bound).
         let bound = if self.cfg.clip_grad > 0.0 {
             self.cfg.clip_grad

@@ -12,6 +12,7 @@
 
 use dino3d_model::AttentionKernel;
 use dino3d_model::candle_core::DType;
+use dino3d_model::dist::DEFAULT_BUCKET_BYTES;
 use dino3d_model::precision::Precision;
 use dino3d_model::schedule::ScheduleConfig;
 use dino3d_model::ssl::{Centering, SslConfig};
@@ -176,6 +177,10 @@ pub struct TrainDoc {
     /// default) or `bf16` (half the bytes; DINOv2 reduces in 16 bits).
     #[serde(default)]
     pub gradient_reduce: Option<Spanned<String>>,
+    /// MiB per gradient all-reduce bucket (PyTorch DDP's `bucket_cap_mb`,
+    /// default 25): the buckets start while the backward still runs.
+    #[serde(default)]
+    pub gradient_bucket_mb: Option<Spanned<u64>>,
 }
 
 /// The checked training sections, defaults filled (3DINO stage 1).
@@ -265,6 +270,8 @@ pub struct PretrainConfig {
     pub attention: String,
     /// Gradient all-reduce dtype's recipe name ([`GRADIENT_REDUCE`]).
     pub gradient_reduce: String,
+    /// MiB per gradient all-reduce bucket.
+    pub gradient_bucket_mb: usize,
 }
 
 impl Default for PretrainConfig {
@@ -319,6 +326,7 @@ impl Default for PretrainConfig {
             // Composed until the fused kernel is measured on a GPU.
             attention: AttentionKernel::default().name().into(),
             gradient_reduce: GRADIENT_REDUCE[0].into(),
+            gradient_bucket_mb: DEFAULT_BUCKET_BYTES >> 20,
         }
     }
 }
@@ -629,6 +637,12 @@ pub fn compile(
             "train.gradient_reduce",
             &mut p.gradient_reduce,
         );
+        c.count(
+            &t.gradient_bucket_mb,
+            1,
+            "train.gradient_bucket_mb",
+            &mut p.gradient_bucket_mb,
+        );
     }
     // Schedules hold one value per iteration: refuse absurd run lengths.
     const MAX_ITERATIONS: usize = 1 << 32;
@@ -741,6 +755,9 @@ impl std::fmt::Display for PretrainConfig {
         }
         if t.gradient_reduce != GRADIENT_REDUCE[0] {
             write!(f, ", gradients reduced in {}", t.gradient_reduce)?;
+        }
+        if t.gradient_bucket_mb != DEFAULT_BUCKET_BYTES >> 20 {
+            write!(f, ", {} MiB gradient buckets", t.gradient_bucket_mb)?;
         }
         if let Some(m) = t.max_iterations {
             write!(f, ", stop after {m} it")?;

@@ -145,6 +145,7 @@ pub fn run_ranked(
     let mut model = SslModel::new(cfg, &device, plan.seed)?;
     model.set_activation_checkpointing(t.activation_checkpointing);
     model.set_gradient_reduce_dtype(t.gradient_reduce_dtype())?;
+    model.set_gradient_bucket_bytes(t.gradient_bucket_mb.saturating_mul(1 << 20))?;
     if main {
         checkpoints::remove_leftovers(&out);
     }
@@ -298,6 +299,17 @@ pub fn run_ranked(
                 Some(comm),
             )
             .with_context(|| format!("iteration {it}"))?;
+        // The first step sets the buckets' order; the second shows what
+        // overlaps the backward from then on.
+        if main
+            && it == start + 1
+            && let Some(sync) = model.last_gradient_sync()
+        {
+            bar.note(&format!(
+                "gradient all-reduce: {} buckets of up to {} MiB, {} started during the backward",
+                sync.buckets, t.gradient_bucket_mb, sync.started_in_backward
+            ));
+        }
         let compute_s = t1.elapsed().as_secs_f64();
         wait_sum += data_wait_s;
         compute_sum += compute_s;

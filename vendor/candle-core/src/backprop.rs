@@ -172,6 +172,22 @@ impl Tensor {
     /// backward. (dino3d patch: the recomputed blocks of activation
     /// checkpointing are seeded with their output's gradient.)
     pub fn backward_from(&self, seed: Tensor) -> Result<GradStore> {
+        self.backward_from_with(seed, &mut |_, _| Ok(()))
+    }
+
+    /// [`Tensor::backward_from`], calling `on_final(leaf, grads)` for each
+    /// variable as the backward reaches it. The nodes run in reverse
+    /// topological order, so every op that reads the variable has passed
+    /// its gradient on by then: `grads.get(leaf)` is the variable's final
+    /// gradient in this backward (none if none reached it), possibly a
+    /// strided view. (dino3d patch: data-parallel training starts the
+    /// all-reduce of the first finished gradients while the backward still
+    /// computes the others.)
+    pub fn backward_from_with(
+        &self,
+        seed: Tensor,
+        on_final: &mut dyn FnMut(&Tensor, &GradStore) -> Result<()>,
+    ) -> Result<GradStore> {
         if seed.shape() != self.shape() || seed.dtype() != self.dtype() {
             crate::bail!(
                 "backward seed of shape {:?} {:?} for a tensor of shape {:?} {:?}",
@@ -186,6 +202,7 @@ impl Tensor {
         grads.insert(self, seed.detach().contiguous()?);
         for node in sorted_nodes.iter() {
             if node.is_variable() {
+                on_final(node, &grads)?;
                 continue;
             }
             let grad = grads
