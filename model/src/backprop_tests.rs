@@ -229,7 +229,7 @@ fn a_leaf_detached_in_place_stops_the_backward_and_keeps_its_gradient() {
 /// final: at that moment it equals the gradient the whole backward ends
 /// with, also for a variable read by several ops far apart in the graph
 /// (a weight shared by two "layers", as the global and local passes share
-/// the blocks) and one that no gradient reaches.
+/// the blocks). A variable the walk does not reach is not reported.
 #[test]
 fn each_variable_is_reported_once_with_its_final_gradient() {
     let x0 = tensor(&[4, 5], 8, DType::F64);
@@ -248,7 +248,8 @@ fn each_variable_is_reported_once_with_its_final_gradient() {
         .unwrap()
         .sum_all()
         .unwrap();
-    // `unused` is in the graph but multiplied by zero: no gradient flows.
+    // `unused` enters the loss multiplied by zero: candle's walk stops at
+    // an affine by zero, so it is not in the graph at all.
     let out = (out + (unused.as_tensor().sum_all().unwrap() * 0.0).unwrap()).unwrap();
     let mut seen: Vec<(candle_core::TensorId, Option<Vec<f64>>)> = Vec::new();
     let grads = out

@@ -294,7 +294,7 @@ fn nccl_world_of_one() {
         let mut sync = GradientSync::new(&refs, &plan, &comm, wire).unwrap();
         sync.settle_stored(&grads).unwrap();
         let report = sync.finish(&mut grads).unwrap();
-        assert_eq!(report.started_in_backward, report.buckets);
+        assert!(report.buckets > 3, "{report:?}");
         for (v, b) in refs.iter().zip(&before) {
             let g = grads.get(v.as_tensor()).unwrap();
             assert!(g.device().same_device(&gpu.device()));

@@ -269,7 +269,11 @@ fn how_the_step_is_computed_does_not_change_the_run() {
     // Two ranks reducing in bf16 agree with each other and, to bf16's
     // rounding of the gradients, with two ranks reducing in f32.
     let bf16_dir = tempfile::tempdir().unwrap();
-    let bf16 = run_world(&self::recipe(bf16_dir.path()), 2, &[switched[2]]);
+    let bf16 = run_world(
+        &self::recipe(bf16_dir.path()),
+        2,
+        &[switched[2], switched[3]],
+    );
     assert_eq!(last_loss(&bf16[0]), last_loss(&bf16[1]));
     let f32_dir = tempfile::tempdir().unwrap();
     let f32_run = run_world(&self::recipe(f32_dir.path()), 2, &[]);

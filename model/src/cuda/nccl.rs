@@ -108,9 +108,11 @@ impl NcclCollective {
         // reduction's event before anything reads or frees the result
         // (`PendingReduce`, also when dropped unwaited). Host-slice
         // collectives allocate, use and free their buffers on the
-        // communicator's stream alone. Tested on a GPU by
-        // `tests/cuda_kernels.rs::nccl_world_of_one` (a reduction started
-        // right after a large product, read after more work).
+        // communicator's stream alone. `tests/cuda_kernels.rs::
+        // nccl_world_of_one` runs these paths on a GPU (a reduction started
+        // right after a large product and read after more work); in a world
+        // of one an all-reduce leaves the values as they are, so a missing
+        // order would not show there: it needs two GPUs.
         unsafe { compute.context().disable_event_tracking() };
         let stream = compute.fork().map_err(cuda_err("create the NCCL stream"))?;
         let comm = Comm::from_rank(stream.clone(), rank, world_size, id)
@@ -205,30 +207,52 @@ impl Collective for NcclCollective {
         }
         // A fresh contiguous copy that this call owns, reduced in place.
         let out = t.to_dtype(reduced_dtype(t))?.flatten_all()?.copy()?;
-        if out.elem_count() == 0 {
-            return Ok(PendingReduce::done(out.reshape(t.dims())?));
+        self.start_in_place(out, t.dims(), op)
+    }
+
+    fn start_all_reduce_owned(&self, t: Tensor, op: ReduceOp) -> Result<PendingReduce> {
+        let whole = t.is_contiguous() && t.layout().start_offset() == 0;
+        if !t.device().is_cuda() || !whole || t.dtype() != reduced_dtype(&t) {
+            return self.start_all_reduce_tensor(&t, op);
         }
-        // The reduction starts after candle's work so far (the copy).
+        let dims = t.dims().to_vec();
+        self.start_in_place(t.flatten_all()?, &dims, op)
+    }
+}
+
+impl NcclCollective {
+    /// Queues the all-reduce of `flat`, a contiguous CUDA tensor nothing
+    /// else holds, in place on the communicator's stream after candle's
+    /// work so far; the result has shape `dims`.
+    fn start_in_place(&self, flat: Tensor, dims: &[usize], op: ReduceOp) -> Result<PendingReduce> {
+        if flat.elem_count() == 0 {
+            return Ok(PendingReduce::done(flat.reshape(dims)?));
+        }
         self.stream
             .join(&self.compute)
             .map_err(cuda_err("order the all-reduce after its input"))?;
-        out.inplace_op1(&DeviceAllReduce {
+        flat.inplace_op1(&DeviceAllReduce {
             comm: &self.comm,
             op,
         })?;
-        let reduced = self
-            .stream
-            .record_event(None)
-            .map_err(cuda_err("record the all-reduce's end"))?;
+        let comm_stream = self.stream.clone();
+        let reduced = match self.stream.record_event(None) {
+            Ok(e) => e,
+            Err(e) => {
+                // The reduction may be queued: `flat` must outlive it.
+                let _ = comm_stream.synchronize();
+                return Err(cuda_err("record the all-reduce's end")(e));
+            }
+        };
         let compute = self.compute.clone();
-        Ok(PendingReduce::in_flight(
-            out.reshape(t.dims())?,
-            move || {
-                compute
-                    .wait(&reduced)
-                    .map_err(cuda_err("order the all-reduce before its readers"))
-            },
-        ))
+        Ok(PendingReduce::in_flight(flat.reshape(dims)?, move || {
+            compute.wait(&reduced).map_err(|e| {
+                // Freed on candle's stream next: wait for the reduction
+                // on the host instead.
+                let _ = comm_stream.synchronize();
+                cuda_err("order the all-reduce before its readers")(e)
+            })
+        }))
     }
 }
 

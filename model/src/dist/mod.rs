@@ -71,6 +71,12 @@ pub trait Collective {
     fn start_all_reduce_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<PendingReduce> {
         Ok(PendingReduce::done(self.all_reduce_tensor(t, op)?))
     }
+    /// [`Collective::start_all_reduce_tensor`] of a tensor the caller gives
+    /// away (nothing else holds its storage): NCCL reduces a contiguous f32
+    /// or bf16 one in place instead of copying it first.
+    fn start_all_reduce_owned(&self, t: Tensor, op: ReduceOp) -> Result<PendingReduce> {
+        self.start_all_reduce_tensor(&t, op)
+    }
     /// The tensor of a reduction this rank started, ordered before
     /// whatever reads it next.
     fn wait_all_reduce(&self, pending: PendingReduce) -> Result<Tensor> {

@@ -102,13 +102,15 @@ impl<'a> GradientSync<'a> {
 
     /// The backward reached `leaf`: its gradient (`grad`, none if none
     /// reached it) will not change any more. Leaves that are not among the
-    /// parameters, and parameters reported before, are ignored.
+    /// parameters, parameters reported before, and those a later backward
+    /// may still reach ([`Self::reached_later`]: [`Self::settle_stored`]
+    /// settles them after it) are ignored.
     ///
     /// # Errors
     /// A failed conversion or collective.
     pub fn on_final(&mut self, leaf: &Tensor, grad: Option<&Tensor>) -> Result<()> {
         match self.index.get(&leaf.id()) {
-            Some(&i) if !self.is_final[i] => {
+            Some(&i) if !self.is_final[i] && !self.later.contains(&leaf.id()) => {
                 self.settle(i, grad)?;
                 self.start_complete_buckets()
             }
@@ -246,10 +248,11 @@ impl<'a> GradientSync<'a> {
         }
         let n = present.len();
         flat.push(Tensor::from_vec(present, n, device)?.to_dtype(self.wire)?);
+        // A new tensor (`cat` of at least two parts), given away whole.
         let bucket = Tensor::cat(&flat, 0)?;
         drop(flat);
         self.pending
-            .push(self.comm.start_all_reduce_tensor(&bucket, ReduceOp::Mean)?);
+            .push(self.comm.start_all_reduce_owned(bucket, ReduceOp::Mean)?);
         Ok(())
     }
 }

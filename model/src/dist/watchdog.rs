@@ -246,6 +246,11 @@ impl<C: Collective> Collective for Watchdog<C> {
             c.start_all_reduce_tensor(t, op)
         })
     }
+    fn start_all_reduce_owned(&self, t: Tensor, op: ReduceOp) -> Result<PendingReduce> {
+        self.timed("start_all_reduce_tensor", |c| {
+            c.start_all_reduce_owned(t, op)
+        })
+    }
     fn wait_all_reduce(&self, pending: PendingReduce) -> Result<Tensor> {
         self.timed("wait_all_reduce", |c| {
             let out = c.wait_all_reduce(pending)?;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
+use super::model::PhaseTimer;
 use super::*;
+use crate::Activations;
 use crate::dist::{Collective, InProcess, SyncReport};
 use crate::schedule::ScheduleValues;
 use crate::{DinoHeadConfig, ViT3dConfig};
@@ -414,5 +416,69 @@ fn buckets_started_during_the_backward_change_nothing() {
             );
         }
         assert_close(many_run, &one, 3e-4);
+    }
+}
+
+/// The step's gradients, averaged bucket by bucket while the backward runs
+/// (many small buckets; the first step's assumed order, then the recorded
+/// one), are those of the whole backward followed by one all-reduce, bit
+/// for bit, with kept and with recomputed activations. A gradient captured
+/// before it was final would differ here.
+#[test]
+fn gradients_averaged_during_the_backward_are_those_averaged_after_it() {
+    let cfg = cfg(Centering::SinkhornKnopp, 0.1);
+    let data = Arc::new(Data::new(80));
+    for checkpointing in [false, true] {
+        let (cfg, data) = (cfg.clone(), data.clone());
+        let out = crate::dist::on_ranks(WORLD, move |comm| {
+            let mut m = SslModel::new(cfg.clone(), &Device::Cpu, 3).unwrap();
+            m.set_activation_checkpointing(checkpointing);
+            m.set_gradient_bucket_bytes(2 << 10).unwrap();
+            let shard = data.shard(comm.rank());
+            let batch = shard.batch();
+            let mut timer = PhaseTimer::new(None).unwrap();
+            let activations = if checkpointing {
+                Activations::Recompute
+            } else {
+                Activations::Keep
+            };
+            let mut losses = |m: &mut SslModel| {
+                m.losses_timed(&batch, 0.05, None, Some(&comm), activations, &mut timer)
+                    .unwrap()
+            };
+            let read = |m: &SslModel, grads: &candle_core::backprop::GradStore| {
+                m.trained_params()
+                    .iter()
+                    .map(|v| {
+                        let g = grads.get(v.as_tensor()).expect("a gradient");
+                        g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let l = losses(&mut m);
+            let mut after = l.backward(&m.student().backbone).unwrap();
+            let vars = m.trained_params();
+            crate::dist::average_gradients(&mut after, &vars, &comm, candle_core::DType::F32)
+                .unwrap();
+            let after = read(&m, &after);
+            let mut during = Vec::new();
+            for _ in 0..2 {
+                let l = losses(&mut m);
+                let mut t = PhaseTimer::new(None).unwrap();
+                let grads = m.averaged_backward(l, &comm, &mut t).unwrap();
+                during.push((read(&m, &grads), m.last_gradient_sync().unwrap().clone()));
+            }
+            (after, during)
+        });
+        for (rank, (after, during)) in out.iter().enumerate() {
+            for (step, (grads, sync)) in during.iter().enumerate() {
+                assert!(
+                    grads == after,
+                    "checkpointing {checkpointing}, rank {rank}, step {step}"
+                );
+                assert!(sync.buckets > 4, "{sync:?}");
+            }
+            assert!(during[1].1.started_in_backward > during[1].1.buckets / 2);
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
@@ -113,14 +114,14 @@ pub struct StepReport {
 /// Times the phases of a step, waiting for the device at each boundary
 /// (so a GPU's queued work is counted where it was enqueued); does nothing
 /// when off.
-struct PhaseTimer {
+pub(super) struct PhaseTimer {
     device: Option<Device>,
     last: std::time::Instant,
     phases: Vec<(&'static str, f64)>,
 }
 
 impl PhaseTimer {
-    fn new(device: Option<&Device>) -> Result<Self> {
+    pub(super) fn new(device: Option<&Device>) -> Result<Self> {
         if let Some(d) = device {
             d.synchronize()?;
         }
@@ -356,7 +357,7 @@ impl SslModel {
         )
     }
 
-    fn losses_timed(
+    pub(super) fn losses_timed(
         &mut self,
         batch: &SslBatch,
         teacher_temp: f64,
@@ -461,47 +462,7 @@ impl SslModel {
                 timer.mark("backward")?;
                 grads
             }
-            Some(comm) => {
-                // Buckets start while the backward runs; what is left of
-                // the all-reduce after it is the exposed communication.
-                let vars = self.optimizer.vars_with_prefix("");
-                let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-                let elem_bytes = self.gradient_wire.size_in_bytes();
-                let plan = match &self.gradient_buckets {
-                    Some(plan) if plan.len() == vars.len() => plan.clone(),
-                    _ => {
-                        let reversed: Vec<usize> = (0..vars.len()).rev().collect();
-                        BucketPlan::new(
-                            &reversed,
-                            &sizes,
-                            elem_bytes,
-                            self.gradient_bucket_bytes,
-                            false,
-                        )?
-                    }
-                };
-                let mut sync = GradientSync::new(&vars, &plan, comm, self.gradient_wire)?;
-                if self.student_activations == Activations::Recompute {
-                    // The tapes reach the backbone after the loss's graph.
-                    let backbone = self.optimizer.vars_with_prefix("backbone.");
-                    sync.reached_later(backbone.iter().map(|v| v.id()));
-                }
-                let mut grads = losses.backward_synced(&self.student.backbone, Some(&mut sync))?;
-                timer.mark("backward")?;
-                let report = sync.finish(&mut grads)?;
-                timer.mark("all_reduce")?;
-                if !plan.is_observed() {
-                    self.gradient_buckets = Some(BucketPlan::agreed(
-                        &report.order,
-                        &sizes,
-                        elem_bytes,
-                        self.gradient_bucket_bytes,
-                        comm,
-                    )?);
-                }
-                self.last_gradient_sync = Some(report);
-                grads
-            }
+            Some(comm) => self.averaged_backward(losses, comm, &mut timer)?,
         };
         // Norms are reported even when clipping is off (an infinite bound).
         let bound = if self.cfg.clip_grad > 0.0 {
@@ -532,6 +493,62 @@ impl SslModel {
             n_masked,
             phases: timer.phases,
         })
+    }
+
+    /// The backward of `losses` with the gradients averaged over `comm`:
+    /// the buckets start while the backward runs, and what is left of the
+    /// all-reduce after it is the exposed communication. The first call
+    /// records the order the backward finishes the gradients in; later ones
+    /// bucket in rank 0's recorded order.
+    pub(super) fn averaged_backward(
+        &mut self,
+        losses: SslLosses,
+        comm: &dyn Collective,
+        timer: &mut PhaseTimer,
+    ) -> Result<GradStore> {
+        let vars = self.trained_params();
+        let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+        let elem_bytes = self.gradient_wire.size_in_bytes();
+        let plan = match &self.gradient_buckets {
+            Some(plan) if plan.len() == vars.len() => plan.clone(),
+            _ => {
+                let reversed: Vec<usize> = (0..vars.len()).rev().collect();
+                BucketPlan::new(
+                    &reversed,
+                    &sizes,
+                    elem_bytes,
+                    self.gradient_bucket_bytes,
+                    false,
+                )?
+            }
+        };
+        let mut sync = GradientSync::new(&vars, &plan, comm, self.gradient_wire)?;
+        if self.student_activations == Activations::Recompute {
+            // The tapes reach the backbone after the loss's graph.
+            let backbone = self.optimizer.vars_with_prefix("backbone.");
+            sync.reached_later(backbone.iter().map(|v| v.id()));
+        }
+        let mut grads = losses.backward_synced(&self.student.backbone, Some(&mut sync))?;
+        timer.mark("backward")?;
+        let report = sync.finish(&mut grads)?;
+        timer.mark("all_reduce")?;
+        if !plan.is_observed() {
+            self.gradient_buckets = Some(BucketPlan::agreed(
+                &report.order,
+                &sizes,
+                elem_bytes,
+                self.gradient_bucket_bytes,
+                comm,
+            )?);
+        }
+        self.last_gradient_sync = Some(report);
+        Ok(grads)
+    }
+
+    /// The student's parameters in the optimiser's (sorted, every rank's)
+    /// order: those whose gradients a data-parallel step averages.
+    pub(super) fn trained_params(&self) -> Vec<&candle_core::Var> {
+        self.optimizer.vars_with_prefix("")
     }
 
     fn tokens_per_global(&self, batch: &SslBatch) -> Result<usize> {
