@@ -363,6 +363,50 @@ fn model_sinkhorn_on_cuda_tensors_matches_the_cpu() {
     }
 }
 
+/// `loss::sinkhorn_knopp_all` on CUDA tensors of three in-process ranks on
+/// one GPU (the fused kernels, the prototype sums all-reduced between the
+/// launches; the middle rank has no rows) against the single-process
+/// kernels on all rows, at 3DINO's head size.
+#[test]
+fn model_sinkhorn_over_ranks_on_cuda_matches_one_process() {
+    use dino3d_model::dist::{Collective, InProcess};
+    let Some(gpu) = gpu() else { return };
+    let (k, split) = (65_536usize, [0usize, 48, 48, 128]);
+    let logits = uniform(128 * k, 17, 1.0);
+    let dev = gpu.device();
+    let all = Tensor::from_slice(&logits, (128, k), &dev).unwrap();
+    let want = dino3d_model::loss::sinkhorn_knopp(&all, 0.04, 3)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let logits = std::sync::Arc::new(logits);
+    let threads: Vec<_> = InProcess::group(3)
+        .into_iter()
+        .map(|comm| {
+            let (logits, dev) = (logits.clone(), dev.clone());
+            std::thread::spawn(move || {
+                let r = comm.rank();
+                let rows = split[r + 1] - split[r];
+                let mine = &logits[split[r] * k..split[r + 1] * k];
+                let t = Tensor::from_slice(mine, (rows, k), &dev).unwrap();
+                let q = dino3d_model::loss::sinkhorn_knopp_all(&t, 0.04, 3, &comm).unwrap();
+                assert_eq!(q.dims(), [rows, k]);
+                assert!(q.device().same_device(&dev));
+                q.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+        })
+        .collect();
+    let got: Vec<f32> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let err = max_rel_err(&got, &want);
+    println!("Sinkhorn-Knopp over 3 ranks on CUDA vs one process: rel err {err:.3e}");
+    assert!(err <= 1e-5, "rel err {err:.3e} > 1e-5");
+}
+
 /// Asking for an NCCL id never panics: without the library it is
 /// `NoCudaDevice` (the dlopen check runs first), with it an id or an error.
 #[test]

@@ -9,7 +9,9 @@
 //! the buffers of candle's tensors, with no host round trip. The model calls
 //! them where it runs on a CUDA device: the teacher EMA
 //! ([`crate::optim::ema_update_var`]) and Sinkhorn-Knopp
-//! ([`crate::loss::sinkhorn_knopp`]). cudarc opens the driver, NVRTC and NCCL
+//! ([`crate::loss::sinkhorn_knopp`], and over all ranks' rows
+//! [`crate::loss::sinkhorn_knopp_all`], the prototype sums all-reduced on
+//! the device between the launches). cudarc opens the driver, NVRTC and NCCL
 //! at run time: a machine without them gets [`crate::ModelError::NoCudaDevice`]
 //! from [`GpuContext::new`], never a panic.
 //!
@@ -44,6 +46,8 @@ mod nccl;
 #[cfg(feature = "cuda")]
 mod sinkhorn_ce;
 #[cfg(feature = "cuda")]
+mod sinkhorn_ranks;
+#[cfg(feature = "cuda")]
 pub(crate) mod storage;
 
 #[cfg(feature = "cuda")]
@@ -64,3 +68,5 @@ pub use nccl::{NCCL_ID_BYTES, NcclCollective, nccl_unique_id};
 pub(crate) use sinkhorn_ce::sinkhorn_knopp_tensor;
 #[cfg(feature = "cuda")]
 pub use sinkhorn_ce::{SinkhornCeGpu, sinkhorn_ce};
+#[cfg(feature = "cuda")]
+pub(crate) use sinkhorn_ranks::sinkhorn_knopp_tensor_all;

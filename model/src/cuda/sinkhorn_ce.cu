@@ -34,15 +34,17 @@ extern "C" __global__ void sk_exp(const float* __restrict__ logits,
 // Blocks of (32 columns) x (SK_PROTO_ROWS row groups): thread (x, y) sums
 // rows y, y + SK_PROTO_ROWS, ... of column c (consecutive x read
 // consecutive columns, so row reads coalesce), then the row groups are
-// added in a fixed order: u[c] = 1 / (k * sum_i e[i][c] v[i]).
+// added in a fixed order: u[c] = 1 / (k * sum_i e[i][c] v[i]) (INVERT),
+// or the sum itself, this rank's part of data-parallel Sinkhorn-Knopp's
+// prototype sums (u follows from all ranks' total as 1 / (k * total)).
 #define SK_PROTO_COLS 32
 #define SK_PROTO_ROWS 8
-extern "C" __global__ void __launch_bounds__(SK_PROTO_COLS * SK_PROTO_ROWS)
-sk_proto_scale(const float* __restrict__ e,
-               const float* __restrict__ v,
-               float* __restrict__ u,
-               int n,
-               int k) {
+template <bool INVERT>
+__device__ void sk_proto(const float* __restrict__ e,
+                         const float* __restrict__ v,
+                         float* __restrict__ out,
+                         int n,
+                         int k) {
     __shared__ float part[SK_PROTO_ROWS][SK_PROTO_COLS];
     int c = blockIdx.x * SK_PROTO_COLS + threadIdx.x;
     float s = 0.0f;
@@ -58,8 +60,26 @@ sk_proto_scale(const float* __restrict__ e,
         for (int y = 0; y < SK_PROTO_ROWS; ++y) {
             total += part[y][threadIdx.x];
         }
-        u[c] = 1.0f / (total * (float)k);
+        out[c] = INVERT ? 1.0f / (total * (float)k) : total;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(SK_PROTO_COLS * SK_PROTO_ROWS)
+sk_proto_scale(const float* __restrict__ e,
+               const float* __restrict__ v,
+               float* __restrict__ u,
+               int n,
+               int k) {
+    sk_proto<true>(e, v, u, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(SK_PROTO_COLS * SK_PROTO_ROWS)
+sk_proto_sums(const float* __restrict__ e,
+              const float* __restrict__ v,
+              float* __restrict__ sums,
+              int n,
+              int k) {
+    sk_proto<false>(e, v, sums, n, k);
 }
 
 // One block per sample row i: v[i] = 1 / (n * sum_c e[i][c] u[c]).

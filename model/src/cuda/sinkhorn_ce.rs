@@ -12,7 +12,7 @@ use crate::{ModelError, Result};
 
 /// `sk_proto_scale`'s block: `SK_PROTO_COLS` columns × `SK_PROTO_ROWS` row
 /// groups (see `sinkhorn_ce.cu`).
-const PROTO_BLOCK: (u32, u32) = (32, 8);
+pub(super) const PROTO_BLOCK: (u32, u32) = (32, 8);
 
 /// Device outputs of [`sinkhorn_ce`], row-major `(rows, prototypes)` where
 /// 2-D; the same quantities as [`crate::kernels_ref::SinkhornCe`].
@@ -282,7 +282,7 @@ fn exp_and_scale(
 }
 
 /// One `ROW_BLOCK`-thread block per row.
-fn row_launch(rows: i32) -> LaunchConfig {
+pub(super) fn row_launch(rows: i32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (ROW_BLOCK, 1, 1),

@@ -46,6 +46,7 @@ pub(crate) const SINKHORN_CE: KernelSource = KernelSource {
     kernels: &[
         "sk_exp",
         "sk_proto_scale",
+        "sk_proto_sums",
         "sk_sample_scale",
         "sk_targets",
         "sk_finish_ce_grad",

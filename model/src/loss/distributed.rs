@@ -26,6 +26,14 @@ pub fn sinkhorn_knopp_all(
     let dtype = teacher_logits.dtype();
     let dev = teacher_logits.device();
     let logits = teacher_logits.detach().to_dtype(DType::F32)?;
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() && iterations > 0 {
+        // The fused kernels, the prototype sums all-reduced on the device.
+        return Ok(
+            crate::cuda::sinkhorn_knopp_tensor_all(&logits, temp, iterations, comm)?
+                .to_dtype(dtype)?,
+        );
+    }
     let mut reduce = |v: &mut [f64]| comm.all_reduce_f64(v, ReduceOp::Sum);
     if dev.is_cpu() || n == 0 {
         let l = logits.flatten_all()?.to_vec1::<f32>()?;

@@ -1,0 +1,318 @@
+//! Sinkhorn-Knopp over the rows of all ranks on the GPU (3DINO's
+//! distributed centring) with the fused kernels of `sinkhorn_ce.cu`: the
+//! only sums over samples are the K prototype sums of each iteration, which
+//! are all-reduced on the device between the launches; the sample step and
+//! the targets are each rank's own rows. With the scaling vectors of the
+//! kernels (`Q = E·diag(u)·diag(v)`), one rank holding every row gives the
+//! single-process kernels' launches and values.
+
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, InplaceOp3, Layout, Shape, Tensor,
+};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::context::cuda_err;
+use super::sinkhorn_ce::{PROTO_BLOCK, row_launch};
+use super::sources::SINKHORN_CE;
+use super::storage::{gpu_of, to_candle, view, wrap};
+use crate::dist::{Collective, ReduceOp};
+use crate::{ModelError, Result};
+
+/// [`crate::loss::sinkhorn_knopp`] of this rank's f32 teacher logits
+/// `(n, K)` (on a CUDA device) as part of all ranks' rows: the row count
+/// and each iteration's prototype sums are all-reduced (the sums as device
+/// tensors, through [`Collective::all_reduce_tensor`]); every rank, one
+/// without rows too, must call it with the same `K` and `iterations`.
+///
+/// # Errors
+/// Zero iterations; sizes past the kernels' `i32`; a failed launch or
+/// collective.
+pub(crate) fn sinkhorn_knopp_tensor_all(
+    logits: &Tensor,
+    temp: f64,
+    iterations: usize,
+    comm: &dyn Collective,
+) -> Result<Tensor> {
+    if iterations == 0 {
+        return Err(ModelError::Input(
+            "Sinkhorn-Knopp on the GPU needs at least one iteration".into(),
+        ));
+    }
+    let (n, k) = logits.dims2()?;
+    let dev = logits.device();
+    let mut count = [n as f64];
+    comm.all_reduce_f64(&mut count, ReduceOp::Sum)?;
+    let n_total = count[0] as f32;
+    if n_total == 0.0 {
+        return Ok(Tensor::from_vec(Vec::<f32>::new(), (0, k), dev)?);
+    }
+    // A rank without rows launches nothing but takes part in every sum.
+    let e = if n > 0 {
+        Some(logits.contiguous()?.apply_op1_no_bwd(&SkExp {
+            inv_temp: (1.0 / temp) as f32,
+        })?)
+    } else {
+        None
+    };
+    let mut v = match &e {
+        Some(_) => Some(Tensor::ones(n, DType::F32, dev)?),
+        None => None,
+    };
+    let mut u = None;
+    for _ in 0..iterations {
+        let sums = match (&e, &v) {
+            (Some(e), Some(v)) => e.apply_op2_no_bwd(v, &SkProtoSums)?,
+            _ => Tensor::zeros(k, DType::F32, dev)?,
+        };
+        let sums = comm.all_reduce_tensor(&sums, ReduceOp::Sum)?;
+        // 1 / (K · total), as `sk_proto_scale` computes it.
+        let scale = sums.affine(k as f64, 0.0)?.recip()?;
+        if let Some(e) = &e {
+            v = Some(e.apply_op2_no_bwd(&scale, &SkSampleScale { n_total })?);
+        }
+        u = Some(scale);
+    }
+    match (e, u, v) {
+        (Some(e), Some(u), Some(v)) => {
+            // `e` is this function's own: the targets overwrite it.
+            e.inplace_op3(&u, &v, &SkTargets { n_total })?;
+            Ok(e)
+        }
+        _ => Ok(Tensor::from_vec(Vec::<f32>::new(), (0, k), dev)?),
+    }
+}
+
+/// `(n, K)` sizes as the kernels' `int`s.
+fn sizes(layout: &Layout) -> candle_core::Result<(i32, i32)> {
+    let (n, k) = layout.shape().dims2()?;
+    match (i32::try_from(n), i32::try_from(k)) {
+        (Ok(n), Ok(k)) => Ok((n, k)),
+        _ => candle_core::bail!("Sinkhorn-Knopp: {n}×{k} exceeds the kernels' i32 sizes"),
+    }
+}
+
+fn cuda_only(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{name}: CUDA tensors only"))
+}
+
+/// `E = exp(logits / T)`.
+struct SkExp {
+    inv_temp: f32,
+}
+
+impl CustomOp1 for SkExp {
+    fn name(&self) -> &'static str {
+        "sinkhorn-exp"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(cuda_only(self.name()))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        sizes(l)?;
+        let gpu = gpu_of(s)?;
+        let logits = view(s, l)?;
+        let len = l.shape().elem_count();
+        let stream = gpu.stream();
+        let out = (|| -> Result<cudarc::driver::CudaSlice<f32>> {
+            let mut e = stream
+                .alloc_zeros::<f32>(len)
+                .map_err(cuda_err("Sinkhorn alloc"))?;
+            let f = gpu.function(SINKHORN_CE, "sk_exp")?;
+            let len_u64 = len as u64;
+            let mut launch = stream.launch_builder(&f);
+            launch
+                .arg(&logits)
+                .arg(&mut e)
+                .arg(&self.inv_temp)
+                .arg(&len_u64);
+            // SAFETY: matches `sk_exp(const float*, float*, float, unsigned
+            // long long)`; both buffers hold `len` f32, grid-stride to `len`.
+            unsafe { launch.launch(gpu.stride_config(len)) }.map_err(cuda_err("launch sk_exp"))?;
+            Ok(e)
+        })();
+        Ok((wrap(out, s)?, l.shape().clone()))
+    }
+}
+
+/// This rank's prototype sums `Σ_i E[i][c] v[i]`, `(K)`.
+struct SkProtoSums;
+
+impl CustomOp2 for SkProtoSums {
+    fn name(&self) -> &'static str {
+        "sinkhorn-proto-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(cuda_only(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        e_s: &CudaStorage,
+        e_l: &Layout,
+        v_s: &CudaStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (n, k) = sizes(e_l)?;
+        if v_l.shape().elem_count() != n as usize {
+            candle_core::bail!(
+                "sinkhorn-proto-sums: {} sample scales for {n} rows",
+                v_l.shape().elem_count()
+            );
+        }
+        let gpu = gpu_of(e_s)?;
+        let (e, v) = (view(e_s, e_l)?, view(v_s, v_l)?);
+        let stream = gpu.stream();
+        let out = (|| -> Result<cudarc::driver::CudaSlice<f32>> {
+            let mut sums = stream
+                .alloc_zeros::<f32>(k as usize)
+                .map_err(cuda_err("Sinkhorn alloc"))?;
+            let f = gpu.function(SINKHORN_CE, "sk_proto_sums")?;
+            let per_proto = LaunchConfig {
+                grid_dim: ((k as u32).div_ceil(PROTO_BLOCK.0), 1, 1),
+                block_dim: (PROTO_BLOCK.0, PROTO_BLOCK.1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&f);
+            launch.arg(&e).arg(&v).arg(&mut sums).arg(&n).arg(&k);
+            // SAFETY: matches `sk_proto_sums(const float*, const float*,
+            // float*, int, int)`; e holds n·k f32, v n, sums k; the block is
+            // the kernel's (32, 8) and threads past column k read nothing.
+            unsafe { launch.launch(per_proto) }.map_err(cuda_err("launch sk_proto_sums"))?;
+            Ok(sums)
+        })();
+        Ok((wrap(out, e_s)?, Shape::from(k as usize)))
+    }
+}
+
+/// The sample step `v[i] = 1 / (N · Σ_c E[i][c] u[c])` with all ranks' row
+/// count N, `(n)`.
+struct SkSampleScale {
+    n_total: f32,
+}
+
+impl CustomOp2 for SkSampleScale {
+    fn name(&self) -> &'static str {
+        "sinkhorn-sample-scale"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(cuda_only(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        e_s: &CudaStorage,
+        e_l: &Layout,
+        u_s: &CudaStorage,
+        u_l: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (n, k) = sizes(e_l)?;
+        if u_l.shape().elem_count() != k as usize {
+            candle_core::bail!(
+                "sinkhorn-sample-scale: {} prototype scales for {k} columns",
+                u_l.shape().elem_count()
+            );
+        }
+        let gpu = gpu_of(e_s)?;
+        let (e, u) = (view(e_s, e_l)?, view(u_s, u_l)?);
+        let stream = gpu.stream();
+        let out = (|| -> Result<cudarc::driver::CudaSlice<f32>> {
+            let mut v = stream
+                .alloc_zeros::<f32>(n as usize)
+                .map_err(cuda_err("Sinkhorn alloc"))?;
+            let f = gpu.function(SINKHORN_CE, "sk_sample_scale")?;
+            let mut launch = stream.launch_builder(&f);
+            launch
+                .arg(&e)
+                .arg(&u)
+                .arg(&mut v)
+                .arg(&k)
+                .arg(&self.n_total);
+            // SAFETY: matches `sk_sample_scale(const float*, const float*,
+            // float*, int, float)`; one block per row of e (n·k f32), u
+            // holds k, v n.
+            unsafe { launch.launch(row_launch(n)) }.map_err(cuda_err("launch sk_sample_scale"))?;
+            Ok(v)
+        })();
+        Ok((wrap(out, e_s)?, Shape::from(n as usize)))
+    }
+}
+
+/// The targets `t[i][c] = E[i][c] u[c] (v[i] N)`, in place over E.
+struct SkTargets {
+    n_total: f32,
+}
+
+impl InplaceOp3 for SkTargets {
+    fn name(&self) -> &'static str {
+        "sinkhorn-targets-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        Err(cuda_only(self.name()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        e_s: &mut CudaStorage,
+        e_l: &Layout,
+        u_s: &CudaStorage,
+        u_l: &Layout,
+        v_s: &CudaStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (n, k) = sizes(e_l)?;
+        if u_l.shape().elem_count() != k as usize || v_l.shape().elem_count() != n as usize {
+            candle_core::bail!("sinkhorn-targets: scales of the wrong sizes for {n}×{k}");
+        }
+        let Some((start, end)) = e_l.contiguous_offsets() else {
+            candle_core::bail!("sinkhorn-targets: a non-contiguous operand");
+        };
+        let gpu = gpu_of(e_s)?;
+        let (u, v) = (view(u_s, u_l)?, view(v_s, v_l)?);
+        let len = end - start;
+        let len_u64 = len as u64;
+        let f = gpu.function(SINKHORN_CE, "sk_targets").map_err(to_candle)?;
+        let stream = gpu.stream().clone();
+        let e = e_s.as_cuda_slice_mut::<f32>()?;
+        let mut e = e.slice_mut(start..end);
+        let mut launch = stream.launch_builder(&f);
+        launch
+            .arg(&mut e)
+            .arg(&u)
+            .arg(&v)
+            .arg(&k)
+            .arg(&self.n_total)
+            .arg(&len_u64);
+        // SAFETY: matches `sk_targets(float*, const float*, const float*,
+        // int, float, unsigned long long)`; e holds len = n·k f32, u k, v n;
+        // grid-stride to `len`.
+        unsafe { launch.launch(gpu.stride_config(len)) }
+            .map_err(cuda_err("launch sk_targets"))
+            .map_err(to_candle)?;
+        Ok(())
+    }
+}
