@@ -3,8 +3,8 @@
 //! only sums over samples are the K prototype sums of each iteration, which
 //! are all-reduced on the device between the launches; the sample step and
 //! the targets are each rank's own rows. With the scaling vectors of the
-//! kernels (`Q = E·diag(u)·diag(v)`), one rank holding every row gives the
-//! single-process kernels' launches and values.
+//! kernels (`Q = E·diag(u)·diag(v)`) the grand total cancels, and one rank
+//! holding every row gives the single-process kernels' values, bit for bit.
 
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, InplaceOp3, Layout, Shape, Tensor,
@@ -25,20 +25,22 @@ use crate::{ModelError, Result};
 /// without rows too, must call it with the same `K` and `iterations`.
 ///
 /// # Errors
-/// Zero iterations; sizes past the kernels' `i32`; a failed launch or
-/// collective.
+/// Zero iterations or prototypes; sizes past the kernels' `i32`; a failed
+/// launch or collective.
 pub(crate) fn sinkhorn_knopp_tensor_all(
     logits: &Tensor,
     temp: f64,
     iterations: usize,
     comm: &dyn Collective,
 ) -> Result<Tensor> {
-    if iterations == 0 {
-        return Err(ModelError::Input(
-            "Sinkhorn-Knopp on the GPU needs at least one iteration".into(),
-        ));
-    }
     let (n, k) = logits.dims2()?;
+    // Refused before the first collective: K and the iterations are the
+    // same on every rank, so all ranks stop together.
+    if iterations == 0 || k == 0 || i32::try_from(k).is_err() {
+        return Err(ModelError::Input(format!(
+            "Sinkhorn-Knopp on the GPU needs an iteration and 1 to 2^31 prototypes (given {iterations}, {k})"
+        )));
+    }
     let dev = logits.device();
     let mut count = [n as f64];
     comm.all_reduce_f64(&mut count, ReduceOp::Sum)?;
@@ -46,7 +48,8 @@ pub(crate) fn sinkhorn_knopp_tensor_all(
     if n_total == 0.0 {
         return Ok(Tensor::from_vec(Vec::<f32>::new(), (0, k), dev)?);
     }
-    // A rank without rows launches nothing but takes part in every sum.
+    // A rank without rows runs none of the kernels but takes part in every
+    // sum.
     let e = if n > 0 {
         Some(logits.contiguous()?.apply_op1_no_bwd(&SkExp {
             inv_temp: (1.0 / temp) as f32,
@@ -314,5 +317,41 @@ impl InplaceOp3 for SkTargets {
             .map_err(cuda_err("launch sk_targets"))
             .map_err(to_candle)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::{GpuContext, NcclCollective, nccl_unique_id, sinkhorn_knopp_tensor};
+
+    /// Through NCCL in a world of one (the prototype sums all-reduced on the
+    /// device) the pass is the single-process kernels' pass, bit for bit.
+    /// Skipped without a GPU or NCCL.
+    #[test]
+    fn one_rank_over_nccl_is_the_single_process_pass() {
+        let skip = |e: ModelError| match e {
+            ModelError::NoCudaDevice(why) => println!("skipped: {why}"),
+            e => panic!("{e}"),
+        };
+        let gpu = match GpuContext::new(0) {
+            Ok(g) => g,
+            Err(e) => return skip(e),
+        };
+        let id = match nccl_unique_id() {
+            Ok(id) => id,
+            Err(e) => return skip(e),
+        };
+        let comm = NcclCollective::new(&gpu, 0, 1, &id).unwrap();
+        let (n, k) = (96, 4096);
+        let logits = crate::kernels_ref::testing::uniform(n * k, 3, 1.0);
+        let t = Tensor::from_vec(logits, (n, k), &gpu.device()).unwrap();
+        let read = |q: Tensor| q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = read(sinkhorn_knopp_tensor(&t, 0.04, 3).unwrap());
+        let got = read(sinkhorn_knopp_tensor_all(&t, 0.04, 3, &comm).unwrap());
+        assert!(got == want, "differs from the single-process pass");
+        let none = Tensor::from_vec(Vec::<f32>::new(), (0, k), &gpu.device()).unwrap();
+        let e = sinkhorn_knopp_tensor_all(&none, 0.04, 0, &comm).unwrap_err();
+        assert!(e.to_string().contains("needs an iteration"), "{e}");
     }
 }

@@ -3,9 +3,9 @@
 //! deadline on every collective ([`Watchdog`]), and the gradients' bucketed
 //! all-reduce that starts while the backward still runs ([`GradientSync`]).
 //!
-//! The small sums (Sinkhorn-Knopp's K prototype sums, a centre, the loss
-//! values) are reduced over host slices; the gradients as tensors, where
-//! they lie. The NCCL implementation is `crate::cuda::NcclCollective`
+//! The small sums (a centre, the loss values, and Sinkhorn-Knopp's K
+//! prototype sums on the CPU) are reduced over host slices; the gradients,
+//! and Sinkhorn-Knopp's sums on CUDA, as tensors, where they lie. The NCCL implementation is `crate::cuda::NcclCollective`
 //! (feature `cuda`): it reduces CUDA tensors on the GPU, on a stream of its
 //! own.
 

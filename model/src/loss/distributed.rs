@@ -10,9 +10,12 @@ use crate::Result;
 use crate::dist::{Collective, ReduceOp};
 
 /// [`sinkhorn_knopp`] of this rank's rows as part of all ranks' rows: the
-/// sample count, the grand total and the per-prototype sums are all-reduced;
-/// each rank gets its own rows' probabilities. Every rank must call it, one
-/// with no rows (`(0, K)`) too. A world of one is [`sinkhorn_knopp`] exactly.
+/// sample count, the grand total (on the CPU; on CUDA it cancels) and the
+/// per-prototype sums are all-reduced; each rank gets its own rows'
+/// probabilities. Every rank must call it, one with no rows (`(0, K)`) too,
+/// with its logits on the same kind of device as every other rank's (the
+/// CPU reduces in f64 on the host, CUDA in f32 on the device). A world of
+/// one is [`sinkhorn_knopp`] exactly.
 pub fn sinkhorn_knopp_all(
     teacher_logits: &Tensor,
     temp: f64,
