@@ -218,6 +218,10 @@ run_train_step() {
     gpu_step "train step ViT-L b8 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=8 "$bin"
     gpu_step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$bin"
     gpu_step "train step ViT-L b32 bf16" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 "$bin"
+    # The same step through NCCL in a world of one (issue 25): the gradient
+    # buckets' cost in the real step, and the all-reduce left after the
+    # backward (phase all_reduce).
+    gpu_step "train step ViT-L b32 bf16 NCCL world of one" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 STEPS=2 NCCL=1 "$bin"
     # bf16 activations (the MLP's hidden layer, q, k, v in bf16 only): does
     # batch 64 fit without checkpointing, next to PyTorch's 54 GiB? Out of
     # memory fails this row; the checkpointed row below still answers.

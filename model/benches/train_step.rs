@@ -13,7 +13,11 @@
 //! `train.activation_checkpointing`), ATTENTION (composed or fused, as
 //! `train.attention`), PHASES (1: also the mean seconds of each phase of
 //! the step: teacher, student, backward, clip, adamw, ema; the device is
-//! waited for at each boundary, which costs a little).
+//! waited for at each boundary, which costs a little), NCCL (1, with the
+//! `cuda` feature on a CUDA device: the step through NCCL in a world of
+//! one, its data-parallel paths run, so the gradient buckets are timed in
+//! the real step; with PHASES=1 `all_reduce` is what the backward did not
+//! hide).
 //! On a GPU it also prints tokens/s and the model FLOP utilisation against
 //! PEAK_TFLOPS (989, the H100 SXM dense bf16 peak). Large freed buffers are
 //! kept for reuse, as `dino-run` keeps them (DINO3D_DEFAULT_ALLOCATOR=1: not).
@@ -23,6 +27,7 @@ mod common;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use dino3d_model::dist::Collective;
 use dino3d_model::precision::{Precision, autocast};
 use dino3d_model::schedule::ScheduleValues;
 use dino3d_model::ssl::{SslBatch, SslConfig, SslModel};
@@ -40,6 +45,20 @@ fn noise(seed: u64, shape: &[usize], device: &Device) -> Tensor {
     let n = shape.iter().product();
     let v = dino3d_model::kernels_ref::testing::uniform(n, seed, 1.0);
     Tensor::from_vec(v, shape, device).expect("noise tensor")
+}
+
+/// NCCL in a world of one on `dev` (NCCL=1).
+#[cfg(feature = "cuda")]
+fn nccl_world_of_one(dev: &Device) -> Box<dyn Collective> {
+    use dino3d_model::cuda::{GpuContext, NcclCollective, nccl_unique_id};
+    let gpu = GpuContext::from_device(dev).expect("NCCL=1 needs DEVICE=cuda");
+    let id = nccl_unique_id().expect("NCCL=1 needs the NCCL library");
+    Box::new(NcclCollective::new(&gpu, 0, 1, &id).expect("NCCL, a world of one"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl_world_of_one(_: &Device) -> Box<dyn Collective> {
+    panic!("NCCL=1 needs the cuda feature")
 }
 
 fn device() -> Device {
@@ -133,6 +152,8 @@ fn main() {
     let mut model = SslModel::new(cfg, &dev, 0).expect("model");
     model.set_activation_checkpointing(checkpoint);
     model.set_phase_timing(env("PHASES", 0) == 1);
+    let comm = (env("NCCL", 0) == 1).then(|| nccl_world_of_one(&dev));
+    model.set_collectives_in_a_world_of_one(comm.is_some());
     let globals = noise(1, &[2 * b, 1, gs, gs, gs], &dev);
     let locals = noise(2, &[nl * b, 1, ls, ls, ls], &dev);
     let batch = SslBatch {
@@ -152,7 +173,9 @@ fn main() {
     let mut phases: Vec<(&'static str, f64)> = Vec::new();
     for i in 0..warmup + steps {
         let t = Instant::now();
-        let r = model.step(&batch, values, Some(i as u64)).expect("step");
+        let r = model
+            .step_with(&batch, values, Some(i as u64), comm.as_deref())
+            .expect("step");
         dev.synchronize().expect("synchronize");
         let s = t.elapsed().as_secs_f64();
         if i >= warmup {
@@ -178,6 +201,12 @@ fn main() {
     if !phases.is_empty() {
         let line: Vec<String> = phases.iter().map(|(n, t)| format!("{n}={t:.4}")).collect();
         println!("step phases (mean s): {}", line.join(" "));
+    }
+    if let Some(sync) = model.last_gradient_sync() {
+        println!(
+            "gradient buckets: {} per step, {} started during the backward (NCCL, a world of one)",
+            sync.buckets, sync.started_in_backward
+        );
     }
     if !dev.is_cpu() {
         let peak = env("PEAK_TFLOPS", 989) as f64 * 1e12;

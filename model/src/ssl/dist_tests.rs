@@ -307,6 +307,33 @@ fn a_world_of_one_is_the_single_process_step() {
     assert_eq!(one.1, reports);
 }
 
+/// A world of one made to run the data-parallel paths (the losses' mean,
+/// the gradient buckets) still gives `step`'s parameters, bit for bit, in
+/// f32; and the buckets did run.
+#[test]
+fn a_world_of_one_can_run_the_data_parallel_paths() {
+    let cfg = cfg(Centering::SinkhornKnopp, 0.1);
+    let data = vec![Data::new(90), Data::new(91)];
+    let one = run_one(&cfg, &data);
+    let mut m = SslModel::new(cfg, &Device::Cpu, 3).unwrap();
+    m.set_collectives_in_a_world_of_one(true);
+    m.set_gradient_bucket_bytes(2 << 10).unwrap();
+    let single = crate::dist::SingleProcess;
+    let reports: Vec<StepReport> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            m.step_with(&d.batch(), values(i), None, Some(&single))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(one.0, params(&m));
+    assert_eq!(one.1, reports);
+    let sync = m.last_gradient_sync().expect("the buckets ran");
+    assert!(sync.buckets > 4, "{sync:?}");
+    assert_eq!(sync.started_in_backward, sync.buckets);
+}
+
 /// A rank that fails mid-job makes the others fail naming it, not hang.
 #[test]
 fn a_failing_rank_stops_the_others() {

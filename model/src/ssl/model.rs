@@ -165,6 +165,8 @@ pub struct SslModel {
     gradient_buckets: Option<BucketPlan>,
     /// What the last data-parallel step's gradient all-reduce did.
     last_gradient_sync: Option<SyncReport>,
+    /// Whether a world of one runs the data-parallel code paths too.
+    collectives_in_a_world_of_one: bool,
     /// Whether steps time their phases.
     phase_timing: bool,
 }
@@ -207,6 +209,7 @@ impl SslModel {
             gradient_bucket_bytes: DEFAULT_BUCKET_BYTES,
             gradient_buckets: None,
             last_gradient_sync: None,
+            collectives_in_a_world_of_one: false,
             phase_timing: false,
         })
     }
@@ -252,6 +255,15 @@ impl SslModel {
         self.gradient_bucket_bytes = bytes;
         self.gradient_buckets = None;
         Ok(())
+    }
+
+    /// Runs [`Self::step_with`]'s data-parallel code paths (the loss values'
+    /// mean, the gradient buckets) in a world of one too, where by default
+    /// they are skipped: to test or time them on one GPU with NCCL. The
+    /// step is the same (a mean over one rank is the value; in a bf16 wire
+    /// the gradients are rounded to bf16).
+    pub fn set_collectives_in_a_world_of_one(&mut self, on: bool) {
+        self.collectives_in_a_world_of_one = on;
     }
 
     /// What the last data-parallel step's gradient all-reduce did: its
@@ -409,7 +421,9 @@ impl SslModel {
     /// is its own share's (KoLeo per rank), and the gradients are averaged
     /// before clipping, so every rank applies the same update and the
     /// replicas stay equal. The reported losses are the ranks' mean. With
-    /// `None` or a world of one this is [`Self::step`] exactly.
+    /// `None` or a world of one this is [`Self::step`] exactly (a world of
+    /// one skips the collectives unless
+    /// [`Self::set_collectives_in_a_world_of_one`]).
     pub fn step_with(
         &mut self,
         batch: &SslBatch,
@@ -417,7 +431,11 @@ impl SslModel {
         drop_path_seed: Option<u64>,
         comm: Option<&dyn Collective>,
     ) -> Result<StepReport> {
-        let comm = distributed(comm);
+        let comm = if self.collectives_in_a_world_of_one {
+            comm
+        } else {
+            distributed(comm)
+        };
         let device = self
             .phase_timing
             .then(|| self.student.backbone.device().clone());
