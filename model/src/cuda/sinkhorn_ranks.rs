@@ -19,16 +19,19 @@ use crate::dist::{Collective, ReduceOp};
 use crate::{ModelError, Result};
 
 /// [`crate::loss::sinkhorn_knopp`] of this rank's f32 teacher logits
-/// `(n, K)` (on a CUDA device) as part of all ranks' rows: the row count
-/// and each iteration's prototype sums are all-reduced (the sums as device
-/// tensors, through [`Collective::all_reduce_tensor`]); every rank, one
-/// without rows too, must call it with the same `K` and `iterations`.
+/// `(n, K)` (on the CUDA device `compute`) as part of all ranks' rows: the
+/// row count and each iteration's prototype sums are all-reduced (the sums
+/// as device tensors on `compute`, through
+/// [`Collective::all_reduce_tensor`]); every rank, one without rows too,
+/// must call it with the same `K` and `iterations`. A rank without rows
+/// may hold its empty logits on any device and gets them back.
 ///
 /// # Errors
 /// Zero iterations or prototypes; sizes past the kernels' `i32`; a failed
 /// launch or collective.
 pub(crate) fn sinkhorn_knopp_tensor_all(
     logits: &Tensor,
+    compute: &candle_core::Device,
     temp: f64,
     iterations: usize,
     comm: &dyn Collective,
@@ -41,12 +44,12 @@ pub(crate) fn sinkhorn_knopp_tensor_all(
             "Sinkhorn-Knopp on the GPU needs an iteration and 1 to 2^31 prototypes (given {iterations}, {k})"
         )));
     }
-    let dev = logits.device();
+    let dev = compute;
     let mut count = [n as f64];
     comm.all_reduce_f64(&mut count, ReduceOp::Sum)?;
     let n_total = count[0] as f32;
     if n_total == 0.0 {
-        return Ok(Tensor::from_vec(Vec::<f32>::new(), (0, k), dev)?);
+        return Ok(logits.clone());
     }
     // A rank without rows runs none of the kernels but takes part in every
     // sum.
@@ -81,7 +84,7 @@ pub(crate) fn sinkhorn_knopp_tensor_all(
             e.inplace_op3(&u, &v, &SkTargets { n_total })?;
             Ok(e)
         }
-        _ => Ok(Tensor::from_vec(Vec::<f32>::new(), (0, k), dev)?),
+        _ => Ok(logits.clone()),
     }
 }
 
@@ -348,10 +351,10 @@ mod tests {
         let t = Tensor::from_vec(logits, (n, k), &gpu.device()).unwrap();
         let read = |q: Tensor| q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = read(sinkhorn_knopp_tensor(&t, 0.04, 3).unwrap());
-        let got = read(sinkhorn_knopp_tensor_all(&t, 0.04, 3, &comm).unwrap());
+        let got = read(sinkhorn_knopp_tensor_all(&t, &gpu.device(), 0.04, 3, &comm).unwrap());
         assert!(got == want, "differs from the single-process pass");
-        let none = Tensor::from_vec(Vec::<f32>::new(), (0, k), &gpu.device()).unwrap();
-        let e = sinkhorn_knopp_tensor_all(&none, 0.04, 0, &comm).unwrap_err();
+        let none = Tensor::from_vec(Vec::<f32>::new(), (0, k), &candle_core::Device::Cpu).unwrap();
+        let e = sinkhorn_knopp_tensor_all(&none, &gpu.device(), 0.04, 0, &comm).unwrap_err();
         assert!(e.to_string().contains("needs an iteration"), "{e}");
     }
 }

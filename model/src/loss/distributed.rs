@@ -14,10 +14,31 @@ use crate::dist::{Collective, ReduceOp};
 /// per-prototype sums are all-reduced; each rank gets its own rows'
 /// probabilities. Every rank must call it, one with no rows (`(0, K)`) too,
 /// with its logits on the same kind of device as every other rank's (the
-/// CPU reduces in f64 on the host, CUDA in f32 on the device). A world of
-/// one is [`sinkhorn_knopp`] exactly.
+/// CPU reduces in f64 on the host, CUDA in f32 on the device; see
+/// [`sinkhorn_knopp_all_on`] for a rank whose empty logits lie elsewhere).
+/// A world of one is [`sinkhorn_knopp`] exactly.
 pub fn sinkhorn_knopp_all(
     teacher_logits: &Tensor,
+    temp: f64,
+    iterations: usize,
+    comm: &dyn Collective,
+) -> Result<Tensor> {
+    sinkhorn_knopp_all_on(
+        teacher_logits,
+        teacher_logits.device(),
+        temp,
+        iterations,
+        comm,
+    )
+}
+
+/// [`sinkhorn_knopp_all`] where `compute` is the device the ranks' rows
+/// live on. A rank without rows may hold its empty `(0, K)` logits on
+/// another device (the CPU: no zero-size buffer on a GPU) and still takes
+/// part in `compute`'s collectives; it gets its empty logits back.
+pub fn sinkhorn_knopp_all_on(
+    teacher_logits: &Tensor,
+    compute: &candle_core::Device,
     temp: f64,
     iterations: usize,
     comm: &dyn Collective,
@@ -28,15 +49,20 @@ pub fn sinkhorn_knopp_all(
     let (n, k) = teacher_logits.dims2()?;
     let dtype = teacher_logits.dtype();
     let dev = teacher_logits.device();
-    let logits = teacher_logits.detach().to_dtype(DType::F32)?;
     #[cfg(feature = "cuda")]
-    if dev.is_cuda() && iterations > 0 {
+    if compute.is_cuda() && iterations > 0 {
         // The fused kernels, the prototype sums all-reduced on the device.
-        return Ok(
-            crate::cuda::sinkhorn_knopp_tensor_all(&logits, temp, iterations, comm)?
-                .to_dtype(dtype)?,
-        );
+        let logits = if n == 0 {
+            teacher_logits.clone()
+        } else {
+            teacher_logits.detach().to_dtype(DType::F32)?
+        };
+        let q = crate::cuda::sinkhorn_knopp_tensor_all(&logits, compute, temp, iterations, comm)?;
+        return Ok(q.to_dtype(dtype)?);
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = compute;
+    let logits = teacher_logits.detach().to_dtype(DType::F32)?;
     let mut reduce = |v: &mut [f64]| comm.all_reduce_f64(v, ReduceOp::Sum);
     if dev.is_cpu() || n == 0 {
         let l = logits.flatten_all()?.to_vec1::<f32>()?;

@@ -13,7 +13,7 @@ mod koleo;
 
 pub use centering::{SoftmaxCentering, sinkhorn_knopp};
 pub use dino::{DinoLoss, dino_loss};
-pub use distributed::sinkhorn_knopp_all;
+pub use distributed::{sinkhorn_knopp_all, sinkhorn_knopp_all_on};
 pub use ibot::{ibot_loss, masked_indices_and_weights};
 pub use koleo::koleo_loss;
 

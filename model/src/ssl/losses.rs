@@ -7,7 +7,7 @@ use super::model::{Centering, Networks};
 use crate::dist::{Collective, GradientSync, distributed};
 use crate::loss::{
     SINKHORN_ITERATIONS, STUDENT_TEMP, SoftmaxCentering, dino_loss, ibot_loss, koleo_loss,
-    sinkhorn_knopp, sinkhorn_knopp_all,
+    sinkhorn_knopp, sinkhorn_knopp_all, sinkhorn_knopp_all_on,
 };
 use crate::{Activations, BlockTape, ForwardOptions, ModelError, Result, ViT3d};
 
@@ -245,11 +245,13 @@ fn teacher_targets_all(
             .index_select(&gather.indices, 0)?;
         teacher.ibot_head.forward(&tokens)?.detach()
     } else {
+        // On the CPU: a GPU takes no zero-size buffer. The centring still
+        // takes part in the model device's collectives.
         let k = teacher.ibot_head.config().n_prototypes;
-        Tensor::zeros((0, k), dino_logits.dtype(), dino_logits.device())?
+        Tensor::zeros((0, k), dino_logits.dtype(), &candle_core::Device::Cpu)?
     };
     let dino = centering.dino_probs_all(&dino_logits, temp, comm)?;
-    let ibot = centering.ibot_probs_all(&ibot_logits, temp, comm)?;
+    let ibot = centering.ibot_probs_all(&ibot_logits, dino_logits.device(), temp, comm)?;
     centering.update_all(&dino_logits, &ibot_logits, comm)?;
     Ok(Targets {
         dino,
@@ -385,9 +387,19 @@ impl CenteringState {
         }
     }
 
-    fn ibot_probs_all(&self, logits: &Tensor, temp: f64, comm: &dyn Collective) -> Result<Tensor> {
+    /// `compute`: the model's device (`logits` may be an empty placeholder
+    /// elsewhere).
+    fn ibot_probs_all(
+        &self,
+        logits: &Tensor,
+        compute: &candle_core::Device,
+        temp: f64,
+        comm: &dyn Collective,
+    ) -> Result<Tensor> {
         match self {
-            Self::Sinkhorn => sinkhorn_knopp_all(logits, temp, SINKHORN_ITERATIONS, comm),
+            Self::Sinkhorn => {
+                sinkhorn_knopp_all_on(logits, compute, temp, SINKHORN_ITERATIONS, comm)
+            }
             // No rows here (candle cannot reduce over none); nothing to share.
             Self::Softmax { .. } if logits.dim(0)? == 0 => Ok(logits.clone()),
             Self::Softmax { ibot, .. } => ibot.probs(logits, temp),
