@@ -174,8 +174,15 @@ impl MaskGather {
                 batch.masks.len()
             )));
         }
+        // No masked token: the empty selection stays on the CPU (CUDA takes
+        // no zero-size buffer; nothing reads it when the count is 0).
+        let on = if batch.masks.contains(&true) {
+            dev
+        } else {
+            &candle_core::Device::Cpu
+        };
         let (indices, weights) =
-            crate::loss::masked_indices_and_weights(batch.masks, n_tokens, dev)?;
+            crate::loss::masked_indices_and_weights(batch.masks, n_tokens, on)?;
         let flags: Vec<u8> = batch.masks.iter().map(|&m| m as u8).collect();
         Ok(Self {
             count: indices.dim(0)?,
