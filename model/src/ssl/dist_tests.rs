@@ -294,8 +294,13 @@ fn a_world_of_one_is_the_single_process_step() {
     let data = vec![Data::new(40), Data::new(41)];
     let one = run_one(&cfg, &data);
     let mut m = SslModel::new(cfg, &Device::Cpu, 3).unwrap();
+    assert_eq!(one, run_single_process(&mut m, &data));
+}
+
+/// `data`'s steps through `step_with` over [`crate::dist::SingleProcess`].
+fn run_single_process(m: &mut SslModel, data: &[Data]) -> Run {
     let single = crate::dist::SingleProcess;
-    let reports: Vec<StepReport> = data
+    let reports = data
         .iter()
         .enumerate()
         .map(|(i, d)| {
@@ -303,8 +308,7 @@ fn a_world_of_one_is_the_single_process_step() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(one.0, params(&m));
-    assert_eq!(one.1, reports);
+    (params(m), reports)
 }
 
 /// A world of one made to run the data-parallel paths (the losses' mean,
@@ -318,17 +322,7 @@ fn a_world_of_one_can_run_the_data_parallel_paths() {
     let mut m = SslModel::new(cfg, &Device::Cpu, 3).unwrap();
     m.set_collectives_in_a_world_of_one(true);
     m.set_gradient_bucket_bytes(2 << 10).unwrap();
-    let single = crate::dist::SingleProcess;
-    let reports: Vec<StepReport> = data
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            m.step_with(&d.batch(), values(i), None, Some(&single))
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(one.0, params(&m));
-    assert_eq!(one.1, reports);
+    assert_eq!(one, run_single_process(&mut m, &data));
     let sync = m.last_gradient_sync().expect("the buckets ran");
     assert!(sync.buckets > 4, "{sync:?}");
     assert_eq!(sync.started_in_backward, sync.buckets);
