@@ -64,17 +64,21 @@ impl<'a> Planes<'a> {
         }
     }
 
-    /// Every row of `rows` from these planes into `out` (see [`Self::decode`];
-    /// mapped 16-bit voxels without a table take the vector kernels).
+    /// Every row of `rows` (only those `wanted` marks, when given) from these
+    /// planes into `out` (see [`Self::decode`]; mapped 16-bit voxels without
+    /// a table take the vector kernels).
     pub(crate) fn decode_rows(
         &self,
         rows: Rows,
+        wanted: Option<&[bool]>,
         out: &mut [MaybeUninit<f32>],
         table: &[f32],
         map: Option<&DecodeMap>,
     ) {
         let w = rows.width;
-        rows.for_each(|s, d| self.decode(s, &mut out[d..d + w], table, map));
+        rows.for_each_wanted(wanted, |s, d| {
+            self.decode(s, &mut out[d..d + w], table, map)
+        });
     }
 
     /// Voxels `from..from + out.len()` as float32. Integers go through

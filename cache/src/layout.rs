@@ -277,6 +277,30 @@ impl PlaneRect {
     }
 }
 
+/// What a reader needs of one z-plane: a rectangle and, optionally, only
+/// some of its rows (a resize reads only the rows its taps name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneNeed<'m> {
+    /// The part of the plane read.
+    pub rect: PlaneRect,
+    /// Per plane row `y` (the plane's height long): whether it is read;
+    /// `None`: every row of the rectangle.
+    pub rows: Option<&'m [bool]>,
+}
+
+impl From<PlaneRect> for PlaneNeed<'_> {
+    fn from(rect: PlaneRect) -> Self {
+        PlaneNeed { rect, rows: None }
+    }
+}
+
+impl<'m> PlaneNeed<'m> {
+    /// The row flags of rows `y0..y1` (`None`: all wanted).
+    pub(crate) fn rows_in(&self, y0: usize, y1: usize) -> Option<&'m [bool]> {
+        self.rows.map(|r| &r[y0..y1])
+    }
+}
+
 /// Rows of a box copied from a chunk into an output: `ny · nz` rows of `width`
 /// voxels; row `(y, z)` starts at `src + y·src_row + z·src_plane` in the
 /// chunk's planes and at `dst + y·dst_row + z·dst_plane` in the output.
@@ -299,11 +323,12 @@ impl Rows {
         self.width * self.ny * self.nz
     }
 
-    /// Calls `f(src_start, dst_start)` for every row, z outermost.
+    /// Calls `f(src_start, dst_start)` for every row `y` with `wanted[y]`
+    /// (every row when `None`), z outermost.
     #[inline(always)]
-    pub(crate) fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+    pub(crate) fn for_each_wanted(&self, wanted: Option<&[bool]>, mut f: impl FnMut(usize, usize)) {
         for z in 0..self.nz {
-            for y in 0..self.ny {
+            for y in (0..self.ny).filter(|&y| wanted.is_none_or(|w| w[y])) {
                 f(
                     self.src + y * self.src_row + z * self.src_plane,
                     self.dst + y * self.dst_row + z * self.dst_plane,

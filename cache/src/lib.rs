@@ -41,6 +41,6 @@ pub use codec::Codec;
 pub use decode_map::DecodeMap;
 pub use entry::Entry;
 pub use error::{CacheError, Result};
-pub use layout::{ArrayMeta, Header, Layout, PlaneRect, StoredType};
+pub use layout::{ArrayMeta, Header, Layout, PlaneNeed, PlaneRect, StoredType};
 pub use store::{CacheDir, DEFAULT_CHUNK, DEFAULT_CODEC, FORMAT_VERSION, Lookup, entry_key};
 pub use write::{ArrayToWrite, write_entry};

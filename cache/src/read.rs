@@ -9,9 +9,9 @@ use crate::decode::{Decoding, Planes};
 use crate::decode_map::DecodeMap;
 use crate::entry::Entry;
 use crate::error::{CacheError, Result};
-use crate::layout::{PlaneRect, StoredType};
+use crate::layout::{PlaneNeed, PlaneRect, StoredType};
 use crate::scratch::{PlaneAt, SCRATCH, SCRATCH_KEEP};
-use crate::window::{Segment, window_word_slab};
+use crate::window::{Segment, prefetch, window_word_slab};
 
 impl Entry {
     /// The box `[start, start + extent)` of array `array` (decode map
@@ -66,7 +66,7 @@ impl Entry {
                         let i = meta.chunk_index([ch, kz, ky, kx]);
                         let rows = meta.box_rows([ch, kz, ky, kx], start, extent);
                         self.with_chunk_planes(array, i, |planes| {
-                            planes.decode_rows(rows, out, table, map);
+                            planes.decode_rows(rows, None, out, table, map);
                         })?;
                         written += rows.len();
                     }
@@ -121,7 +121,7 @@ impl Entry {
                     rows,
                 })
                 .collect();
-            window_word_slab(&segments, meta.dtype == StoredType::I16, map, out);
+            window_word_slab(&segments, meta.dtype == StoredType::I16, map, None, out);
             Ok(segments.iter().map(|s| s.rows.len()).sum())
         })
     }
@@ -137,10 +137,12 @@ impl Entry {
 
     /// Decodes array `array` one z-plane at a time, channel by channel and in
     /// increasing z within each channel. For each
-    /// plane `z` for which `needs(z)` gives a rectangle, calls
+    /// plane `z` for which `needs(z)` gives a rectangle (a [`PlaneRect`], or
+    /// a [`PlaneNeed`] naming also which rows), calls
     /// `f(channel, z, plane)` with an `nx · ny` plane (x fastest) whose voxels
-    /// inside the rectangle are those [`Entry::read_all`] gives, bit for bit;
-    /// voxels outside it hold whatever an earlier plane left there. Each slab
+    /// inside the rectangle (on the rows needed) are those
+    /// [`Entry::read_all`] gives, bit for bit; other voxels hold whatever an
+    /// earlier plane left there (rows not needed are not computed). Each slab
     /// of chunks along z is decoded once (only the chunks the slab's
     /// rectangles touch) and the array is never materialised: a reader that
     /// consumes planes as they come (cutting views) pays no full-array write.
@@ -150,23 +152,36 @@ impl Entry {
     ///
     /// # Errors
     /// Damage in a chunk this reads; planes before it were already given to `f`.
-    pub fn for_each_plane(
+    ///
+    /// # Panics
+    /// When a [`PlaneNeed`]'s row flags are not `ny` long.
+    pub fn for_each_plane<'m, N: Into<PlaneNeed<'m>>>(
         &self,
         array: usize,
-        needs: impl Fn(usize) -> Option<PlaneRect>,
+        needs: impl Fn(usize) -> Option<N>,
         mut f: impl FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
         let meta = &self.header.arrays[array];
         let [c, nx, ny, nz] = meta.shape;
         let n = meta.chunks_per_axis();
         let decoding = self.decoding(array);
-        let rects: Vec<Option<PlaneRect>> = (0..nz)
+        let needs: Vec<Option<PlaneNeed<'m>>> = (0..nz)
             .map(|z| {
                 needs(z)
-                    .map(|r| r.clamped([nx, ny]))
-                    .filter(|r| !r.is_empty())
+                    .map(Into::into)
+                    .map(|need: PlaneNeed<'m>| {
+                        if let Some(rows) = need.rows {
+                            assert_eq!(rows.len(), ny, "plane {z}: one row flag per row");
+                        }
+                        PlaneNeed {
+                            rect: need.rect.clamped([nx, ny]),
+                            ..need
+                        }
+                    })
+                    .filter(|need| !need.rect.is_empty())
             })
             .collect();
+        let rects: Vec<Option<PlaneRect>> = needs.iter().map(|n| n.map(|n| n.rect)).collect();
         // Per slab of chunks along z: the union of its planes' rectangles.
         let slab_rects: Vec<Option<PlaneRect>> = (0..n[2])
             .map(|kz| {
@@ -192,7 +207,7 @@ impl Entry {
         }
         let mut plane = vec![0f32; nx * ny];
         let result =
-            self.planes_of_slabs(array, &rects, &slab_rects, &decoding, &mut plane, &mut f);
+            self.planes_of_slabs(array, &needs, &slab_rects, &decoding, &mut plane, &mut f);
         // A slab of a large array can leave tens of MiB in this thread's
         // scratch; give back what ordinary reads would not use again.
         SCRATCH.with(|cell| cell.borrow_mut().trim(SCRATCH_KEEP));
@@ -204,7 +219,7 @@ impl Entry {
     fn planes_of_slabs(
         &self,
         array: usize,
-        rects: &[Option<PlaneRect>],
+        needs: &[Option<PlaneNeed<'_>>],
         slab_rects: &[Option<PlaneRect>],
         decoding: &Decoding<'_>,
         plane: &mut [f32],
@@ -237,9 +252,10 @@ impl Entry {
                     let scratch = &*scratch;
                     let planes_of = |at: [PlaneAt; 4]| at.map(|p| scratch.plane(p, &self.map));
                     for z in z_range.clone() {
-                        let Some(rect) = rects[z] else {
+                        let Some(need) = needs[z] else {
                             continue;
                         };
+                        let rect = need.rect;
                         // SAFETY: `MaybeUninit<f32>` has the layout of `f32`,
                         // and only initialised `f32` values are written
                         // through this view (which ends before `plane` is
@@ -247,35 +263,55 @@ impl Entry {
                         let out =
                             unsafe { &mut *(&mut *plane as *mut [f32] as *mut [MaybeUninit<f32>]) };
                         let span = rect.chunks(meta.chunk);
-                        for ky in span[1].clone() {
-                            // The chunks of this chunk row the rectangle meets
-                            // (decoded above: the slab's rectangle holds it).
-                            let row_chunks = span[0].clone().map(|kx| {
+                        // The needed rows of chunk row `ky` (`None`: none).
+                        let rows_of = |ky: usize| {
+                            let y0 = rect.start[1].max(ky * meta.chunk[1]);
+                            let y1 = rect.end[1].min((ky + 1) * meta.chunk[1]);
+                            let wanted = need.rows_in(y0, y1);
+                            wanted.is_none_or(|w| w.contains(&true)).then_some(wanted)
+                        };
+                        // The chunks of chunk row `ky` the rectangle meets
+                        // (decoded above: the slab's rectangle holds them).
+                        let decoded = &decoded;
+                        let chunks_of = |ky: usize| {
+                            span[0].clone().map(move |kx| {
                                 let at =
                                     decoded[ky * n[0] + kx].expect("inside the slab's rectangle");
-                                (at, meta.plane_rows([kz, ky, kx], z, &rect))
-                            });
-                            if let Some(map) = computed {
-                                let segments: Vec<Segment<'_>> = row_chunks
-                                    .map(|(at, rows)| {
-                                        let [lo, hi, ..] = planes_of(at);
-                                        Segment { lo, hi, rows }
-                                    })
-                                    .collect();
-                                window_word_slab(
-                                    &segments,
-                                    meta.dtype == StoredType::I16,
-                                    map,
-                                    out,
-                                );
-                            } else {
-                                for (at, rows) in row_chunks {
-                                    Planes::from_planes(meta.dtype, planes_of(at))
-                                        .decode_rows(rows, out, table, map);
+                                (planes_of(at), meta.plane_rows([kz, ky, kx], z, &rect))
+                            })
+                        };
+                        if let Some(map) = computed {
+                            let segments_of = |ky: usize| -> Vec<Segment<'_>> {
+                                chunks_of(ky)
+                                    .map(|([lo, hi, ..], rows)| Segment { lo, hi, rows })
+                                    .collect()
+                            };
+                            let mut next = segments_of(span[1].start);
+                            for ky in span[1].clone() {
+                                let segments = std::mem::take(&mut next);
+                                if ky + 1 < span[1].end {
+                                    next = segments_of(ky + 1);
+                                    prefetch(&next);
+                                }
+                                let Some(wanted) = rows_of(ky) else {
+                                    continue;
+                                };
+                                let signed = meta.dtype == StoredType::I16;
+                                window_word_slab(&segments, signed, map, wanted, out);
+                            }
+                        } else {
+                            for ky in span[1].clone() {
+                                let Some(wanted) = rows_of(ky) else {
+                                    continue;
+                                };
+                                for (planes, rows) in chunks_of(ky) {
+                                    Planes::from_planes(meta.dtype, planes)
+                                        .decode_rows(rows, wanted, out, table, map);
                                 }
                             }
                         }
-                        // The chunks met tile the rectangle, so all of it was written.
+                        // The chunks met tile the rectangle, so all of it
+                        // (its needed rows) was written.
                         f(ch, z, plane);
                     }
                     Ok(())

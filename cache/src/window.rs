@@ -11,13 +11,13 @@ use std::mem::MaybeUninit;
 use crate::decode_map::DecodeMap;
 use crate::layout::Rows;
 
-/// Whether [`window_word_rows`] has a vector path on this CPU; without one
+/// Whether [`window_word_slab`] has a vector path on this CPU; without one
 /// the caller's lookup table is faster than scalar arithmetic.
 pub(crate) fn vector_path() -> bool {
     Kernel::best() != Kernel::Scalar
 }
 
-/// Which instruction set runs [`window_word_rows`].
+/// Which instruction set runs [`window_word_slab`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// Plain Rust, one voxel at a time.
@@ -74,17 +74,20 @@ pub(crate) struct Segment<'a> {
 /// pieces far apart. The row loops run inside the vectorised kernels (a row
 /// is only as wide as a chunk, so a call per row would cost about as much as
 /// the row). The segments must share `ny`, `nz`, `dst_row` and `dst_plane`.
+/// With `wanted` (`ny` long), only rows `y` with `wanted[y]` are written (in
+/// every z): a reader that reads only some rows pays for only those.
 ///
 /// # Panics
-/// When a row falls outside its planes or the output, or the segments'
-/// shared geometry differs.
+/// When a row falls outside its planes or the output, the segments' shared
+/// geometry differs, or `wanted` is not `ny` long.
 pub(crate) fn window_word_slab(
     segments: &[Segment<'_>],
     signed: bool,
     map: &DecodeMap,
+    wanted: Option<&[bool]>,
     out: &mut [MaybeUninit<f32>],
 ) {
-    window_word_slab_with(Kernel::best(), segments, signed, map, out);
+    window_word_slab_with(Kernel::best(), segments, signed, map, wanted, out);
 }
 
 /// [`window_word_slab`] on a chosen kernel (which this CPU must run).
@@ -93,11 +96,16 @@ fn window_word_slab_with(
     segments: &[Segment<'_>],
     signed: bool,
     map: &DecodeMap,
+    wanted: Option<&[bool]>,
     out: &mut [MaybeUninit<f32>],
 ) {
     let Some(first) = segments.first().map(|s| s.rows) else {
         return;
     };
+    if let Some(wanted) = wanted {
+        assert_eq!(wanted.len(), first.ny, "one wanted flag per row");
+    }
+    let wanted = Wanted(wanted);
     for seg in segments {
         let r = seg.rows;
         assert!(
@@ -132,10 +140,10 @@ fn window_word_slab_with(
             // only pass kernels this CPU was detected to run.
             unsafe {
                 match (kernel, signed) {
-                    (Kernel::Avx512, true) => simd::slab_avx512::<true>(segments, k, out),
-                    (Kernel::Avx512, false) => simd::slab_avx512::<false>(segments, k, out),
-                    (_, true) => simd::slab_avx2::<true>(segments, k, map, out),
-                    (_, false) => simd::slab_avx2::<false>(segments, k, map, out),
+                    (Kernel::Avx512, true) => simd::slab_avx512::<true>(segments, k, wanted, out),
+                    (Kernel::Avx512, false) => simd::slab_avx512::<false>(segments, k, wanted, out),
+                    (_, true) => simd::slab_avx2::<true>(segments, k, map, wanted, out),
+                    (_, false) => simd::slab_avx2::<false>(segments, k, map, wanted, out),
                 }
             }
             return;
@@ -143,7 +151,7 @@ fn window_word_slab_with(
     }
     let _ = kernel; // only the x86-64 block above reads it
     for z in 0..first.nz {
-        for y in 0..first.ny {
+        for y in (0..first.ny).filter(|&y| wanted.row(y)) {
             for seg in segments {
                 let r = seg.rows;
                 let (s, d, w) = (
@@ -189,7 +197,50 @@ fn window_words(
         dst_row: width,
         dst_plane: width,
     };
-    window_word_slab_with(kernel, &[Segment { lo, hi, rows }], signed, map, out);
+    window_word_slab_with(kernel, &[Segment { lo, hi, rows }], signed, map, None, out);
+}
+
+/// Asks the CPU to start loading the bytes that windowing `segments` will
+/// read. A plane's rows of one chunk are a 1 KiB block, and a slab row reads
+/// one block from each of up to 32 byte planes far apart: too many short
+/// streams for the hardware prefetcher, so each block's first lines would
+/// otherwise be waited for. Issued one chunk row ahead.
+pub(crate) fn prefetch(segments: &[Segment<'_>]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = segments;
+    #[cfg(target_arch = "x86_64")]
+    for seg in segments {
+        let Some((end, _)) = seg.rows.ends() else {
+            continue;
+        };
+        for plane in [seg.lo, seg.hi] {
+            let end = end.min(plane.len());
+            // Every 64th byte, and the last one: each cache line of a block
+            // that need not start on a line boundary.
+            let lines = (seg.rows.src..end).step_by(64).chain(end.checked_sub(1));
+            for at in lines.filter(|&at| at >= seg.rows.src) {
+                // SAFETY: `at < plane.len()`, so the address is inside the
+                // plane; a prefetch neither reads into the program nor faults.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        plane.as_ptr().add(at).cast(),
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Which rows of a slab to write: all (`None`) or those marked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted<'a>(Option<&'a [bool]>);
+
+impl Wanted<'_> {
+    /// Whether row `y` is written.
+    #[inline(always)]
+    fn row(self, y: usize) -> bool {
+        self.0.is_none_or(|w| w[y])
+    }
 }
 
 #[inline(always)]
@@ -223,7 +274,7 @@ mod simd {
 
     use crate::decode_map::DecodeMap;
 
-    use super::{Segment, word_value};
+    use super::{Segment, Wanted, word_value};
 
     /// [`crate::decode_map::DecodeMap::parts`], with `min ≤ max`.
     #[derive(Debug, Clone, Copy)]
@@ -234,16 +285,19 @@ mod simd {
         pub max: f64,
     }
 
-    /// Runs `$body` for each row of each segment, z then y outermost and
-    /// segments innermost, with `$l`/`$h` the row's planes, `$o` its output
-    /// and `$w` its width (a plain loop, so that it compiles inside the
-    /// kernels' target features).
+    /// Runs `$body` for each wanted row of each segment, z then y outermost
+    /// and segments innermost, with `$l`/`$h` the row's planes, `$o` its
+    /// output and `$w` its width (a plain loop, so that it compiles inside
+    /// the kernels' target features).
     macro_rules! each_row {
-        ($segs:expr, $out:expr, |$l:ident, $h:ident, $o:ident, $w:ident| $body:block) => {
+        ($segs:expr, $wanted:expr, $out:expr, |$l:ident, $h:ident, $o:ident, $w:ident| $body:block) => {
             let first = $segs[0].rows;
             let op = $out.as_mut_ptr().cast::<f32>();
             for z in 0..first.nz {
                 for y in 0..first.ny {
+                    if !$wanted.row(y) {
+                        continue;
+                    }
                     for seg in $segs {
                         let r = seg.rows;
                         let s = r.src + y * r.src_row + z * r.src_plane;
@@ -296,17 +350,18 @@ mod simd {
     /// The AVX2 kernel: 16 voxels per step, 4 f64 lanes per operation.
     ///
     /// # Safety
-    /// AVX2, at least one segment, and every row of every segment inside its
-    /// planes and `out`.
+    /// AVX2, at least one segment, every row of every segment inside its
+    /// planes and `out`, and `wanted` (if any) one flag per row.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn slab_avx2<const SIGNED: bool>(
         segs: &[Segment<'_>],
         k: Coefficients,
         map: &DecodeMap,
+        wanted: Wanted<'_>,
         out: &mut [MaybeUninit<f32>],
     ) {
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm256_set1_pd(v));
-        each_row!(segs, out, |l, h, o, w| {
+        each_row!(segs, wanted, out, |l, h, o, w| {
             let mut i = 0;
             while i + 16 <= w {
                 // SAFETY: i + 16 ≤ w, inside the row.
@@ -346,12 +401,13 @@ mod simd {
     /// The AVX-512 kernel: 16 voxels per step, 8 f64 lanes per operation.
     ///
     /// # Safety
-    /// AVX-512F/BW/VL, at least one segment, and every row of every segment
-    /// inside its planes and `out`.
+    /// AVX-512F/BW/VL, at least one segment, every row of every segment
+    /// inside its planes and `out`, and `wanted` (if any) one flag per row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn slab_avx512<const SIGNED: bool>(
         segs: &[Segment<'_>],
         k: Coefficients,
+        wanted: Wanted<'_>,
         out: &mut [MaybeUninit<f32>],
     ) {
         let k = [k.scale, k.offset, k.min, k.max].map(|v| _mm512_set1_pd(v));
@@ -368,7 +424,7 @@ mod simd {
                 _mm512_cvtpd_ps(_mm512_min_pd(k[3], _mm512_max_pd(k[2], y)))
             })
         };
-        each_row!(segs, out, |l, h, o, w| {
+        each_row!(segs, wanted, out, |l, h, o, w| {
             let mut i = 0;
             while i + 16 <= w {
                 // SAFETY: i + 16 ≤ w, inside the row.
@@ -525,10 +581,11 @@ mod tests {
                 }],
                 true,
                 &map,
+                None,
                 &mut got,
             );
             let mut want = vec![MaybeUninit::new(f32::NAN); 24];
-            rows.for_each(|s, d| {
+            rows.for_each_wanted(None, |s, d| {
                 window_words(
                     Kernel::Scalar,
                     &lo[s..],
@@ -609,7 +666,7 @@ mod tests {
         let mut want = vec![MaybeUninit::new(f32::NAN); total];
         for seg in &segments {
             let r = seg.rows;
-            r.for_each(|s, d| {
+            r.for_each_wanted(None, |s, d| {
                 let w = r.width;
                 let (lo, hi) = (&seg.lo[s..s + w], &seg.hi[s..s + w]);
                 window_words(Kernel::Scalar, lo, hi, true, &map, &mut want[d..d + w]);
@@ -618,16 +675,64 @@ mod tests {
         assert!(bits(&want).iter().all(|&b| b != f32::NAN.to_bits()));
         for kernel in kernels() {
             let mut got = vec![MaybeUninit::new(f32::NAN); total];
-            window_word_slab_with(kernel, &segments, true, &map, &mut got);
+            window_word_slab_with(kernel, &segments, true, &map, None, &mut got);
             assert_eq!(bits(&got), bits(&want), "{kernel:?}");
+        }
+        // Only rows 0 and 2 wanted: those rows (in both planes) as before,
+        // row 1 never written.
+        let wanted = [true, false, true];
+        for kernel in kernels() {
+            let mut got = vec![MaybeUninit::new(f32::NAN); total];
+            window_word_slab_with(kernel, &segments, true, &map, Some(&wanted), &mut got);
+            let (got, want) = (bits(&got), bits(&want));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let y = i / box_w % ny;
+                let expect = if wanted[y] { *w } else { f32::NAN.to_bits() };
+                assert_eq!(*g, expect, "{kernel:?} voxel {i} (row {y})");
+            }
         }
     }
 
+    /// Prefetching rows that end at their planes' last byte (and rows of
+    /// no width) runs and changes nothing (a smoke test: a prefetch has no
+    /// visible effect; its addresses stay below `end`, which `ends()` keeps
+    /// inside the planes, as asserted here).
     #[test]
-    #[should_panic]
-    fn slabs_refuse_mixed_row_geometry() {
-        let map = windows()[0];
-        let rows = |dst_row| Rows {
+    fn prefetching_stays_inside_the_planes() {
+        let lo: Vec<u8> = (0..200u8).collect();
+        let hi = vec![1u8; 200];
+        let rows = |width| Rows {
+            width,
+            ny: 3,
+            nz: 1,
+            src: 20,
+            src_row: 60,
+            src_plane: 180,
+            dst: 0,
+            dst_row: 60,
+            dst_plane: 180,
+        };
+        let segs = [
+            Segment {
+                lo: &lo,
+                hi: &hi,
+                rows: rows(60),
+            },
+            Segment {
+                lo: &lo,
+                hi: &hi,
+                rows: rows(0),
+            },
+        ];
+        assert_eq!(segs[0].rows.ends().unwrap().0, lo.len());
+        prefetch(&segs);
+        assert!(lo.iter().enumerate().all(|(i, &b)| usize::from(b) == i));
+    }
+
+    /// Two rows of two voxels from a 2x2 plane, written at `dst_row` and
+    /// `dst_plane` strides.
+    fn two_rows_of_two(dst_row: usize, dst_plane: usize) -> Rows {
+        Rows {
             width: 2,
             ny: 2,
             nz: 1,
@@ -636,8 +741,30 @@ mod tests {
             src_plane: 4,
             dst: 0,
             dst_row,
-            dst_plane: 8,
-        };
+            dst_plane,
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "one wanted flag per row")]
+    fn a_row_mask_of_another_height_is_refused() {
+        let map = windows()[0];
+        let rows = two_rows_of_two(2, 4);
+        let planes = [0u8; 4];
+        let segs = [Segment {
+            lo: &planes,
+            hi: &planes,
+            rows,
+        }];
+        let mut out = vec![MaybeUninit::<f32>::uninit(); 4];
+        window_word_slab(&segs, true, &map, Some(&[true]), &mut out);
+    }
+
+    #[test]
+    #[should_panic]
+    fn slabs_refuse_mixed_row_geometry() {
+        let map = windows()[0];
+        let rows = |dst_row| two_rows_of_two(dst_row, 8);
         let planes = [0u8; 4];
         let segs = [
             Segment {
@@ -652,7 +779,7 @@ mod tests {
             },
         ];
         let mut out = vec![MaybeUninit::<f32>::uninit(); 16];
-        window_word_slab(&segs, true, &map, &mut out);
+        window_word_slab(&segs, true, &map, None, &mut out);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! folders, is tested in `pipeline/tests/cache_source.rs`.)
 
 use dino3d_cache::{
-    Affine, Array, ArrayToWrite, CacheDir, Codec, DecodeMap, Entry, Layout, Lookup, PlaneRect,
-    StoredType, write_entry,
+    Affine, Array, ArrayToWrite, CacheDir, Codec, DecodeMap, Entry, Layout, Lookup, PlaneNeed,
+    PlaneRect, StoredType, write_entry,
 };
 
 const IDENTITY: Affine = [
@@ -170,6 +170,60 @@ fn round_trip(codec: Codec) {
             .flat_map(|ch| (0..nz).filter(|z| z % 4 != 1).map(move |z| (ch, z)))
             .collect();
         assert_eq!(seen, want, "array {array}: planes in order, as asked");
+    }
+    // Only some rows needed (a resize's taps): those rows as the whole read
+    // gives them, bit for bit; rows no plane needs are never computed (the
+    // plane starts zeroed, and their true values are not all zero).
+    for (array, whole) in [(0, &float), (1, &scaled)] {
+        let [_, nx, ny, nz] = whole.shape;
+        // The fourth mask leaves the second chunk row (y 16..32) out whole.
+        let masks: Vec<Vec<bool>> = (0..4)
+            .map(|m| {
+                (0..ny)
+                    .map(|y| y != 4 && (y + m) % 3 != 0 && (m != 3 || !(16..32).contains(&y)))
+                    .collect()
+            })
+            .collect();
+        let rect = PlaneRect {
+            start: [3, 2],
+            end: [nx, ny - 1],
+        };
+        let need = |z: usize| {
+            (z % 5 != 2).then(|| PlaneNeed {
+                rect,
+                rows: Some(masks[z % 4].as_slice()),
+            })
+        };
+        let value =
+            |ch: usize, z: usize, y: usize, x: usize| whole.data[((ch * nz + z) * ny + y) * nx + x];
+        assert!(
+            (rect.start[0]..rect.end[0]).any(|x| value(0, 0, 4, x) != 0.0),
+            "row 4 holds values a read would give"
+        );
+        let mut planes = 0;
+        e.for_each_plane(array, need, |ch, z, plane| {
+            let mask = &masks[z % 4];
+            for y in rect.start[1]..rect.end[1] {
+                let row = &plane[y * nx..][rect.start[0]..rect.end[0]];
+                if mask[y] {
+                    let want: Vec<f32> = (rect.start[0]..rect.end[0])
+                        .map(|x| value(ch, z, y, x))
+                        .collect();
+                    assert_eq!(row, want.as_slice(), "array {array} plane {z} row {y}");
+                } else if y == 4 {
+                    assert!(
+                        row.iter().all(|&v| v == 0.0),
+                        "array {array} plane {z}: row 4 computed"
+                    );
+                }
+            }
+            planes += 1;
+        })
+        .unwrap();
+        assert_eq!(
+            planes,
+            whole.shape[0] * (0..nz).filter(|z| z % 5 != 2).count()
+        );
     }
 }
 

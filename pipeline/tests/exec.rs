@@ -389,7 +389,8 @@ fn views_follow_their_recipe_and_differ() {
 fn plane_fed_views_equal_finished_views() {
     let text = small_recipe(Path::new("m.json"), false);
     let pipeline = Pipeline::new(&plan(&text));
-    let [nx, ny, nz] = [40, 36, 30];
+    // Tall in y, so that the crops downsize there and skip rows.
+    let [nx, ny, nz] = [40, 96, 30];
     let mut affine = IDENTITY;
     affine[0][3] = -7.5;
     affine[1][1] = 0.8;
@@ -410,19 +411,29 @@ fn plane_fed_views_equal_finished_views() {
             .plane_cutter([nx, ny, nz], vol.spacing, vol.affine, epoch, index)
             .expect("pretrain views start with RandomResizedCrop3d");
         // Feed only what the crops say they need: the rest of each plane
+        // (outside the rectangle, and the rows of it no crop's taps name)
         // poisoned, so reading outside it would show.
+        let needs = cutter.plane_needs();
+        let mut rows_skipped = 0;
         for z in 0..nz {
-            let Some(rect) = cutter.needs(z) else {
+            let Some(need) = needs.get(z) else {
                 continue;
             };
+            let (rect, rows) = (need.rect, need.rows.expect("the crops' rows"));
+            assert_eq!(rows.len(), ny);
             let mut plane = vec![f32::NAN; nx * ny];
-            for y in rect.start[1]..rect.end[1] {
+            for y in (rect.start[1]..rect.end[1]).filter(|&y| rows[y]) {
                 for x in rect.start[0]..rect.end[0] {
                     plane[y * nx + x] = vol.data[(z * ny + y) * nx + x];
                 }
             }
+            rows_skipped += (rect.start[1]..rect.end[1]).filter(|&y| !rows[y]).count();
             cutter.feed(z, &plane);
         }
+        assert!(
+            rows_skipped > 0,
+            "item {index}: some rows of the rectangles go unread"
+        );
         assert_eq!(cutter.finish(Path::new("x")).unwrap(), want, "item {index}");
     }
     // A tail step, or a view starting with something else: no cutter.

@@ -375,8 +375,8 @@ impl CacheSource {
         else {
             return ByPlane::NotApplicable;
         };
-        let needs: Vec<_> = (0..dims[2]).map(|z| cutter.needs(z)).collect();
-        match entry.for_each_plane(0, |z| needs[z], |_, z, plane| cutter.feed(z, plane)) {
+        let needs = cutter.plane_needs();
+        match entry.for_each_plane(0, |z| needs.get(z), |_, z, plane| cutter.feed(z, plane)) {
             Ok(()) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 self.stats.by_plane.fetch_add(1, Ordering::Relaxed);

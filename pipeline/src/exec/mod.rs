@@ -20,6 +20,6 @@ pub use dataset::{Dataset, Items, Keep, plan_cache_dir, plan_items};
 pub use loader::{DirectSource, LoadedBatch, Loader, LoaderConfig, MemorySource, PreparedSource};
 pub use masks::{Masks, ibot_masks};
 pub use passes::{Applied, Passes};
-pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, Stored};
+pub use runner::{MultiCrop, Output, Pipeline, PlaneCutter, PlaneNeeds, Stored};
 pub use sample::{Prepared, Sample};
 pub use sampler::{InfiniteSampler, KeyedShuffle, Shuffle, epoch_order};

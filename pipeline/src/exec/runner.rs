@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use dino3d_cache::PlaneRect;
+use dino3d_cache::{PlaneNeed, PlaneRect};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -468,6 +468,8 @@ impl Pipeline {
 /// of [`Pipeline::finish`] (same draws, same arithmetic).
 pub struct PlaneCutter<'p> {
     pipeline: &'p Pipeline,
+    /// The input's spatial shape.
+    dims: [usize; 3],
     spacing: [f64; 3],
     affine: crate::nifti::affine::Affine,
     /// Per crop, in view order: its view, its draw key, its resize.
@@ -540,6 +542,7 @@ impl Pipeline {
         }
         Some(PlaneCutter {
             pipeline: self,
+            dims,
             spacing,
             affine,
             jobs,
@@ -547,21 +550,74 @@ impl Pipeline {
     }
 }
 
+/// What a [`PlaneCutter`]'s crops read of each input plane
+/// ([`PlaneCutter::plane_needs`]).
+#[derive(Debug, Clone)]
+pub struct PlaneNeeds {
+    /// Per plane: the union of the rectangles of the crops reading it.
+    rects: Vec<Option<PlaneRect>>,
+    /// Row masks (the plane's height long), one per run of planes read by
+    /// the same crops.
+    masks: Vec<Vec<bool>>,
+    /// Per plane: its mask.
+    mask_of: Vec<usize>,
+}
+
+impl PlaneNeeds {
+    /// What the crops read of plane `z` (`None`: no crop reads it).
+    pub fn get(&self, z: usize) -> Option<PlaneNeed<'_>> {
+        let rect = (*self.rects.get(z)?)?;
+        Some(PlaneNeed {
+            rect,
+            rows: Some(&self.masks[self.mask_of[z]]),
+        })
+    }
+}
+
 impl PlaneCutter<'_> {
-    /// The part of input plane `z` the crops read (`None`: none reads it).
-    pub fn needs(&self, z: usize) -> Option<PlaneRect> {
-        self.jobs
-            .iter()
-            .filter(|(_, _, r)| r.wants(z))
-            .map(|(_, _, r)| {
-                let (start, end) = r.plane_rect();
-                PlaneRect { start, end }
-            })
-            .reduce(PlaneRect::union)
+    /// What the crops read of each input plane: the union of their
+    /// rectangles, and of those rows only the ones their y taps name: a crop
+    /// that shrinks skips rows between its taps, which a source computing
+    /// each voxel it hands over (the cache's window) then need not compute.
+    pub fn plane_needs(&self) -> PlaneNeeds {
+        let ny = self.dims[1];
+        let mut needs = PlaneNeeds {
+            rects: Vec::with_capacity(self.dims[2]),
+            masks: Vec::new(),
+            mask_of: Vec::with_capacity(self.dims[2]),
+        };
+        // Which crops read a plane changes only where a crop's z range
+        // starts or ends, so consecutive planes share one mask.
+        let mut last: Option<Vec<usize>> = None;
+        for z in 0..self.dims[2] {
+            let readers: Vec<usize> = (0..self.jobs.len())
+                .filter(|&j| self.jobs[j].2.wants(z))
+                .collect();
+            let rect = readers
+                .iter()
+                .map(|&j| {
+                    let (start, end) = self.jobs[j].2.plane_rect();
+                    PlaneRect { start, end }
+                })
+                .reduce(PlaneRect::union);
+            if rect.is_some() && last.as_ref() != Some(&readers) {
+                let mut mask = vec![false; ny];
+                for &j in &readers {
+                    for y in self.jobs[j].2.rows_read() {
+                        mask[y] = true;
+                    }
+                }
+                needs.masks.push(mask);
+                last = Some(readers);
+            }
+            needs.rects.push(rect);
+            needs.mask_of.push(needs.masks.len().saturating_sub(1));
+        }
+        needs
     }
 
     /// Takes input plane `z` (`nx · ny` values, x fastest; only the part
-    /// [`Self::needs`] names is read); planes must come in increasing `z`.
+    /// [`Self::plane_needs`] names is read); planes must come in increasing `z`.
     pub fn feed(&mut self, z: usize, plane: &[f32]) {
         for (_, _, resize) in &mut self.jobs {
             resize.feed(z, plane);
@@ -578,6 +634,7 @@ impl PlaneCutter<'_> {
     pub fn finish(self, path: &Path) -> Result<Output> {
         let PlaneCutter {
             pipeline,
+            dims: _,
             spacing,
             affine,
             jobs,

@@ -264,6 +264,19 @@ impl PlaneResize {
         ([x, y], [x + self.extent[0], y + self.extent[1]])
     }
 
+    /// The input rows (y, in the volume) the y pass may read, increasing,
+    /// each once: [`Self::feed`] reads no other row of the box.
+    pub fn rows_read(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = self.taps[1]
+            .index
+            .iter()
+            .map(|&i| self.start[1] + i)
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        rows
+    }
+
     /// Whether input plane `z` lies in the box.
     pub fn wants(&self, z: usize) -> bool {
         (self.start[2]..self.start[2] + self.extent[2]).contains(&z)
