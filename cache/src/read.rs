@@ -181,15 +181,14 @@ impl Entry {
                     .filter(|need| !need.rect.is_empty())
             })
             .collect();
-        let rects: Vec<Option<PlaneRect>> = needs.iter().map(|n| n.map(|n| n.rect)).collect();
         // Per slab of chunks along z: the union of its planes' rectangles.
         let slab_rects: Vec<Option<PlaneRect>> = (0..n[2])
             .map(|kz| {
                 let z_range = kz * meta.chunk[2]..((kz + 1) * meta.chunk[2]).min(nz);
-                rects[z_range]
+                needs[z_range]
                     .iter()
                     .flatten()
-                    .copied()
+                    .map(|need| need.rect)
                     .reduce(PlaneRect::union)
             })
             .collect();

@@ -9,9 +9,9 @@
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, InplaceOp3, Layout, Shape, Tensor,
 };
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
-use super::context::cuda_err;
+use super::context::{GpuContext, cuda_err};
 use super::sinkhorn_ce::{PROTO_BLOCK, row_launch};
 use super::sources::SINKHORN_CE;
 use super::storage::{gpu_of, to_candle, view, wrap};
@@ -142,6 +142,44 @@ impl CustomOp1 for SkExp {
     }
 }
 
+/// The body both scale steps share: checks that the scale vector `x` has
+/// `x_len` values, allocates the zeroed `out_len` result and has `launch`
+/// fill it from `(E, x)` on the tensors' stream.
+#[allow(clippy::too_many_arguments)]
+fn scale_step(
+    name: &str,
+    e_s: &CudaStorage,
+    e_l: &Layout,
+    x_s: &CudaStorage,
+    x_l: &Layout,
+    x_len: usize,
+    out_len: usize,
+    launch: impl FnOnce(
+        &GpuContext,
+        &CudaView<'_, f32>,
+        &CudaView<'_, f32>,
+        &mut CudaSlice<f32>,
+    ) -> Result<()>,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    if x_l.shape().elem_count() != x_len {
+        candle_core::bail!(
+            "{name}: {} scales where {x_len} were expected",
+            x_l.shape().elem_count()
+        );
+    }
+    let gpu = gpu_of(e_s)?;
+    let (e, x) = (view(e_s, e_l)?, view(x_s, x_l)?);
+    let out = (|| -> Result<CudaSlice<f32>> {
+        let mut out = gpu
+            .stream()
+            .alloc_zeros::<f32>(out_len)
+            .map_err(cuda_err("Sinkhorn alloc"))?;
+        launch(&gpu, &e, &x, &mut out)?;
+        Ok(out)
+    })();
+    Ok((wrap(out, e_s)?, Shape::from(out_len)))
+}
+
 /// This rank's prototype sums `Σ_i E[i][c] v[i]`, `(K)`.
 struct SkProtoSums;
 
@@ -168,34 +206,31 @@ impl CustomOp2 for SkProtoSums {
         v_l: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (n, k) = sizes(e_l)?;
-        if v_l.shape().elem_count() != n as usize {
-            candle_core::bail!(
-                "sinkhorn-proto-sums: {} sample scales for {n} rows",
-                v_l.shape().elem_count()
-            );
-        }
-        let gpu = gpu_of(e_s)?;
-        let (e, v) = (view(e_s, e_l)?, view(v_s, v_l)?);
-        let stream = gpu.stream();
-        let out = (|| -> Result<cudarc::driver::CudaSlice<f32>> {
-            let mut sums = stream
-                .alloc_zeros::<f32>(k as usize)
-                .map_err(cuda_err("Sinkhorn alloc"))?;
-            let f = gpu.function(SINKHORN_CE, "sk_proto_sums")?;
-            let per_proto = LaunchConfig {
-                grid_dim: ((k as u32).div_ceil(PROTO_BLOCK.0), 1, 1),
-                block_dim: (PROTO_BLOCK.0, PROTO_BLOCK.1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = stream.launch_builder(&f);
-            launch.arg(&e).arg(&v).arg(&mut sums).arg(&n).arg(&k);
-            // SAFETY: matches `sk_proto_sums(const float*, const float*,
-            // float*, int, int)`; e holds n·k f32, v n, sums k; the block is
-            // the kernel's (32, 8) and threads past column k read nothing.
-            unsafe { launch.launch(per_proto) }.map_err(cuda_err("launch sk_proto_sums"))?;
-            Ok(sums)
-        })();
-        Ok((wrap(out, e_s)?, Shape::from(k as usize)))
+        let (rows, protos) = (n as usize, k as usize);
+        scale_step(
+            self.name(),
+            e_s,
+            e_l,
+            v_s,
+            v_l,
+            rows,
+            protos,
+            |gpu, e, v, sums| {
+                let f = gpu.function(SINKHORN_CE, "sk_proto_sums")?;
+                let per_proto = LaunchConfig {
+                    grid_dim: ((k as u32).div_ceil(PROTO_BLOCK.0), 1, 1),
+                    block_dim: (PROTO_BLOCK.0, PROTO_BLOCK.1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = gpu.stream().launch_builder(&f);
+                launch.arg(e).arg(v).arg(sums).arg(&n).arg(&k);
+                // SAFETY: matches `sk_proto_sums(const float*, const float*,
+                // float*, int, int)`; e holds n·k f32, v n, sums k; the block is
+                // the kernel's (32, 8) and threads past column k read nothing.
+                unsafe { launch.launch(per_proto) }.map_err(cuda_err("launch sk_proto_sums"))?;
+                Ok(())
+            },
+        )
     }
 }
 
@@ -228,34 +263,27 @@ impl CustomOp2 for SkSampleScale {
         u_l: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (n, k) = sizes(e_l)?;
-        if u_l.shape().elem_count() != k as usize {
-            candle_core::bail!(
-                "sinkhorn-sample-scale: {} prototype scales for {k} columns",
-                u_l.shape().elem_count()
-            );
-        }
-        let gpu = gpu_of(e_s)?;
-        let (e, u) = (view(e_s, e_l)?, view(u_s, u_l)?);
-        let stream = gpu.stream();
-        let out = (|| -> Result<cudarc::driver::CudaSlice<f32>> {
-            let mut v = stream
-                .alloc_zeros::<f32>(n as usize)
-                .map_err(cuda_err("Sinkhorn alloc"))?;
-            let f = gpu.function(SINKHORN_CE, "sk_sample_scale")?;
-            let mut launch = stream.launch_builder(&f);
-            launch
-                .arg(&e)
-                .arg(&u)
-                .arg(&mut v)
-                .arg(&k)
-                .arg(&self.n_total);
-            // SAFETY: matches `sk_sample_scale(const float*, const float*,
-            // float*, int, float)`; one block per row of e (n·k f32), u
-            // holds k, v n.
-            unsafe { launch.launch(row_launch(n)) }.map_err(cuda_err("launch sk_sample_scale"))?;
-            Ok(v)
-        })();
-        Ok((wrap(out, e_s)?, Shape::from(n as usize)))
+        let (rows, protos) = (n as usize, k as usize);
+        scale_step(
+            self.name(),
+            e_s,
+            e_l,
+            u_s,
+            u_l,
+            protos,
+            rows,
+            |gpu, e, u, v| {
+                let f = gpu.function(SINKHORN_CE, "sk_sample_scale")?;
+                let mut launch = gpu.stream().launch_builder(&f);
+                launch.arg(e).arg(u).arg(v).arg(&k).arg(&self.n_total);
+                // SAFETY: matches `sk_sample_scale(const float*, const float*,
+                // float*, int, float)`; one block per row of e (n·k f32), u
+                // holds k, v n.
+                unsafe { launch.launch(row_launch(n)) }
+                    .map_err(cuda_err("launch sk_sample_scale"))?;
+                Ok(())
+            },
+        )
     }
 }
 
