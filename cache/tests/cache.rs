@@ -465,3 +465,27 @@ fn an_entry_truncated_while_open_is_an_error_not_a_crash() {
         assert!(err.to_string().contains("shrank"), "{err}");
     }
 }
+
+/// Row flags of another height than the plane's are a caller's mistake,
+/// refused at once rather than read past.
+#[test]
+#[should_panic(expected = "one row flag per row")]
+fn plane_row_flags_of_another_height_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    let a = wavy([1, 8, 8, 8], true);
+    store
+        .store(
+            "cc05",
+            "c.nii.gz",
+            &[to_write("image", &a, StoredType::I16, None)],
+        )
+        .unwrap();
+    let entry = Entry::open(&store.entry_path("cc05")).unwrap();
+    let rows = [true; 7];
+    let need = PlaneNeed {
+        rect: PlaneRect::whole([8, 8]),
+        rows: Some(&rows),
+    };
+    let _ = entry.for_each_plane(0, |_| Some(need), |_, _, _| ());
+}
