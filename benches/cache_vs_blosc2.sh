@@ -26,9 +26,9 @@ if ! "$VENV/bin/python" -c "import blosc2, torch, nibabel" 2>/dev/null; then
 fi
 export DINO3D_BENCH_DATA="$DATA"
 cargo bench -q -p dino3d-pipeline --bench cache --no-run
-for layout in "lz4 32" "zstd 32"; do
+for layout in "lz4 64,64,8" "zstd 64,64,8" "lz4 32"; do
   set -- $layout
-  echo "== dino3d cache, $1, chunks $2³"
+  echo "== dino3d cache, $1, chunks $2 (x,y,z, or one edge)"
   DINO3D_CACHE_CODEC=$1 DINO3D_CACHE_CHUNK=$2 taskset -c "$CPU" \
     cargo bench -q -p dino3d-pipeline --bench cache 2>&1 | grep -v '^$'
 done

@@ -5,7 +5,8 @@
 //! arrays came from: the pipeline decides what to store and how to key it.
 //!
 //! * **Layout** ([`layout`]): the entry's header, index and chunk geometry;
-//!   32³ chunks by default.
+//!   64 × 64 × 8 chunks by default (shallow slabs and long runs for
+//!   plane-by-plane reads).
 //! * **Codecs** ([`codec`]): LZ4 per byte plane (incompressible planes stored
 //!   raw and read in place) or zstd.
 //! * **Decode maps** ([`DecodeMap`]): integers stored with a scale, offset and

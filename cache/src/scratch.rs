@@ -26,8 +26,9 @@ pub(crate) struct Scratch {
 }
 
 /// Scratch bytes a thread keeps after a plane-by-plane decode: a box read
-/// of 32³ chunks needs at most a chunk row (about 0.5 MiB for a 512-wide
-/// volume); a whole slab of a large volume can need tens of MiB once.
+/// needs at most a chunk row (about 0.5 MiB for a 512-wide volume of the
+/// default chunks); a whole slab of a large volume can need tens of MiB once
+/// (16 MiB for a 512² volume of 32³ chunks, which are still read).
 pub(crate) const SCRATCH_KEEP: usize = 4 << 20;
 
 thread_local! {

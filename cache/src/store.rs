@@ -15,8 +15,14 @@ use crate::write::{ArrayToWrite, write_entry};
 
 /// Version of the entry format, folded into every key: a format change misses.
 pub const FORMAT_VERSION: &str = "dino3d-cache-v4";
-/// Default chunk edge (32³ int16 = 64 KiB; see rust-stack.md §5).
-pub const DEFAULT_CHUNK: [usize; 3] = [32, 32, 32];
+/// Default chunk edges, x, y, z: 64 × 64 × 8 (int16: 64 KiB, as the 32³
+/// of rust-stack.md §5). The loader reads entries plane by plane: a slab of
+/// chunks along z is then a quarter as large (4 MiB of a 512² volume, not
+/// 16), and a plane's share of a chunk a 4 KiB run per byte plane, not 1 KiB.
+/// On 512² planes 9–16% more samples per CPU-second than 32³ chunks, the
+/// same on 256² planes; a warm 96³ box reads within noise of 32³, a cold one
+/// about 10% slower (BENCHMARKS.md, issue 23, eighth round).
+pub const DEFAULT_CHUNK: [usize; 3] = [64, 64, 8];
 /// Default codec of new entries.
 pub const DEFAULT_CODEC: Codec = Codec::Lz4;
 /// A lock older than this is considered abandoned.

@@ -326,6 +326,52 @@ fn damage_is_detected_and_never_served() {
     assert_eq!(store.leftovers().len(), 1);
 }
 
+/// The chunk shape is each entry's own (in its header): entries written
+/// with 32³ chunks, the default before 64 × 64 × 8, stay hits and read the
+/// same values, by box and plane by plane through the window (which
+/// prefetches for 32³ chunks only); only new entries take the folder's shape.
+#[test]
+fn entries_of_another_chunk_shape_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = wavy([1, 70, 90, 20], true);
+    let map = DecodeMap::new(2.0 / 1300.0, 700.0 / 1300.0 * 2.0 - 1.0, -1.0, 1.0);
+    let mut scaled = img.clone();
+    scaled.data.iter_mut().for_each(|v| *v = map.apply(*v));
+    let stored = [to_write("image", &img, StoredType::I16, Some(map))];
+    let old = CacheDir::new(dir.path()).unwrap().with_chunk([32; 3]);
+    old.store("old1", "src", &stored).unwrap();
+    let store = CacheDir::new(dir.path()).unwrap();
+    store.store("new1", "src", &stored).unwrap();
+    let [_, nx, ny, nz] = img.shape;
+    for (key, chunk) in [("old1", [32; 3]), ("new1", dino3d_cache::DEFAULT_CHUNK)] {
+        let Lookup::Hit(e) = store.lookup(key) else {
+            panic!("{key}: a hit")
+        };
+        assert_eq!(e.header.arrays[0].chunk, chunk, "{key}");
+        assert_eq!(e.read_all(0).unwrap(), scaled, "{key}");
+        assert_eq!(
+            e.read_box(0, [30, 5, 3], [40, 30, 9]).unwrap(),
+            crop(&scaled, [30, 5, 3], [40, 30, 9]),
+            "{key}"
+        );
+        let mut planes = 0;
+        e.for_each_plane(
+            0,
+            |_| Some(PlaneRect::whole([nx, ny])),
+            |_, z, plane| {
+                assert_eq!(
+                    plane,
+                    &scaled.data[z * nx * ny..][..nx * ny],
+                    "{key} plane {z}"
+                );
+                planes += 1;
+            },
+        )
+        .unwrap();
+        assert_eq!(planes, nz, "{key}");
+    }
+}
+
 /// An entry copied or renamed under another key is damage: the lookup of
 /// that key removes it instead of serving another item's arrays, and
 /// `verify` names the key it holds.

@@ -157,7 +157,9 @@ fn cache_codec_and_chunk_are_read_and_checked() {
     let with = |extra: &str| GOOD.replace("  dir: cache/\n", &format!("  dir: cache/\n{extra}"));
     let plan = compile_str(&with("  codec: zstd\n  chunk: 16\n"), Path::new("r.yaml")).unwrap();
     assert_eq!(plan.cache_codec.as_deref(), Some("zstd"));
-    assert_eq!(plan.cache_chunk, Some(16));
+    assert_eq!(plan.cache_chunk, Some([16; 3]));
+    let plan = compile_str(&with("  chunk: [64, 64, 8]\n"), Path::new("r.yaml")).unwrap();
+    assert_eq!(plan.cache_chunk, Some([64, 64, 8]));
     let plan = compile_str(GOOD, Path::new("r.yaml")).unwrap();
     assert_eq!((plan.cache_codec, plan.cache_chunk), (None, None));
     let e = errors(&with("  codec: lz5\n  chunk: 2\n")).to_string();
@@ -169,6 +171,28 @@ fn cache_codec_and_chunk_are_read_and_checked() {
         e.contains("r.yaml:9:10: cache chunk 2 is outside 4..=256"),
         "{e}"
     );
+    let e = errors(&with("  chunk: [64, 512, 8]\n")).to_string();
+    assert!(
+        e.contains("r.yaml:8:10: cache chunk 512 is outside 4..=256"),
+        "{e}"
+    );
+    for bad in [
+        "[64, 64]",
+        "[64, 64, 8, 8]",
+        "[64, x, 8]",
+        "big",
+        "8.5",
+        "[64, 64, 8.5]",
+        "-8",
+    ] {
+        let e = errors(&with(&format!("  chunk: {bad}\n"))).to_string();
+        let expected = if bad == "-8" {
+            "r.yaml:8:10: cache chunk -8 is outside 4..=256"
+        } else {
+            "r.yaml:8:10: cache chunk must be one integer edge or a list of three integers [x, y, z]"
+        };
+        assert!(e.contains(expected), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -118,8 +118,8 @@ pub fn plan_cache_dir(plan: &Plan, recipe: &Path) -> Result<Option<CacheDir>> {
     if let Some(codec) = plan.cache_codec.as_deref().and_then(Codec::from_name) {
         dir = dir.with_codec(codec);
     }
-    if let Some(edge) = plan.cache_chunk {
-        dir = dir.with_chunk([edge; 3]);
+    if let Some(edges) = plan.cache_chunk {
+        dir = dir.with_chunk(edges);
     }
     Ok(Some(dir))
 }

@@ -132,8 +132,8 @@ pub struct Plan {
     pub cache_dir: Option<String>,
     /// Codec of new cache entries (`lz4` or `zstd`; None: the cache's default).
     pub cache_codec: Option<String>,
-    /// Chunk edge of new cache entries (None: the cache's default).
-    pub cache_chunk: Option<usize>,
+    /// Chunk edges (x, y, z) of new cache entries (None: the cache's default).
+    pub cache_chunk: Option<[usize; 3]>,
 }
 
 impl std::fmt::Display for Plan {
@@ -577,7 +577,7 @@ fn cache_layout(
     doc: &RecipeDoc,
     file: &Path,
     errors: &mut Vec<RecipeError>,
-) -> (Option<String>, Option<usize>) {
+) -> (Option<String>, Option<[usize; 3]>) {
     let Some(cache) = doc.cache.as_ref() else {
         return (None, None);
     };
@@ -598,22 +598,44 @@ fn cache_layout(
         }
         c.value.clone()
     });
-    let chunk = cache.chunk.as_ref().map(|c| {
-        if !CACHE_CHUNKS.contains(&c.value) {
-            errors.push(RecipeError::at(
-                file,
-                &c.referenced,
+    let in_range = |e: i64| u64::try_from(e).is_ok_and(|e| CACHE_CHUNKS.contains(&e));
+    let chunk = cache.chunk.as_ref().and_then(|c| {
+        let edges = chunk_edges(&c.value);
+        let error = match edges {
+            None => Some(
+                "cache chunk must be one integer edge or a list of three integers [x, y, z]".into(),
+            ),
+            Some(edges) => edges.iter().find(|&&e| !in_range(e)).map(|e| {
                 format!(
-                    "cache chunk {} is outside {}..={}",
-                    c.value,
+                    "cache chunk {e} is outside {}..={}",
                     CACHE_CHUNKS.start(),
                     CACHE_CHUNKS.end()
-                ),
-            ));
+                )
+            }),
+        };
+        if let Some(message) = error {
+            errors.push(RecipeError::at(file, &c.referenced, message));
+            return None;
         }
-        c.value as usize
+        edges.map(|e| e.map(|e| e as usize))
     });
     (codec, chunk)
+}
+
+/// `cache.chunk` as x, y, z edges: one edge for all three axes, or a list
+/// of three (`None`: neither).
+fn chunk_edges(value: &ParamValue) -> Option<[i64; 3]> {
+    let edge = |v: &ParamValue| match v {
+        ParamValue::Int(i) => Some(*i),
+        _ => None,
+    };
+    match value {
+        ParamValue::List(items) => match &items[..] {
+            [x, y, z] => Some([edge(x)?, edge(y)?, edge(z)?]),
+            _ => None,
+        },
+        one => edge(one).map(|e| [e; 3]),
+    }
 }
 
 fn compile_views(

@@ -99,9 +99,9 @@ pub struct CacheDoc {
     /// Codec of new entries: `lz4` (fast reads) or `zstd` (smaller files).
     #[serde(default)]
     pub codec: Option<Spanned<String>>,
-    /// Chunk edge of new entries, in voxels.
+    /// Chunk edges of new entries, in voxels: one for all axes or `[x, y, z]`.
     #[serde(default)]
-    pub chunk: Option<Spanned<u64>>,
+    pub chunk: Option<Spanned<ParamValue>>,
 }
 
 /// `batch:`.

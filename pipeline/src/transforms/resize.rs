@@ -359,12 +359,7 @@ fn y_pass<'r>(row: impl Fn(usize) -> &'r [f32], taps: &AxisTaps, oy: usize, dst:
             &taps.weight[width * j..][..width],
         );
         if let ([i0, i1], [w0, w1]) = (idx, w) {
-            dst.extend(
-                row(*i0)
-                    .iter()
-                    .zip(row(*i1))
-                    .map(|(&a, &b)| w0 * a + w1 * b),
-            );
+            append_blend(row(*i0), row(*i1), *w0, *w1, dst);
         } else {
             let at = dst.len();
             dst.extend(row(idx[0]).iter().map(|&a| w[0] * a));
@@ -382,12 +377,17 @@ fn y_pass<'r>(row: impl Fn(usize) -> &'r [f32], taps: &AxisTaps, oy: usize, dst:
 /// `(n − 1, n − 1)` becomes `(n − 2, n − 1)` with weights `(0, 1)`.
 #[derive(Debug, Clone)]
 enum RowTaps {
-    Pairs {
-        lo: Vec<u32>,
-        a: Vec<f32>,
-        b: Vec<f32>,
-    },
+    Pairs(PairTaps),
     General(AxisTaps),
+}
+
+/// Linear taps along a row: output `o` is `a[o] · row[lo[o]] + b[o] ·
+/// row[lo[o] + 1]` (the three of one length, made by [`RowTaps::new`]).
+#[derive(Debug, Clone)]
+struct PairTaps {
+    lo: Vec<u32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
 }
 
 impl RowTaps {
@@ -409,13 +409,13 @@ impl RowTaps {
                 b.push(w[0] + w[1]);
             }
         }
-        RowTaps::Pairs { lo, a, b }
+        RowTaps::Pairs(PairTaps { lo, a, b })
     }
 
     /// Outputs per row.
     fn len(&self) -> usize {
         match self {
-            RowTaps::Pairs { lo, .. } => lo.len(),
+            RowTaps::Pairs(taps) => taps.lo.len(),
             RowTaps::General(taps) => taps.len(),
         }
     }
@@ -431,7 +431,7 @@ impl RowTaps {
             "the gather's rows do not match"
         );
         match self {
-            RowTaps::Pairs { lo, a, b } => gather_pairs(src, len, lo, a, b, dst),
+            RowTaps::Pairs(taps) => gather_pair_rows(src, len, taps, dst),
             RowTaps::General(taps) => {
                 let width = taps.width;
                 for (row, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(taps.len())) {
@@ -445,6 +445,31 @@ impl RowTaps {
     }
 }
 
+/// The linear taps' gather over whole rows: as 64-bit pairs on CPUs with
+/// AVX-512 (`pairs_avx512::gather`), else [`gather_pairs`].
+fn gather_pair_rows(src: &[f32], len: usize, taps: &PairTaps, dst: &mut [MaybeUninit<f32>]) {
+    // The gather's indexes are signed 32-bit: rows up to 2³¹ values.
+    #[cfg(target_arch = "x86_64")]
+    if len <= i32::MAX as usize && std::arch::is_x86_feature_detected!("avx512f") {
+        let PairTaps { lo, a, b } = taps;
+        let ox = lo.len();
+        assert!(
+            a.len() == ox && b.len() == ox && dst.len() == src.len() / len * ox,
+            "the gather's taps and rows do not match"
+        );
+        assert!(
+            lo.iter().all(|&l| l as usize + 1 < len),
+            "a tap pair leaves the row"
+        );
+        // SAFETY: AVX-512F was just detected; every pair `(l, l + 1)` lies
+        // inside its row, with `l < len ≤ 2³¹ - 1`, and the taps and output
+        // have the lengths the function reads and writes (asserted).
+        unsafe { pairs_avx512::gather(src, len, taps, dst) };
+        return;
+    }
+    gather_pairs(src, len, taps, dst);
+}
+
 /// The linear taps' gather over whole rows, in one function so that the
 /// tap tables stay in registers (as closures around `Vec::extend` they were
 /// reloaded per voxel, and the gather was 12% of the loader). Compiled for
@@ -454,26 +479,13 @@ impl RowTaps {
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
 ))]
-fn gather_pairs(
-    src: &[f32],
-    len: usize,
-    lo: &[u32],
-    a: &[f32],
-    b: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-) {
-    gather_pairs_body(src, len, lo, a, b, dst);
+fn gather_pairs(src: &[f32], len: usize, taps: &PairTaps, dst: &mut [MaybeUninit<f32>]) {
+    gather_pairs_body(src, len, taps, dst);
 }
 
 #[inline(always)]
-fn gather_pairs_body(
-    src: &[f32],
-    len: usize,
-    lo: &[u32],
-    a: &[f32],
-    b: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-) {
+fn gather_pairs_body(src: &[f32], len: usize, taps: &PairTaps, dst: &mut [MaybeUninit<f32>]) {
+    let PairTaps { lo, a, b } = taps;
     let ox = lo.len();
     if ox == 0 {
         return;
@@ -494,6 +506,103 @@ fn gather_pairs_body(
     }
 }
 
+/// The pair gather for AVX-512: each output's two taps `(l, l + 1)` are
+/// adjacent, so one 64-bit gather lane fetches both. The compiler's
+/// vectorisation of [`gather_pairs`] gathered `p` and `q` separately, with
+/// 64-bit indexes, 8 values per instruction; this gathers 8 pairs per
+/// instruction and splits them with two permutes. The arithmetic is
+/// `gather_pairs`'s (`wa · p + wb · q`, no FMA): the same bits (tested).
+#[cfg(target_arch = "x86_64")]
+mod pairs_avx512 {
+    use std::arch::x86_64::{
+        __m512i, _mm512_add_ps, _mm512_castsi512_ps, _mm512_castsi512_si256,
+        _mm512_extracti64x4_epi64, _mm512_i32gather_epi64, _mm512_loadu_ps, _mm512_loadu_si512,
+        _mm512_mul_ps, _mm512_permutex2var_ps, _mm512_set_epi32, _mm512_storeu_ps,
+    };
+    use std::mem::MaybeUninit;
+
+    use super::PairTaps;
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `l + 1 < len ≤ i32::MAX` for every `l` of
+    /// the taps' `lo` (the gather's indexes are signed 32-bit); their `a`
+    /// and `b` are `lo.len()` long and `dst` is `src.len() / len · lo.len()`
+    /// long.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather(
+        src: &[f32],
+        len: usize,
+        taps: &PairTaps,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        let PairTaps { lo, a, b } = taps;
+        let ox = lo.len();
+        if ox == 0 {
+            return;
+        }
+        let whole = ox / 16 * 16;
+        // Of 16 (p, q) pairs in two registers: the p's, then the q's.
+        let evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        for (row, out) in src.chunks_exact(len).zip(dst.chunks_exact_mut(ox)) {
+            let base = row.as_ptr().cast::<i64>();
+            for i in (0..whole).step_by(16) {
+                // SAFETY: i + 16 <= whole <= ox, the length of `lo`, `a`,
+                // `b` and `out`; each gathered pair (row[l], row[l + 1]) lies
+                // inside `row` (l + 1 < len, and l < 2³¹ so its signed index
+                // is l; the gather's scale of 4 makes `l` a float index, and
+                // it needs no 8-byte alignment).
+                unsafe {
+                    let idx: __m512i = _mm512_loadu_si512(lo.as_ptr().add(i).cast());
+                    let first = _mm512_i32gather_epi64::<4>(_mm512_castsi512_si256(idx), base);
+                    let second =
+                        _mm512_i32gather_epi64::<4>(_mm512_extracti64x4_epi64::<1>(idx), base);
+                    let (first, second) = (_mm512_castsi512_ps(first), _mm512_castsi512_ps(second));
+                    let p = _mm512_permutex2var_ps(first, evens, second);
+                    let q = _mm512_permutex2var_ps(first, odds, second);
+                    let wa = _mm512_loadu_ps(a.as_ptr().add(i));
+                    let wb = _mm512_loadu_ps(b.as_ptr().add(i));
+                    let o = _mm512_add_ps(_mm512_mul_ps(wa, p), _mm512_mul_ps(wb, q));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(i).cast(), o);
+                }
+            }
+            for i in whole..ox {
+                let l = lo[i] as usize;
+                out[i].write(a[i] * row[l] + b[i] * row[l + 1]);
+            }
+        }
+    }
+}
+
+/// Appends `wa · a + wb · b`, element by element (`a` and `b` of one length):
+/// the two-tap rows of the y and z passes.
+fn append_blend(a: &[f32], b: &[f32], wa: f32, wb: f32, dst: &mut Vec<f32>) {
+    assert_eq!(a.len(), b.len(), "blended rows of one length");
+    let (at, n) = (dst.len(), a.len());
+    dst.reserve(n);
+    blend(a, b, wa, wb, &mut dst.spare_capacity_mut()[..n]);
+    // SAFETY: `blend` wrote all `n` values (`a`, `b` and the slice are `n` long).
+    unsafe { dst.set_len(at + n) };
+}
+
+/// [`append_blend`]'s loop, compiled for AVX-512 and AVX2 too (it was SSE,
+/// 4 lanes, and a tenth of the loader on 512² planes). No FMA contraction,
+/// so every version gives the same bits (tested).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+))]
+fn blend(a: &[f32], b: &[f32], wa: f32, wb: f32, dst: &mut [MaybeUninit<f32>]) {
+    blend_body(a, b, wa, wb, dst);
+}
+
+#[inline(always)]
+fn blend_body(a: &[f32], b: &[f32], wa: f32, wb: f32, dst: &mut [MaybeUninit<f32>]) {
+    for ((o, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        o.write(wa * x + wb * y);
+    }
+}
+
 /// Appends output row `o` of a pass along a slow axis: the taps of `o` weight
 /// whole rows of `len` values of `src` (vectorisable).
 fn combine_rows(src: &[f32], len: usize, taps: &AxisTaps, o: usize, dst: &mut Vec<f32>) {
@@ -505,8 +614,7 @@ fn combine_rows(src: &[f32], len: usize, taps: &AxisTaps, o: usize, dst: &mut Ve
     if width == 2 {
         let a = &src[idx[0] * len..][..len];
         let b = &src[idx[1] * len..][..len];
-        let (wa, wb) = (w[0], w[1]);
-        dst.extend(a.iter().zip(b).map(|(&x, &y)| wa * x + wb * y));
+        append_blend(a, b, w[0], w[1], dst);
         return;
     }
     let start = dst.len();
@@ -777,9 +885,10 @@ mod tests {
         }
     }
 
-    /// The gather version picked for this CPU (AVX-512 or AVX2 where there
-    /// is one, with vector gathers) gives the baseline build's bits, on rows
-    /// long enough for the vector loop.
+    /// The gathers picked for this CPU (the 64-bit pair gather where it has
+    /// AVX-512, and the compiler's AVX-512 or AVX2 version of the portable
+    /// loop) give the baseline build's bits, on rows long enough for the
+    /// vector loops and with tails (203, 300 outputs).
     #[test]
     fn every_cpu_version_of_the_gather_gives_the_same_bits() {
         let (len, rows) = (203, 7);
@@ -788,13 +897,15 @@ mod tests {
             .collect();
         for out_len in [96, 48, 203, 300] {
             let taps = AxisTaps::new(len, out_len, ResizeMode::Trilinear);
-            let RowTaps::Pairs { lo, a, b } = RowTaps::new(&taps) else {
+            let RowTaps::Pairs(pairs) = RowTaps::new(&taps) else {
                 panic!("linear taps are pairs");
             };
             let mut fast = vec![MaybeUninit::new(0.0); out_len * rows];
             let mut base = vec![MaybeUninit::new(1.0); out_len * rows];
-            gather_pairs(&src, len, &lo, &a, &b, &mut fast);
-            gather_pairs_body(&src, len, &lo, &a, &b, &mut base);
+            let mut portable = vec![MaybeUninit::new(2.0); out_len * rows];
+            gather_pair_rows(&src, len, &pairs, &mut fast);
+            gather_pairs(&src, len, &pairs, &mut portable);
+            gather_pairs_body(&src, len, &pairs, &mut base);
             // SAFETY: every value was initialised (by `new` above, and again by the gathers).
             let bits = |d: &[MaybeUninit<f32>]| {
                 d.iter()
@@ -802,6 +913,37 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             assert_eq!(bits(&fast), bits(&base), "{len} -> {out_len}");
+            assert_eq!(bits(&portable), bits(&base), "{len} -> {out_len}");
+        }
+    }
+
+    #[test]
+    fn every_cpu_version_of_the_blend_gives_the_same_bits() {
+        for n in [0, 1, 15, 16, 17, 96, 203, 512] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 37.0)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 104729 % 997) as f32 - 400.0) / 13.0)
+                .collect();
+            let (wa, wb) = (0.3721_f32, 1.0 - 0.3721);
+            let mut fast = vec![MaybeUninit::new(f32::NAN); n];
+            let mut base = vec![MaybeUninit::new(0.0); n];
+            blend(&a, &b, wa, wb, &mut fast);
+            blend_body(&a, &b, wa, wb, &mut base);
+            // SAFETY: every value was initialised (by `new` above, and again by the blends).
+            let bits = |d: &[MaybeUninit<f32>]| {
+                d.iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&fast), bits(&base), "{n}");
+            let mut appended = vec![7.0];
+            append_blend(&a, &b, wa, wb, &mut appended);
+            let want: Vec<f32> = std::iter::once(7.0)
+                .chain(a.iter().zip(&b).map(|(&x, &y)| wa * x + wb * y))
+                .collect();
+            assert_eq!(appended, want, "{n}");
         }
     }
 
