@@ -53,6 +53,7 @@ mod recompute;
 pub mod schedule;
 pub mod seg;
 pub mod ssl;
+pub mod upload;
 mod vit3d;
 
 pub use attention::{AttentionKernel, AttentionKernelGuard, use_attention_kernel};

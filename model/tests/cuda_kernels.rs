@@ -822,3 +822,70 @@ fn flash_attention_matches_its_reference_and_the_composed_attention() {
         }
     }
 }
+
+/// Batches uploaded through pinned buffers on the copy stream
+/// (`upload::Uploader` on a CUDA device), started on another thread and
+/// finished on the one that reads them, as the training loop does, arrive
+/// value for value: at one size twice (the staging buffers reused), then at
+/// another (reallocated), and after an upload dropped unfinished (its
+/// staging buffers given back). Each batch is read only after the next one's
+/// copy was queued, behind a busy compute stream: a copy stream that did not
+/// wait for the compute stream's read of the staging buffers would overwrite
+/// them first. An upload that blocks (staging buffers never given back)
+/// fails after a minute instead of hanging.
+#[test]
+fn staged_uploads_arrive_value_for_value() {
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::Duration;
+
+    use dino3d_model::upload::{Upload, Uploader};
+    let Some(gpu) = gpu() else { return };
+    let dev = gpu.device();
+    let up = Arc::new(Mutex::new(Uploader::new(&dev).unwrap()));
+    let batch = |round: u64, n: usize| {
+        (
+            uniform(n, 2 * round, 1.0),
+            uniform(3 * n, 2 * round + 1, 1.0),
+        )
+    };
+    let start = |round: u64, n: usize| -> Upload {
+        let (up, (a, b)) = (up.clone(), batch(round, n));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let upload = up.lock().unwrap().start(&[(&a, &[n]), (&b, &[3, n])]);
+            let _ = tx.send(upload.unwrap());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("an upload blocked: the staging buffers were not given back")
+    };
+    let heavy = Tensor::ones((4096, 4096), DType::F32, &dev).unwrap();
+    let rounds = [
+        (0u64, 4_096usize),
+        (1, 4_096),
+        (2, 1_000_003),
+        (3, 1_000_003),
+    ];
+    let mut pending = Some(start(rounds[0].0, rounds[0].1));
+    for (k, &(round, n)) in rounds.iter().enumerate() {
+        // About 20 ms of work queued ahead of this batch's read.
+        let busy: Vec<Tensor> = (0..8).map(|_| heavy.matmul(&heavy).unwrap()).collect();
+        let t = pending.take().unwrap().finish().unwrap();
+        if let Some(&(next_round, next_n)) = rounds.get(k + 1) {
+            pending = Some(start(next_round, next_n));
+        }
+        let (a, b) = batch(round, n);
+        assert_eq!(t[0].dims(), [n]);
+        assert_eq!(t[1].dims(), [3, n]);
+        assert_eq!(t[0].to_vec1::<f32>().unwrap(), a, "round {round}");
+        assert_eq!(
+            t[1].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b,
+            "round {round}"
+        );
+        drop(busy);
+    }
+    drop(start(4, 1_000_003));
+    let t = start(5, 1_000_003).finish().unwrap();
+    assert_eq!(t[0].to_vec1::<f32>().unwrap(), batch(5, 1_000_003).0);
+    println!("staged uploads: 5 batches value for value, one dropped unfinished");
+}

@@ -49,6 +49,8 @@ mod sinkhorn_ce;
 mod sinkhorn_ranks;
 #[cfg(feature = "cuda")]
 pub(crate) mod storage;
+#[cfg(feature = "cuda")]
+pub(crate) mod upload;
 
 #[cfg(feature = "cuda")]
 pub use attention::{HEAD_DIM, MAX_GROUPS, fits as attention_fits, flash_attention};

@@ -7,6 +7,7 @@
 
 pub mod checkpoints;
 pub mod config;
+mod feed;
 pub mod metrics;
 mod ranks;
 pub mod setup;
@@ -19,7 +20,8 @@ use dino3d_model::checkpoint::save_tensors;
 use dino3d_model::dist::{Collective, SingleProcess};
 use dino3d_model::schedule::Schedules;
 use dino3d_model::ssl::{SslBatch, SslModel};
-use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Order, Tensor5};
+use dino3d_model::upload::Uploader;
+use dino3d_pipeline::exec::{Dataset, Keep, Loader, LoaderConfig, Order};
 use dino3d_pipeline::recipe::Plan;
 
 use crate::error::{Context, Result, TaskError, bail};
@@ -243,7 +245,10 @@ pub fn run_ranked(
     }
     let cache = data.cache.clone();
     let mut cache_reports_seen = 0;
-    let mut loader = Loader::start(data.pipeline, data.source, config).map_err(TaskError::msg)?;
+    let loader = Loader::start(data.pipeline, data.source, config).map_err(TaskError::msg)?;
+    // Batch n + 1 is uploaded while step n runs (on a GPU through pinned
+    // buffers on a copy stream of its own).
+    let mut feed = feed::Feed::start(loader, Uploader::new(&device)?)?;
     let (mut log, mut history) = if main {
         let (log, history) = MetricsLog::open(&out, start)?;
         (Some(log), history)
@@ -260,13 +265,10 @@ pub fn run_ranked(
     let (mut wait_sum, mut compute_sum) = (0.0f64, 0.0f64);
     for it in start..end {
         let t0 = Instant::now();
-        let mut loaded = loader
-            .next()
-            .context("the data loader stopped")?
-            .map_err(TaskError::msg)?;
+        let fed = feed.next().context("the data loader stopped")??;
         let data_wait_s = t0.elapsed().as_secs_f64();
         // Said once, above the bar (a logged copy would print it twice).
-        for s in &loaded.skipped {
+        for s in &fed.loaded.skipped {
             bar.note(&format!("skipped: {s}"));
         }
         // Damaged entries (rebuilt) and writes a full disk refused.
@@ -276,14 +278,7 @@ pub fn run_ranked(
             }
         }
         let t1 = Instant::now();
-        let globals = to_tensor(&loaded.batch.global, &device)?;
-        let locals = if loaded.batch.local.data.is_empty() {
-            None
-        } else {
-            Some(to_tensor(&loaded.batch.local, &device)?)
-        };
-        // Copied: the loader writes a later batch into these buffers.
-        loader.recycle(&mut loaded.batch);
+        let (loaded, globals, locals) = fed.crops()?;
         let batch = SslBatch {
             globals: &globals,
             locals: locals.as_ref(),
@@ -501,17 +496,6 @@ fn drop_path_seed(seed: u64, it: usize, rank: usize) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
-/// The batch tensor `(N, C, X, Y, Z)`, z fastest, on `device`.
-fn to_tensor(t: &Tensor5, device: &Device) -> Result<Tensor> {
-    let [n, c, x, y, z] = t.shape;
-    Ok(match t.order {
-        Order::ZFastest => Tensor::from_slice(&t.data, t.shape.to_vec(), device)?,
-        Order::XFastest => Tensor::from_slice(&t.data, (n, c, z, y, x), device)?
-            .permute((0, 1, 4, 3, 2))?
-            .contiguous()?,
-    })
-}
-
 /// The recipe's data: its on-disk cache if it names one (with
 /// `allow_uncached`, samples are served uncached when the folder cannot be
 /// written; otherwise that is an error before training starts), else
@@ -530,43 +514,4 @@ fn open_data(plan: &Plan, recipe: &Path, allow_uncached: bool) -> Result<(Datase
         (None, _) => "prepared in memory".to_string(),
     };
     Ok((data, note))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An x-fastest batch (as the loader hands a GPU) becomes the z-fastest
-    /// tensor the model takes, value for value.
-    #[test]
-    fn x_fastest_batches_become_the_model_s_layout() {
-        let shape = [2, 1, 3, 4, 5];
-        let z_data: Vec<f32> = (0..120).map(|v| v as f32).collect();
-        let z = Tensor5 {
-            data: z_data.clone(),
-            shape,
-            order: Order::ZFastest,
-        };
-        let mut x_data = vec![0.0; 120];
-        for n in 0..2 {
-            for xi in 0..3 {
-                for y in 0..4 {
-                    for zi in 0..5 {
-                        x_data[((n * 5 + zi) * 4 + y) * 3 + xi] = z.at(n, 0, xi, y, zi);
-                    }
-                }
-            }
-        }
-        let x = Tensor5 {
-            data: x_data,
-            shape,
-            order: Order::XFastest,
-        };
-        let from_z = to_tensor(&z, &Device::Cpu).unwrap();
-        let from_x = to_tensor(&x, &Device::Cpu).unwrap();
-        assert_eq!(from_x.dims(), [2, 1, 3, 4, 5]);
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(flat(&from_x), z_data);
-        assert_eq!(flat(&from_z), z_data);
-    }
 }
