@@ -17,8 +17,9 @@
 #   scripts/gpu-check.sh --run-tests|--run-tasks [DIR]
 #                                        on the GPU machine: only the tests and
 #                                        the kernel benchmark, or only the
-#                                        tasks (demo pretraining, embed,
-#                                        segmentation on cuda:0 vs the CPU);
+#                                        tasks (demo pretraining and its
+#                                        data wait, embed, segmentation on
+#                                        cuda:0 vs the CPU);
 #                                        --run is all of them (one call may
 #                                        not fit the device's 10 minutes)
 #   scripts/gpu-check.sh --run-loader [DIR]
@@ -341,6 +342,21 @@ for it in common[:3] + common[-3:]:
 print(f"max |diff| over {len(common)} iterations: {max(abs(a[i] - b[i]) for i in common):.3e}")
 '
     step "demo losses, $gpu vs cpu" python3 -c "$compare" "$out/demo-gpu/metrics.jsonl" "$out/demo-cpu/metrics.jsonl"
+    # How long each step waited for its batch (issue 23: the upload thread
+    # and pinned copies should leave the GPU no wait once the loader keeps up).
+    local waits='
+import json, sys
+for path in sys.argv[1:]:
+    rows = [json.loads(l) for l in open(path)]
+    rows = [r for r in rows if "data_wait_s" in r and "compute_s" in r][1:]  # the first waits for the warm-up
+    if not rows:
+        sys.exit(f"{path}: no steps with data_wait_s and compute_s")
+    wait, compute = sum(r["data_wait_s"] for r in rows), sum(r["compute_s"] for r in rows)
+    median = sorted(r["data_wait_s"] + r["compute_s"] for r in rows)[len(rows) // 2]
+    share = 100 * wait / (wait + compute)
+    print(f"{path}: {len(rows)} steps, data wait {wait:.3f} s of {wait + compute:.3f} s ({share:.1f}%), median step {median:.4f} s")
+'
+    step "demo data wait, $gpu and cpu" python3 -c "$waits" "$out/demo-gpu/metrics.jsonl" "$out/demo-cpu/metrics.jsonl"
     step "demo losses, $gpu: checkpointed + fused vs plain" python3 -c "$compare" \
         "$out/demo-gpu-fused/metrics.jsonl" "$out/demo-gpu/metrics.jsonl"
     # Segmentation (UNETR head) from the demo's output folder, on cuda:0 and
