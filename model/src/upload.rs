@@ -4,7 +4,7 @@
 //! On the CPU an upload is a plain copy into a tensor. On a CUDA device the
 //! values go through page-locked (pinned) host buffers, reused across
 //! batches, and are copied to the device on a stream of their own
-//! ([`crate::cuda::upload`]): the copy from pageable memory that
+//! (`src/cuda/upload.rs`): the copy from pageable memory that
 //! `Tensor::from_slice` makes blocks the calling thread and runs on the
 //! compute stream, between two steps.
 
