@@ -20,7 +20,6 @@ use crate::error::{Result, TaskError};
 pub(crate) struct Fed {
     pub loaded: LoadedBatch,
     upload: Upload,
-    has_locals: bool,
 }
 
 impl Fed {
@@ -30,10 +29,11 @@ impl Fed {
         let mut tensors = self.upload.finish()?.into_iter();
         let batch = &self.loaded.batch;
         let globals = z_fastest(tensors.next().expect("globals first"), &batch.global)?;
-        let locals = match (self.has_locals, tensors.next()) {
-            (true, Some(t)) => Some(z_fastest(t, &batch.local)?),
-            _ => None,
-        };
+        // Uploaded only when the batch had local crops.
+        let locals = tensors
+            .next()
+            .map(|t| z_fastest(t, &batch.local))
+            .transpose()?;
         Ok((self.loaded, globals, locals))
     }
 }
@@ -128,18 +128,13 @@ impl Drop for Feed {
 /// gives them.
 fn upload(uploader: &mut Uploader, loaded: LoadedBatch) -> Result<Fed> {
     let (global, local) = (&loaded.batch.global, &loaded.batch.local);
-    let has_locals = !local.data.is_empty();
     let shapes = [stored_shape(global), stored_shape(local)];
     let mut parts: Vec<(&[f32], &[usize])> = vec![(&global.data, &shapes[0])];
-    if has_locals {
+    if !local.data.is_empty() {
         parts.push((&local.data, &shapes[1]));
     }
     let upload = uploader.start(&parts)?;
-    Ok(Fed {
-        loaded,
-        upload,
-        has_locals,
-    })
+    Ok(Fed { loaded, upload })
 }
 
 /// The shape of a batch tensor's values in memory order.
