@@ -3,9 +3,10 @@
 //!
 //! * zstd ([`ZSTD_LEVEL`]) over the whole shuffled chunk.
 //! * LZ4 per byte plane: `planes` little-endian u32 lengths (bit 31 set:
-//!   stored raw; bit 30 set: one byte repeated over the plane), then the
-//!   planes' bytes in order. Planes stored raw are read in place from the
-//!   map, never copied.
+//!   stored raw; bit 30 set: one byte repeated over the plane; bit 29 set:
+//!   bit-packed against a palette, [`crate::packed`]), then the planes'
+//!   bytes in order. Planes stored raw are read in place from the map, never
+//!   copied.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,12 @@ pub(crate) const RAW_PLANE: u32 = 1 << 31;
 /// bytes of air or of a flat region), stored as that byte and filled on
 /// read, cheaper than LZ4's decoding of the same run.
 pub(crate) const CONST_PLANE: u32 = 1 << 30;
+/// Bit 29 of an LZ4 plane length: a plane of at most 16 distinct bytes (the
+/// high bytes of CT and MRI), bit-packed and then LZ4-compressed
+/// ([`crate::packed`]): smaller than LZ4 alone, and faster to decode. Entries written
+/// before it have none and still read; dino3d before it reads an entry with
+/// one as damaged (and rebuilds it).
+pub(crate) const PACKED_PLANE: u32 = 1 << 29;
 
 /// How chunk bytes are compressed (after byte shuffling).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +80,11 @@ impl Codec {
                     {
                         head.extend_from_slice(&(1 | CONST_PLANE).to_le_bytes());
                         body.push(first);
+                        continue;
+                    }
+                    if let Some(packed) = crate::packed::pack(plane, LZ4_MODE)? {
+                        head.extend_from_slice(&(packed.len() as u32 | PACKED_PLANE).to_le_bytes());
+                        body.extend_from_slice(&packed);
                         continue;
                     }
                     // High compression searches hardest on bytes it cannot
@@ -138,12 +150,20 @@ impl Codec {
                 for (p, plane) in planes.iter_mut().enumerate().take(elem) {
                     let word =
                         u32::from_le_bytes(packed[4 * p..4 * p + 4].try_into().expect("4 bytes"));
-                    let len = (word & !(RAW_PLANE | CONST_PLANE)) as usize;
+                    let len = (word & !(RAW_PLANE | CONST_PLANE | PACKED_PLANE)) as usize;
                     let stored = packed
                         .get(at..at + len)
                         .ok_or_else(|| damaged("plane past the chunk"))?;
-                    if word & CONST_PLANE != 0 {
-                        if len != 1 || word & RAW_PLANE != 0 {
+                    let kinds = [RAW_PLANE, CONST_PLANE, PACKED_PLANE].map(|k| word & k != 0);
+                    if kinds.into_iter().filter(|&k| k).count() > 1 {
+                        return Err(damaged("a plane of two kinds"));
+                    }
+                    if word & PACKED_PLANE != 0 {
+                        let (to, out, tmp) = scratch.take_with_tmp(n);
+                        crate::packed::unpack(stored, out, tmp).map_err(|e| damaged(&e))?;
+                        *plane = PlaneAt::Buf(to, n);
+                    } else if word & CONST_PLANE != 0 {
+                        if len != 1 {
                             return Err(damaged("bad constant plane"));
                         }
                         scratch.constant(stored[0], n);

@@ -29,6 +29,7 @@ mod decode_map;
 mod entry;
 pub mod error;
 pub mod layout;
+mod packed;
 mod read;
 mod scratch;
 pub mod shuffle;

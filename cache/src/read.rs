@@ -335,7 +335,7 @@ fn short_blocks(chunk: [usize; 3]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::codec::{CONST_PLANE, Codec, RAW_PLANE};
+    use crate::codec::{CONST_PLANE, Codec, PACKED_PLANE, RAW_PLANE};
     use crate::entry::Entry;
     use crate::layout::{Layout, StoredType};
     use crate::write::{ArrayToWrite, write_entry};
@@ -347,18 +347,21 @@ mod tests {
         [0.0, 0.0, 0.0, 1.0],
     ];
 
-    /// LZ4 chunks store each byte plane as one repeated byte, compressed or,
-    /// when LZ4 cannot shrink it, raw: noisy low bytes go raw, constant high
-    /// bytes as one byte, high bytes in runs of several values compressed;
-    /// all read back exactly (whole, and as a box).
+    /// LZ4 chunks store each byte plane as one repeated byte, bit-packed,
+    /// compressed or, when LZ4 cannot shrink it, raw: noisy low bytes go
+    /// raw, constant high bytes as one byte, high bytes of a few values
+    /// packed, high bytes of many values in runs compressed; all read back
+    /// exactly (whole, and as a box).
     #[test]
-    fn lz4_planes_are_constant_raw_or_compressed_and_read_back_exactly() {
+    fn lz4_planes_are_constant_packed_raw_or_compressed_and_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let shape = [1, 32, 32, 32];
-        // High byte 4 everywhere, or 3 in the first 12 planes and 4 after.
+        // High byte 4 everywhere; 3 in the first 12 planes and 4 after; or
+        // a new value every plane (32 values: too many to pack).
         for (name, base_of_z) in [
             ("constant", (|_| 1024) as fn(usize) -> i16),
-            ("runs", |z| if z < 12 { 768 } else { 1024 }),
+            ("few", |z| if z < 12 { 768 } else { 1024 }),
+            ("many", |z| (z as i16 - 16) * 256),
         ] {
             let path = dir.path().join(format!("{name}.d3c"));
             let mut state = 7u64;
@@ -393,12 +396,17 @@ mod tests {
             if name == "constant" {
                 assert_eq!(word(1), 1 | CONST_PLANE, "constant high bytes are one byte");
                 assert_eq!(packed[8 + 32 * 32 * 32], 4, "the high byte of 1024..1279");
-            } else {
-                assert_eq!(
-                    word(1) & (RAW_PLANE | CONST_PLANE),
-                    0,
-                    "runs are compressed"
+            } else if name == "few" {
+                assert_ne!(word(1) & PACKED_PLANE, 0, "two values: packed");
+                let len = word(1) & !PACKED_PLANE;
+                assert!(
+                    len < 100,
+                    "two runs: 1-bit indices, compressed ({len} bytes)"
                 );
+                assert_eq!(packed[8 + 32 * 32 * 32] & 0x7F, 1, "1-bit indices");
+            } else {
+                let kinds = RAW_PLANE | CONST_PLANE | PACKED_PLANE;
+                assert_eq!(word(1) & kinds, 0, "runs of many values are compressed");
                 assert!((2..1024).contains(&(word(1) as usize)));
             }
             assert_eq!(entry.read_all(0).unwrap().data, data, "{name}");

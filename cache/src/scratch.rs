@@ -23,6 +23,8 @@ pub(crate) struct Scratch {
     /// Per byte value, that byte repeated: constant planes point here
     /// instead of being filled for every chunk.
     constants: Vec<Vec<u8>>,
+    /// A packed plane's decompressed indices, on their way to `buf`.
+    tmp: Vec<u8>,
 }
 
 /// Scratch bytes a thread keeps after a plane-by-plane decode: a box read
@@ -59,6 +61,13 @@ impl Scratch {
         }
         self.used = at + n;
         at
+    }
+
+    /// [`Scratch::take`], with those bytes and the buffer for a packed
+    /// plane's indices.
+    pub(crate) fn take_with_tmp(&mut self, n: usize) -> (usize, &mut [u8], &mut Vec<u8>) {
+        let at = self.take(n);
+        (at, &mut self.buf[at..at + n], &mut self.tmp)
     }
 
     /// The thread's zstd decompressor (created on first use) and the buffer.
