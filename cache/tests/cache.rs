@@ -82,7 +82,15 @@ fn round_trip(codec: Codec) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("e.d3c");
     let float = wavy([2, 37, 29, 19], false);
+    // High bytes of 8 values (LZ4 entries pack them), low bytes noisy.
     let ints = wavy([1, 40, 33, 21], true);
+    // Five values in runs: low bytes packed too.
+    let mut few = wavy([1, 40, 33, 21], true);
+    let levels = [-1024.0, -1000.0, 0.0, 40.0, 1000.0];
+    few.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = levels[(i / 7 + i / 301) % 5]);
     // A window like ScaleIntensityRange(-700, 600, -1, 1, clip).
     let map = DecodeMap::new(2.0 / 1300.0, 700.0 / 1300.0 * 2.0 - 1.0, -1.0, 1.0);
     write_entry(
@@ -90,6 +98,7 @@ fn round_trip(codec: Codec) {
         &[
             to_write("image", &float, StoredType::F32, None),
             to_write("ct", &ints, StoredType::I16, Some(map)),
+            to_write("few", &few, StoredType::I16, Some(map)),
         ],
         Layout {
             chunk: [16, 16, 8],
@@ -109,6 +118,9 @@ fn round_trip(codec: Codec) {
         all, scaled,
         "integers + decode map == the map applied to floats, bit for bit"
     );
+    let mut few_scaled = few.clone();
+    few_scaled.data.iter_mut().for_each(|v| *v = map.apply(*v));
+    assert_eq!(e.read_all(2).unwrap(), few_scaled);
     for (start, extent) in [
         ([0, 0, 0], [1, 1, 1]),
         ([3, 5, 7], [20, 17, 9]),
@@ -134,7 +146,7 @@ fn round_trip(codec: Codec) {
     // planes asked for, and inside each the rectangle asked for (whole
     // planes, one voxel, rectangles across chunk edges, one running past
     // the plane's edge).
-    for (array, whole) in [(0, &float), (1, &scaled)] {
+    for (array, whole) in [(0, &float), (1, &scaled), (2, &few_scaled)] {
         let [c, nx, ny, nz] = whole.shape;
         let rect = |z: usize| match z % 4 {
             1 => None,
@@ -174,7 +186,7 @@ fn round_trip(codec: Codec) {
     // Only some rows needed (a resize's taps): those rows as the whole read
     // gives them, bit for bit; rows no plane needs are never computed (the
     // plane starts zeroed, and their true values are not all zero).
-    for (array, whole) in [(0, &float), (1, &scaled)] {
+    for (array, whole) in [(0, &float), (1, &scaled), (2, &few_scaled)] {
         let [_, nx, ny, nz] = whole.shape;
         // The fourth mask leaves the second chunk row (y 16..32) out whole.
         let masks: Vec<Vec<bool>> = (0..4)
