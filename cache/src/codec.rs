@@ -35,6 +35,9 @@ pub(crate) const CONST_PLANE: u32 = 1 << 30;
 /// before it have none and still read; dino3d before it reads an entry with
 /// one as damaged (and rebuilds it).
 pub(crate) const PACKED_PLANE: u32 = 1 << 29;
+/// One past the longest byte plane an LZ4 chunk holds: its length must stay
+/// clear of the kind bits above.
+const LONGEST_LZ4_PLANE: usize = 1 << 29;
 
 /// How chunk bytes are compressed (after byte shuffling).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +76,17 @@ impl Codec {
             Codec::Zstd => zstd::bulk::compress(shuffled, ZSTD_LEVEL),
             Codec::Lz4 => {
                 let n = shuffled.len() / elem;
+                if n >= LONGEST_LZ4_PLANE {
+                    // Bits 29..32 of a plane's length word are its kind.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "a chunk of {n} voxels is too large for the lz4 codec (at most \
+                             {} per chunk): use smaller chunks or zstd",
+                            LONGEST_LZ4_PLANE - 1
+                        ),
+                    ));
+                }
                 let mut head = Vec::with_capacity(4 * elem);
                 let mut body = Vec::with_capacity(shuffled.len());
                 for plane in shuffled.chunks(n.max(1)).take(elem) {
@@ -82,7 +96,9 @@ impl Codec {
                         body.push(first);
                         continue;
                     }
-                    if let Some(packed) = crate::packed::pack(plane, LZ4_MODE)? {
+                    // Tiny edge chunks can pack longer than they are: those go on.
+                    let packed = crate::packed::pack(plane, LZ4_MODE)?;
+                    if let Some(packed) = packed.filter(|p| p.len() < plane.len()) {
                         head.extend_from_slice(&(packed.len() as u32 | PACKED_PLANE).to_le_bytes());
                         body.extend_from_slice(&packed);
                         continue;
@@ -238,6 +254,26 @@ mod tests {
                 xxhash_rust::xxh3::xxh3_64(&bytes[..len]),
                 "length {len}"
             );
+        }
+    }
+
+    /// A plane of few values is packed unless packing would lengthen it
+    /// (tiny edge chunks); both decode exactly.
+    #[test]
+    fn planes_are_packed_only_where_that_shortens_them() {
+        for (n, packed) in [(8, false), (4096, true)] {
+            let lo: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+            let hi: Vec<u8> = (0..n).map(|i| [0xFC, 0xFF, 0, 1, 5][i % 5]).collect();
+            let bytes = [lo.clone(), hi.clone()].concat();
+            let stored = Codec::Lz4.compress(&bytes, 2).unwrap();
+            let word = u32::from_le_bytes(stored[4..8].try_into().unwrap());
+            assert_eq!(word & PACKED_PLANE != 0, packed, "{n} voxels");
+            let mut scratch = Scratch::default();
+            let at = Codec::Lz4
+                .decompress(&stored, 0, 2, 2 * n, &mut scratch)
+                .unwrap_or_else(|_| panic!("{n} voxels decode"));
+            assert_eq!(scratch.plane(at[0], &stored), lo.as_slice());
+            assert_eq!(scratch.plane(at[1], &stored), hi.as_slice());
         }
     }
 
