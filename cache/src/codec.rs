@@ -170,8 +170,7 @@ impl Codec {
                     let stored = packed
                         .get(at..at + len)
                         .ok_or_else(|| damaged("plane past the chunk"))?;
-                    let kinds = [RAW_PLANE, CONST_PLANE, PACKED_PLANE].map(|k| word & k != 0);
-                    if kinds.into_iter().filter(|&k| k).count() > 1 {
+                    if (word & (RAW_PLANE | CONST_PLANE | PACKED_PLANE)).count_ones() > 1 {
                         return Err(damaged("a plane of two kinds"));
                     }
                     if word & PACKED_PLANE != 0 {
@@ -275,6 +274,34 @@ mod tests {
             assert_eq!(scratch.plane(at[0], &stored), lo.as_slice());
             assert_eq!(scratch.plane(at[1], &stored), hi.as_slice());
         }
+    }
+
+    /// A chunk as dino3d wrote it before packed planes (a high-byte plane of
+    /// three values LZ4-compressed, no kind bit; low bytes raw), built byte
+    /// by byte, still decodes exactly.
+    #[test]
+    fn chunks_written_before_packed_planes_still_decode() {
+        let n = 4096;
+        let lo: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+        let hi: Vec<u8> = (0..n).map(|i| [0xFC, 0xFF, 0][i / 100 % 3]).collect();
+        let hi_lz4 = lz4::block::compress(&hi, Some(LZ4_MODE), false).unwrap();
+        let mut stored = Vec::new();
+        stored.extend_from_slice(&(n as u32 | RAW_PLANE).to_le_bytes());
+        stored.extend_from_slice(&(hi_lz4.len() as u32).to_le_bytes());
+        stored.extend_from_slice(&lo);
+        stored.extend_from_slice(&hi_lz4);
+        let mut scratch = Scratch::default();
+        let at = Codec::Lz4
+            .decompress(&stored, 0, 2, 2 * n, &mut scratch)
+            .unwrap_or_else(|_| panic!("the old chunk decodes"));
+        assert_eq!(scratch.plane(at[0], &stored), lo.as_slice());
+        assert_eq!(scratch.plane(at[1], &stored), hi.as_slice());
+        // Today's writer packs that plane instead.
+        let new = Codec::Lz4.compress(&[lo, hi].concat(), 2).unwrap();
+        assert_ne!(
+            u32::from_le_bytes(new[4..8].try_into().unwrap()) & PACKED_PLANE,
+            0
+        );
     }
 
     #[test]
