@@ -5,7 +5,8 @@
 //! * LZ4 per byte plane: `planes` little-endian u32 lengths (bit 31 set:
 //!   stored raw; bit 30 set: one byte repeated over the plane; bit 29 set:
 //!   bit-packed against a palette, [`crate::packed`]), then the planes'
-//!   bytes in order. Planes stored raw are read in place from the map, never
+//!   bytes in order. Planes stored raw are read in place from the bytes the
+//!   chunk was read from (the map, or a slab read from the file), never
 //!   copied.
 
 use serde::{Deserialize, Serialize};
@@ -128,9 +129,9 @@ impl Codec {
     }
 
     /// Decompresses `packed` (a chunk of `raw_len` bytes in `elem` planes,
-    /// found at byte `packed_at` of the map) into `scratch`; returns where
-    /// each byte plane lives: in `scratch`, in the map (raw planes) or as a
-    /// constant.
+    /// found at byte `packed_at` of the stored bytes it was read from) into
+    /// `scratch`; returns where each byte plane lives: in `scratch`, in the
+    /// stored bytes (raw planes) or as a constant.
     pub(crate) fn decompress(
         self,
         packed: &[u8],
@@ -187,7 +188,7 @@ impl Codec {
                         if len != n {
                             return Err(damaged("wrong size"));
                         }
-                        *plane = PlaneAt::Map(packed_at + at, len);
+                        *plane = PlaneAt::Stored(packed_at + at, len);
                     } else {
                         let size = i32::try_from(n).map_err(|e| damaged(&e.to_string()))?;
                         let to = scratch.take(n);
@@ -238,12 +239,7 @@ mod tests {
     fn chunk_checksum_is_xxh3_64() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let bytes: Vec<u8> = (0..70_000)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1);
-                (state >> 56) as u8
-            })
+            .map(|_| (crate::test_support::lcg(&mut state) >> 56) as u8)
             .collect();
         for len in [
             0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 4097, 65_536, 70_000,

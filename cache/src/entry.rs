@@ -19,12 +19,12 @@ const HEAD_PREFETCH: usize = 64 << 10;
 pub struct Entry {
     pub(crate) path: PathBuf,
     /// The open file, to notice it shrinking under the map.
-    file: File,
+    pub(crate) file: File,
     pub(crate) map: memmap2::Mmap,
     /// What it holds.
     pub header: Header,
     /// Per array: index start (byte offset into the map).
-    index_at: Vec<usize>,
+    pub(crate) index_at: Vec<usize>,
     pub(crate) payload_at: usize,
     /// Per array: its decode table, built on first read.
     tables: Vec<OnceLock<Vec<f32>>>,
@@ -218,13 +218,31 @@ impl Entry {
         i: usize,
         scratch: &mut Scratch,
     ) -> Result<[PlaneAt; 4]> {
+        let r = self.chunk_ref(array, i)?;
+        self.decode_stored(array, i, &self.map, self.payload_at + r.offset, scratch)
+    }
+
+    /// Checks chunk `i` of array `array`, whose stored bytes start at
+    /// `stored[at..]` (the map, or a slab read from the file), and decodes
+    /// it into `scratch`; returns where each plane lives (planes stored raw:
+    /// in `stored`).
+    pub(crate) fn decode_stored(
+        &self,
+        array: usize,
+        i: usize,
+        stored: &[u8],
+        at: usize,
+        scratch: &mut Scratch,
+    ) -> Result<[PlaneAt; 4]> {
         let meta = &self.header.arrays[array];
         let r = self.chunk_ref(array, i)?;
-        let packed_at = self.payload_at + r.offset;
-        let packed = &self.map[packed_at..][..r.len];
         let corrupt = |why: &str| {
             CacheError::corrupt(&self.path, &format!("chunk {i} of `{}`: {why}", meta.key))
         };
+        let packed = at
+            .checked_add(r.len)
+            .and_then(|end| stored.get(at..end))
+            .ok_or_else(|| corrupt("past the bytes read"))?;
         if chunk_checksum(packed) != r.hash {
             return Err(corrupt("checksum mismatch"));
         }
@@ -233,7 +251,7 @@ impl Entry {
             return Err(corrupt("wrong size"));
         }
         meta.codec
-            .decompress(packed, packed_at, elem, r.raw_len, scratch)
+            .decompress(packed, at, elem, r.raw_len, scratch)
             .map_err(|e| match e {
                 Unpack::Io(e) => CacheError::io(&self.path, e),
                 Unpack::Damaged(why) => corrupt(&why),

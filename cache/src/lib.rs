@@ -1,8 +1,10 @@
 //! dino3d's on-disk store of chunked arrays: one entry file per key, each
 //! holding named channel-first float arrays with their geometry, chunked,
-//! byte-shuffled, compressed and checksummed, read through a memory map. It
-//! knows arrays, chunks, codecs, checksums and keys, and nothing of where the
-//! arrays came from: the pipeline decides what to store and how to key it.
+//! byte-shuffled, compressed and checksummed; its header and index are read
+//! through a memory map, its chunks a slab at a time with positioned reads
+//! into a reused buffer. It knows arrays, chunks, codecs, checksums and keys,
+//! and nothing of where the arrays came from: the pipeline decides what to
+//! store and how to key it.
 //!
 //! * **Layout** ([`layout`]): the entry's header, index and chunk geometry;
 //!   64 × 64 × 8 chunks by default (shallow slabs and long runs for
@@ -33,7 +35,10 @@ mod packed;
 mod read;
 mod scratch;
 pub mod shuffle;
+mod slab;
 pub mod store;
+#[cfg(test)]
+mod test_support;
 mod window;
 pub mod write;
 

@@ -6,11 +6,11 @@ use std::mem::MaybeUninit;
 
 use crate::array::{Array, shifted};
 use crate::decode::{Decoding, Planes};
-use crate::decode_map::DecodeMap;
 use crate::entry::Entry;
 use crate::error::{CacheError, Result};
 use crate::layout::{PlaneNeed, PlaneRect, StoredType};
-use crate::scratch::{PlaneAt, SCRATCH, SCRATCH_KEEP};
+use crate::scratch::{PlaneAt, SCRATCH, SCRATCH_KEEP, Scratch, trim_bytes};
+use crate::slab::{Placed, SLAB};
 use crate::window::{Segment, prefetch, window_word_slab};
 
 impl Entry {
@@ -39,10 +39,7 @@ impl Entry {
         let mut data: Vec<f32> = Vec::with_capacity(total);
         let out = &mut data.spare_capacity_mut()[..total];
         let mut written = 0usize;
-        // Mapped 16-bit voxels are computed by the vector kernels, slab by
-        // slab; everything else goes through the table (or plain conversion).
         let decoding = self.decoding(array);
-        let (map, computed, table) = (decoding.map.as_ref(), decoding.computed(), decoding.table);
         let lo = [0, 1, 2].map(|a| start[a] / meta.chunk[a]);
         let hi = [0, 1, 2].map(|a| (start[a] + extent[a] - 1) / meta.chunk[a]);
         // Queue all the I/O at once (a cold entry), before decoding any of it.
@@ -57,19 +54,7 @@ impl Entry {
         for ch in 0..c {
             for kz in lo[2]..=hi[2] {
                 for ky in lo[1]..=hi[1] {
-                    if let Some(map) = computed {
-                        written +=
-                            self.window_slab(array, [ch, kz, ky], start, extent, map, out)?;
-                        continue;
-                    }
-                    for kx in lo[0]..=hi[0] {
-                        let i = meta.chunk_index([ch, kz, ky, kx]);
-                        let rows = meta.box_rows([ch, kz, ky, kx], start, extent);
-                        self.with_chunk_planes(array, i, |planes| {
-                            planes.decode_rows(rows, None, out, table, map);
-                        })?;
-                        written += rows.len();
-                    }
+                    written += self.box_row(array, [ch, kz, ky], start, extent, &decoding, out)?;
                 }
             }
         }
@@ -89,40 +74,58 @@ impl Entry {
         })
     }
 
-    /// The part of the box in chunk slab `(channel, kz, ky)` (all chunks
-    /// along x), mapped 16-bit voxels: every chunk of the slab is decoded
-    /// first, then the output rows are written left to right across them
-    /// ([`window_word_slab`]). Returns the voxels written.
-    fn window_slab(
+    /// The part of the box in chunk row `(channel, kz, ky)`: its chunks
+    /// along x are read from the file together and each decoded once, then
+    /// mapped 16-bit voxels are computed by the vector kernels, each output
+    /// row written left to right across the chunks ([`window_word_slab`]);
+    /// everything else goes chunk by chunk through the table (or plain
+    /// conversion). Returns the voxels written.
+    fn box_row(
         &self,
         array: usize,
         [ch, kz, ky]: [usize; 3],
         start: [usize; 3],
         extent: [usize; 3],
-        map: &DecodeMap,
+        decoding: &Decoding<'_>,
         out: &mut [MaybeUninit<f32>],
     ) -> Result<usize> {
         let meta = &self.header.arrays[array];
-        let kxs = start[0] / meta.chunk[0]..=(start[0] + extent[0] - 1) / meta.chunk[0];
-        SCRATCH.with(|cell| {
-            let scratch = &mut *cell.borrow_mut();
+        let kxs = start[0] / meta.chunk[0]..(start[0] + extent[0] - 1) / meta.chunk[0] + 1;
+        with_buffers(|scratch, slab| {
             scratch.reset();
-            let mut decoded = Vec::with_capacity(kxs.clone().count());
+            let row = meta.chunk_index([ch, kz, ky, 0]);
+            let placed = self.read_rows(array, std::iter::once(row), kxs.clone(), slab)?;
+            let stored: &[u8] = if placed.is_some() { slab } else { &self.map };
+            let mut decoded = Vec::with_capacity(kxs.len());
             for kx in kxs {
-                let i = meta.chunk_index([ch, kz, ky, kx]);
-                let at = self.decode_chunk(array, i, scratch)?;
+                let i = row + kx;
+                let at = self.stored_at(array, i, placed.as_ref().map(|p| p[0]))?;
+                let at = self.decode_stored(array, i, stored, at, scratch)?;
                 decoded.push((at, meta.box_rows([ch, kz, ky, kx], start, extent)));
             }
-            let segments: Vec<Segment<'_>> = decoded
-                .iter()
-                .map(|&(at, rows)| Segment {
-                    lo: scratch.plane(at[0], &self.map),
-                    hi: scratch.plane(at[1], &self.map),
-                    rows,
-                })
-                .collect();
-            window_word_slab(&segments, meta.dtype == StoredType::I16, map, None, out);
-            Ok(segments.iter().map(|s| s.rows.len()).sum())
+            let scratch = &*scratch;
+            let planes_of = |at: [PlaneAt; 4]| at.map(|p| scratch.plane(p, stored));
+            if let Some(map) = decoding.computed() {
+                let segments: Vec<Segment<'_>> = decoded
+                    .iter()
+                    .map(|&(at, rows)| {
+                        let [lo, hi, ..] = planes_of(at);
+                        Segment { lo, hi, rows }
+                    })
+                    .collect();
+                window_word_slab(&segments, meta.dtype == StoredType::I16, map, None, out);
+            } else {
+                for &(at, rows) in &decoded {
+                    Planes::from_planes(meta.dtype, planes_of(at)).decode_rows(
+                        rows,
+                        None,
+                        out,
+                        decoding.table,
+                        decoding.map.as_ref(),
+                    );
+                }
+            }
+            Ok(decoded.iter().map(|(_, rows)| rows.len()).sum())
         })
     }
 
@@ -208,9 +211,20 @@ impl Entry {
         let result =
             self.planes_of_slabs(array, &needs, &slab_rects, &decoding, &mut plane, &mut f);
         // A slab of a large array can leave tens of MiB in this thread's
-        // scratch; give back what ordinary reads would not use again.
-        SCRATCH.with(|cell| cell.borrow_mut().trim(SCRATCH_KEEP));
+        // scratch and slab buffer; give back what ordinary reads would not
+        // use again.
+        with_buffers(|scratch, slab| {
+            scratch.trim(SCRATCH_KEEP);
+            trim_bytes(slab, SCRATCH_KEEP);
+        });
         result
+    }
+
+    /// Where chunk `i`'s stored bytes start: in the slab buffer when its row
+    /// was read there (`placed`), else in the map.
+    fn stored_at(&self, array: usize, i: usize, placed: Option<Placed>) -> Result<usize> {
+        let in_file = self.payload_at + self.chunk_ref(array, i)?.offset;
+        Ok(placed.map_or(in_file, |p| p.at(in_file)))
     }
 
     /// The decoding loop of [`Entry::for_each_plane`].
@@ -235,21 +249,28 @@ impl Entry {
                     continue;
                 };
                 self.check_len()?;
-                SCRATCH.with(|cell| -> Result<()> {
-                    let scratch = &mut *cell.borrow_mut();
+                with_buffers(|scratch, slab| -> Result<()> {
                     scratch.reset();
                     // The chunks of this slab that some plane's rectangle
-                    // touches, each decoded once.
+                    // touches, read from the file together and each decoded
+                    // once.
                     let slab_span = slab_rect.chunks(meta.chunk);
+                    let rows = slab_span[1]
+                        .clone()
+                        .map(|ky| meta.chunk_index([ch, kz, ky, 0]));
+                    let placed = self.read_rows(array, rows, slab_span[0].clone(), slab)?;
+                    let stored: &[u8] = if placed.is_some() { slab } else { &self.map };
                     let mut decoded = vec![None; n[0] * n[1]];
-                    for ky in slab_span[1].clone() {
+                    for (row, ky) in slab_span[1].clone().enumerate() {
                         for kx in slab_span[0].clone() {
                             let i = meta.chunk_index([ch, kz, ky, kx]);
-                            decoded[ky * n[0] + kx] = Some(self.decode_chunk(array, i, scratch)?);
+                            let at = self.stored_at(array, i, placed.as_ref().map(|p| p[row]))?;
+                            decoded[ky * n[0] + kx] =
+                                Some(self.decode_stored(array, i, stored, at, scratch)?);
                         }
                     }
                     let scratch = &*scratch;
-                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| scratch.plane(p, &self.map));
+                    let planes_of = |at: [PlaneAt; 4]| at.map(|p| scratch.plane(p, stored));
                     for z in z_range.clone() {
                         let Some(need) = needs[z] else {
                             continue;
@@ -323,6 +344,11 @@ impl Entry {
     }
 }
 
+/// Runs `f` with this thread's decoding scratch and slab buffer.
+fn with_buffers<T>(f: impl FnOnce(&mut Scratch, &mut Vec<u8>) -> T) -> T {
+    SLAB.with(|slab| SCRATCH.with(|scratch| f(&mut scratch.borrow_mut(), &mut slab.borrow_mut())))
+}
+
 /// Whether a plane's block of a chunk byte plane (`chunk[0] · chunk[1]`
 /// bytes) is shorter than the hardware prefetcher follows, so the window
 /// prefetches the next chunk row itself. 32³ chunks (1 KiB blocks): +5%
@@ -335,17 +361,9 @@ fn short_blocks(chunk: [usize; 3]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::codec::{CONST_PLANE, Codec, PACKED_PLANE, RAW_PLANE};
+    use crate::codec::{CONST_PLANE, PACKED_PLANE, RAW_PLANE};
     use crate::entry::Entry;
-    use crate::layout::{Layout, StoredType};
-    use crate::write::{ArrayToWrite, write_entry};
-
-    const IDENTITY: crate::Affine = [
-        [1.0, 0.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0, 0.0],
-        [0.0, 0.0, 1.0, 0.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
+    use crate::test_support::{lcg, write_i16};
 
     /// LZ4 chunks store each byte plane as one repeated byte, bit-packed,
     /// compressed or, when LZ4 cannot shrink it, raw: noisy low bytes go
@@ -355,7 +373,6 @@ mod tests {
     #[test]
     fn lz4_planes_are_constant_packed_raw_or_compressed_and_read_back_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = [1, 32, 32, 32];
         // High byte 4 everywhere; 3 in the first 12 planes and 4 after; or
         // a new value every plane (32 values: too many to pack).
         for (name, base_of_z) in [
@@ -367,26 +384,10 @@ mod tests {
             let mut state = 7u64;
             let data: Vec<f32> = (0..32 * 32 * 32)
                 .map(|i| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1);
-                    f32::from(((state >> 33) % 256) as i16 + base_of_z(i / (32 * 32)))
+                    f32::from(((lcg(&mut state) >> 33) % 256) as i16 + base_of_z(i / (32 * 32)))
                 })
                 .collect();
-            let arrays = [ArrayToWrite {
-                key: "image",
-                data: &data,
-                shape,
-                spacing: [1.0; 3],
-                affine: IDENTITY,
-                dtype: StoredType::I16,
-                decode: None,
-            }];
-            let layout = Layout {
-                chunk: [32, 32, 32],
-                codec: Codec::Lz4,
-            };
-            write_entry(&path, &arrays, layout, "src", "key").unwrap();
+            write_i16(&path, &data, [32; 3], [32; 3]);
             let entry = Entry::open(&path).unwrap();
             let r = entry.chunk_ref(0, 0).unwrap();
             let packed = &entry.map[entry.payload_at + r.offset..][..r.len];

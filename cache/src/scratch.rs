@@ -1,12 +1,14 @@
 //! Per-thread decoding state, reused across chunks: no allocation or
 //! context set-up per chunk.
 
-/// Where a decoded byte plane lives: `(offset, length)` in the map (planes
-/// stored raw) or in the decoding thread's [`Scratch`] buffer, or `length`
-/// copies of one byte (a constant plane, in [`Scratch::constant`]).
+/// Where a decoded byte plane lives: `(offset, length)` in the stored bytes
+/// the chunk was decoded from (planes stored raw, read in place: the entry's
+/// map, or the slab read from its file, [`crate::slab`]) or in the decoding
+/// thread's [`Scratch`] buffer, or `length` copies of one byte (a constant
+/// plane, in [`Scratch::constant`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum PlaneAt {
-    Map(usize, usize),
+    Stored(usize, usize),
     Buf(usize, usize),
     Const(u8, usize),
 }
@@ -45,10 +47,7 @@ impl Scratch {
 
     /// Frees the buffer beyond `keep` bytes.
     pub(crate) fn trim(&mut self, keep: usize) {
-        if self.buf.len() > keep {
-            self.buf.truncate(keep);
-            self.buf.shrink_to_fit();
-        }
+        trim_bytes(&mut self.buf, keep);
         self.used = self.used.min(keep);
     }
 
@@ -92,13 +91,21 @@ impl Scratch {
         }
     }
 
-    /// The bytes of a decoded plane (`map`: the entry's bytes, for planes
-    /// read in place).
-    pub(crate) fn plane<'a>(&'a self, at: PlaneAt, map: &'a [u8]) -> &'a [u8] {
+    /// The bytes of a decoded plane (`stored`: the bytes its chunk was
+    /// decoded from, for planes read in place).
+    pub(crate) fn plane<'a>(&'a self, at: PlaneAt, stored: &'a [u8]) -> &'a [u8] {
         match at {
-            PlaneAt::Map(from, len) => &map[from..from + len],
+            PlaneAt::Stored(from, len) => &stored[from..from + len],
             PlaneAt::Buf(from, len) => &self.buf[from..from + len],
             PlaneAt::Const(byte, len) => &self.constants[usize::from(byte)][..len],
         }
+    }
+}
+
+/// Frees `bytes` beyond `keep`.
+pub(crate) fn trim_bytes(bytes: &mut Vec<u8>, keep: usize) {
+    if bytes.len() > keep {
+        bytes.truncate(keep);
+        bytes.shrink_to_fit();
     }
 }
