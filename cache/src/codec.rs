@@ -49,8 +49,9 @@ pub enum Codec {
     Zstd,
     /// LZ4 (block format) per byte plane: larger entries, several times
     /// faster to decode. A plane LZ4 cannot shrink by 1/16 (the noisy low
-    /// bytes of CT or MRI) is stored raw and read straight from the map, so
-    /// a box read neither copies nor decodes it beyond the rows it keeps.
+    /// bytes of CT or MRI) is stored raw and read in place from the bytes
+    /// read from the file, so a box read neither decompresses nor decodes it
+    /// beyond the rows it keeps.
     Lz4,
 }
 

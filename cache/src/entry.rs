@@ -18,7 +18,8 @@ const HEAD_PREFETCH: usize = 64 << 10;
 /// An open entry (memory-mapped, header and index checked).
 pub struct Entry {
     pub(crate) path: PathBuf,
-    /// The open file, to notice it shrinking under the map.
+    /// The open file: chunks are read from it (`crate::slab`), and its
+    /// length checked to notice it shrinking under the map.
     pub(crate) file: File,
     pub(crate) map: memmap2::Mmap,
     /// What it holds.
@@ -141,8 +142,10 @@ impl Entry {
     /// replaced by rename, but another process (or a user) may truncate one
     /// in place; touching mapped pages past the new end would kill the run
     /// with SIGBUS, so every read checks first and reports the entry as
-    /// damaged instead. (A truncation racing a read already under way is not
-    /// caught; it needs a writer that ignores the rename protocol.)
+    /// damaged instead. (Chunks read with `pread` report a truncation racing
+    /// the read as a short read; one racing a read of the index, or of chunks
+    /// read through the map, is not caught: it needs a writer that ignores
+    /// the rename protocol.)
     ///
     /// # Errors
     /// [`CacheError::Corrupt`] when the file shrank.

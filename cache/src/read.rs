@@ -66,6 +66,11 @@ impl Entry {
         // `data[..total]` was initialised by `decode` above (tested by the
         // box round trips in tests/cache.rs).
         unsafe { data.set_len(total) };
+        // Rows of large chunks can leave more than a plane read keeps.
+        with_buffers(|scratch, slab| {
+            scratch.trim(SCRATCH_KEEP);
+            trim_bytes(slab, SCRATCH_KEEP);
+        });
         Ok(Array {
             data,
             shape: [c, extent[0], extent[1], extent[2]],
@@ -224,7 +229,12 @@ impl Entry {
     /// was read there (`placed`), else in the map.
     fn stored_at(&self, array: usize, i: usize, placed: Option<Placed>) -> Result<usize> {
         let in_file = self.payload_at + self.chunk_ref(array, i)?.offset;
-        Ok(placed.map_or(in_file, |p| p.at(in_file)))
+        match placed {
+            None => Ok(in_file),
+            Some(p) => p.at(in_file).ok_or_else(|| {
+                CacheError::corrupt(&self.path, &format!("chunk {i}: index changed while read"))
+            }),
+        }
     }
 
     /// The decoding loop of [`Entry::for_each_plane`].
