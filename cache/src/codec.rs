@@ -19,7 +19,8 @@ pub const ZSTD_LEVEL: i32 = 3;
 
 /// LZ4 high-compression level 5 (as nnU-Net's Blosc2 store): about 6% smaller
 /// than LZ4's fast mode on int16 CT, decoded at the same speed.
-const LZ4_MODE: lz4::block::CompressionMode = lz4::block::CompressionMode::HIGHCOMPRESSION(5);
+pub(crate) const LZ4_MODE: lz4::block::CompressionMode =
+    lz4::block::CompressionMode::HIGHCOMPRESSION(5);
 
 /// LZ4's fast mode, the cheap test of whether a plane compresses at all.
 const LZ4_FAST: lz4::block::CompressionMode = lz4::block::CompressionMode::DEFAULT;
@@ -264,13 +265,18 @@ mod tests {
             let stored = Codec::Lz4.compress(&bytes, 2).unwrap();
             let word = u32::from_le_bytes(stored[4..8].try_into().unwrap());
             assert_eq!(word & PACKED_PLANE != 0, packed, "{n} voxels");
-            let mut scratch = Scratch::default();
-            let at = Codec::Lz4
-                .decompress(&stored, 0, 2, 2 * n, &mut scratch)
-                .unwrap_or_else(|_| panic!("{n} voxels decode"));
-            assert_eq!(scratch.plane(at[0], &stored), lo.as_slice());
-            assert_eq!(scratch.plane(at[1], &stored), hi.as_slice());
+            assert_eq!(decode_words(&stored, n), (lo, hi), "{n} voxels");
         }
+    }
+
+    /// The low and high byte planes of an LZ4 chunk of `n` 16-bit voxels.
+    fn decode_words(stored: &[u8], n: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut scratch = Scratch::default();
+        let at = Codec::Lz4
+            .decompress(stored, 0, 2, 2 * n, &mut scratch)
+            .unwrap_or_else(|_| panic!("a chunk of {n} voxels decodes"));
+        let plane = |p: PlaneAt| scratch.plane(p, stored).to_vec();
+        (plane(at[0]), plane(at[1]))
     }
 
     /// A chunk as dino3d wrote it before packed planes (a high-byte plane of
@@ -281,18 +287,8 @@ mod tests {
         let n = 4096;
         let lo: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
         let hi: Vec<u8> = (0..n).map(|i| [0xFC, 0xFF, 0][i / 100 % 3]).collect();
-        let hi_lz4 = lz4::block::compress(&hi, Some(LZ4_MODE), false).unwrap();
-        let mut stored = Vec::new();
-        stored.extend_from_slice(&(n as u32 | RAW_PLANE).to_le_bytes());
-        stored.extend_from_slice(&(hi_lz4.len() as u32).to_le_bytes());
-        stored.extend_from_slice(&lo);
-        stored.extend_from_slice(&hi_lz4);
-        let mut scratch = Scratch::default();
-        let at = Codec::Lz4
-            .decompress(&stored, 0, 2, 2 * n, &mut scratch)
-            .unwrap_or_else(|_| panic!("the old chunk decodes"));
-        assert_eq!(scratch.plane(at[0], &stored), lo.as_slice());
-        assert_eq!(scratch.plane(at[1], &stored), hi.as_slice());
+        let stored = crate::test_support::chunk_before_packed_planes(&lo, &hi);
+        assert_eq!(decode_words(&stored, n), (lo.clone(), hi.clone()));
         // Today's writer packs that plane instead.
         let new = Codec::Lz4.compress(&[lo, hi].concat(), 2).unwrap();
         assert_ne!(

@@ -130,8 +130,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::codec::chunk_checksum;
     use crate::layout::{INDEX_ENTRY, PlaneRect};
-    use crate::test_support::{lcg, write_i16};
+    use crate::test_support::{chunk_before_packed_planes, lcg, write_i16};
 
     /// A 32 × 32 × 16 int16 entry of 8³ chunks (4 × 4 × 2 of them), LZ4:
     /// noisy low bytes (stored raw) and smooth high bytes (compressed).
@@ -146,10 +147,25 @@ mod tests {
         data
     }
 
+    /// The 32 × 32 × 16 entry reads back as `data`, whole and plane by plane.
+    fn assert_reads_back(entry: &Entry, data: &[f32]) {
+        assert_eq!(entry.read_all(0).unwrap().data, data);
+        let mut planes = vec![0f32; data.len()];
+        entry
+            .for_each_plane(
+                0,
+                |_| Some(PlaneRect::whole([32, 32])),
+                |_, z, plane| planes[z * 1024..][..1024].copy_from_slice(plane),
+            )
+            .unwrap();
+        assert_eq!(planes, data);
+    }
+
     /// Rewrites the entry at `path` with `edit(bytes, index_at, payload_at)`
-    /// applied, then its header/index checksum made to match again: damage
-    /// that only the chunk checksums (or the layout) can reveal.
-    fn edit_entry(path: &Path, edit: impl FnOnce(&mut [u8], usize, usize)) {
+    /// applied (which may change its length), then its header/index
+    /// checksum made to match again: changes that only the chunk checksums
+    /// (or the layout) can reveal.
+    fn edit_entry(path: &Path, edit: impl FnOnce(&mut Vec<u8>, usize, usize)) {
         let entry = Entry::open(path).unwrap();
         let (index_at, payload_at) = (entry.index_at[0], entry.payload_at);
         drop(entry);
@@ -285,6 +301,46 @@ mod tests {
         assert!(err.to_string().contains("e.d3c"), "{err}");
     }
 
+    /// An entry as dino3d wrote it before packed planes (its one chunk built
+    /// byte by byte in that layout: a high-byte plane of three values
+    /// LZ4-compressed with no kind bit) reads back exactly through the slab
+    /// reader, whole and plane by plane.
+    #[test]
+    fn entries_written_before_packed_planes_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.d3c");
+        let n = 32 * 32 * 16;
+        let lo: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+        let hi: Vec<u8> = (0..n).map(|i| [0xFC, 0xFF, 0][i / 100 % 3]).collect();
+        let data: Vec<f32> = lo
+            .iter()
+            .zip(&hi)
+            .map(|(&l, &h)| f32::from(i16::from_le_bytes([l, h])))
+            .collect();
+        write_i16(&path, &data, [32, 32, 16], [32, 32, 16]);
+        edit_entry(&path, |bytes, index_at, payload_at| {
+            let old = chunk_before_packed_planes(&lo, &hi);
+            let tail = bytes[bytes.len() - 16..].to_vec();
+            bytes.truncate(payload_at);
+            bytes.extend_from_slice(&old);
+            bytes.extend_from_slice(&tail);
+            bytes[index_at + 8..index_at + 12].copy_from_slice(&(old.len() as u32).to_le_bytes());
+            bytes[index_at + 16..index_at + 24]
+                .copy_from_slice(&chunk_checksum(&old).to_le_bytes());
+        });
+        let entry = Entry::open(&path).unwrap();
+        let r = entry.chunk_ref(0, 0).unwrap();
+        let word = &entry.map[entry.payload_at + 4..][..4];
+        assert_eq!(
+            u32::from_le_bytes(word.try_into().unwrap()) >> 29,
+            0,
+            "no kind bit"
+        );
+        assert!(r.len < 2 * n, "the old chunk, LZ4-compressed");
+        entry.verify().unwrap();
+        assert_reads_back(&entry, &data);
+    }
+
     /// An entry whose first two chunks were stored in swapped order (a
     /// valid index, but not as dino3d writes) is read through the map, and
     /// reads back exactly.
@@ -318,16 +374,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(entry.read_all(0).unwrap().data, data);
-        let mut planes = vec![0f32; data.len()];
-        entry
-            .for_each_plane(
-                0,
-                |_| Some(PlaneRect::whole([32, 32])),
-                |_, z, plane| planes[z * 1024..][..1024].copy_from_slice(plane),
-            )
-            .unwrap();
-        assert_eq!(planes, data);
+        assert_reads_back(&entry, &data);
     }
 
     /// A file that shrank under an open entry is a short read, reported as
