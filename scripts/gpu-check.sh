@@ -13,8 +13,10 @@
 #                                        then, most needed first: the tests
 #                                        and the kernel benchmark from DIR,
 #                                        the loader's thread scaling, the
-#                                        training step against PyTorch's,
-#                                        the tasks; exit 1 if any step
+#                                        training step against PyTorch's
+#                                        (bf16 at 32 and 64, fused attention,
+#                                        NCCL), the tasks, the other step
+#                                        rows; exit 1 if any step
 #                                        failed, 3 if the budget left some
 #                                        unrun (BUDGET_S below)
 #   scripts/gpu-check.sh --run-tests|--run-tasks [DIR]
@@ -288,6 +290,15 @@ run_train_step() {
     # buckets' cost in the real step, and the all-reduce left after the
     # backward (phase all_reduce).
     gpu_step "train step ViT-L b32 bf16 NCCL world of one" env DEVICE=cuda:0 PRECISION=bf16 ARCH=large BATCH=32 STEPS=2 NCCL=1 "$bin"
+    unset PHASES
+}
+
+# The rest of the training-step rows: checkpointing's memory at 32, TF32.
+run_train_step_rest() {
+    [ -f "$DIR/train_step_cuda.xz" ] || return 0
+    unpack
+    local bin="$DIR/train_step_cuda"
+    export PHASES=1
     gpu_step "train step ViT-L b32 bf16 checkpointed" env DEVICE=cuda:0 PRECISION=bf16 CHECKPOINT=1 ARCH=large BATCH=32 "$bin"
     gpu_step "train step ViT-L b32 tf32" env DEVICE=cuda:0 TF32=1 ARCH=large BATCH=32 "$bin"
     torch_step "torch ViT-L b32 tf32" --tf32 --batch 32
@@ -371,6 +382,7 @@ run() {
     run_loader
     run_train_step
     run_pretrain
+    run_train_step_rest
     finish
 }
 
@@ -525,7 +537,7 @@ case "$MODE" in
     --build) build ;;
     --run) log_to_out; run ;;
     --run-tests) log_to_out; prelude; run_tests; finish ;;
-    --run-step) log_to_out; prelude; run_train_step; finish ;;
+    --run-step) log_to_out; prelude; run_train_step; run_train_step_rest; finish ;;
     --run-tasks) log_to_out; prelude; run_pretrain; finish ;;
     --run-loader) log_to_out; unpack; run_loader; finish ;;
     *) usage ;;
