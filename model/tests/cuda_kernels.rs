@@ -746,6 +746,54 @@ fn deform_sample_on_cuda_matches_the_cpu() {
     }
 }
 
+/// The segmentation's instance norm on CUDA f32 tensors (its twin kernels
+/// in `cuda/fused.cu`) against the CPU op (f64 accumulators): the output and
+/// the input gradient, for rows shorter than a block, rows of many blocks'
+/// strides (48³ voxels, a UNETR stage at 96³ input) and a constant row.
+#[test]
+fn instance_norm_on_cuda_matches_the_cpu() {
+    use dino3d_model::seg::instance_norm::instance_norm;
+    let Some(gpu) = gpu() else { return };
+    for (shape, seed) in [
+        ([2usize, 3, 5, 6, 7], 61u64),
+        ([1, 2, 48, 48, 48], 62),
+        ([2, 1, 1, 1, 9], 63),
+    ] {
+        let n: usize = shape.iter().product();
+        let mut values: Vec<f32> = normal(n, seed).iter().map(|v| 3.0 * v + 1.5).collect();
+        if shape[4] == 9 {
+            // A constant row: x̂ = 0 and the gradient is g − mean(g), scaled.
+            values[..9].fill(0.25);
+        }
+        let upstream = normal(n, seed + 100);
+        let run = |dev: &Device| {
+            let x =
+                Var::from_tensor(&Tensor::from_slice(&values, &shape[..], dev).unwrap()).unwrap();
+            let y = instance_norm(x.as_tensor()).unwrap();
+            let w = Tensor::from_slice(&upstream, &shape[..], dev).unwrap();
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let host = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            [host(&y), host(grads.get(x.as_tensor()).unwrap())]
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu.device()));
+        for (name, a, b) in [
+            ("output", &cuda[0], &cpu[0]),
+            ("d input", &cuda[1], &cpu[1]),
+        ] {
+            let err = max_rel_err(a, b);
+            println!("instance norm on CUDA {shape:?}, {name}: rel err {err:.3e}");
+            assert!(err <= 1e-4, "{shape:?} {name}: rel err {err:.3e} > 1e-4");
+        }
+    }
+}
+
 /// Attention without a score matrix (`cuda::flash_attention`) against the
 /// CPU reference of its algorithm and against candle's composed attention on
 /// the same GPU: the output and the gradients of q, k and v, for token

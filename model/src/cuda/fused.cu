@@ -1,6 +1,7 @@
 // CUDA twins of the fused CPU ops in model/src/fused/ (their results are the
 // references): exact GELU, softmax over the last axis with a folded-in
-// scale, and affine LayerNorm over the last axis, each forward and backward,
+// scale, affine LayerNorm over the last axis and the segmentation's instance
+// norm (rows of voxels, no affine), each forward and backward,
 // in f32 with f32 block reductions (the CPU sums rows in f64; the tests
 // bound the difference); GELU also on bf16 values, computed in f32.
 //
@@ -244,4 +245,48 @@ extern "C" __global__ void ln_bwd_wb_sum_f32(const float* __restrict__ partial,
         s += partial[(unsigned long long)k * width + j];
     }
     out[j] = s;
+}
+
+// Instance norm without affine (InstanceNorm3d(affine=False), the twin of
+// seg/instance_norm.rs): one block per (sample, channel) row of d voxels,
+// y = (x - mean) rstd.
+extern "C" __global__ void __launch_bounds__(D3_MAX_BLOCK)
+in_fwd_f32(const float* __restrict__ x,
+           float* __restrict__ y,
+           int d,
+           float eps) {
+    __shared__ float buf[D3_MAX_BLOCK];
+    unsigned long long off = (unsigned long long)blockIdx.x * d;
+    float mean, rstd;
+    d3_row_stats(x + off, d, eps, buf, &mean, &rstd);
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        y[off + c] = (x[off + c] - mean) * rstd;
+    }
+}
+
+// Its backward, one block per row, with xh = (x - mean) rstd:
+// dx = rstd (g - mean(g) - xh mean(g xh)).
+extern "C" __global__ void __launch_bounds__(D3_MAX_BLOCK)
+in_bwd_f32(const float* __restrict__ x,
+           const float* __restrict__ g,
+           float* __restrict__ dx,
+           int d,
+           float eps) {
+    __shared__ float buf[D3_MAX_BLOCK];
+    unsigned long long off = (unsigned long long)blockIdx.x * d;
+    const float* xr = x + off;
+    const float* gr = g + off;
+    float mean, rstd;
+    d3_row_stats(xr, d, eps, buf, &mean, &rstd);
+    float sg = 0.0f, sgx = 0.0f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        sg += gr[c];
+        sgx += gr[c] * (xr[c] - mean) * rstd;
+    }
+    float mg = d3_block_sum(sg, buf) / (float)d;
+    float mgx = d3_block_sum(sgx, buf) / (float)d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float xh = (xr[c] - mean) * rstd;
+        dx[off + c] = rstd * (gr[c] - mg - xh * mgx);
+    }
 }

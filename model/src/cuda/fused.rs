@@ -1,6 +1,7 @@
-//! Launchers of the fused ops' CUDA twins (`fused.cu`): GELU, softmax and
-//! LayerNorm, forward and backward, on views of candle's buffers. The ops in
-//! [`crate::fused`] call them from their `cuda_fwd`; the CPU kernels there
+//! Launchers of the fused ops' CUDA twins (`fused.cu`): GELU, softmax,
+//! LayerNorm and the segmentation's instance norm, forward and backward, on
+//! views of candle's buffers. The ops in [`crate::fused`] and
+//! `seg/instance_norm.rs` call them from their `cuda_fwd`; the CPU kernels there
 //! are the references (`fused_gpu_tests` below, run on a GPU).
 
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -293,6 +294,57 @@ pub(crate) fn layer_norm_bwd(
         unsafe { launch.launch(cfg) }.map_err(cuda_err("launch ln_bwd_wb_sum_f32"))?;
     }
     Ok(out)
+}
+
+/// Instance norm without affine over rows of `d` voxels (one row per sample
+/// and channel): the twin of the CPU op in `seg/instance_norm.rs`.
+pub(crate) fn instance_norm_fwd(
+    gpu: &GpuContext,
+    x: &CudaView<'_, f32>,
+    d: usize,
+    eps: f64,
+) -> Result<CudaSlice<f32>> {
+    let rows = rows_of(x.len(), d, "instance norm")?;
+    let mut y = alloc(gpu, x.len())?;
+    if rows > 0 {
+        let f = gpu.function(FUSED, "in_fwd_f32")?;
+        let (d_i, e) = (as_i32(d, "instance norm row")?, eps as f32);
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(x).arg(&mut y).arg(&d_i).arg(&e);
+        // SAFETY: matches `in_fwd_f32(const float*, float*, int, float)`; x
+        // and y hold rows·d f32; one block per row.
+        unsafe { launch.launch(rows_cfg(rows, d)?) }.map_err(cuda_err("launch in_fwd_f32"))?;
+    }
+    Ok(y)
+}
+
+/// The instance norm's input gradient for upstream gradient `g`.
+pub(crate) fn instance_norm_bwd(
+    gpu: &GpuContext,
+    x: &CudaView<'_, f32>,
+    g: &CudaView<'_, f32>,
+    d: usize,
+    eps: f64,
+) -> Result<CudaSlice<f32>> {
+    let rows = rows_of(x.len(), d, "instance norm")?;
+    if g.len() != x.len() {
+        return Err(ModelError::Input(format!(
+            "instance norm backward: {} vs {} values",
+            x.len(),
+            g.len()
+        )));
+    }
+    let mut dx = alloc(gpu, x.len())?;
+    if rows > 0 {
+        let f = gpu.function(FUSED, "in_bwd_f32")?;
+        let (d_i, e) = (as_i32(d, "instance norm row")?, eps as f32);
+        let mut launch = gpu.stream().launch_builder(&f);
+        launch.arg(x).arg(g).arg(&mut dx).arg(&d_i).arg(&e);
+        // SAFETY: matches `in_bwd_f32(const float*, const float*, float*,
+        // int, float)`; x, g and dx hold rows·d f32; one block per row.
+        unsafe { launch.launch(rows_cfg(rows, d)?) }.map_err(cuda_err("launch in_bwd_f32"))?;
+    }
+    Ok(dx)
 }
 
 /// Rows of `n` in `len` values.

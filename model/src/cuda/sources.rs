@@ -55,7 +55,8 @@ pub(crate) const SINKHORN_CE: KernelSource = KernelSource {
 };
 
 /// The CUDA twins of the fused CPU ops: GELU (f32 and bf16), softmax,
-/// LayerNorm, forward and backward (`fused.cu`).
+/// LayerNorm and the segmentation's instance norm, forward and backward
+/// (`fused.cu`).
 pub(crate) const FUSED: KernelSource = KernelSource {
     name: "fused",
     src: include_str!("fused.cu"),
@@ -70,6 +71,8 @@ pub(crate) const FUSED: KernelSource = KernelSource {
         "ln_bwd_dx_f32",
         "ln_bwd_wb_partial_f32",
         "ln_bwd_wb_sum_f32",
+        "in_fwd_f32",
+        "in_bwd_f32",
     ],
 };
 

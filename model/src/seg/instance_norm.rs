@@ -2,8 +2,10 @@
 //!
 //! On the CPU (f32/f64) it is a custom op with the analytic backward pass
 //! `dx = (g − mean(g) − x̂·mean(g·x̂)) / σ` per (sample, channel), with f64
-//! accumulators; the composed candle version (a dozen full-size passes
-//! backward) serves other devices and dtypes.
+//! accumulators; on CUDA f32 tensors (feature `cuda`) the same op runs its
+//! twin kernels (`cuda/fused.cu`: one block per row, f32 reductions), held
+//! to the CPU op by `tests/cuda_kernels.rs`; the composed candle version (a
+//! dozen full-size passes backward) serves other dtypes.
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -30,6 +32,10 @@ pub fn instance_norm_eps(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
         candle_core::bail!("instance_norm: expected (B, C, ...), got {dims:?}");
     }
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(InstanceNormOp { eps });
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && x.dtype() == DType::F32 {
         return x.contiguous()?.apply_op1(InstanceNormOp { eps });
     }
     instance_norm_composed(x, eps)
@@ -117,8 +123,29 @@ impl CustomOp1 for InstanceNormOp {
         Ok((out, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::storage::{gpu_of, view, wrap};
+        let gpu = gpu_of(s)?;
+        let y =
+            crate::cuda::fused::instance_norm_fwd(&gpu, &view(s, l)?, row_len(l.dims()), self.eps);
+        Ok((wrap(y, s)?, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let n = row_len(x.dims());
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let op = on_gpu::InstanceNormGrad {
+                eps: self.eps,
+                row: n,
+            };
+            return Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &op)?));
+        }
         fn run<T: WithDType>(
             x: &Tensor,
             g: &Tensor,
@@ -134,6 +161,55 @@ impl CustomOp1 for InstanceNormOp {
             DType::F64 => run::<f64>(x, g, n, self.eps)?,
             dt => candle_core::bail!("instance_norm: unsupported dtype {dt:?}"),
         }))
+    }
+}
+
+/// The backward on CUDA tensors (feature `cuda`) as a candle op.
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape};
+
+    use crate::cuda::storage::{gpu_of, view, wrap};
+
+    /// `(x, upstream gradient)` → the input gradient.
+    pub(super) struct InstanceNormGrad {
+        pub(super) eps: f64,
+        /// Voxels per (sample, channel).
+        pub(super) row: usize,
+    }
+
+    impl CustomOp2 for InstanceNormGrad {
+        fn name(&self) -> &'static str {
+            "instance-norm-grad"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("instance-norm-grad: CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            xs: &CudaStorage,
+            xl: &Layout,
+            gs: &CudaStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let gpu = gpu_of(xs)?;
+            let dx = crate::cuda::fused::instance_norm_bwd(
+                &gpu,
+                &view(xs, xl)?,
+                &view(gs, gl)?,
+                self.row,
+                self.eps,
+            );
+            Ok((wrap(dx, xs)?, xl.shape().clone()))
+        }
     }
 }
 
