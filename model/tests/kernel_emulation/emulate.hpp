@@ -1,0 +1,94 @@
+// CUDA's execution model on CPU threads, enough to run dino3d's block-level
+// kernels (one-dimensional blocks, __shared__ arrays, __syncthreads, no warp
+// shuffles or atomics, as reduce.cuh promises) unchanged: each block's
+// threads are std::threads sharing the kernel's `static` __shared__ arrays,
+// __syncthreads is a std::barrier, blocks run one after another on the same
+// threads.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+struct EmuDim {
+    unsigned x, y, z;
+};
+thread_local EmuDim threadIdx, blockIdx;
+EmuDim blockDim, gridDim;
+std::barrier<>* emu_barrier;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__
+#define __launch_bounds__(n)
+
+inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+using std::min;
+
+// Runs `kernel()` as a grid of `grid` x `grid_y` blocks of `block` threads:
+// `block` threads take the blocks in turn, and none starts the next block
+// before all have finished this one (its __shared__ arrays are reused).
+template <class F>
+void emu_launch(unsigned grid, unsigned block, F kernel, unsigned grid_y = 1) {
+    blockDim = {block, 1, 1};
+    gridDim = {grid, grid_y, 1};
+    std::barrier<> barrier(block);
+    emu_barrier = &barrier;
+    std::vector<std::thread> threads;
+    threads.reserve(block);
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            for (unsigned by = 0; by < grid_y; ++by) {
+                for (unsigned bx = 0; bx < grid; ++bx) {
+                    blockIdx = {bx, by, 0};
+                    kernel();
+                    barrier.arrive_and_wait();
+                }
+            }
+        });
+    }
+    for (auto& th : threads) {
+        th.join();
+    }
+}
+
+// max |got - want| / max |want|, as kernels_ref::testing::max_rel_err.
+template <class G>
+double emu_rel_err(const std::vector<G>& got, const std::vector<double>& want) {
+    double diff = 0.0, scale = 0.0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        diff = std::fmax(diff, std::fabs((double)got[i] - want[i]));
+        scale = std::fmax(scale, std::fabs(want[i]));
+    }
+    return scale > 0.0 ? diff / scale : diff;
+}
+
+static int emu_failures = 0;
+
+// Prints one comparison and counts it as failed past `bound`.
+template <class G>
+void emu_check(const char* what, const std::vector<G>& got, const std::vector<double>& want,
+               double bound) {
+    double err = emu_rel_err(got, want);
+    bool ok = err <= bound && std::isfinite(err);
+    std::printf("%-48s rel err %.3e (bound %.0e)%s\n", what, err, bound, ok ? "" : "  FAILED");
+    if (!ok) {
+        ++emu_failures;
+    }
+}
