@@ -1,14 +1,17 @@
 // CUDA's execution model on CPU threads, enough to run dino3d's block-level
-// kernels (one-dimensional blocks, __shared__ arrays, __syncthreads, no warp
-// shuffles or atomics, as reduce.cuh promises) unchanged: each block's
+// kernels (one-dimensional blocks, __shared__ arrays, __syncthreads, warp
+// sums through __shfl_xor_sync with every lane taking part, atomicAdd on
+// floats) unchanged: each block's
 // threads are std::threads sharing the kernel's `static` __shared__ arrays,
 // __syncthreads is a std::barrier, blocks run one after another on the same
 // threads.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -18,6 +21,10 @@ struct EmuDim {
 thread_local EmuDim threadIdx, blockIdx;
 EmuDim blockDim, gridDim;
 std::barrier<>* emu_barrier;
+// Warps: a barrier and 32 exchange slots each, for __shfl_xor_sync.
+constexpr unsigned EMU_MAX_WARPS = 32;
+std::barrier<>* emu_warp_barrier[EMU_MAX_WARPS];
+float emu_warp_slot[EMU_MAX_WARPS][32];
 
 #define __global__
 #define __device__
@@ -38,7 +45,36 @@ inline unsigned int __float_as_uint(float f) {
     std::memcpy(&u, &f, 4);
     return u;
 }
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+// The GPU's fast exp differs in the last bits; the emulation checks the
+// kernels' logic, not those bits.
+inline float __expf(float v) { return std::exp(v); }
+// Round-to-nearest f32 arithmetic, one rounding per operation (the host
+// build keeps FMA contraction off: -ffp-contract=off).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+using std::isfinite;
 using std::min;
+
+// A warp's exchange: every lane of the warp takes part (as the kernels'
+// full-mask calls require); a lane reads the value lane ^ off wrote.
+inline float __shfl_xor_sync(unsigned, float v, int off) {
+    unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    emu_warp_slot[w][lane] = v;
+    emu_warp_barrier[w]->arrive_and_wait();
+    float r = emu_warp_slot[w][lane ^ (unsigned)off];
+    emu_warp_barrier[w]->arrive_and_wait();
+    return r;
+}
+
+inline float atomicAdd(float* at, float v) { return std::atomic_ref<float>(*at).fetch_add(v); }
 
 // Runs `kernel()` as a grid of `grid` x `grid_y` blocks of `block` threads:
 // `block` threads take the blocks in turn, and none starts the next block
@@ -49,6 +85,11 @@ void emu_launch(unsigned grid, unsigned block, F kernel, unsigned grid_y = 1) {
     gridDim = {grid, grid_y, 1};
     std::barrier<> barrier(block);
     emu_barrier = &barrier;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    for (unsigned w = 0; w * 32 < block && w < EMU_MAX_WARPS; ++w) {
+        warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
+        emu_warp_barrier[w] = warps.back().get();
+    }
     std::vector<std::thread> threads;
     threads.reserve(block);
     for (unsigned t = 0; t < block; ++t) {
