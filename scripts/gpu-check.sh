@@ -58,8 +58,8 @@
 # returns inside its own limit with everything that finished; unset: no
 # budget), OUT (a folder: the whole log is copied to OUT/gpu-check.log,
 # and the loader's and memory lines go there too), STEP_TIMEOUT (seconds
-# per step, default 300; a step still alive 10 s after its timeout is
-# killed), GPU_DEVICE
+# per step, default 300; a step still alive KILL_AFTER_S, default 10, after
+# its timeout is killed; the budget keeps that grace), GPU_DEVICE
 # (the device the tasks compare with the CPU, default cuda:0; `cpu` checks
 # the script itself on a machine without a GPU),
 # DINO3D_BENCH_EMA_PARAMS, DINO3D_BENCH_ITERS (see the benchmark).
@@ -174,7 +174,7 @@ cuda_libs() {
     local extra="" lib d
     for lib in libcublasLt.so.13 libcublas.so.13 libcurand.so.10 libnvrtc.so.13 libnccl.so.2; do
         # shellcheck disable=SC2086 # CUDA_LIB_SEARCH is a list of folders
-        d=$(find ${CUDA_LIB_SEARCH:-"${CUDA_HOME:-/nonexistent}" /usr/local/cuda* /usr/lib /opt /root /home} \
+        d=$(timeout 60 find ${CUDA_LIB_SEARCH:-"${CUDA_HOME:-/nonexistent}" /usr/local/cuda* /usr/lib /opt /root /home} \
             -name "$lib" -print -quit 2>/dev/null)
         [ -n "$d" ] && extra="$extra:$(dirname "$(readlink -f "$d")")"
         if [ "$lib" = libnccl.so.2 ] && [ -n "$d" ]; then
@@ -199,11 +199,20 @@ fi
 step_limit() {
     local limit="${STEP_TIMEOUT:-300}"
     if [ -n "$BUDGET_END" ]; then
-        local left=$((BUDGET_END - SECONDS))
+        # A step may outlive its timeout by the kill grace: keep that inside.
+        local left=$((BUDGET_END - SECONDS - ${KILL_AFTER_S:-10}))
         [ "$left" -ge "${MIN_STEP_S:-20}" ] || return 1
         [ "$left" -ge "$limit" ] || limit=$left
     fi
     echo "$limit"
+}
+
+# missing NAME WHY: a step that cannot run here (a missing executable or
+# tool) fails, so a run never reports "all passed" without it.
+missing() {
+    echo
+    echo "=== [$1] cannot run: $2"
+    FAILED+=("$1 ($2)")
 }
 
 # budget_spent NAME: lists NAME as not run (the budget is spent).
@@ -216,7 +225,8 @@ budget_spent() {
 # record NAME RC LIMIT: a failed step, with a timeout the budget cut named so.
 record() {
     [ "$2" -ne 0 ] || return 0
-    if [ "$2" -eq 124 ] && [ "$3" -lt "${STEP_TIMEOUT:-300}" ]; then
+    # 124: stopped at the timeout; 137: killed after the grace.
+    if { [ "$2" -eq 124 ] || [ "$2" -eq 137 ]; } && [ "$3" -lt "${STEP_TIMEOUT:-300}" ]; then
         FAILED+=("$1 (cut after $3 s by the budget)")
     else
         FAILED+=("$1 (exit $2)")
@@ -232,7 +242,7 @@ step() {
     echo
     echo "=== [$name] $*"
     local start=$SECONDS
-    timeout -k 10 "$limit" "$@"
+    timeout -k "${KILL_AFTER_S:-10}" "$limit" "$@"
     local rc=$?
     echo "=== [$name] exit $rc after $((SECONDS - start)) s"
     record "$name" "$rc" "$limit"
@@ -250,7 +260,7 @@ test_step() {
     echo
     echo "=== [$name] $*"
     local start=$SECONDS
-    timeout -k 10 "$limit" "$@" 2>&1 | tee "$log"
+    timeout -k "${KILL_AFTER_S:-10}" "$limit" "$@" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     echo "=== [$name] exit $rc after $((SECONDS - start)) s"
     if [ "$rc" -ne 0 ]; then
@@ -264,7 +274,7 @@ test_step() {
 
 # The training step on candle's CUDA backend, then PyTorch's at batch 32.
 run_train_step() {
-    [ -f "$DIR/train_step_cuda.xz" ] || { echo "no $DIR/train_step_cuda.xz: skipping the training step"; return 0; }
+    [ -f "$DIR/train_step_cuda.xz" ] || { missing "training step" "no $DIR/train_step_cuda.xz"; return 0; }
     unpack
     # PHASES=1: each step's phases too (teacher, student, backward, clip,
     # adamw, ema; six device waits per step, microseconds each).
@@ -312,7 +322,7 @@ run_train_step_rest() {
 torch_step() {
     local name="$1"
     shift
-    command -v python3 >/dev/null || { echo "no python3: skipping $name"; return 0; }
+    command -v python3 >/dev/null || { missing "$name" "no python3"; return 0; }
     gpu_step "$name" python3 "$ROOT/benches/train_step_torch.py" --device cuda --arch large \
         --steps 3 --warmup 1 "$@"
 }
@@ -338,7 +348,7 @@ gpu_step() {
 # from a warm cache, batches of 32, at 1, 4, 8 and 16 threads (as many as the
 # host has); the lines go to $OUT/loader_scaling.txt as well.
 run_loader() {
-    [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping the loader"; return 0; }
+    [ -f "$DIR/dino-run.xz" ] || { missing "loader" "no $DIR/dino-run.xz"; return 0; }
     unpack
     local cache="${TMPDIR:-/tmp}/dino3d-loader-cache" log="${OUT:-/tmp}/loader_scaling.txt"
     local recipe="$ROOT/recipes/pretrain.yaml"
@@ -347,8 +357,10 @@ run_loader() {
     local t
     for t in 1 4 8 16; do
         [ "$t" -le "$(nproc)" ] || continue
-        step "loader: $t thread(s)" bash -c "'$DIR/dino-run' pipeline run '$recipe' --set 'cache.dir=$cache' \
-            --set batch.size=32 --batches $((8 * t)) --threads $t --batch-order x 2>/dev/null | tee -a '$log'"
+        # pipefail: a failing dino-run fails the step (not tee's status).
+        step "loader: $t thread(s)" bash -c "set -o pipefail; '$DIR/dino-run' pipeline run '$recipe' \
+            --set 'cache.dir=$cache' --set batch.size=32 --batches $((8 * t)) --threads $t \
+            --batch-order x | tee -a '$log'"
     done
 }
 
@@ -389,7 +401,7 @@ run() {
 # `dino-run recipes/demo.yaml` for 60 iterations on cuda:0 and on the CPU
 # from the same binary and cache, then both loss curves side by side.
 run_pretrain() {
-    [ -f "$DIR/dino-run.xz" ] || { echo "no $DIR/dino-run.xz: skipping pretraining"; return 0; }
+    [ -f "$DIR/dino-run.xz" ] || { missing "tasks" "no $DIR/dino-run.xz"; return 0; }
     local out="${OUT:-/tmp}" cache="${TMPDIR:-/tmp}/dino3d-demo-cache" gpu="${GPU_DEVICE:-cuda:0}"
     # Each pair runs as label:device, gpu first; outputs are named by label.
     local pairs=("gpu:$gpu" "cpu:cpu") pair label dev
@@ -472,7 +484,7 @@ PY
     # and on the CPU: the features side by side, and the manifest's rate.
     local teacher
     teacher=$(ls -d "$out"/demo-gpu/eval/training_*/teacher_checkpoint.safetensors 2>/dev/null | sort -V | tail -1)
-    [ -n "$teacher" ] || { echo "no demo teacher: skipping embed"; return 0; }
+    [ -n "$teacher" ] || { missing "embed" "no demo teacher checkpoint in $out/demo-gpu"; return 0; }
     for pair in "${pairs[@]}"; do
         label=${pair%%:*} dev=${pair#*:}
         step "embed --image, $dev" "$DIR/dino-run" embed --weights "$teacher" --arch tiny \
@@ -516,21 +528,33 @@ finish() {
     if [ "${#FAILED[@]}" -gt 0 ]; then
         echo "== GPU check: ${#FAILED[@]} step(s) failed:"
         printf '   - %s\n' "${FAILED[@]}"
-        exit 1
+        end 1
     fi
     if [ "${#NOT_RUN[@]}" -gt 0 ]; then
         echo "== GPU check: every step that ran passed; incomplete"
-        exit 3
+        end 3
     fi
     echo "== GPU check: all steps passed"
-    exit 0
+    end 0
 }
 
 # With OUT set (the device machine's result folder), the whole log goes
 # there too, so nothing is lost past the tail a caller shows.
+LOG_PID=""
 log_to_out() {
     [ -n "${OUT:-}" ] || return 0
-    mkdir -p "$OUT" && exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+    mkdir -p "$OUT" || return 0
+    exec > >(tee -a "$OUT/gpu-check.log") 2>&1
+    LOG_PID=$!
+}
+
+# end RC: exits with RC once the log copy has everything.
+end() {
+    if [ -n "$LOG_PID" ]; then
+        exec >&- 2>&-
+        wait "$LOG_PID" 2>/dev/null
+    fi
+    exit "$1"
 }
 
 case "$MODE" in

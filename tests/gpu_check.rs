@@ -56,7 +56,13 @@ fn gpu_check(root: &Path, fake_sleep: &str) -> Command {
         .env("OUT", root.join("out"))
         .env("TMPDIR", root)
         .env("CUDA_LIB_SEARCH", root)
-        .env_remove("BUDGET_S");
+        // A second of grace after a step's timeout (the script's default is
+        // 10), kept inside the budget.
+        .env("KILL_AFTER_S", "1")
+        .env_remove("BUDGET_S")
+        .env_remove("MIN_STEP_S")
+        .env_remove("STEP_TIMEOUT")
+        .env_remove("DINO3D_ALLOW_SKIP");
     c
 }
 
@@ -77,9 +83,11 @@ fn text(out: &Output) -> String {
 #[test]
 fn a_spent_budget_leaves_the_remaining_steps_unrun_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    // Steps of 0.2 s, and none started with under 2 s left: the first
-    // rows run and pass, the others are listed, nothing is cut.
-    let (out, took) = run_step(dir.path(), 3, 2, "0.2");
+    // Steps of 0.2 s, and none started with under 2 s left (after the
+    // second of grace): the first rows run and pass, the others are listed,
+    // nothing is cut. Bash's SECONDS ticks on clock seconds, so the first
+    // row starts unless the set-up takes over a second.
+    let (out, took) = run_step(dir.path(), 4, 2, "0.2");
     let log = text(&out);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(
@@ -87,7 +95,7 @@ fn a_spent_budget_leaves_the_remaining_steps_unrun_and_says_so() {
         "{log}"
     );
     assert!(
-        log.contains("not run: the budget (BUDGET_S=3) is spent"),
+        log.contains("not run: the budget (BUDGET_S=4) is spent"),
         "{log}"
     );
     // The least needed row comes last, so the budget skips it.
@@ -112,8 +120,8 @@ fn a_spent_budget_leaves_the_remaining_steps_unrun_and_says_so() {
 #[test]
 fn a_step_longer_than_the_budget_is_cut_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    // The first row would sleep 60 s; the budget stops it after about 2.
-    let (out, took) = run_step(dir.path(), 2, 1, "60");
+    // The first row would sleep 60 s; the budget stops it after 1 or 2.
+    let (out, took) = run_step(dir.path(), 3, 1, "60");
     let log = text(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("train step ViT-S b2 f32 (cut after "), "{log}");

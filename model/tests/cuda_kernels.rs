@@ -757,13 +757,15 @@ fn instance_norm_on_cuda_matches_the_cpu() {
     for (shape, seed) in [
         ([2usize, 3, 5, 6, 7], 61u64),
         ([1, 2, 48, 48, 48], 62),
-        ([2, 1, 1, 1, 9], 63),
+        ([1, 1, 1, 1, 9], 63),
     ] {
         let n: usize = shape.iter().product();
         let mut values: Vec<f32> = normal(n, seed).iter().map(|v| 3.0 * v + 1.5).collect();
         if shape[4] == 9 {
-            // A constant row: x̂ = 0 and the gradient is g − mean(g), scaled.
-            values[..9].fill(0.25);
+            // A constant row, alone (its gradient, ~1/sqrt(eps) times the
+            // others', would swamp their errors): x̂ = 0 and the gradient is
+            // g − mean(g), scaled.
+            values.fill(0.25);
         }
         let upstream = normal(n, seed + 100);
         let run = |dev: &Device| {

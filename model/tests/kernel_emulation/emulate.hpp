@@ -10,6 +10,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -20,10 +21,11 @@ struct EmuDim {
 };
 thread_local EmuDim threadIdx, blockIdx;
 EmuDim blockDim, gridDim;
-std::barrier<>* emu_barrier;
-// Warps: a barrier and 32 exchange slots each, for __shfl_xor_sync.
+// This thread's block's barrier (__syncthreads) and its warp's (shuffles).
+thread_local std::barrier<>* emu_sync;
+thread_local std::barrier<>* emu_warp_sync;
+// 32 exchange slots per warp, for __shfl_xor_sync.
 constexpr unsigned EMU_MAX_WARPS = 32;
-std::barrier<>* emu_warp_barrier[EMU_MAX_WARPS];
 float emu_warp_slot[EMU_MAX_WARPS][32];
 
 #define __global__
@@ -33,7 +35,7 @@ float emu_warp_slot[EMU_MAX_WARPS][32];
 #define __restrict__
 #define __launch_bounds__(n)
 
-inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emu_sync->arrive_and_wait(); }
 inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 inline float __uint_as_float(unsigned int u) {
     float f;
@@ -68,9 +70,9 @@ using std::min;
 inline float __shfl_xor_sync(unsigned, float v, int off) {
     unsigned w = threadIdx.x / 32, lane = threadIdx.x % 32;
     emu_warp_slot[w][lane] = v;
-    emu_warp_barrier[w]->arrive_and_wait();
+    emu_warp_sync->arrive_and_wait();
     float r = emu_warp_slot[w][lane ^ (unsigned)off];
-    emu_warp_barrier[w]->arrive_and_wait();
+    emu_warp_sync->arrive_and_wait();
     return r;
 }
 
@@ -79,17 +81,27 @@ inline float atomicAdd(float* at, float v) { return std::atomic_ref<float>(*at).
 // Runs `kernel()` as a grid of `grid` x `grid_y` blocks of `block` threads:
 // `block` threads take the blocks in turn, and none starts the next block
 // before all have finished this one (its __shared__ arrays are reused).
+// Each block and warp has barriers of its own, which a thread leaves when
+// its kernel returns, as an exited CUDA thread no longer counts at
+// __syncthreads; the end of a block is a third barrier.
 template <class F>
 void emu_launch(unsigned grid, unsigned block, F kernel, unsigned grid_y = 1) {
     blockDim = {block, 1, 1};
     gridDim = {grid, grid_y, 1};
-    std::barrier<> barrier(block);
-    emu_barrier = &barrier;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    for (unsigned w = 0; w * 32 < block && w < EMU_MAX_WARPS; ++w) {
-        warps.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
-        emu_warp_barrier[w] = warps.back().get();
+    const unsigned blocks = grid * grid_y, warps = (block + 31) / 32;
+    if (warps > EMU_MAX_WARPS) {
+        std::fprintf(stderr, "emu_launch: %u threads a block, at most %u\n", block,
+                     32 * EMU_MAX_WARPS);
+        std::exit(2);
     }
+    std::vector<std::unique_ptr<std::barrier<>>> syncs, warp_syncs;
+    for (unsigned b = 0; b < blocks; ++b) {
+        syncs.push_back(std::make_unique<std::barrier<>>(block));
+        for (unsigned w = 0; w < warps; ++w) {
+            warp_syncs.push_back(std::make_unique<std::barrier<>>(std::min(32u, block - 32 * w)));
+        }
+    }
+    std::barrier<> block_end(block);
     std::vector<std::thread> threads;
     threads.reserve(block);
     for (unsigned t = 0; t < block; ++t) {
@@ -97,9 +109,14 @@ void emu_launch(unsigned grid, unsigned block, F kernel, unsigned grid_y = 1) {
             threadIdx = {t, 0, 0};
             for (unsigned by = 0; by < grid_y; ++by) {
                 for (unsigned bx = 0; bx < grid; ++bx) {
+                    const unsigned b = by * grid + bx;
                     blockIdx = {bx, by, 0};
+                    emu_sync = syncs[b].get();
+                    emu_warp_sync = warp_syncs[b * warps + t / 32].get();
                     kernel();
-                    barrier.arrive_and_wait();
+                    emu_sync->arrive_and_drop();
+                    emu_warp_sync->arrive_and_drop();
+                    block_end.arrive_and_wait();
                 }
             }
         });
