@@ -15,7 +15,8 @@
 #                                        the loader's thread scaling, the
 #                                        training step against PyTorch's
 #                                        (bf16 at 32 and 64, fused attention,
-#                                        NCCL), the tasks, the other step
+#                                        NCCL), the tasks, embed's rate for
+#                                        ViT-L at 112^3, the other step
 #                                        rows; exit 1 if any step
 #                                        failed, 3 if the budget left some
 #                                        unrun (BUDGET_S below)
@@ -24,7 +25,8 @@
 #                                        the kernel benchmark, or only the
 #                                        tasks (demo pretraining and its
 #                                        data wait, embed, segmentation on
-#                                        cuda:0 vs the CPU);
+#                                        cuda:0 vs the CPU; embed's rate for
+#                                        ViT-L at 112^3);
 #                                        --run is all of them (one call may
 #                                        not fit the device's 10 minutes)
 #   scripts/gpu-check.sh --run-loader [DIR]
@@ -394,6 +396,7 @@ run() {
     run_loader
     run_train_step
     run_pretrain
+    run_embed_rate
     run_train_step_rest
     finish
 }
@@ -518,6 +521,43 @@ sys.exit(0 if worst <= 1e-3 else f"gpu and cpu features differ by {worst:.3e} (b
 PY
 }
 
+# `embed --manifest` throughput for ViT-L at 112^3 on the GPU (issue 20):
+# 64 volumes of 112^3 int16 written here (NIfTI-1, identity affine), embedded
+# with --raw by a randomly initialised ViT-L (--random-init: throughput only).
+run_embed_rate() {
+    [ -f "$DIR/dino-run.xz" ] || { missing "embed rate" "no $DIR/dino-run.xz"; return 0; }
+    local vols="${TMPDIR:-/tmp}/dino3d-embed-112" gpu="${GPU_DEVICE:-cuda:0}"
+    step "64 volumes of 112^3 for embed" python3 - "$vols" 64 <<'PY'
+import array, json, math, os, struct, sys
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+s = 112
+hdr = bytearray(352)  # the NIfTI-1 header and an empty extension block
+struct.pack_into("<i", hdr, 0, 348)
+struct.pack_into("<8h", hdr, 40, 3, s, s, s, 1, 1, 1, 1)
+struct.pack_into("<hh", hdr, 70, 4, 16)  # int16
+struct.pack_into("<8f", hdr, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+struct.pack_into("<f", hdr, 108, 352.0)
+struct.pack_into("<hh", hdr, 252, 0, 1)  # sform: the identity below
+struct.pack_into("<12f", hdr, 280, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0)
+hdr[344:348] = b"n+1\0"
+row = array.array("h", (int(1000 * math.sin(i / 7.0)) for i in range(s)))
+body = row.tobytes() * (s * s)
+entries = []
+for k in range(n):
+    path = os.path.join(out, f"v{k:03d}.nii")
+    with open(path, "wb") as f:
+        f.write(hdr)
+        f.write(body)
+    entries.append({"image": path})
+with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(entries, f)
+print(f"{n} volumes of {s}^3 int16 in {out}")
+PY
+    gpu_step "embed --manifest ViT-L 112^3, $gpu" "$DIR/dino-run" embed --random-init 0 --arch large \
+        --manifest "$vols/manifest.json" --raw --device "$gpu" --out "${OUT:-/tmp}/embed-vitl-112.parquet"
+}
+
 # The summary: every step passed (exit 0) or the failed ones (exit 1).
 finish() {
     echo
@@ -562,7 +602,7 @@ case "$MODE" in
     --run) log_to_out; run ;;
     --run-tests) log_to_out; prelude; run_tests; finish ;;
     --run-step) log_to_out; prelude; run_train_step; run_train_step_rest; finish ;;
-    --run-tasks) log_to_out; prelude; run_pretrain; finish ;;
+    --run-tasks) log_to_out; prelude; run_pretrain; run_embed_rate; finish ;;
     --run-loader) log_to_out; unpack; run_loader; finish ;;
     *) usage ;;
 esac

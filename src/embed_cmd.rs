@@ -17,8 +17,13 @@ use dino3d_tasks::embed::{Prep, model_input_for};
 pub(crate) struct EmbedArgs {
     /// Weights: a 3DINO `.pth` (teacher checkpoint or bare backbone; read
     /// without executing pickled code) or a dino3d `.safetensors`.
-    #[arg(long)]
-    weights: PathBuf,
+    #[arg(long, required_unless_present = "random_init")]
+    weights: Option<PathBuf>,
+    /// Instead of --weights: the preset's random initialisation from this
+    /// seed, for measuring throughput before any weights exist (the
+    /// features mean nothing).
+    #[arg(long, value_name = "SEED", conflicts_with = "weights")]
+    random_init: Option<u64>,
     /// Backbone preset: tiny, small, base, large (3DINO-ViT is large).
     #[arg(long, default_value = ViT3dConfig::THREEDINO_PRESET)]
     arch: String,
@@ -62,7 +67,19 @@ pub(crate) struct EmbedArgs {
 
 pub(crate) fn run(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let device = crate::device::parse(&args.device)?;
-    let vit = dino3d_tasks::backbone::load(&args.weights, &args.arch, &device)?;
+    let vit = match (&args.weights, args.random_init) {
+        (Some(weights), _) => dino3d_tasks::backbone::load(weights, &args.arch, &device)?,
+        (None, Some(seed)) => {
+            eprintln!(
+                "embed: a randomly initialised {} backbone (seed {seed}): for throughput only, \
+                 the features mean nothing",
+                args.arch
+            );
+            let cfg = ViT3dConfig::from_preset(&args.arch)?;
+            dino3d_tasks::backbone::random_backbone(&cfg, seed, &device)?
+        }
+        (None, None) => anyhow::bail!("--weights or --random-init"),
+    };
     if let Some(manifest) = &args.manifest {
         return crate::embed_table::run(
             &vit,
@@ -129,7 +146,8 @@ mod tests {
         dino3d_pipeline::nifti::write_volume(&image, &vol, &Default::default()).unwrap();
         let out = dir.path().join("e.safetensors");
         let args = EmbedArgs {
-            weights,
+            weights: Some(weights),
+            random_init: None,
             arch: "tiny".into(),
             image: Some(image),
             manifest: None,
@@ -182,5 +200,68 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn random_init_embeds_with_the_seeded_initialisation() {
+        use dino3d_model::checkpoint::load_tensors;
+        use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
+
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let shape = [1, 16, 32, 16];
+        let voxels: Vec<f32> = (0..16 * 32 * 16).map(|i| (i % 89) as f32 / 89.0).collect();
+        let vol = Volume {
+            data: VoxelData::F32(voxels.clone().into()),
+            shape,
+            spacing: [1.0; 3],
+            affine: dino3d_pipeline::nifti::affine::IDENTITY,
+            scaling: None,
+            meta: VolumeMeta::default(),
+        };
+        let image = dir.path().join("v.nii");
+        dino3d_pipeline::nifti::write_volume(&image, &vol, &Default::default()).unwrap();
+        let embed = |seed: u64, name: &str| {
+            let out = dir.path().join(name);
+            run(&EmbedArgs {
+                weights: None,
+                random_init: Some(seed),
+                arch: "tiny".into(),
+                image: Some(image.clone()),
+                manifest: None,
+                patch_grid: false,
+                row_group: 64,
+                raw: true,
+                out: out.clone(),
+                device: "cpu".into(),
+            })
+            .unwrap();
+            load_tensors(&out, &dev).unwrap()
+        };
+        let (a, b, c) = (embed(7, "a"), embed(7, "b"), embed(8, "c"));
+        // The same as the tasks' random backbone of that seed, forwarded.
+        let cfg = ViT3dConfig::from_preset("tiny").unwrap();
+        let vit = dino3d_tasks::backbone::random_backbone(&cfg, 7, &dev).unwrap();
+        let want = vit
+            .forward(&dino3d_tasks::backbone::model_input(&voxels, shape, &dev).unwrap())
+            .unwrap();
+        let max_diff = |x: &dino3d_model::candle_core::Tensor,
+                        y: &dino3d_model::candle_core::Tensor| {
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert_eq!(a["patch"].dims(), &[2, 192]);
+        assert!(max_diff(&a["cls"], &want.cls_norm.squeeze(0).unwrap()) < 1e-5);
+        assert_eq!(max_diff(&a["cls"], &b["cls"]), 0.0, "one seed, one result");
+        assert!(
+            max_diff(&a["cls"], &c["cls"]) > 1e-3,
+            "another seed, another backbone"
+        );
     }
 }

@@ -251,10 +251,13 @@ fn run_entries(
     if env.world_size > 1 {
         return crate::embed_parts::run_part(vit, entries, o, &env);
     }
+    let start = std::time::Instant::now();
     let (written, skipped) = write_table(vit, entries, o, o.out)?;
+    let seconds = start.elapsed().as_secs_f64();
     let rejects_path = o.out.with_extension("rejects.json");
     println!(
-        "{written} of {} volumes embedded ({} dims{}), {} skipped{} -> {}",
+        "{written} of {} volumes embedded ({} dims{}), {} skipped{}, in {seconds:.1} s \
+         ({:.2} volumes/s, reading included) -> {}",
         entries.len(),
         vit.config().embed_dim,
         if o.patch_grid {
@@ -268,6 +271,7 @@ fn run_entries(
         } else {
             format!(" (listed in {})", rejects_path.display())
         },
+        written as f64 / seconds.max(1e-9),
         o.out.display()
     );
     Ok(ExitCode::SUCCESS)

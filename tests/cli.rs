@@ -1139,6 +1139,7 @@ fn embed_recipe_writes_a_parquet_row_per_volume() {
         text.contains("3 of 3 volumes embedded (192 dims, with patch tokens), 0 skipped"),
         "{text}"
     );
+    assert!(text.contains("volumes/s, reading included)"), "{text}");
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&out).unwrap()).unwrap();
     assert_eq!(reader.metadata().num_row_groups(), 2);
