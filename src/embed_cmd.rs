@@ -120,20 +120,19 @@ mod tests {
     use dino3d_model::candle_core::Device;
 
     use super::*;
+    use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
 
-    #[test]
-    fn raw_embed_writes_cls_and_patch_like_a_direct_forward() {
-        use dino3d_model::checkpoint::load_tensors;
-        use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
-
-        let dir = tempfile::tempdir().unwrap();
-        let dev = Device::Cpu;
-        // A random tiny backbone saved under a `backbone.` prefix.
-        let weights = dir.path().join("w.safetensors");
-        let vit = dino3d_tasks::backbone::testutil::save_random_tiny(&weights);
-        // A 16 × 16 × 32 ramp volume (2 tokens at patch 16).
-        let shape = [1, 16, 16, 32];
-        let voxels: Vec<f32> = (0..16 * 16 * 32).map(|i| (i % 97) as f32 / 97.0).collect();
+    /// A ramp volume (`i % modulo / modulo`) of `shape`, its voxels, and
+    /// the NIfTI file it was written to in `dir`.
+    fn ramp_volume(
+        dir: &std::path::Path,
+        shape: [usize; 4],
+        modulo: usize,
+    ) -> (Volume, Vec<f32>, PathBuf) {
+        let n = shape.iter().product::<usize>();
+        let voxels: Vec<f32> = (0..n)
+            .map(|i| (i % modulo) as f32 / modulo as f32)
+            .collect();
         let vol = Volume {
             data: VoxelData::F32(voxels.clone().into()),
             shape,
@@ -142,8 +141,23 @@ mod tests {
             scaling: None,
             meta: VolumeMeta::default(),
         };
-        let image = dir.path().join("v.nii");
+        let image = dir.join("v.nii");
         dino3d_pipeline::nifti::write_volume(&image, &vol, &Default::default()).unwrap();
+        (vol, voxels, image)
+    }
+
+    #[test]
+    fn raw_embed_writes_cls_and_patch_like_a_direct_forward() {
+        use dino3d_model::checkpoint::load_tensors;
+
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        // A random tiny backbone saved under a `backbone.` prefix.
+        let weights = dir.path().join("w.safetensors");
+        let vit = dino3d_tasks::backbone::testutil::save_random_tiny(&weights);
+        // A 16 × 16 × 32 ramp volume (2 tokens at patch 16).
+        let shape = [1, 16, 16, 32];
+        let (vol, voxels, image) = ramp_volume(dir.path(), shape, 97);
         let out = dir.path().join("e.safetensors");
         let args = EmbedArgs {
             weights: Some(weights),
@@ -205,22 +219,11 @@ mod tests {
     #[test]
     fn random_init_embeds_with_the_seeded_initialisation() {
         use dino3d_model::checkpoint::load_tensors;
-        use dino3d_pipeline::{Volume, VolumeMeta, VoxelData};
 
         let dir = tempfile::tempdir().unwrap();
         let dev = Device::Cpu;
         let shape = [1, 16, 32, 16];
-        let voxels: Vec<f32> = (0..16 * 32 * 16).map(|i| (i % 89) as f32 / 89.0).collect();
-        let vol = Volume {
-            data: VoxelData::F32(voxels.clone().into()),
-            shape,
-            spacing: [1.0; 3],
-            affine: dino3d_pipeline::nifti::affine::IDENTITY,
-            scaling: None,
-            meta: VolumeMeta::default(),
-        };
-        let image = dir.path().join("v.nii");
-        dino3d_pipeline::nifti::write_volume(&image, &vol, &Default::default()).unwrap();
+        let (_, voxels, image) = ramp_volume(dir.path(), shape, 89);
         let embed = |seed: u64, name: &str| {
             let out = dir.path().join(name);
             run(&EmbedArgs {

@@ -697,6 +697,16 @@ fn vit_in_bf16_on_cuda_matches_the_cpu_f32_to_bf16_accuracy() {
 /// The ViT-Adapter's deformable sampling (`seg::adapter::deform_sample`) on
 /// CUDA tensors against the CPU op: the samples and both gradients, on two
 /// levels with locations partly outside (zero padding).
+/// A tensor's values, flat, on the host.
+fn host(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn deform_sample_on_cuda_matches_the_cpu() {
     use dino3d_model::seg::adapter::deform_sample;
@@ -720,14 +730,6 @@ fn deform_sample_on_cuda_matches_the_cpu() {
         let out = deform_sample(v.as_tensor(), l.as_tensor(), &shapes).unwrap();
         let w = Tensor::from_vec(normal(out.elem_count(), 43), out.shape(), dev).unwrap();
         let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let host = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_device(&Device::Cpu)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
         [
             host(&out),
             host(grads.get(v.as_tensor()).unwrap()),
@@ -774,14 +776,6 @@ fn instance_norm_on_cuda_matches_the_cpu() {
             let y = instance_norm(x.as_tensor()).unwrap();
             let w = Tensor::from_slice(&upstream, &shape[..], dev).unwrap();
             let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let host = |t: &Tensor| {
-                t.flatten_all()
-                    .unwrap()
-                    .to_device(&Device::Cpu)
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-            };
             [host(&y), host(grads.get(x.as_tensor()).unwrap())]
         };
         let (cpu, cuda) = (run(&Device::Cpu), run(&gpu.device()));

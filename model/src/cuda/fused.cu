@@ -167,9 +167,30 @@ ln_fwd_f32(const float* __restrict__ x,
     }
 }
 
-// One block per row, with h = g w and xh = (x - mean) rstd:
-// dx = rstd (h - mean(h) - xh mean(h xh)). Also stores the row's (mean,
-// rstd) in stats[2 row], [2 row + 1] for the weight and bias gradients.
+// The input gradient of a normalised row of d, for every thread of the
+// block: with h = g w (h = g where w is null) and xh = (x - mean) rstd,
+// dx = rstd (h - mean(h) - xh mean(h xh)).
+__device__ void d3_norm_row_bwd(const float* __restrict__ xr, const float* __restrict__ gr,
+                                const float* __restrict__ w, float* __restrict__ dxr, int d,
+                                float mean, float rstd, float* buf) {
+    float sh = 0.0f, shx = 0.0f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float h = w ? gr[c] * w[c] : gr[c];
+        sh += h;
+        shx += h * (xr[c] - mean) * rstd;
+    }
+    float mh = d3_block_sum(sh, buf) / (float)d;
+    float mhx = d3_block_sum(shx, buf) / (float)d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float h = w ? gr[c] * w[c] : gr[c];
+        float xh = (xr[c] - mean) * rstd;
+        dxr[c] = rstd * (h - mh - xh * mhx);
+    }
+}
+
+// One block per row: LayerNorm's dx (d3_norm_row_bwd with the weight). Also
+// stores the row's (mean, rstd) in stats[2 row], [2 row + 1] for the weight
+// and bias gradients.
 extern "C" __global__ void __launch_bounds__(D3_MAX_BLOCK)
 ln_bwd_dx_f32(const float* __restrict__ x,
               const float* __restrict__ w,
@@ -184,18 +205,7 @@ ln_bwd_dx_f32(const float* __restrict__ x,
     const float* gr = g + off;
     float mean, rstd;
     d3_row_stats(xr, d, eps, buf, &mean, &rstd);
-    float sh = 0.0f, shx = 0.0f;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        float h = gr[c] * w[c];
-        sh += h;
-        shx += h * (xr[c] - mean) * rstd;
-    }
-    float mh = d3_block_sum(sh, buf) / (float)d;
-    float mhx = d3_block_sum(shx, buf) / (float)d;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        float xh = (xr[c] - mean) * rstd;
-        dx[off + c] = rstd * (gr[c] * w[c] - mh - xh * mhx);
-    }
+    d3_norm_row_bwd(xr, gr, w, dx + off, d, mean, rstd, buf);
     if (threadIdx.x == 0) {
         stats[2ull * blockIdx.x] = mean;
         stats[2ull * blockIdx.x + 1] = rstd;
@@ -264,8 +274,7 @@ in_fwd_f32(const float* __restrict__ x,
     }
 }
 
-// Its backward, one block per row, with xh = (x - mean) rstd:
-// dx = rstd (g - mean(g) - xh mean(g xh)).
+// Its backward, one block per row: d3_norm_row_bwd without a weight.
 extern "C" __global__ void __launch_bounds__(D3_MAX_BLOCK)
 in_bwd_f32(const float* __restrict__ x,
            const float* __restrict__ g,
@@ -278,15 +287,5 @@ in_bwd_f32(const float* __restrict__ x,
     const float* gr = g + off;
     float mean, rstd;
     d3_row_stats(xr, d, eps, buf, &mean, &rstd);
-    float sg = 0.0f, sgx = 0.0f;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        sg += gr[c];
-        sgx += gr[c] * (xr[c] - mean) * rstd;
-    }
-    float mg = d3_block_sum(sg, buf) / (float)d;
-    float mgx = d3_block_sum(sgx, buf) / (float)d;
-    for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        float xh = (xr[c] - mean) * rstd;
-        dx[off + c] = rstd * (gr[c] - mg - xh * mgx);
-    }
+    d3_norm_row_bwd(xr, gr, nullptr, dx + off, d, mean, rstd, buf);
 }
